@@ -1,0 +1,237 @@
+"""The `gpuplan` command line: estimate, models, gpus, fetch, serve (heavy imports stay lazy)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from app.errors import GpuplanError, InputError
+
+PLAN_FLAGS = (
+    "method",
+    "quant",
+    "double_quant",
+    "dtype",
+    "rank",
+    "alpha",
+    "dropout",
+    "targets",
+    "dora",
+    "rslora",
+    "seq_len",
+    "batch_size",
+    "gradient_checkpointing",
+    "checkpointing",
+    "optimizer",
+    "attn",
+    "gpus",
+    "sharding",
+    "offload",
+    "device",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"gpuplan: error: {message} (see `{self.prog} --help`)\n")
+
+
+def add_plan_flags(p: argparse.ArgumentParser) -> None:
+    """The plan flags shared by estimate and calibrate; defaults come from TrainingPlan."""
+    p.add_argument("--method", choices=["qlora", "lora", "full"], help="default qlora")
+    p.add_argument("--quant", choices=["nf4", "fp4", "int8", "none"], help="default nf4 for qlora, none otherwise")
+    p.add_argument(
+        "--no-double-quant", dest="double_quant", action="store_false", default=None, help="disable double quantization"
+    )
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="compute dtype (default bf16)")
+    p.add_argument("--rank", type=int, help="LoRA rank (default 16)")
+    p.add_argument("--alpha", type=float, help="LoRA alpha (default 32)")
+    p.add_argument("--dropout", type=float, help="LoRA dropout (default 0.05)")
+    p.add_argument("--targets", help="LoRA targets: q_proj,v_proj or all-linear (default)")
+    p.add_argument("--dora", action="store_true", default=None, help="DoRA adapters")
+    p.add_argument("--rslora", action="store_true", default=None, help="rsLoRA scaling")
+    p.add_argument("--seq-len", dest="seq_len", type=int, help="tokens per sequence (default 2048)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="micro-batch size per GPU (default 1)")
+    p.add_argument(
+        "--gradient-checkpointing",
+        dest="gradient_checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="recompute activations in backward (default on)",
+    )
+    p.add_argument(
+        "--checkpointing", choices=["every-layer", "sqrt-n"], help="checkpointing strategy (default every-layer)"
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=["adamw", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit", "sgd", "adafactor"],
+        help="default paged_adamw_32bit",
+    )
+    p.add_argument(
+        "--attn", choices=["sdpa", "flash_attention_2", "eager"], help="attention implementation (default sdpa)"
+    )
+    p.add_argument("--gpus", type=int, help="number of GPUs (default 1)")
+    p.add_argument(
+        "--sharding", choices=["none", "ddp", "fsdp", "zero2", "zero3"], help="multi-GPU strategy (default none)"
+    )
+    p.add_argument(
+        "--offload", action="store_true", default=None, help="offload optimizer states (and zero3/fsdp params) to CPU"
+    )
+    p.add_argument("--device", choices=["cuda", "cpu"], help="cuda (default) or the cpu calibration reference")
+
+
+def plan_from_args(ns: argparse.Namespace) -> Any:
+    """Build a TrainingPlan from parsed flags; validation errors become one InputError line."""
+    from pydantic import ValidationError
+
+    from app.core.plan import TrainingPlan
+
+    fields = {k: getattr(ns, k) for k in PLAN_FLAGS if getattr(ns, k, None) is not None}
+    try:
+        return TrainingPlan(**fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "plan"
+        flag = f"--{where.replace('_', '-')}" if where in PLAN_FLAGS else where
+        raise InputError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gpuplan", description="GPU memory planner for fine-tuning LLMs (QLoRA, LoRA, full).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    est = sub.add_parser("estimate", help="estimate the peak memory of a fine-tuning step")
+    est.add_argument("model", help="catalog id, Hub id (org/name[@rev]) or path to config.json")
+    add_plan_flags(est)
+    est.add_argument("--json", action="store_true", help="print one JSON object")
+    models = sub.add_parser("models", help="list the bundled catalog")
+    models.add_argument("--json", action="store_true")
+    gpus = sub.add_parser("gpus", help="list GPU tiers and their usable memory")
+    gpus.add_argument("--json", action="store_true")
+    fetch = sub.add_parser("fetch", help="fetch a model's config from the Hub into the cache")
+    fetch.add_argument("model", help="org/name[@revision]")
+    fetch.add_argument("--json", action="store_true")
+    serve = sub.add_parser("serve", help="run the web service")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    return parser
+
+
+def _cmd_estimate(ns: argparse.Namespace) -> int:
+    from app import report
+    from app.core.estimate import estimate
+    from app.core.gpus import recommend
+    from app.resolver import resolve_model_sync
+    from app.settings import get_settings
+
+    plan = plan_from_args(ns)
+    settings = get_settings()
+    model = resolve_model_sync(ns.model, settings)
+    est = estimate(model, plan)
+    rec = recommend(model, plan, settings.headroom) if plan.device == "cuda" else None
+    print(json.dumps(report.payload(model, est, rec), indent=2) if ns.json else report.table(model, est, rec))
+    return 0
+
+
+def _cmd_models(ns: argparse.Namespace) -> int:
+    from app import catalog
+
+    rows = []
+    for model_id in catalog.catalog_ids():
+        spec = catalog.load_spec(model_id)
+        assert spec is not None
+        rows.append(
+            {
+                "id": model_id,
+                "model_type": spec.arch.model_type,
+                "num_params": spec.num_params,
+                "layers": spec.arch.num_layers,
+                "hidden_size": spec.arch.hidden_size,
+                "vocab_size": spec.arch.vocab_size,
+            }
+        )
+    if ns.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'id':<55} {'type':<10} {'parameters':>17} {'layers':>6}")
+        for r in rows:
+            print(f"{r['id']:<55} {r['model_type']:<10} {r['num_params']:>17,} {r['layers']:>6}")
+    return 0
+
+
+def _cmd_gpus(ns: argparse.Namespace) -> int:
+    from app.core.gpus import GPU_TIERS
+
+    if ns.json:
+        print(json.dumps([t.model_dump() for t in GPU_TIERS], indent=2))
+    else:
+        print(f"{'gpu':<18} {'segment':<12} {'memory':>7} {'usable bytes':>16}")
+        for t in GPU_TIERS:
+            print(f"{t.name:<18} {t.segment:<12} {t.memory_gb:>4} GB {t.usable_bytes:>16,}")
+    return 0
+
+
+def _cmd_fetch(ns: argparse.Namespace) -> int:
+    from app.hub.client import fetch_config_sync
+    from app.hub.ids import parse_model_ref
+    from app.resolver import resolve_model_sync
+    from app.settings import get_settings
+
+    settings = get_settings()
+    ref = parse_model_ref(ns.model)
+    fetched = fetch_config_sync(settings, ref)
+    spec = resolve_model_sync(ns.model, settings, allow_files=False)
+    out = {
+        "id": ref.repo_id,
+        "revision": ref.revision,
+        "sha": fetched.sha,
+        "architecture": spec.arch.architecture,
+        "model_type": spec.arch.model_type,
+        "num_params": spec.num_params,
+        "hub_params": fetched.safetensors_total,
+        "from_cache": fetched.from_cache,
+    }
+    if ns.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(
+            f"{out['id']} @ {out['sha'] or '(no sha)'}: {out['architecture']} ({out['model_type']}), {out['num_params']:,} parameters"
+            + (f"; Hub says {out['hub_params']:,}" if out["hub_params"] else "")
+        )
+    return 0
+
+
+def _cmd_serve(ns: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("app.main:create_app", factory=True, host=ns.host, port=ns.port, workers=ns.workers)
+    return 0
+
+
+COMMANDS = {
+    "estimate": _cmd_estimate,
+    "models": _cmd_models,
+    "gpus": _cmd_gpus,
+    "fetch": _cmd_fetch,
+    "serve": _cmd_serve,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        ns = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its one line (or --help)
+        return int(exc.code or 0)
+    try:
+        return COMMANDS[ns.command](ns)
+    except GpuplanError as exc:
+        code = 2 if isinstance(exc, InputError) else 1
+        print(f"gpuplan: {exc.title.lower()}: {exc.detail}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The pure core: plans, model specs and the memory estimate (standard library and pydantic only)."""

@@ -1,0 +1,336 @@
+"""estimate(model, plan) -> Estimate: the one entry point for the memory number."""
+
+from __future__ import annotations
+
+import math
+
+from app.core.activations import kept_layers, layer_activations, logits_bytes
+from app.core.adapters import adapted_groups
+from app.core.plan import TrainingPlan
+from app.core.quant import ceil_div
+from app.core.result import Estimate, Params, Phase, Term
+from app.core.spec import ModelSpec
+from app.core.tensors import Inventory, Split, inventory
+from app.errors import PlanError
+
+MIB = 1024 * 1024
+# cuBLAS workspace torch allocates through the caching allocator on Hopper (CUBLAS_WORKSPACE_CONFIG :4096:8)
+CUBLAS_WORKSPACE_BYTES = 32 * MIB
+# CUDA context, kernel images and library handles: outside the allocator, seen by nvidia-smi
+CUDA_CONTEXT_BYTES = 512 * MIB
+# Caching-allocator blocks kept reserved beyond the live peak (fragmentation); first-principles share
+ALLOCATOR_FRAGMENTATION = 0.05
+SEGMENT = 2 * MIB
+
+
+def _check(plan: TrainingPlan) -> None:
+    if plan.device == "cpu":
+        if plan.optimizer not in ("adamw", "sgd", "adafactor"):
+            raise PlanError(
+                f"the CPU reference cannot run {plan.optimizer} (bitsandbytes paged/8-bit optimizers need CUDA); use adamw, sgd or adafactor"
+            )
+        if plan.attn == "flash_attention_2":
+            raise PlanError("flash_attention_2 needs CUDA: use sdpa or eager with device cpu")
+        if plan.gpus != 1:
+            raise PlanError("the CPU reference models one device: set gpus to 1")
+
+
+def _share(split: Split, frac: float, div: int = 1) -> int:
+    """Bytes of a split on the worst GPU: a fraction of the layers plus all the rest, over `div` shards."""
+    return math.ceil((split.layers * frac + split.other) / div)
+
+
+def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
+    """Peak memory of one fine-tuning step of `plan` on `model`, per GPU, with its breakdown."""
+    _check(plan)
+    adapted, notes = adapted_groups(model, plan)
+    notes = [*model.notes, *notes]
+    inv: Inventory = inventory(model, plan, adapted)
+    by_name = {a.group.name: a for a in adapted}
+    layer = layer_activations(model, plan, by_name, inv.quantized)
+    n_layers = model.arch.num_layers
+    n, sharding = plan.gpus, plan.sharding
+
+    # worst GPU's share of decoder layers: split by layers (naive model parallel), else all layers
+    split_layers = sharding == "none" and n > 1
+    frac = ceil_div(n_layers, n) / n_layers if split_layers else 1.0
+    gpu_layers = ceil_div(n_layers, n) if split_layers else n_layers
+    shard_params = n if sharding in ("fsdp", "zero3") else 1
+    shard_states = n if sharding in ("fsdp", "zero2", "zero3") else 1
+
+    weights = _share(inv.base, frac, shard_params)
+    adapters = _share(inv.adapters, frac, shard_params)
+    grads = _share(inv.grads, frac, shard_states)
+    states = _share(inv.states, frac, shard_states)
+    paged = math.ceil(inv.paged_states * frac / shard_states)
+    master = 0
+    if sharding in ("zero2", "zero3") and inv.trainable_dtype == 2:
+        master = math.ceil(inv.trainable_params * 4 * frac / shard_states)  # DeepSpeed keeps fp32 master weights
+    offloaded = 0
+    if plan.offload:
+        offloaded = states + master + paged
+        states = master = paged = 0
+        if sharding in ("fsdp", "zero3"):
+            offloaded += weights
+            weights = 0
+    gather = 2 * inv.largest_layer_weights if sharding in ("fsdp", "zero3") and n > 1 else 0
+    ddp_buckets = grads if sharding == "ddp" and n > 1 else 0
+    foreach = math.ceil(inv.foreach_temp * frac / shard_states) if not plan.offload else 0
+
+    if plan.gradient_checkpointing:
+        kept, recomputed = kept_layers(plan, gpu_layers)
+        acts = kept * layer.layer_input
+        layer_peak = recomputed * layer.saved + layer.transient
+    else:
+        acts = gpu_layers * layer.saved
+        layer_peak = layer.transient
+    logits_fwd, logits_bwd = logits_bytes(model, plan)
+    dequant = inv.largest_dequant + (inv.largest_dequant // 2 if plan.method == "qlora" and plan.quant == "int8" else 0)
+
+    persistent = weights + adapters + states + master + gather
+    phases = (
+        Phase(name="load", bytes=weights + adapters),
+        Phase(name="forward", bytes=persistent + acts + max(logits_fwd, layer_peak + dequant)),
+        Phase(name="backward", bytes=persistent + acts + max(logits_bwd, layer_peak + dequant) + ddp_buckets),
+        Phase(name="optimizer", bytes=persistent + grads + ddp_buckets + max(foreach, inv.step_temp)),
+    )
+    peak = max(phases, key=lambda ph: ph.bytes)
+
+    terms = _terms(
+        plan,
+        weights,
+        adapters,
+        grads,
+        states,
+        master,
+        gather,
+        ddp_buckets,
+        acts,
+        peak.name,
+        logits_fwd,
+        logits_bwd,
+        layer_peak,
+        dequant,
+        foreach,
+        inv.step_temp,
+        paged,
+        offloaded,
+        inv,
+    )
+    fused = sum(g.count * g.numel for g in model.groups if g.in_layers and any(len(p.shape) == 3 for p in g.params))
+    if plan.method == "qlora" and fused:
+        notes.append(
+            f"{fused:,} parameters live in fused 3-D expert tensors that bitsandbytes does not quantize "
+            "(transformers 5 MoE layout, bitsandbytes#1849); prepare_model_for_kbit_training upcasts them to fp32"
+        )
+    skipped = sorted({g.cls for g in model.groups if g.in_layers and g.kind == "linear" and not g.quantizable})
+    if plan.method == "qlora" and skipped:
+        notes.append(
+            f"bitsandbytes leaves {', '.join(skipped)} layers unquantized: transformers replaces only modules whose "
+            "type is exactly nn.Linear, so these stay in fp32 after prepare_model_for_kbit_training"
+        )
+    if model.published_params is not None and model.published_params != model.num_params:
+        notes.append(
+            f"the Hub reports {model.published_params:,} parameters; the inventory counts {model.num_params:,}"
+        )
+    return Estimate(
+        model=model.id,
+        revision=model.revision,
+        plan=plan,
+        params=Params(base=model.num_params, trainable=inv.trainable_params),
+        breakdown=tuple(terms),
+        phases=phases,
+        peak_phase=peak.name,
+        double_quant_saving_bytes=inv.double_quant_saving
+        if plan.quant in ("nf4", "fp4") and plan.double_quant
+        else None,
+        notes=tuple(notes),
+    )
+
+
+def _terms(
+    plan: TrainingPlan,
+    weights: int,
+    adapters: int,
+    grads: int,
+    states: int,
+    master: int,
+    gather: int,
+    ddp_buckets: int,
+    acts: int,
+    phase: str,
+    logits_fwd: int,
+    logits_bwd: int,
+    layer_peak: int,
+    dequant: int,
+    foreach: int,
+    step_temp: int,
+    paged: int,
+    offloaded: int,
+    inv: Inventory,
+) -> list[Term]:
+    """The breakdown at the peak phase; allocated terms sum to peak_allocated_bytes."""
+    q = plan.quant if plan.method == "qlora" else plan.dtype
+    t: list[Term] = [
+        Term(
+            term="base_weight_bytes",
+            bytes=weights,
+            category="weights",
+            note=f"base model weights ({q}; unquantized modules in {'fp32 after prepare_model_for_kbit_training' if plan.method == 'qlora' else plan.dtype})",
+        ),
+    ]
+    if adapters:
+        t.append(
+            Term(
+                term="lora_adapter_bytes",
+                bytes=adapters,
+                category="adapters",
+                note=f"LoRA A/B{' and DoRA magnitudes' if plan.dora else ''} in fp32, r={plan.rank}",
+            )
+        )
+    if phase != "load":
+        t.append(
+            Term(
+                term="optimizer_state_bytes",
+                bytes=states,
+                category="optimizer",
+                note=f"{plan.optimizer} states kept in device memory",
+            )
+        )
+    if master and phase != "load":
+        t.append(
+            Term(
+                term="master_weight_bytes",
+                bytes=master,
+                category="optimizer",
+                note="fp32 master copy of trainable weights (DeepSpeed)",
+            )
+        )
+    if gather and phase != "load":
+        t.append(
+            Term(
+                term="allgather_buffer_bytes",
+                bytes=gather,
+                category="transient",
+                note="two decoder layers gathered unsharded (current + prefetch)",
+            )
+        )
+    if phase in ("forward", "backward"):
+        t.append(
+            Term(
+                term="activation_bytes",
+                bytes=acts,
+                category="activations",
+                note="tensors autograd keeps across layers"
+                + (" (checkpointed inputs only)" if plan.gradient_checkpointing else ""),
+            )
+        )
+        logits = logits_fwd if phase == "forward" else logits_bwd
+        if logits >= layer_peak + dequant:
+            t.append(
+                Term(
+                    term="logits_peak_bytes",
+                    bytes=logits,
+                    category="activations",
+                    note="logits, fp32 upcast and cross-entropy (log_softmax and its gradient)",
+                )
+            )
+        else:
+            t.append(
+                Term(
+                    term="layer_recompute_bytes",
+                    bytes=layer_peak,
+                    category="transient",
+                    note="one layer's activations while it is recomputed/backpropagated, and its gradient buffers",
+                )
+            )
+            if dequant:
+                t.append(
+                    Term(
+                        term="dequant_transient_bytes",
+                        bytes=dequant,
+                        category="transient",
+                        note="bitsandbytes dequantizes the widest weight to the compute dtype for its matmul",
+                    )
+                )
+    if phase in ("backward", "optimizer") and ddp_buckets:
+        t.append(
+            Term(
+                term="ddp_bucket_bytes",
+                bytes=ddp_buckets,
+                category="gradients",
+                note="DDP gradient buckets (a flat copy of the gradients)",
+            )
+        )
+    if phase == "optimizer":
+        t.append(
+            Term(term="gradient_bytes", bytes=grads, category="gradients", note="gradients of trainable parameters")
+        )
+        if foreach >= step_temp and foreach:
+            t.append(
+                Term(
+                    term="optimizer_temp_bytes",
+                    bytes=foreach,
+                    category="transient",
+                    note="foreach AdamW: sqrt(exp_avg_sq) for every parameter at once",
+                )
+            )
+        elif step_temp:
+            t.append(
+                Term(
+                    term="optimizer_temp_bytes",
+                    bytes=step_temp,
+                    category="transient",
+                    note="optimizer-step fp32 temporaries of the largest parameter",
+                )
+            )
+    if plan.device == "cuda":
+        t.append(
+            Term(
+                term="cublas_workspace_bytes",
+                bytes=CUBLAS_WORKSPACE_BYTES,
+                category="overhead",
+                note="cuBLAS workspace, allocated through the caching allocator",
+            )
+        )
+        allocated = sum(x.bytes for x in t)
+        frag = math.ceil(allocated * ALLOCATOR_FRAGMENTATION / SEGMENT) * SEGMENT
+        t.append(
+            Term(
+                term="allocator_cache_bytes",
+                bytes=frag,
+                category="overhead",
+                counted="reserved",
+                note=f"caching-allocator fragmentation ({ALLOCATOR_FRAGMENTATION:.0%} of allocated, 2 MiB segments)",
+            )
+        )
+        t.append(
+            Term(
+                term="cuda_context_bytes",
+                bytes=CUDA_CONTEXT_BYTES,
+                category="overhead",
+                counted="device",
+                note="CUDA context, kernels and library handles (outside the allocator)",
+            )
+        )
+        if paged:
+            t.append(
+                Term(
+                    term="paged_optimizer_state_bytes",
+                    bytes=paged,
+                    category="optimizer",
+                    counted="device",
+                    evictable=True,
+                    note="paged optimizer states in unified memory; evicted to host RAM under pressure",
+                )
+            )
+    if offloaded:
+        t.append(
+            Term(
+                term="offloaded_bytes",
+                bytes=0,
+                category="optimizer",
+                note=f"{offloaded:,} bytes of states/weights live in host RAM (offload); not on the GPU",
+            )
+        )
+    return t

@@ -1,0 +1,106 @@
+"""The training plan: every choice that changes how much memory a fine-tuning step takes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Method = Literal["qlora", "lora", "full"]
+Quant = Literal["nf4", "fp4", "int8", "none"]
+DType = Literal["bf16", "fp16", "fp32"]
+Checkpointing = Literal["every-layer", "sqrt-n"]
+Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit", "sgd", "adafactor"]
+Attn = Literal["sdpa", "flash_attention_2", "eager"]
+Sharding = Literal["none", "ddp", "fsdp", "zero2", "zero3"]
+Device = Literal["cuda", "cpu"]
+
+ALL_LINEAR = "all-linear"
+
+# Explicit input limits; the API and the CLI report violations by field.
+MAX_SEQ_LEN = 1_048_576
+MAX_BATCH = 4096
+MAX_RANK = 4096
+MAX_GPUS = 4096
+MAX_LAYERS = 4096
+
+
+class TrainingPlan(BaseModel):
+    """How the model is fine-tuned; defaults are the popular QLoRA recipe."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Method = Field(
+        "qlora", description="qlora: LoRA on a quantized base; lora: LoRA on a 16-bit base; full: every weight trained."
+    )
+    quant: Quant | None = Field(
+        None, description="Base weight quantization; defaults to nf4 for qlora and none otherwise."
+    )
+    double_quant: bool = Field(True, description="bitsandbytes double quantization of the 4-bit absmax constants.")
+    dtype: DType = Field("bf16", description="Compute dtype (and weight dtype of unquantized bases).")
+    rank: int = Field(16, ge=1, le=MAX_RANK, description="LoRA rank r.")
+    alpha: float = Field(32, gt=0, le=1_000_000, description="LoRA alpha (scaling numerator); no effect on memory.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout; >0 keeps a dropped copy of each adapted input.")
+    targets: tuple[str, ...] | Literal["all-linear"] = Field(
+        "all-linear", description="LoRA target module names (suffix match, as PEFT) or 'all-linear'."
+    )
+    dora: bool = Field(
+        False, description="DoRA: adds a magnitude vector per adapted layer and a weight-norm transient."
+    )
+    rslora: bool = Field(False, description="rsLoRA scaling alpha/sqrt(r); no effect on memory.")
+    seq_len: int = Field(2048, ge=1, le=MAX_SEQ_LEN, description="Tokens per sequence.")
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH, description="Micro-batch size per GPU.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in backward instead of keeping them.")
+    checkpointing: Checkpointing = Field(
+        "every-layer", description="every-layer (transformers) or sqrt-n (Chen et al. 2016)."
+    )
+    optimizer: Optimizer = Field(
+        "paged_adamw_32bit", description="Optimizer whose states are kept per trainable parameter."
+    )
+    attn: Attn = Field("sdpa", description="Attention implementation.")
+    gpus: int = Field(1, ge=1, le=MAX_GPUS, description="Number of GPUs.")
+    sharding: Sharding = Field(
+        "none", description="none (one GPU, or layers split across GPUs), ddp, fsdp, zero2, zero3."
+    )
+    offload: bool = Field(False, description="Offload optimizer states (and ZeRO-3/FSDP parameters) to CPU memory.")
+    device: Device = Field("cuda", description="cuda, or cpu for the calibration reference tracker.")
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _split_targets(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip() == ALL_LINEAR:
+                return ALL_LINEAR
+            value = [part for part in value.split(",")]
+        if isinstance(value, (list, tuple)):
+            names = tuple(str(v).strip() for v in value)
+            if not names or any(not n for n in names):
+                raise ValueError("give at least one non-empty module name, e.g. q_proj,v_proj, or all-linear")
+            for n in names:
+                if not all(c.isalnum() or c in "._-" for c in n) or len(n) > 200:
+                    raise ValueError(f"{n!r} is not a module name (letters, digits, '.', '_', '-')")
+            return tuple(dict.fromkeys(names))
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingPlan:
+        quant = self.quant
+        if quant is None:
+            object.__setattr__(self, "quant", "nf4" if self.method == "qlora" else "none")
+        elif self.method == "qlora" and quant == "none":
+            raise ValueError("qlora needs a quantized base: quant must be nf4, fp4 or int8 (or use method lora)")
+        elif self.method != "qlora" and quant != "none":
+            raise ValueError(f"method {self.method} trains a 16-bit base: use method qlora for quant {quant}")
+        if self.method == "qlora" and self.sharding in ("fsdp", "zero3") and self.quant == "int8":
+            raise ValueError("int8 bases cannot be sharded with fsdp/zero3: use nf4 or fp4, or ddp")
+        if self.offload and self.sharding not in ("fsdp", "zero2", "zero3"):
+            raise ValueError("offload needs sharding fsdp, zero2 or zero3")
+        return self
+
+    @property
+    def quantized(self) -> bool:
+        return self.quant not in (None, "none")
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.method != "full"

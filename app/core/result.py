@@ -1,0 +1,91 @@
+"""The estimate's value objects: breakdown terms, phases, parameter counts and the Estimate itself."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from app.core.plan import TrainingPlan
+
+Category = Literal["weights", "adapters", "gradients", "optimizer", "activations", "transient", "overhead"]
+# allocated: live at the peak, counted by torch.cuda.max_memory_allocated;
+# reserved: cached by the allocator on top (max_memory_reserved); device: outside the allocator (nvidia-smi).
+Counted = Literal["allocated", "reserved", "device"]
+
+
+class Term(BaseModel):
+    """One named memory term at the peak, in bytes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    term: str
+    bytes: int = Field(ge=0)
+    note: str
+    category: Category
+    counted: Counted = "allocated"
+    evictable: bool = Field(False, description="Paged (unified) memory the driver may move to host RAM under pressure.")
+
+
+class Phase(BaseModel):
+    """Bytes allocated at the high point of one phase of a training step."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    bytes: int = Field(ge=0)
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    base: int = Field(description="Parameters of the base model, tied weights once.")
+    trainable: int = Field(description="Parameters the optimizer updates.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def trainable_pct(self) -> float:
+        return round(100 * self.trainable / self.base, 4) if self.base else 0.0
+
+
+class Estimate(BaseModel):
+    """What one fine-tuning step of `plan` on `model` needs per GPU."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    revision: str | None = None
+    plan: TrainingPlan
+    params: Params
+    breakdown: tuple[Term, ...]
+    phases: tuple[Phase, ...]
+    peak_phase: str
+    double_quant_saving_bytes: int | None = Field(
+        None, description="Bytes double quantization saves against single quantization (4-bit plans only)."
+    )
+    notes: tuple[str, ...] = ()
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def peak_allocated_bytes(self) -> int:
+        """What torch.cuda.max_memory_allocated would report on one GPU."""
+        return sum(t.bytes for t in self.breakdown if t.counted == "allocated")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def peak_reserved_bytes(self) -> int:
+        """What torch.cuda.max_memory_reserved would report on one GPU."""
+        return self.peak_allocated_bytes + sum(t.bytes for t in self.breakdown if t.counted == "reserved")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def device_bytes(self) -> int:
+        """What nvidia-smi would show for the process on one GPU."""
+        return self.peak_reserved_bytes + sum(t.bytes for t in self.breakdown if t.counted == "device")
+
+    @property
+    def per_gpu(self) -> bool:
+        return self.plan.gpus > 1
+
+    def term(self, name: str) -> Term | None:
+        return next((t for t in self.breakdown if t.term == name), None)

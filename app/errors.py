@@ -1,0 +1,127 @@
+"""The one error tree of gpuplan; HTTP status codes are attached here and used only at the edges.
+
+    GpuplanError
+    ├── InputError                      bad user input (400 / 422)
+    │   ├── PlanError                   a training plan that cannot be built
+    │   └── ModelIdError                a model name that is not a valid Hub id or path
+    ├── ConfigError                     a config.json that cannot become an inventory (422)
+    │   ├── MalformedConfig             not JSON, not an object, too large, missing fields
+    │   ├── UnsupportedArchitecture     model_type transformers cannot build
+    │   └── RemoteCodeRefused           needs trust_remote_code and its family is unknown
+    ├── HubError                        the Hugging Face Hub did not give us the config
+    │   ├── ModelNotFound               404 (404)
+    │   ├── GatedModel                  401/403, no or rejected token (403)
+    │   ├── HubUnavailable              429/5xx after retries, timeouts, refused redirects (503)
+    │   └── OfflineMiss                 HF_HUB_OFFLINE=1 and the id is not cached (404)
+    ├── CalibrationError                a calibration run could not be carried out (500 at the CLI only)
+    ├── StoreError                      the measurement store failed (503)
+    └── AuthError                       missing or wrong bearer token (401)
+
+Every error carries a short `title` and a `detail` sentence that tells the user what to fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GpuplanError(Exception):
+    """Base of every error gpuplan raises on purpose."""
+
+    title: ClassVar[str] = "gpuplan error"
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "error"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+class InputError(GpuplanError):
+    title = "Invalid input"
+    status = 422
+    slug = "invalid-input"
+
+
+class PlanError(InputError):
+    title = "Invalid training plan"
+    slug = "invalid-plan"
+
+
+class ModelIdError(InputError):
+    title = "Invalid model id"
+    status = 400
+    slug = "invalid-model-id"
+
+
+class ConfigError(GpuplanError):
+    title = "Unusable model config"
+    status = 422
+    slug = "config-error"
+
+
+class MalformedConfig(ConfigError):
+    title = "config.json is malformed"
+    slug = "malformed-config"
+
+
+class UnsupportedArchitecture(ConfigError):
+    title = "Unsupported architecture"
+    slug = "unsupported-architecture"
+
+
+class RemoteCodeRefused(ConfigError):
+    title = "Remote code refused"
+    slug = "remote-code-refused"
+
+
+class HubError(GpuplanError):
+    title = "Hugging Face Hub error"
+    status = 502
+    slug = "hub-error"
+
+
+class ModelNotFound(HubError):
+    title = "Model not found"
+    status = 404
+    slug = "model-not-found"
+
+
+class GatedModel(HubError):
+    title = "Gated model"
+    status = 403
+    slug = "gated-model"
+
+
+class HubUnavailable(HubError):
+    title = "Hub unavailable"
+    status = 503
+    slug = "hub-unavailable"
+
+
+class OfflineMiss(HubError):
+    title = "Not available offline"
+    status = 404
+    slug = "offline-miss"
+
+
+class CalibrationError(GpuplanError):
+    title = "Calibration failed"
+    status = 500
+    slug = "calibration-failed"
+
+
+class StoreError(GpuplanError):
+    title = "Store unavailable"
+    status = 503
+    slug = "store-unavailable"
+
+
+class AuthError(GpuplanError):
+    title = "Unauthorized"
+    status = 401
+    slug = "unauthorized"

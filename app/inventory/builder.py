@@ -1,0 +1,258 @@
+"""config.json -> ModelSpec, by instantiating the transformers model on the meta device (nothing allocated)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from app.core.spec import ArchSummary, ModelSource, ModelSpec, ModuleGroup, ParamShape
+from app.errors import MalformedConfig, UnsupportedArchitecture
+
+_LAYER_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
+_GATED_LEAVES = {"gate_proj", "gate_up_proj", "w1", "w3", "fc_gate"}
+_FUSED_QKV = {"qkv_proj", "query_key_value", "Wqkv", "c_attn", "qkv"}
+_DOWN_LEAVES = {"down_proj", "dense_4h_to_h", "fc2", "w2", "c_proj"}
+# Sanity limits: a config beyond these is refused before transformers is asked to build it.
+_MAX_DIM = 1 << 20
+_MAX_LAYERS = 4096
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a config dict."""
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _check_values(config: dict[str, Any]) -> None:
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise MalformedConfig("config.json has no 'model_type': add the transformers model type, e.g. \"llama\"")
+    for key in (
+        "hidden_size",
+        "intermediate_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+        "head_dim",
+        "n_embd",
+        "d_model",
+    ):
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_DIM:
+            raise MalformedConfig(f"config field {key}={value!r} must be a positive integer up to {_MAX_DIM}")
+    layers = config.get("num_hidden_layers", config.get("n_layer"))
+    if layers is not None and (
+        isinstance(layers, bool) or not isinstance(layers, int) or not 0 < layers <= _MAX_LAYERS
+    ):
+        raise MalformedConfig(
+            f"config field num_hidden_layers={layers!r} must be a positive integer up to {_MAX_LAYERS}"
+        )
+
+
+def _load_config(config: dict[str, Any]) -> Any:
+    from transformers import AutoConfig
+
+    fields = {k: v for k, v in config.items() if k not in ("model_type", "auto_map")}
+    try:
+        return AutoConfig.for_model(config["model_type"], **fields)
+    except ValueError as exc:
+        if "Unrecognized" in str(exc) or "model type" in str(exc):
+            raise UnsupportedArchitecture(
+                f"model_type {config['model_type']!r} is not known to this transformers version; "
+                "check the name or use a model whose architecture transformers supports"
+            ) from exc
+        raise MalformedConfig(f"transformers rejected the config: {exc}") from exc
+    except (TypeError, KeyError, AttributeError) as exc:
+        raise MalformedConfig(f"transformers rejected the config: {exc}") from exc
+
+
+def _instantiate(cfg: Any) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(cfg)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise UnsupportedArchitecture(
+            f"transformers cannot build a causal language model for model_type {cfg.model_type!r}: {exc}"
+        ) from exc
+    except (TypeError, AttributeError, KeyError, IndexError, ZeroDivisionError, RuntimeError, AssertionError) as exc:
+        raise MalformedConfig(
+            f"the config's values do not build a model ({type(exc).__name__}: {exc}); check its sizes"
+        ) from exc
+
+
+def _not_converted(model: Any) -> list[str]:
+    """The modules transformers' bitsandbytes quantizer leaves unquantized by default."""
+    from transformers.quantizers.base import HfQuantizer
+
+    return list(HfQuantizer.get_modules_to_not_convert(model, None, getattr(model, "_keep_in_fp32_modules", None)))
+
+
+def _module_rows(model: Any) -> list[dict[str, Any]]:
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    skip = _not_converted(model)
+    output_emb = model.get_output_embeddings()
+    seen: dict[int, str] = {}
+    rows: list[dict[str, Any]] = []
+    for name, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        is_linear = isinstance(module, (nn.Linear, Conv1D))
+        if not own and not is_linear:
+            continue
+        params, tied = [], False
+        for pname, p in own:
+            if id(p) in seen:
+                tied = True
+                continue
+            seen[id(p)] = f"{name}.{pname}"
+            params.append(ParamShape(name=pname, shape=tuple(int(d) for d in p.shape)))
+        if is_linear:
+            kind = "linear"
+            w = module.weight
+            in_f, out_f = (
+                (int(w.shape[0]), int(w.shape[1])) if isinstance(module, Conv1D) else (int(w.shape[1]), int(w.shape[0]))
+            )
+        elif isinstance(module, nn.Embedding):
+            kind, in_f, out_f = "embedding", int(module.num_embeddings), int(module.embedding_dim)
+        elif "norm" in type(module).__name__.lower():
+            kind, in_f, out_f = "norm", 0, 0
+        else:
+            kind, in_f, out_f = "other", 0, 0
+        rows.append(
+            {
+                "name": name,
+                "cls": type(module).__name__,
+                "kind": kind,
+                "params": tuple(params),
+                "quantizable": (isinstance(module, Conv1D) or type(module) is nn.Linear)
+                and should_convert_module(name, skip),
+                "peft_linear": is_linear,
+                "output_layer": module is output_emb,
+                "tied": tied,
+                "in_features": in_f,
+                "out_features": out_f,
+            }
+        )
+    return rows
+
+
+def _group(rows: list[dict[str, Any]], layers_prefix: str | None) -> tuple[ModuleGroup, ...]:
+    groups: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        pattern = _LAYER_INDEX.sub(".*", row["name"])
+        key = json.dumps([pattern, row["cls"], [(p.name, p.shape) for p in row["params"]], row["tied"]])
+        if key in groups:
+            groups[key]["count"] += 1
+            continue
+        in_layers = layers_prefix is not None and row["name"].startswith(layers_prefix + ".")
+        groups[key] = {**row, "name": pattern, "count": 1, "in_layers": in_layers}
+    return tuple(ModuleGroup(**g) for g in groups.values())
+
+
+def _layers_prefix(model: Any, num_layers: int) -> str | None:
+    from torch import nn
+
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            return str(name)
+    return None
+
+
+def _arch(cfg: Any, groups: tuple[ModuleGroup, ...], model: Any) -> ArchSummary:
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+    def get(*names: str, default: Any = None) -> Any:
+        return next((getattr(text, n) for n in names if getattr(text, n, None) is not None), default)
+
+    hidden = int(get("hidden_size", "n_embd", "d_model"))
+    layers = int(get("num_hidden_layers", "n_layer", "num_layers"))
+    heads = int(get("num_attention_heads", "n_head"))
+    head_dim = int(get("head_dim", default=hidden // heads))
+    layer_groups = [g for g in groups if g.in_layers]
+    leaves = {g.leaf: g for g in layer_groups}
+    kv_heads = int(get("num_key_value_heads", "num_kv_heads", default=heads))
+    if "k_proj" in leaves:
+        kv_heads = leaves["k_proj"].out_features // head_dim
+    else:
+        fused = next((leaves[n] for n in _FUSED_QKV if n in leaves), None)
+        if fused is not None and fused.out_features > heads * head_dim:
+            kv_heads = (fused.out_features - heads * head_dim) // (2 * head_dim)
+    experts = int(get("num_local_experts", "num_experts", "n_routed_experts", default=0) or 0)
+    down = next((leaves[n] for n in _DOWN_LEAVES if n in leaves and leaves[n].kind == "linear"), None)
+    expert_param = next(
+        (p for g in layer_groups if g.kind == "other" for p in g.params if len(p.shape) == 3 and "down" in p.name), None
+    )
+    if down is not None and experts == 0:
+        intermediate = down.in_features
+    elif expert_param is not None:
+        intermediate = expert_param.shape[2]
+    else:
+        intermediate = int(get("intermediate_size", "ffn_hidden_size", "moe_intermediate_size", default=4 * hidden))
+    gated = any(g.leaf in _GATED_LEAVES for g in layer_groups) or any(
+        "gate_up" in p.name for g in layer_groups for p in g.params
+    )
+    norms = sum(1 for g in layer_groups if g.kind == "norm" and ".mlp." not in g.name and ".self_attn." not in g.name)
+    parallel = bool(get("use_parallel_residual", "parallel_attn", default=False)) or norms == 1
+    archs = getattr(cfg, "architectures", None) or [type(model).__name__]
+    return ArchSummary(
+        model_type=str(cfg.model_type),
+        architecture=str(archs[0]),
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=max(1, kv_heads),
+        head_dim=head_dim,
+        intermediate_size=intermediate,
+        vocab_size=int(get("vocab_size")),
+        tie_word_embeddings=any(g.tied for g in groups),
+        num_experts=experts,
+        experts_per_token=int(get("num_experts_per_tok", "moe_topk", default=0) or 0) if experts else 0,
+        mlp_gated=gated,
+        parallel_block=parallel,
+        norms_per_layer=norms,
+        max_position_embeddings=get("max_position_embeddings", "n_positions"),
+    )
+
+
+def build_spec(
+    config: dict[str, Any],
+    *,
+    model_id: str,
+    source: ModelSource,
+    revision: str | None = None,
+    published_params: int | None = None,
+) -> ModelSpec:
+    """Instantiate the model on the meta device and read its exact inventory."""
+    if not isinstance(config, dict):
+        raise MalformedConfig("config.json must be a JSON object")
+    _check_values(config)
+    import transformers
+
+    cfg = _load_config(config)
+    model = _instantiate(cfg)
+    rows = _module_rows(model)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    num_layers = int(getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", 0) or 0)
+    groups = _group(rows, _layers_prefix(model, num_layers))
+    total = sum(p.numel() for p in model.parameters())
+    spec = ModelSpec(
+        id=model_id,
+        source=source,
+        revision=revision,
+        config_hash=config_hash(config),
+        transformers_version=transformers.__version__,
+        arch=_arch(cfg, groups, model),
+        groups=groups,
+        published_params=published_params,
+    )
+    if spec.num_params != total:  # the inventory must be exact; anything else is a bug here
+        raise AssertionError(f"inventory counts {spec.num_params} parameters, model has {total}")
+    return spec

@@ -1,0 +1,142 @@
+"""One estimate as a JSON payload, a terminal table, Markdown and CSV (shared by the CLI, API and exports)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from app.core.gpus import Recommendation
+from app.core.result import Estimate
+from app.core.spec import ModelSpec
+
+GIB = 1024**3
+
+
+def gib(nbytes: int) -> str:
+    return f"{nbytes / GIB:,.2f} GiB"
+
+
+def payload(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> dict[str, Any]:
+    """The JSON object of `gpuplan estimate --json` and `GET /api/v1/estimate`."""
+    return {
+        "model": {
+            "id": model.id,
+            "source": model.source,
+            "revision": model.revision,
+            "architecture": model.arch.architecture,
+            "model_type": model.arch.model_type,
+            "num_params": model.num_params,
+        },
+        "plan": est.plan.model_dump(mode="json"),
+        "params": est.params.model_dump(mode="json"),
+        "breakdown": [t.model_dump(mode="json") for t in est.breakdown],
+        "phases": [p.model_dump(mode="json") for p in est.phases],
+        "peak_phase": est.peak_phase,
+        "peak_allocated_bytes": est.peak_allocated_bytes,
+        "peak_reserved_bytes": est.peak_reserved_bytes,
+        "device_bytes": est.device_bytes,
+        "double_quant_saving_bytes": est.double_quant_saving_bytes,
+        "notes": list(est.notes),
+        "recommendations": rec.model_dump(mode="json") if rec is not None else None,
+    }
+
+
+def _plan_line(est: Estimate) -> str:
+    p = est.plan
+    what = (
+        f"{p.method} ({p.quant}{', double quant' if p.quant in ('nf4', 'fp4') and p.double_quant else ''})"
+        if p.method == "qlora"
+        else p.method
+    )
+    lora = (
+        f", r={p.rank} on {p.targets if isinstance(p.targets, str) else ','.join(p.targets)}"
+        if p.method != "full"
+        else ""
+    )
+    ckpt = f"checkpointing {p.checkpointing}" if p.gradient_checkpointing else "no checkpointing"
+    return (
+        f"{what}{lora}, {p.dtype}, seq {p.seq_len} x batch {p.batch_size}, {ckpt}, {p.optimizer}, {p.attn}, "
+        f"{p.gpus} GPU{'s' if p.gpus > 1 else ''}{', ' + p.sharding if p.sharding != 'none' else ''}, {p.device}"
+    )
+
+
+def table(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> str:
+    """The human-readable output of `gpuplan estimate`."""
+    lines = [
+        f"{model.id}{'@' + model.revision[:12] if model.revision else ''}  ({model.arch.architecture}, {model.num_params:,} parameters)",
+        f"plan: {_plan_line(est)}",
+        f"trainable: {est.params.trainable:,} ({est.params.trainable_pct:.4f} %)",
+        "",
+        f"{'term':<30} {'bytes':>16} {'GiB':>9}  note",
+    ]
+    for t in est.breakdown:
+        flag = {"allocated": "", "reserved": " [reserved]", "device": " [outside allocator]"}[t.counted]
+        lines.append(f"{t.term:<30} {t.bytes:>16,} {t.bytes / GIB:>9.3f}  {t.note}{flag}")
+    lines += [
+        "",
+        f"peak allocated ({est.peak_phase}): {est.peak_allocated_bytes:>16,}  {gib(est.peak_allocated_bytes)}",
+        f"peak reserved:            {est.peak_reserved_bytes:>16,}  {gib(est.peak_reserved_bytes)}",
+        f"device (nvidia-smi):      {est.device_bytes:>16,}  {gib(est.device_bytes)}"
+        + (" per GPU" if est.plan.gpus > 1 else ""),
+    ]
+    if est.double_quant_saving_bytes is not None:
+        lines.append(
+            f"double quant saves:       {est.double_quant_saving_bytes:>16,}  {gib(est.double_quant_saving_bytes)}"
+        )
+    lines += [f"note: {n}" for n in est.notes]
+    if rec is not None:
+        lines.append("")
+        if rec.recommended:
+            lines.append(
+                f"recommended: {rec.recommended_gpus} x {rec.recommended} (keeping {rec.headroom:.0%} headroom)"
+            )
+        else:
+            lines.append(
+                "recommended: no GPU tier fits this plan; try QLoRA, checkpointing, a shorter sequence or zero3"
+            )
+        lines.append(f"{'gpu':<18} {'usable':>10} {'fits':>5} {'left':>11} {'gpus needed':>12}")
+        for f in rec.tiers:
+            lines.append(
+                f"{f.gpu:<18} {f.usable_bytes / GIB:>7.1f} GiB {'yes' if f.fits else 'no':>5} "
+                f"{f.headroom_bytes / GIB:>7.1f} GiB {f.gpus_needed if f.gpus_needed else '-':>12}"
+            )
+    return "\n".join(lines)
+
+
+def markdown(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> str:
+    """A Markdown report for procurement documents."""
+    out = [
+        f"# GPU memory plan: {model.id}",
+        "",
+        f"- Model: `{model.id}`{' @ `' + model.revision + '`' if model.revision else ''} ({model.arch.architecture}, {model.num_params:,} parameters)",
+        f"- Plan: {_plan_line(est)}",
+        f"- Trainable parameters: {est.params.trainable:,}",
+        f"- **Peak allocated: {gib(est.peak_allocated_bytes)}**; reserved {gib(est.peak_reserved_bytes)}; device {gib(est.device_bytes)}",
+    ]
+    if rec is not None and rec.recommended:
+        out.append(
+            f"- **Recommended: {rec.recommended_gpus} x {rec.recommended}** ({rec.headroom:.0%} headroom kept free)"
+        )
+    out += ["", "| term | bytes | GiB | note |", "|---|---:|---:|---|"]
+    out += [f"| {t.term} | {t.bytes:,} | {t.bytes / GIB:.3f} | {t.note} |" for t in est.breakdown]
+    if rec is not None:
+        out += ["", "| GPU | usable GiB | fits | GPUs needed |", "|---|---:|---|---:|"]
+        out += [
+            f"| {f.gpu} | {f.usable_bytes / GIB:.1f} | {'yes' if f.fits else 'no'} | {f.gpus_needed or '-'} |"
+            for f in rec.tiers
+        ]
+    return "\n".join(out) + "\n"
+
+
+def csv_text(est: Estimate) -> str:
+    """The breakdown as CSV: term, bytes, category, counted, note."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["term", "bytes", "category", "counted", "note"])
+    for t in est.breakdown:
+        writer.writerow([t.term, t.bytes, t.category, t.counted, t.note])
+    writer.writerow(["peak_allocated_bytes", est.peak_allocated_bytes, "total", "allocated", ""])
+    writer.writerow(["peak_reserved_bytes", est.peak_reserved_bytes, "total", "reserved", ""])
+    writer.writerow(["device_bytes", est.device_bytes, "total", "device", ""])
+    return buf.getvalue()

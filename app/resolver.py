@@ -1,0 +1,129 @@
+"""Model name -> ModelSpec: the bundled catalog, a local config.json, or the Hugging Face Hub."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from app import catalog
+from app.core.spec import ModelSpec
+from app.errors import InputError, MalformedConfig
+from app.inventory.cache import cached_spec
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
+
+    from app.hub.client import HubClient
+
+MAX_LOCAL_CONFIG_BYTES = 2 * 1024 * 1024
+
+Kind = Literal["catalog", "file", "hub"]
+
+
+def classify(name: str, *, allow_files: bool) -> Kind:
+    """Which of the three ways names this model."""
+    text = name.strip()
+    if not text:
+        raise InputError(
+            "give a model: a catalog id such as meta-llama/Llama-2-7b-hf, a Hub id, or a path to config.json"
+        )
+    if allow_files and (text.endswith(".json") or text.startswith((".", "/", "~")) or Path(text).is_file()):
+        return "file"
+    if "@" not in text and catalog.in_catalog(text):
+        return "catalog"
+    return "hub"
+
+
+def _read_local(path_text: str) -> dict[str, Any]:
+    path = Path(path_text).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise InputError(f"no config file at {path}: give the path to a model's config.json")
+    if path.stat().st_size > MAX_LOCAL_CONFIG_BYTES:
+        raise MalformedConfig(f"{path} is larger than {MAX_LOCAL_CONFIG_BYTES} bytes; a config.json is a few KB")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MalformedConfig(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MalformedConfig(f"{path} must hold a JSON object")
+    return data
+
+
+def resolve_catalog(name: str) -> ModelSpec:
+    spec = catalog.load_spec(name)
+    if spec is None:
+        raise InputError(f"{name} is not in the bundled catalog; see `gpuplan models`")
+    return spec
+
+
+async def resolve_model(
+    name: str, settings: Settings, hub: HubClient | None = None, *, allow_files: bool = False
+) -> ModelSpec:
+    """Resolve without blocking the event loop (inventories are built in a worker thread)."""
+    kind = classify(name, allow_files=allow_files)
+    if kind == "catalog":
+        return resolve_catalog(name)
+    if kind == "file":
+        config = _read_local(name)
+        return await asyncio.to_thread(
+            cached_spec,
+            config,
+            model_id=str(Path(name).expanduser()),
+            source="file",
+            cache_dir=settings.inventory_cache_dir,
+        )
+    from app.hub.client import HubClient
+    from app.hub.ids import parse_model_ref
+    from app.hub.remote_code import check_remote_code
+
+    ref = parse_model_ref(name.strip())
+    own = hub is None
+    client = hub or HubClient(settings)
+    try:
+        fetched = await client.fetch_config(ref)
+    finally:
+        if own:
+            await client.aclose()
+    notes = await asyncio.to_thread(check_remote_code, fetched.config)
+    spec = await asyncio.to_thread(
+        cached_spec,
+        fetched.config,
+        model_id=ref.repo_id,
+        source="hub",
+        cache_dir=settings.inventory_cache_dir,
+        revision=fetched.sha or ref.revision,
+        published_params=fetched.safetensors_total,
+    )
+    return spec.model_copy(update={"notes": tuple(notes)})
+
+
+def resolve_model_sync(
+    name: str, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None, allow_files: bool = True
+) -> ModelSpec:
+    """The CLI's resolver: catalog and files without an event loop, the Hub through asyncio.run."""
+    kind = classify(name, allow_files=allow_files)
+    if kind == "catalog":
+        return resolve_catalog(name)
+    if kind == "file":
+        return cached_spec(
+            _read_local(name),
+            model_id=str(Path(name).expanduser()),
+            source="file",
+            cache_dir=settings.inventory_cache_dir,
+        )
+
+    async def run() -> ModelSpec:
+        from app.hub.client import HubClient
+
+        client = HubClient(settings, transport=transport)
+        try:
+            return await resolve_model(name, settings, client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())

@@ -1,0 +1,87 @@
+"""GPU tiers: boundary cases of the recommendation, and plan validation messages."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.catalog import load_spec
+from app.core.gpus import GPU_TIERS, GpuTier, _fits, find_tier, recommend
+from app.core.plan import TrainingPlan
+from app.core.spec import ModelSpec
+
+
+def spec(model_id: str) -> ModelSpec:
+    s = load_spec(model_id)
+    assert s is not None
+    return s
+
+
+def test_fit_boundary_is_inclusive_and_exact() -> None:
+    tier = GpuTier(name="X", segment="consumer", memory_gb=1, usable_bytes=1000)
+    assert _fits(900, tier, 0.10)
+    assert not _fits(901, tier, 0.10)
+    assert _fits(1000, tier, 0.0) and not _fits(1001, tier, 0.0)
+
+
+def test_small_qlora_fits_a_consumer_card_and_the_smallest_is_recommended() -> None:
+    rec = recommend(spec("meta-llama/Llama-2-7b-hf"), TrainingPlan())
+    assert rec.recommended_gpus == 1
+    best = next(t for t in GPU_TIERS if t.name == rec.recommended)
+    fitting = [f for f in rec.tiers if f.fits]
+    assert best.usable_bytes == min(f.usable_bytes for f in fitting)
+    # every tier smaller than the recommendation does not fit
+    assert all(not f.fits for f in rec.tiers if f.usable_bytes < best.usable_bytes)
+
+
+def test_full_70b_needs_many_gpus_under_zero3_and_none_under_ddp() -> None:
+    model = spec("meta-llama/Llama-2-70b-hf")
+    rec = recommend(model, TrainingPlan(method="full", optimizer="adamw", sharding="zero3"))
+    h100 = next(f for f in rec.tiers if f.gpu == "H100 80GB")
+    assert not h100.fits and h100.gpus_needed is not None and h100.gpus_needed > 8
+    # one GPU fewer than needed does not fit, the count needed does
+    from app.core.estimate import estimate
+
+    plan = TrainingPlan(method="full", optimizer="adamw", sharding="zero3")
+    tier = find_tier("H100 80GB")
+    assert tier is not None
+    at = estimate(model, plan.model_copy(update={"gpus": h100.gpus_needed})).device_bytes
+    below = estimate(model, plan.model_copy(update={"gpus": h100.gpus_needed - 1})).device_bytes
+    assert _fits(at, tier, 0.10) and not _fits(below, tier, 0.10)
+    ddp = recommend(model, TrainingPlan(method="full", optimizer="adamw", sharding="ddp"))
+    assert all(f.gpus_needed is None and f.reason for f in ddp.tiers)
+    assert ddp.recommended is None
+
+
+def test_find_tier_is_forgiving_about_case_and_spaces() -> None:
+    assert find_tier("rtx4090") is not None and find_tier("H100 80gb") is not None and find_tier("nope") is None
+
+
+@pytest.mark.parametrize(
+    ("kw", "fragment"),
+    [
+        ({"method": "qlora", "quant": "none"}, "qlora needs a quantized base"),
+        ({"method": "lora", "quant": "nf4"}, "use method qlora"),
+        ({"offload": True}, "offload needs sharding"),
+        ({"targets": "q_proj,,v_proj"}, "non-empty module name"),
+        ({"targets": "q_proj;rm -rf"}, "is not a module name"),
+        ({"seq_len": 0}, "greater than or equal to 1"),
+        ({"rank": 5000}, "less than or equal to 4096"),
+    ],
+)
+def test_plan_errors_say_what_to_fix(kw: dict, fragment: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        TrainingPlan(**kw)
+    assert fragment in str(info.value)
+
+
+def test_targets_that_match_nothing_or_unsupported_modules() -> None:
+    from app.core.estimate import estimate
+    from app.errors import PlanError
+
+    with pytest.raises(PlanError, match="none of the targets"):
+        estimate(spec("meta-llama/Llama-2-7b-hf"), TrainingPlan(targets="qkv_proj"))
+    with pytest.raises(PlanError, match="LoRA cannot adapt"):
+        estimate(spec("mistralai/Mixtral-8x7B-v0.1"), TrainingPlan(targets="experts"))
+    est = estimate(spec("meta-llama/Llama-2-7b-hf"), TrainingPlan(targets="q_proj,qkv_proj"))
+    assert any("qkv_proj" in n for n in est.notes)
