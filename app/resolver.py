@@ -81,7 +81,7 @@ async def resolve_model(
     from app.hub.ids import parse_model_ref
     from app.hub.remote_code import check_remote_code
 
-    ref = parse_model_ref(name.strip())
+    ref = parse_model_ref(name)
     own = hub is None
     client = hub or HubClient(settings)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from app.core.activations import kept_layers, layer_activations, logits_bytes
-from app.core.adapters import adapted_groups
+from app.core.adapters import Adapted, adapted_groups
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
 from app.core.result import Estimate, Params, Phase, Term
@@ -23,6 +23,10 @@ ALLOCATOR_FRAGMENTATION = 0.05
 SEGMENT = 2 * MIB
 
 
+_term = Term
+_phase = Phase
+
+
 def _check(plan: TrainingPlan) -> None:
     if plan.device == "cpu":
         if plan.optimizer not in ("adamw", "sgd", "adafactor"):
@@ -35,6 +39,32 @@ def _check(plan: TrainingPlan) -> None:
             raise PlanError("the CPU reference models one device: set gpus to 1")
 
 
+# (adapted groups, notes, inventory) depend on the model and the plan's precision/adapter fields only
+_TENSOR_CACHE: dict[tuple[object, ...], tuple[list[Adapted], list[str], Inventory]] = {}
+
+
+def _tensors(model: ModelSpec, plan: TrainingPlan) -> tuple[list[Adapted], list[str], Inventory]:
+    key = (
+        model.config_hash,
+        model.id,
+        plan.method,
+        plan.quant,
+        plan.double_quant,
+        plan.dtype,
+        plan.optimizer,
+        plan.targets,
+        plan.rank,
+        plan.dora,
+    )
+    hit = _TENSOR_CACHE.get(key)
+    if hit is None:
+        if len(_TENSOR_CACHE) >= 1024:
+            _TENSOR_CACHE.clear()
+        adapted, notes = adapted_groups(model, plan)
+        hit = _TENSOR_CACHE[key] = (adapted, notes, inventory(model, plan, adapted))
+    return hit
+
+
 def _share(split: Split, frac: float, div: int = 1) -> int:
     """Bytes of a split on the worst GPU: a fraction of the layers plus all the rest, over `div` shards."""
     return math.ceil((split.layers * frac + split.other) / div)
@@ -43,9 +73,8 @@ def _share(split: Split, frac: float, div: int = 1) -> int:
 def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
     """Peak memory of one fine-tuning step of `plan` on `model`, per GPU, with its breakdown."""
     _check(plan)
-    adapted, notes = adapted_groups(model, plan)
-    notes = [*model.notes, *notes]
-    inv: Inventory = inventory(model, plan, adapted)
+    adapted, adapter_notes, inv = _tensors(model, plan)
+    notes = [*model.notes, *adapter_notes]
     by_name = {a.group.name: a for a in adapted}
     layer = layer_activations(model, plan, by_name, inv.quantized)
     n_layers = model.arch.num_layers
@@ -73,7 +102,7 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
         if sharding in ("fsdp", "zero3"):
             offloaded += weights
             weights = 0
-    gather = 2 * inv.largest_layer_weights if sharding in ("fsdp", "zero3") and n > 1 else 0
+    gather = 2 * inv.largest_layer_weights if sharding in ("fsdp", "zero3") else 0
     ddp_buckets = grads if sharding == "ddp" and n > 1 else 0
     foreach = math.ceil(inv.foreach_temp * frac / shard_states) if not plan.offload else 0
 
@@ -89,10 +118,10 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
 
     persistent = weights + adapters + states + master + gather
     phases = (
-        Phase(name="load", bytes=weights + adapters),
-        Phase(name="forward", bytes=persistent + acts + max(logits_fwd, layer_peak + dequant)),
-        Phase(name="backward", bytes=persistent + acts + max(logits_bwd, layer_peak + dequant) + ddp_buckets),
-        Phase(name="optimizer", bytes=persistent + grads + ddp_buckets + max(foreach, inv.step_temp)),
+        _phase(name="load", bytes=weights + adapters),
+        _phase(name="forward", bytes=persistent + acts + max(logits_fwd, layer_peak + dequant)),
+        _phase(name="backward", bytes=persistent + acts + max(logits_bwd, layer_peak + dequant) + ddp_buckets),
+        _phase(name="optimizer", bytes=persistent + grads + ddp_buckets + max(foreach, inv.step_temp)),
     )
     peak = max(phases, key=lambda ph: ph.bytes)
 
@@ -172,7 +201,7 @@ def _terms(
     """The breakdown at the peak phase; allocated terms sum to peak_allocated_bytes."""
     q = plan.quant if plan.method == "qlora" else plan.dtype
     t: list[Term] = [
-        Term(
+        _term(
             term="base_weight_bytes",
             bytes=weights,
             category="weights",
@@ -181,7 +210,7 @@ def _terms(
     ]
     if adapters:
         t.append(
-            Term(
+            _term(
                 term="lora_adapter_bytes",
                 bytes=adapters,
                 category="adapters",
@@ -190,7 +219,7 @@ def _terms(
         )
     if phase != "load":
         t.append(
-            Term(
+            _term(
                 term="optimizer_state_bytes",
                 bytes=states,
                 category="optimizer",
@@ -199,7 +228,7 @@ def _terms(
         )
     if master and phase != "load":
         t.append(
-            Term(
+            _term(
                 term="master_weight_bytes",
                 bytes=master,
                 category="optimizer",
@@ -208,7 +237,7 @@ def _terms(
         )
     if gather and phase != "load":
         t.append(
-            Term(
+            _term(
                 term="allgather_buffer_bytes",
                 bytes=gather,
                 category="transient",
@@ -217,7 +246,7 @@ def _terms(
         )
     if phase in ("forward", "backward"):
         t.append(
-            Term(
+            _term(
                 term="activation_bytes",
                 bytes=acts,
                 category="activations",
@@ -228,7 +257,7 @@ def _terms(
         logits = logits_fwd if phase == "forward" else logits_bwd
         if logits >= layer_peak + dequant:
             t.append(
-                Term(
+                _term(
                     term="logits_peak_bytes",
                     bytes=logits,
                     category="activations",
@@ -237,7 +266,7 @@ def _terms(
             )
         else:
             t.append(
-                Term(
+                _term(
                     term="layer_recompute_bytes",
                     bytes=layer_peak,
                     category="transient",
@@ -246,7 +275,7 @@ def _terms(
             )
             if dequant:
                 t.append(
-                    Term(
+                    _term(
                         term="dequant_transient_bytes",
                         bytes=dequant,
                         category="transient",
@@ -255,7 +284,7 @@ def _terms(
                 )
     if phase in ("backward", "optimizer") and ddp_buckets:
         t.append(
-            Term(
+            _term(
                 term="ddp_bucket_bytes",
                 bytes=ddp_buckets,
                 category="gradients",
@@ -264,11 +293,11 @@ def _terms(
         )
     if phase == "optimizer":
         t.append(
-            Term(term="gradient_bytes", bytes=grads, category="gradients", note="gradients of trainable parameters")
+            _term(term="gradient_bytes", bytes=grads, category="gradients", note="gradients of trainable parameters")
         )
         if foreach >= step_temp and foreach:
             t.append(
-                Term(
+                _term(
                     term="optimizer_temp_bytes",
                     bytes=foreach,
                     category="transient",
@@ -277,7 +306,7 @@ def _terms(
             )
         elif step_temp:
             t.append(
-                Term(
+                _term(
                     term="optimizer_temp_bytes",
                     bytes=step_temp,
                     category="transient",
@@ -286,7 +315,7 @@ def _terms(
             )
     if plan.device == "cuda":
         t.append(
-            Term(
+            _term(
                 term="cublas_workspace_bytes",
                 bytes=CUBLAS_WORKSPACE_BYTES,
                 category="overhead",
@@ -296,7 +325,7 @@ def _terms(
         allocated = sum(x.bytes for x in t)
         frag = math.ceil(allocated * ALLOCATOR_FRAGMENTATION / SEGMENT) * SEGMENT
         t.append(
-            Term(
+            _term(
                 term="allocator_cache_bytes",
                 bytes=frag,
                 category="overhead",
@@ -305,7 +334,7 @@ def _terms(
             )
         )
         t.append(
-            Term(
+            _term(
                 term="cuda_context_bytes",
                 bytes=CUDA_CONTEXT_BYTES,
                 category="overhead",
@@ -315,7 +344,7 @@ def _terms(
         )
         if paged:
             t.append(
-                Term(
+                _term(
                     term="paged_optimizer_state_bytes",
                     bytes=paged,
                     category="optimizer",
@@ -326,7 +355,7 @@ def _terms(
             )
     if offloaded:
         t.append(
-            Term(
+            _term(
                 term="offloaded_bytes",
                 bytes=0,
                 category="optimizer",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
@@ -19,7 +20,7 @@ class ParamShape(BaseModel):
     name: str
     shape: tuple[int, ...]
 
-    @property
+    @cached_property
     def numel(self) -> int:
         return math.prod(self.shape)
 
@@ -59,7 +60,7 @@ class ModuleGroup(BaseModel):
                 return p
         return None
 
-    @property
+    @cached_property
     def numel(self) -> int:
         """Parameters of one instance."""
         return sum(p.numel for p in self.params)
@@ -108,7 +109,7 @@ class ModelSpec(BaseModel):
     )
 
     @computed_field  # type: ignore[prop-decorator]
-    @property
+    @cached_property
     def num_params(self) -> int:
         """sum(p.numel() for p in model.parameters()), tied parameters counted once."""
         return sum(g.count * g.numel for g in self.groups)

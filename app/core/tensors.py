@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from app.core.adapters import Adapted
 from app.core.plan import TrainingPlan
@@ -50,7 +50,7 @@ class Inventory:
     largest_dequant: int = 0  # the widest quantized weight dequantized to compute dtype
     largest_layer_weights: int = 0  # one decoder layer's unsharded weights (ZeRO-3/FSDP all-gather)
     double_quant_saving: int = 0
-    quantized: set[str] = field(default_factory=set)
+    quantized: frozenset[str] = frozenset()
     trainable_params: int = 0
     trainable_dtype: int = 4
 
@@ -87,7 +87,25 @@ def _states(plan: TrainingPlan, shape: tuple[int, ...], dtype: int) -> tuple[int
     return state, 0, 0
 
 
+# Base-weight inventories depend only on the model and a few plan fields: cache them (bounded).
+_BASE_CACHE: dict[tuple[str, str, str, str | None, bool, str, str], Inventory] = {}
+_BASE_CACHE_SIZE = 256
+
+
 def inventory(model: ModelSpec, plan: TrainingPlan, adapted: list[Adapted]) -> Inventory:
+    """The base inventory (cached per model and precision) plus this plan's adapters, grads and states."""
+    key = (model.config_hash, model.id, plan.method, plan.quant, plan.double_quant, plan.dtype, plan.optimizer)
+    base = _BASE_CACHE.get(key)
+    if base is None:
+        if len(_BASE_CACHE) >= _BASE_CACHE_SIZE:
+            _BASE_CACHE.clear()
+        base = _BASE_CACHE[key] = _base_inventory(model, plan)
+    inv = replace(base, adapters=Split(), grads=replace(base.grads), states=replace(base.states))
+    _add_adapters(inv, plan, adapted)
+    return inv
+
+
+def _base_inventory(model: ModelSpec, plan: TrainingPlan) -> Inventory:
     inv = Inventory()
     pdt = _param_dtype_bytes(plan)
     c = DTYPE_BYTES[plan.dtype]
@@ -97,7 +115,7 @@ def inventory(model: ModelSpec, plan: TrainingPlan, adapted: list[Adapted]) -> I
     for g in model.groups:
         is_q = quant is not None and g.quantizable
         if is_q:
-            inv.quantized.add(g.name)
+            inv.quantized |= {g.name}
         for p in g.params:
             if is_q and p.name == "weight":
                 one = quantized_weight_allocated(p.numel, g.out_features, quant, plan.double_quant)  # type: ignore[arg-type]
@@ -122,6 +140,11 @@ def inventory(model: ModelSpec, plan: TrainingPlan, adapted: list[Adapted]) -> I
                 inv.foreach_temp += rounded(p.numel * pdt) * g.count if plan.optimizer == "adamw" else 0
                 inv.trainable_params += p.numel * g.count
     inv.largest_layer_weights = sum(per_layer_weights.values())
+    inv.trainable_dtype = pdt if full else 4
+    return inv
+
+
+def _add_adapters(inv: Inventory, plan: TrainingPlan, adapted: list[Adapted]) -> None:
     for ad in adapted:
         g, r = ad.group, plan.rank
         shapes = [(r, g.in_features), (g.out_features, r)] + ([(g.out_features,)] if plan.dora else [])
@@ -136,5 +159,3 @@ def inventory(model: ModelSpec, plan: TrainingPlan, adapted: list[Adapted]) -> I
             inv.step_temp = max(inv.step_temp, temp)
             inv.foreach_temp += one * g.count if plan.optimizer == "adamw" else 0
             inv.trainable_params += n * g.count
-    inv.trainable_dtype = pdt if full else 4
-    return inv
