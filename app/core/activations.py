@@ -74,7 +74,7 @@ def _linear_extra(
 
 
 def layer_activations(
-    model: ModelSpec, plan: TrainingPlan, adapted: dict[str, Adapted], quantized: set[str]
+    model: ModelSpec, plan: TrainingPlan, adapted: dict[str, Adapted], quantized: frozenset[str]
 ) -> LayerActivations:
     """Per-layer activation bytes for a micro-batch of plan.batch_size x plan.seq_len tokens."""
     a: ArchSummary = model.arch
