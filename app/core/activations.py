@@ -1,10 +1,18 @@
 """Activation memory: what autograd saves per decoder layer, the logits and loss peak, and transients.
 
-The model is the plain PyTorch training step the calibration harness runs (no autocast):
-- QLoRA with prepare_model_for_kbit_training upcasts embeddings, norms and lm_head to fp32, so the
-  residual stream, norm outputs and projection outputs are fp32; bitsandbytes casts each projection
-  input to the compute dtype (a saved copy per quantized projection) and the output back.
-- PEFT keeps LoRA weights in fp32 (autocast_adapter_dtype) and casts each adapted input to fp32.
+The model is the plain PyTorch training step the calibration harness runs (no autocast). Rules, each
+read off the libraries and held against the tracker's per-op dumps:
+- A frozen base projection (nn.Linear, or bitsandbytes' MatMul4Bit, which keeps only the packed weight)
+  saves nothing of its input; a trainable one (full fine-tuning) saves its input.
+- PEFT keeps LoRA weights in fp32 (autocast_adapter_dtype) and casts each adapted input to fp32; with
+  dropout > 0 the cast copy is freed and the dropout output plus its mask are saved (the mask is bool
+  on CUDA's fused kernel, the input dtype on the CPU path), and lora_A's output is saved by lora_B.
+- QLoRA's prepare_model_for_kbit_training upcasts embeddings, norms and lm_head to fp32, so the residual
+  stream, norm outputs and projection outputs are fp32; bitsandbytes returns outputs in the input dtype.
+- RMSNorm computes in fp32: it saves an fp32 copy of a 16-bit input (or the fp32 input itself) and rsqrt;
+  LayerNorm saves its input and two fp32 statistics per token.
+- Rotary embeddings save only cos/sin: q and k after rotation are new tensors kept by attention, v is kept
+  as projected (for a fused qkv projection the whole fused output stays alive through the v view).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from dataclasses import dataclass
 from app.core.adapters import Adapted
 from app.core.plan import TrainingPlan
 from app.core.quant import DTYPE_BYTES
-from app.core.spec import ArchSummary, ModelSpec
+from app.core.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -26,97 +34,161 @@ class Precision:
     residual: int  # residual stream (embedding output dtype)
     act: int  # norm outputs, projection outputs, attention, MLP intermediates
     logits: int  # lm_head output
+    mask: int  # LoRA dropout mask element
 
 
 def precision(plan: TrainingPlan) -> Precision:
     c = DTYPE_BYTES[plan.dtype]
+    # torch's fused dropout (CUDA) keeps a bool mask; the CPU path multiplies by a mask in the input dtype (fp32)
+    mask = 1 if plan.device == "cuda" else 4
     if plan.method == "qlora":
-        # prepare_model_for_kbit_training: every non-quantized fp16/bf16 parameter becomes fp32,
-        # so embeddings, norms and lm_head compute in fp32 and bnb returns outputs in the input dtype.
-        return Precision(compute=c, residual=4, act=4, logits=4)
-    return Precision(compute=c, residual=c, act=c, logits=c)
+        return Precision(compute=c, residual=4, act=4, logits=4, mask=mask)
+    return Precision(compute=c, residual=c, act=c, logits=c, mask=mask)
 
 
 @dataclass(frozen=True)
 class LayerActivations:
     saved: int  # bytes autograd keeps for one decoder layer with no checkpointing
-    transient: int  # extra bytes while one layer runs forward or backward (scores, grad buffers)
+    forward_transient: int  # extra bytes while one layer runs forward without saving (checkpointed)
+    backward_transient: int  # gradient buffers while one layer is backpropagated
     layer_input: int  # bytes of one layer's input hidden state (what checkpointing keeps)
+    head_saved: int  # final norm (and lm_head input when trained) kept for backward
 
 
-def _norm_bytes(tokens: int, h: int, p: Precision, trainable: bool) -> int:
-    # RMSNorm/LayerNorm in fp32: a fp32 copy of a non-fp32 input is saved, then the output in act dtype;
-    # a trainable weight (full fine-tuning) also keeps the cast normalized input.
-    nbytes = tokens * h * p.act + tokens * 4
-    if p.residual != 4:
-        nbytes += tokens * h * 4
-    if trainable:
-        nbytes += tokens * h * p.act
-    return nbytes
+class _Ledger:
+    """Counts bytes of tensors autograd keeps, with the plan's rules for each consumer."""
 
+    def __init__(self, model: ModelSpec, plan: TrainingPlan, adapted: dict[str, Adapted]) -> None:
+        self.plan, self.p = plan, precision(plan)
+        self.t = plan.batch_size * plan.seq_len
+        self.full = plan.method == "full"
+        self.by_leaf = {ad.group.leaf: ad for ad in adapted.values() if ad.group.in_layers}
+        self.norm_kind = model.arch.norm_kind
+        self.saved = 0
 
-def _linear_extra(
-    tokens: int, in_f: int, out_f: int, quantized: bool, adapted: Adapted | None, plan: TrainingPlan, p: Precision
-) -> int:
-    """Bytes one projection saves beyond its (shared) input tensor."""
-    nbytes = 0
-    if quantized and p.act != p.compute:
-        nbytes += tokens * in_f * p.compute  # bnb: x.to(compute_dtype), kept for backward
-    if adapted is not None:
-        if p.act != 4:
-            nbytes += tokens * in_f * 4  # PEFT casts the input to the fp32 adapter dtype
-        if plan.dropout > 0:
-            nbytes += tokens * in_f * (4 + 1)  # dropout output and its bool mask
-        nbytes += tokens * plan.rank * 4  # lora_A output, saved by lora_B
-        if plan.dora:
-            nbytes += tokens * out_f * 4  # DoRA keeps the base output to rescale by the magnitude
-    return nbytes
+    def norm(self, width: int, input_dtype: int) -> None:
+        """A normalization of a tensor whose own storage is accounted by the caller."""
+        t = self.t
+        if self.norm_kind == "layer":
+            self.saved += 2 * t * 4  # mean and rstd; the input itself is kept (caller's tensor)
+            return
+        self.saved += t * 4  # rsqrt, one per token
+        if input_dtype != 4:
+            self.saved += t * width * 4  # the fp32 copy pow/mul keep
+        if self.full:  # a trained weight keeps the normalized activation its gradient needs
+            self.saved += t * width * (4 if self.norm_kind == "gemma" else self.p.act)
+
+    def norm_keeps_input(self, input_dtype: int) -> bool:
+        return self.norm_kind == "layer" or input_dtype == 4
+
+    def consume(self, leaf: str, in_f: int) -> bool:
+        """Bytes one projection saves beyond its input; returns whether it keeps the input itself."""
+        t, p, ad = self.t, self.p, self.by_leaf.get(leaf)
+        keeps_input = self.full
+        if ad is not None:
+            if self.plan.dropout > 0:
+                self.saved += t * in_f * (4 + p.mask)  # dropout output and mask (the fp32 cast is freed)
+            elif p.act != 4:
+                self.saved += t * in_f * 4  # lora_A keeps the fp32 cast of the input
+            else:
+                keeps_input = True  # lora_A keeps the fp32 input itself
+            self.saved += t * self.plan.rank * 4  # lora_A's output, kept by lora_B
+            if self.plan.dora:
+                self.saved += t * ad.group.out_features * 4  # DoRA keeps the base output to rescale it
+        return keeps_input
 
 
 def layer_activations(
     model: ModelSpec, plan: TrainingPlan, adapted: dict[str, Adapted], quantized: frozenset[str]
 ) -> LayerActivations:
     """Per-layer activation bytes for a micro-batch of plan.batch_size x plan.seq_len tokens."""
-    a: ArchSummary = model.arch
-    p = precision(plan)
-    b, s = plan.batch_size, plan.seq_len
-    t = b * s
+    a = model.arch
+    led = _Ledger(model, plan, adapted)
+    p, t, b, s = led.p, led.t, plan.batch_size, plan.seq_len
     h, q, kv, i = a.hidden_size, a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim, a.intermediate_size
-    full = plan.method == "full"
+    r, act = p.residual, p.act
 
-    saved = t * h * p.residual  # the layer input, kept by the first norm
-    saved += _norm_bytes(t, h, p, full) * (1 if a.parallel_block else max(1, a.norms_per_layer))
-    if not a.parallel_block:
-        saved += t * h * p.residual  # residual after attention, input of the second norm
-    # attention: q and k after rotary, v, the attention output and its contiguous transpose
-    saved += t * (2 * q + 2 * kv) * p.act + t * q * p.act
+    def normed_input(width: int) -> None:
+        """A norm output feeding projections: kept if any consumer keeps it."""
+        led.saved += t * width * act
+
+    # --- attention half -------------------------------------------------------------------------------
+    led.norm(h, r)
+    if led.norm_keeps_input(r):
+        led.saved += t * h * r  # the layer input, kept by the norm
+    attn_leaves = ("qkv_proj",) if a.qkv_fused else ("q_proj", "k_proj", "v_proj")
+    keeps = [led.consume(leaf, h) for leaf in attn_leaves]
+    mlp_in_same = a.parallel_block
+    if a.qkv_fused:
+        led.saved += t * (q + 2 * kv) * act  # the fused output stays alive through the v view
+    else:
+        led.saved += t * kv * act  # v as projected
+    led.saved += t * (q + kv) * act  # q and k after rotary
     if plan.attn == "eager":
         rep = a.num_heads // a.num_kv_heads
         if rep > 1:
-            saved += 2 * t * (q - kv) * p.act  # repeat_kv materialises K and V for every head
+            led.saved += 2 * t * (q - kv) * act  # repeat_kv materialises K and V for every head
         # softmax output in fp32 and its cast back, b x heads x s x s each
-        saved += b * a.num_heads * s * s * (4 + (p.act if p.act != 4 else 0))
-        transient = b * a.num_heads * s * s * (2 * p.act + 4)  # q.k scores, masked scores, grad of probs
+        led.saved += b * a.num_heads * s * s * (4 + (act if act != 4 else 0))
+        score_transient = b * a.num_heads * s * s * (2 * act + 4)
     else:
-        saved += b * a.num_heads * s * 4  # flash/efficient kernels keep the fp32 logsumexp only
-        transient = 0
-    # MLP: gated keeps gate, up, act(gate) and the product; plain keeps fc1 output and act output
+        led.saved += b * a.num_heads * s * 4  # flash/efficient kernels keep the fp32 logsumexp
+        score_transient = 0
+    led.saved += t * q * act  # attention output (kept by the kernel's backward)
+    led.consume("o_proj", q)
+    # --- MLP half ---------------------------------------------------------------------------------------
+    if not mlp_in_same:
+        if led.norm_keeps_input(r):
+            led.saved += t * h * r  # residual after attention, kept by the second norm
+        led.norm(h, r)
+    mlp_keeps = False
     if a.num_experts:
         k = max(1, a.experts_per_token)
-        saved += t * a.num_experts * (p.act + 4)  # router logits and fp32 routing softmax
-        saved += t * k * (2 * h + (4 if a.mlp_gated else 2) * i) * p.act  # per-expert gathered tokens and MLP
+        routed = t * k
+        experts = led.by_leaf.get("experts")
+        router = led.by_leaf.get("gate")
+        led.saved += t * a.num_experts * 4  # fp32 routing softmax
+        led.saved += routed * (2 * i + i + h) * act  # gate/up output, act(gate), expert output (kept by the weighting)
+        if led.full or experts is not None:
+            led.saved += routed * (h + i) * act  # experts whose weights need gradients keep their inputs
+        if experts is not None:  # ParamWrapper materialises W + BA for every wrapped parameter, kept by the matmul
+            led.saved += sum(math.prod(p.shape) for p in experts.group.params if p.name in experts.wrapped_params) * act
+        mlp_keeps = led.full or router is not None  # a trained router keeps the normed input
+        mlp_transient = routed * (h + 2 * i) * act
+    elif a.mlp_gated:
+        if a.gate_up_fused:
+            mlp_keeps = led.consume("gate_up_proj", h)
+        else:
+            mlp_keeps = any([led.consume("gate_proj", h), led.consume("up_proj", h)])
+        led.saved += 3 * t * i * act  # gate, up and act(gate)
+        if led.consume("down_proj", i):
+            led.saved += t * i * act  # the product, kept by a trained/adapted down projection
+        mlp_transient = 4 * t * i * act
     else:
-        saved += t * i * p.act * (4 if a.mlp_gated else 2)
-    for name, ad in adapted.items():
-        g = ad.group
-        if g.in_layers:
-            saved += _linear_extra(t, g.in_features, g.out_features, name in quantized, ad, plan, p)
-    for g in model.groups:
-        if g.in_layers and g.kind == "linear" and g.name in quantized and g.name not in adapted:
-            saved += _linear_extra(t, g.in_features, g.out_features, True, None, plan, p)
-    # backward of one layer: gradient of its output and input, and of the widest intermediate
-    transient += 2 * t * h * p.residual + 2 * t * max(i, q) * p.act
-    return LayerActivations(saved=saved, transient=transient, layer_input=t * h * p.residual)
+        mlp_keeps = led.consume("fc1", h) or led.consume("dense_h_to_4h", h)
+        led.saved += t * i * act  # fc1 output, kept by the activation
+        if led.consume("fc2", i) or led.consume("dense_4h_to_h", i):
+            led.saved += t * i * act
+        mlp_transient = 2 * t * i * act
+    if any(keeps) or mlp_keeps:
+        normed_input(h)
+    saved = led.saved
+    # --- final norm and head -----------------------------------------------------------------------------
+    led.saved = 0
+    led.norm(h, r)
+    if led.norm_keeps_input(r):
+        led.saved += t * h * r
+    if led.full:
+        led.saved += t * h * act  # lm_head input, kept for its weight gradient
+    head_saved = led.saved
+    backward = 2 * t * h * r + t * max(i, q) * (act + 4) + score_transient
+    return LayerActivations(
+        saved=saved,
+        forward_transient=max(mlp_transient, score_transient),
+        backward_transient=backward,
+        layer_input=t * h * r,
+        head_saved=head_saved,
+    )
 
 
 def kept_layers(plan: TrainingPlan, num_layers: int) -> tuple[int, int]:

@@ -2,24 +2,64 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from app.core.plan import ALL_LINEAR, TrainingPlan
 from app.core.spec import ModelSpec, ModuleGroup
 from app.errors import PlanError
 
+# PEFT maps the v4 names of transformers-5 fused MoE layers to parameters it wraps (ParamWrapper), and
+# all-linear adds them: transformers_weight_conversion._MOE_TARGET_MODULE_MAPPING / _MOE_FUSED_TARGETS.
+MOE_PARAM_TARGETS = {
+    "mixtral": {"gate": "weight", "w1": "gate_up_proj", "w3": "gate_up_proj", "w2": "down_proj"},
+    "qwen2_moe": {"gate": "weight", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj", "down_proj": "down_proj"},
+}
+# fused gate_up gets rank_pattern 2r so gate and up keep rank r each
+FUSED_PARAMS = {"gate_up_proj"}
+
 
 @dataclass(frozen=True)
 class Adapted:
-    """One adapted module group and the adapter parameters per instance."""
+    """One adapted module group and the shapes of the adapter tensors one instance gets."""
 
     group: ModuleGroup
-    lora_params: int  # A (r x in) + B (out x r) per instance
-    dora_params: int  # magnitude vector (out) per instance
+    shapes: tuple[tuple[int, ...], ...]  # lora_A, lora_B (and DoRA magnitude) per instance
+    wrapped_params: tuple[str, ...] = ()  # ParamWrapper: the module parameters adapted in place
 
     @property
     def params(self) -> int:
-        return self.group.count * (self.lora_params + self.dora_params)
+        return self.group.count * sum(math.prod(s) for s in self.shapes)
+
+
+def _linear(group: ModuleGroup, plan: TrainingPlan) -> Adapted:
+    r = plan.rank
+    # LoRA: A is r x in_features, B is out_features x r (embeddings: A r x vocab, B dim x r); DoRA: one magnitude per output
+    shapes = [(r, group.in_features), (group.out_features, r)] + ([(group.out_features,)] if plan.dora else [])
+    return Adapted(group=group, shapes=tuple(shapes))
+
+
+def _wrapped(group: ModuleGroup, names: set[str], plan: TrainingPlan) -> Adapted:
+    """PEFT ParamWrapper on 2-D (router) or 3-D (experts, E x out x in) parameters: A (r*E, in), B (out, r*E)."""
+    if plan.dropout > 0:
+        raise PlanError(
+            f"PEFT cannot apply LoRA dropout to {group.name} ({group.cls}, adapted through ParamWrapper): "
+            "set dropout to 0, or target the attention projections only"
+        )
+    if plan.dora:
+        raise PlanError(
+            f"PEFT's ParamWrapper on {group.name} does not support DoRA: turn DoRA off or target attention only"
+        )
+    shapes: list[tuple[int, ...]] = []
+    wrapped = []
+    for p in group.params:
+        if p.name not in names:
+            continue
+        experts, out_f, in_f = p.shape if len(p.shape) == 3 else (1, *p.shape)
+        r = plan.rank * (2 if p.name in FUSED_PARAMS else 1) * experts
+        shapes += [(r, in_f), (out_f, r)]
+        wrapped.append(p.name)
+    return Adapted(group=group, shapes=tuple(shapes), wrapped_params=tuple(wrapped))
 
 
 def _matches(group: ModuleGroup, target: str) -> bool:
@@ -33,12 +73,18 @@ def adapted_groups(model: ModelSpec, plan: TrainingPlan) -> tuple[list[Adapted],
     if not plan.uses_lora:
         return [], []
     notes: list[str] = []
+    moe = MOE_PARAM_TARGETS.get(model.arch.model_type, {})
+    wrapped: dict[str, set[str]] = {}  # group name -> parameter names PEFT wraps
     if plan.targets == ALL_LINEAR:
-        # PEFT's all-linear: every nn.Linear/Conv1D except the output embedding.
+        # PEFT's all-linear: every nn.Linear/Conv1D except the output embedding (+ fused MoE parameters)
         chosen = [g for g in model.groups if g.peft_linear and not g.output_layer]
+        requested = set(moe)
     else:
+        requested = {t for t in plan.targets if t in moe}
         chosen = []
         for target in plan.targets:
+            if target in moe:
+                continue
             hits = [g for g in model.groups if _matches(g, target)]
             if not hits:
                 notes.append(f"target {target!r} matches no module of {model.id}; PEFT ignores it")
@@ -50,20 +96,16 @@ def adapted_groups(model: ModelSpec, plan: TrainingPlan) -> tuple[list[Adapted],
                     )
                 if g not in chosen:
                     chosen.append(g)
-        if not chosen:
-            names = sorted({g.leaf for g in model.groups if g.peft_linear})
-            raise PlanError(
-                f"none of the targets {list(plan.targets)} exist in {model.id}; its linear layers are {names}"
-            )
-    r = plan.rank
-    adapted = [
-        Adapted(
-            group=g,
-            # LoRA: A is r x in_features, B is out_features x r (embeddings: A r x vocab, B dim x r)
-            lora_params=r * g.in_features + g.out_features * r,
-            # DoRA: one magnitude per output feature
-            dora_params=g.out_features if plan.dora else 0,
-        )
-        for g in chosen
-    ]
+    for target in requested:
+        param = moe[target]
+        for g in model.groups:
+            if g.in_layers and not g.peft_linear and any(p.name == param for p in g.params):
+                if param == "weight" and g.leaf != target:
+                    continue
+                wrapped.setdefault(g.name, set()).add(param)
+    if plan.targets != ALL_LINEAR and not chosen and not wrapped:
+        linear = sorted({g.leaf for g in model.groups if g.peft_linear})
+        raise PlanError(f"none of the targets {list(plan.targets)} exist in {model.id}; its linear layers are {linear}")
+    adapted = [_linear(g, plan) for g in chosen]
+    adapted += [_wrapped(g, wrapped[g.name], plan) for g in model.groups if g.name in wrapped]
     return adapted, notes

@@ -108,18 +108,20 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
 
     if plan.gradient_checkpointing:
         kept, recomputed = kept_layers(plan, gpu_layers)
-        acts = kept * layer.layer_input
-        layer_peak = recomputed * layer.saved + layer.transient
+        acts = kept * layer.layer_input + layer.head_saved
+        layer_peak = recomputed * layer.saved + layer.backward_transient
+        forward_peak = layer.forward_transient
     else:
-        acts = gpu_layers * layer.saved
-        layer_peak = layer.transient
+        acts = gpu_layers * layer.saved + layer.head_saved
+        layer_peak = layer.backward_transient
+        forward_peak = layer.forward_transient
     logits_fwd, logits_bwd = logits_bytes(model, plan)
     dequant = inv.largest_dequant + (inv.largest_dequant // 2 if plan.method == "qlora" and plan.quant == "int8" else 0)
 
     persistent = weights + adapters + states + master + gather
     phases = (
         _phase(name="load", bytes=weights + adapters),
-        _phase(name="forward", bytes=persistent + acts + max(logits_fwd, layer_peak + dequant)),
+        _phase(name="forward", bytes=persistent + acts + max(logits_fwd, forward_peak + dequant)),
         _phase(name="backward", bytes=persistent + acts + max(logits_bwd, layer_peak + dequant) + ddp_buckets),
         _phase(name="optimizer", bytes=persistent + grads + ddp_buckets + max(foreach, inv.step_temp)),
     )
@@ -138,7 +140,7 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
         peak.name,
         logits_fwd,
         logits_bwd,
-        layer_peak,
+        forward_peak if peak.name == "forward" else layer_peak,
         dequant,
         foreach,
         inv.step_temp,
@@ -267,10 +269,10 @@ def _terms(
         else:
             t.append(
                 _term(
-                    term="layer_recompute_bytes",
+                    term="layer_transient_bytes",
                     bytes=layer_peak,
                     category="transient",
-                    note="one layer's activations while it is recomputed/backpropagated, and its gradient buffers",
+                    note="the running layer's intermediates (forward) or its recomputed activations and gradient buffers (backward)",
                 )
             )
             if dequant:

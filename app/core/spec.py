@@ -88,6 +88,11 @@ class ArchSummary(BaseModel):
         False, description="Attention and MLP read the same normed input (Falcon, Phi-2, GPT-NeoX)."
     )
     norms_per_layer: int = Field(2, ge=0)
+    norm_kind: Literal["rms", "gemma", "layer"] = Field(
+        "rms", description="RMSNorm (llama), Gemma's (1+w) RMSNorm, or LayerNorm."
+    )
+    qkv_fused: bool = Field(False, description="One fused q/k/v projection (Phi-3, Falcon).")
+    gate_up_fused: bool = Field(False, description="One fused gate/up projection (Phi-3).")
     max_position_embeddings: int | None = None
 
 

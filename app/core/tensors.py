@@ -146,9 +146,8 @@ def _base_inventory(model: ModelSpec, plan: TrainingPlan) -> Inventory:
 
 def _add_adapters(inv: Inventory, plan: TrainingPlan, adapted: list[Adapted]) -> None:
     for ad in adapted:
-        g, r = ad.group, plan.rank
-        shapes = [(r, g.in_features), (g.out_features, r)] + ([(g.out_features,)] if plan.dora else [])
-        for shape in shapes:
+        g = ad.group
+        for shape in ad.shapes:
             n = shape[0] * (shape[1] if len(shape) == 2 else 1)
             one = rounded(n * 4)  # PEFT keeps adapter weights in fp32 (autocast_adapter_dtype)
             inv.adapters.add(one * g.count, g.in_layers)

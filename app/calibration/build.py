@@ -1,0 +1,216 @@
+"""Build what a plan trains from a config: the cut config, the (quantized, LoRA-wrapped) model, the optimizer.
+
+Weights are random (memory depends on shapes, not values) and nothing is downloaded. torch, transformers,
+peft and bitsandbytes are imported inside the functions; the last three are only partly typed, so they are
+reached through ``_lib`` as ``Any`` and a model is typed ``Any`` (a transformers or a PEFT model).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from app.core.plan import ALL_LINEAR, TrainingPlan
+from app.errors import CalibrationError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+CPU_OPTIMIZERS = ("adamw", "sgd", "adafactor")
+LEARNING_RATE = 1e-4
+# bitsandbytes optimizers, by plan name (cuda only)
+BNB_OPTIMIZERS = {
+    "adamw_8bit": "AdamW8bit",
+    "paged_adamw_32bit": "PagedAdamW32bit",
+    "paged_adamw_8bit": "PagedAdamW8bit",
+}
+# config attributes that are lists by design, not one entry per layer
+_NOT_PER_LAYER = frozenset({"architectures"})
+
+
+def _lib(name: str) -> Any:
+    return importlib.import_module(name)
+
+
+def build_config(config: dict[str, Any], layers: int | None) -> Any:
+    """The transformers config for `config`, cut to `layers` decoder layers (per-layer lists cut too).
+
+    use_cache is switched off: a training step keeps no KV cache (fine-tuning recipes set use_cache=False).
+    """
+    fields = dict(config)
+    model_type = fields.pop("model_type", None)
+    if not isinstance(model_type, str):
+        raise CalibrationError("the config has no model_type: give a config.json from the Hub")
+    try:
+        with quiet():
+            cfg = _lib("transformers").AutoConfig.for_model(model_type, **fields)
+    except Exception as exc:
+        raise CalibrationError(f"transformers cannot build a {model_type} config: {exc}") from exc
+    total = getattr(cfg, "num_hidden_layers", None)
+    if not isinstance(total, int):
+        raise CalibrationError(f"the {model_type} config has no num_hidden_layers: the harness cuts depth through it")
+    if layers is not None:
+        if not 1 <= layers <= total:
+            raise CalibrationError(f"layers must be between 1 and the model's {total} (got {layers})")
+        if layers < total:
+            _truncate(cfg, total, layers)
+    cfg.use_cache = False
+    return cfg
+
+
+def _truncate(cfg: Any, total: int, layers: int) -> None:
+    cfg.num_hidden_layers = layers
+    # per-layer fields (layer_types, Gemma3n's per-layer lists, ...) have one entry per layer
+    for name, value in list(vars(cfg).items()):
+        if isinstance(value, list) and len(value) == total and name not in _NOT_PER_LAYER:
+            setattr(cfg, name, value[:layers])
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except Exception as exc:
+            raise CalibrationError(f"the config is invalid once cut to {layers} layers: {exc}") from exc
+
+
+def torch_dtype(plan: TrainingPlan) -> torch.dtype:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[plan.dtype]
+
+
+def build_model(cfg: Any, plan: TrainingPlan) -> Any:
+    """The model as the plan trains it, on plan.device and in train mode.
+
+    Quantized if qlora (as transformers loads with a BitsAndBytesConfig), prepared with
+    peft.prepare_model_for_kbit_training, checkpointed every layer, LoRA/DoRA-wrapped unless method is full.
+    Any failure of the libraries becomes a CalibrationError that keeps their message.
+    """
+    try:
+        with quiet():
+            model = _prepare(_load(cfg, plan), plan)
+    except CalibrationError:
+        raise
+    except Exception as exc:
+        raise CalibrationError(f"building the {plan.method} model failed: {type(exc).__name__}: {exc}") from exc
+    model.train()
+    return model
+
+
+def _load(cfg: Any, plan: TrainingPlan) -> Any:
+    transformers = _lib("transformers")
+    dtype = torch_dtype(plan)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=plan.attn)
+    if not plan.quantized:
+        return model.to(plan.device)
+    if plan.quant == "int8":
+        quantization = transformers.BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        quantization = transformers.BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=plan.quant,
+            bnb_4bit_use_double_quant=plan.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    # bitsandbytes quantizes while transformers loads: round-trip the random weights through safetensors
+    with tempfile.TemporaryDirectory(prefix="gpuplan-calibration-") as tmp:
+        model.save_pretrained(tmp)
+        del model
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            tmp,
+            quantization_config=quantization,
+            dtype=dtype,
+            attn_implementation=plan.attn,
+            device_map={"": plan.device},
+        )
+
+
+def _prepare(model: Any, plan: TrainingPlan) -> Any:
+    peft = _lib("peft")
+    checkpointing = {"use_reentrant": False}
+    if plan.method == "qlora":
+        # also upcasts every non-quantized weight (embeddings, norms, lm_head) to fp32, as QLoRA training does
+        model = peft.prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=plan.gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing,
+        )
+    elif plan.gradient_checkpointing:
+        # transformers 5 renamed gradient_checkpointing_enable, which stays as a deprecated alias
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+        if plan.method == "lora":
+            model.enable_input_require_grads()
+    if plan.method == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model
+    lora = peft.LoraConfig(
+        r=plan.rank,
+        lora_alpha=plan.alpha,
+        lora_dropout=plan.dropout,
+        target_modules=ALL_LINEAR if plan.targets == ALL_LINEAR else list(plan.targets),
+        use_dora=plan.dora,
+        use_rslora=plan.rslora,
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, lora)
+
+
+def build_optimizer(model: Any, plan: TrainingPlan) -> torch.optim.Optimizer:
+    """The plan's optimizer over the model's trainable parameters (bitsandbytes ones need cuda)."""
+    import torch
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise CalibrationError("the plan leaves no trainable parameter: check the LoRA targets")
+    if plan.optimizer == "adamw":
+        return torch.optim.AdamW(trainable, lr=LEARNING_RATE, foreach=True)
+    if plan.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=LEARNING_RATE)
+    if plan.optimizer == "adafactor":
+        adafactor = _lib("transformers.optimization").Adafactor
+        optimizer: torch.optim.Optimizer = adafactor(
+            trainable, lr=LEARNING_RATE, scale_parameter=False, relative_step=False
+        )
+        return optimizer
+    if plan.device != "cuda":
+        raise CalibrationError(
+            f"optimizer {plan.optimizer} needs bitsandbytes on cuda; the cpu reference supports "
+            f"{', '.join(CPU_OPTIMIZERS)}"
+        )
+    bnb_class = getattr(_lib("bitsandbytes.optim"), BNB_OPTIMIZERS[plan.optimizer])
+    bnb_optimizer: torch.optim.Optimizer = bnb_class(trainable, lr=LEARNING_RATE)
+    return bnb_optimizer
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Keep library warnings and progress bars inside a build or run; the warnings are logged at INFO instead.
+
+    Seen with torch 2.13, transformers 5.24, peft 0.21, bitsandbytes 0.50: DeprecationWarning
+    "`torch.jit.script_method` is deprecated" (torch.utils.mkldnn, imported on the way to quantizing) and the
+    FutureWarnings "`gradient_checkpointing_enable` is deprecated" and "`is_gradient_checkpointing` is
+    deprecated" (peft calling transformers' old names).
+    """
+    hf_logging = _lib("transformers.utils.logging")
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    for (category, message), count in Counter((w.category.__name__, str(w.message)) for w in caught).items():
+        log.info("calibration warned (%d x): %s: %s", count, category, message)

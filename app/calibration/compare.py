@@ -1,0 +1,108 @@
+"""compare(measurement) -> Comparison: a measured peak held against estimate() for exactly the same plan."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from app.calibration.measurement import Measurement
+from app.core.estimate import estimate
+from app.core.plan import TrainingPlan
+from app.core.result import Estimate
+from app.core.spec import ModelSpec
+from app.store.models import MeasurementRecord, relative_error_pct
+
+# measured phase label suffix -> estimate phase name; the last step's phases carry the optimizer state
+_PHASES = {"forward": "forward", "backward": "backward", "optimizer": "optimizer"}
+
+
+class PhaseError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    phase: str
+    measured_bytes: int
+    estimated_bytes: int
+    error_pct: float
+
+
+class Comparison(BaseModel):
+    """How far the estimate was from one measured run, in total and per phase."""
+
+    model_config = ConfigDict(frozen=True)
+
+    measured_peak_bytes: int
+    estimated_peak_bytes: int
+    error_pct: float
+    phases: tuple[PhaseError, ...]
+
+
+def spec_for(measurement: Measurement, model_id: str) -> ModelSpec:
+    """The inventory of the (possibly truncated) config that was measured."""
+    from app.inventory.cache import cached_spec
+
+    return cached_spec(measurement.config, model_id=model_id, source="file", cache_dir=None)
+
+
+def compare_to(measurement: Measurement, model: ModelSpec) -> tuple[Comparison, Estimate]:
+    plan = TrainingPlan.model_validate(measurement.plan)
+    est = estimate(model, plan)
+    measured = measurement.peak_allocated_bytes
+    last = f"step{measurement.steps}."
+    by_name = {p.name: p.bytes for p in est.phases}
+    phases = []
+    for phase in measurement.phases:
+        if phase.label.startswith(last) and phase.label[len(last) :] in _PHASES:
+            name = _PHASES[phase.label[len(last) :]]
+            phases.append(
+                PhaseError(
+                    phase=name,
+                    measured_bytes=phase.peak_bytes,
+                    estimated_bytes=by_name[name],
+                    error_pct=relative_error_pct(by_name[name], phase.peak_bytes),
+                )
+            )
+    total = est.peak_allocated_bytes
+    return (
+        Comparison(
+            measured_peak_bytes=measured,
+            estimated_peak_bytes=total,
+            error_pct=relative_error_pct(total, measured),
+            phases=tuple(phases),
+        ),
+        est,
+    )
+
+
+def compare(measurement: Measurement, model_id: str = "calibration") -> Comparison:
+    """Hold one measurement against estimate() for the same config, plan and device."""
+    return compare_to(measurement, spec_for(measurement, model_id))[0]
+
+
+def to_record(
+    measurement: Measurement,
+    comparison: Comparison,
+    *,
+    model_id: str,
+    source: str,
+    split: Any = None,
+) -> MeasurementRecord:
+    """The store's row for one compared measurement."""
+    return MeasurementRecord(
+        id=None,
+        created_at=measurement.created_at,
+        model_id=model_id,
+        model_type=measurement.model_type,
+        device=measurement.device,
+        device_name=measurement.env.device_name,
+        layers=measurement.layers,
+        plan=measurement.plan,
+        config=measurement.config,
+        measured_peak_bytes=measurement.peak_allocated_bytes,
+        measured_reserved_bytes=measurement.peak_reserved_bytes,
+        estimated_peak_bytes=comparison.estimated_peak_bytes,
+        phases=[p.model_dump(mode="json") for p in measurement.phases],
+        env=measurement.env.model_dump(mode="json"),
+        source=source,
+        split=split,
+    )

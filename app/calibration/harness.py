@@ -1,0 +1,227 @@
+"""run_measurement: run a real fine-tuning step of a plan on a random-weight model and measure its memory.
+
+torch and the model libraries are imported inside the functions that need them.
+
+cpu and cuda runs differ where the devices do: on cpu the tracker starts from the prepared model, so the
+'load' phase has no loading transients (on cuda its peak includes quantizing and upcasting); on cpu AdamW's
+per-parameter `step` scalars (512 bytes each once rounded) are device memory, on cuda they stay on the host.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from datetime import UTC, datetime
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from app.calibration.build import CPU_OPTIMIZERS, build_config, build_model, build_optimizer, quiet
+from app.calibration.measurement import Environment, Measurement, Phase
+from app.core.plan import TrainingPlan
+from app.errors import CalibrationError
+
+if TYPE_CHECKING:
+    import torch
+
+    from app.calibration.tracker import LiveTensorTracker
+
+CPU_THREADS = 2
+
+
+def run_measurement(
+    config: dict[str, Any],
+    plan: TrainingPlan,
+    *,
+    layers: int | None = None,
+    steps: int = 2,
+    seed: int = 0,
+) -> Measurement:
+    """Run `steps` plain PyTorch training steps of `plan` on the model `config` describes and measure memory.
+
+    Each step is forward (loss only), backward, optimizer step and zero_grad(set_to_none=True), in train mode
+    without autocast, on batch_size x seq_len random token ids. On cpu every live tensor storage is counted by
+    LiveTensorTracker (rounded to 512 bytes, as on CUDA) from the loaded model on; on cuda the caching
+    allocator's counters are read, from before loading on. Raises CalibrationError when the run cannot be
+    carried out, saying what to change.
+    """
+    check_plan(plan, steps)
+    import torch
+
+    started = time.perf_counter()
+    with _threads(plan.device), quiet():
+        cfg = build_config(config, layers)
+        torch.manual_seed(seed)
+        if plan.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        model = build_model(cfg, plan)
+        phases, peak, reserved = _run_steps(model, int(cfg.vocab_size), plan, steps, seed)
+        del model
+    return Measurement(
+        model_type=str(cfg.model_type),
+        config=cfg.to_diff_dict(),
+        plan=plan.model_dump(mode="json"),
+        layers=int(cfg.num_hidden_layers),
+        steps=steps,
+        device=plan.device,
+        peak_allocated_bytes=peak,
+        peak_reserved_bytes=reserved,
+        phases=phases,
+        env=environment(plan.device),
+        duration_s=time.perf_counter() - started,
+        created_at=datetime.now(UTC),
+    )
+
+
+def check_plan(plan: TrainingPlan, steps: int) -> None:
+    """Refuse plans this single-process harness cannot run, saying what to change."""
+    if steps < 1:
+        raise CalibrationError(f"steps must be at least 1 (got {steps}); use 2 so a step runs with optimizer state")
+    if plan.gpus != 1 or plan.sharding != "none" or plan.offload:
+        raise CalibrationError("the harness measures one process on one device: use gpus 1, sharding none, no offload")
+    if plan.gradient_checkpointing and plan.checkpointing != "every-layer":
+        raise CalibrationError(
+            "transformers checkpoints every layer; the harness cannot run sqrt-n: use checkpointing every-layer"
+        )
+    if plan.device == "cpu":
+        if plan.optimizer not in CPU_OPTIMIZERS:
+            raise CalibrationError(
+                f"optimizer {plan.optimizer} needs bitsandbytes on cuda; the cpu reference supports "
+                f"{', '.join(CPU_OPTIMIZERS)}"
+            )
+        if plan.attn == "flash_attention_2":
+            raise CalibrationError("flash_attention_2 runs on cuda only: use attn sdpa or eager on cpu")
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise CalibrationError("device cuda was asked for but torch sees no GPU: use device cpu")
+
+
+class _Probe:
+    """Reads memory at phase boundaries: a LiveTensorTracker on cpu, the caching allocator on cuda."""
+
+    def __init__(self, tracker: LiveTensorTracker | None) -> None:
+        self.tracker = tracker
+        self.phases: list[Phase] = []
+        self.peak_reserved = 0
+
+    def mark(self, label: str) -> None:
+        if self.tracker is not None:
+            self.phases.append(self.tracker.mark(label))
+            return
+        import torch
+
+        current, peak = torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+        self.phases.append(Phase(label=label, current_bytes=current, peak_bytes=peak))
+        self.peak_reserved = max(self.peak_reserved, torch.cuda.max_memory_reserved())
+        torch.cuda.reset_peak_memory_stats()  # so the next phase's peak is its own
+
+    @property
+    def peak_allocated(self) -> int:
+        if self.tracker is not None:
+            return self.tracker.peak_bytes
+        return max(phase.peak_bytes for phase in self.phases)
+
+
+def _run_steps(
+    model: Any, vocab_size: int, plan: TrainingPlan, steps: int, seed: int
+) -> tuple[list[Phase], int, int | None]:
+    import torch
+
+    tracker = None
+    if plan.device == "cpu":
+        from app.calibration.tracker import LiveTensorTracker
+
+        tracker = LiveTensorTracker("cpu")
+        tracker.track_module(model)  # the baseline: parameters, buffers, quant states
+    probe = _Probe(tracker)
+    generator = torch.Generator().manual_seed(seed)
+    with tracker if tracker is not None else nullcontext():
+        probe.mark("load")
+        optimizer = build_optimizer(model, plan)
+        ids = torch.randint(vocab_size, (plan.batch_size, plan.seq_len), generator=generator).to(plan.device)
+        for step in range(1, steps + 1):
+            _step(model, optimizer, ids, probe, f"step{step}")
+        del optimizer, ids
+    reserved = probe.peak_reserved if plan.device == "cuda" else None
+    return probe.phases, probe.peak_allocated, reserved
+
+
+def _step(model: Any, optimizer: torch.optim.Optimizer, ids: torch.Tensor, probe: _Probe, name: str) -> None:
+    import torch
+
+    phase = f"{name}.forward"
+    try:
+        # keep only the loss: holding the output would keep the logits alive through backward
+        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        probe.mark(phase)
+        phase = f"{name}.backward"
+        loss.backward()
+        del loss
+        probe.mark(phase)
+        phase = f"{name}.optimizer"
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        probe.mark(phase)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise CalibrationError(
+            f"out of device memory in {phase}: the point does not fit; lower seq_len, batch_size or layers"
+        ) from exc
+    except Exception as exc:
+        raise CalibrationError(f"the training step failed in {phase}: {type(exc).__name__}: {exc}") from exc
+
+
+@contextmanager
+def _threads(device: str) -> Iterator[None]:
+    """At most CPU_THREADS intra-op threads for a cpu run, restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(min(before, CPU_THREADS))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def environment(device: str) -> Environment:
+    """Versions of the libraries that shape memory, and the device's name and size."""
+    import torch
+
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        name, total = str(props.name), int(props.total_memory)
+    else:
+        name, total = _cpu_name(), None
+    return Environment(
+        torch=torch.__version__,
+        transformers=_version("transformers") or "unknown",
+        peft=_version("peft") or "unknown",
+        bitsandbytes=_version("bitsandbytes"),
+        python=platform.python_version(),
+        device_name=name,
+        total_memory_bytes=total,
+    )
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_name() -> str:
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as info:
+                for line in info:
+                    if line.startswith("model name"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+    return platform.processor() or platform.machine() or "cpu"

@@ -1,0 +1,168 @@
+"""Calibration matrices: a TOML spec of model families and plan axes, expanded to points, run and reported."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from app.calibration.compare import Comparison, compare_to, to_record
+from app.calibration.measurement import Measurement
+from app.core.plan import TrainingPlan
+from app.errors import InputError
+
+Split = Literal["tune", "holdout"]
+
+
+class Family(BaseModel):
+    """One architecture at reduced width and depth."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config: dict[str, Any]
+    attention_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    max_tokens: int = Field(8192, ge=1, description="Cap on seq_len x batch_size (vocab-heavy families need less).")
+
+
+class MatrixSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    defaults: dict[str, Any] = Field(default_factory=dict, description="Plan fields every point shares.")
+    families: dict[str, Family]
+    axes: dict[str, list[Any]] = Field(description="Plan fields and the levels each point picks from.")
+    points: int = Field(ge=1, le=100_000)
+    holdout: float = Field(0.25, ge=0, lt=1, description="Share of points held out of tuning.")
+    seed: int = Field(0, description="Seed of the per-point level draws.")
+    steps: int = Field(2, ge=1)
+
+
+class Point(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    family: str
+    config: dict[str, Any]
+    plan: TrainingPlan
+    split: Split
+
+
+class PointResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    point: Point
+    measurement: Measurement
+    comparison: Comparison
+
+
+def load_spec(path: Path) -> MatrixSpec:
+    try:
+        return MatrixSpec.model_validate(tomllib.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise InputError(f"no matrix spec at {path}") from exc
+    except (tomllib.TOMLDecodeError, ValidationError) as exc:
+        raise InputError(f"matrix spec {path} is invalid: {exc}") from exc
+
+
+def _split(point_id: str, holdout: float) -> Split:
+    digest = int(hashlib.sha256(point_id.encode()).hexdigest()[:8], 16)
+    return "holdout" if digest / 0xFFFFFFFF < holdout else "tune"
+
+
+def _supported(name: str, family: Family, plan: TrainingPlan) -> bool:
+    """Points the stack itself refuses (e.g. PEFT's ParamWrapper with dropout) are not measured."""
+    from app.core.adapters import adapted_groups
+    from app.errors import PlanError
+    from app.inventory.cache import cached_spec
+
+    try:
+        adapted_groups(cached_spec(family.config, model_id=name, source="file", cache_dir=None), plan)
+    except PlanError:
+        return False
+    return True
+
+
+def expand(spec: MatrixSpec) -> list[Point]:
+    """Deterministic points: families round-robin, each axis level drawn by a generator seeded per point."""
+    names = sorted(spec.families)
+    axes = sorted(spec.axes.items())
+    points: list[Point] = []
+    seen: set[str] = set()
+    for k in range(spec.points):
+        family = spec.families[names[k % len(names)]]
+        fields: dict[str, Any] = dict(spec.defaults)
+        draw = random.Random(f"{spec.seed}-{k}")
+        for axis, levels in axes:
+            fields[axis] = draw.choice(levels)
+        if fields.get("targets") == "attention":
+            fields["targets"] = ",".join(family.attention_targets)
+        seq, batch = int(fields.get("seq_len", 2048)), int(fields.get("batch_size", 1))
+        while seq * batch > family.max_tokens and batch > 1:
+            batch //= 2
+        while seq * batch > family.max_tokens and seq > 16:
+            seq //= 2
+        fields["seq_len"], fields["batch_size"] = seq, batch
+        plan = TrainingPlan(**fields)
+        if not _supported(names[k % len(names)], family, plan):
+            continue
+        point_id = names[k % len(names)] + "-" + hashlib.sha256(plan.model_dump_json().encode()).hexdigest()[:8]
+        if point_id in seen:
+            continue
+        seen.add(point_id)
+        points.append(
+            Point(
+                id=point_id,
+                family=names[k % len(names)],
+                config=family.config,
+                plan=plan,
+                split=_split(point_id, spec.holdout),
+            )
+        )
+    return points
+
+
+def run_points(
+    points: list[Point], *, steps: int = 2, progress: Callable[[int, int, PointResult], None] | None = None
+) -> Iterator[PointResult]:
+    """Measure each point and compare it with the estimate (yields as it goes)."""
+    from app.calibration.compare import spec_for
+    from app.calibration.harness import run_measurement
+
+    for n, point in enumerate(points, 1):
+        measurement = run_measurement(point.config, point.plan, steps=steps)
+        comparison, _ = compare_to(measurement, spec_for(measurement, point.family))
+        result = PointResult(point=point, measurement=measurement, comparison=comparison)
+        if progress is not None:
+            progress(n, len(points), result)
+        yield result
+
+
+def jsonl_line(result: PointResult) -> str:
+    """One report line: the point, the measured and estimated peaks, the error and the environment."""
+    return json.dumps(
+        {
+            "id": result.point.id,
+            "family": result.point.family,
+            "split": result.point.split,
+            "plan": result.point.plan.model_dump(mode="json"),
+            "measured_peak_bytes": result.comparison.measured_peak_bytes,
+            "estimated_peak_bytes": result.comparison.estimated_peak_bytes,
+            "error_pct": round(result.comparison.error_pct, 3),
+            "phases": [p.model_dump(mode="json") for p in result.comparison.phases],
+            "measurement": result.measurement.model_dump(mode="json"),
+        }
+    )
+
+
+def store_results(results: list[PointResult], store: Any, source: str) -> list[int]:
+    """Persist compared points in one transaction."""
+    records = [
+        to_record(r.measurement, r.comparison, model_id=r.point.family, source=source, split=r.point.split)
+        for r in results
+    ]
+    return list(store.add_many(records))

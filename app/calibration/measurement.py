@@ -1,0 +1,60 @@
+"""What one calibration run measured: peak bytes, per-phase bytes and the environment it ran in."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Phase(BaseModel):
+    """Memory at the end of one phase of a run, and the highest it reached during that phase."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: str = Field(description="'load', then 'step<N>.forward', 'step<N>.backward', 'step<N>.optimizer'.")
+    current_bytes: int = Field(ge=0, description="Bytes allocated when the phase ended.")
+    peak_bytes: int = Field(ge=0, description="Highest bytes allocated at any time during the phase.")
+
+
+class Environment(BaseModel):
+    """Library versions and the device a measurement was taken on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    torch: str
+    transformers: str
+    peft: str
+    bitsandbytes: str | None = Field(description="None when bitsandbytes is not installed.")
+    python: str
+    device_name: str = Field(description="GPU name, or the CPU's name for the CPU reference tracker.")
+    total_memory_bytes: int | None = Field(description="Device memory; None on cpu, where it does not bound the run.")
+
+
+class Measurement(BaseModel):
+    """One real fine-tuning run: the peak it reached and where in the step it was reached."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_type: str
+    config: dict[str, Any] = Field(description="The model config actually built (after depth truncation).")
+    plan: dict[str, Any] = Field(description="The TrainingPlan, dumped to a dict.")
+    layers: int = Field(ge=1, description="Decoder layers actually built.")
+    steps: int = Field(ge=1)
+    device: Literal["cuda", "cpu"]
+    peak_allocated_bytes: int = Field(ge=0, description="Highest bytes held by live tensors over the whole run.")
+    peak_reserved_bytes: int | None = Field(
+        description="Highest bytes reserved by the CUDA caching allocator; None on cpu (no caching allocator)."
+    )
+    phases: list[Phase]
+    env: Environment
+    duration_s: float = Field(ge=0, description="Wall time of build and steps, in seconds.")
+    created_at: datetime
+
+    def phase(self, label: str) -> Phase:
+        """The phase with this label (KeyError when the run has none)."""
+        for item in self.phases:
+            if item.label == label:
+                return item
+        raise KeyError(label)

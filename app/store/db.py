@@ -1,0 +1,324 @@
+"""The measurement store: measured runs next to gpuplan's estimates, in SQLite or PostgreSQL.
+
+Open one `Store` per process (e.g. in the app's lifespan) and share it between threads: the
+engine pools connections and every method holds one only for its own short transaction (see
+`app.store.engine` for how concurrent writers are handled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import ValidationError
+from sqlalchemy import Connection, Engine, RowMapping, select
+
+from app.errors import InputError, StoreError
+from app.store.engine import create_store_engine, translated, write_transaction
+from app.store.migrations import upgrade
+from app.store.models import (
+    DEVICES,
+    UNSPLIT,
+    AccuracyStats,
+    AccuracySummary,
+    ComparableStats,
+    MeasurementRecord,
+    canonical_json,
+    relative_error_pct,
+    utc,
+)
+from app.store.schema import measurements
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+
+MAX_LIST_LIMIT = 10_000
+_FINGERPRINT_CHUNK = 500  # parameters per IN (...) query, well under every backend's limit
+
+
+def _row_values(rec: MeasurementRecord) -> dict[str, Any]:
+    return {
+        "created_at": rec.created_at.replace(tzinfo=None),  # naive UTC: the same on SQLite and PostgreSQL
+        "model_id": rec.model_id,
+        "model_type": rec.model_type,
+        "device": rec.device,
+        "device_name": rec.device_name,
+        "layers": rec.layers,
+        "plan_json": canonical_json(rec.plan),
+        "config_json": canonical_json(rec.config),
+        "measured_peak_bytes": rec.measured_peak_bytes,
+        "measured_reserved_bytes": rec.measured_reserved_bytes,
+        "estimated_peak_bytes": rec.estimated_peak_bytes,
+        "phases_json": canonical_json(rec.phases),
+        "env_json": canonical_json(rec.env),
+        "source": rec.source,
+        "split": rec.split,
+        "method": rec.method,
+        "fingerprint": rec.fingerprint(),
+    }
+
+
+def _record(m: RowMapping) -> MeasurementRecord:
+    return MeasurementRecord(
+        id=m["id"],
+        created_at=utc(m["created_at"]),
+        model_id=m["model_id"],
+        model_type=m["model_type"],
+        device=m["device"],
+        device_name=m["device_name"],
+        layers=m["layers"],
+        plan=json.loads(m["plan_json"]),
+        config=json.loads(m["config_json"]),
+        measured_peak_bytes=m["measured_peak_bytes"],
+        measured_reserved_bytes=m["measured_reserved_bytes"],
+        estimated_peak_bytes=m["estimated_peak_bytes"],
+        phases=json.loads(m["phases_json"]),
+        env=json.loads(m["env_json"]),
+        source=m["source"],
+        split=m["split"],
+    )
+
+
+def _check_device(device: str | None) -> None:
+    if device is not None and device not in DEVICES:
+        raise InputError(
+            f"unknown device {device!r}: use one of {', '.join(DEVICES)}",
+            errors=[{"loc": ["device"], "msg": f"must be one of {', '.join(DEVICES)}", "input": device}],
+        )
+
+
+def _stats(rows: Iterable[RowMapping]) -> AccuracyStats | None:
+    errors = [relative_error_pct(row["estimated_peak_bytes"], row["measured_peak_bytes"]) for row in rows]
+    return AccuracyStats.from_errors(errors) if errors else None
+
+
+class Store:
+    """Measured runs and the accuracy of gpuplan's estimates on them."""
+
+    def __init__(self, engine: Engine) -> None:
+        """Wrap an engine whose database is already migrated; use `Store.open` instead."""
+        self._engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Connect to `url` (sqlite:///... or postgresql+psycopg://...) and apply missing migrations."""
+        engine = create_store_engine(url)
+        try:
+            with translated(engine, "open and migrate the database"):
+                upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The store at `settings.database_url`, or SQLite under `settings.data_dir`."""
+        return cls.open(settings.sqlite_url)
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (e.g. for event hooks in tests)."""
+        return self._engine
+
+    def close(self) -> None:
+        """Close every pooled connection; the store must not be used afterwards."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def add_measurement(self, rec: MeasurementRecord) -> int:
+        """Store one run in one transaction and return its new id (`rec.id` is ignored)."""
+        return self.add_many([rec])[0]
+
+    def add_many(self, recs: Iterable[MeasurementRecord]) -> list[int]:
+        """Store runs in one transaction: all of them or, if anything fails, none. Returns their ids in order."""
+        items = list(recs)
+        if not items:
+            return []
+        with translated(self._engine, "store measurements"), write_transaction(self._engine) as conn:
+            return self._insert(conn, items)
+
+    @staticmethod
+    def _insert(conn: Connection, items: Sequence[MeasurementRecord]) -> list[int]:
+        ids: list[int] = []
+        for rec in items:
+            result = conn.execute(measurements.insert().values(**_row_values(rec)))
+            (new_id,) = result.inserted_primary_key or (None,)
+            if new_id is None:
+                raise StoreError("the database did not return the id of a new measurement")
+            ids.append(int(new_id))
+        return ids
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get_measurement(self, measurement_id: int) -> MeasurementRecord | None:
+        """The run with this id, or None."""
+        with translated(self._engine, "read a measurement"), self._engine.connect() as conn:
+            row = conn.execute(select(measurements).where(measurements.c.id == measurement_id)).mappings().first()
+        return None if row is None else _record(row)
+
+    def list_measurements(
+        self, model: str | None = None, device: str | None = None, source: str | None = None, limit: int = 500
+    ) -> list[MeasurementRecord]:
+        """Stored runs, newest first, optionally only those of one model id, device or source."""
+        _check_device(device)
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InputError(
+                f"limit must be between 1 and {MAX_LIST_LIMIT}, not {limit}",
+                errors=[{"loc": ["limit"], "msg": f"must be between 1 and {MAX_LIST_LIMIT}", "input": limit}],
+            )
+        query = select(measurements)
+        if model is not None:
+            query = query.where(measurements.c.model_id == model)
+        if device is not None:
+            query = query.where(measurements.c.device == device)
+        if source is not None:
+            query = query.where(measurements.c.source == source)
+        query = query.order_by(measurements.c.created_at.desc(), measurements.c.id.desc()).limit(limit)
+        with translated(self._engine, "list measurements"), self._engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_record(row) for row in rows]
+
+    def accuracy(self, device: str | None = None) -> AccuracySummary:
+        """Accuracy over every stored run (of one device, if given), overall, per device and per split."""
+        _check_device(device)
+        m = measurements.c
+        query = select(m.device, m.split, m.measured_peak_bytes, m.estimated_peak_bytes)
+        if device is not None:
+            query = query.where(m.device == device)
+        with translated(self._engine, "compute accuracy"), self._engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        by_device = {key: _stats(row for row in rows if row["device"] == key) for key in DEVICES}
+        by_split = {
+            key: _stats(row for row in rows if (row["split"] or UNSPLIT) == key) for key in ("tune", "holdout", UNSPLIT)
+        }
+        return AccuracySummary(
+            overall=_stats(rows),
+            by_device={key: stats for key, stats in by_device.items() if stats is not None},
+            by_split={key: stats for key, stats in by_split.items() if stats is not None},
+        )
+
+    def comparable(self, model_type: str, method: str, device: str) -> ComparableStats | None:
+        """Accuracy on stored runs like this plan: same model_type, method and device if there are any,
+        else same method and device across model types (`scope` says which); None when neither exists."""
+        _check_device(device)
+        m = measurements.c
+        base = select(m.measured_peak_bytes, m.estimated_peak_bytes).where(m.method == method, m.device == device)
+        with translated(self._engine, "find comparable measurements"), self._engine.connect() as conn:
+            stats = _stats(conn.execute(base.where(m.model_type == model_type)).mappings().all())
+            scope: Literal["model_type", "method"] = "model_type"
+            if stats is None:
+                stats = _stats(conn.execute(base).mappings().all())
+                scope = "method"
+        if stats is None:
+            return None
+        return ComparableStats(
+            **stats.model_dump(),
+            scope=scope,
+            model_type=model_type if scope == "model_type" else None,
+            method=method,
+            device=device,
+        )
+
+    # -- JSON Lines -----------------------------------------------------------------------------
+
+    def export_jsonl(self, path: str | Path, *, source: str | None = None) -> int:
+        """Write every run (of one source, if given) to `path`, oldest first, one JSON object a line.
+
+        The file is replaced atomically, so a reader never sees half of it. Returns the runs written.
+        """
+        query = select(measurements).order_by(measurements.c.id)
+        if source is not None:
+            query = query.where(measurements.c.source == source)
+        with translated(self._engine, "export measurements"), self._engine.connect() as conn:
+            records = [_record(row) for row in conn.execute(query).mappings().all()]
+        target = Path(path)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+                    for rec in records:
+                        out.write(rec.model_dump_json() + "\n")
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
+        return len(records)
+
+    def import_jsonl(self, path: str | Path, *, source: str | None = None) -> int:
+        """Add the runs in a JSON Lines file (as `export_jsonl` writes) in one transaction.
+
+        Ids and `error_pct` in the file are ignored; `source`, if given, replaces each run's source.
+        Runs already stored (same fingerprint) are skipped, so importing a file again adds nothing.
+        Returns the runs added. A bad line raises InputError naming it, and nothing is added.
+        """
+        records = _read_jsonl(Path(path), source)
+        with translated(self._engine, "import measurements"), write_transaction(self._engine, serialize=True) as conn:
+            keys = [rec.fingerprint() for rec in records]
+            seen = self._stored_fingerprints(conn, keys)
+            fresh: list[MeasurementRecord] = []
+            for rec, key in zip(records, keys, strict=True):
+                if key not in seen:
+                    seen.add(key)
+                    fresh.append(rec)
+            self._insert(conn, fresh)
+        return len(fresh)
+
+    @staticmethod
+    def _stored_fingerprints(conn: Connection, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        unique = sorted(set(keys))
+        for start in range(0, len(unique), _FINGERPRINT_CHUNK):
+            chunk = unique[start : start + _FINGERPRINT_CHUNK]
+            query = select(measurements.c.fingerprint).where(measurements.c.fingerprint.in_(chunk))
+            found.update(conn.execute(query).scalars())
+        return found
+
+
+def _read_jsonl(path: Path, source: str | None) -> list[MeasurementRecord]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    records: list[MeasurementRecord] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: not JSON: {exc.msg}") from exc
+        if not isinstance(data, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object, got {type(data).__name__}")
+        data.pop("id", None)
+        data.pop("error_pct", None)  # computed from the bytes
+        if source is not None:
+            data["source"] = source
+        try:
+            records.append(MeasurementRecord.model_validate(data))
+        except ValidationError as exc:
+            problems = exc.errors(include_url=False, include_context=False)
+            first = problems[0]
+            where = ".".join(str(part) for part in first["loc"]) or "record"
+            raise InputError(
+                f"{path}:{number}: not a measurement: {where}: {first['msg']}",
+                errors=[{"loc": list(p["loc"]), "msg": p["msg"], "line": number} for p in problems],
+            ) from exc
+    return records
