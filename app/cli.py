@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from app.errors import GpuplanError, InputError
@@ -113,6 +114,27 @@ def _parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch", help="fetch a model's config from the Hub into the cache")
     fetch.add_argument("model", help="org/name[@revision]")
     fetch.add_argument("--json", action="store_true")
+    cal = sub.add_parser("calibrate", help="measure one real training step, store it, print measured vs estimated")
+    cal.add_argument("model", help="catalog id, Hub id or path to config.json (weights are random)")
+    add_plan_flags(cal)
+    cal.add_argument("--layers", type=int, help="truncate depth to N layers (the estimate uses the same depth)")
+    cal.add_argument("--steps", type=int, default=2, help="optimizer steps (default 2)")
+    cal.add_argument("--no-store", dest="store", action="store_false", help="do not store the measurement")
+    cal.add_argument("--json", action="store_true")
+    mat = sub.add_parser("calibrate-matrix", help="run a calibration matrix spec (TOML), store points, write JSONL")
+    mat.add_argument("spec", type=Path, help="e.g. calibration/cpu-matrix.toml")
+    mat.add_argument("--report", type=Path, help="JSONL report path (default artifacts/calibration-<time>.jsonl)")
+    mat.add_argument("--family", help="only this family of the spec")
+    mat.add_argument("--limit", type=int, help="only the first N points")
+    mat.add_argument("--source", default="cpu-matrix", help="source label stored with each point")
+    mat.add_argument("--no-store", dest="store", action="store_false", help="do not store the points")
+    acc = sub.add_parser("accuracy", help="table of stored points (re-estimated now) and the error summary")
+    acc.add_argument("--device", choices=["cpu", "cuda"])
+    acc.add_argument("--source", help="only points of this source")
+    acc.add_argument("--write", type=Path, help="also write the Markdown to this file (e.g. docs/accuracy.md)")
+    imp = sub.add_parser("import-calibrations", help="load a JSONL of measurements (GPU script output) into the store")
+    imp.add_argument("path", type=Path)
+    imp.add_argument("--source", help="source label to record (default: from the file)")
     serve = sub.add_parser("serve", help="run the web service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -201,6 +223,53 @@ def _cmd_fetch(ns: argparse.Namespace) -> int:
             f"{out['id']} @ {out['sha'] or '(no sha)'}: {out['architecture']} ({out['model_type']}), {out['num_params']:,} parameters"
             + (f"; Hub says {out['hub_params']:,}" if out["hub_params"] else "")
         )
+    return 0
+
+
+def _cmd_calibrate(ns: argparse.Namespace) -> int:
+    from app.calibration.commands import calibrate
+    from app.settings import get_settings
+
+    plan = plan_from_args(ns)
+    out = calibrate(ns.model, plan, get_settings(), layers=ns.layers, steps=ns.steps, store=ns.store)
+    if ns.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(
+            f"{out['model']} ({out['layers']} layers, {out['device']}): measured {out['measured_peak_bytes']:,} B, "
+            f"estimated {out['estimated_peak_bytes']:,} B, error {out['error_pct']:+.2f} %"
+            + (f" (stored as #{out['id']})" if out["id"] else "")
+        )
+    return 0
+
+
+def _cmd_calibrate_matrix(ns: argparse.Namespace) -> int:
+    import statistics
+
+    from app.calibration.commands import calibrate_matrix
+    from app.settings import get_settings
+
+    rows = calibrate_matrix(
+        ns.spec, get_settings(), report=ns.report, family=ns.family, limit=ns.limit, store=ns.store, source=ns.source
+    )
+    errors = sorted(abs(r["error_pct"]) for r in rows)
+    print(f"{len(rows)} points: median |error| {statistics.median(errors):.2f} %, max {errors[-1]:.2f} %")
+    return 0
+
+
+def _cmd_accuracy(ns: argparse.Namespace) -> int:
+    from app.calibration.commands import accuracy
+    from app.settings import get_settings
+
+    print(accuracy(get_settings(), device=ns.device, source=ns.source, write=ns.write), end="")
+    return 0
+
+
+def _cmd_import(ns: argparse.Namespace) -> int:
+    from app.calibration.commands import import_calibrations
+    from app.settings import get_settings
+
+    print(f"imported {import_calibrations(ns.path, get_settings(), source=ns.source)} measurements")
     return 0
 
 

@@ -15,7 +15,9 @@
     │   └── OfflineMiss                 HF_HUB_OFFLINE=1 and the id is not cached (404)
     ├── CalibrationError                a calibration run could not be carried out (500 at the CLI only)
     ├── StoreError                      the measurement store failed (503)
-    └── AuthError                       missing or wrong bearer token (401)
+    │   └── StoreNotConfigured          the service runs without a store (503)
+    └── AuthError                       missing bearer token (401)
+        └── UploadForbidden             wrong token, or uploads disabled (403)
 
 Every error carries a short `title` and a `detail` sentence that tells the user what to fix.
 """
@@ -125,3 +127,14 @@ class AuthError(GpuplanError):
     title = "Unauthorized"
     status = 401
     slug = "unauthorized"
+
+
+class StoreNotConfigured(StoreError):
+    title = "Store not configured"
+    slug = "store-not-configured"
+
+
+class UploadForbidden(AuthError):
+    title = "Forbidden"
+    status = 403
+    slug = "forbidden"

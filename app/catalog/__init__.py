@@ -42,9 +42,13 @@ def catalog_ids() -> tuple[str, ...]:
     return tuple(sorted(json.loads(p.read_text())["id"] for p in CONFIGS_DIR.glob("*.json")))
 
 
+@lru_cache(maxsize=1)
+def _lowered() -> dict[str, str]:
+    return {i.lower(): i for i in catalog_ids()}
+
+
 def _find(model_id: str) -> str | None:
-    lowered = {i.lower(): i for i in catalog_ids()}
-    return lowered.get(model_id.strip().lower())
+    return _lowered().get(model_id.strip().lower())
 
 
 def in_catalog(model_id: str) -> bool:

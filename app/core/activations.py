@@ -53,6 +53,7 @@ class LayerActivations:
     backward_transient: int  # gradient buffers while one layer is backpropagated
     layer_input: int  # bytes of one layer's input hidden state (what checkpointing keeps)
     head_saved: int  # final norm (and lm_head input when trained) kept for backward
+    first_layer_discount: int = 0  # what layer 0 does not keep when its input needs no gradient
 
 
 class _Ledger:
@@ -116,8 +117,15 @@ def layer_activations(
     led.norm(h, r)
     if led.norm_keeps_input(r):
         led.saved += t * h * r  # the layer input, kept by the norm
+    first_norm = led.saved
     attn_leaves = ("qkv_proj",) if a.qkv_fused else ("q_proj", "k_proj", "v_proj")
     keeps = [led.consume(leaf, h) for leaf in attn_leaves]
+    # PEFT/Trainer call enable_input_require_grads only with checkpointing: otherwise layer 0's input needs no
+    # gradient, so its first norm keeps nothing and dropout on its adapted projections keeps no mask
+    discount = 0
+    if not led.full and not plan.gradient_checkpointing:
+        masked = sum(1 for leaf in attn_leaves if leaf in led.by_leaf) if plan.dropout > 0 else 0
+        discount = first_norm + masked * t * h * p.mask
     mlp_in_same = a.parallel_block
     if a.qkv_fused:
         led.saved += t * (q + 2 * kv) * act  # the fused output stays alive through the v view
@@ -135,7 +143,7 @@ def layer_activations(
         led.saved += b * a.num_heads * s * 4  # flash/efficient kernels keep the fp32 logsumexp
         score_transient = 0
     led.saved += t * q * act  # attention output (kept by the kernel's backward)
-    led.consume("o_proj", q)
+    led.consume("o_proj", q)  # its input is the attention output above (the kernel returns it heads-last)
     # --- MLP half ---------------------------------------------------------------------------------------
     if not mlp_in_same:
         if led.norm_keeps_input(r):
@@ -170,8 +178,14 @@ def layer_activations(
         if led.consume("fc2", i) or led.consume("dense_4h_to_h", i):
             led.saved += t * i * act
         mlp_transient = 2 * t * i * act
-    if any(keeps) or mlp_keeps:
-        normed_input(h)
+    if a.parallel_block:
+        if any(keeps) or mlp_keeps:
+            normed_input(h)  # one norm output feeds attention and MLP
+    else:
+        if any(keeps):
+            normed_input(h)  # the first norm's output, kept by q/k/v
+        if mlp_keeps:
+            normed_input(h)  # the second norm's output, kept by the MLP's input projections
     saved = led.saved
     # --- final norm and head -----------------------------------------------------------------------------
     led.saved = 0
@@ -181,13 +195,19 @@ def layer_activations(
     if led.full:
         led.saved += t * h * act  # lm_head input, kept for its weight gradient
     head_saved = led.saved
-    backward = 2 * t * h * r + t * max(i, q) * (act + 4) + score_transient
+    # backward through one layer (measured with the tracker): the incoming and outgoing residual gradients,
+    # an fp32 gradient of the normed input, and the gradient of the widest MLP intermediate (fp32 when an
+    # adapted down projection's LoRA branch carries it); for a fused gate_up that intermediate is 2i wide
+    down_adapted = led.full or any(leaf in led.by_leaf for leaf in ("down_proj", "fc2", "dense_4h_to_h"))
+    widest = (2 * i if a.gate_up_fused else i) * (max(1, a.experts_per_token) if a.num_experts else 1)
+    backward = 2 * t * h * r + t * h * 4 + t * widest * max(act, 4 if down_adapted else 0) + score_transient
     return LayerActivations(
         saved=saved,
         forward_transient=max(mlp_transient, score_transient),
         backward_transient=backward,
         layer_input=t * h * r,
         head_saved=head_saved,
+        first_layer_discount=discount,
     )
 
 

@@ -8,7 +8,7 @@ from app.core.activations import kept_layers, layer_activations, logits_bytes
 from app.core.adapters import Adapted, adapted_groups
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
-from app.core.result import Estimate, Params, Phase, Term
+from app.core.result import Category, Estimate, Params, Phase, Term
 from app.core.spec import ModelSpec
 from app.core.tensors import Inventory, Split, inventory
 from app.errors import PlanError
@@ -55,6 +55,8 @@ def _tensors(model: ModelSpec, plan: TrainingPlan) -> tuple[list[Adapted], list[
         plan.targets,
         plan.rank,
         plan.dora,
+        plan.dropout > 0,
+        plan.device,
     )
     hit = _TENSOR_CACHE.get(key)
     if hit is None:
@@ -70,13 +72,38 @@ def _share(split: Split, frac: float, div: int = 1) -> int:
     return math.ceil((split.layers * frac + split.other) / div)
 
 
+# One line per memory term: (category, note); a term's unit is always bytes.
+NOTES: dict[str, tuple[Category, str]] = {
+    "base_weight_bytes": ("weights", "base model weights"),
+    "lora_adapter_bytes": ("adapters", "LoRA A/B (and DoRA magnitudes) in fp32"),
+    "optimizer_state_bytes": ("optimizer", "optimizer states kept in device memory"),
+    "master_weight_bytes": ("optimizer", "fp32 master copy of trainable weights (DeepSpeed)"),
+    "allgather_buffer_bytes": ("transient", "two decoder layers gathered unsharded (current + prefetch)"),
+    "activation_bytes": ("activations", "tensors autograd keeps across layers"),
+    "logits_peak_bytes": ("activations", "logits, fp32 upcast and cross-entropy (log_softmax and its gradient)"),
+    "layer_transient_bytes": (
+        "transient",
+        "the running layer: intermediates (forward) or recomputed activations and gradient buffers (backward)",
+    ),
+    "dequant_transient_bytes": (
+        "transient",
+        "bitsandbytes dequantizes the widest weight to the compute dtype for its matmul",
+    ),
+    "gradient_bytes": ("gradients", "gradients of trainable parameters"),
+    "ddp_bucket_bytes": ("gradients", "DDP gradient buckets (a flat copy of the gradients)"),
+    "optimizer_temp_bytes": (
+        "transient",
+        "optimizer-step temporaries (foreach AdamW: sqrt(exp_avg_sq) of every state at once)",
+    ),
+}
+
+
 def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
     """Peak memory of one fine-tuning step of `plan` on `model`, per GPU, with its breakdown."""
     _check(plan)
     adapted, adapter_notes, inv = _tensors(model, plan)
-    notes = [*model.notes, *adapter_notes]
-    by_name = {a.group.name: a for a in adapted}
-    layer = layer_activations(model, plan, by_name, inv.quantized)
+    notes = [*model.notes, *adapter_notes, *_stack_notes(model, plan)]
+    layer = layer_activations(model, plan, {a.group.name: a for a in adapted}, inv.quantized)
     n_layers = model.arch.num_layers
     n, sharding = plan.gpus, plan.sharding
 
@@ -105,61 +132,75 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
     gather = 2 * inv.largest_layer_weights if sharding in ("fsdp", "zero3") else 0
     ddp_buckets = grads if sharding == "ddp" and n > 1 else 0
     foreach = math.ceil(inv.foreach_temp * frac / shard_states) if not plan.offload else 0
+    # gradients of every layer but the one being backpropagated (the end of backward)
+    late_grads = grads - math.ceil(inv.grads.layers * frac / shard_states / max(1, gpu_layers))
+    head_grads = math.ceil(inv.grads.other / shard_states)  # lm_head's gradient exists from the start of backward
 
     if plan.gradient_checkpointing:
         kept, recomputed = kept_layers(plan, gpu_layers)
         acts = kept * layer.layer_input + layer.head_saved
+        acts_at_end = layer.layer_input  # only layer 0's input is still kept
         layer_peak = recomputed * layer.saved + layer.backward_transient
-        forward_peak = layer.forward_transient
     else:
-        acts = gpu_layers * layer.saved + layer.head_saved
+        acts = gpu_layers * layer.saved + layer.head_saved - layer.first_layer_discount
+        acts_at_end = layer.saved - layer.first_layer_discount
         layer_peak = layer.backward_transient
-        forward_peak = layer.forward_transient
     logits_fwd, logits_bwd = logits_bytes(model, plan)
     dequant = inv.largest_dequant + (inv.largest_dequant // 2 if plan.method == "qlora" and plan.quant == "int8" else 0)
 
-    persistent = weights + adapters + states + master + gather
-    phases = (
-        _phase(name="load", bytes=weights + adapters),
-        _phase(name="forward", bytes=persistent + acts + max(logits_fwd, forward_peak + dequant)),
-        _phase(name="backward", bytes=persistent + acts + max(logits_bwd, layer_peak + dequant) + ddp_buckets),
-        _phase(name="optimizer", bytes=persistent + grads + ddp_buckets + max(foreach, inv.step_temp)),
-    )
+    base = {"base_weight_bytes": weights, "lora_adapter_bytes": adapters}
+    persistent = {
+        **base,
+        "optimizer_state_bytes": states,
+        "master_weight_bytes": master,
+        "allgather_buffer_bytes": gather,
+    }
+    layer_fwd = {"layer_transient_bytes": layer.forward_transient, "dequant_transient_bytes": dequant}
+    layer_bwd = {"layer_transient_bytes": layer_peak, "dequant_transient_bytes": dequant}
+    candidates: dict[str, list[dict[str, int]]] = {
+        "load": [base],
+        "forward": [
+            {**persistent, "activation_bytes": acts, "logits_peak_bytes": logits_fwd},
+            {**persistent, "activation_bytes": acts, **layer_fwd},
+        ],
+        "backward": [
+            {
+                **persistent,
+                "activation_bytes": acts,
+                "logits_peak_bytes": logits_bwd,
+                "ddp_bucket_bytes": ddp_buckets,
+            },
+            {
+                **persistent,
+                "activation_bytes": acts,
+                "gradient_bytes": head_grads,
+                **layer_bwd,
+                "ddp_bucket_bytes": ddp_buckets,
+            },
+            {
+                **persistent,
+                "activation_bytes": acts_at_end,
+                "gradient_bytes": late_grads,
+                **layer_bwd,
+                "ddp_bucket_bytes": ddp_buckets,
+            },
+        ],
+        "optimizer": [
+            {
+                **persistent,
+                "gradient_bytes": grads,
+                "ddp_bucket_bytes": ddp_buckets,
+                "optimizer_temp_bytes": max(foreach, inv.step_temp),
+            },
+        ],
+    }
+    chosen = {name: max(options, key=lambda c: sum(c.values())) for name, options in candidates.items()}
+    phases = tuple(_phase(name=name, bytes=sum(c.values())) for name, c in chosen.items())
     peak = max(phases, key=lambda ph: ph.bytes)
-
-    terms = _terms(
-        plan,
-        weights,
-        adapters,
-        grads,
-        states,
-        master,
-        gather,
-        ddp_buckets,
-        acts,
-        peak.name,
-        logits_fwd,
-        logits_bwd,
-        forward_peak if peak.name == "forward" else layer_peak,
-        dequant,
-        foreach,
-        inv.step_temp,
-        paged,
-        offloaded,
-        inv,
-    )
-    fused = sum(g.count * g.numel for g in model.groups if g.in_layers and any(len(p.shape) == 3 for p in g.params))
-    if plan.method == "qlora" and fused:
-        notes.append(
-            f"{fused:,} parameters live in fused 3-D expert tensors that bitsandbytes does not quantize "
-            "(transformers 5 MoE layout, bitsandbytes#1849); prepare_model_for_kbit_training upcasts them to fp32"
-        )
-    skipped = sorted({g.cls for g in model.groups if g.in_layers and g.kind == "linear" and not g.quantizable})
-    if plan.method == "qlora" and skipped:
-        notes.append(
-            f"bitsandbytes leaves {', '.join(skipped)} layers unquantized: transformers replaces only modules whose "
-            "type is exactly nn.Linear, so these stay in fp32 after prepare_model_for_kbit_training"
-        )
+    terms = [
+        _term(term=k, bytes=v, category=NOTES[k][0], note=_note(k, plan)) for k, v in chosen[peak.name].items() if v
+    ]
+    terms += _overheads(plan, sum(t.bytes for t in terms), paged, offloaded)
     if model.published_params is not None and model.published_params != model.num_params:
         notes.append(
             f"the Hub reports {model.published_params:,} parameters; the inventory counts {model.num_params:,}"
@@ -179,142 +220,42 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
     )
 
 
-def _terms(
-    plan: TrainingPlan,
-    weights: int,
-    adapters: int,
-    grads: int,
-    states: int,
-    master: int,
-    gather: int,
-    ddp_buckets: int,
-    acts: int,
-    phase: str,
-    logits_fwd: int,
-    logits_bwd: int,
-    layer_peak: int,
-    dequant: int,
-    foreach: int,
-    step_temp: int,
-    paged: int,
-    offloaded: int,
-    inv: Inventory,
-) -> list[Term]:
-    """The breakdown at the peak phase; allocated terms sum to peak_allocated_bytes."""
-    q = plan.quant if plan.method == "qlora" else plan.dtype
-    t: list[Term] = [
-        _term(
-            term="base_weight_bytes",
-            bytes=weights,
-            category="weights",
-            note=f"base model weights ({q}; unquantized modules in {'fp32 after prepare_model_for_kbit_training' if plan.method == 'qlora' else plan.dtype})",
-        ),
-    ]
-    if adapters:
-        t.append(
-            _term(
-                term="lora_adapter_bytes",
-                bytes=adapters,
-                category="adapters",
-                note=f"LoRA A/B{' and DoRA magnitudes' if plan.dora else ''} in fp32, r={plan.rank}",
-            )
+def _note(term: str, plan: TrainingPlan) -> str:
+    note = NOTES[term][1]
+    if term == "base_weight_bytes":
+        q = plan.quant if plan.method == "qlora" else plan.dtype
+        rest = "fp32 after prepare_model_for_kbit_training" if plan.method == "qlora" else plan.dtype
+        return f"{note} ({q}; unquantized modules in {rest})"
+    if term == "lora_adapter_bytes":
+        return f"{note}, r={plan.rank}"
+    if term == "optimizer_state_bytes":
+        return f"{plan.optimizer} states kept in device memory"
+    if term == "activation_bytes" and plan.gradient_checkpointing:
+        return f"{note} (checkpointed layer inputs)"
+    return note
+
+
+def _stack_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
+    """Facts of the real stack a user should know about this plan."""
+    notes = []
+    fused = sum(g.count * g.numel for g in model.groups if g.in_layers and any(len(p.shape) == 3 for p in g.params))
+    if plan.method == "qlora" and fused:
+        notes.append(
+            f"{fused:,} parameters live in fused 3-D expert tensors that bitsandbytes does not quantize "
+            "(transformers 5 MoE layout, bitsandbytes#1849); prepare_model_for_kbit_training upcasts them to fp32"
         )
-    if phase != "load":
-        t.append(
-            _term(
-                term="optimizer_state_bytes",
-                bytes=states,
-                category="optimizer",
-                note=f"{plan.optimizer} states kept in device memory",
-            )
+    skipped = sorted({g.cls for g in model.groups if g.in_layers and g.kind == "linear" and not g.quantizable})
+    if plan.method == "qlora" and skipped:
+        notes.append(
+            f"bitsandbytes leaves {', '.join(skipped)} layers unquantized: transformers replaces only modules whose "
+            "type is exactly nn.Linear, so these stay in fp32 after prepare_model_for_kbit_training"
         )
-    if master and phase != "load":
-        t.append(
-            _term(
-                term="master_weight_bytes",
-                bytes=master,
-                category="optimizer",
-                note="fp32 master copy of trainable weights (DeepSpeed)",
-            )
-        )
-    if gather and phase != "load":
-        t.append(
-            _term(
-                term="allgather_buffer_bytes",
-                bytes=gather,
-                category="transient",
-                note="two decoder layers gathered unsharded (current + prefetch)",
-            )
-        )
-    if phase in ("forward", "backward"):
-        t.append(
-            _term(
-                term="activation_bytes",
-                bytes=acts,
-                category="activations",
-                note="tensors autograd keeps across layers"
-                + (" (checkpointed inputs only)" if plan.gradient_checkpointing else ""),
-            )
-        )
-        logits = logits_fwd if phase == "forward" else logits_bwd
-        if logits >= layer_peak + dequant:
-            t.append(
-                _term(
-                    term="logits_peak_bytes",
-                    bytes=logits,
-                    category="activations",
-                    note="logits, fp32 upcast and cross-entropy (log_softmax and its gradient)",
-                )
-            )
-        else:
-            t.append(
-                _term(
-                    term="layer_transient_bytes",
-                    bytes=layer_peak,
-                    category="transient",
-                    note="the running layer's intermediates (forward) or its recomputed activations and gradient buffers (backward)",
-                )
-            )
-            if dequant:
-                t.append(
-                    _term(
-                        term="dequant_transient_bytes",
-                        bytes=dequant,
-                        category="transient",
-                        note="bitsandbytes dequantizes the widest weight to the compute dtype for its matmul",
-                    )
-                )
-    if phase in ("backward", "optimizer") and ddp_buckets:
-        t.append(
-            _term(
-                term="ddp_bucket_bytes",
-                bytes=ddp_buckets,
-                category="gradients",
-                note="DDP gradient buckets (a flat copy of the gradients)",
-            )
-        )
-    if phase == "optimizer":
-        t.append(
-            _term(term="gradient_bytes", bytes=grads, category="gradients", note="gradients of trainable parameters")
-        )
-        if foreach >= step_temp and foreach:
-            t.append(
-                _term(
-                    term="optimizer_temp_bytes",
-                    bytes=foreach,
-                    category="transient",
-                    note="foreach AdamW: sqrt(exp_avg_sq) for every parameter at once",
-                )
-            )
-        elif step_temp:
-            t.append(
-                _term(
-                    term="optimizer_temp_bytes",
-                    bytes=step_temp,
-                    category="transient",
-                    note="optimizer-step fp32 temporaries of the largest parameter",
-                )
-            )
+    return notes
+
+
+def _overheads(plan: TrainingPlan, allocated: int, paged: int, offloaded: int) -> list[Term]:
+    """Terms outside the live tensors: CUDA workspace, allocator cache, context, paged and offloaded states."""
+    t: list[Term] = []
     if plan.device == "cuda":
         t.append(
             _term(
@@ -324,8 +265,7 @@ def _terms(
                 note="cuBLAS workspace, allocated through the caching allocator",
             )
         )
-        allocated = sum(x.bytes for x in t)
-        frag = math.ceil(allocated * ALLOCATOR_FRAGMENTATION / SEGMENT) * SEGMENT
+        frag = math.ceil((allocated + CUBLAS_WORKSPACE_BYTES) * ALLOCATOR_FRAGMENTATION / SEGMENT) * SEGMENT
         t.append(
             _term(
                 term="allocator_cache_bytes",

@@ -74,6 +74,10 @@ class TrainingPlan(BaseModel):
             value = [part for part in value.split(",")]
         if isinstance(value, (list, tuple)):
             names = tuple(str(v).strip() for v in value)
+            if names == (ALL_LINEAR,):
+                return ALL_LINEAR
+            if ALL_LINEAR in names:
+                raise ValueError("all-linear stands alone: give it without other module names")
             if not names or any(not n for n in names):
                 raise ValueError("give at least one non-empty module name, e.g. q_proj,v_proj, or all-linear")
             for n in names:

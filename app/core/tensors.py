@@ -72,7 +72,9 @@ def _states(plan: TrainingPlan, shape: tuple[int, ...], dtype: int) -> tuple[int
     if opt == "sgd":
         return 0, 0, 0  # torch SGD without momentum (HF Trainer default) keeps no state
     if opt == "adamw":
-        return 2 * rounded(n * dtype), 0, 0  # exp_avg and exp_avg_sq in the parameter dtype; step lives on CPU
+        # exp_avg and exp_avg_sq in the parameter dtype; the step scalar lives on the CPU, so the CPU
+        # reference counts it as device memory (one 512-byte block) and CUDA does not
+        return 2 * rounded(n * dtype) + (rounded(4) if plan.device == "cpu" else 0), 0, 0
     if opt == "adafactor":
         # transformers Adafactor, beta1=None: factored second moment (row + column) for matrices, full for vectors
         state = rounded(shape[0] * 4) + rounded(shape[1] * 4) if len(shape) == 2 else rounded(n * 4)
@@ -88,13 +90,22 @@ def _states(plan: TrainingPlan, shape: tuple[int, ...], dtype: int) -> tuple[int
 
 
 # Base-weight inventories depend only on the model and a few plan fields: cache them (bounded).
-_BASE_CACHE: dict[tuple[str, str, str, str | None, bool, str, str], Inventory] = {}
+_BASE_CACHE: dict[tuple[str, str, str, str | None, bool, str, str, str], Inventory] = {}
 _BASE_CACHE_SIZE = 256
 
 
 def inventory(model: ModelSpec, plan: TrainingPlan, adapted: list[Adapted]) -> Inventory:
     """The base inventory (cached per model and precision) plus this plan's adapters, grads and states."""
-    key = (model.config_hash, model.id, plan.method, plan.quant, plan.double_quant, plan.dtype, plan.optimizer)
+    key = (
+        model.config_hash,
+        model.id,
+        plan.method,
+        plan.quant,
+        plan.double_quant,
+        plan.dtype,
+        plan.optimizer,
+        plan.device,
+    )
     base = _BASE_CACHE.get(key)
     if base is None:
         if len(_BASE_CACHE) >= _BASE_CACHE_SIZE:

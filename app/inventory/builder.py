@@ -202,6 +202,10 @@ def _arch(cfg: Any, groups: tuple[ModuleGroup, ...], model: Any) -> ArchSummary:
     norms = sum(1 for g in layer_groups if g.kind == "norm" and ".mlp." not in g.name and ".self_attn." not in g.name)
     parallel = bool(get("use_parallel_residual", "parallel_attn", default=False)) or norms == 1
     archs = getattr(cfg, "architectures", None) or [type(model).__name__]
+    norm_cls = next((g.cls for g in layer_groups if g.kind == "norm"), "")
+    norm_kind = (
+        "layer" if "LayerNorm" in norm_cls and "RMS" not in norm_cls else ("gemma" if "Gemma" in norm_cls else "rms")
+    )
     return ArchSummary(
         model_type=str(cfg.model_type),
         architecture=str(archs[0]),
@@ -218,6 +222,9 @@ def _arch(cfg: Any, groups: tuple[ModuleGroup, ...], model: Any) -> ArchSummary:
         mlp_gated=gated,
         parallel_block=parallel,
         norms_per_layer=norms,
+        norm_kind=norm_kind,
+        qkv_fused=any(n in leaves for n in _FUSED_QKV),
+        gate_up_fused="gate_up_proj" in leaves and leaves["gate_up_proj"].kind == "linear",
         max_position_embeddings=get("max_position_embeddings", "n_positions"),
     )
 

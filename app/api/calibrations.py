@@ -1,0 +1,42 @@
+"""Calibration routes over the measurement store: list and upload measured runs, and the accuracy summary."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import StoreDep, UploadAuthDep
+from app.api.responses import problems
+from app.api.schemas import Created, jsonable_accuracy
+from app.store.models import MeasurementRecord, StoreDevice
+
+router = APIRouter(tags=["calibration"])
+
+MAX_LIST = 1000
+
+
+@router.get("/calibrations", responses=problems(503))
+async def list_calibrations(
+    store: StoreDep,
+    model: Annotated[str | None, Query(min_length=1, max_length=200, description="Only runs of this model id.")] = None,
+    device: Annotated[StoreDevice | None, Query(description="Only runs on this device.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST, description="At most this many runs, newest first.")] = 100,
+) -> list[MeasurementRecord]:
+    """Measured fine-tuning runs next to what gpuplan estimated for them."""
+    records = await run_in_threadpool(store.list_measurements, model=model, device=device, limit=limit)
+    return list(records)
+
+
+@router.post("/calibrations", status_code=201, responses=problems(400, 401, 403, 413, 503))
+async def add_calibration(_auth: UploadAuthDep, record: MeasurementRecord, store: StoreDep) -> Created:
+    """Upload one measured run (bearer token GPUPLAN_UPLOAD_TOKEN required)."""
+    new_id = await run_in_threadpool(store.add_measurement, record.model_copy(update={"id": None}))
+    return Created(id=new_id)
+
+
+@router.get("/accuracy", responses=problems(503))
+async def get_accuracy(store: StoreDep) -> dict[str, Any]:
+    """How far gpuplan's estimates were from the measured peaks, overall and by device and split."""
+    return jsonable_accuracy(await run_in_threadpool(store.accuracy))

@@ -1,0 +1,65 @@
+"""Routes that answer with numbers: POST/GET /estimate (with exports) and GET /fit (inverse planning)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
+
+from app.api.deps import PlannerDep
+from app.api.queries import query_dependency, query_parameters
+from app.api.responses import ESTIMATE_OK, HUB_PROBLEMS, problems
+from app.api.schemas import EstimateQuery, EstimateRequest, FitQuery
+from app.core.fit import FitResult
+from app.core.gpus import GPU_TIERS, find_tier
+from app.errors import InputError, PlanError
+from app.service import MEDIA_TYPES, ExportFormat, Planned
+
+router = APIRouter(tags=["estimate"])
+
+EstimateQueryDep = Annotated[EstimateQuery, Depends(query_dependency(EstimateQuery))]
+FitQueryDep = Annotated[FitQuery, Depends(query_dependency(FitQuery))]
+
+
+def export_response(planned: Planned, fmt: ExportFormat) -> Response:
+    return Response(planned.export(fmt), media_type=MEDIA_TYPES[fmt])
+
+
+@router.post("/estimate", response_model=None, responses={**ESTIMATE_OK, **HUB_PROBLEMS, **problems(413)})
+async def post_estimate(
+    body: EstimateRequest,
+    planner: PlannerDep,
+    format: Annotated[ExportFormat, Query(description="json, md, csv or svg.")] = "json",
+) -> Response:
+    """Estimate the peak GPU memory of one fine-tuning step of a model and plan given as JSON."""
+    model = await planner.resolve(body.model)
+    return export_response(await planner.plan_async(model, body.to_plan()), format)
+
+
+@router.get(
+    "/estimate",
+    response_model=None,
+    responses={**ESTIMATE_OK, **HUB_PROBLEMS},
+    openapi_extra={"parameters": query_parameters(EstimateQuery)},
+)
+async def get_estimate(query: EstimateQueryDep, planner: PlannerDep) -> Response:
+    """Estimate the peak GPU memory of one fine-tuning step; plan fields as query parameters."""
+    model = await planner.resolve(query.model)
+    return export_response(await planner.plan_async(model, query.to_plan()), query.format)
+
+
+@router.get("/fit", responses=HUB_PROBLEMS, openapi_extra={"parameters": query_parameters(FitQuery)})
+async def get_fit(query: FitQueryDep, planner: PlannerDep) -> FitResult:
+    """The largest micro-batch, sequence length and LoRA rank of the plan that fit a GPU tier."""
+    tier = find_tier(query.gpu)
+    if tier is None:
+        names = ", ".join(t.name for t in GPU_TIERS)
+        message = f"unknown GPU tier {query.gpu!r}; known tiers: {names}"
+        raise InputError(f"gpu: {message}", errors=[{"field": "gpu", "message": message}])
+    plan = query.to_plan()
+    if plan.device != "cuda":
+        message = "fitting a GPU tier needs device cuda"
+        raise PlanError(f"device: {message}", errors=[{"field": "device", "message": message}])
+    model = await planner.resolve(query.model)
+    return await planner.fit(model, plan, tier)

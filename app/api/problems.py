@@ -1,0 +1,193 @@
+"""Every error as RFC 9457 problem details: GpuplanError, HTTP errors, validation errors and crashes.
+
+API routes answer `application/problem+json`; HTML routes hand the same `Problem` to a renderer
+(`error.html`), so both shapes always carry the same title, status and detail.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.routing import BaseRoute, compile_path
+
+from app.errors import GpuplanError, InputError
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_BASE = "https://gpuplan.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+# FastAPI puts where a value came from first in `loc`; the field name is what follows.
+_LOC_SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+class FieldError(BaseModel):
+    """One invalid input: which field, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    field: str = Field(description="Dotted name of the field (`plan` for rules spanning several fields).")
+    message: str
+
+
+class Problem(BaseModel):
+    """An error response (RFC 9457 problem details)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str = Field(description="URI naming the kind of problem, e.g. https://gpuplan.dev/problems/model-not-found.")
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] = Field(default_factory=list, description="Field errors of invalid input.")
+
+
+def problem_response(problem: Problem, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        problem.model_dump(mode="json"), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+# RFC 9110's names where Python's http.HTTPStatus still has older ones.
+_PHRASES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+def _slugify(phrase: str) -> str:
+    return "-".join(phrase.lower().replace("'", "").split())
+
+
+def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[FieldError]:
+    """pydantic/FastAPI error dicts as {field, message}; the offending input is never echoed back."""
+    out: list[FieldError] = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        if loc and loc[0] in _LOC_SOURCES:
+            source, loc = loc[0], loc[1:]
+        else:
+            source = ""
+        if not loc:
+            loc = ["body" if source == "body" and error.get("type") == "missing" else "plan"]
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        out.append(FieldError(field=".".join(loc), message=message))
+    return out
+
+
+def validation_detail(errors: Sequence[FieldError]) -> str:
+    if not errors:
+        return "the request is invalid"
+    first = f"{errors[0].field}: {errors[0].message}"
+    return first if len(errors) == 1 else f"{first} (and {len(errors) - 1} more)"
+
+
+def input_error(errors: Iterable[Mapping[str, Any]]) -> InputError:
+    """A pydantic ValidationError's errors as the one InputError both the API and the HTML pages raise."""
+    fields = field_errors(errors)
+    return InputError(validation_detail(fields), errors=[e.model_dump() for e in fields])
+
+
+def from_validation(exc: ValidationError) -> InputError:
+    return input_error(exc.errors(include_url=False, include_input=False))
+
+
+def from_gpuplan(exc: GpuplanError) -> Problem:
+    return Problem(
+        type=PROBLEM_BASE + exc.slug,
+        title=exc.title,
+        status=exc.status,
+        detail=exc.detail,
+        errors=[
+            FieldError.model_validate(e) if {"field", "message"} <= e.keys() else field_errors([e])[0]
+            for e in exc.errors
+        ],
+    )
+
+
+def from_http(status: int, detail: object) -> Problem:
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    phrase = _PHRASES.get(status, phrase)
+    text = detail if isinstance(detail, str) and detail else phrase
+    if text == phrase:
+        text = {
+            404: "no such page or endpoint: see /docs for the API",
+            405: "this method is not allowed here: see the Allow header",
+        }.get(status, phrase)
+    return Problem(type=PROBLEM_BASE + _slugify(phrase), title=phrase, status=status, detail=text)
+
+
+def internal_error() -> Problem:
+    return Problem(
+        type=PROBLEM_BASE + "internal-error",
+        title="Internal Server Error",
+        status=500,
+        detail="an unexpected error occurred on the server; it has been logged",
+    )
+
+
+def index_methods(app: FastAPI, prefix: str, routes: Iterable[BaseRoute]) -> None:
+    """Remember which methods each path template answers, for a complete Allow header on 405."""
+    table: list[tuple[re.Pattern[str], frozenset[str]]] = getattr(app.state, "route_methods", [])
+    for route in routes:
+        path, methods = getattr(route, "path", None), getattr(route, "methods", None)
+        if isinstance(path, str) and methods:
+            table.append((compile_path(prefix + path)[0], frozenset(methods)))
+    app.state.route_methods = table
+
+
+def allowed_methods(request: Request) -> str | None:
+    """Every method some route answers at this path (Starlette names only the first route's)."""
+    table: list[tuple[re.Pattern[str], frozenset[str]]] = getattr(request.app.state, "route_methods", [])
+    found = set().union(*(methods for pattern, methods in table if pattern.match(request.url.path)))
+    return ", ".join(sorted(found)) if found else None
+
+
+def to_problem(exc: Exception) -> tuple[Problem, dict[str, str]]:
+    """The problem for any exception, and headers to keep (Allow on 405, WWW-Authenticate on 401)."""
+    if isinstance(exc, GpuplanError):
+        headers = {"WWW-Authenticate": 'Bearer realm="gpuplan"'} if exc.status == 401 else {}
+        return from_gpuplan(exc), headers
+    if isinstance(exc, RequestValidationError):
+        return from_gpuplan(input_error(exc.errors())), {}
+    if isinstance(exc, HTTPException):
+        keep = {k: v for k, v in (exc.headers or {}).items() if k.lower() in ("allow", "www-authenticate")}
+        return from_http(exc.status_code, exc.detail), keep
+    return internal_error(), {}
+
+
+HtmlRenderer = Callable[[Request, Problem, Mapping[str, str]], Response]
+
+
+def wants_html(request: Request) -> bool:
+    """HTML pages render errors as HTML; the API, /healthz and /metrics answer problem+json."""
+    path = request.url.path
+    return not (path.startswith("/api/") or path in ("/api", "/healthz", "/metrics", "/openapi.json"))
+
+
+def install(app: FastAPI, html: HtmlRenderer | None = None) -> None:
+    """Register one handler for every error class; `html` renders the problem for HTML routes."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        problem, headers = to_problem(exc)
+        if problem.status == 405 and (allow := allowed_methods(request)):
+            headers = {**headers, "Allow": allow}
+        if problem.status >= 500 and not isinstance(exc, GpuplanError | HTTPException):
+            logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        if html is not None and wants_html(request):
+            return html(request, problem, headers)
+        return problem_response(problem, headers)
+
+    app.add_exception_handler(GpuplanError, handle)
+    app.add_exception_handler(RequestValidationError, handle)
+    app.add_exception_handler(HTTPException, handle)
+    app.add_exception_handler(Exception, handle)

@@ -1,0 +1,42 @@
+"""OpenAPI descriptions of the responses routes share: problem+json errors and the export media types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.api.problems import PROBLEM_JSON, Problem
+from app.api.schemas import EstimateResponse
+
+_PROBLEM_SCHEMA = {"schema": {"$ref": "#/components/schemas/Problem"}}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """problem+json responses for these statuses (422 and 500 are always possible)."""
+    described = {
+        400: "Invalid model id, or a request body that is not UTF-8 JSON",
+        401: "Missing bearer token",
+        403: "Wrong bearer token, uploads disabled, or a gated model",
+        404: "Model not found",
+        413: "Request body too large",
+        422: "Invalid input: `errors` names each field and why",
+        500: "Unexpected error (no details are leaked)",
+        502: "The Hub answered with an unexpected error",
+        503: "The Hub or the store is unavailable",
+    }
+    return {
+        status: {"model": Problem, "description": described[status], "content": {PROBLEM_JSON: _PROBLEM_SCHEMA}}
+        for status in sorted({*statuses, 422, 500})
+    }
+
+
+_TEXT = {"schema": {"type": "string"}}
+
+ESTIMATE_OK: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": EstimateResponse,
+        "description": "The estimate: JSON by default; Markdown, CSV or an SVG chart with `format`.",
+        "content": {"text/markdown": _TEXT, "text/csv": _TEXT, "image/svg+xml": _TEXT},
+    }
+}
+
+HUB_PROBLEMS = problems(400, 403, 404, 502, 503)

@@ -1,0 +1,163 @@
+"""Request and response models of the JSON API; plan fields come from TrainingPlan itself, never copied."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.core.gpus import Recommendation
+from app.core.plan import TrainingPlan
+from app.core.result import Params, Phase, Term
+from app.core.spec import ArchSummary, ModelSource, ModelSpec
+from app.service import ExportFormat
+
+MAX_MODEL_CHARS = 300
+
+
+class EstimateRequest(TrainingPlan):
+    """A model and a training plan: every TrainingPlan field, with TrainingPlan's names, defaults and limits."""
+
+    # A JSON body must use the schema's types (no 0 for false); query strings are parsed leniently below.
+    model_config = ConfigDict(strict=True)
+
+    model: str = Field(
+        min_length=1,
+        max_length=MAX_MODEL_CHARS,
+        description="A catalog id (see /api/v1/models) or a Hub id `org/name[@revision]`.",
+        examples=["meta-llama/Llama-2-7b-hf"],
+    )
+
+    def to_plan(self) -> TrainingPlan:
+        """The TrainingPlan part (a plain TrainingPlan, so equal plans hash equal)."""
+        return TrainingPlan.model_validate(self.model_dump(include=set(TrainingPlan.model_fields)))
+
+
+class PlanQuery(EstimateRequest):
+    """A model and plan from a query string: values parsed from text, targets comma-separated or repeated."""
+
+    model_config = ConfigDict(strict=False)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _join_repeated(cls, value: object) -> object:
+        """A query string gives a list: `targets=q_proj,v_proj` or `targets=q_proj&targets=v_proj`."""
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return ",".join(value)
+        return value
+
+
+class EstimateQuery(PlanQuery):
+    """GET /estimate's query: the plan fields (targets comma-separated) and the export format."""
+
+    format: ExportFormat = Field("json", description="json (the estimate object), md, csv or svg (a standalone chart).")
+
+
+class FitQuery(PlanQuery):
+    """GET /fit's query: the plan fields and the GPU tier to fit."""
+
+    gpu: str = Field(min_length=1, max_length=60, description="A GPU tier name from /api/v1/gpus, e.g. 'RTX 4090'.")
+
+
+class ModelRef(BaseModel):
+    """The resolved model an estimate is for."""
+
+    id: str
+    source: ModelSource
+    revision: str | None
+    architecture: str
+    model_type: str
+    num_params: int
+
+
+class EstimateResponse(BaseModel):
+    """One estimate: the breakdown at the peak, the phases, the totals and the GPU recommendation."""
+
+    model: ModelRef
+    plan: TrainingPlan
+    params: Params
+    breakdown: list[Term]
+    phases: list[Phase]
+    peak_phase: str
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    device_bytes: int
+    double_quant_saving_bytes: int | None
+    notes: list[str]
+    recommendations: Recommendation | None = Field(description="None for device cpu plans.")
+
+
+class ModelRow(BaseModel):
+    """One catalog model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    architecture: str
+    model_type: str
+    num_params: int
+    layers: int
+    hidden_size: int
+    vocab_size: int
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> ModelRow:
+        return cls(
+            id=spec.id,
+            architecture=spec.arch.architecture,
+            model_type=spec.arch.model_type,
+            num_params=spec.num_params,
+            layers=spec.arch.num_layers,
+            hidden_size=spec.arch.hidden_size,
+            vocab_size=spec.arch.vocab_size,
+        )
+
+
+class ModelSummary(BaseModel):
+    """A resolved model: where it came from, its architecture fields and the size of its inventory."""
+
+    id: str
+    source: ModelSource
+    revision: str | None = Field(description="Commit sha the config was read at (Hub models).")
+    architecture: str
+    model_type: str
+    num_params: int
+    published_params: int | None
+    arch: ArchSummary
+    module_groups: int = Field(description="Distinct module groups of the inventory (layers folded).")
+    notes: list[str]
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> ModelSummary:
+        return cls(
+            id=spec.id,
+            source=spec.source,
+            revision=spec.revision,
+            architecture=spec.arch.architecture,
+            model_type=spec.arch.model_type,
+            num_params=spec.num_params,
+            published_params=spec.published_params,
+            arch=spec.arch,
+            module_groups=len(spec.groups),
+            notes=list(spec.notes),
+        )
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Created(BaseModel):
+    """The id the store gave a new measurement."""
+
+    id: int
+
+
+def jsonable_accuracy(value: object) -> dict[str, Any]:
+    """store.accuracy() as a JSON object, whether the store returns a dict or a pydantic model."""
+    if isinstance(value, BaseModel):
+        dumped: dict[str, Any] = value.model_dump(mode="json")
+        return dumped
+    if isinstance(value, dict):
+        return dict(value)
+    raise TypeError(f"store.accuracy() returned {type(value).__name__}, not a mapping")

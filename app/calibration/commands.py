@@ -1,0 +1,171 @@
+"""The calibration commands behind `gpuplan calibrate`, `calibrate-matrix`, `accuracy` and `import-calibrations`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from app.core.plan import TrainingPlan
+from app.errors import InputError
+from app.settings import Settings
+from app.store.models import MeasurementRecord
+
+ACCURACY_INTRO = (
+    "Every row is a real training step (2 optimizer steps) of the stated plan on a randomly initialised model of "
+    "the stated family, measured by the CPU live-tensor tracker (device cpu) or `torch.cuda.max_memory_allocated` "
+    "(device cuda), held against `estimate()` for exactly the same config and plan with the current estimator. "
+    "Error = (estimated - measured) / measured. Points are split by a hash of their id: *tune* points could be "
+    "looked at while the estimator's formulas were corrected; *holdout* points were not."
+)
+
+
+def model_config(name: str, settings: Settings) -> tuple[str, dict[str, Any]]:
+    """(model id, config dict) for a catalog id, a local config.json or a Hub id."""
+    from app import catalog
+    from app.resolver import _read_local, classify
+
+    kind = classify(name, allow_files=True)
+    if kind == "catalog":
+        entry = catalog.load_entry(name)
+        assert entry is not None
+        return entry.id, entry.effective_config
+    if kind == "file":
+        return str(Path(name).expanduser()), _read_local(name)
+    from app.hub.client import fetch_config_sync
+    from app.hub.ids import parse_model_ref
+
+    ref = parse_model_ref(name)
+    return ref.repo_id, fetch_config_sync(settings, ref).config
+
+
+def re_estimate(record: MeasurementRecord) -> MeasurementRecord:
+    """The record with its estimate recomputed by the current estimator for the same config and plan."""
+    from app.core.estimate import estimate
+    from app.inventory.cache import cached_spec
+
+    spec = cached_spec(record.config, model_id=record.model_id, source="file", cache_dir=None)
+    est = estimate(spec, TrainingPlan.model_validate(record.plan))
+    return record.model_copy(update={"estimated_peak_bytes": est.peak_allocated_bytes})
+
+
+def calibrate(
+    name: str, plan: TrainingPlan, settings: Settings, *, layers: int | None, steps: int, store: bool = True
+) -> dict[str, Any]:
+    """Measure one point, compare it with the estimate, store it; the --json object."""
+    from app.calibration.compare import compare_to, spec_for, to_record
+    from app.calibration.harness import run_measurement
+
+    model_id, config = model_config(name, settings)
+    measurement = run_measurement(config, plan, layers=layers, steps=steps)
+    comparison, _ = compare_to(measurement, spec_for(measurement, model_id))
+    stored_id = None
+    if store:
+        from app.store import Store
+
+        with Store.from_settings(settings) as db:
+            stored_id = db.add_measurement(to_record(measurement, comparison, model_id=model_id, source="cli"))
+    return {
+        "id": stored_id,
+        "model": model_id,
+        "layers": measurement.layers,
+        "device": measurement.device,
+        "measured_peak_bytes": comparison.measured_peak_bytes,
+        "measured_reserved_bytes": measurement.peak_reserved_bytes,
+        "estimated_peak_bytes": comparison.estimated_peak_bytes,
+        "error_pct": round(comparison.error_pct, 3),
+        "phases": [p.model_dump(mode="json") for p in comparison.phases],
+        "env": measurement.env.model_dump(mode="json"),
+        "duration_s": round(measurement.duration_s, 2),
+    }
+
+
+def calibrate_matrix(
+    spec_path: Path,
+    settings: Settings,
+    *,
+    report: Path | None,
+    family: str | None,
+    limit: int | None,
+    store: bool,
+    source: str,
+) -> list[dict[str, Any]]:
+    """Run a matrix spec with progress on stderr, store every point and write a JSONL report."""
+    from app.calibration.matrix import expand, jsonl_line, load_spec, run_points, store_results
+
+    spec = load_spec(spec_path)
+    points = [p for p in expand(spec) if family is None or p.family == family][: limit or None]
+    if not points:
+        raise InputError(f"{spec_path} has no points{' for family ' + family if family else ''}")
+    report = report or Path("artifacts") / f"calibration-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.jsonl"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+
+    def progress(n: int, total: int, result: Any) -> None:
+        bar = "#" * (20 * n // total)
+        sys.stderr.write(f"\r[{bar:<20}] {n}/{total} {result.point.id} error {result.comparison.error_pct:+.2f} %   ")
+        if n == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    with report.open("w") as fh:
+        for result in run_points(points, steps=spec.steps, progress=progress):
+            fh.write(jsonl_line(result) + "\n")
+            fh.flush()
+            results.append(result)
+    if store:
+        from app.store import Store
+
+        with Store.from_settings(settings) as db:
+            store_results(results, db, source)
+    return [json.loads(jsonl_line(r)) for r in results]
+
+
+def accuracy(settings: Settings, *, device: str | None, source: str | None, write: Path | None) -> str:
+    """The accuracy table of stored points, re-estimated with the current estimator."""
+    from app.calibration.report import ACCURACY_TITLE, accuracy_markdown
+    from app.store import Store
+
+    with Store.from_settings(settings) as db:
+        records = db.list_measurements(device=device, source=source, limit=10_000)
+    text = accuracy_markdown([re_estimate(r) for r in records], title=ACCURACY_TITLE, intro=ACCURACY_INTRO)
+    if write is not None:
+        write.parent.mkdir(parents=True, exist_ok=True)
+        write.write_text(text)
+    return text
+
+
+def import_calibrations(path: Path, settings: Settings, *, source: str | None) -> int:
+    """Load measurements (a store export, or a calibrate-matrix / GPU-script JSONL report) into the store."""
+    from app.calibration.compare import compare_to, spec_for, to_record
+    from app.calibration.measurement import Measurement
+    from app.store import Store
+
+    if not path.is_file():
+        raise InputError(f"no file at {path}")
+    first = next((line for line in path.read_text().splitlines() if line.strip()), "")
+    with Store.from_settings(settings) as db:
+        if '"measurement"' not in first:
+            return db.import_jsonl(path, source=source)
+        records = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                measurement = Measurement.model_validate(row["measurement"])
+            except (ValueError, KeyError) as exc:
+                raise InputError(f"{path}:{n} is not a calibration report line: {exc}") from exc
+            comparison, _ = compare_to(measurement, spec_for(measurement, row.get("family", "calibration")))
+            records.append(
+                to_record(
+                    measurement,
+                    comparison,
+                    model_id=row.get("family", "calibration"),
+                    source=source or row.get("source", "import"),
+                    split=row.get("split"),
+                )
+            )
+        return len(db.add_many(records))

@@ -1,0 +1,83 @@
+"""The accuracy report: stored measurements against their estimates, as a table and summary (docs/accuracy.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from app.store.models import AccuracyStats, MeasurementRecord
+
+MIB = 1024 * 1024
+ACCURACY_TITLE = "gpuplan accuracy: estimates against measured training steps"
+
+
+def _plan_cells(rec: MeasurementRecord) -> list[str]:
+    p = rec.plan
+    targets = p.get("targets", "")
+    targets = targets if isinstance(targets, str) else ",".join(targets)
+    return [
+        str(p.get("method", "")),
+        "on" if p.get("gradient_checkpointing") else "off",
+        str(p.get("seq_len", "")),
+        str(p.get("batch_size", "")),
+        str(p.get("rank", "")) if p.get("method") != "full" else "-",
+        ("all-linear" if targets == "all-linear" else "attention") if p.get("method") != "full" else "-",
+        str(p.get("dropout", "")) if p.get("method") != "full" else "-",
+    ]
+
+
+def _stats_line(label: str, stats: AccuracyStats | None) -> str:
+    if stats is None:
+        return f"| {label} | 0 | - | - | - | - |"
+    return (
+        f"| {label} | {stats.count} | {stats.median_abs_error_pct:.2f} % | {stats.p90_abs_error_pct:.2f} % | "
+        f"{stats.max_abs_error_pct:.2f} % | {stats.median_error_pct:+.2f} % |"
+    )
+
+
+def summary_table(records: Sequence[MeasurementRecord]) -> list[str]:
+    """Median / p90 / max absolute error overall, per split (tune vs holdout) and per device."""
+    lines = [
+        "| points | n | median abs error | p90 abs error | max abs error | median signed error |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    lines.append(_stats_line("all", AccuracyStats.from_errors([r.error_pct for r in records]) if records else None))
+    for split in ("tune", "holdout"):
+        errs = [r.error_pct for r in records if r.split == split]
+        lines.append(
+            _stats_line(
+                f"{split} ({'in-sample' if split == 'tune' else 'out-of-sample'})",
+                AccuracyStats.from_errors(errs) if errs else None,
+            )
+        )
+    for device in sorted({r.device for r in records}):
+        errs = [r.error_pct for r in records if r.device == device]
+        lines.append(_stats_line(f"device {device}", AccuracyStats.from_errors(errs)))
+    return lines
+
+
+def accuracy_markdown(records: Sequence[MeasurementRecord], *, title: str, intro: str) -> str:
+    """A Markdown page: the summary, then one row per measured point."""
+    rows = sorted(records, key=lambda r: (r.device, r.model_id, r.model_type, r.error_pct))
+    out = [
+        f"# {title}",
+        "",
+        intro,
+        "",
+        "## Summary",
+        "",
+        *summary_table(rows),
+        "",
+        "## Points",
+        "",
+        "| model | type | device | split | method | ckpt | seq | batch | rank | targets | dropout | layers | "
+        "measured MiB | estimated MiB | error |",
+        "|---|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r.model_id} | {r.model_type} | {r.device} | {r.split or '-'} | "
+            + " | ".join(_plan_cells(r))
+            + f" | {r.layers or '-'} | {r.measured_peak_bytes / MIB:,.2f} | {r.estimated_peak_bytes / MIB:,.2f} | "
+            f"{r.error_pct:+.2f} % |"
+        )
+    return "\n".join(out) + "\n"

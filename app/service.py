@@ -1,0 +1,127 @@
+"""The web edges' one path to an answer: resolve a model, estimate and recommend (cached), fit, and export."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from app import catalog, report
+from app.core.estimate import estimate
+from app.core.fit import FitResult, fit
+from app.core.gpus import GpuTier, Recommendation, recommend
+from app.core.plan import TrainingPlan
+from app.core.result import Estimate
+from app.core.spec import ModelSpec
+from app.errors import ConfigError, HubError
+from app.resolver import classify, resolve_model
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.api.metrics import Metrics
+    from app.hub.client import HubClient
+
+ExportFormat = Literal["json", "md", "csv", "svg"]
+MEDIA_TYPES: dict[ExportFormat, str] = {
+    "json": "application/json",
+    "md": "text/markdown; charset=utf-8",
+    "csv": "text/csv; charset=utf-8",
+    "svg": "image/svg+xml",
+}
+CacheKey = tuple[str, str | None, str, TrainingPlan, float]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One model and plan with its estimate and (for CUDA plans) the GPU recommendation."""
+
+    model: ModelSpec
+    estimate: Estimate
+    recommendation: Recommendation | None
+    _exports: dict[ExportFormat, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def export(self, fmt: ExportFormat) -> str:
+        """The estimate as JSON (report.payload), Markdown, CSV or a standalone SVG chart (rendered once)."""
+        text = self._exports.get(fmt)
+        if text is None:
+            text = self._exports[fmt] = self._render(fmt)
+        return text
+
+    def _render(self, fmt: ExportFormat) -> str:
+        if fmt == "md":
+            return report.markdown(self.model, self.estimate, self.recommendation)
+        if fmt == "csv":
+            return report.csv_text(self.estimate)
+        if fmt == "svg":
+            from app.web.svg import breakdown_chart
+
+            return breakdown_chart(self.estimate, self.recommendation, standalone=True)
+        return json.dumps(report.payload(self.model, self.estimate, self.recommendation), separators=(",", ":"))
+
+
+class Planner:
+    """Resolves models (catalog or Hub, counting Hub outcomes) and keeps the latest estimates in an LRU."""
+
+    def __init__(self, settings: Settings, hub: HubClient | None, metrics: Metrics, cache_size: int = 512) -> None:
+        self.settings = settings
+        self.hub = hub
+        self.metrics = metrics
+        self._cache: OrderedDict[CacheKey, Planned] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    async def resolve(self, name: str) -> ModelSpec:
+        """A catalog id or Hub id `org/name[@revision]` as a ModelSpec; never a local file."""
+        if "@" not in name and (spec := catalog.load_spec(name)) is not None:  # the hot path: one cached lookup
+            return spec
+        if classify(name, allow_files=False) != "hub":
+            return await resolve_model(name, self.settings, self.hub, allow_files=False)
+        try:
+            spec = await resolve_model(name, self.settings, self.hub, allow_files=False)
+        except (HubError, ConfigError) as exc:
+            self.metrics.count_hub_fetch(exc.slug)
+            raise
+        self.metrics.count_hub_fetch("ok")
+        return spec
+
+    def _key(self, model: ModelSpec, plan: TrainingPlan) -> CacheKey:
+        return (model.id, model.revision, model.config_hash, plan, self.settings.headroom)
+
+    def _cached(self, key: CacheKey) -> Planned | None:
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+            return hit
+
+    def plan(self, model: ModelSpec, plan: TrainingPlan) -> Planned:
+        """estimate() and recommend() for one plan; identical requests are answered from the cache."""
+        headroom = self.settings.headroom
+        key = self._key(model, plan)
+        self.metrics.count_estimate()
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
+        est = estimate(model, plan)
+        rec = recommend(model, plan, headroom) if plan.device == "cuda" else None
+        planned = Planned(model=model, estimate=est, recommendation=rec)
+        with self._lock:
+            self._cache[key] = planned
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return planned
+
+    async def fit(self, model: ModelSpec, plan: TrainingPlan, tier: GpuTier) -> FitResult:
+        """Inverse planning (tens of estimates) in a worker thread, so the event loop stays free."""
+        return await asyncio.to_thread(fit, model, plan, tier, self.settings.headroom)
+
+    async def plan_async(self, model: ModelSpec, plan: TrainingPlan) -> Planned:
+        """plan(): a cache hit at once, a miss in a worker thread (a recommendation may take many estimates)."""
+        hit = self._cached(self._key(model, plan))
+        if hit is not None:
+            self.metrics.count_estimate()
+            return hit
+        return await asyncio.to_thread(self.plan, model, plan)

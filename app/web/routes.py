@@ -1,0 +1,131 @@
+"""HTML routes: the planner form, the result page (a GET permalink), the calibration page, and error pages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from app import catalog
+from app.api import API_PREFIX
+from app.api.deps import OptionalStoreDep, PlannerDep, Store, StoreDep
+from app.api.problems import Problem
+from app.core.fit import FitResult
+from app.core.gpus import find_tier
+from app.errors import GpuplanError, StoreError
+from app.service import Planned, Planner
+from app.store.models import ComparableStats
+from app.web.forms import canonical_query, form_groups, form_values, parse_query
+from app.web.svg import Point, breakdown_chart, scatter_chart, term_colours
+
+logger = logging.getLogger(__name__)
+router = APIRouter(include_in_schema=False)
+
+EXPORTS = (("Markdown", "md"), ("CSV", "csv"), ("SVG", "svg"), ("JSON", "json"))
+CALIBRATION_PAGE_LIMIT = 500
+
+
+def _templates(request: Request) -> Jinja2Templates:
+    templates: Jinja2Templates = request.app.state.templates
+    return templates
+
+
+def _form_context(params: Mapping[str, str]) -> dict[str, Any]:
+    return {"groups": form_groups(), "values": form_values(params), "catalog_ids": catalog.catalog_ids()}
+
+
+def render_error(request: Request, problem: Problem, headers: Mapping[str, str]) -> Response:
+    """error.html with the same title, status, detail and field errors as the problem+json."""
+    context: dict[str, Any] = {"problem": problem, "form": None}
+    if request.url.path == "/plan":  # show the submitted form again, to fix and resubmit
+        context["form"] = _form_context(request.query_params)
+    return _templates(request).TemplateResponse(
+        request, "error.html", context, status_code=problem.status, headers=dict(headers)
+    )
+
+
+@router.get("/", response_class=HTMLResponse)
+async def index(request: Request) -> Response:
+    """The planner form, with TrainingPlan's defaults."""
+    return _templates(request).TemplateResponse(request, "index.html", {"form": _form_context({})})
+
+
+async def _fit_recommended(planner: Planner, planned: Planned) -> FitResult | None:
+    rec = planned.recommendation
+    if rec is None or rec.recommended is None or rec.recommended_gpus is None:
+        return None
+    tier = find_tier(rec.recommended)
+    if tier is None:  # pragma: no cover - recommendations name tiers from GPU_TIERS
+        return None
+    plan = planned.estimate.plan.model_copy(update={"gpus": rec.recommended_gpus})
+    try:
+        return await planner.fit(planned.model, plan, tier)
+    except GpuplanError:  # e.g. a plan that is valid on plan.gpus but not on the recommended count
+        return None
+
+
+async def _comparable(store: Store | None, planned: Planned) -> tuple[ComparableStats | None, str | None]:
+    """Accuracy on comparable stored runs, and why it is missing when the store failed (the page still renders)."""
+    if store is None:
+        return None, None
+    plan = planned.estimate.plan
+    try:
+        found = await run_in_threadpool(store.comparable, planned.model.arch.model_type, plan.method, plan.device)
+    except StoreError as exc:
+        logger.warning("no comparable runs for the result page: %s", exc)
+        return None, exc.detail
+    return found, None
+
+
+@router.get("/plan", response_class=HTMLResponse)
+async def plan_page(request: Request, planner: PlannerDep, store: OptionalStoreDep) -> Response:
+    """The result page of one model and plan; its URL is the permalink."""
+    query = parse_query(request.query_params)
+    model = await planner.resolve(query.model)
+    planned = await planner.plan_async(model, query.to_plan())
+    permalink = canonical_query(query)
+    api = f"{API_PREFIX}/estimate?{permalink}"
+    base = str(request.base_url).rstrip("/")
+    comparable, store_problem = await _comparable(store, planned)
+    context = {
+        "model": model,
+        "est": planned.estimate,
+        "rec": planned.recommendation,
+        "fit": await _fit_recommended(planner, planned),
+        "comparable": comparable,
+        "store_problem": store_problem,
+        # our own SVG: every text in it is XML-escaped by app.web.svg
+        "chart": Markup(breakdown_chart(planned.estimate, planned.recommendation)),
+        "colours": term_colours(planned.estimate),
+        "permalink": f"/plan?{permalink}",
+        "exports": [(label, f"{api}&format={fmt}") for label, fmt in EXPORTS],
+        "embed": f'<img src="{base}{api}&format=svg" alt="GPU memory breakdown of {model.id}">',
+        "form": _form_context(request.query_params),
+    }
+    return _templates(request).TemplateResponse(request, "plan.html", context)
+
+
+@router.get("/calibrations", response_class=HTMLResponse)
+async def calibrations_page(request: Request, store: StoreDep) -> Response:
+    """Measured runs next to gpuplan's estimates, as a table and a scatter plot."""
+    records = list(
+        await run_in_threadpool(store.list_measurements, model=None, device=None, limit=CALIBRATION_PAGE_LIMIT)
+    )
+    points = [
+        Point(
+            estimated=r.estimated_peak_bytes,
+            measured=r.measured_peak_bytes,
+            device=r.device,
+            label=f"{r.model_id} ({r.device}): estimated {r.estimated_peak_bytes:,}, measured {r.measured_peak_bytes:,}",
+        )
+        for r in records
+    ]
+    context = {"records": records, "chart": Markup(scatter_chart(points))}
+    return _templates(request).TemplateResponse(request, "calibrations.html", context)

@@ -1,0 +1,209 @@
+"""Server-rendered SVG charts: the estimate's breakdown as a stacked bar, and estimated vs measured peaks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from xml.sax.saxutils import escape, quoteattr
+
+from app.core.gpus import Recommendation, find_tier
+from app.core.result import Estimate
+
+GIB = 1024**3
+FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
+# Colour-blind-friendly palette (Okabe–Ito, then Tableau), one colour per breakdown term in order.
+PALETTE = (
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#F0E442",
+    "#7F7F7F",
+    "#4E79A7",
+    "#B07AA1",
+    "#9C755F",
+    "#76B7B2",
+    "#EDC948",
+    "#59A14F",
+    "#FF9DA7",
+    "#BAB0AC",
+)
+DEVICE_COLOURS = {"cuda": "#0072B2", "cpu": "#E69F00"}
+
+
+def _text(value: str) -> str:
+    return escape(value)
+
+
+def _open(width: int, height: int, label: str, standalone: bool) -> list[str]:
+    head = ['<?xml version="1.0" encoding="UTF-8"?>'] if standalone else []
+    head.append(
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label={quoteattr(label)} font-family="{FONT}" font-size="12">'
+    )
+    head.append(f"<title>{_text(label)}</title>")
+    head.append(f'<rect width="{width}" height="{height}" fill="#ffffff"/>')
+    return head
+
+
+def term_colours(est: Estimate) -> dict[str, str]:
+    """The colour of each non-zero term in the chart (the page's table uses them as its legend)."""
+    terms = [t for t in est.breakdown if t.bytes > 0]
+    return {t.term: PALETTE[i % len(PALETTE)] for i, t in enumerate(terms)}
+
+
+def breakdown_chart(est: Estimate, rec: Recommendation | None = None, *, standalone: bool = False) -> str:
+    """A stacked bar of the breakdown terms (device bytes per GPU), the recommended GPU's budget, and a legend."""
+    width, left, right = 760, 16, 16
+    bar_top, bar_h = 52, 34
+    terms = [t for t in est.breakdown if t.bytes > 0]
+    budget: tuple[str, int] | None = None
+    if rec is not None and rec.recommended:
+        tier = find_tier(rec.recommended)
+        if tier is not None:
+            budget = (
+                f"{rec.recommended} budget ({rec.headroom:.0%} headroom kept)",
+                int(tier.usable_bytes * (1 - rec.headroom)),
+            )
+    scale_max = max([est.device_bytes, budget[1] if budget else 0, 1])
+    span = width - left - right
+
+    def x(nbytes: float) -> float:
+        return left + span * nbytes / scale_max
+
+    per_gpu = " per GPU" if est.plan.gpus > 1 else ""
+    label = f"GPU memory of one fine-tuning step of {est.model}: {est.device_bytes / GIB:.2f} GiB{per_gpu}"
+    columns = 3
+    rows = math.ceil(len(terms) / columns)
+    legend_top = bar_top + bar_h + 44
+    height = legend_top + rows * 18 + 4
+    out = _open(width, height, label, standalone)
+    out.append(
+        f'<text x="{left}" y="22" font-size="15" font-weight="600">{_text(est.model)}: '
+        f"{est.device_bytes / GIB:.2f} GiB{per_gpu}</text>"
+    )
+    out.append(
+        f'<text x="{left}" y="40" fill="#555">peak allocated {est.peak_allocated_bytes / GIB:.2f} GiB · '
+        f"reserved {est.peak_reserved_bytes / GIB:.2f} GiB · device {est.device_bytes / GIB:.2f} GiB "
+        f"({_text(est.peak_phase)} phase)</text>"
+    )
+    out.append(f'<rect x="{left}" y="{bar_top}" width="{span}" height="{bar_h}" fill="#f2f2f2"/>')
+    start = 0
+    for i, term in enumerate(terms):
+        colour = PALETTE[i % len(PALETTE)]
+        x0, x1 = x(start), x(start + term.bytes)
+        out.append(
+            f'<rect class="segment" data-term="{_text(term.term)}" x="{x0:.2f}" y="{bar_top}" '
+            f'width="{max(x1 - x0, 0.5):.2f}" height="{bar_h}" fill="{colour}">'
+            f"<title>{_text(term.term)}: {term.bytes / GIB:.3f} GiB, {_text(term.note)}</title></rect>"
+        )
+        start += term.bytes
+    axis_y = bar_top + bar_h + 16
+    for i in range(5):
+        value = scale_max * i / 4
+        anchor = "start" if i == 0 else "end" if i == 4 else "middle"
+        out.append(
+            f'<text x="{x(value):.2f}" y="{axis_y}" text-anchor="{anchor}" fill="#555">{value / GIB:.1f} GiB</text>'
+        )
+    if budget is not None:
+        bx = x(budget[1])
+        out.append(
+            f'<line x1="{bx:.2f}" y1="{bar_top - 6}" x2="{bx:.2f}" y2="{bar_top + bar_h + 4}" stroke="#222" '
+            'stroke-width="2" stroke-dasharray="4 3"/>'
+        )
+        anchor = "end" if bx > width / 2 else "start"
+        dx = -4 if anchor == "end" else 4
+        out.append(
+            f'<text x="{bx + dx:.2f}" y="{axis_y + 14}" text-anchor="{anchor}" font-size="11">{_text(budget[0])}</text>'
+        )
+    col_w = (width - left - right) / columns
+    for i, term in enumerate(terms):
+        col, row = divmod(i, rows) if rows else (0, 0)
+        lx, ly = left + col * col_w, legend_top + row * 18
+        out.append(f'<rect x="{lx:.1f}" y="{ly - 10}" width="12" height="12" fill="{PALETTE[i % len(PALETTE)]}"/>')
+        out.append(
+            f'<text class="legend" x="{lx + 17:.1f}" y="{ly}" font-size="11">'
+            f"{_text(term.term.removesuffix('_bytes'))} · {term.bytes / GIB:.2f} GiB</text>"
+        )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured run: what gpuplan estimated and what was measured, in bytes."""
+
+    estimated: int
+    measured: int
+    device: str
+    label: str
+
+
+def _decades(lo: float, hi: float) -> list[int]:
+    return list(range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1))
+
+
+def _bytes_label(exponent: int) -> str:
+    units = ("B", "kB", "MB", "GB", "TB", "PB")
+    unit = min(max(exponent // 3, 0), len(units) - 1)
+    return f"{10 ** (exponent - 3 * unit):g} {units[unit]}"
+
+
+def scatter_chart(points: Sequence[Point], *, standalone: bool = False) -> str:
+    """Estimated vs measured peak on log-log axes, with the y = x line and a ±10 % band."""
+    size, pad = 460, 64
+    label = f"Estimated vs measured peak memory of {len(points)} runs"
+    out = _open(size + pad + 16, size + pad + 16, label, standalone)
+    if not points:
+        out.append(f'<text x="{pad}" y="{pad}">no measured runs yet</text></svg>')
+        return "\n".join(out)
+    values = [v for p in points for v in (p.estimated, p.measured) if v > 0] or [1]
+    exps = _decades(min(values), max(values))
+    lo, hi = exps[0], max(exps[-1], exps[0] + 1)
+
+    def pos(nbytes: float) -> float:
+        return (math.log10(max(nbytes, 1)) - lo) / (hi - lo) * size
+
+    def px(v: float) -> float:
+        return pad + pos(v)
+
+    def py(v: float) -> float:
+        return 16 + size - pos(v)
+
+    out.append(f'<rect x="{pad}" y="16" width="{size}" height="{size}" fill="#fafafa" stroke="#ccc"/>')
+    out.append(f'<clipPath id="plot-area"><rect x="{pad}" y="16" width="{size}" height="{size}"/></clipPath>')
+    out.append('<g clip-path="url(#plot-area)">')
+    band = " ".join(f"{px(10**e * f):.1f},{py(10**e):.1f}" for e, f in ((lo, 1 / 1.1), (hi, 1 / 1.1)))
+    band += " " + " ".join(f"{px(10**e * f):.1f},{py(10**e):.1f}" for e, f in ((hi, 1 / 0.9), (lo, 1 / 0.9)))
+    out.append(f'<polygon points="{band}" fill="#009E73" fill-opacity="0.12"><title>within ±10 %</title></polygon>')
+    out.append(
+        f'<line x1="{px(10**lo):.1f}" y1="{py(10**lo):.1f}" x2="{px(10**hi):.1f}" y2="{py(10**hi):.1f}" '
+        'stroke="#009E73" stroke-dasharray="5 4"/>'
+    )
+    out.append("</g>")
+    for e in range(lo, hi + 1):
+        out.append(
+            f'<text x="{px(10**e):.1f}" y="{size + 34}" text-anchor="middle" fill="#555">{_bytes_label(e)}</text>'
+        )
+        out.append(
+            f'<text x="{pad - 6}" y="{py(10**e) + 4:.1f}" text-anchor="end" fill="#555">{_bytes_label(e)}</text>'
+        )
+    out.append(f'<text x="{pad + size / 2}" y="{size + 56}" text-anchor="middle">measured peak</text>')
+    out.append(
+        f'<text x="14" y="{16 + size / 2}" text-anchor="middle" transform="rotate(-90 14 {16 + size / 2})">'
+        "estimated peak</text>"
+    )
+    for p in points:
+        colour = DEVICE_COLOURS.get(p.device, "#555")
+        out.append(
+            f'<circle class="point" cx="{px(p.measured):.1f}" cy="{py(p.estimated):.1f}" r="4" fill="{colour}" '
+            f'fill-opacity="0.8"><title>{_text(p.label)}</title></circle>'
+        )
+    for i, (device, colour) in enumerate(DEVICE_COLOURS.items()):
+        out.append(f'<circle cx="{pad + 14}" cy="{32 + i * 18}" r="4" fill="{colour}"/>')
+        out.append(f'<text x="{pad + 24}" y="{36 + i * 18}">{device}</text>')
+    out.append("</svg>")
+    return "\n".join(out)

@@ -1,0 +1,166 @@
+"""Benchmark (not a test): requests/s and latency of GET /api/v1/estimate against GET /healthz on one server.
+
+Starts `uvicorn app.main:create_app --factory` on loopback (offline, a temporary data dir), then sends the
+same bounded number of requests to each endpoint from a few concurrent client processes (httpx, keep-alive),
+in alternating rounds (so that load from elsewhere on the machine hits both alike); req/s is the median round.
+Target: estimate rps / healthz rps >= 0.8 (the estimate path adds little over the framework's own cost).
+`--vary` gives every estimate request a different rank, so none is answered from the planner's cache.
+
+Run: .venv/bin/python benchmarks/bench_web.py [--requests 2000] [--clients 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+ENDPOINTS = {
+    "estimate": "/api/v1/estimate?model=meta-llama/Llama-2-7b-hf",
+    "healthz": "/healthz",
+}
+TARGET_RATIO = 0.8
+# Clients share the machine with the server: more client processes than spare CPUs measure the clients.
+DEFAULT_CLIENTS = max(2, min(4, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class Result:
+    name: str
+    rounds: list[float] = field(default_factory=list)  # req/s of each round
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def rps(self) -> float:
+        return statistics.median(self.rounds)
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _client(args: tuple[str, int, int]) -> list[float]:
+    """One client: `count` sequential requests over one keep-alive connection; returns each latency.
+
+    A url containing `{n}` gets a different number in each request (`offset` + i).
+    """
+    url, count, offset = args
+    latencies = []
+    with httpx.Client(timeout=30) as client:
+        for i in range(count):
+            target = url.replace("{n}", str(offset + i))
+            start = time.perf_counter()
+            response = client.get(target)
+            latencies.append(time.perf_counter() - start)
+            if response.status_code != 200:
+                raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:200]}")
+    return latencies
+
+
+def one_round(
+    pool: multiprocessing.pool.Pool, url: str, requests: int, clients: int, offset: int
+) -> tuple[float, list[float]]:
+    """Send `requests` requests from `clients` processes at once; (req/s, latencies)."""
+    per_client = [requests // clients + (1 if i < requests % clients else 0) for i in range(clients)]
+    starts = [offset + sum(per_client[:i]) for i in range(clients)]
+    start = time.perf_counter()
+    parts = pool.map(_client, [(url, n, s) for n, s in zip(per_client, starts, strict=True)])
+    seconds = time.perf_counter() - start
+    return requests / seconds, [x for part in parts for x in part]
+
+
+def bench(
+    pool: multiprocessing.pool.Pool, urls: dict[str, str], requests: int, clients: int, rounds: int
+) -> list[Result]:
+    """`requests` per endpoint in total, split into `rounds` rounds that alternate between the endpoints."""
+    results = {name: Result(name) for name in urls}
+    for url in urls.values():  # warm-up: connections, imports, caches
+        one_round(pool, url.replace("{n}", "1"), 50 * clients, clients, 0)
+    per_round = requests // rounds
+    for r in range(rounds):
+        for name, url in urls.items():
+            rps, latencies = one_round(pool, url, per_round, clients, 1 + r * per_round)
+            results[name].rounds.append(rps)
+            results[name].latencies += latencies
+    return list(results.values())
+
+
+def start_server(port: int, data_dir: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "GPUPLAN_DATA_DIR": data_dir, "HF_HOME": data_dir, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+    server = subprocess.Popen(command, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    server.terminate()
+    raise RuntimeError("the server did not start within 30 s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="requests per endpoint (default 2000)")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=DEFAULT_CLIENTS,
+        help=f"concurrent client processes (default {DEFAULT_CLIENTS}: 2 to 4, leaving a CPU to the server)",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument("--vary", action="store_true", help="a different rank per estimate request (no cache hits)")
+    ns = parser.parse_args()
+    urls = dict(ENDPOINTS)
+    if ns.vary:
+        urls["estimate"] += "&rank={n}"
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="gpuplan-bench-") as data_dir:
+        server = start_server(port, data_dir)
+        try:
+            with multiprocessing.Pool(ns.clients) as pool:
+                base = f"http://127.0.0.1:{port}"
+                results = bench(pool, {k: base + v for k, v in urls.items()}, ns.requests, ns.clients, ns.rounds)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    print(
+        f"{ns.requests} requests per endpoint in {ns.rounds} alternating rounds, {ns.clients} concurrent clients, "
+        f"1 uvicorn worker, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
+        + (", estimate ranks varied (cache misses)" if ns.vary else "")
+    )
+    print(f"{'endpoint':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}  rounds (req/s)")
+    for r in results:
+        print(
+            f"{r.name:<10} {r.rps:>9.0f} {r.percentile(0.50) * 1000:>8.2f} {r.percentile(0.99) * 1000:>8.2f} "
+            f"{statistics.fmean(r.latencies) * 1000:>8.2f}  {' '.join(f'{x:.0f}' for x in r.rounds)}"
+        )
+    by_name = {r.name: r for r in results}
+    ratio = by_name["estimate"].rps / by_name["healthz"].rps
+    verdict = "met" if ratio >= TARGET_RATIO else "NOT met"
+    print(f"estimate rps / healthz rps = {ratio:.2f} (target >= {TARGET_RATIO}: {verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
