@@ -127,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     mat.add_argument("--family", help="only this family of the spec")
     mat.add_argument("--limit", type=int, help="only the first N points")
     mat.add_argument("--source", default="cpu-matrix", help="source label stored with each point")
+    mat.add_argument("--device", choices=["cpu", "cuda"], help="override the spec's device (try a GPU spec on cpu)")
     mat.add_argument("--no-store", dest="store", action="store_false", help="do not store the points")
     acc = sub.add_parser("accuracy", help="table of stored points (re-estimated now) and the error summary")
     acc.add_argument("--device", choices=["cpu", "cuda"])
@@ -285,6 +286,10 @@ COMMANDS = {
     "models": _cmd_models,
     "gpus": _cmd_gpus,
     "fetch": _cmd_fetch,
+    "calibrate": _cmd_calibrate,
+    "calibrate-matrix": _cmd_calibrate_matrix,
+    "accuracy": _cmd_accuracy,
+    "import-calibrations": _cmd_import,
     "serve": _cmd_serve,
 }
 

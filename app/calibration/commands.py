@@ -6,12 +6,14 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core.plan import TrainingPlan
 from app.errors import InputError
 from app.settings import Settings
-from app.store.models import MeasurementRecord
+
+if TYPE_CHECKING:
+    from app.store.models import MeasurementRecord
 
 ACCURACY_INTRO = (
     "Every row is a real training step (2 optimizer steps) of the stated plan on a randomly initialised model of "
@@ -91,11 +93,14 @@ def calibrate_matrix(
     limit: int | None,
     store: bool,
     source: str,
+    device: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run a matrix spec with progress on stderr, store every point and write a JSONL report."""
     from app.calibration.matrix import expand, jsonl_line, load_spec, run_points, store_results
 
     spec = load_spec(spec_path)
+    if device is not None:  # e.g. try the GPU spec on the CPU reference first
+        spec = spec.model_copy(update={"defaults": {**spec.defaults, "device": device}})
     points = [p for p in expand(spec) if family is None or p.family == family][: limit or None]
     if not points:
         raise InputError(f"{spec_path} has no points{' for family ' + family if family else ''}")

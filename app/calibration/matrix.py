@@ -27,6 +27,10 @@ class Family(BaseModel):
 
     config: dict[str, Any]
     attention_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    axes: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Axis levels that replace the spec's for this family."
+    )
+    points: int | None = Field(None, ge=1, description="Points of this family (default: an equal share).")
     max_tokens: int = Field(8192, ge=1, description="Cap on seq_len x batch_size (vocab-heavy families need less).")
 
 
@@ -90,14 +94,17 @@ def _supported(name: str, family: Family, plan: TrainingPlan) -> bool:
 def expand(spec: MatrixSpec) -> list[Point]:
     """Deterministic points: families round-robin, each axis level drawn by a generator seeded per point."""
     names = sorted(spec.families)
-    axes = sorted(spec.axes.items())
+    quota = {n: spec.families[n].points for n in names if spec.families[n].points is not None}
+    rotation = [n for n in names if n not in quota] or names
+    order = [n for n in names for _ in range(quota.get(n) or 0)]
+    order += [rotation[k % len(rotation)] for k in range(max(0, spec.points - len(order)))]
     points: list[Point] = []
     seen: set[str] = set()
-    for k in range(spec.points):
-        family = spec.families[names[k % len(names)]]
+    for k, name in enumerate(order):
+        family = spec.families[name]
         fields: dict[str, Any] = dict(spec.defaults)
         draw = random.Random(f"{spec.seed}-{k}")
-        for axis, levels in axes:
+        for axis, levels in sorted({**spec.axes, **family.axes}.items()):
             fields[axis] = draw.choice(levels)
         if fields.get("targets") == "attention":
             fields["targets"] = ",".join(family.attention_targets)
@@ -108,16 +115,16 @@ def expand(spec: MatrixSpec) -> list[Point]:
             seq //= 2
         fields["seq_len"], fields["batch_size"] = seq, batch
         plan = TrainingPlan(**fields)
-        if not _supported(names[k % len(names)], family, plan):
+        if not _supported(name, family, plan):
             continue
-        point_id = names[k % len(names)] + "-" + hashlib.sha256(plan.model_dump_json().encode()).hexdigest()[:8]
+        point_id = name + "-" + hashlib.sha256(plan.model_dump_json().encode()).hexdigest()[:8]
         if point_id in seen:
             continue
         seen.add(point_id)
         points.append(
             Point(
                 id=point_id,
-                family=names[k % len(names)],
+                family=name,
                 config=family.config,
                 plan=plan,
                 split=_split(point_id, spec.holdout),
@@ -134,6 +141,13 @@ def run_points(
     from app.calibration.harness import run_measurement
 
     for n, point in enumerate(points, 1):
+        if point.plan.device == "cuda":
+            import gc
+
+            import torch
+
+            gc.collect()  # the previous point's model and optimizer must not count in this one's peak
+            torch.cuda.empty_cache()
         measurement = run_measurement(point.config, point.plan, steps=steps)
         comparison, _ = compare_to(measurement, spec_for(measurement, point.family))
         result = PointResult(point=point, measurement=measurement, comparison=comparison)
