@@ -23,6 +23,7 @@ RUN mkdir app && touch app/__init__.py && pip install -e .
 COPY app ./app
 COPY templates ./templates
 COPY static ./static
+COPY calibration/results ./calibration/results
 
 RUN useradd --system --uid 10001 --user-group --home-dir /srv/gpuplan --no-create-home --shell /usr/sbin/nologin gpuplan \
     && mkdir -p /data \

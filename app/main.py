@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from fastapi import FastAPI
@@ -16,6 +17,17 @@ if TYPE_CHECKING:
     import httpx
 
     from app.api.deps import Store
+    from app.store.db import Store as SqlStore
+
+BUNDLED_RESULTS = Path(__file__).resolve().parents[1] / "calibration" / "results"
+
+
+def seed_store(store: SqlStore) -> int:
+    """Load the measured runs shipped with gpuplan (calibration/results/*.jsonl, store format) into an empty store."""
+    if store.list_measurements(limit=1):
+        return 0
+    return sum(store.import_jsonl(path) for path in sorted(BUNDLED_RESULTS.glob("*.store.jsonl")))
+
 
 DESCRIPTION = (
     "GPU memory planner for fine-tuning LLMs (QLoRA, LoRA, full): per-term estimates of one training step, "
@@ -59,6 +71,7 @@ def create_app(
 
             try:
                 opened = Store.from_settings(settings)
+                seed_store(opened)
             except StoreError as exc:  # estimates still work; calibration routes answer 503 and say why
                 logging.getLogger("gpuplan").warning("measurement store unavailable: %s", exc)
         app.state.store = opened if store == "settings" else store

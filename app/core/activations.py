@@ -160,7 +160,8 @@ def layer_activations(
         if led.full or experts is not None:
             led.saved += routed * (h + i) * act  # experts whose weights need gradients keep their inputs
         if experts is not None:  # ParamWrapper materialises W + BA for every wrapped parameter, kept by the matmul
-            led.saved += sum(math.prod(p.shape) for p in experts.group.params if p.name in experts.wrapped_params) * act
+            wrapped = [math.prod(p.shape) for p in experts.group.params if p.name in experts.wrapped_params]
+            led.saved += sum(wrapped) * act
         mlp_keeps = led.full or router is not None  # a trained router keeps the normed input
         mlp_transient = routed * (h + 2 * i) * act
     elif a.mlp_gated:

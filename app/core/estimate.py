@@ -10,7 +10,7 @@ from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
 from app.core.result import Category, Estimate, Params, Phase, Term
 from app.core.spec import ModelSpec
-from app.core.tensors import Inventory, Split, inventory
+from app.core.tensors import Inventory, Split, base_key, inventory
 from app.errors import PlanError
 
 MIB = 1024 * 1024
@@ -44,20 +44,7 @@ _TENSOR_CACHE: dict[tuple[object, ...], tuple[list[Adapted], list[str], Inventor
 
 
 def _tensors(model: ModelSpec, plan: TrainingPlan) -> tuple[list[Adapted], list[str], Inventory]:
-    key = (
-        model.config_hash,
-        model.id,
-        plan.method,
-        plan.quant,
-        plan.double_quant,
-        plan.dtype,
-        plan.optimizer,
-        plan.targets,
-        plan.rank,
-        plan.dora,
-        plan.dropout > 0,
-        plan.device,
-    )
+    key = (*base_key(model, plan), plan.targets, plan.rank, plan.dora, plan.dropout > 0)
     hit = _TENSOR_CACHE.get(key)
     if hit is None:
         if len(_TENSOR_CACHE) >= 1024:

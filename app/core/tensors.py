@@ -94,9 +94,9 @@ _BASE_CACHE: dict[tuple[str, str, str, str | None, bool, str, str, str], Invento
 _BASE_CACHE_SIZE = 256
 
 
-def inventory(model: ModelSpec, plan: TrainingPlan, adapted: list[Adapted]) -> Inventory:
-    """The base inventory (cached per model and precision) plus this plan's adapters, grads and states."""
-    key = (
+def base_key(model: ModelSpec, plan: TrainingPlan) -> tuple[str, str, str, str | None, bool, str, str, str]:
+    """What the base inventory depends on: the model and the plan's precision, optimizer and device."""
+    return (
         model.config_hash,
         model.id,
         plan.method,
@@ -106,6 +106,11 @@ def inventory(model: ModelSpec, plan: TrainingPlan, adapted: list[Adapted]) -> I
         plan.optimizer,
         plan.device,
     )
+
+
+def inventory(model: ModelSpec, plan: TrainingPlan, adapted: list[Adapted]) -> Inventory:
+    """The base inventory (cached per model and precision) plus this plan's adapters, grads and states."""
+    key = base_key(model, plan)
     base = _BASE_CACHE.get(key)
     if base is None:
         if len(_BASE_CACHE) >= _BASE_CACHE_SIZE:

@@ -78,6 +78,8 @@ async def _comparable(store: Store | None, planned: Planned) -> tuple[Comparable
     plan = planned.estimate.plan
     try:
         found = await run_in_threadpool(store.comparable, planned.model.arch.model_type, plan.method, plan.device)
+        if found is None and plan.device == "cuda":  # no GPU runs yet: say how the CPU reference fares, labelled so
+            found = await run_in_threadpool(store.comparable, planned.model.arch.model_type, plan.method, "cpu")
     except StoreError as exc:
         logger.warning("no comparable runs for the result page: %s", exc)
         return None, exc.detail

@@ -153,7 +153,7 @@ def test_comparable_runs_from_the_store(tmp_path: Path) -> None:
     comparable = page.context["comparable"]  # type: ignore[attr-defined]
     assert comparable.count == 2 and comparable.scope == "model_type" and comparable.max_abs_error_pct == 5.0
     text = re.sub(r"\s+", " ", page.text)
-    assert "On <strong>2</strong> comparable measured runs (same model type, method and device)" in text
+    assert "On <strong>2</strong> comparable measured runs (same model type and method, same device)" in text
     assert "gpuplan was within <strong>5.0 %</strong>" in text
 
 
