@@ -16,18 +16,13 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from app.store.models import AccuracyStats, ComparableStats, MeasurementRecord, relative_error_pct
+from tests.configs import TINY_LLAMA as BASE_TINY_LLAMA
 
 HUB = "https://hub.test"
 HUB_SHA = "89abcdef0123456789abcdef0123456789abcdef"
 TINY_LLAMA: dict[str, Any] = {
+    **BASE_TINY_LLAMA,
     "architectures": ["LlamaForCausalLM"],
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "num_hidden_layers": 2,
-    "vocab_size": 1000,
     "max_position_embeddings": 512,
 }
 PROBLEM_KEYS = {"type", "title", "status", "detail", "errors"}

@@ -18,16 +18,9 @@ from app.calibration.measurement import Measurement
 from app.calibration.tracker import rounded_bytes
 from app.core.plan import TrainingPlan
 from app.errors import CalibrationError
+from tests.configs import TINY_LLAMA
 
-TINY: dict[str, Any] = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "num_hidden_layers": 2,
-    "vocab_size": 128,
-}
+TINY: dict[str, Any] = {**TINY_LLAMA, "vocab_size": 128}
 LABELS = [
     "load",
     "step1.forward",

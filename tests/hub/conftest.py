@@ -14,17 +14,10 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from app.settings import Settings
+from tests.configs import TINY_LLAMA
 
 GOOD_SHA = "0123456789abcdef0123456789abcdef01234567"
-LLAMA_CONFIG: dict[str, Any] = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "num_hidden_layers": 2,
-    "vocab_size": 1000,
-}
+LLAMA_CONFIG: dict[str, Any] = dict(TINY_LLAMA)
 
 
 @dataclass
