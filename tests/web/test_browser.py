@@ -15,7 +15,11 @@ import uvicorn
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from app.core.plan import TrainingPlan
-from tests.webapp import FakeStore, build_app, make_record
+from app.main import seed_store
+from app.store import Store
+from tests.webapp import build_app, make_record
+
+STORED: list[int] = []  # how many runs the browser's store holds
 
 pytestmark = pytest.mark.browser
 
@@ -45,14 +49,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app under uvicorn in a thread, with an in-memory store holding runs (one with hostile text)."""
-    store = FakeStore(
-        [
-            make_record(),
-            make_record(estimated_peak_bytes=960_000_000, measured_peak_bytes=1_000_000_000),
-            make_record(model_id=PAYLOAD[:200], device_name=PAYLOAD[:200], env={"torch": PAYLOAD}),
-        ]
+    folder = tmp_path_factory.mktemp("browser")
+    store = Store.open(f"sqlite:///{folder / 'store.sqlite3'}")
+    seed_store(store)  # the measured CPU matrix gpuplan ships, as a fresh `gpuplan serve` has it
+    store.add_measurement(
+        make_record(
+            model_id=PAYLOAD[:200], device="cpu", device_name=PAYLOAD[:200], env={"torch": PAYLOAD}, source="xss-test"
+        )
     )
-    app = build_app(tmp_path_factory.mktemp("browser"), store=store)
+    STORED.append(len(store.list_measurements(limit=10_000)))
+    app = build_app(folder, store=store)
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="on")
     server = uvicorn.Server(config)
@@ -68,6 +74,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        store.close()
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +184,7 @@ def test_hostile_text_in_every_field_is_escaped_and_inert(page: Page, base_url: 
     p.goto(base_url + "/calibrations")
     _assert_inert(p, dialogs)
     assert PAYLOAD[:200] in (p.text_content("#measurements") or "")
-    assert p.locator("#scatter svg circle.point").count() == 3
+    assert p.locator("#scatter svg circle.point").count() == STORED[0]
     p.screenshot(path=str(ARTIFACTS / "planner-calibrations.png"), full_page=True)
 
     p.goto(base_url + "/" + PAYLOAD)
