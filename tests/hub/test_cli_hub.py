@@ -48,6 +48,8 @@ def test_ungated_gated_unknown_and_offline(fake_hub: FakeHub, env: dict[str, str
     data = json.loads(ok.stdout)
     assert data["model"]["source"] == "hub" and data["model"]["revision"]
     assert data["params"]["base"] > 0 and data["peak_allocated_bytes"] > 0
+    # the stand-in's model info claims 123,456 parameters: the estimate says the two counts disagree
+    assert any("the Hub reports 123,456 parameters" in note for note in data["notes"])
 
     gated = gpuplan(env, "estimate", "acme/gated-llama")
     assert gated.returncode != 0
