@@ -115,17 +115,20 @@ def calibrate_matrix(
             sys.stderr.write("\n")
         sys.stderr.flush()
 
+    rows: list[dict[str, Any]] = []
     with report.open("w") as fh:
         for result in run_points(points, steps=spec.steps, progress=progress):
-            fh.write(jsonl_line(result) + "\n")
+            line = jsonl_line(result)
+            fh.write(line + "\n")
             fh.flush()
             results.append(result)
+            rows.append(json.loads(line))
     if store:
         from app.store import Store
 
         with Store.from_settings(settings) as db:
             store_results(results, db, source)
-    return [json.loads(jsonl_line(r)) for r in results]
+    return rows
 
 
 def accuracy(settings: Settings, *, device: str | None, source: str | None, write: Path | None) -> str:
@@ -150,12 +153,13 @@ def import_calibrations(path: Path, settings: Settings, *, source: str | None) -
 
     if not path.is_file():
         raise InputError(f"no file at {path}")
-    first = next((line for line in path.read_text().splitlines() if line.strip()), "")
+    lines = path.read_text().splitlines()
+    first = next((line for line in lines if line.strip()), "")
     with Store.from_settings(settings) as db:
         if '"measurement"' not in first:
             return db.import_jsonl(path, source=source)
         records = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
