@@ -51,6 +51,7 @@ class LayerActivations:
     saved: int  # bytes autograd keeps for one decoder layer with no checkpointing
     forward_transient: int  # extra bytes while one layer runs forward without saving (checkpointed)
     backward_transient: int  # gradient buffers while one layer is backpropagated
+    recompute_transient: int  # checkpointing: what is alive besides the saved tensors as a layer's recompute ends
     layer_input: int  # bytes of one layer's input hidden state (what checkpointing keeps)
     head_saved: int  # final norm (and lm_head input when trained) kept for backward
     first_layer_discount: int = 0  # what layer 0 does not keep when its input needs no gradient
@@ -150,6 +151,7 @@ def layer_activations(
             led.saved += t * h * r  # residual after attention, kept by the second norm
         led.norm(h, r)
     mlp_keeps = False
+    tail = 0
     if a.num_experts:
         k = max(1, a.experts_per_token)
         routed = t * k
@@ -162,6 +164,8 @@ def layer_activations(
         if experts is not None:  # ParamWrapper materialises W + BA for every wrapped parameter, kept by the matmul
             wrapped = [math.prod(p.shape) for p in experts.group.params if p.name in experts.wrapped_params]
             led.saved += sum(wrapped) * act
+            if act != 4:  # the fold's baddbmm keeps the fp32 LoRA factors cast to the 16-bit weight dtype
+                led.saved += sum(math.prod(shape) for shape in experts.shapes) * act
         mlp_keeps = led.full or router is not None  # a trained router keeps the normed input
         mlp_transient = routed * (h + 2 * i) * act
     elif a.mlp_gated:
@@ -173,6 +177,13 @@ def layer_activations(
         if led.consume("down_proj", i):
             led.saved += t * i * act  # the product, kept by a trained/adapted down projection
         mlp_transient = 4 * t * i * act
+        # recompute ends inside the adapted down projection: the block's residual and the MLP's input are
+        # still referenced by the running forward, as are the base output and the fp32 cast of the input
+        # that dropout reads (without dropout that cast is saved by lora_A and already counted; an fp32 input
+        # is not copied)
+        tail = t * h * r + t * h * act + (0 if mlp_keeps else t * h * act)
+        if "down_proj" in led.by_leaf and plan.dropout > 0 and act != 4:
+            tail += t * i * 4
     else:
         mlp_keeps = led.consume("fc1", h) or led.consume("dense_h_to_4h", h)
         led.saved += t * i * act  # fc1 output, kept by the activation
@@ -201,11 +212,18 @@ def layer_activations(
     # adapted down projection's LoRA branch carries it); for a fused gate_up that intermediate is 2i wide
     down_adapted = led.full or any(leaf in led.by_leaf for leaf in ("down_proj", "fc2", "dense_4h_to_h"))
     widest = (2 * i if a.gate_up_fused else i) * (max(1, a.experts_per_token) if a.num_experts else 1)
-    backward = 2 * t * h * r + t * h * 4 + t * widest * max(act, 4 if down_adapted else 0) + score_transient
+    incoming = 2 * t * h * r + t * h * 4  # the residual gradients in and out, and the fp32 gradient of a norm
+    backward = incoming + t * widest * max(act, 4 if down_adapted else 0) + score_transient
+    if a.num_experts:
+        # the MoE's own backward begins with the fp32 routing-weighted combine (the weights are fp32): the
+        # incoming residual gradient, the expanded gradient of the k outputs per token, and the zeros and
+        # index_put that undo the sort by expert, each routed tokens x hidden in fp32
+        backward = max(backward, t * h * r + 3 * t * max(1, a.experts_per_token) * h * 4)
     return LayerActivations(
         saved=saved,
         forward_transient=max(mlp_transient, score_transient),
         backward_transient=backward,
+        recompute_transient=incoming + tail,
         layer_input=t * h * r,
         head_saved=head_saved,
         first_layer_discount=discount,

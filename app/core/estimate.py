@@ -127,7 +127,7 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
         kept, recomputed = kept_layers(plan, gpu_layers)
         acts = kept * layer.layer_input + layer.head_saved
         acts_at_end = layer.layer_input  # only layer 0's input is still kept
-        layer_peak = recomputed * layer.saved + layer.backward_transient
+        layer_peak = recomputed * layer.saved + max(layer.backward_transient, layer.recompute_transient)
     else:
         acts = gpu_layers * layer.saved + layer.head_saved - layer.first_layer_discount
         acts_at_end = layer.saved - layer.first_layer_discount
@@ -159,7 +159,7 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
             },
             {
                 **persistent,
-                "activation_bytes": acts,
+                "activation_bytes": acts - layer.head_saved,  # the final norm's backward has run and freed it
                 "gradient_bytes": head_grads,
                 **layer_bwd,
                 "ddp_bucket_bytes": ddp_buckets,
