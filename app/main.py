@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from fastapi import FastAPI
@@ -17,17 +16,6 @@ if TYPE_CHECKING:
     import httpx
 
     from app.api.deps import Store
-    from app.store.db import Store as SqlStore
-
-BUNDLED_RESULTS = Path(__file__).resolve().parents[1] / "calibration" / "results"
-
-
-def seed_store(store: SqlStore) -> int:
-    """Load the measured runs shipped with gpuplan (calibration/results/*.jsonl, store format) into an empty store."""
-    if store.list_measurements(limit=1):
-        return 0
-    return sum(store.import_jsonl(path) for path in sorted(BUNDLED_RESULTS.glob("*.store.jsonl")))
-
 
 DESCRIPTION = (
     "GPU memory planner for fine-tuning LLMs (QLoRA, LoRA, full): per-term estimates of one training step, "
@@ -68,6 +56,7 @@ def create_app(
         if store == "settings":
             from app.errors import StoreError
             from app.store import Store
+            from app.store.seed import seed_store
 
             try:
                 opened = Store.from_settings(settings)

@@ -135,8 +135,10 @@ def accuracy(settings: Settings, *, device: str | None, source: str | None, writ
     """The accuracy table of stored points, re-estimated with the current estimator."""
     from app.calibration.report import ACCURACY_TITLE, accuracy_markdown
     from app.store import Store
+    from app.store.seed import seed_store
 
     with Store.from_settings(settings) as db:
+        seed_store(db)  # a fresh store starts from the measurements gpuplan ships, as `gpuplan serve` does
         records = db.list_measurements(device=device, source=source, limit=10_000)
     text = accuracy_markdown([re_estimate(r) for r in records], title=ACCURACY_TITLE, intro=ACCURACY_INTRO)
     if write is not None:

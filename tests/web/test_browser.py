@@ -15,8 +15,8 @@ import uvicorn
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from app.core.plan import TrainingPlan
-from app.main import seed_store
 from app.store import Store
+from app.store.seed import seed_store
 from tests.webapp import build_app, make_record
 
 STORED: list[int] = []  # how many runs the browser's store holds

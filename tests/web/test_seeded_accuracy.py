@@ -6,8 +6,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.main import BUNDLED_RESULTS, create_app, seed_store
+from app.main import create_app
 from app.store import Store
+from app.store.seed import BUNDLED_RESULTS, seed_store
 from tests.webapp import make_settings
 
 

@@ -1,0 +1,55 @@
+"""The full CPU matrix gpuplan ships (calibration/results), re-estimated by today's estimator, holds the bounds.
+
+The measurements are real tracker runs stored as data; this re-estimates every one of them (no training), so
+an estimator change that breaks any point of the full matrix — not only the CI subset that is re-measured in
+test_accuracy.py — fails here. `gpuplan accuracy` on a fresh data directory reports the same points.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+
+from app.calibration.commands import re_estimate
+from app.cli import main
+from app.settings import get_settings
+from app.store import Store
+from app.store.seed import seed_store
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> list:  # type: ignore[type-arg]
+    path = tmp_path_factory.mktemp("shipped") / "s.sqlite3"
+    with Store.open(f"sqlite:///{path}") as store:
+        assert seed_store(store) > 100
+        stored = store.list_measurements(device="cpu", limit=10_000)
+    return [re_estimate(r) for r in stored]
+
+
+def test_full_cpu_matrix_within_5_percent_and_median_within_2(records: list) -> None:  # type: ignore[type-arg]
+    assert len({r.model_type for r in records}) == 6
+    worst = max(records, key=lambda r: abs(r.error_pct))
+    assert abs(worst.error_pct) <= 5.0, f"{worst.model_type} {worst.plan}: {worst.error_pct:+.2f} %"
+    for split in ("tune", "holdout"):
+        errors = [r.error_pct for r in records if r.split == split]
+        assert errors, split
+        assert abs(statistics.median(errors)) <= 2.0
+        assert statistics.median(abs(e) for e in errors) <= 2.0
+
+
+def test_accuracy_command_on_a_fresh_data_dir_reports_the_shipped_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], records: list
+) -> None:  # type: ignore[type-arg]
+    monkeypatch.setenv("GPUPLAN_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        out_file = tmp_path / "acc.md"
+        assert main(["accuracy", "--write", str(out_file)]) == 0
+    finally:
+        get_settings.cache_clear()
+    out = capsys.readouterr().out
+    assert (tmp_path / "gpuplan.sqlite3").is_file()  # the fresh store it made and seeded
+    assert f"| all | {len(records)} |" in out
+    assert out_file.read_text() == out
