@@ -55,6 +55,7 @@ class LayerActivations:
     layer_input: int  # bytes of one layer's input hidden state (what checkpointing keeps)
     head_saved: int  # final norm (and lm_head input when trained) kept for backward
     first_layer_discount: int = 0  # what layer 0 does not keep when its input needs no gradient
+    input_in_saved: int = 0  # the layer input, when its first norm keeps it (checkpointing already keeps it)
 
 
 class _Ledger:
@@ -116,8 +117,10 @@ def layer_activations(
 
     # --- attention half -------------------------------------------------------------------------------
     led.norm(h, r)
+    input_in_saved = 0
     if led.norm_keeps_input(r):
-        led.saved += t * h * r  # the layer input, kept by the norm
+        input_in_saved = t * h * r
+        led.saved += input_in_saved  # the layer input, kept by the norm
     first_norm = led.saved
     attn_leaves = ("qkv_proj",) if a.qkv_fused else ("q_proj", "k_proj", "v_proj")
     keeps = [led.consume(leaf, h) for leaf in attn_leaves]
@@ -152,6 +155,7 @@ def layer_activations(
         led.norm(h, r)
     mlp_keeps = False
     tail = 0
+    down_saved = -1  # bytes the down projection keeps; -1: not a dense gated MLP
     if a.num_experts:
         k = max(1, a.experts_per_token)
         routed = t * k
@@ -174,8 +178,10 @@ def layer_activations(
         else:
             mlp_keeps = any([led.consume("gate_proj", h), led.consume("up_proj", h)])
         led.saved += 3 * t * i * act  # gate, up and act(gate)
+        before_down = led.saved
         if led.consume("down_proj", i):
             led.saved += t * i * act  # the product, kept by a trained/adapted down projection
+        down_saved = led.saved - before_down
         mlp_transient = 4 * t * i * act
         # recompute ends inside the adapted down projection: the block's residual and the MLP's input are
         # still referenced by the running forward, as are the base output and the fp32 cast of the input
@@ -213,7 +219,13 @@ def layer_activations(
     down_adapted = led.full or any(leaf in led.by_leaf for leaf in ("down_proj", "fc2", "dense_4h_to_h"))
     widest = (2 * i if a.gate_up_fused else i) * (max(1, a.experts_per_token) if a.num_experts else 1)
     incoming = 2 * t * h * r + t * h * 4  # the residual gradients in and out, and the fp32 gradient of a norm
-    backward = incoming + t * widest * max(act, 4 if down_adapted else 0) + score_transient
+    grad = max(act, 4 if down_adapted else 0)
+    backward = incoming + t * widest * grad
+    if down_saved >= 0:
+        # inside the gated product's backward (MulBackward): the product's gradient and those of both factors
+        # live at once, with one residual gradient; the down projection's saved tensors are already freed
+        backward = max(backward, t * h * r + 3 * t * i * grad - down_saved)
+    backward += score_transient
     if a.num_experts:
         # the MoE's own backward begins with the fp32 routing-weighted combine (the weights are fp32): the
         # incoming residual gradient, the expanded gradient of the k outputs per token, and the zeros and
@@ -227,6 +239,7 @@ def layer_activations(
         layer_input=t * h * r,
         head_saved=head_saved,
         first_layer_discount=discount,
+        input_in_saved=input_in_saved,
     )
 
 

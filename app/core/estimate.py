@@ -127,7 +127,9 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
         kept, recomputed = kept_layers(plan, gpu_layers)
         acts = kept * layer.layer_input + layer.head_saved
         acts_at_end = layer.layer_input  # only layer 0's input is still kept
-        layer_peak = recomputed * layer.saved + max(layer.backward_transient, layer.recompute_transient)
+        # the recomputed layers' inputs are the checkpointed ones, already in acts
+        recomputed_saved = recomputed * (layer.saved - layer.input_in_saved)
+        layer_peak = recomputed_saved + max(layer.backward_transient, layer.recompute_transient)
     else:
         acts = gpu_layers * layer.saved + layer.head_saved - layer.first_layer_discount
         acts_at_end = layer.saved - layer.first_layer_discount
