@@ -269,7 +269,7 @@ class Store:
         Runs already stored (same fingerprint) are skipped, so importing a file again adds nothing.
         Returns the runs added. A bad line raises InputError naming it, and nothing is added.
         """
-        records = _read_jsonl(Path(path), source)
+        records = read_jsonl(Path(path), source)
         with translated(self._engine, "import measurements"), write_transaction(self._engine, serialize=True) as conn:
             keys = [rec.fingerprint() for rec in records]
             seen = self._stored_fingerprints(conn, keys)
@@ -292,7 +292,7 @@ class Store:
         return found
 
 
-def _read_jsonl(path: Path, source: str | None) -> list[MeasurementRecord]:
+def read_jsonl(path: Path, source: str | None = None) -> list[MeasurementRecord]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:

@@ -16,7 +16,8 @@ from app.calibration.commands import re_estimate
 from app.cli import main
 from app.settings import get_settings
 from app.store import Store
-from app.store.seed import seed_store
+from app.store.db import read_jsonl
+from app.store.seed import BUNDLED_RESULTS, seed_store
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +54,10 @@ def test_accuracy_command_on_a_fresh_data_dir_reports_the_shipped_points(
     assert (tmp_path / "gpuplan.sqlite3").is_file()  # the fresh store it made and seeded
     assert f"| all | {len(records)} |" in out
     assert out_file.read_text() == out
+
+
+def test_shipped_estimates_are_the_current_estimators() -> None:
+    """Result pages quote the shipped runs' stored errors, so they must be this estimator's."""
+    for path in sorted(BUNDLED_RESULTS.glob("*.store.jsonl")):
+        stale = [r for r in read_jsonl(path) if re_estimate(r).estimated_peak_bytes != r.estimated_peak_bytes]
+        assert not stale, f"{path.name}: {len(stale)} stale estimates; run python -m app.calibration.refresh"
