@@ -156,6 +156,7 @@ def layer_activations(
     mlp_keeps = False
     tail = 0
     down_saved = -1  # bytes the down projection keeps; -1: not a dense gated MLP
+    silu_out = 0
     if a.num_experts:
         k = max(1, a.experts_per_token)
         routed = t * k
@@ -179,17 +180,20 @@ def layer_activations(
             mlp_keeps = any([led.consume("gate_proj", h), led.consume("up_proj", h)])
         led.saved += 3 * t * i * act  # gate, up and act(gate)
         before_down = led.saved
-        if led.consume("down_proj", i):
+        down_keeps = led.consume("down_proj", i)
+        if down_keeps:
             led.saved += t * i * act  # the product, kept by a trained/adapted down projection
         down_saved = led.saved - before_down
         mlp_transient = 4 * t * i * act
-        # recompute ends inside the adapted down projection: the block's residual and the MLP's input are
-        # still referenced by the running forward, as are the base output and the fp32 cast of the input
-        # that dropout reads (without dropout that cast is saved by lora_A and already counted; an fp32 input
-        # is not copied)
-        tail = t * h * r + t * h * act + (0 if mlp_keeps else t * h * act)
+        # recompute ends inside the down projection: still referenced by the running forward are the block's
+        # residual (unless the norm keeps it: then it is saved), the MLP's input (unless kept), the product
+        # (unless down keeps it), the base output, and the fp32 cast of the input that dropout reads (without
+        # dropout lora_A saves that cast, already counted; an fp32 input is not copied)
+        tail = (0 if led.norm_keeps_input(r) else t * h * r) + t * h * act + (0 if mlp_keeps else t * h * act)
+        tail += 0 if down_keeps else t * i * act
         if "down_proj" in led.by_leaf and plan.dropout > 0 and act != 4:
             tail += t * i * 4
+        silu_out = t * i * act
     else:
         mlp_keeps = led.consume("fc1", h) or led.consume("dense_h_to_4h", h)
         led.saved += t * i * act  # fc1 output, kept by the activation
@@ -220,7 +224,12 @@ def layer_activations(
     widest = (2 * i if a.gate_up_fused else i) * (max(1, a.experts_per_token) if a.num_experts else 1)
     incoming = 2 * t * h * r + t * h * 4  # the residual gradients in and out, and the fp32 gradient of a norm
     grad = max(act, 4 if down_adapted else 0)
-    backward = incoming + t * widest * grad
+    if down_saved >= 0 and a.gate_up_fused:
+        # a fused gate_up: down's backward holds the product's gradient; then the chunk's backward concatenates
+        # the gate and up gradients (2i) while both halves live, after down's and act's saved tensors are freed
+        backward = max(incoming + t * i * grad, t * h * r + 4 * t * i * grad - down_saved - silu_out)
+    else:
+        backward = incoming + t * widest * grad
     if down_saved >= 0:
         # inside the gated product's backward (MulBackward): the product's gradient and those of both factors
         # live at once, with one residual gradient; the down projection's saved tensors are already freed
@@ -235,7 +244,8 @@ def layer_activations(
         saved=saved,
         forward_transient=max(mlp_transient, score_transient),
         backward_transient=backward,
-        recompute_transient=incoming + tail,
+        # as recompute ends: the residual gradient, the norm's fp32 gradient and (16-bit stream) its cast back
+        recompute_transient=t * h * 4 + t * h * r + (t * h * r if r != 4 else 0) + tail,
         layer_input=t * h * r,
         head_saved=head_saved,
         first_layer_discount=discount,
