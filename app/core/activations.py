@@ -155,7 +155,7 @@ def layer_activations(
         led.norm(h, r)
     mlp_keeps = False
     tail = 0
-    down_saved = -1  # bytes the down projection keeps; -1: not a dense gated MLP
+    down_saved = -1  # bytes freed before the gated product's backward; -1: no gated product
     silu_out = 0
     if a.num_experts:
         k = max(1, a.experts_per_token)
@@ -173,6 +173,9 @@ def layer_activations(
                 led.saved += sum(math.prod(shape) for shape in experts.shapes) * act
         mlp_keeps = led.full or router is not None  # a trained router keeps the normed input
         mlp_transient = routed * (h + 2 * i) * act
+        # freed before the experts' gated-product backward: the product the down grouped_mm keeps when its
+        # weights need gradients, and the expert output the routing weighting kept
+        down_saved = (routed * i * act if (led.full or experts is not None) else 0) + routed * h * act
     elif a.mlp_gated:
         if a.gate_up_fused:
             mlp_keeps = led.consume("gate_up_proj", h)
@@ -224,7 +227,7 @@ def layer_activations(
     widest = (2 * i if a.gate_up_fused else i) * (max(1, a.experts_per_token) if a.num_experts else 1)
     incoming = 2 * t * h * r + t * h * 4  # the residual gradients in and out, and the fp32 gradient of a norm
     grad = max(act, 4 if down_adapted else 0)
-    if down_saved >= 0 and a.gate_up_fused:
+    if down_saved >= 0 and a.gate_up_fused and not a.num_experts:
         # a fused gate_up: down's backward holds the product's gradient; then the chunk's backward concatenates
         # the gate and up gradients (2i) while both halves live, after down's and act's saved tensors are freed
         backward = max(incoming + t * i * grad, t * h * r + 4 * t * i * grad - down_saved - silu_out)
@@ -232,8 +235,12 @@ def layer_activations(
         backward = incoming + t * widest * grad
     if down_saved >= 0:
         # inside the gated product's backward (MulBackward): the product's gradient and those of both factors
-        # live at once, with one residual gradient; the down projection's saved tensors are already freed
-        backward = max(backward, t * h * r + 3 * t * i * grad - down_saved)
+        # live at once, with one residual gradient; the down projection's saved tensors are already freed.
+        # MoE experts adapt weights, not activations, so their gradients stay in the activation dtype
+        if a.num_experts:
+            backward = max(backward, t * h * r + 3 * t * max(1, a.experts_per_token) * i * act - down_saved)
+        else:
+            backward = max(backward, t * h * r + 3 * t * i * grad - down_saved)
     backward += score_transient
     if a.num_experts:
         # the MoE's own backward begins with the fp32 routing-weighted combine (the weights are fp32): the
