@@ -237,10 +237,8 @@ def layer_activations(
         # inside the gated product's backward (MulBackward): the product's gradient and those of both factors
         # live at once, with one residual gradient; the down projection's saved tensors are already freed.
         # MoE experts adapt weights, not activations, so their gradients stay in the activation dtype
-        if a.num_experts:
-            backward = max(backward, t * h * r + 3 * t * max(1, a.experts_per_token) * i * act - down_saved)
-        else:
-            backward = max(backward, t * h * r + 3 * t * i * grad - down_saved)
+        rows, dtype = (t * max(1, a.experts_per_token), act) if a.num_experts else (t, grad)
+        backward = max(backward, t * h * r + 3 * rows * i * dtype - down_saved)
     backward += score_transient
     if a.num_experts:
         # the MoE's own backward begins with the fp32 routing-weighted combine (the weights are fp32): the
