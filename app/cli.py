@@ -40,6 +40,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"gpuplan: error: {message} (see `{self.prog} --help`)\n")
 
 
+MATMULS_HELP = "cpu 16-bit matmuls: native, fp32 (same bytes, fast on CPUs without bf16 GEMM), auto (fp32 if slow)"
+
+
 def add_plan_flags(p: argparse.ArgumentParser) -> None:
     """The plan flags shared by estimate and calibrate; defaults come from TrainingPlan."""
     p.add_argument("--method", choices=["qlora", "lora", "full"], help="default qlora")
@@ -120,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     cal.add_argument("--layers", type=int, help="truncate depth to N layers (the estimate uses the same depth)")
     cal.add_argument("--steps", type=int, default=2, help="optimizer steps (default 2)")
     cal.add_argument("--no-store", dest="store", action="store_false", help="do not store the measurement")
+    cal.add_argument("--matmuls", choices=["auto", "native", "fp32"], default="auto", help=MATMULS_HELP)
     cal.add_argument("--json", action="store_true")
     mat = sub.add_parser("calibrate-matrix", help="run a calibration matrix spec (TOML), store points, write JSONL")
     mat.add_argument("spec", type=Path, help="e.g. calibration/cpu-matrix.toml")
@@ -129,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     mat.add_argument("--source", default="cpu-matrix", help="source label stored with each point")
     mat.add_argument("--device", choices=["cpu", "cuda"], help="override the spec's device (try a GPU spec on cpu)")
     mat.add_argument("--no-store", dest="store", action="store_false", help="do not store the points")
+    mat.add_argument("--matmuls", choices=["auto", "native", "fp32"], default="auto", help=MATMULS_HELP)
     acc = sub.add_parser("accuracy", help="table of stored points (re-estimated now) and the error summary")
     acc.add_argument("--device", choices=["cpu", "cuda"])
     acc.add_argument("--source", help="only points of this source")
@@ -232,7 +237,9 @@ def _cmd_calibrate(ns: argparse.Namespace) -> int:
     from app.settings import get_settings
 
     plan = plan_from_args(ns)
-    out = calibrate(ns.model, plan, get_settings(), layers=ns.layers, steps=ns.steps, store=ns.store)
+    out = calibrate(
+        ns.model, plan, get_settings(), layers=ns.layers, steps=ns.steps, store=ns.store, matmuls=ns.matmuls
+    )
     if ns.json:
         print(json.dumps(out, indent=2))
     else:
@@ -251,7 +258,15 @@ def _cmd_calibrate_matrix(ns: argparse.Namespace) -> int:
     from app.settings import get_settings
 
     rows = calibrate_matrix(
-        ns.spec, get_settings(), report=ns.report, family=ns.family, limit=ns.limit, store=ns.store, source=ns.source
+        ns.spec,
+        get_settings(),
+        report=ns.report,
+        family=ns.family,
+        limit=ns.limit,
+        store=ns.store,
+        source=ns.source,
+        device=ns.device,
+        matmuls=ns.matmuls,
     )
     errors = sorted(abs(r["error_pct"]) for r in rows)
     print(f"{len(rows)} points: median |error| {statistics.median(errors):.2f} %, max {errors[-1]:.2f} %")

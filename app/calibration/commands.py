@@ -53,15 +53,34 @@ def re_estimate(record: MeasurementRecord) -> MeasurementRecord:
     return record.model_copy(update={"estimated_peak_bytes": est.peak_allocated_bytes})
 
 
+def fp32_matmuls(matmuls: str, device: str) -> bool:
+    """Whether a run computes cpu 16-bit matmuls through fp32: 'auto' does when this CPU's bf16 GEMM is slow."""
+    if device != "cpu" or matmuls == "native":
+        return False
+    if matmuls == "fp32":
+        return True
+    from app.calibration.matmul import slow_16bit_matmuls
+
+    return slow_16bit_matmuls()[0]
+
+
 def calibrate(
-    name: str, plan: TrainingPlan, settings: Settings, *, layers: int | None, steps: int, store: bool = True
+    name: str,
+    plan: TrainingPlan,
+    settings: Settings,
+    *,
+    layers: int | None,
+    steps: int,
+    store: bool = True,
+    matmuls: str = "native",
 ) -> dict[str, Any]:
     """Measure one point, compare it with the estimate, store it; the --json object."""
     from app.calibration.compare import compare_to, spec_for, to_record
     from app.calibration.harness import run_measurement
 
     model_id, config = model_config(name, settings)
-    measurement = run_measurement(config, plan, layers=layers, steps=steps)
+    fast = fp32_matmuls(matmuls, plan.device)
+    measurement = run_measurement(config, plan, layers=layers, steps=steps, fp32_matmuls=fast)
     comparison, _ = compare_to(measurement, spec_for(measurement, model_id))
     stored_id = None
     if store:
@@ -94,6 +113,7 @@ def calibrate_matrix(
     store: bool,
     source: str,
     device: str | None = None,
+    matmuls: str = "native",
 ) -> list[dict[str, Any]]:
     """Run a matrix spec with progress on stderr, store every point and write a JSONL report."""
     from app.calibration.matrix import expand, jsonl_line, load_spec, run_points, store_results
@@ -117,7 +137,8 @@ def calibrate_matrix(
 
     rows: list[dict[str, Any]] = []
     with report.open("w") as fh:
-        for result in run_points(points, steps=spec.steps, progress=progress):
+        fast = fp32_matmuls(matmuls, points[0].plan.device)
+        for result in run_points(points, steps=spec.steps, progress=progress, fp32_matmuls=fast):
             line = jsonl_line(result)
             fh.write(line + "\n")
             fh.flush()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.calibration.build import CPU_OPTIMIZERS, build_config, build_model, build_optimizer, quiet
 from app.calibration.measurement import Environment, Measurement, Phase
@@ -38,20 +38,26 @@ def run_measurement(
     layers: int | None = None,
     steps: int = 2,
     seed: int = 0,
+    fp32_matmuls: bool = False,
 ) -> Measurement:
     """Run `steps` plain PyTorch training steps of `plan` on the model `config` describes and measure memory.
 
     Each step is forward (loss only), backward, optimizer step and zero_grad(set_to_none=True), in train mode
     without autocast, on batch_size x seq_len random token ids. On cpu every live tensor storage is counted by
     LiveTensorTracker (rounded to 512 bytes, as on CUDA) from the loaded model on; on cuda the caching
-    allocator's counters are read, from before loading on. Raises CalibrationError when the run cannot be
+    allocator's counters are read, from before loading on. `fp32_matmuls` computes cpu 16-bit matmuls through
+    fp32 (app/calibration/matmul.py: same tensors, same bytes, ~100x faster where bf16 GEMM is slow). Raises CalibrationError when the run cannot be
     carried out, saying what to change.
     """
     check_plan(plan, steps)
+    if fp32_matmuls and plan.device != "cpu":
+        raise CalibrationError("fp32_matmuls replaces cpu kernels only: use it with device cpu")
     import torch
 
+    from app.calibration.matmul import fp32_compute_matmuls
+
     started = time.perf_counter()
-    with _threads(plan.device), quiet():
+    with _threads(plan.device), quiet(), fp32_compute_matmuls(fp32_matmuls):
         cfg = build_config(config, layers)
         torch.manual_seed(seed)
         if plan.device == "cuda":
@@ -69,7 +75,7 @@ def run_measurement(
         peak_allocated_bytes=peak,
         peak_reserved_bytes=reserved,
         phases=phases,
-        env=environment(plan.device),
+        env=environment(plan.device, matmul_compute="fp32" if fp32_matmuls else "native"),
         duration_s=time.perf_counter() - started,
         created_at=datetime.now(UTC),
     )
@@ -188,7 +194,7 @@ def _threads(device: str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def environment(device: str) -> Environment:
+def environment(device: str, matmul_compute: Literal["native", "fp32"] = "native") -> Environment:
     """Versions of the libraries that shape memory, and the device's name and size."""
     import torch
 
@@ -205,6 +211,7 @@ def environment(device: str) -> Environment:
         python=platform.python_version(),
         device_name=name,
         total_memory_bytes=total,
+        matmul_compute=matmul_compute,
     )
 
 

@@ -134,9 +134,13 @@ def expand(spec: MatrixSpec) -> list[Point]:
 
 
 def run_points(
-    points: list[Point], *, steps: int = 2, progress: Callable[[int, int, PointResult], None] | None = None
+    points: list[Point],
+    *,
+    steps: int = 2,
+    progress: Callable[[int, int, PointResult], None] | None = None,
+    fp32_matmuls: bool = False,
 ) -> Iterator[PointResult]:
-    """Measure each point and compare it with the estimate (yields as it goes)."""
+    """Measure each point and compare it with the estimate (yields as it goes); see run_measurement."""
     from app.calibration.compare import spec_for
     from app.calibration.harness import run_measurement
 
@@ -148,7 +152,7 @@ def run_points(
 
             gc.collect()  # the previous point's model and optimizer must not count in this one's peak
             torch.cuda.empty_cache()
-        measurement = run_measurement(point.config, point.plan, steps=steps)
+        measurement = run_measurement(point.config, point.plan, steps=steps, fp32_matmuls=fp32_matmuls)
         comparison, _ = compare_to(measurement, spec_for(measurement, point.family))
         result = PointResult(point=point, measurement=measurement, comparison=comparison)
         if progress is not None:

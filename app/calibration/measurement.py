@@ -30,6 +30,11 @@ class Environment(BaseModel):
     python: str
     device_name: str = Field(description="GPU name, or the CPU's name for the CPU reference tracker.")
     total_memory_bytes: int | None = Field(description="Device memory; None on cpu, where it does not bound the run.")
+    matmul_compute: Literal["native", "fp32"] = Field(
+        "native",
+        description="'fp32': CPU 16-bit matmuls were computed through fp32 (app/calibration/matmul.py); the "
+        "tensors and their bytes are the native run's.",
+    )
 
 
 class Measurement(BaseModel):
