@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -222,14 +223,25 @@ def test_construction_does_nothing_and_closing_an_unused_client_is_fine(make_set
 def test_aclose_cancels_a_fetch_nobody_awaits(fake_hub, make_settings) -> None:
     fake_hub.add("acme/slow", delay=30)
 
-    async def scenario() -> None:
+    async def scenario() -> tuple[asyncio.Task[object], list[asyncio.Task[object]], float]:
         client = HubClient(make_settings())
         waiter = asyncio.create_task(client.fetch_config(parse_model_ref("acme/slow")))
-        await asyncio.sleep(0.1)
+        for _ in range(500):  # until the request is in flight (at most 5 s)
+            if fake_hub.resolve_count("acme/slow"):
+                break
+            await asyncio.sleep(0.01)
         waiter.cancel()
+        started = time.monotonic()
         await client.aclose()
+        took = time.monotonic() - started
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+        return waiter, pending, took
 
-    asyncio.run(scenario())
+    waiter, pending, took = asyncio.run(scenario())
+    assert waiter.cancelled()
+    assert pending == []  # the shared fetch behind the waiter was cancelled too, not left running
+    assert took < 5  # aclose did not wait out the Hub's 30 s delay
+    assert fake_hub.resolve_count("acme/slow") == 1  # the request really was in flight
 
 
 def test_fetch_config_sync(fake_hub, make_settings) -> None:
