@@ -193,7 +193,9 @@ def _arch(cfg: Any, groups: tuple[ModuleGroup, ...], model: Any) -> ArchSummary:
     if down is not None and experts == 0:
         intermediate = down.in_features
     elif expert_param is not None:
-        intermediate = expert_param.shape[2]
+        # fused experts' down_proj is (experts, hidden, intermediate) in Mixtral/Qwen/DeepSeek but
+        # (experts, intermediate, hidden) in Llama 4 and gpt-oss: take the dimension that is not hidden
+        intermediate = expert_param.shape[1] if expert_param.shape[2] == hidden else expert_param.shape[2]
     else:
         intermediate = int(get("intermediate_size", "ffn_hidden_size", "moe_intermediate_size", default=4 * hidden))
     gated = any(g.leaf in _GATED_LEAVES for g in layer_groups) or any(
