@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,55 @@ REQUIRED = {
     "stabilityai/stablelm-base-alpha-3b",
 }
 
+# Issue 11, "a current catalog": models released since the first catalog. Multimodal checkpoints
+# (Llama 4, Gemma 3 4B/27B) are catalogued as their text model: the entry's config is the published text_config.
+CURRENT = {
+    "Qwen/Qwen3-0.6B",
+    "Qwen/Qwen3-1.7B",
+    "Qwen/Qwen3-4B",
+    "Qwen/Qwen3-8B",
+    "Qwen/Qwen3-14B",
+    "Qwen/Qwen3-32B",
+    "Qwen/Qwen3-30B-A3B",
+    "Qwen/Qwen3-235B-A22B",
+    "meta-llama/Llama-4-Scout-17B-16E",
+    "meta-llama/Llama-4-Maverick-17B-128E-Instruct",
+    "google/gemma-3-1b-it",
+    "google/gemma-3-4b-it",
+    "google/gemma-3-27b-it",
+    "openai/gpt-oss-20b",
+    "openai/gpt-oss-120b",
+    "deepseek-ai/DeepSeek-V3",
+    "microsoft/phi-4",
+    "HuggingFaceTB/SmolLM3-3B",
+    "allenai/OLMo-2-1124-7B-Instruct",
+    "ibm-granite/granite-3.3-8b-instruct",
+    "ibm-granite/granite-3.1-1b-a400m-instruct",
+}
+
+# Where a published total is not the inventory, why, and by exactly how much (published - inventory).
+# Qwen3-0.6B/1.7B: the Hub safetensors store lm_head.weight materialized although the embedding is tied,
+# so the Hub total counts the tied matrix twice.
+LM_HEAD_STORED_TWICE = {"Qwen/Qwen3-0.6B", "Qwen/Qwen3-1.7B"}
+# Gemma 3 4B/27B: the published total is the multimodal checkpoint's, SigLIP vision tower and projector included;
+# rebuilding the whole Gemma3ForConditionalGeneration from the entry's text_config and this published
+# vision_config (the same in all three multimodal sizes) must give it exactly.
+GEMMA3_MULTIMODAL = {"google/gemma-3-4b-it", "google/gemma-3-27b-it"}
+GEMMA3_VISION_CONFIG = {
+    "hidden_size": 1152,
+    "image_size": 896,
+    "intermediate_size": 4304,
+    "model_type": "siglip_vision_model",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 27,
+    "patch_size": 14,
+    "vision_use_head": False,
+}
+# DeepSeek-V3: transformers builds the 61 main layers, not the multi-token-prediction module, and the Hub total also
+# counts the FP8 weight_scale_inv tensors. The card: "685B, which includes 671B of the Main Model weights and 14B
+# of the Multi-Token Prediction (MTP) Module weights", so the excess is positive and at most 14B.
+MTP_AND_FP8_SCALES_UPPER_BOUND = {"deepseek-ai/DeepSeek-V3": 14_000_000_000}
+
 
 def test_catalog_holds_every_required_model_with_provenance() -> None:
     assert set(catalog_ids()) >= REQUIRED
@@ -51,18 +101,56 @@ def test_catalog_holds_every_required_model_with_provenance() -> None:
 
 @pytest.mark.parametrize("model_id", sorted(REQUIRED))
 def test_base_params_equal_instantiated_model(model_id: str) -> None:
-    torch = pytest.importorskip("torch")
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     entry, spec = load_entry(model_id), load_spec(model_id)
     assert entry is not None and spec is not None
-    config = entry.effective_config
-    cfg = AutoConfig.for_model(config["model_type"], **{k: v for k, v in config.items() if k != "model_type"})
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(cfg)
-    assert spec.num_params == sum(p.numel() for p in model.parameters())
+    assert spec.num_params == _meta_device_params(entry.effective_config)
     if entry.params_published is not None:
         assert spec.num_params == entry.params_published
+
+
+def _meta_device_params(config: dict[str, Any], auto_model: str = "AutoModelForCausalLM") -> int:
+    """sum(p.numel()) of the model transformers builds from a config dict on the meta device."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    cfg = transformers.AutoConfig.for_model(
+        config["model_type"], **{k: v for k, v in config.items() if k != "model_type"}
+    )
+    with torch.device("meta"):
+        model = getattr(transformers, auto_model).from_config(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_catalog_holds_the_current_models() -> None:
+    assert set(catalog_ids()) >= CURRENT
+
+
+@pytest.mark.parametrize("model_id", sorted(CURRENT))
+def test_current_models_base_params_equal_instantiated_model(model_id: str) -> None:
+    entry, spec = load_entry(model_id), load_spec(model_id)
+    assert entry is not None and spec is not None
+    assert spec.num_params == _meta_device_params(entry.effective_config)
+
+
+@pytest.mark.parametrize("model_id", sorted(CURRENT))
+def test_current_models_match_their_published_count(model_id: str) -> None:
+    entry, spec = load_entry(model_id), load_spec(model_id)
+    assert entry is not None and spec is not None
+    published = entry.params_published
+    if published is None:  # allowed only with the reason written down
+        assert "params_published is null" in entry.provenance
+        return
+    if model_id in LM_HEAD_STORED_TWICE:
+        assert spec.arch.tie_word_embeddings
+        assert published - spec.num_params == spec.arch.vocab_size * spec.arch.hidden_size
+    elif model_id in GEMMA3_MULTIMODAL:
+        multimodal = {"model_type": "gemma3", "text_config": entry.config, "vision_config": GEMMA3_VISION_CONFIG}
+        assert published == _meta_device_params(multimodal, "AutoModelForImageTextToText")
+        assert published > spec.num_params
+    elif model_id in MTP_AND_FP8_SCALES_UPPER_BOUND:
+        assert 0 < published - spec.num_params <= MTP_AND_FP8_SCALES_UPPER_BOUND[model_id]
+    else:  # the Hub (or card) counts exactly the model transformers builds
+        assert published == spec.num_params
 
 
 def test_precomputed_inventories_match_a_fresh_build(tmp_path: Path) -> None:
@@ -98,3 +186,32 @@ def test_architectural_facts() -> None:
     assert falcon.arch.num_kv_heads == 1 and falcon.arch.parallel_block
     lm_head = next(g for g in spec("meta-llama/Llama-2-7b-hf").groups if g.name == "lm_head")
     assert lm_head.output_layer and not lm_head.quantizable
+
+
+def test_current_architectural_facts() -> None:
+    def spec(i: str):  # type: ignore[no-untyped-def]
+        s = load_spec(i)
+        assert s is not None
+        return s
+
+    qwen3 = spec("Qwen/Qwen3-0.6B")
+    assert qwen3.arch.head_dim == 128 and qwen3.arch.num_heads * 128 != qwen3.arch.hidden_size
+    assert {"q_norm", "k_norm"} <= {g.leaf for g in qwen3.groups}
+    assert qwen3.arch.tie_word_embeddings and not spec("Qwen/Qwen3-8B").arch.tie_word_embeddings
+    moe = spec("Qwen/Qwen3-30B-A3B")
+    assert (moe.arch.num_experts, moe.arch.experts_per_token, moe.arch.intermediate_size) == (128, 8, 768)
+    # Llama 4 stores fused experts as (experts, intermediate, hidden): the expert width is 8192, not hidden 5120
+    scout, maverick = spec("meta-llama/Llama-4-Scout-17B-16E"), spec("meta-llama/Llama-4-Maverick-17B-128E-Instruct")
+    assert (scout.arch.num_experts, scout.arch.experts_per_token, scout.arch.intermediate_size) == (16, 1, 8192)
+    assert (maverick.arch.num_experts, maverick.arch.intermediate_size) == (128, 8192)
+    assert scout.arch.architecture == "Llama4ForCausalLM"  # the text model, not the multimodal checkpoint
+    # Maverick alternates dense and MoE layers (interleave_moe_layer_step 2): 24 of each
+    assert {g.name: g.count for g in maverick.groups}["model.layers.*.feed_forward.experts"] == 24
+    gemma = spec("google/gemma-3-4b-it")
+    assert gemma.arch.norm_kind == "gemma" and gemma.arch.norms_per_layer == 4 and gemma.arch.vocab_size == 262208
+    gpt_oss = spec("openai/gpt-oss-20b")
+    assert (gpt_oss.arch.num_experts, gpt_oss.arch.experts_per_token, gpt_oss.arch.head_dim) == (32, 4, 64)
+    assert spec("deepseek-ai/DeepSeek-V3").arch.num_experts == 256
+    assert spec("microsoft/phi-4").arch.gate_up_fused and spec("microsoft/phi-4").arch.qkv_fused
+    granite_moe = spec("ibm-granite/granite-3.1-1b-a400m-instruct")
+    assert (granite_moe.arch.num_experts, granite_moe.arch.experts_per_token) == (32, 8)
