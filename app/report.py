@@ -9,8 +9,7 @@ from typing import Any
 from app.core.gpus import Recommendation
 from app.core.result import Estimate
 from app.core.spec import ModelSpec
-
-GIB = 1024**3
+from app.core.units import GIB
 
 
 def gib(nbytes: int) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from app import catalog
 from app.core.spec import ModelSpec
+from app.core.units import MIB
 from app.errors import InputError, MalformedConfig
 from app.inventory.cache import cached_spec
 from app.settings import Settings
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
     from app.hub.client import HubClient
 
-MAX_LOCAL_CONFIG_BYTES = 2 * 1024 * 1024
+MAX_LOCAL_CONFIG_BYTES = 2 * MIB
 
 Kind = Literal["catalog", "file", "hub"]
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.core.units import MIB
+
 
 class Settings(BaseSettings):
     """Every setting of gpuplan; the README's configuration table lists them all."""
@@ -49,14 +51,14 @@ class Settings(BaseSettings):
         3, ge=0, le=10, description="Retries on Hub 429/5xx/timeouts, with backoff honouring Retry-After."
     )
     hub_max_config_bytes: int = Field(
-        2 * 1024 * 1024, ge=1024, description="Largest config.json accepted from the Hub, in bytes."
+        2 * MIB, ge=1024, description="Largest config.json accepted from the Hub, in bytes."
     )
     upload_token: str | None = Field(
         None,
         description="Bearer token required by POST /api/v1/calibrations; uploads are refused when unset.",
         repr=False,
     )
-    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest HTTP request body accepted, in bytes.")
+    max_body_bytes: int = Field(MIB, ge=1024, description="Largest HTTP request body accepted, in bytes.")
 
     @property
     def inventory_cache_dir(self) -> Path:

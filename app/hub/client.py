@@ -28,6 +28,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from app.core.units import MIB
 from app.errors import GatedModel, HubError, HubUnavailable, MalformedConfig, ModelNotFound, OfflineMiss
 from app.hub.cache import CacheEntry, ConfigCache
 from app.hub.ids import HubRef
@@ -40,7 +41,7 @@ Sleep = Callable[[float], Awaitable[None]]
 MAX_REDIRECTS = 5
 MAX_RETRY_WAIT_S = 30.0
 BACKOFF_BASE_S = 0.5
-MAX_INFO_BYTES = 4 * 1024 * 1024
+MAX_INFO_BYTES = 4 * MIB
 # One attempt (every redirect hop and the whole body) must end within this many hub_timeouts,
 # so a server dripping bytes cannot hold a fetch forever.
 ATTEMPT_DEADLINE_FACTOR = 3

@@ -9,8 +9,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 from app.core.gpus import Recommendation, find_tier
 from app.core.result import Estimate
+from app.core.units import GIB
 
-GIB = 1024**3
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
 # Colour-blind-friendly palette (Okabe–Ito, then Tableau), one colour per breakdown term in order.
 PALETTE = (

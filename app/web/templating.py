@@ -7,10 +7,11 @@ from pathlib import Path
 import jinja2
 from fastapi.templating import Jinja2Templates
 
+from app.core.units import GIB
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES_DIR = ROOT / "templates"
 STATIC_DIR = ROOT / "static"
-GIB = 1024**3
 
 
 def gib(nbytes: int | None, digits: int = 2) -> str:
