@@ -36,6 +36,7 @@ def payload(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> dict
         "peak_reserved_bytes": est.peak_reserved_bytes,
         "device_bytes": est.device_bytes,
         "double_quant_saving_bytes": est.double_quant_saving_bytes,
+        "offloaded_bytes": est.offloaded_bytes,
         "notes": list(est.notes),
         "recommendations": rec.model_dump(mode="json") if rec is not None else None,
     }

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.gpus import Recommendation
 from app.core.plan import TrainingPlan
-from app.core.result import Params, Phase, Term
+from app.core.result import Params, PhasePeak, Term
 from app.core.spec import ArchSummary, ModelSource, ModelSpec
 from app.service import ExportFormat
 
@@ -77,12 +77,13 @@ class EstimateResponse(BaseModel):
     plan: TrainingPlan
     params: Params
     breakdown: list[Term]
-    phases: list[Phase]
+    phases: list[PhasePeak]
     peak_phase: str
     peak_allocated_bytes: int
     peak_reserved_bytes: int
     device_bytes: int
     double_quant_saving_bytes: int | None
+    offloaded_bytes: int = Field(0, description="Bytes in host RAM instead of on a GPU (offload); in no device total.")
     notes: list[str]
     recommendations: Recommendation | None = Field(description="None for device cpu plans.")
 

@@ -13,17 +13,25 @@ read off the libraries and held against the tracker's per-op dumps:
   LayerNorm saves its input and two fp32 statistics per token.
 - Rotary embeddings save only cos/sin: q and k after rotation are new tensors kept by attention, v is kept
   as projected (for a fused qkv projection the whole fused output stays alive through the v view).
+
+Each function below is one row of the README's "How the estimate is computed" (`activation_bytes`,
+`layer_transient_bytes`, `logits_peak_bytes`); notation as there: `T` tokens, `h` hidden, `q`, `kv`, `i`
+intermediate, `k` experts per token, `r` LoRA rank, `a` activation bytes, `a_res` residual-stream bytes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from app.core.adapters import Adapted
 from app.core.plan import TrainingPlan
-from app.core.quant import DTYPE_BYTES
-from app.core.spec import ModelSpec
+from app.core.spec import ArchSummary, ModelSpec
+from app.core.units import BOOL, DTYPE_BYTES, FP32
+
+DOWN_LEAVES = ("down_proj", "fc2", "dense_4h_to_h")
 
 
 @dataclass(frozen=True)
@@ -40,14 +48,13 @@ class Precision:
 def precision(plan: TrainingPlan) -> Precision:
     c = DTYPE_BYTES[plan.dtype]
     # torch's fused dropout (CUDA) keeps a bool mask; the CPU path multiplies by a mask in the input dtype (fp32)
-    mask = 1 if plan.device == "cuda" else 4
+    mask = BOOL if plan.device == "cuda" else FP32
     if plan.method == "qlora":
-        return Precision(compute=c, residual=4, act=4, logits=4, mask=mask)
+        return Precision(compute=c, residual=FP32, act=FP32, logits=FP32, mask=mask)
     return Precision(compute=c, residual=c, act=c, logits=c, mask=mask)
 
 
-@dataclass(frozen=True)
-class LayerActivations:
+class LayerActivations(NamedTuple):
     saved: int  # bytes autograd keeps for one decoder layer with no checkpointing
     forward_transient: int  # extra bytes while one layer runs forward without saving (checkpointed)
     backward_transient: int  # gradient buffers while one layer is backpropagated
@@ -58,203 +65,378 @@ class LayerActivations:
     input_in_saved: int = 0  # the layer input, when its first norm keeps it (checkpointing already keeps it)
 
 
-class _Ledger:
-    """Counts bytes of tensors autograd keeps, with the plan's rules for each consumer."""
+class Step(NamedTuple):
+    """One micro-batch through one decoder layer: the shapes, the precision and the adapted projections.
 
-    def __init__(self, model: ModelSpec, plan: TrainingPlan, adapted: dict[str, Adapted]) -> None:
-        self.plan, self.p = plan, precision(plan)
-        self.t = plan.batch_size * plan.seq_len
-        self.full = plan.method == "full"
-        self.by_leaf = {ad.group.leaf: ad for ad in adapted.values() if ad.group.in_layers}
-        self.norm_kind = model.arch.norm_kind
-        self.saved = 0
+    The functions of this module take it as `x` and read the README's notation off it: `x.t`, `x.h`, `x.i`, ...
+    """
 
-    def norm(self, width: int, input_dtype: int) -> None:
-        """A normalization of a tensor whose own storage is accounted by the caller."""
-        t = self.t
-        if self.norm_kind == "layer":
-            self.saved += 2 * t * 4  # mean and rstd; the input itself is kept (caller's tensor)
-            return
-        self.saved += t * 4  # rsqrt, one per token
-        if input_dtype != 4:
-            self.saved += t * width * 4  # the fp32 copy pow/mul keep
-        if self.full:  # a trained weight keeps the normalized activation its gradient needs
-            self.saved += t * width * (4 if self.norm_kind == "gemma" else self.p.act)
-
-    def norm_keeps_input(self, input_dtype: int) -> bool:
-        return self.norm_kind == "layer" or input_dtype == 4
-
-    def consume(self, leaf: str, in_f: int) -> bool:
-        """Bytes one projection saves beyond its input; returns whether it keeps the input itself."""
-        t, p, ad = self.t, self.p, self.by_leaf.get(leaf)
-        keeps_input = self.full
-        if ad is not None:
-            if self.plan.dropout > 0:
-                self.saved += t * in_f * (4 + p.mask)  # dropout output and mask (the fp32 cast is freed)
-            elif p.act != 4:
-                self.saved += t * in_f * 4  # lora_A keeps the fp32 cast of the input
-            else:
-                keeps_input = True  # lora_A keeps the fp32 input itself
-            self.saved += t * self.plan.rank * 4  # lora_A's output, kept by lora_B
-            if self.plan.dora:
-                self.saved += t * ad.group.out_features * 4  # DoRA keeps the base output to rescale it
-        return keeps_input
+    arch: ArchSummary
+    plan: TrainingPlan
+    p: Precision
+    by_leaf: Mapping[str, Adapted]  # adapted module groups in the decoder layers, by leaf name
+    t: int  # tokens, batch x sequence
+    h: int  # hidden
+    q: int  # heads x head_dim
+    kv: int  # kv_heads x head_dim
+    i: int  # intermediate
+    k: int  # experts per token (1 without experts)
+    full: bool  # full fine-tuning: every weight trained
 
 
-def layer_activations(
-    model: ModelSpec, plan: TrainingPlan, adapted: dict[str, Adapted], quantized: frozenset[str]
-) -> LayerActivations:
-    """Per-layer activation bytes for a micro-batch of plan.batch_size x plan.seq_len tokens."""
+def step(model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adapted]) -> Step:
     a = model.arch
-    led = _Ledger(model, plan, adapted)
-    p, t, b, s = led.p, led.t, plan.batch_size, plan.seq_len
-    h, q, kv, i = a.hidden_size, a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim, a.intermediate_size
-    r, act = p.residual, p.act
+    return Step(
+        arch=a,
+        plan=plan,
+        p=precision(plan),
+        by_leaf=by_leaf,
+        t=plan.batch_size * plan.seq_len,
+        h=a.hidden_size,
+        q=a.num_heads * a.head_dim,
+        kv=a.num_kv_heads * a.head_dim,
+        i=a.intermediate_size,
+        k=max(1, a.experts_per_token),
+        full=plan.method == "full",
+    )
 
-    def normed_input(width: int) -> None:
-        """A norm output feeding projections: kept if any consumer keeps it."""
-        led.saved += t * width * act
 
-    # --- attention half -------------------------------------------------------------------------------
-    led.norm(h, r)
-    input_in_saved = 0
-    if led.norm_keeps_input(r):
-        input_in_saved = t * h * r
-        led.saved += input_in_saved  # the layer input, kept by the norm
-    first_norm = led.saved
-    attn_leaves = ("qkv_proj",) if a.qkv_fused else ("q_proj", "k_proj", "v_proj")
-    keeps = [led.consume(leaf, h) for leaf in attn_leaves]
-    # PEFT/Trainer call enable_input_require_grads only with checkpointing: otherwise layer 0's input needs no
-    # gradient, so its first norm keeps nothing and dropout on its adapted projections keeps no mask
-    discount = 0
-    if not led.full and not plan.gradient_checkpointing:
-        masked = sum(1 for leaf in attn_leaves if leaf in led.by_leaf) if plan.dropout > 0 else 0
-        discount = first_norm + masked * t * h * p.mask
-    mlp_in_same = a.parallel_block
-    if a.qkv_fused:
-        led.saved += t * (q + 2 * kv) * act  # the fused output stays alive through the v view
+def adapted_by_leaf(adapted: Iterable[Adapted]) -> dict[str, Adapted]:
+    """The adapted module groups inside the decoder layers, by leaf name (what the activation rules look up)."""
+    return {ad.group.leaf: ad for ad in adapted if ad.group.in_layers}
+
+
+# --- norms -------------------------------------------------------------------------------------------------
+
+
+def norm_bytes(x: Step, width: int, input_bytes: int) -> int:
+    """A norm keeps rsqrt `T·4` and an fp32 copy of a 16-bit input `T·width·4` (an fp32 input is kept itself, by
+    the caller); LayerNorm keeps mean and rstd `2·T·4` beside its input; a trained weight (full fine-tuning) also
+    keeps the normalized activation its gradient needs. Source: torch RMSNorm/LayerNorm autograd, tracker dumps.
+    """
+    t, kind = x.t, x.arch.norm_kind
+    if kind == "layer":
+        return 2 * t * FP32  # mean and rstd; the input itself is kept (caller's tensor)
+    saved = t * FP32  # rsqrt, one per token
+    if input_bytes != FP32:
+        saved += t * width * FP32  # the fp32 copy pow/mul keep
+    if x.full:  # a trained weight keeps the normalized activation its gradient needs
+        saved += t * width * (FP32 if kind == "gemma" else x.p.act)
+    return saved
+
+
+def norm_keeps_input(x: Step, input_bytes: int) -> bool:
+    return x.arch.norm_kind == "layer" or input_bytes == FP32
+
+
+def residual_norm_bytes(x: Step) -> int:
+    """A norm of the residual stream: its own bytes, plus the stream `T·h·a_res` when the norm keeps it."""
+    a_res = x.p.residual
+    kept_input = x.t * x.h * a_res if norm_keeps_input(x, a_res) else 0
+    return norm_bytes(x, x.h, a_res) + kept_input
+
+
+def normed_input_bytes(x: Step, attention_keeps: bool, mlp_keeps: bool) -> int:
+    """A norm output feeding projections `T·h·a`, kept if any consumer keeps it (one output for a parallel block)."""
+    one = x.t * x.h * x.p.act
+    if x.arch.parallel_block:
+        return one if attention_keeps or mlp_keeps else 0
+    return (one if attention_keeps else 0) + (one if mlp_keeps else 0)
+
+
+def head_saved_bytes(x: Step) -> int:
+    """The final norm, and lm_head's input `T·h·a` when lm_head is trained (full fine-tuning)."""
+    return residual_norm_bytes(x) + (x.t * x.h * x.p.act if x.full else 0)
+
+
+# --- projections and their LoRA branches ---------------------------------------------------------------------
+
+
+class Projection(NamedTuple):
+    """What one projection keeps of the tensor it reads."""
+
+    saved: int  # bytes beyond the input tensor itself
+    keeps_input: bool  # whether it keeps that input (then the caller counts it)
+
+
+def lora_branch(x: Step, leaf: str, in_features: int) -> Projection:
+    """A frozen projection keeps nothing of its input, a trained one keeps it; a LoRA branch keeps its dropout output
+    and mask `T·in·(4+m)` (`m` = 1 for CUDA's bool mask, 4 for the CPU path) or, without dropout, the fp32 cast
+    of its input (an fp32 input is kept itself), plus lora_A's output `T·r·4`; DoRA also the base output.
+    Source: PEFT lora.Linear.forward (autocast_adapter_dtype), torch dropout, tracker dumps.
+    """
+    t, p, plan, ad = x.t, x.p, x.plan, x.by_leaf.get(leaf)
+    if ad is None:
+        return Projection(0, x.full)
+    saved = 0
+    keeps_input = x.full
+    if plan.dropout > 0:
+        saved += t * in_features * (FP32 + p.mask)  # dropout output and mask (the fp32 cast is freed)
+    elif p.act != FP32:
+        saved += t * in_features * FP32  # lora_A keeps the fp32 cast of the input
     else:
-        led.saved += t * kv * act  # v as projected
-    led.saved += t * (q + kv) * act  # q and k after rotary
+        keeps_input = True  # lora_A keeps the fp32 input itself
+    saved += t * plan.rank * FP32  # lora_A's output, kept by lora_B
+    if plan.dora:
+        saved += t * ad.group.out_features * FP32  # DoRA keeps the base output to rescale it
+    return Projection(saved, keeps_input)
+
+
+def attention_leaves(x: Step) -> tuple[str, ...]:
+    return ("qkv_proj",) if x.arch.qkv_fused else ("q_proj", "k_proj", "v_proj")
+
+
+# --- attention ---------------------------------------------------------------------------------------------
+
+
+def attention_bytes(x: Step) -> int:
+    """Attention keeps q and k after rotary `T·(q+kv)·a`, v `T·kv·a` (the whole fused qkv output `T·(q+2kv)·a` for
+    Phi-3), its output `T·q·a` and an fp32 logsumexp `b·heads·s·4`; eager instead keeps the fp32 softmax and its
+    cast `b·heads·s²·(4+a)` (no cast when a = 4) and, with grouped KV, K and V repeated for every head.
+    Source: torch SDPA / flash kernels' saved tensors, transformers eager_attention_forward, tracker dumps.
+    """
+    a, arch, plan, t = x.p.act, x.arch, x.plan, x.t
+    q, kv = x.q, x.kv
+    b, s = plan.batch_size, plan.seq_len
+    saved = t * (q + 2 * kv) * a if arch.qkv_fused else t * kv * a  # a fused output stays alive through the v view
+    saved += t * (q + kv) * a  # q and k after rotary
     if plan.attn == "eager":
-        rep = a.num_heads // a.num_kv_heads
-        if rep > 1:
-            led.saved += 2 * t * (q - kv) * act  # repeat_kv materialises K and V for every head
-        # softmax output in fp32 and its cast back, b x heads x s x s each
-        led.saved += b * a.num_heads * s * s * (4 + (act if act != 4 else 0))
-        score_transient = b * a.num_heads * s * s * (2 * act + 4)
+        if arch.num_heads // arch.num_kv_heads > 1:
+            saved += 2 * t * (q - kv) * a  # repeat_kv materialises K and V for every head
+        saved += b * arch.num_heads * s * s * (FP32 + (a if a != FP32 else 0))  # fp32 softmax and its cast back
     else:
-        led.saved += b * a.num_heads * s * 4  # flash/efficient kernels keep the fp32 logsumexp
-        score_transient = 0
-    led.saved += t * q * act  # attention output (kept by the kernel's backward)
-    led.consume("o_proj", q)  # its input is the attention output above (the kernel returns it heads-last)
-    # --- MLP half ---------------------------------------------------------------------------------------
-    if not mlp_in_same:
-        if led.norm_keeps_input(r):
-            led.saved += t * h * r  # residual after attention, kept by the second norm
-        led.norm(h, r)
-    mlp_keeps = False
-    tail = 0
-    down_saved = -1  # bytes freed before the gated product's backward; -1: no gated product
-    silu_out = 0
-    if a.num_experts:
-        k = max(1, a.experts_per_token)
-        routed = t * k
-        experts = led.by_leaf.get("experts")
-        router = led.by_leaf.get("gate")
-        led.saved += t * a.num_experts * 4  # fp32 routing softmax
-        led.saved += routed * (2 * i + i + h) * act  # gate/up output, act(gate), expert output (kept by the weighting)
-        if led.full or experts is not None:
-            led.saved += routed * (h + i) * act  # experts whose weights need gradients keep their inputs
-        if experts is not None:  # ParamWrapper materialises W + BA for every wrapped parameter, kept by the matmul
-            wrapped = [math.prod(p.shape) for p in experts.group.params if p.name in experts.wrapped_params]
-            led.saved += sum(wrapped) * act
-            if act != 4:  # the fold's baddbmm keeps the fp32 LoRA factors cast to the 16-bit weight dtype
-                led.saved += sum(math.prod(shape) for shape in experts.shapes) * act
-        mlp_keeps = led.full or router is not None  # a trained router keeps the normed input
-        mlp_transient = routed * (h + 2 * i) * act
-        # freed before the experts' gated-product backward: the product the down grouped_mm keeps when its
-        # weights need gradients, and the expert output the routing weighting kept
-        down_saved = (routed * i * act if (led.full or experts is not None) else 0) + routed * h * act
-    elif a.mlp_gated:
-        if a.gate_up_fused:
-            mlp_keeps = led.consume("gate_up_proj", h)
-        else:
-            mlp_keeps = any([led.consume("gate_proj", h), led.consume("up_proj", h)])
-        led.saved += 3 * t * i * act  # gate, up and act(gate)
-        before_down = led.saved
-        down_keeps = led.consume("down_proj", i)
-        if down_keeps:
-            led.saved += t * i * act  # the product, kept by a trained/adapted down projection
-        down_saved = led.saved - before_down
-        mlp_transient = 4 * t * i * act
-        # recompute ends inside the down projection: still referenced by the running forward are the block's
-        # residual (unless the norm keeps it: then it is saved), the MLP's input (unless kept), the product
-        # (unless down keeps it), the base output, and the fp32 cast of the input that dropout reads (without
-        # dropout lora_A saves that cast, already counted; an fp32 input is not copied)
-        tail = (0 if led.norm_keeps_input(r) else t * h * r) + t * h * act + (0 if mlp_keeps else t * h * act)
-        tail += 0 if down_keeps else t * i * act
-        if "down_proj" in led.by_leaf and plan.dropout > 0 and act != 4:
-            tail += t * i * 4
-        silu_out = t * i * act
-    else:
-        mlp_keeps = led.consume("fc1", h) or led.consume("dense_h_to_4h", h)
-        led.saved += t * i * act  # fc1 output, kept by the activation
-        if led.consume("fc2", i) or led.consume("dense_4h_to_h", i):
-            led.saved += t * i * act
-        mlp_transient = 2 * t * i * act
-    if a.parallel_block:
-        if any(keeps) or mlp_keeps:
-            normed_input(h)  # one norm output feeds attention and MLP
-    else:
-        if any(keeps):
-            normed_input(h)  # the first norm's output, kept by q/k/v
-        if mlp_keeps:
-            normed_input(h)  # the second norm's output, kept by the MLP's input projections
-    saved = led.saved
-    # --- final norm and head -----------------------------------------------------------------------------
-    led.saved = 0
-    led.norm(h, r)
-    if led.norm_keeps_input(r):
-        led.saved += t * h * r
-    if led.full:
-        led.saved += t * h * act  # lm_head input, kept for its weight gradient
-    head_saved = led.saved
-    # backward through one layer (measured with the tracker): the incoming and outgoing residual gradients,
-    # an fp32 gradient of the normed input, and the gradient of the widest MLP intermediate (fp32 when an
-    # adapted down projection's LoRA branch carries it); for a fused gate_up that intermediate is 2i wide
-    down_adapted = led.full or any(leaf in led.by_leaf for leaf in ("down_proj", "fc2", "dense_4h_to_h"))
-    widest = (2 * i if a.gate_up_fused else i) * (max(1, a.experts_per_token) if a.num_experts else 1)
-    incoming = 2 * t * h * r + t * h * 4  # the residual gradients in and out, and the fp32 gradient of a norm
-    grad = max(act, 4 if down_adapted else 0)
-    if down_saved >= 0 and a.gate_up_fused and not a.num_experts:
-        # a fused gate_up: down's backward holds the product's gradient; then the chunk's backward concatenates
-        # the gate and up gradients (2i) while both halves live, after down's and act's saved tensors are freed
-        backward = max(incoming + t * i * grad, t * h * r + 4 * t * i * grad - down_saved - silu_out)
-    else:
-        backward = incoming + t * widest * grad
-    if down_saved >= 0:
-        # inside the gated product's backward (MulBackward): the product's gradient and those of both factors
-        # live at once, with one residual gradient; the down projection's saved tensors are already freed.
-        # MoE experts adapt weights, not activations, so their gradients stay in the activation dtype
-        rows, dtype = (t * max(1, a.experts_per_token), act) if a.num_experts else (t, grad)
-        backward = max(backward, t * h * r + 3 * rows * i * dtype - down_saved)
-    backward += score_transient
-    if a.num_experts:
-        # the MoE's own backward begins with the fp32 routing-weighted combine (the weights are fp32): the
-        # incoming residual gradient, the expanded gradient of the k outputs per token, and the zeros and
-        # index_put that undo the sort by expert, each routed tokens x hidden in fp32
-        backward = max(backward, t * h * r + 3 * t * max(1, a.experts_per_token) * h * 4)
-    return LayerActivations(
+        saved += b * arch.num_heads * s * FP32  # flash/efficient kernels keep the fp32 logsumexp
+    return saved + t * q * a  # the attention output (kept by the kernel's backward)
+
+
+def eager_scores_bytes(x: Step) -> int:
+    """Eager attention's transient scores while a layer runs: `b·heads·s²·(2a+4)` (none for sdpa/flash)."""
+    plan = x.plan
+    if plan.attn != "eager":
+        return 0
+    return plan.batch_size * x.arch.num_heads * plan.seq_len * plan.seq_len * (2 * x.p.act + FP32)
+
+
+def attention_half_bytes(x: Step) -> tuple[int, bool]:
+    """The attention half's saved bytes (first norm, q/k/v and o projections, attention), and whether q/k/v keep
+    their normed input."""
+    qkv = [lora_branch(x, leaf, x.h) for leaf in attention_leaves(x)]
+    o_proj = lora_branch(x, "o_proj", x.q)  # its input is the attention output (the kernel returns it heads-last)
+    saved = residual_norm_bytes(x) + sum(c.saved for c in qkv) + attention_bytes(x) + o_proj.saved
+    return saved, any(c.keeps_input for c in qkv)
+
+
+def first_layer_discount(x: Step) -> int:
+    """Without checkpointing PEFT never calls enable_input_require_grads, so layer 0's input needs no gradient: its
+    first norm and the dropout masks of its adapted attention projections `T·h·m` each are not kept.
+    Source: transformers Trainer / PEFT prepare_model_for_kbit_training (enable_input_require_grads), tracker dumps.
+    """
+    if x.full or x.plan.gradient_checkpointing:
+        return 0
+    masked = sum(1 for leaf in attention_leaves(x) if leaf in x.by_leaf) if x.plan.dropout > 0 else 0
+    return residual_norm_bytes(x) + masked * x.t * x.h * x.p.mask
+
+
+# --- MLPs --------------------------------------------------------------------------------------------------
+
+
+class GatedProduct(NamedTuple):
+    """What is freed before the backward of a gated MLP's product act(gate) · up."""
+
+    down_saved: int  # the down projection's saved tensors (and, for MoE, the output the routing weighting kept)
+    act_saved: int  # act(gate), freed before a fused gate_up chunk's backward
+
+
+class Mlp(NamedTuple):
+    """What one MLP keeps, and the moments its forward and backward add."""
+
+    saved: int
+    keeps_input: bool  # whether its input projections keep the normed input
+    forward_transient: int  # its unsaved intermediates while it runs (checkpointed forward)
+    product: GatedProduct | None = None  # None: no gated product (a dense MLP)
+    recompute_tail: int = 0  # what the running recompute still references as it ends inside down
+
+
+def dense_mlp(x: Step) -> Mlp:
+    """A dense MLP keeps fc1's output `T·i·a` (kept by the activation), and the activation's output `T·i·a` when fc2
+    keeps its input; transient `2·T·i·a`. Source: torch GELU/Linear autograd, tracker dumps.
+    """
+    t, i, a = x.t, x.i, x.p.act
+    up = [lora_branch(x, leaf, x.h) for leaf in ("fc1", "dense_h_to_4h")]
+    down = [lora_branch(x, leaf, i) for leaf in ("fc2", "dense_4h_to_h")]
+    saved = sum(c.saved for c in up + down) + t * i * a  # fc1's output, kept by the activation
+    if any(c.keeps_input for c in down):
+        saved += t * i * a
+    return Mlp(saved=saved, keeps_input=any(c.keeps_input for c in up), forward_transient=2 * t * i * a)
+
+
+def gated_mlp(x: Step) -> Mlp:
+    """A gated MLP keeps gate, up and act(gate) `3·T·i·a` (a fused gate_up the same `2i` output), and the product
+    `T·i·a` only when down keeps its input; transient `4·T·i·a`. Source: torch SiLU/mul autograd, tracker dumps.
+    """
+    t, i, a = x.t, x.i, x.p.act
+    leaves = ("gate_up_proj",) if x.arch.gate_up_fused else ("gate_proj", "up_proj")
+    up = [lora_branch(x, leaf, x.h) for leaf in leaves]
+    down = lora_branch(x, "down_proj", i)
+    down_saved = down.saved + (t * i * a if down.keeps_input else 0)  # the product, kept by a trained down
+    keeps_input = any(c.keeps_input for c in up)
+    return Mlp(
+        saved=sum(c.saved for c in up) + 3 * t * i * a + down_saved,
+        keeps_input=keeps_input,
+        forward_transient=4 * t * i * a,
+        product=GatedProduct(down_saved=down_saved, act_saved=t * i * a),
+        recompute_tail=recompute_tail_in_down(x, keeps_input, down.keeps_input),
+    )
+
+
+def moe_experts(x: Step) -> Mlp:
+    """MoE keeps the fp32 routing softmax `T·E·4` and, for the `T·k` routed rows, gate/up, act(gate) and the expert
+    output `T·k·(3i+h)·a`; experts whose weights need gradients also their inputs `T·k·(h+i)·a`; ParamWrapper-adapted
+    experts the folded weights `W + BA` and, for 16-bit weights, the LoRA factors cast to that dtype.
+    Source: transformers 5 grouped_mm experts, PEFT ParamWrapper, tracker dumps.
+    """
+    t, i, h, a = x.t, x.i, x.h, x.p.act
+    routed = t * x.k
+    experts = x.by_leaf.get("experts")
+    trained = x.full or experts is not None
+    saved = t * x.arch.num_experts * FP32  # fp32 routing softmax
+    saved += routed * (2 * i + i + h) * a  # gate/up output, act(gate), expert output (kept by the weighting)
+    if trained:
+        saved += routed * (h + i) * a  # experts whose weights need gradients keep their inputs
+    if experts is not None:
+        saved += folded_expert_bytes(x, experts)
+    # freed before the experts' gated-product backward: the product the down grouped_mm keeps when its weights
+    # need gradients, and the expert output the routing weighting kept
+    down_saved = (routed * i * a if trained else 0) + routed * h * a
+    return Mlp(
         saved=saved,
-        forward_transient=max(mlp_transient, score_transient),
-        backward_transient=backward,
-        # as recompute ends: the residual gradient, the norm's fp32 gradient and (16-bit stream) its cast back
-        recompute_transient=t * h * 4 + t * h * r + (t * h * r if r != 4 else 0) + tail,
-        layer_input=t * h * r,
-        head_saved=head_saved,
-        first_layer_discount=discount,
-        input_in_saved=input_in_saved,
+        keeps_input=x.full or x.by_leaf.get("gate") is not None,  # a trained router keeps the normed input
+        forward_transient=routed * (h + 2 * i) * a,
+        product=GatedProduct(down_saved=down_saved, act_saved=0),
+    )
+
+
+def folded_expert_bytes(x: Step, experts: Adapted) -> int:
+    """ParamWrapper materialises W + BA for every wrapped parameter, kept by the matmul; for 16-bit weights the
+    fold's baddbmm also keeps the fp32 LoRA factors cast to the weight dtype."""
+    a = x.p.act
+    saved = sum(math.prod(p.shape) for p in experts.group.params if p.name in experts.wrapped_params) * a
+    if a != FP32:
+        saved += sum(math.prod(shape) for shape in experts.shapes) * a
+    return saved
+
+
+def mlp(x: Step) -> Mlp:
+    if x.arch.num_experts:
+        return moe_experts(x)
+    return gated_mlp(x) if x.arch.mlp_gated else dense_mlp(x)
+
+
+# --- backward moments and the recompute's end ----------------------------------------------------------------
+
+
+def mlp_grad_bytes(x: Step) -> int:
+    """`g`: the MLP intermediate's gradient dtype, fp32 when an adapted down projection's LoRA branch carries it."""
+    down_adapted = x.full or any(leaf in x.by_leaf for leaf in DOWN_LEAVES)
+    return max(x.p.act, FP32 if down_adapted else 0)
+
+
+def down_backward_bytes(x: Step, width: int) -> int:
+    """Down's backward: the residual gradients in and out `2·T·h·a_res`, an fp32 gradient of the normed input `T·h·4`
+    and the gradient of the MLP intermediate `T·width·g`. Source: the tracker's backward dumps.
+    """
+    t, h = x.t, x.h
+    return 2 * t * h * x.p.residual + t * h * FP32 + t * width * mlp_grad_bytes(x)
+
+
+def widest_intermediate(x: Step) -> int:
+    """`i_w`, the widest MLP intermediate a gradient spans: `2i` for a fused gate_up, `k·i` routed rows for MoE."""
+    return (2 * x.i if x.arch.gate_up_fused else x.i) * (x.k if x.arch.num_experts else 1)
+
+
+def fused_chunk_backward_bytes(x: Step, product: GatedProduct) -> int:
+    """A fused gate_up's chunk backward concatenates the gate and up gradients (`2i`) while both halves live, after
+    down's and act's saved tensors are freed: `T·h·a_res + 4·T·i·g −` those. Source: the tracker's backward dumps.
+    """
+    t = x.t
+    return t * x.h * x.p.residual + 4 * t * x.i * mlp_grad_bytes(x) - product.down_saved - product.act_saved
+
+
+def gated_product_backward_bytes(x: Step, product: GatedProduct) -> int:
+    """Inside the gated product's backward (MulBackward) the product's gradient and both factors' live at once, with
+    one residual gradient, down's saved tensors already freed: `T·h·a_res + 3·T·i·g −` those; MoE experts adapt
+    weights, not activations, so theirs stay in the activation dtype: `3·T·k·i·a`. Source: tracker dumps.
+    """
+    rows, dtype = (x.t * x.k, x.p.act) if x.arch.num_experts else (x.t, mlp_grad_bytes(x))
+    return x.t * x.h * x.p.residual + 3 * rows * x.i * dtype - product.down_saved
+
+
+def moe_combine_backward_bytes(x: Step) -> int:
+    """The MoE's backward begins with the fp32 routing-weighted combine: the incoming residual gradient and, each
+    routed tokens × hidden in fp32, the expanded gradient of the k outputs and the zeros and index_put that undo the
+    sort by expert: `T·h·a_res + 3·T·k·h·4`. Source: transformers 5 MoE forward, tracker dumps.
+    """
+    return x.t * x.h * x.p.residual + 3 * x.t * x.k * x.h * FP32
+
+
+def backward_transient_bytes(x: Step, layer_mlp: Mlp) -> int:
+    """The largest backward moment of one layer, plus eager attention's scores (not in the MoE combine's moment)."""
+    product = layer_mlp.product
+    chunked = product is not None and x.arch.gate_up_fused and not x.arch.num_experts
+    # a fused gate_up: down's backward holds the product's gradient (i wide); the chunk is its own moment
+    moments = [down_backward_bytes(x, x.i if chunked else widest_intermediate(x))]
+    if product is not None:
+        if chunked:
+            moments.append(fused_chunk_backward_bytes(x, product))
+        moments.append(gated_product_backward_bytes(x, product))
+    peak = max(moments) + eager_scores_bytes(x)
+    if x.arch.num_experts:
+        peak = max(peak, moe_combine_backward_bytes(x))
+    return peak
+
+
+def recompute_tail_in_down(x: Step, mlp_keeps: bool, down_keeps: bool) -> int:
+    """A gated MLP's recompute ends inside the down projection: still referenced by the running forward are the
+    block's residual (unless the norm keeps it: then it is saved), the MLP's input (unless kept), the product (unless
+    down keeps it), the base output, and the fp32 cast of the input that dropout reads (without dropout lora_A saves
+    that cast, already counted; an fp32 input is not copied). Source: the tracker's recompute dumps.
+    """
+    t, h, i, a, a_res = x.t, x.h, x.i, x.p.act, x.p.residual
+    tail = (0 if norm_keeps_input(x, a_res) else t * h * a_res) + t * h * a + (0 if mlp_keeps else t * h * a)
+    tail += 0 if down_keeps else t * i * a
+    if "down_proj" in x.by_leaf and x.plan.dropout > 0 and a != FP32:
+        tail += t * i * FP32
+    return tail
+
+
+def recompute_end_bytes(x: Step, tail: int) -> int:
+    """As a checkpointed layer's recompute ends: the residual gradient, the norm's fp32 gradient and (16-bit stream)
+    its cast back `T·h·4 + T·h·a_res (+ T·h·a_res)`, plus what the recompute still references (`tail`).
+    """
+    t, h, a_res = x.t, x.h, x.p.residual
+    return t * h * FP32 + t * h * a_res + (t * h * a_res if a_res != FP32 else 0) + tail
+
+
+# --- one layer, the checkpointed layers, the logits --------------------------------------------------------------
+
+
+def layer_activations(model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adapted]) -> LayerActivations:
+    """Per-layer activation bytes for a micro-batch of plan.batch_size x plan.seq_len tokens (`by_leaf`: the
+    adapted groups in the decoder layers, `adapted_by_leaf`)."""
+    x = step(model, plan, by_leaf)
+    t, h, a_res = x.t, x.h, x.p.residual
+    attention, attention_keeps = attention_half_bytes(x)
+    second_norm = 0 if x.arch.parallel_block else residual_norm_bytes(x)
+    layer_mlp = mlp(x)
+    return LayerActivations(
+        saved=attention + second_norm + layer_mlp.saved + normed_input_bytes(x, attention_keeps, layer_mlp.keeps_input),
+        forward_transient=max(layer_mlp.forward_transient, eager_scores_bytes(x)),
+        backward_transient=backward_transient_bytes(x, layer_mlp),
+        recompute_transient=recompute_end_bytes(x, layer_mlp.recompute_tail),
+        layer_input=t * h * a_res,
+        head_saved=head_saved_bytes(x),
+        first_layer_discount=first_layer_discount(x),
+        input_in_saved=t * h * a_res if norm_keeps_input(x, a_res) else 0,
     )
 
 
@@ -267,13 +449,15 @@ def kept_layers(plan: TrainingPlan, num_layers: int) -> tuple[int, int]:
 
 
 def logits_bytes(model: ModelSpec, plan: TrainingPlan) -> tuple[int, int]:
-    """(forward, backward) bytes of the logits and cross-entropy at their peaks.
+    """logits_peak_bytes, (forward, backward) at their peaks.
 
-    Forward: logits (lm_head dtype), their fp32 upcast in the loss, and log_softmax's fp32 output.
-    Backward: the saved log_softmax, its incoming gradient and the fp32 gradient of the logits.
+    Forward: the logits (lm_head dtype, `a`), their fp32 upcast in the loss (skipped when the logits are already
+    fp32) and log_softmax's fp32 output: `T·V·(a + 4 + 4)`, or `8·T·V` when `a = 4` (QLoRA, fp32 models).
+    Backward: the saved log_softmax, its incoming gradient and the fp32 gradient of the logits: `12·T·V`.
+    Source: transformers ForCausalLMLoss (logits.float()), torch cross_entropy; measured with the tracker.
     """
     p = precision(plan)
     tv = plan.batch_size * plan.seq_len * model.arch.vocab_size
-    forward = tv * (p.logits + 4 + (4 if p.logits != 4 else 0))
-    backward = tv * 12
+    forward = tv * (p.logits + FP32 + (FP32 if p.logits != FP32 else 0))
+    backward = tv * 3 * FP32
     return forward, backward

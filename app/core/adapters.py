@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 from app.core.plan import ALL_LINEAR, TrainingPlan
 from app.core.spec import ModelSpec, ModuleGroup
@@ -19,6 +20,20 @@ MOE_PARAM_TARGETS = {
 FUSED_PARAMS = {"gate_up_proj"}
 
 
+class LoraKey(NamedTuple):
+    """The plan fields the adapters depend on (what PEFT's LoraConfig sees); hashable, so a cache key."""
+
+    uses_lora: bool
+    targets: tuple[str, ...] | Literal["all-linear"]
+    rank: int
+    dora: bool
+    dropout: bool  # dropout > 0: PEFT wraps the input in nn.Dropout
+
+
+def lora_key(plan: TrainingPlan) -> LoraKey:
+    return LoraKey(plan.uses_lora, plan.targets, plan.rank, plan.dora, plan.dropout > 0)
+
+
 @dataclass(frozen=True)
 class Adapted:
     """One adapted module group and the shapes of the adapter tensors one instance gets."""
@@ -32,21 +47,21 @@ class Adapted:
         return self.group.count * sum(math.prod(s) for s in self.shapes)
 
 
-def _linear(group: ModuleGroup, plan: TrainingPlan) -> Adapted:
-    r = plan.rank
+def _linear(group: ModuleGroup, lora: LoraKey) -> Adapted:
+    r = lora.rank
     # LoRA: A is r x in_features, B is out_features x r (embeddings: A r x vocab, B dim x r); DoRA: one magnitude per output
-    shapes = [(r, group.in_features), (group.out_features, r)] + ([(group.out_features,)] if plan.dora else [])
+    shapes = [(r, group.in_features), (group.out_features, r)] + ([(group.out_features,)] if lora.dora else [])
     return Adapted(group=group, shapes=tuple(shapes))
 
 
-def _wrapped(group: ModuleGroup, names: set[str], plan: TrainingPlan) -> Adapted:
+def _wrapped(group: ModuleGroup, names: set[str], lora: LoraKey) -> Adapted:
     """PEFT ParamWrapper on 2-D (router) or 3-D (experts, E x out x in) parameters: A (r*E, in), B (out, r*E)."""
-    if plan.dropout > 0:
+    if lora.dropout:
         raise PlanError(
             f"PEFT cannot apply LoRA dropout to {group.name} ({group.cls}, adapted through ParamWrapper): "
             "set dropout to 0, or target the attention projections only"
         )
-    if plan.dora:
+    if lora.dora:
         raise PlanError(
             f"PEFT's ParamWrapper on {group.name} does not support DoRA: turn DoRA off or target attention only"
         )
@@ -56,7 +71,7 @@ def _wrapped(group: ModuleGroup, names: set[str], plan: TrainingPlan) -> Adapted
         if p.name not in names:
             continue
         experts, out_f, in_f = p.shape if len(p.shape) == 3 else (1, *p.shape)
-        r = plan.rank * (2 if p.name in FUSED_PARAMS else 1) * experts
+        r = lora.rank * (2 if p.name in FUSED_PARAMS else 1) * experts
         shapes += [(r, in_f), (out_f, r)]
         wrapped.append(p.name)
     return Adapted(group=group, shapes=tuple(shapes), wrapped_params=tuple(wrapped))
@@ -70,19 +85,25 @@ def _matches(group: ModuleGroup, target: str) -> bool:
 
 def adapted_groups(model: ModelSpec, plan: TrainingPlan) -> tuple[list[Adapted], list[str]]:
     """The module groups LoRA wraps, and notes (e.g. targets that matched nothing)."""
-    if not plan.uses_lora:
-        return [], []
+    adapted, notes = adapted_modules(model, lora_key(plan))
+    return list(adapted), list(notes)
+
+
+def adapted_modules(model: ModelSpec, lora: LoraKey) -> tuple[tuple[Adapted, ...], tuple[str, ...]]:
+    """adapted_groups for the plan's LoRA fields only: the module groups LoRA wraps, and notes."""
+    if not lora.uses_lora:
+        return (), ()
     notes: list[str] = []
     moe = MOE_PARAM_TARGETS.get(model.arch.model_type, {})
     wrapped: dict[str, set[str]] = {}  # group name -> parameter names PEFT wraps
-    if plan.targets == ALL_LINEAR:
+    if lora.targets == ALL_LINEAR:
         # PEFT's all-linear: every nn.Linear/Conv1D except the output embedding (+ fused MoE parameters)
         chosen = [g for g in model.groups if g.peft_linear and not g.output_layer]
         requested = set(moe)
     else:
-        requested = {t for t in plan.targets if t in moe}
+        requested = {t for t in lora.targets if t in moe}
         chosen = []
-        for target in plan.targets:
+        for target in lora.targets:
             if target in moe:
                 continue
             hits = [g for g in model.groups if _matches(g, target)]
@@ -103,9 +124,9 @@ def adapted_groups(model: ModelSpec, plan: TrainingPlan) -> tuple[list[Adapted],
                 if param == "weight" and g.leaf != target:
                     continue
                 wrapped.setdefault(g.name, set()).add(param)
-    if plan.targets != ALL_LINEAR and not chosen and not wrapped:
+    if lora.targets != ALL_LINEAR and not chosen and not wrapped:
         linear = sorted({g.leaf for g in model.groups if g.peft_linear})
-        raise PlanError(f"none of the targets {list(plan.targets)} exist in {model.id}; its linear layers are {linear}")
-    adapted = [_linear(g, plan) for g in chosen]
-    adapted += [_wrapped(g, wrapped[g.name], plan) for g in model.groups if g.name in wrapped]
-    return adapted, notes
+        raise PlanError(f"none of the targets {list(lora.targets)} exist in {model.id}; its linear layers are {linear}")
+    adapted = [_linear(g, lora) for g in chosen]
+    adapted += [_wrapped(g, wrapped[g.name], lora) for g in model.groups if g.name in wrapped]
+    return tuple(adapted), tuple(notes)

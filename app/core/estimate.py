@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
-from app.core.activations import kept_layers, layer_activations, logits_bytes
-from app.core.adapters import Adapted, adapted_groups
+from app.core.activations import LayerActivations, kept_layers, layer_activations, logits_bytes
+from app.core.adapters import lora_key
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
-from app.core.result import Category, Estimate, Params, Phase, Term
+from app.core.result import Category, Estimate, Params, PhasePeak, Term
 from app.core.spec import ModelSpec
-from app.core.tensors import Inventory, Split, base_key, inventory
+from app.core.tensors import Inventory, LayerSplit, PlanTensors, base_key, plan_tensors
+from app.core.units import BF16, FP16, FP32, MIB
 from app.errors import PlanError
 
-MIB = 1024 * 1024
 # cuBLAS workspace torch allocates through the caching allocator on Hopper (CUBLAS_WORKSPACE_CONFIG :4096:8)
 CUBLAS_WORKSPACE_BYTES = 32 * MIB
 # CUDA context, kernel images and library handles: outside the allocator, seen by nvidia-smi
@@ -21,43 +23,6 @@ CUDA_CONTEXT_BYTES = 512 * MIB
 # Caching-allocator blocks kept reserved beyond the live peak (fragmentation); first-principles share
 ALLOCATOR_FRAGMENTATION = 0.05
 SEGMENT = 2 * MIB
-
-
-_term = Term
-_phase = Phase
-
-
-def _check(plan: TrainingPlan) -> None:
-    if plan.device == "cpu":
-        if plan.optimizer not in ("adamw", "sgd", "adafactor"):
-            raise PlanError(
-                f"the CPU reference cannot run {plan.optimizer} (bitsandbytes paged/8-bit optimizers need CUDA); use adamw, sgd or adafactor"
-            )
-        if plan.attn == "flash_attention_2":
-            raise PlanError("flash_attention_2 needs CUDA: use sdpa or eager with device cpu")
-        if plan.gpus != 1:
-            raise PlanError("the CPU reference models one device: set gpus to 1")
-
-
-# (adapted groups, notes, inventory) depend on the model and the plan's precision/adapter fields only
-_TENSOR_CACHE: dict[tuple[object, ...], tuple[list[Adapted], list[str], Inventory]] = {}
-
-
-def _tensors(model: ModelSpec, plan: TrainingPlan) -> tuple[list[Adapted], list[str], Inventory]:
-    key = (*base_key(model, plan), plan.targets, plan.rank, plan.dora, plan.dropout > 0)
-    hit = _TENSOR_CACHE.get(key)
-    if hit is None:
-        if len(_TENSOR_CACHE) >= 1024:
-            _TENSOR_CACHE.clear()
-        adapted, notes = adapted_groups(model, plan)
-        hit = _TENSOR_CACHE[key] = (adapted, notes, inventory(model, plan, adapted))
-    return hit
-
-
-def _share(split: Split, frac: float, div: int = 1) -> int:
-    """Bytes of a split on the worst GPU: a fraction of the layers plus all the rest, over `div` shards."""
-    return math.ceil((split.layers * frac + split.other) / div)
-
 
 # One line per memory term: (category, note); a term's unit is always bytes.
 NOTES: dict[str, tuple[Category, str]] = {
@@ -86,127 +51,292 @@ NOTES: dict[str, tuple[Category, str]] = {
 
 
 def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
-    """Peak memory of one fine-tuning step of `plan` on `model`, per GPU, with its breakdown."""
+    """Peak memory of one fine-tuning step of `plan` on `model`, per GPU, with its breakdown.
+
+    Each phase of the step is the largest of its moments (`PHASES`); the largest phase is the peak, and the terms
+    of its moment are the breakdown, followed by the overheads outside the live tensors.
+    """
     _check(plan)
-    adapted, adapter_notes, inv = _tensors(model, plan)
-    notes = [*model.notes, *adapter_notes, *_stack_notes(model, plan)]
-    layer = layer_activations(model, plan, {a.group.name: a for a in adapted}, inv.quantized)
-    n_layers = model.arch.num_layers
-    n, sharding = plan.gpus, plan.sharding
-
-    # worst GPU's share of decoder layers: split by layers (naive model parallel), else all layers
-    split_layers = sharding == "none" and n > 1
-    frac = ceil_div(n_layers, n) / n_layers if split_layers else 1.0
-    gpu_layers = ceil_div(n_layers, n) if split_layers else n_layers
-    shard_params = n if sharding in ("fsdp", "zero3") else 1
-    shard_states = n if sharding in ("fsdp", "zero2", "zero3") else 1
-
-    weights = _share(inv.base, frac, shard_params)
-    adapters = _share(inv.adapters, frac, shard_params)
-    grads = _share(inv.grads, frac, shard_states)
-    states = _share(inv.states, frac, shard_states)
-    paged = math.ceil(inv.paged_states * frac / shard_states)
-    master = 0
-    if sharding in ("zero2", "zero3") and inv.trainable_dtype == 2:
-        master = math.ceil(inv.trainable_params * 4 * frac / shard_states)  # DeepSpeed keeps fp32 master weights
-    offloaded = 0
-    if plan.offload:
-        offloaded = states + master + paged
-        states = master = paged = 0
-        if sharding in ("fsdp", "zero3"):
-            offloaded += weights
-            weights = 0
-    gather = 2 * inv.largest_layer_weights if sharding in ("fsdp", "zero3") else 0
-    ddp_buckets = grads if sharding == "ddp" and n > 1 else 0
-    foreach = math.ceil(inv.foreach_temp * frac / shard_states) if not plan.offload else 0
-    # gradients of every layer but the one being backpropagated (the end of backward)
-    late_grads = grads - math.ceil(inv.grads.layers * frac / shard_states / max(1, gpu_layers))
-    head_grads = math.ceil(inv.grads.other / shard_states)  # lm_head's gradient exists from the start of backward
-
-    if plan.gradient_checkpointing:
-        kept, recomputed = kept_layers(plan, gpu_layers)
-        acts = kept * layer.layer_input + layer.head_saved
-        acts_at_end = layer.layer_input  # only layer 0's input is still kept
-        # the recomputed layers' inputs are the checkpointed ones, already in acts
-        recomputed_saved = recomputed * (layer.saved - layer.input_in_saved)
-        layer_peak = recomputed_saved + max(layer.backward_transient, layer.recompute_transient)
-    else:
-        acts = gpu_layers * layer.saved + layer.head_saved - layer.first_layer_discount
-        acts_at_end = layer.saved - layer.first_layer_discount
-        layer_peak = layer.backward_transient
-    logits_fwd, logits_bwd = logits_bytes(model, plan)
-    dequant = inv.largest_dequant + (inv.largest_dequant // 2 if plan.method == "qlora" and plan.quant == "int8" else 0)
-
-    base = {"base_weight_bytes": weights, "lora_adapter_bytes": adapters}
-    persistent = {
-        **base,
-        "optimizer_state_bytes": states,
-        "master_weight_bytes": master,
-        "allgather_buffer_bytes": gather,
-    }
-    layer_fwd = {"layer_transient_bytes": layer.forward_transient, "dequant_transient_bytes": dequant}
-    layer_bwd = {"layer_transient_bytes": layer_peak, "dequant_transient_bytes": dequant}
-    candidates: dict[str, list[dict[str, int]]] = {
-        "load": [base],
-        "forward": [
-            {**persistent, "activation_bytes": acts, "logits_peak_bytes": logits_fwd},
-            {**persistent, "activation_bytes": acts, **layer_fwd},
-        ],
-        "backward": [
-            {
-                **persistent,
-                "activation_bytes": acts,
-                "logits_peak_bytes": logits_bwd,
-                "ddp_bucket_bytes": ddp_buckets,
-            },
-            {
-                **persistent,
-                "activation_bytes": acts - layer.head_saved,  # the final norm's backward has run and freed it
-                "gradient_bytes": head_grads,
-                **layer_bwd,
-                "ddp_bucket_bytes": ddp_buckets,
-            },
-            {
-                **persistent,
-                "activation_bytes": acts_at_end,
-                "gradient_bytes": late_grads,
-                **layer_bwd,
-                "ddp_bucket_bytes": ddp_buckets,
-            },
-        ],
-        "optimizer": [
-            {
-                **persistent,
-                "gradient_bytes": grads,
-                "ddp_bucket_bytes": ddp_buckets,
-                "optimizer_temp_bytes": max(foreach, inv.step_temp),
-            },
-        ],
-    }
-    chosen = {name: max(options, key=lambda c: sum(c.values())) for name, options in candidates.items()}
-    phases = tuple(_phase(name=name, bytes=sum(c.values())) for name, c in chosen.items())
+    tensors = plan_tensors(model, base_key(plan), lora_key(plan))
+    terms = step_terms(model, plan, tensors)
+    held = persistent_terms(terms)
+    chosen = {name: max(moments(terms, held), key=lambda m: sum(m.values())) for name, moments in PHASES.items()}
+    phases = tuple(PhasePeak(name=name, bytes=sum(m.values())) for name, m in chosen.items())
     peak = max(phases, key=lambda ph: ph.bytes)
-    terms = [
-        _term(term=k, bytes=v, category=NOTES[k][0], note=_note(k, plan)) for k, v in chosen[peak.name].items() if v
+    breakdown = [
+        Term(term=k, bytes=v, category=NOTES[k][0], note=_note(k, plan)) for k, v in chosen[peak.name].items() if v
     ]
-    terms += _overheads(plan, sum(t.bytes for t in terms), paged, offloaded)
-    if model.published_params is not None and model.published_params != model.num_params:
-        notes.append(
-            f"the Hub reports {model.published_params:,} parameters; the inventory counts {model.num_params:,}"
-        )
+    breakdown += overheads(plan, sum(t.bytes for t in breakdown), terms.resident.paged)
+    inv = tensors.inventory
     return Estimate(
         model=model.id,
         revision=model.revision,
         plan=plan,
         params=Params(base=model.num_params, trainable=inv.trainable_params),
-        breakdown=tuple(terms),
+        breakdown=tuple(breakdown),
         phases=phases,
         peak_phase=peak.name,
         double_quant_saving_bytes=inv.double_quant_saving
         if plan.quant in ("nf4", "fp4") and plan.double_quant
         else None,
-        notes=tuple(notes),
+        offloaded_bytes=terms.resident.offloaded,
+        notes=tuple(_notes(model, plan, tensors, terms.resident.offloaded)),
     )
+
+
+def _check(plan: TrainingPlan) -> None:
+    if plan.device == "cpu":
+        if plan.optimizer not in ("adamw", "sgd", "adafactor"):
+            raise PlanError(
+                f"the CPU reference cannot run {plan.optimizer} (bitsandbytes paged/8-bit optimizers need CUDA); use adamw, sgd or adafactor"
+            )
+        if plan.attn == "flash_attention_2":
+            raise PlanError("flash_attention_2 needs CUDA: use sdpa or eager with device cpu")
+        if plan.gpus != 1:
+            raise PlanError("the CPU reference models one device: set gpus to 1")
+
+
+# --- the worst GPU's share ------------------------------------------------------------------------------------
+
+
+class GpuShare(NamedTuple):
+    """How much of the model the worst GPU holds under the plan's multi-GPU layout."""
+
+    layer_fraction: float  # of the decoder layers' bytes
+    layers: int  # decoder layers it runs
+    param_shards: int  # weights are divided by this (zero3/fsdp)
+    state_shards: int  # gradients and optimizer states are divided by this (zero2/zero3/fsdp)
+
+
+def gpu_share(plan: TrainingPlan, num_layers: int) -> GpuShare:
+    """`none` with several GPUs splits layers across GPUs (the worst GPU holds `⌈L/n⌉` layers plus embeddings/head);
+    `ddp` replicates; `zero2` shards gradients and optimizer states; `zero3`/`fsdp` also shard weights.
+    """
+    n, sharding = plan.gpus, plan.sharding
+    split_layers = sharding == "none" and n > 1  # naive model parallel
+    return GpuShare(
+        layer_fraction=ceil_div(num_layers, n) / num_layers if split_layers else 1.0,
+        layers=ceil_div(num_layers, n) if split_layers else num_layers,
+        param_shards=n if sharding in ("fsdp", "zero3") else 1,
+        state_shards=n if sharding in ("fsdp", "zero2", "zero3") else 1,
+    )
+
+
+def share_bytes(split: LayerSplit, share: GpuShare, shards: int) -> int:
+    """Bytes of a split on the worst GPU: its fraction of the layers plus all the rest, over `shards`."""
+    return math.ceil((split.layers * share.layer_fraction + split.other) / shards)
+
+
+class Resident(NamedTuple):
+    """The persistent tensors on the worst GPU, and what offload keeps in host RAM instead."""
+
+    weights: int
+    adapters: int
+    grads: int
+    states: int
+    paged: int
+    master: int
+    offloaded: int
+
+
+def resident_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> Resident:
+    """Weights, adapters, gradients and states on the worst GPU; `--offload` moves the states (and zero3/fsdp
+    weights) to host RAM. Source: DeepSpeed ZeRO / torch FSDP partitioning, DeepSpeed offload_optimizer/param.
+    """
+    weights = share_bytes(inv.base, share, share.param_shards)
+    adapters = share_bytes(inv.adapters, share, share.param_shards)
+    grads = share_bytes(inv.grads, share, share.state_shards)
+    states = share_bytes(inv.states, share, share.state_shards)
+    paged = math.ceil(inv.paged_states * share.layer_fraction / share.state_shards)
+    master = master_weight_bytes(inv, plan, share)
+    if not plan.offload:
+        return Resident(weights, adapters, grads, states, paged, master, offloaded=0)
+    host_weights = weights if plan.sharding in ("fsdp", "zero3") else 0
+    return Resident(weights - host_weights, adapters, grads, 0, 0, 0, offloaded=states + master + paged + host_weights)
+
+
+def master_weight_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> int:
+    """ZeRO-2/3 with 16-bit weights keep fp32 masters (`4 × trainable / gpus`). Source: DeepSpeed's fp32 partitions."""
+    if plan.sharding in ("zero2", "zero3") and inv.trainable_dtype in (BF16, FP16):
+        return math.ceil(inv.trainable_params * FP32 * share.layer_fraction / share.state_shards)
+    return 0
+
+
+def allgather_buffer_bytes(inv: Inventory, plan: TrainingPlan) -> int:
+    """FSDP/ZeRO-3: two decoder layers gathered unsharded (current + prefetch)."""
+    return 2 * inv.largest_layer_weights if plan.sharding in ("fsdp", "zero3") else 0
+
+
+def ddp_bucket_bytes(plan: TrainingPlan, grads: int) -> int:
+    """DDP keeps a flat bucket copy of the gradients. Source: torch DistributedDataParallel's gradient buckets."""
+    return grads if plan.sharding == "ddp" and plan.gpus > 1 else 0
+
+
+def backward_gradient_bytes(inv: Inventory, grads: int, share: GpuShare) -> tuple[int, int]:
+    """gradient_bytes in backward: (lm_head's, from the start; all but the current layer's, at the end)."""
+    head = math.ceil(inv.grads.other / share.state_shards)
+    current_layer = math.ceil(inv.grads.layers * share.layer_fraction / share.state_shards / max(1, share.layers))
+    return head, grads - current_layer
+
+
+def optimizer_temp_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> int:
+    """foreach AdamW materialises `sqrt(exp_avg_sq)` for every parameter at once (not with offload: the step runs
+    on the host); Adafactor: 3 fp32 copies of the largest parameter. Source: torch _multi_tensor_adamw."""
+    foreach = math.ceil(inv.foreach_temp * share.layer_fraction / share.state_shards) if not plan.offload else 0
+    return max(foreach, inv.step_temp)
+
+
+def dequant_transient_bytes(inv: Inventory, plan: TrainingPlan) -> int:
+    """bitsandbytes dequantizes a weight to the compute dtype for its backward matmul: the widest quantized weight,
+    `out × in × c` (int8: `1.5 ×` that, a first-principles allowance). Source: bitsandbytes MatMul4Bit.backward."""
+    int8 = plan.method == "qlora" and plan.quant == "int8"
+    return inv.largest_dequant + (inv.largest_dequant // 2 if int8 else 0)
+
+
+# --- activations kept ------------------------------------------------------------------------------------------
+
+
+def activation_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int) -> tuple[int, int]:
+    """activation_bytes (through backward, and at its end). With checkpointing (transformers, non-reentrant): each
+    kept layer's input `T·h·a_res` + the final norm, and at the end only layer 0's input; without: `L ×` what
+    autograd keeps per layer + the final norm − what layer 0 does not keep, and at the end layer 0's.
+    """
+    if plan.gradient_checkpointing:
+        kept, _ = kept_layers(plan, layers)
+        return kept * layer.layer_input + layer.head_saved, layer.layer_input
+    return (
+        layers * layer.saved + layer.head_saved - layer.first_layer_discount,
+        layer.saved - layer.first_layer_discount,
+    )
+
+
+def backward_layer_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int) -> int:
+    """layer_transient_bytes in backward: with checkpointing the recomputed layers' saved set (their inputs are the
+    checkpointed ones, counted once) plus the larger of the backward moments and the recompute's end; without, the
+    backward moments alone.
+    """
+    if not plan.gradient_checkpointing:
+        return layer.backward_transient
+    _, recomputed = kept_layers(plan, layers)
+    recomputed_saved = recomputed * (layer.saved - layer.input_in_saved)
+    return recomputed_saved + max(layer.backward_transient, layer.recompute_transient)
+
+
+# --- the step's moments ----------------------------------------------------------------------------------------
+
+
+class StepTerms(NamedTuple):
+    """Every term's bytes on the worst GPU, before the phases pick their moments."""
+
+    resident: Resident
+    allgather: int
+    activations: int
+    activations_at_end: int
+    head_saved: int
+    logits_forward: int
+    logits_backward: int
+    layer_forward: int
+    layer_backward: int
+    dequant: int
+    ddp_buckets: int
+    head_grads: int
+    late_grads: int
+    optimizer_temp: int
+
+
+def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> StepTerms:
+    inv = tensors.inventory
+    layer = layer_activations(model, plan, tensors.by_leaf)
+    share = gpu_share(plan, model.arch.num_layers)
+    resident = resident_bytes(inv, plan, share)
+    acts, acts_at_end = activation_bytes(layer, plan, share.layers)
+    logits_forward, logits_backward = logits_bytes(model, plan)
+    head_grads, late_grads = backward_gradient_bytes(inv, resident.grads, share)
+    return StepTerms(
+        resident=resident,
+        allgather=allgather_buffer_bytes(inv, plan),
+        activations=acts,
+        activations_at_end=acts_at_end,
+        head_saved=layer.head_saved,
+        logits_forward=logits_forward,
+        logits_backward=logits_backward,
+        layer_forward=layer.forward_transient,
+        layer_backward=backward_layer_bytes(layer, plan, share.layers),
+        dequant=dequant_transient_bytes(inv, plan),
+        ddp_buckets=ddp_bucket_bytes(plan, resident.grads),
+        head_grads=head_grads,
+        late_grads=late_grads,
+        optimizer_temp=optimizer_temp_bytes(inv, plan, share),
+    )
+
+
+Moment = dict[str, int]
+
+
+def loaded_terms(s: StepTerms) -> Moment:
+    """The model as loaded: base weights and adapters."""
+    return {"base_weight_bytes": s.resident.weights, "lora_adapter_bytes": s.resident.adapters}
+
+
+def persistent_terms(s: StepTerms) -> Moment:
+    """What every training moment holds: weights, adapters, optimizer states, masters and gathered layers."""
+    return {
+        **loaded_terms(s),
+        "optimizer_state_bytes": s.resident.states,
+        "master_weight_bytes": s.resident.master,
+        "allgather_buffer_bytes": s.allgather,
+    }
+
+
+def load_moments(s: StepTerms, held: Moment) -> list[Moment]:
+    """load: the model as loaded, before any optimizer state exists."""
+    return [loaded_terms(s)]
+
+
+def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
+    """forward: the logits and loss at the end, or a layer running with its intermediates (`held`: the
+    persistent terms)."""
+    kept = {**held, "activation_bytes": s.activations}
+    return [
+        {**kept, "logits_peak_bytes": s.logits_forward},
+        {**kept, "layer_transient_bytes": s.layer_forward, "dequant_transient_bytes": s.dequant},
+    ]
+
+
+def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
+    """backward: the loss's backward, the last layer's (the final norm's saved tensors freed, lm_head's gradient
+    made) and the first layer's (every other layer's gradient made, only layer 0's activations left)."""
+    layer = {"layer_transient_bytes": s.layer_backward, "dequant_transient_bytes": s.dequant}
+    ddp = {"ddp_bucket_bytes": s.ddp_buckets}
+    return [
+        {**held, "activation_bytes": s.activations, "logits_peak_bytes": s.logits_backward, **ddp},
+        {
+            **held,
+            "activation_bytes": s.activations - s.head_saved,  # the final norm's backward has run and freed it
+            "gradient_bytes": s.head_grads,
+            **layer,
+            **ddp,
+        },
+        {**held, "activation_bytes": s.activations_at_end, "gradient_bytes": s.late_grads, **layer, **ddp},
+    ]
+
+
+def optimizer_moments(s: StepTerms, held: Moment) -> list[Moment]:
+    """optimizer: every gradient, the states and the step's temporaries."""
+    grads = {"gradient_bytes": s.resident.grads, "ddp_bucket_bytes": s.ddp_buckets}
+    return [{**held, **grads, "optimizer_temp_bytes": s.optimizer_temp}]
+
+
+# Each phase's candidate moments, from the step's terms and the terms every training moment holds.
+PHASES: dict[str, Callable[[StepTerms, Moment], list[Moment]]] = {
+    "load": load_moments,
+    "forward": forward_moments,
+    "backward": backward_moments,
+    "optimizer": optimizer_moments,
+}
+
+
+# --- notes and overheads ---------------------------------------------------------------------------------------
 
 
 def _note(term: str, plan: TrainingPlan) -> str:
@@ -222,6 +352,17 @@ def _note(term: str, plan: TrainingPlan) -> str:
     if term == "activation_bytes" and plan.gradient_checkpointing:
         return f"{note} (checkpointed layer inputs)"
     return note
+
+
+def _notes(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, offloaded: int) -> list[str]:
+    notes = [*model.notes, *tensors.notes, *_stack_notes(model, plan)]
+    if model.published_params is not None and model.published_params != model.num_params:
+        notes.append(
+            f"the Hub reports {model.published_params:,} parameters; the inventory counts {model.num_params:,}"
+        )
+    if offloaded:
+        notes.append(f"{offloaded:,} bytes of states/weights live in host RAM (offload); not on the GPU")
+    return notes
 
 
 def _stack_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
@@ -242,55 +383,42 @@ def _stack_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
     return notes
 
 
-def _overheads(plan: TrainingPlan, allocated: int, paged: int, offloaded: int) -> list[Term]:
-    """Terms outside the live tensors: CUDA workspace, allocator cache, context, paged and offloaded states."""
-    t: list[Term] = []
-    if plan.device == "cuda":
-        t.append(
-            _term(
-                term="cublas_workspace_bytes",
-                bytes=CUBLAS_WORKSPACE_BYTES,
-                category="overhead",
-                note="cuBLAS workspace, allocated through the caching allocator",
-            )
-        )
-        frag = math.ceil((allocated + CUBLAS_WORKSPACE_BYTES) * ALLOCATOR_FRAGMENTATION / SEGMENT) * SEGMENT
-        t.append(
-            _term(
-                term="allocator_cache_bytes",
-                bytes=frag,
-                category="overhead",
-                counted="reserved",
-                note=f"caching-allocator fragmentation ({ALLOCATOR_FRAGMENTATION:.0%} of allocated, 2 MiB segments)",
-            )
-        )
-        t.append(
-            _term(
-                term="cuda_context_bytes",
-                bytes=CUDA_CONTEXT_BYTES,
-                category="overhead",
-                counted="device",
-                note="CUDA context, kernels and library handles (outside the allocator)",
-            )
-        )
-        if paged:
-            t.append(
-                _term(
-                    term="paged_optimizer_state_bytes",
-                    bytes=paged,
-                    category="optimizer",
-                    counted="device",
-                    evictable=True,
-                    note="paged optimizer states in unified memory; evicted to host RAM under pressure",
-                )
-            )
-    if offloaded:
-        t.append(
-            _term(
-                term="offloaded_bytes",
-                bytes=0,
-                category="optimizer",
-                note=f"{offloaded:,} bytes of states/weights live in host RAM (offload); not on the GPU",
-            )
-        )
-    return t
+def overheads(plan: TrainingPlan, allocated: int, paged: int) -> list[Term]:
+    """Terms outside the live tensors (CUDA only): cuBLAS workspace, allocator cache, context and paged states."""
+    if plan.device != "cuda":
+        return []
+    terms = [cublas_workspace_term(), allocator_cache_term(allocated), cuda_context_term()]
+    return terms + ([paged_optimizer_state_term(paged)] if paged else [])
+
+
+def cublas_workspace_term() -> Term:
+    """32 MiB cuBLAS workspace through the caching allocator (CUDA only)."""
+    note = "cuBLAS workspace, allocated through the caching allocator"
+    return Term(term="cublas_workspace_bytes", bytes=CUBLAS_WORKSPACE_BYTES, category="overhead", note=note)
+
+
+def allocator_cache_term(allocated: int) -> Term:
+    """Reserved beyond allocated: 5 % of allocated in 2 MiB segments (first-principles until GPU calibration
+    measures `max_memory_reserved`)."""
+    frag = math.ceil((allocated + CUBLAS_WORKSPACE_BYTES) * ALLOCATOR_FRAGMENTATION / SEGMENT) * SEGMENT
+    note = f"caching-allocator fragmentation ({ALLOCATOR_FRAGMENTATION:.0%} of allocated, 2 MiB segments)"
+    return Term(term="allocator_cache_bytes", bytes=frag, category="overhead", counted="reserved", note=note)
+
+
+def cuda_context_term() -> Term:
+    """512 MiB context, kernels and handles outside the allocator (nvidia-smi only)."""
+    note = "CUDA context, kernels and library handles (outside the allocator)"
+    return Term(term="cuda_context_bytes", bytes=CUDA_CONTEXT_BYTES, category="overhead", counted="device", note=note)
+
+
+def paged_optimizer_state_term(paged: int) -> Term:
+    """Paged optimizers page tensors ≥ 1e5 elements into unified memory: outside `max_memory_allocated`, evictable,
+    counted in device bytes. Source: bitsandbytes paged optimizers (cudaMallocManaged)."""
+    return Term(
+        term="paged_optimizer_state_bytes",
+        bytes=paged,
+        category="optimizer",
+        counted="device",
+        evictable=True,
+        note="paged optimizer states in unified memory; evicted to host RAM under pressure",
+    )

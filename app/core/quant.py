@@ -1,10 +1,10 @@
-"""Bytes of bitsandbytes-quantized weights, exact to the byte, and of dtypes and allocator blocks."""
+"""Bytes of bitsandbytes-quantized weights, exact to the byte, and of caching-allocator blocks."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+from app.core.units import FP32, UINT8
 
 # The CUDA caching allocator hands out blocks in multiples of 512 bytes; max_memory_allocated counts blocks.
 ALLOC_BLOCK = 512
@@ -15,8 +15,8 @@ NF4_BLOCK = 64
 NESTED_BLOCK = 256
 # Code tables bitsandbytes keeps per quantized weight: 16 fp32 values for NF4/FP4, and with double quant
 # a private copy (quantize_blockwise: code.to(device, copy=True)) of the 256-entry fp32 dynamic map.
-CODE4_BYTES = 16 * 4
-DYNAMIC_MAP_BYTES = 256 * 4
+CODE4_BYTES = 16 * FP32
+DYNAMIC_MAP_BYTES = 256 * FP32
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -38,13 +38,13 @@ def quantized_weight_tensors(
     int8 data + one fp32 scale per output row (SCB).
     """
     if quant == "int8":
-        return [numel, rows * 4]
+        return [numel * UINT8, rows * FP32]
     blocks = ceil_div(numel, NF4_BLOCK)
-    tensors = [ceil_div(numel, 2), CODE4_BYTES]
+    tensors = [ceil_div(numel, 2) * UINT8, CODE4_BYTES]  # two 4-bit weights per byte
     if double_quant:
-        tensors += [blocks, ceil_div(blocks, NESTED_BLOCK) * 4, 4, DYNAMIC_MAP_BYTES]
+        tensors += [blocks * UINT8, ceil_div(blocks, NESTED_BLOCK) * FP32, FP32, DYNAMIC_MAP_BYTES]
     else:
-        tensors += [blocks * 4]
+        tensors += [blocks * FP32]
     return tensors
 
 

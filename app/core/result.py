@@ -27,8 +27,8 @@ class Term(BaseModel):
     evictable: bool = Field(False, description="Paged (unified) memory the driver may move to host RAM under pressure.")
 
 
-class Phase(BaseModel):
-    """Bytes allocated at the high point of one phase of a training step."""
+class PhasePeak(BaseModel):
+    """Bytes allocated at the high point of one phase of a training step (load, forward, backward, optimizer)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -58,10 +58,16 @@ class Estimate(BaseModel):
     plan: TrainingPlan
     params: Params
     breakdown: tuple[Term, ...]
-    phases: tuple[Phase, ...]
+    phases: tuple[PhasePeak, ...]
     peak_phase: str
     double_quant_saving_bytes: int | None = Field(
         None, description="Bytes double quantization saves against single quantization (4-bit plans only)."
+    )
+    offloaded_bytes: int = Field(
+        0,
+        ge=0,
+        description="Bytes kept in host RAM instead of on a GPU (offload: optimizer states, and zero3/fsdp weights); "
+        "part of no device total.",
     )
     notes: tuple[str, ...] = ()
 

@@ -113,6 +113,11 @@ class ModelSpec(BaseModel):
         (), description="What the resolver wants the user to know (e.g. remote code not run)."
     )
 
+    def __hash__(self) -> int:
+        # specs key the core's caches: hash what identifies the inventory (pydantic's default hashes every
+        # module group, ~10 us a call); equality stays pydantic's field-by-field comparison
+        return hash((self.id, self.config_hash))
+
     @computed_field  # type: ignore[prop-decorator]
     @cached_property
     def num_params(self) -> int:

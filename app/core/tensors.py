@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import NamedTuple
 
-from app.core.adapters import Adapted
-from app.core.plan import TrainingPlan
-from app.core.quant import DTYPE_BYTES, quantized_weight_allocated, quantized_weight_bytes, rounded
+from app.core.activations import adapted_by_leaf
+from app.core.adapters import Adapted, LoraKey, adapted_modules
+from app.core.plan import Device, DType, Method, Optimizer, Quant, TrainingPlan
+from app.core.quant import quantized_weight_allocated, quantized_weight_bytes, rounded
 from app.core.spec import ModelSpec
+from app.core.units import DTYPE_BYTES, FP32, UINT8
 
 # bitsandbytes 8-bit optimizers keep tensors under 4096 elements in 32-bit (min_8bit_size)
 BNB_MIN_8BIT = 4096
@@ -17,33 +22,35 @@ BNB_MIN_PAGED = 100_000
 BNB_STATE_BLOCK = 256
 
 
-@dataclass
-class Split:
+@dataclass(frozen=True)
+class LayerSplit:
     """Bytes split into the decoder layers' share and the rest (embeddings, lm_head, final norm)."""
 
     layers: int = 0
     other: int = 0
 
-    def add(self, nbytes: int, in_layers: bool) -> None:
+    def plus(self, nbytes: int, in_layers: bool) -> LayerSplit:
         if in_layers:
-            self.layers += nbytes
-        else:
-            self.other += nbytes
+            return LayerSplit(self.layers + nbytes, self.other)
+        return LayerSplit(self.layers, self.other + nbytes)
+
+    def __add__(self, other: LayerSplit) -> LayerSplit:
+        return LayerSplit(self.layers + other.layers, self.other + other.other)
 
     @property
     def total(self) -> int:
         return self.layers + self.other
 
 
-@dataclass
+@dataclass(frozen=True)
 class Inventory:
     """Everything resident per GPU before sharding, by kind."""
 
-    base: Split = field(default_factory=Split)
+    base: LayerSplit = LayerSplit()
     base_quantized: int = 0  # part of base held as 4/8-bit weights
-    adapters: Split = field(default_factory=Split)
-    grads: Split = field(default_factory=Split)
-    states: Split = field(default_factory=Split)
+    adapters: LayerSplit = LayerSplit()
+    grads: LayerSplit = LayerSplit()
+    states: LayerSplit = LayerSplit()
     paged_states: int = 0  # evictable unified memory, outside the caching allocator
     foreach_temp: int = 0  # torch foreach AdamW: sqrt(exp_avg_sq) copies of every state at once
     step_temp: int = 0  # other optimizer-step temporaries (Adafactor fp32 copies)
@@ -52,125 +59,164 @@ class Inventory:
     double_quant_saving: int = 0
     quantized: frozenset[str] = frozenset()
     trainable_params: int = 0
-    trainable_dtype: int = 4
+    trainable_dtype: int = FP32
 
 
-def _param_dtype_bytes(plan: TrainingPlan) -> int:
-    if plan.method == "qlora":
-        return 4  # prepare_model_for_kbit_training upcasts every non-quantized parameter to fp32
-    if plan.method == "full" and plan.dtype == "fp16":
-        return 4  # fp16 training keeps fp32 master weights (GradScaler cannot unscale fp16 grads)
-    return DTYPE_BYTES[plan.dtype]
+class BaseKey(NamedTuple):
+    """The plan fields the base inventory depends on (precision, optimizer, device); hashable, so a cache key."""
+
+    method: Method
+    quant: Quant | None
+    double_quant: bool
+    dtype: DType
+    optimizer: Optimizer
+    device: Device
 
 
-def _states(plan: TrainingPlan, shape: tuple[int, ...], dtype: int) -> tuple[int, int, int]:
-    """(allocated state bytes, paged state bytes, step temporary) for one trainable tensor."""
+def base_key(plan: TrainingPlan) -> BaseKey:
+    return BaseKey(plan.method, plan.quant, plan.double_quant, plan.dtype, plan.optimizer, plan.device)
+
+
+class PlanTensors(NamedTuple):
+    """What estimate() needs of a plan's tensors: the adapted groups, their notes and the inventory."""
+
+    adapted: tuple[Adapted, ...]
+    by_leaf: Mapping[str, Adapted]  # the adapted groups in the decoder layers, by leaf name (read-only)
+    notes: tuple[str, ...]
+    inventory: Inventory
+
+
+@lru_cache(maxsize=1024)
+def plan_tensors(model: ModelSpec, base: BaseKey, lora: LoraKey) -> PlanTensors:
+    """The adapters PEFT adds and the inventory they make with the base (cached: estimate() is called in loops)."""
+    adapted, notes = adapted_modules(model, lora)
+    inv = inventory(model, base, adapted)
+    return PlanTensors(adapted=adapted, by_leaf=adapted_by_leaf(adapted), notes=notes, inventory=inv)
+
+
+def _param_dtype_bytes(key: BaseKey) -> int:
+    if key.method == "qlora":
+        return FP32  # prepare_model_for_kbit_training upcasts every non-quantized parameter to fp32
+    if key.method == "full" and key.dtype == "fp16":
+        return FP32  # fp16 training keeps fp32 master weights (GradScaler cannot unscale fp16 grads)
+    return DTYPE_BYTES[key.dtype]
+
+
+class StateBytes(NamedTuple):
+    """What the optimizer keeps for one trainable tensor."""
+
+    allocated: int  # states in device memory
+    paged: int  # states in unified memory (bitsandbytes paged optimizers)
+    step_temp: int  # a temporary of the step (Adafactor)
+
+
+def optimizer_state_bytes(key: BaseKey, shape: tuple[int, ...], dtype: int) -> StateBytes:
+    """AdamW: 2 × param dtype; bnb 8-bit: 2 × (n uint8 + fp32 per 256) for tensors ≥ 4096 elements; bnb 32-bit and
+    paged: 2 × fp32, paged for tensors ≥ 1e5 elements; SGD: 0; Adafactor: row + column fp32 for matrices.
+    """
     n = 1
     for d in shape:
         n *= d
-    opt = plan.optimizer
+    opt = key.optimizer
     if opt == "sgd":
-        return 0, 0, 0  # torch SGD without momentum (HF Trainer default) keeps no state
+        return StateBytes(0, 0, 0)  # torch SGD without momentum (HF Trainer default) keeps no state
     if opt == "adamw":
         # exp_avg and exp_avg_sq in the parameter dtype; the step scalar lives on the CPU, so the CPU
         # reference counts it as device memory (one 512-byte block) and CUDA does not
-        return 2 * rounded(n * dtype) + (rounded(4) if plan.device == "cpu" else 0), 0, 0
+        return StateBytes(2 * rounded(n * dtype) + (rounded(FP32) if key.device == "cpu" else 0), 0, 0)
     if opt == "adafactor":
         # transformers Adafactor, beta1=None: factored second moment (row + column) for matrices, full for vectors
-        state = rounded(shape[0] * 4) + rounded(shape[1] * 4) if len(shape) == 2 else rounded(n * 4)
-        return state, 0, 3 * rounded(n * 4)  # fp32 copies of the param, the squared grad and the update
+        state = rounded(shape[0] * FP32) + rounded(shape[1] * FP32) if len(shape) == 2 else rounded(n * FP32)
+        return StateBytes(state, 0, 3 * rounded(n * FP32))  # fp32 copies of the param, the squared grad and the update
     eight_bit = opt in ("adamw_8bit", "paged_adamw_8bit")
     if eight_bit and n >= BNB_MIN_8BIT:
-        state = 2 * (rounded(n) + rounded(-(-n // BNB_STATE_BLOCK) * 4))
+        state = 2 * (rounded(n * UINT8) + rounded(-(-n // BNB_STATE_BLOCK) * FP32))
     else:
-        state = 2 * rounded(n * 4)  # bitsandbytes 32-bit states are fp32 whatever the parameter dtype
+        state = 2 * rounded(n * FP32)  # bitsandbytes 32-bit states are fp32 whatever the parameter dtype
     if opt.startswith("paged") and n >= BNB_MIN_PAGED:
-        return 0, state, 0
-    return state, 0, 0
+        return StateBytes(0, state, 0)
+    return StateBytes(state, 0, 0)
 
 
-# Base-weight inventories depend only on the model and a few plan fields: cache them (bounded).
-_BASE_CACHE: dict[tuple[str, str, str, str | None, bool, str, str, str], Inventory] = {}
-_BASE_CACHE_SIZE = 256
-
-
-def base_key(model: ModelSpec, plan: TrainingPlan) -> tuple[str, str, str, str | None, bool, str, str, str]:
-    """What the base inventory depends on: the model and the plan's precision, optimizer and device."""
-    return (
-        model.config_hash,
-        model.id,
-        plan.method,
-        plan.quant,
-        plan.double_quant,
-        plan.dtype,
-        plan.optimizer,
-        plan.device,
-    )
-
-
-def inventory(model: ModelSpec, plan: TrainingPlan, adapted: list[Adapted]) -> Inventory:
+def inventory(model: ModelSpec, key: BaseKey, adapted: tuple[Adapted, ...]) -> Inventory:
     """The base inventory (cached per model and precision) plus this plan's adapters, grads and states."""
-    key = base_key(model, plan)
-    base = _BASE_CACHE.get(key)
-    if base is None:
-        if len(_BASE_CACHE) >= _BASE_CACHE_SIZE:
-            _BASE_CACHE.clear()
-        base = _BASE_CACHE[key] = _base_inventory(model, plan)
-    inv = replace(base, adapters=Split(), grads=replace(base.grads), states=replace(base.states))
-    _add_adapters(inv, plan, adapted)
-    return inv
+    return _with_adapters(base_inventory(model, key), key, adapted)
 
 
-def _base_inventory(model: ModelSpec, plan: TrainingPlan) -> Inventory:
+@lru_cache(maxsize=256)
+def base_inventory(model: ModelSpec, key: BaseKey) -> Inventory:
+    """base_weight_bytes: quantized linears as bitsandbytes stores them (`quantized_weight_allocated`), everything
+    else at `numel × dtype` (QLoRA: fp32); full fine-tuning adds a gradient and the optimizer states per weight.
+    """
+    pdt = _param_dtype_bytes(key)
+    full = key.method == "full"
+    quant = key.quant if key.quant in ("nf4", "fp4", "int8") else None
     inv = Inventory()
-    pdt = _param_dtype_bytes(plan)
-    c = DTYPE_BYTES[plan.dtype]
-    full = plan.method == "full"
-    quant = plan.quant if plan.quant in ("nf4", "fp4", "int8") else None
     per_layer_weights: dict[str, int] = {}
     for g in model.groups:
         is_q = quant is not None and g.quantizable
         if is_q:
-            inv.quantized |= {g.name}
+            inv = replace(inv, quantized=inv.quantized | {g.name})
         for p in g.params:
             if is_q and p.name == "weight":
-                one = quantized_weight_allocated(p.numel, g.out_features, quant, plan.double_quant)  # type: ignore[arg-type]
-                inv.base_quantized += one * g.count
-                inv.largest_dequant = max(inv.largest_dequant, p.numel * c)
-                if quant in ("nf4", "fp4") and plan.double_quant:
-                    inv.double_quant_saving += g.count * (
-                        quantized_weight_bytes(p.numel, g.out_features, quant, False)
-                        - quantized_weight_bytes(p.numel, g.out_features, quant, True)
-                    )
+                inv, one = _quantized_weight(inv, key, g.out_features, p.numel, g.count)
             else:
                 one = rounded(p.numel * pdt)
-            inv.base.add(one * g.count, g.in_layers)
+            inv = replace(inv, base=inv.base.plus(one * g.count, g.in_layers))
             if g.in_layers:
                 per_layer_weights[g.name] = per_layer_weights.get(g.name, 0) + one
             if full:
-                inv.grads.add(rounded(p.numel * pdt) * g.count, g.in_layers)
-                state, paged, temp = _states(plan, p.shape, pdt)
-                inv.states.add(state * g.count, g.in_layers)
-                inv.paged_states += paged * g.count
-                inv.step_temp = max(inv.step_temp, temp)
-                inv.foreach_temp += rounded(p.numel * pdt) * g.count if plan.optimizer == "adamw" else 0
-                inv.trainable_params += p.numel * g.count
-    inv.largest_layer_weights = sum(per_layer_weights.values())
-    inv.trainable_dtype = pdt if full else 4
-    return inv
+                inv = _trainable(inv, key, p.shape, pdt, g.count, g.in_layers)
+    return replace(inv, largest_layer_weights=sum(per_layer_weights.values()), trainable_dtype=pdt if full else FP32)
 
 
-def _add_adapters(inv: Inventory, plan: TrainingPlan, adapted: list[Adapted]) -> None:
+def _quantized_weight(inv: Inventory, key: BaseKey, rows: int, numel: int, count: int) -> tuple[Inventory, int]:
+    """One quantized weight (x count) and the bytes of one as allocated; double_quant_saving_bytes: single-quant
+    bytes − double-quant bytes; dequant_transient_bytes: bitsandbytes dequantizes it to the compute dtype.
+    """
+    quant = key.quant
+    one = quantized_weight_allocated(numel, rows, quant, key.double_quant)  # type: ignore[arg-type]
+    saving = 0
+    if quant in ("nf4", "fp4") and key.double_quant:
+        saving = count * (
+            quantized_weight_bytes(numel, rows, quant, False) - quantized_weight_bytes(numel, rows, quant, True)
+        )
+    inv = replace(
+        inv,
+        base_quantized=inv.base_quantized + one * count,
+        largest_dequant=max(inv.largest_dequant, numel * DTYPE_BYTES[key.dtype]),
+        double_quant_saving=inv.double_quant_saving + saving,
+    )
+    return inv, one
+
+
+def _trainable(
+    inv: Inventory, key: BaseKey, shape: tuple[int, ...], dtype: int, count: int, in_layers: bool
+) -> Inventory:
+    """One trainable tensor (x count): gradient_bytes in its dtype, optimizer_state_bytes, and the step temporaries."""
+    n = 1
+    for d in shape:
+        n *= d
+    one = rounded(n * dtype)
+    state = optimizer_state_bytes(key, shape, dtype)
+    return replace(
+        inv,
+        grads=inv.grads.plus(one * count, in_layers),
+        states=inv.states.plus(state.allocated * count, in_layers),
+        paged_states=inv.paged_states + state.paged * count,
+        step_temp=max(inv.step_temp, state.step_temp),
+        foreach_temp=inv.foreach_temp + (one * count if key.optimizer == "adamw" else 0),
+        trainable_params=inv.trainable_params + n * count,
+    )
+
+
+def _with_adapters(base: Inventory, key: BaseKey, adapted: tuple[Adapted, ...]) -> Inventory:
+    """lora_adapter_bytes: PEFT keeps adapter weights in fp32 (autocast_adapter_dtype), each trained as above."""
+    inv = base
     for ad in adapted:
         g = ad.group
         for shape in ad.shapes:
             n = shape[0] * (shape[1] if len(shape) == 2 else 1)
-            one = rounded(n * 4)  # PEFT keeps adapter weights in fp32 (autocast_adapter_dtype)
-            inv.adapters.add(one * g.count, g.in_layers)
-            inv.grads.add(one * g.count, g.in_layers)
-            state, paged, temp = _states(plan, shape, 4)
-            inv.states.add(state * g.count, g.in_layers)
-            inv.paged_states += paged * g.count
-            inv.step_temp = max(inv.step_temp, temp)
-            inv.foreach_temp += one * g.count if plan.optimizer == "adamw" else 0
-            inv.trainable_params += n * g.count
+            inv = replace(inv, adapters=inv.adapters.plus(rounded(n * FP32) * g.count, g.in_layers))
+            inv = _trainable(inv, key, shape, FP32, g.count, g.in_layers)
+    return inv
