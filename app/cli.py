@@ -159,7 +159,7 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
     settings = get_settings()
     model = resolve_model_sync(ns.model, settings)
     est = estimate(model, plan)
-    rec = recommend(model, plan, settings.headroom) if plan.device == "cuda" else None
+    rec = recommend(model, est, settings.headroom) if plan.device == "cuda" else None
     print(json.dumps(report.payload(model, est, rec), indent=2) if ns.json else report.table(model, est, rec))
     return 0
 

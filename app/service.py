@@ -106,7 +106,7 @@ class Planner:
         if hit is not None:
             return hit
         est = estimate(model, plan)
-        rec = recommend(model, plan, headroom) if plan.device == "cuda" else None
+        rec = recommend(model, est, headroom) if plan.device == "cuda" else None
         planned = Planned(model=model, estimate=est, recommendation=rec)
         with self._lock:
             self._cache[key] = planned

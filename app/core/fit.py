@@ -7,13 +7,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.estimate import estimate
-from app.core.gpus import GpuTier
+from app.core.gpus import GpuTier, budget_bytes, first_passing
 from app.core.plan import MAX_BATCH, MAX_RANK, MAX_SEQ_LEN, TrainingPlan
 from app.core.spec import ModelSpec
+from app.core.units import GIB
 
 Knob = Literal["batch_size", "seq_len", "rank"]
-
-GIB = 1024**3
 
 # Each knob's search range: the plan's own input limits (TrainingPlan validates the same bounds).
 KNOB_LIMITS: dict[Knob, int] = {"batch_size": MAX_BATCH, "seq_len": MAX_SEQ_LEN, "rank": MAX_RANK}
@@ -40,20 +39,15 @@ class FitResult(BaseModel):
     model: str
     gpu: str
     gpus: int
-    headroom: float
+    headroom: float = Field(description="Fraction of the tier's usable memory kept free (0.1 = 10 %).")
     budget_bytes: int = Field(description="usable bytes × (1 − headroom): the most device bytes a plan may need.")
     batch_size: FitLimit
     seq_len: FitLimit
     rank: FitLimit
 
 
-def budget_bytes(tier: GpuTier, headroom: float) -> int:
-    """The fit test of `recommend`: device_bytes <= usable × (1 − headroom); floored, since bytes are whole."""
-    return int(tier.usable_bytes * (1 - headroom))
-
-
 def largest_fitting(model: ModelSpec, plan: TrainingPlan, knob: Knob, budget: int) -> FitLimit:
-    """Gallop up from 1 (doubling) until a value does not fit, then binary-search the boundary.
+    """Gallop up from 1 (doubling) until a value does not fit, then bisect the boundary (`first_passing`).
 
     Relies on the law the core tests hold: memory never falls as batch, sequence or rank grows.
     """
@@ -83,12 +77,7 @@ def largest_fitting(model: ModelSpec, plan: TrainingPlan, knob: Knob, budget: in
         else:
             bad = probe
     if bad is not None:
-        while bad - good > 1:
-            mid = (good + bad) // 2
-            if need(mid) <= budget:
-                good = mid
-            else:
-                bad = mid
+        good = first_passing(lambda value: need(value) > budget, good, bad) - 1
     note = None
     context = model.arch.max_position_embeddings
     if knob == "seq_len" and context is not None and good > context:
@@ -96,9 +85,9 @@ def largest_fitting(model: ModelSpec, plan: TrainingPlan, knob: Knob, budget: in
     return FitLimit(field=knob, value=good, device_bytes=need(good), at_limit=good == limit, note=note)
 
 
-def fit(model: ModelSpec, plan: TrainingPlan, tier: GpuTier, headroom: float) -> FitResult:
+def fit(model: ModelSpec, plan: TrainingPlan, tier: GpuTier, headroom_fraction: float) -> FitResult:
     """The largest micro-batch, sequence length and LoRA rank that fit `plan.gpus` GPUs of `tier`."""
-    budget = budget_bytes(tier, headroom)
+    budget = budget_bytes(tier, headroom_fraction)
     if plan.uses_lora:
         rank = largest_fitting(model, plan, "rank", budget)
     else:
@@ -109,7 +98,7 @@ def fit(model: ModelSpec, plan: TrainingPlan, tier: GpuTier, headroom: float) ->
         model=model.id,
         gpu=tier.name,
         gpus=plan.gpus,
-        headroom=headroom,
+        headroom=headroom_fraction,
         budget_bytes=budget,
         batch_size=largest_fitting(model, plan, "batch_size", budget),
         seq_len=largest_fitting(model, plan, "seq_len", budget),

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.estimate import estimate
-from app.core.plan import MAX_GPUS, TrainingPlan
+from app.core.plan import MAX_GPUS
+from app.core.result import Estimate
 from app.core.spec import ModelSpec
-
-MIB = 1024 * 1024
-GIB = 1024 * MIB
+from app.core.units import MIB
 
 Segment = Literal["consumer", "workstation", "datacenter"]
 
@@ -73,7 +73,9 @@ class TierFit(BaseModel):
     gpu: str
     usable_bytes: int
     fits: bool = Field(description="Fits on plan.gpus GPUs of this tier with the headroom kept free.")
-    headroom_bytes: int = Field(description="Usable bytes left after the estimate on plan.gpus GPUs (negative: short).")
+    headroom_bytes: int = Field(
+        description="Usable bytes left after the estimate on plan.gpus GPUs, before the headroom (negative: short)."
+    )
     gpus_needed: int | None = Field(
         description="Fewest GPUs of this tier under the plan's sharding; None if none suffice."
     )
@@ -83,7 +85,7 @@ class TierFit(BaseModel):
 class Recommendation(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    headroom: float
+    headroom: float = Field(description="Fraction of each tier's usable memory kept free (0.1 = 10 %).")
     recommended: str | None = Field(
         description="Smallest tier that fits on plan.gpus, else the tier needing fewest GPUs."
     )
@@ -91,44 +93,61 @@ class Recommendation(BaseModel):
     tiers: tuple[TierFit, ...]
 
 
-def _fits(device_bytes: int, tier: GpuTier, headroom: float) -> bool:
-    return device_bytes <= tier.usable_bytes * (1 - headroom)
+def budget_bytes(tier: GpuTier, headroom_fraction: float) -> int:
+    """The one fit test's budget: a plan fits when device_bytes <= usable × (1 − headroom) (floored: bytes are
+    whole, so `device <= int(x)` is `device <= x`)."""
+    return int(tier.usable_bytes * (1 - headroom_fraction))
 
 
-def _gpus_needed(
-    model: ModelSpec, plan: TrainingPlan, tier: GpuTier, headroom: float, cache: dict[int, int]
-) -> int | None:
+def first_passing(passes: Callable[[int], bool], failing: int, passing: int) -> int:
+    """The smallest value in (failing, passing] for which `passes` holds, by bisection.
+
+    The one monotone search of the core: it trusts the laws the core tests hold (per-GPU bytes never rise as GPUs
+    are added; memory never falls as batch, sequence or rank grows), so `passes` flips once between the two.
+    """
+    while passing - failing > 1:
+        mid = (failing + passing) // 2
+        if passes(mid):
+            passing = mid
+        else:
+            failing = mid
+    return passing
+
+
+def _gpus_needed(est: Estimate, model: ModelSpec, budget: int, per_gpu: Callable[[int], int]) -> int | None:
+    """Fewest GPUs of one tier (its budget) under the plan's sharding; None when no count suffices."""
+    plan = est.plan
+
+    def fits_on(n: int) -> bool:
+        return per_gpu(n) <= budget
+
+    if fits_on(1):
+        return 1
+    if plan.sharding == "ddp":
+        return None  # every DDP replica holds the whole model
+    limit = min(MAX_GPUS, model.arch.num_layers) if plan.sharding == "none" else MAX_GPUS
+    if not fits_on(limit):
+        return None
+    return first_passing(fits_on, 1, limit)
+
+
+def recommend(
+    model: ModelSpec, est: Estimate, headroom_fraction: float = 0.10, tiers: tuple[GpuTier, ...] = GPU_TIERS
+) -> Recommendation:
+    """Judge every tier for the plan `est` was made for: fits on plan.gpus, bytes left, and the fewest GPUs that
+    would do (other GPU counts are estimated, each once)."""
+    plan = est.plan
+    cache: dict[int, int] = {plan.gpus: est.device_bytes} if plan.gpus == 1 else {}
+
     def per_gpu(n: int) -> int:
         if n not in cache:
             cache[n] = estimate(model, plan.model_copy(update={"gpus": n})).device_bytes
         return cache[n]
 
-    if _fits(per_gpu(1), tier, headroom):
-        return 1
-    if plan.sharding == "ddp":
-        return None  # every DDP replica holds the whole model
-    limit = min(MAX_GPUS, model.arch.num_layers) if plan.sharding == "none" else MAX_GPUS
-    if not _fits(per_gpu(limit), tier, headroom):
-        return None
-    lo, hi = 1, limit  # per-GPU bytes never rise with more GPUs: binary search the first that fits
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _fits(per_gpu(mid), tier, headroom):
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
-def recommend(
-    model: ModelSpec, plan: TrainingPlan, headroom: float = 0.10, tiers: tuple[GpuTier, ...] = GPU_TIERS
-) -> Recommendation:
-    """Judge every tier: fits on plan.gpus, headroom left, and the fewest GPUs that would do."""
-    device = estimate(model, plan).device_bytes
-    cache: dict[int, int] = {plan.gpus: device} if plan.gpus == 1 else {}
     fits: list[TierFit] = []
     for tier in tiers:
-        needed = _gpus_needed(model, plan, tier, headroom, cache) if plan.device == "cuda" else None
+        budget = budget_bytes(tier, headroom_fraction)
+        needed = _gpus_needed(est, model, budget, per_gpu) if plan.device == "cuda" else None
         reason = None
         if needed is None:
             reason = (
@@ -140,20 +159,25 @@ def recommend(
             TierFit(
                 gpu=tier.name,
                 usable_bytes=tier.usable_bytes,
-                fits=_fits(device, tier, headroom),
-                headroom_bytes=tier.usable_bytes - device,
+                fits=est.device_bytes <= budget,
+                headroom_bytes=tier.usable_bytes - est.device_bytes,
                 gpus_needed=needed,
                 reason=reason,
             )
         )
+    return _recommendation(plan.gpus, headroom_fraction, fits)
+
+
+def _recommendation(gpus: int, headroom_fraction: float, fits: list[TierFit]) -> Recommendation:
+    """The smallest tier that fits on the plan's GPUs, else the tier needing the fewest GPUs."""
     fitting = sorted((f for f in fits if f.fits), key=lambda f: (f.usable_bytes, f.gpu))
     if fitting:
         best: TierFit | None = fitting[0]
-        count: int | None = plan.gpus
+        count: int | None = gpus
     else:
         candidates = sorted((f for f in fits if f.gpus_needed), key=lambda f: (f.gpus_needed or 0, f.usable_bytes))
         best = candidates[0] if candidates else None
         count = best.gpus_needed if best else None
     return Recommendation(
-        headroom=headroom, recommended=best.gpu if best else None, recommended_gpus=count, tiers=tuple(fits)
+        headroom=headroom_fraction, recommended=best.gpu if best else None, recommended_gpus=count, tiers=tuple(fits)
     )

@@ -25,7 +25,7 @@ def expected_payload(plan: TrainingPlan, model_id: str = LLAMA) -> dict:
     spec = load_spec(model_id)
     assert spec is not None
     est = estimate(spec, plan)
-    rec = recommend(spec, plan, 0.10) if plan.device == "cuda" else None
+    rec = recommend(spec, est, 0.10) if plan.device == "cuda" else None
     return json.loads(json.dumps(report.payload(spec, est, rec)))
 
 
@@ -80,7 +80,7 @@ def test_exports_markdown_csv_svg(client: TestClient) -> None:
     est = estimate(spec, TrainingPlan())
     md = client.get("/api/v1/estimate", params={"model": LLAMA, "format": "md"})
     assert md.headers["content-type"].startswith("text/markdown")
-    assert md.text == report.markdown(spec, est, recommend(spec, TrainingPlan(), 0.10))
+    assert md.text == report.markdown(spec, est, recommend(spec, est, 0.10))
     table = client.get("/api/v1/estimate", params={"model": LLAMA, "format": "csv"})
     assert table.headers["content-type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(table.text)))

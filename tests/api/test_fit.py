@@ -5,19 +5,12 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.catalog import load_spec
 from app.core.estimate import estimate
-from app.core.fit import KNOB_LIMITS, budget_bytes, fit, largest_fitting
-from app.core.gpus import find_tier
+from app.core.fit import KNOB_LIMITS, fit, largest_fitting
+from app.core.gpus import budget_bytes, find_tier
 from app.core.plan import TrainingPlan
-from app.core.spec import ModelSpec
+from tests.configs import spec
 from tests.webapp import assert_problem
-
-
-def spec(model_id: str) -> ModelSpec:
-    found = load_spec(model_id)
-    assert found is not None
-    return found
 
 
 @pytest.mark.parametrize(

@@ -5,27 +5,35 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from app.catalog import load_spec
-from app.core.gpus import GPU_TIERS, GpuTier, _fits, find_tier, recommend
+from app.core.estimate import estimate
+from app.core.gpus import GPU_TIERS, GpuTier, budget_bytes, find_tier, first_passing, recommend
 from app.core.plan import TrainingPlan
-from app.core.spec import ModelSpec
-
-
-def spec(model_id: str) -> ModelSpec:
-    s = load_spec(model_id)
-    assert s is not None
-    return s
+from tests.configs import spec
 
 
 def test_fit_boundary_is_inclusive_and_exact() -> None:
     tier = GpuTier(name="X", segment="consumer", memory_gb=1, usable_bytes=1000)
-    assert _fits(900, tier, 0.10)
-    assert not _fits(901, tier, 0.10)
-    assert _fits(1000, tier, 0.0) and not _fits(1001, tier, 0.0)
+    assert budget_bytes(tier, 0.10) == 900
+    assert budget_bytes(tier, 0.0) == 1000
+    # a fraction whose budget is not whole: the floored budget is the same test as device <= usable x (1 - h)
+    assert budget_bytes(tier, 0.0995) == 900 and 900 <= 1000 * (1 - 0.0995) < 901
+
+
+def test_monotone_search_finds_the_first_passing_value() -> None:
+    probes: list[int] = []
+
+    def at_least_37(n: int) -> bool:
+        probes.append(n)
+        return n >= 37
+
+    assert first_passing(at_least_37, 1, 4096) == 37
+    assert len(probes) <= 12  # bisection: log2 of the range
+    assert first_passing(at_least_37, 36, 37) == 37 and first_passing(at_least_37, 1, 2) == 2
 
 
 def test_small_qlora_fits_a_consumer_card_and_the_smallest_is_recommended() -> None:
-    rec = recommend(spec("meta-llama/Llama-2-7b-hf"), TrainingPlan())
+    model = spec("meta-llama/Llama-2-7b-hf")
+    rec = recommend(model, estimate(model, TrainingPlan()))
     assert rec.recommended_gpus == 1
     best = next(t for t in GPU_TIERS if t.name == rec.recommended)
     fitting = [f for f in rec.tiers if f.fits]
@@ -36,19 +44,18 @@ def test_small_qlora_fits_a_consumer_card_and_the_smallest_is_recommended() -> N
 
 def test_full_70b_needs_many_gpus_under_zero3_and_none_under_ddp() -> None:
     model = spec("meta-llama/Llama-2-70b-hf")
-    rec = recommend(model, TrainingPlan(method="full", optimizer="adamw", sharding="zero3"))
+    plan = TrainingPlan(method="full", optimizer="adamw", sharding="zero3")
+    rec = recommend(model, estimate(model, plan))
     h100 = next(f for f in rec.tiers if f.gpu == "H100 80GB")
     assert not h100.fits and h100.gpus_needed is not None and h100.gpus_needed > 8
     # one GPU fewer than needed does not fit, the count needed does
-    from app.core.estimate import estimate
-
-    plan = TrainingPlan(method="full", optimizer="adamw", sharding="zero3")
     tier = find_tier("H100 80GB")
     assert tier is not None
     at = estimate(model, plan.model_copy(update={"gpus": h100.gpus_needed})).device_bytes
     below = estimate(model, plan.model_copy(update={"gpus": h100.gpus_needed - 1})).device_bytes
-    assert _fits(at, tier, 0.10) and not _fits(below, tier, 0.10)
-    ddp = recommend(model, TrainingPlan(method="full", optimizer="adamw", sharding="ddp"))
+    assert at <= budget_bytes(tier, 0.10) < below
+    ddp_plan = TrainingPlan(method="full", optimizer="adamw", sharding="ddp")
+    ddp = recommend(model, estimate(model, ddp_plan))
     assert all(f.gpus_needed is None and f.reason for f in ddp.tiers)
     assert ddp.recommended is None
 
@@ -76,7 +83,6 @@ def test_plan_errors_say_what_to_fix(kw: dict, fragment: str) -> None:
 
 
 def test_targets_that_match_nothing_or_unsupported_modules() -> None:
-    from app.core.estimate import estimate
     from app.errors import PlanError
 
     with pytest.raises(PlanError, match="none of the targets"):

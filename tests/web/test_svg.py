@@ -41,7 +41,7 @@ def test_recommended_budget_line_and_legend() -> None:
     spec = load_spec("meta-llama/Llama-2-7b-hf")
     assert spec is not None
     est = estimate(spec, TrainingPlan())
-    rec = recommend(spec, TrainingPlan(), 0.10)
+    rec = recommend(spec, est, 0.10)
     text = breakdown_chart(est, rec, standalone=True)
     assert text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/2000/svg"')
     root = ET.fromstring(text.split("\n", 1)[1])
