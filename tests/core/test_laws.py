@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from app.catalog import catalog_ids, load_spec
+from app.catalog import catalog_ids
 from app.core.estimate import CUBLAS_WORKSPACE_BYTES, estimate
 from app.core.plan import TrainingPlan
 from app.core.spec import ModelSpec
+from tests.configs import spec
 
 MODELS = st.sampled_from(catalog_ids())
 METHODS = st.sampled_from(["qlora", "lora", "full"])
@@ -28,12 +29,6 @@ PLANS = st.fixed_dictionaries(
 )
 
 
-def spec(model_id: str) -> ModelSpec:
-    s = load_spec(model_id)
-    assert s is not None
-    return s
-
-
 def _targets_exist(model: ModelSpec, targets: str, dropout: float = 0.0, dora: bool = False) -> bool:
     if model.arch.num_experts and targets == "all-linear" and (dropout > 0 or dora):
         return False  # PEFT refuses dropout and DoRA on fused MoE experts (tested in test_boundaries)
@@ -46,8 +41,7 @@ def test_memory_never_falls_as_sequence_or_batch_grows(
     model_id: str, kw: dict, s1: int, s2: int, b1: int, b2: int
 ) -> None:
     model = spec(model_id)
-    if not _targets_exist(model, kw["targets"], kw["dropout"], kw["dora"]):
-        return
+    assume(_targets_exist(model, kw["targets"], kw["dropout"], kw["dora"]))
     lo = estimate(model, TrainingPlan(**kw, seq_len=min(s1, s2), batch_size=min(b1, b2)))
     hi = estimate(model, TrainingPlan(**kw, seq_len=max(s1, s2), batch_size=max(b1, b2)))
     assert hi.peak_allocated_bytes >= lo.peak_allocated_bytes
@@ -58,8 +52,7 @@ def test_memory_never_falls_as_sequence_or_batch_grows(
 @given(MODELS, PLANS, st.integers(1, 512), st.integers(1, 512))
 def test_memory_never_falls_as_rank_grows(model_id: str, kw: dict, r1: int, r2: int) -> None:
     model = spec(model_id)
-    if kw["method"] == "full" or not _targets_exist(model, kw["targets"], kw["dropout"], kw["dora"]):
-        return
+    assume(kw["method"] != "full" and _targets_exist(model, kw["targets"], kw["dropout"], kw["dora"]))
     lo = estimate(model, TrainingPlan(**kw, rank=min(r1, r2)))
     hi = estimate(model, TrainingPlan(**kw, rank=max(r1, r2)))
     assert hi.peak_allocated_bytes >= lo.peak_allocated_bytes
@@ -70,8 +63,9 @@ def test_memory_never_falls_as_rank_grows(model_id: str, kw: dict, r1: int, r2: 
 @given(MODELS, st.sampled_from(["nf4", "fp4", "int8"]), st.booleans())
 def test_qlora_base_is_smaller_than_16bit_base(model_id: str, quant: str, dq: bool) -> None:
     model = spec(model_id)
-    if model.arch.num_experts or any(g.in_layers and g.kind == "linear" and not g.quantizable for g in model.groups):
-        return  # experts / Linear subclasses stay unquantized: see test_qlora_moe_experts_are_not_quantized
+    # experts / Linear subclasses stay unquantized: see test_qlora_moe_experts_are_not_quantized
+    assume(not model.arch.num_experts)
+    assume(not any(g.in_layers and g.kind == "linear" and not g.quantizable for g in model.groups))
     q = estimate(model, TrainingPlan(method="qlora", quant=quant, double_quant=dq, dropout=0))  # type: ignore[arg-type]
     l16 = estimate(model, TrainingPlan(method="lora", dropout=0))
     assert q.term("base_weight_bytes").bytes < l16.term("base_weight_bytes").bytes  # type: ignore[union-attr]
@@ -96,10 +90,8 @@ def test_zero3_per_gpu_bytes_fall_as_gpus_are_added(
 @given(MODELS, PLANS, st.sampled_from(["cuda", "cpu"]))
 def test_breakdown_sums_to_the_peak_phase(model_id: str, kw: dict, device: str) -> None:
     model = spec(model_id)
-    if not _targets_exist(model, kw["targets"], kw["dropout"], kw["dora"]) or (
-        device == "cpu" and (kw["optimizer"] not in ("adamw", "sgd", "adafactor") or kw["attn"] == "flash_attention_2")
-    ):
-        return
+    assume(_targets_exist(model, kw["targets"], kw["dropout"], kw["dora"]))
+    assume(device == "cuda" or (kw["optimizer"] in ("adamw", "sgd", "adafactor") and kw["attn"] != "flash_attention_2"))
     est = estimate(model, TrainingPlan(**kw, device=device))  # type: ignore[arg-type]
     peak = max(p.bytes for p in est.phases)
     workspace = CUBLAS_WORKSPACE_BYTES if device == "cuda" else 0
