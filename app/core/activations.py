@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from app.core.adapters import Adapted
@@ -34,8 +33,7 @@ from app.core.units import BOOL, DTYPE_BYTES, FP32
 DOWN_LEAVES = ("down_proj", "fc2", "dense_4h_to_h")
 
 
-@dataclass(frozen=True)
-class Precision:
+class Precision(NamedTuple):
     """Bytes per element of the tensors a step creates."""
 
     compute: int  # bitsandbytes compute dtype / model dtype
@@ -50,8 +48,8 @@ def precision(plan: TrainingPlan) -> Precision:
     # torch's fused dropout (CUDA) keeps a bool mask; the CPU path multiplies by a mask in the input dtype (fp32)
     mask = BOOL if plan.device == "cuda" else FP32
     if plan.method == "qlora":
-        return Precision(compute=c, residual=FP32, act=FP32, logits=FP32, mask=mask)
-    return Precision(compute=c, residual=c, act=c, logits=c, mask=mask)
+        return Precision(c, FP32, FP32, FP32, mask)  # compute, residual, act, logits, mask
+    return Precision(c, c, c, c, mask)
 
 
 class LayerActivations(NamedTuple):
@@ -82,23 +80,20 @@ class Step(NamedTuple):
     i: int  # intermediate
     k: int  # experts per token (1 without experts)
     full: bool  # full fine-tuning: every weight trained
+    g: int  # bytes of the MLP intermediate's gradient (`mlp_grad_bytes`)
 
 
 def step(model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adapted]) -> Step:
-    a = model.arch
-    return Step(
-        arch=a,
-        plan=plan,
-        p=precision(plan),
-        by_leaf=by_leaf,
-        t=plan.batch_size * plan.seq_len,
-        h=a.hidden_size,
-        q=a.num_heads * a.head_dim,
-        kv=a.num_kv_heads * a.head_dim,
-        i=a.intermediate_size,
-        k=max(1, a.experts_per_token),
-        full=plan.method == "full",
-    )
+    a, p, full = model.arch, precision(plan), plan.method == "full"
+    t, q, kv = plan.batch_size * plan.seq_len, a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+    k, g = max(1, a.experts_per_token), mlp_grad_bytes(p, full, by_leaf)
+    return Step(a, plan, p, by_leaf, t, a.hidden_size, q, kv, a.intermediate_size, k, full, g)
+
+
+def mlp_grad_bytes(p: Precision, full: bool, by_leaf: Mapping[str, Adapted]) -> int:
+    """`g`: the MLP intermediate's gradient dtype, fp32 when an adapted down projection's LoRA branch carries it."""
+    down_adapted = full or any(leaf in by_leaf for leaf in DOWN_LEAVES)
+    return max(p.act, FP32 if down_adapted else 0)
 
 
 def adapted_by_leaf(adapted: Iterable[Adapted]) -> dict[str, Adapted]:
@@ -144,9 +139,10 @@ def normed_input_bytes(x: Step, attention_keeps: bool, mlp_keeps: bool) -> int:
     return (one if attention_keeps else 0) + (one if mlp_keeps else 0)
 
 
-def head_saved_bytes(x: Step) -> int:
-    """The final norm, and lm_head's input `T·h·a` when lm_head is trained (full fine-tuning)."""
-    return residual_norm_bytes(x) + (x.t * x.h * x.p.act if x.full else 0)
+def head_saved_bytes(x: Step, final_norm: int) -> int:
+    """The final norm (`residual_norm_bytes`), and lm_head's input `T·h·a` when lm_head is trained (full
+    fine-tuning)."""
+    return final_norm + (x.t * x.h * x.p.act if x.full else 0)
 
 
 # --- projections and their LoRA branches ---------------------------------------------------------------------
@@ -217,16 +213,16 @@ def eager_scores_bytes(x: Step) -> int:
     return plan.batch_size * x.arch.num_heads * plan.seq_len * plan.seq_len * (2 * x.p.act + FP32)
 
 
-def attention_half_bytes(x: Step) -> tuple[int, bool]:
-    """The attention half's saved bytes (first norm, q/k/v and o projections, attention), and whether q/k/v keep
-    their normed input."""
+def attention_half_bytes(x: Step, first_norm: int) -> tuple[int, bool]:
+    """The attention half's saved bytes (the first norm, q/k/v and o projections, attention), and whether q/k/v
+    keep their normed input."""
     qkv = [lora_branch(x, leaf, x.h) for leaf in attention_leaves(x)]
     o_proj = lora_branch(x, "o_proj", x.q)  # its input is the attention output (the kernel returns it heads-last)
-    saved = residual_norm_bytes(x) + sum(c.saved for c in qkv) + attention_bytes(x) + o_proj.saved
+    saved = first_norm + sum(c.saved for c in qkv) + attention_bytes(x) + o_proj.saved
     return saved, any(c.keeps_input for c in qkv)
 
 
-def first_layer_discount(x: Step) -> int:
+def first_layer_discount(x: Step, first_norm: int) -> int:
     """Without checkpointing PEFT never calls enable_input_require_grads, so layer 0's input needs no gradient: its
     first norm and the dropout masks of its adapted attention projections `T·h·m` each are not kept.
     Source: transformers Trainer / PEFT prepare_model_for_kbit_training (enable_input_require_grads), tracker dumps.
@@ -234,7 +230,7 @@ def first_layer_discount(x: Step) -> int:
     if x.full or x.plan.gradient_checkpointing:
         return 0
     masked = sum(1 for leaf in attention_leaves(x) if leaf in x.by_leaf) if x.plan.dropout > 0 else 0
-    return residual_norm_bytes(x) + masked * x.t * x.h * x.p.mask
+    return first_norm + masked * x.t * x.h * x.p.mask
 
 
 # --- MLPs --------------------------------------------------------------------------------------------------
@@ -335,18 +331,12 @@ def mlp(x: Step) -> Mlp:
 # --- backward moments and the recompute's end ----------------------------------------------------------------
 
 
-def mlp_grad_bytes(x: Step) -> int:
-    """`g`: the MLP intermediate's gradient dtype, fp32 when an adapted down projection's LoRA branch carries it."""
-    down_adapted = x.full or any(leaf in x.by_leaf for leaf in DOWN_LEAVES)
-    return max(x.p.act, FP32 if down_adapted else 0)
-
-
 def down_backward_bytes(x: Step, width: int) -> int:
     """Down's backward: the residual gradients in and out `2·T·h·a_res`, an fp32 gradient of the normed input `T·h·4`
     and the gradient of the MLP intermediate `T·width·g`. Source: the tracker's backward dumps.
     """
     t, h = x.t, x.h
-    return 2 * t * h * x.p.residual + t * h * FP32 + t * width * mlp_grad_bytes(x)
+    return 2 * t * h * x.p.residual + t * h * FP32 + t * width * x.g
 
 
 def widest_intermediate(x: Step) -> int:
@@ -359,7 +349,7 @@ def fused_chunk_backward_bytes(x: Step, product: GatedProduct) -> int:
     down's and act's saved tensors are freed: `T·h·a_res + 4·T·i·g −` those. Source: the tracker's backward dumps.
     """
     t = x.t
-    return t * x.h * x.p.residual + 4 * t * x.i * mlp_grad_bytes(x) - product.down_saved - product.act_saved
+    return t * x.h * x.p.residual + 4 * t * x.i * x.g - product.down_saved - product.act_saved
 
 
 def gated_product_backward_bytes(x: Step, product: GatedProduct) -> int:
@@ -367,7 +357,7 @@ def gated_product_backward_bytes(x: Step, product: GatedProduct) -> int:
     one residual gradient, down's saved tensors already freed: `T·h·a_res + 3·T·i·g −` those; MoE experts adapt
     weights, not activations, so theirs stay in the activation dtype: `3·T·k·i·a`. Source: tracker dumps.
     """
-    rows, dtype = (x.t * x.k, x.p.act) if x.arch.num_experts else (x.t, mlp_grad_bytes(x))
+    rows, dtype = (x.t * x.k, x.p.act) if x.arch.num_experts else (x.t, x.g)
     return x.t * x.h * x.p.residual + 3 * rows * x.i * dtype - product.down_saved
 
 
@@ -379,8 +369,8 @@ def moe_combine_backward_bytes(x: Step) -> int:
     return x.t * x.h * x.p.residual + 3 * x.t * x.k * x.h * FP32
 
 
-def backward_transient_bytes(x: Step, layer_mlp: Mlp) -> int:
-    """The largest backward moment of one layer, plus eager attention's scores (not in the MoE combine's moment)."""
+def backward_transient_bytes(x: Step, layer_mlp: Mlp, scores: int) -> int:
+    """The largest backward moment of one layer, plus eager attention's `scores` (not in the MoE combine's moment)."""
     product = layer_mlp.product
     chunked = product is not None and x.arch.gate_up_fused and not x.arch.num_experts
     # a fused gate_up: down's backward holds the product's gradient (i wide); the chunk is its own moment
@@ -389,7 +379,7 @@ def backward_transient_bytes(x: Step, layer_mlp: Mlp) -> int:
         if chunked:
             moments.append(fused_chunk_backward_bytes(x, product))
         moments.append(gated_product_backward_bytes(x, product))
-    peak = max(moments) + eager_scores_bytes(x)
+    peak = max(moments) + scores
     if x.arch.num_experts:
         peak = max(peak, moe_combine_backward_bytes(x))
     return peak
@@ -425,17 +415,19 @@ def layer_activations(model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str
     adapted groups in the decoder layers, `adapted_by_leaf`)."""
     x = step(model, plan, by_leaf)
     t, h, a_res = x.t, x.h, x.p.residual
-    attention, attention_keeps = attention_half_bytes(x)
-    second_norm = 0 if x.arch.parallel_block else residual_norm_bytes(x)
+    norm = residual_norm_bytes(x)  # each norm of the residual stream: the first, the second, the final one
+    attention, attention_keeps = attention_half_bytes(x, norm)
+    second_norm = 0 if x.arch.parallel_block else norm
     layer_mlp = mlp(x)
+    scores = eager_scores_bytes(x)
     return LayerActivations(
         saved=attention + second_norm + layer_mlp.saved + normed_input_bytes(x, attention_keeps, layer_mlp.keeps_input),
-        forward_transient=max(layer_mlp.forward_transient, eager_scores_bytes(x)),
-        backward_transient=backward_transient_bytes(x, layer_mlp),
+        forward_transient=max(layer_mlp.forward_transient, scores),
+        backward_transient=backward_transient_bytes(x, layer_mlp, scores),
         recompute_transient=recompute_end_bytes(x, layer_mlp.recompute_tail),
         layer_input=t * h * a_res,
-        head_saved=head_saved_bytes(x),
-        first_layer_discount=first_layer_discount(x),
+        head_saved=head_saved_bytes(x, norm),
+        first_layer_discount=first_layer_discount(x, norm),
         input_in_saved=t * h * a_res if norm_keeps_input(x, a_res) else 0,
     )
 

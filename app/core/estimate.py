@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import lru_cache
 from typing import NamedTuple
 
 from app.core.activations import LayerActivations, kept_layers, layer_activations, logits_bytes
@@ -365,17 +366,26 @@ def _notes(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, offloaded
     return notes
 
 
+@lru_cache(maxsize=256)
+def _unquantizable(model: ModelSpec) -> tuple[int, tuple[str, ...]]:
+    """(parameters in fused 3-D expert tensors, classes of linear layers bitsandbytes skips) of the decoder layers."""
+    fused = sum(g.count * g.numel for g in model.groups if g.in_layers and any(len(p.shape) == 3 for p in g.params))
+    skipped = sorted({g.cls for g in model.groups if g.in_layers and g.kind == "linear" and not g.quantizable})
+    return fused, tuple(skipped)
+
+
 def _stack_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
     """Facts of the real stack a user should know about this plan."""
-    notes = []
-    fused = sum(g.count * g.numel for g in model.groups if g.in_layers and any(len(p.shape) == 3 for p in g.params))
-    if plan.method == "qlora" and fused:
+    notes: list[str] = []
+    if plan.method != "qlora":
+        return notes
+    fused, skipped = _unquantizable(model)
+    if fused:
         notes.append(
             f"{fused:,} parameters live in fused 3-D expert tensors that bitsandbytes does not quantize "
             "(transformers 5 MoE layout, bitsandbytes#1849); prepare_model_for_kbit_training upcasts them to fp32"
         )
-    skipped = sorted({g.cls for g in model.groups if g.in_layers and g.kind == "linear" and not g.quantizable})
-    if plan.method == "qlora" and skipped:
+    if skipped:
         notes.append(
             f"bitsandbytes leaves {', '.join(skipped)} layers unquantized: transformers replaces only modules whose "
             "type is exactly nn.Linear, so these stay in fp32 after prepare_model_for_kbit_training"
@@ -391,6 +401,7 @@ def overheads(plan: TrainingPlan, allocated: int, paged: int) -> list[Term]:
     return terms + ([paged_optimizer_state_term(paged)] if paged else [])
 
 
+@lru_cache(maxsize=1)  # a constant (Terms are frozen): built once, shared by every estimate
 def cublas_workspace_term() -> Term:
     """32 MiB cuBLAS workspace through the caching allocator (CUDA only)."""
     note = "cuBLAS workspace, allocated through the caching allocator"
@@ -405,6 +416,7 @@ def allocator_cache_term(allocated: int) -> Term:
     return Term(term="allocator_cache_bytes", bytes=frag, category="overhead", counted="reserved", note=note)
 
 
+@lru_cache(maxsize=1)
 def cuda_context_term() -> Term:
     """512 MiB context, kernels and handles outside the allocator (nvidia-smi only)."""
     note = "CUDA context, kernels and library handles (outside the allocator)"
