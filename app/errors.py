@@ -3,7 +3,8 @@
     GpuplanError
     ├── InputError                      bad user input (400 / 422)
     │   ├── PlanError                   a training plan that cannot be built
-    │   └── ModelIdError                a model name that is not a valid Hub id or path
+    │   ├── ModelIdError                a model name that is not a valid Hub id or path
+    │   └── RecipeError                 an imported training config: unknown format, conflict, bad plan (422)
     ├── ConfigError                     a config.json that cannot become an inventory (422)
     │   ├── MalformedConfig             not JSON, not an object, too large, missing fields
     │   ├── UnsupportedArchitecture     model_type transformers cannot build
@@ -58,6 +59,11 @@ class ModelIdError(InputError):
     title = "Invalid model id"
     status = 400
     slug = "invalid-model-id"
+
+
+class RecipeError(InputError):
+    title = "Unusable training config"
+    slug = "invalid-recipe"
 
 
 class ConfigError(GpuplanError):
