@@ -1,0 +1,230 @@
+"""Settings several formats share: optimizer names, attention names, dtypes, LoRA targets, DeepSpeed and FSDP."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from app.core.plan import ALL_LINEAR
+from app.recipes.rules import Approx, BadValue, Ctx, Doc, NotModelledValue, Outcome, as_str
+
+# transformers OptimizerNames (src/transformers/training_args.py, v5.24) -> gpuplan optimizer; axolotl and
+# LLaMA-Factory pass `optimizer` / `optim` through to it. Everything else is reported as not modelled.
+_FUSED = "fused AdamW has no foreach sqrt(exp_avg_sq) temporary, which gpuplan's adamw counts (a slight overestimate)"
+OPTIMIZERS: dict[str, tuple[str, str | None]] = {
+    "adamw_torch": ("adamw", None),
+    "adamw_torch_fused": ("adamw", _FUSED),
+    "adamw_hf": ("adamw", "transformers' own AdamW (before v5) steps one tensor at a time: no foreach temporary"),
+    "adamw_bnb_8bit": ("adamw_8bit", None),
+    "adamw_8bit": ("adamw_8bit", None),  # transformers: "just an alias for adamw_bnb_8bit"
+    "paged_adamw_32bit": ("paged_adamw_32bit", None),
+    "paged_adamw_8bit": ("paged_adamw_8bit", None),
+    "adafactor": ("adafactor", None),
+    "sgd": ("sgd", None),
+}
+KNOWN_OPTIMIZERS = (
+    "adamw_torch, adamw_torch_fused, adamw_bnb_8bit/adamw_8bit, paged_adamw_32bit, paged_adamw_8bit, adafactor, sgd"
+)
+
+
+def optimizer(value: Any, _ctx: Ctx) -> Outcome:
+    if value is None:
+        return {}
+    name = as_str(value)
+    if name not in OPTIMIZERS:
+        raise NotModelledValue(f"gpuplan models the optimizers {KNOWN_OPTIMIZERS}; {name} keeps other states")
+    plan_name, caveat = OPTIMIZERS[name]
+    return Approx({"optimizer": plan_name}, caveat) if caveat else {"optimizer": plan_name}
+
+
+# transformers attn_implementation values (modeling_utils) -> gpuplan attn
+ATTENTION = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "eager": "eager"}
+
+
+def attention(value: Any, _ctx: Ctx) -> Outcome:
+    if value is None:
+        return {}
+    name = as_str(value)
+    if name not in ATTENTION:
+        raise NotModelledValue(f"gpuplan models sdpa, flash_attention_2 and eager attention, not {name}")
+    return {"attn": ATTENTION[name]}
+
+
+# torch dtype names as configs spell them -> gpuplan dtype
+DTYPES = {
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+    "float16": "fp16",
+    "fp16": "fp16",
+    "half": "fp16",
+    "float32": "fp32",
+    "fp32": "fp32",
+    "float": "fp32",
+}
+
+
+def dtype_name(value: Any) -> str | None:
+    """gpuplan's dtype for a torch dtype name (`torch.bfloat16` too); None for `auto`."""
+    name = as_str(value).removeprefix("torch.")
+    if name == "auto":
+        return None
+    if name not in DTYPES:
+        raise BadValue(f"{name!r} is not a dtype (bfloat16, float16, float32 or auto)")
+    return DTYPES[name]
+
+
+def lora_targets(value: Any) -> tuple[str, ...] | str:
+    """PEFT target_modules: a list of names (suffix match), 'all-linear', or a regex string (not modelled)."""
+    if isinstance(value, str):
+        if value.strip() in (ALL_LINEAR, "all_linear"):
+            return ALL_LINEAR
+        raise NotModelledValue(
+            "a target_modules string is a regex PEFT full-matches against module paths; "
+            "gpuplan needs module names (a list, or all-linear)"
+        )
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadValue("expected a list of module names or 'all-linear'")
+    if not value:
+        raise NotModelledValue("no target modules (only target_parameters are adapted)")
+    return tuple(v.strip() for v in value)
+
+
+# -- DeepSpeed: an inline config, a JSON string, or a file name both projects ship -------------------------
+
+# LLaMA-Factory examples/deepspeed/*.json and axolotl deepspeed_configs/*.json, read once: (stage, optimizer
+# offload, parameter offload)
+DEEPSPEED_FILES: dict[str, tuple[int, bool, bool]] = {
+    "ds_z0_config.json": (0, False, False),
+    "ds_z2_config.json": (2, False, False),
+    "ds_z2_offload_config.json": (2, True, False),
+    "ds_z3_config.json": (3, False, False),
+    "ds_z3_offload_config.json": (3, True, True),
+    "zero1.json": (1, False, False),
+    "zero1_torch_compile.json": (1, False, False),
+    "zero2.json": (2, False, False),
+    "zero2_torch_compile.json": (2, False, False),
+    "zero3.json": (3, False, False),
+    "zero3_bf16.json": (3, False, False),
+    "zero3_bf16_cpuoffload_all.json": (3, True, True),
+    "zero3_bf16_cpuoffload_params.json": (3, False, True),
+}
+_STAGE_IN_NAME = re.compile(r"(?:^|[^a-z0-9])(?:ds_)?z(?:ero)?[_-]?([0-3])(?:[^0-9]|$)")
+
+
+def deepspeed(value: Any, _ctx: Ctx) -> Outcome:
+    if value in (None, "", {}):
+        return {}
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise BadValue("an inline DeepSpeed config must be a JSON object") from None
+    if isinstance(value, dict):
+        return _zero(*_inline_zero(value), source="the inline config")
+    return _zero(*_named_zero(as_str(value)), source="the file name")
+
+
+def _inline_zero(config: dict[str, Any]) -> tuple[int, bool, bool]:
+    zero = config.get("zero_optimization") or {}
+    if not isinstance(zero, dict):
+        raise BadValue("zero_optimization must be a mapping")
+    stage = zero.get("stage", 0)
+    if stage == "auto" or isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage <= 3:
+        raise NotModelledValue(f"zero_optimization.stage={stage!r}: gpuplan needs stage 0-3")
+
+    def offloaded(key: str) -> bool:
+        part = zero.get(key) or {}
+        return isinstance(part, dict) and part.get("device") in ("cpu", "nvme")
+
+    return stage, offloaded("offload_optimizer"), offloaded("offload_param")
+
+
+def _named_zero(path: str) -> tuple[int, bool, bool]:
+    base = path.replace("\\", "/").rsplit("/", 1)[-1].lower()
+    if base in DEEPSPEED_FILES:
+        return DEEPSPEED_FILES[base]
+    match = _STAGE_IN_NAME.search(base)
+    if not match:
+        raise NotModelledValue(
+            "gpuplan cannot read the DeepSpeed file; give the config inline, or a name such as ds_z3_config.json"
+        )
+    stage, offload = int(match.group(1)), "offload" in base
+    if offload and stage == 3 and ("param" in base) != ("optim" in base):
+        return stage, "optim" in base, "param" in base
+    return stage, offload, offload and stage == 3
+
+
+def _zero(stage: int, optimizer_off: bool, params_off: bool, *, source: str) -> Outcome:
+    """DeepSpeed ZeRO stage and offload as gpuplan sharding: 0 is plain data parallel, 2 and 3 are zero2/zero3."""
+    if stage == 1:
+        raise NotModelledValue("ZeRO-1 shards only optimizer states; gpuplan has zero2 (states and gradients)")
+    sharding = {0: "ddp", 2: "zero2", 3: "zero3"}[stage]
+    if stage == 3 and optimizer_off != params_off:
+        which = "optimizer states" if optimizer_off else "parameters"
+        return Approx(
+            {"sharding": sharding, "offload": False},
+            f"ZeRO-3 offloads only {which} ({source}); gpuplan's offload moves both, so it is planned without",
+        )
+    return {"sharding": sharding, "offload": optimizer_off and stage > 0}
+
+
+# -- FSDP: transformers `fsdp` options and fsdp_config, axolotl fsdp / fsdp_config -------------------------
+
+_FSDP_NEAR_ZERO2 = "FSDP SHARD_GRAD_OP keeps full parameters between forward and backward, as ZeRO-2 does"
+# torch.distributed.fsdp.ShardingStrategy names (and transformers' lowercase option names)
+FSDP_STRATEGIES: dict[str, str | None] = {
+    "full_shard": "fsdp",
+    "shard_grad_op": "zero2",
+    "no_shard": "ddp",
+    "hybrid_shard": None,
+    "hybrid_shard_zero2": None,
+    "_hybrid_shard_zero2": None,
+}
+_FSDP_NUMBERED = {1: "full_shard", 2: "shard_grad_op", 3: "no_shard", 4: "hybrid_shard", 5: "_hybrid_shard_zero2"}
+
+
+def fsdp_strategy(name: str) -> Outcome:
+    key = name.lower()
+    if key not in FSDP_STRATEGIES:
+        raise BadValue(f"{name!r} is not an FSDP sharding strategy")
+    sharding = FSDP_STRATEGIES[key]
+    if sharding is None:
+        raise NotModelledValue(f"{name}: hybrid sharding (shard within a node, replicate across) is not modelled")
+    return Approx({"sharding": sharding}, _FSDP_NEAR_ZERO2) if sharding == "zero2" else {"sharding": sharding}
+
+
+def fsdp_options(value: Any, _ctx: Ctx) -> Outcome:
+    """transformers `fsdp`: "full_shard auto_wrap offload", a list of those words, or true (full_shard)."""
+    if value in (None, False, "", []):
+        return {}
+    words = ["full_shard"] if value is True else value.split() if isinstance(value, str) else value
+    if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+        raise BadValue("expected FSDP options such as 'full_shard auto_wrap'")
+    strategies = [w for w in words if w.lower() in FSDP_STRATEGIES]
+    out = fsdp_strategy(strategies[0]) if strategies else {"sharding": "fsdp"}
+    if "offload" in words:
+        values = dict(out.values if isinstance(out, Approx) else out, offload=True)
+        return Approx(values, "FSDP CPU offload moves parameters and gradients; gpuplan's moves parameters and states")
+    return out
+
+
+def fsdp_sharding_strategy(value: Any, _ctx: Ctx) -> Outcome:
+    if value is None:
+        return {}
+    if isinstance(value, int) and not isinstance(value, bool) and value in _FSDP_NUMBERED:
+        return fsdp_strategy(_FSDP_NUMBERED[value])
+    return fsdp_strategy(as_str(value))
+
+
+def fsdp_key(key: str) -> str:
+    """fsdp_config keys come with (accelerate, FSDP1) or without (FSDP2, axolotl) the `fsdp_` prefix."""
+    return key.removeprefix("fsdp_")
+
+
+def first_of(doc: Doc, *names: str) -> Any:
+    """The first of `names` the mapping sets (aliases such as dtype / torch_dtype)."""
+    for name in names:
+        if doc.get(name) is not None:
+            return doc[name]
+    return None
