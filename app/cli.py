@@ -149,9 +149,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_estimate(ns: argparse.Namespace) -> int:
-    from app import report
     from app.core.estimate import estimate
     from app.core.gpus import recommend
+    from app.exports import report
     from app.resolver import resolve_model_sync
     from app.settings import get_settings
 

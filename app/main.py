@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Literal
 
 from fastapi import FastAPI
@@ -15,7 +15,9 @@ from app.settings import Settings, get_settings
 if TYPE_CHECKING:
     import httpx
 
-    from app.api.deps import Store
+    from app.http.deps import MeasurementStore
+    from app.http.metrics import Metrics
+    from app.store import Store
 
 DESCRIPTION = (
     "GPU memory planner for fine-tuning LLMs (QLoRA, LoRA, full): per-term estimates of one training step, "
@@ -27,7 +29,7 @@ def create_app(
     settings: Settings | None = None,
     *,
     hub_transport: httpx.AsyncBaseTransport | None = None,
-    store: Store | Literal["settings"] | None = "settings",
+    store: MeasurementStore | Literal["settings"] | None = "settings",
 ) -> FastAPI:
     """Build the app; the lifespan opens the Hub client and the measurement store and closes them on shutdown.
 
@@ -35,34 +37,42 @@ def create_app(
     without one (calibration routes answer 503). `hub_transport` and `store` are seams for tests;
     `uvicorn --factory` calls this with no arguments.
     """
-    from app.api import API_PREFIX, api_routers, ops, problems
-    from app.api.limits import BodyLimitMiddleware
-    from app.api.metrics import Metrics, MetricsMiddleware
-    from app.hub.client import HubClient
-    from app.service import Planner
-    from app.web.routes import render_error
-    from app.web.routes import router as web_router
-    from app.web.templating import STATIC_DIR, make_templates
+    from app.http.metrics import Metrics
+    from app.web.templating import make_templates
 
     settings = settings or get_settings()
     metrics = Metrics()
+    app = FastAPI(
+        title="gpuplan",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=_lifespan(settings, metrics, hub_transport, store),
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.templates = make_templates()
+    app.state.store = None if store == "settings" else store
+    _mount(app, settings, metrics)
+    return app
+
+
+def _lifespan(
+    settings: Settings,
+    metrics: Metrics,
+    hub_transport: httpx.AsyncBaseTransport | None,
+    store: MeasurementStore | Literal["settings"] | None,
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Open the Hub client, the planner and (store="settings") the seeded store; close them on shutdown."""
+    from app.hub.client import HubClient
+    from app.service import Planner
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub = HubClient(settings, transport=hub_transport)
         app.state.hub = hub
         app.state.planner = Planner(settings, hub, metrics)
-        opened = None
-        if store == "settings":
-            from app.errors import StoreError
-            from app.store import Store
-            from app.store.seed import seed_store
-
-            try:
-                opened = Store.from_settings(settings)
-                seed_store(opened)
-            except StoreError as exc:  # estimates still work; calibration routes answer 503 and say why
-                logging.getLogger("gpuplan").warning("measurement store unavailable: %s", exc)
+        opened = _open_store(settings) if store == "settings" else None
         app.state.store = opened if store == "settings" else store
         try:
             yield
@@ -71,17 +81,34 @@ def create_app(
             if opened is not None:
                 opened.close()
 
-    app = FastAPI(
-        title="gpuplan",
-        version="0.1.0",
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        openapi_url="/openapi.json",
-    )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.templates = make_templates()
-    app.state.store = None if store == "settings" else store
+    return lifespan
+
+
+def _open_store(settings: Settings) -> Store | None:
+    """The settings' store, seeded; None (estimates still work, calibration routes answer 503) when it fails."""
+    from app.errors import StoreError
+    from app.store import Store
+    from app.store.seed import seed_store
+
+    try:
+        opened = Store.from_settings(settings)
+        seed_store(opened)
+    except StoreError as exc:
+        logging.getLogger("gpuplan").warning("measurement store unavailable: %s", exc)
+        return None
+    return opened
+
+
+def _mount(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Error handlers, the API and HTML routers, static files and the middleware."""
+    from app.api import api_routers, ops
+    from app.http import API_PREFIX, problems
+    from app.http.limits import BodyLimitMiddleware
+    from app.http.metrics import MetricsMiddleware
+    from app.web.routes import render_error
+    from app.web.routes import router as web_router
+    from app.web.templating import STATIC_DIR
+
     problems.install(app, html=render_error)
     for prefix, router in [*((API_PREFIX, r) for r in api_routers()), ("", ops.router), ("", web_router)]:
         app.include_router(router, prefix=prefix)
@@ -91,4 +118,3 @@ def create_app(
     # add_middleware wraps: the last added runs first (metrics see 413s too)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    return app

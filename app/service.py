@@ -7,9 +7,9 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from app import catalog, report
+from app import catalog
 from app.core.estimate import estimate
 from app.core.fit import FitResult, fit
 from app.core.gpus import GpuTier, Recommendation, recommend
@@ -17,12 +17,21 @@ from app.core.plan import TrainingPlan
 from app.core.result import Estimate
 from app.core.spec import ModelSpec
 from app.errors import ConfigError, HubError
+from app.exports import report
 from app.resolver import classify, resolve_model
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.api.metrics import Metrics
     from app.hub.client import HubClient
+
+
+class Counters(Protocol):
+    """What the planner counts (app/http/metrics.py's Metrics implements it)."""
+
+    def count_estimate(self) -> None: ...
+
+    def count_hub_fetch(self, outcome: str) -> None: ...
+
 
 ExportFormat = Literal["json", "md", "csv", "svg"]
 MEDIA_TYPES: dict[ExportFormat, str] = {
@@ -56,7 +65,7 @@ class Planned:
         if fmt == "csv":
             return report.csv_text(self.estimate)
         if fmt == "svg":
-            from app.web.svg import breakdown_chart
+            from app.exports.svg import breakdown_chart
 
             return breakdown_chart(self.estimate, self.recommendation, standalone=True)
         return json.dumps(report.payload(self.model, self.estimate, self.recommendation), separators=(",", ":"))
@@ -65,7 +74,7 @@ class Planned:
 class Planner:
     """Resolves models (catalog or Hub, counting Hub outcomes) and keeps the latest estimates in an LRU."""
 
-    def __init__(self, settings: Settings, hub: HubClient | None, metrics: Metrics, cache_size: int = 512) -> None:
+    def __init__(self, settings: Settings, hub: HubClient | None, metrics: Counters, cache_size: int = 512) -> None:
         self.settings = settings
         self.hub = hub
         self.metrics = metrics

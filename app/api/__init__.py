@@ -1,10 +1,12 @@
-"""The JSON API under /api/v1, its problem+json errors, dependencies and middleware."""
+"""The JSON API under /api/v1: its routers (shared HTTP pieces live in app/http/)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-API_PREFIX = "/api/v1"
+from app.http import API_PREFIX
+
+__all__ = ["API_PREFIX", "api_routers"]
 
 
 def api_routers() -> list[APIRouter]:

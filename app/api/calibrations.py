@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import StoreDep, UploadAuthDep
 from app.api.responses import problems
-from app.api.schemas import Created, jsonable_accuracy
+from app.http.deps import StoreDep, UploadAuthDep
+from app.http.schemas import Created, jsonable_accuracy
 from app.store.models import MeasurementRecord, StoreDevice
 
 router = APIRouter(tags=["calibration"])

@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from app.api.deps import PlannerDep
 from app.api.queries import query_dependency, query_parameters
 from app.api.responses import ESTIMATE_OK, HUB_PROBLEMS, problems
-from app.api.schemas import EstimateQuery, EstimateRequest, FitQuery
 from app.core.fit import FitResult
 from app.core.gpus import GPU_TIERS, find_tier
 from app.errors import InputError, PlanError
+from app.http.deps import PlannerDep
+from app.http.schemas import EstimateQuery, EstimateRequest, FitQuery
 from app.service import MEDIA_TYPES, ExportFormat, Planned
 
 router = APIRouter(tags=["estimate"])

@@ -7,10 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from app import catalog
-from app.api.deps import PlannerDep
 from app.api.responses import HUB_PROBLEMS, problems
-from app.api.schemas import ModelRow, ModelSummary
 from app.core.gpus import GPU_TIERS, GpuTier
+from app.http.deps import PlannerDep
+from app.http.schemas import ModelRow, ModelSummary
 
 router = APIRouter(tags=["reference"])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
-from app.api.deps import MetricsDep
-from app.api.metrics import CONTENT_TYPE
-from app.api.schemas import Health
+from app.http.deps import MetricsDep
+from app.http.metrics import CONTENT_TYPE
+from app.http.schemas import Health
 
 router = APIRouter(tags=["operations"])
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.api.problems import PROBLEM_JSON, Problem
-from app.api.schemas import EstimateResponse
+from app.http.problems import PROBLEM_JSON, Problem
+from app.http.schemas import EstimateResponse
 
 _PROBLEM_SCHEMA = {"schema": {"$ref": "#/components/schemas/Problem"}}
 

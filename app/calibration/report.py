@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from app.core.units import MIB
 from app.store.models import AccuracyStats, MeasurementRecord
 
-MIB = 1024 * 1024
 ACCURACY_TITLE = "gpuplan accuracy: estimates against measured training steps"
 
 

@@ -166,6 +166,33 @@ def _layers_prefix(model: Any, num_layers: int) -> str | None:
     return None
 
 
+def _kv_heads(leaves: dict[str, ModuleGroup], heads: int, head_dim: int, configured: int) -> int:
+    """KV heads as the projections are built: k_proj's width, or what a fused qkv holds beyond q."""
+    if "k_proj" in leaves:
+        return leaves["k_proj"].out_features // head_dim
+    fused = next((leaves[n] for n in _FUSED_QKV if n in leaves), None)
+    if fused is not None and fused.out_features > heads * head_dim:
+        return (fused.out_features - heads * head_dim) // (2 * head_dim)
+    return configured
+
+
+def _intermediate(
+    layer_groups: list[ModuleGroup], leaves: dict[str, ModuleGroup], hidden: int, experts: int
+) -> int | None:
+    """The MLP width as built: a dense down projection's input, or a fused expert tensor's non-hidden axis."""
+    down = next((leaves[n] for n in _DOWN_LEAVES if n in leaves and leaves[n].kind == "linear"), None)
+    if down is not None and experts == 0:
+        return down.in_features
+    expert_param = next(
+        (p for g in layer_groups if g.kind == "other" for p in g.params if len(p.shape) == 3 and "down" in p.name), None
+    )
+    if expert_param is not None:
+        # fused experts' down_proj is (experts, hidden, intermediate) in Mixtral/Qwen/DeepSeek but
+        # (experts, intermediate, hidden) in Llama 4 and gpt-oss: take the dimension that is not hidden
+        return expert_param.shape[1] if expert_param.shape[2] == hidden else expert_param.shape[2]
+    return None
+
+
 def _arch(cfg: Any, groups: tuple[ModuleGroup, ...], model: Any) -> ArchSummary:
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
@@ -178,26 +205,11 @@ def _arch(cfg: Any, groups: tuple[ModuleGroup, ...], model: Any) -> ArchSummary:
     head_dim = int(get("head_dim", default=hidden // heads))
     layer_groups = [g for g in groups if g.in_layers]
     leaves = {g.leaf: g for g in layer_groups}
-    kv_heads = int(get("num_key_value_heads", "num_kv_heads", default=heads))
-    if "k_proj" in leaves:
-        kv_heads = leaves["k_proj"].out_features // head_dim
-    else:
-        fused = next((leaves[n] for n in _FUSED_QKV if n in leaves), None)
-        if fused is not None and fused.out_features > heads * head_dim:
-            kv_heads = (fused.out_features - heads * head_dim) // (2 * head_dim)
+    kv_heads = _kv_heads(leaves, heads, head_dim, int(get("num_key_value_heads", "num_kv_heads", default=heads)))
     experts = int(get("num_local_experts", "num_experts", "n_routed_experts", default=0) or 0)
-    down = next((leaves[n] for n in _DOWN_LEAVES if n in leaves and leaves[n].kind == "linear"), None)
-    expert_param = next(
-        (p for g in layer_groups if g.kind == "other" for p in g.params if len(p.shape) == 3 and "down" in p.name), None
+    intermediate = _intermediate(layer_groups, leaves, hidden, experts) or int(
+        get("intermediate_size", "ffn_hidden_size", "moe_intermediate_size", default=4 * hidden)
     )
-    if down is not None and experts == 0:
-        intermediate = down.in_features
-    elif expert_param is not None:
-        # fused experts' down_proj is (experts, hidden, intermediate) in Mixtral/Qwen/DeepSeek but
-        # (experts, intermediate, hidden) in Llama 4 and gpt-oss: take the dimension that is not hidden
-        intermediate = expert_param.shape[1] if expert_param.shape[2] == hidden else expert_param.shape[2]
-    else:
-        intermediate = int(get("intermediate_size", "ffn_hidden_size", "moe_intermediate_size", default=4 * hidden))
     gated = any(g.leaf in _GATED_LEAVES for g in layer_groups) or any(
         "gate_up" in p.name for g in layer_groups for p in g.params
     )

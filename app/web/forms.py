@@ -12,9 +12,9 @@ import annotated_types
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from app.api.problems import from_validation
-from app.api.schemas import EstimateRequest, PlanQuery
 from app.core.plan import TrainingPlan
+from app.http.problems import from_validation
+from app.http.schemas import EstimateRequest, PlanQuery
 
 Kind = Literal["text", "number", "select"]
 

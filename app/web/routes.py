@@ -14,16 +14,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from app import catalog
-from app.api import API_PREFIX
-from app.api.deps import OptionalStoreDep, PlannerDep, Store, StoreDep
-from app.api.problems import Problem
 from app.core.fit import FitResult
 from app.core.gpus import find_tier
 from app.errors import GpuplanError, StoreError
+from app.exports.svg import Point, breakdown_chart, scatter_chart, term_colours
+from app.http import API_PREFIX
+from app.http.deps import MeasurementStore, OptionalStoreDep, PlannerDep, StoreDep
+from app.http.problems import Problem
 from app.service import Planned, Planner
 from app.store.models import ComparableStats
 from app.web.forms import canonical_query, form_groups, form_values, parse_query
-from app.web.svg import Point, breakdown_chart, scatter_chart, term_colours
 
 logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
@@ -71,7 +71,7 @@ async def _fit_recommended(planner: Planner, planned: Planned) -> FitResult | No
         return None
 
 
-async def _comparable(store: Store | None, planned: Planned) -> tuple[ComparableStats | None, str | None]:
+async def _comparable(store: MeasurementStore | None, planned: Planned) -> tuple[ComparableStats | None, str | None]:
     """Accuracy on comparable stored runs, and why it is missing when the store failed (the page still renders)."""
     if store is None:
         return None, None
@@ -103,7 +103,7 @@ async def plan_page(request: Request, planner: PlannerDep, store: OptionalStoreD
         "fit": await _fit_recommended(planner, planned),
         "comparable": comparable,
         "store_problem": store_problem,
-        # our own SVG: every text in it is XML-escaped by app.web.svg
+        # our own SVG: every text in it is XML-escaped by app.exports.svg
         "chart": Markup(breakdown_chart(planned.estimate, planned.recommendation)),
         "colours": term_colours(planned.estimate),
         "permalink": f"/plan?{permalink}",

@@ -18,6 +18,11 @@ def gib(nbytes: int | None, digits: int = 2) -> str:
     return "–" if nbytes is None else f"{nbytes / GIB:,.{digits}f} GiB"
 
 
+def in_gib(nbytes: int, digits: int = 3) -> str:
+    """Bytes as a bare GiB number for table cells: in_gib(1610612736, 1) -> '1.5'."""
+    return f"{nbytes / GIB:.{digits}f}"
+
+
 def thousands(value: int | None) -> str:
     return "–" if value is None else f"{value:,}"
 
@@ -37,6 +42,7 @@ def make_templates() -> Jinja2Templates:
         lstrip_blocks=True,
     )
     env.filters["gib"] = gib
+    env.filters["in_gib"] = in_gib
     env.filters["thousands"] = thousands
     env.filters["num"] = num
     return Jinja2Templates(env=env)

@@ -10,12 +10,12 @@ import xml.etree.ElementTree as ET
 import pytest
 from fastapi.testclient import TestClient
 
-from app import report
-from app.api.schemas import EstimateResponse
 from app.catalog import load_spec
 from app.core.estimate import estimate
 from app.core.gpus import recommend
 from app.core.plan import MAX_BATCH, MAX_GPUS, MAX_RANK, MAX_SEQ_LEN, TrainingPlan
+from app.exports import report
+from app.http.schemas import EstimateResponse
 from tests.webapp import HUB_SHA, assert_problem
 
 LLAMA = "meta-llama/Llama-2-7b-hf"

@@ -6,7 +6,7 @@ import re
 
 from fastapi.testclient import TestClient
 
-from app.api.metrics import Metrics
+from app.http.metrics import Metrics
 
 SAMPLE = re.compile(r'^([a-z_]+)(\{(?:[a-z_]+="(?:[^"\\]|\\.)*",?)*\})? (-?[0-9.e+]+)$')
 

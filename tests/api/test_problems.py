@@ -10,8 +10,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app import errors
-from app.api.problems import PROBLEM_BASE, field_errors, to_problem
 from app.errors import GpuplanError
+from app.http.problems import PROBLEM_BASE, field_errors, to_problem
 from tests.webapp import assert_problem, build_app
 
 

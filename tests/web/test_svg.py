@@ -11,7 +11,7 @@ from app.core.estimate import estimate
 from app.core.gpus import find_tier, recommend
 from app.core.plan import TrainingPlan
 from app.core.result import Estimate
-from app.web.svg import Point, breakdown_chart, scatter_chart, term_colours
+from app.exports.svg import Point, breakdown_chart, scatter_chart, term_colours
 
 NS = {"svg": "http://www.w3.org/2000/svg"}
 

@@ -12,15 +12,15 @@ from typing import Annotated, Protocol
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.api.metrics import Metrics
 from app.errors import AuthError, StoreNotConfigured, UploadForbidden
+from app.http.metrics import Metrics
 from app.hub.client import HubClient
 from app.service import Planner
 from app.settings import Settings
 from app.store.models import ComparableStats, MeasurementRecord
 
 
-class Store(Protocol):
+class MeasurementStore(Protocol):
     """What the API needs from the measurement store (implemented in app/store/)."""
 
     def list_measurements(self, model: str | None, device: str | None, limit: int) -> Sequence[MeasurementRecord]: ...
@@ -52,12 +52,12 @@ async def _metrics(request: Request) -> Metrics:
     return metrics
 
 
-async def optional_store(request: Request) -> Store | None:
-    store: Store | None = getattr(request.app.state, "store", None)
+async def optional_store(request: Request) -> MeasurementStore | None:
+    store: MeasurementStore | None = getattr(request.app.state, "store", None)
     return store
 
 
-async def _store(request: Request) -> Store:
+async def _store(request: Request) -> MeasurementStore:
     store = await optional_store(request)
     if store is None:
         raise StoreNotConfigured(
@@ -70,8 +70,8 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 HubDep = Annotated[HubClient, Depends(_hub)]
 PlannerDep = Annotated[Planner, Depends(_planner)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
-StoreDep = Annotated[Store, Depends(_store)]
-OptionalStoreDep = Annotated[Store | None, Depends(optional_store)]
+StoreDep = Annotated[MeasurementStore, Depends(_store)]
+OptionalStoreDep = Annotated[MeasurementStore | None, Depends(optional_store)]
 
 _bearer = HTTPBearer(auto_error=False, description="GPUPLAN_UPLOAD_TOKEN, as `Authorization: Bearer <token>`.")
 

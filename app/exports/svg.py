@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
-from app.core.gpus import Recommendation, find_tier
-from app.core.result import Estimate
+from app.core.gpus import Recommendation, budget_bytes, find_tier
+from app.core.result import Estimate, Term
 from app.core.units import GIB
 
 FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, Helvetica, Arial, sans-serif"
@@ -55,32 +55,37 @@ def term_colours(est: Estimate) -> dict[str, str]:
     return {t.term: PALETTE[i % len(PALETTE)] for i, t in enumerate(terms)}
 
 
+@dataclass(frozen=True)
+class _Bar:
+    """The breakdown chart's geometry: a horizontal bar from `left` spanning `span` pixels for `scale_max` bytes."""
+
+    width: int
+    left: int
+    span: int
+    top: int
+    height: int
+    scale_max: int
+
+    def x(self, nbytes: float) -> float:
+        return self.left + self.span * nbytes / self.scale_max
+
+    @property
+    def axis_y(self) -> int:
+        return self.top + self.height + 16
+
+
 def breakdown_chart(est: Estimate, rec: Recommendation | None = None, *, standalone: bool = False) -> str:
     """A stacked bar of the breakdown terms (device bytes per GPU), the recommended GPU's budget, and a legend."""
     width, left, right = 760, 16, 16
-    bar_top, bar_h = 52, 34
     terms = [t for t in est.breakdown if t.bytes > 0]
-    budget: tuple[str, int] | None = None
-    if rec is not None and rec.recommended:
-        tier = find_tier(rec.recommended)
-        if tier is not None:
-            budget = (
-                f"{rec.recommended} budget ({rec.headroom:.0%} headroom kept)",
-                int(tier.usable_bytes * (1 - rec.headroom)),
-            )
-    scale_max = max([est.device_bytes, budget[1] if budget else 0, 1])
-    span = width - left - right
-
-    def x(nbytes: float) -> float:
-        return left + span * nbytes / scale_max
-
+    budget = _budget(rec)
+    bar = _Bar(width, left, width - left - right, 52, 34, max([est.device_bytes, budget[1] if budget else 0, 1]))
     per_gpu = " per GPU" if est.plan.gpus > 1 else ""
     label = f"GPU memory of one fine-tuning step of {est.model}: {est.device_bytes / GIB:.2f} GiB{per_gpu}"
     columns = 3
     rows = math.ceil(len(terms) / columns)
-    legend_top = bar_top + bar_h + 44
-    height = legend_top + rows * 18 + 4
-    out = _open(width, height, label, standalone)
+    legend_top = bar.top + bar.height + 44
+    out = _open(width, legend_top + rows * 18 + 4, label, standalone)
     out.append(
         f'<text x="{left}" y="22" font-size="15" font-weight="600">{_text(est.model)}: '
         f"{est.device_bytes / GIB:.2f} GiB{per_gpu}</text>"
@@ -90,46 +95,73 @@ def breakdown_chart(est: Estimate, rec: Recommendation | None = None, *, standal
         f"reserved {est.peak_reserved_bytes / GIB:.2f} GiB · device {est.device_bytes / GIB:.2f} GiB "
         f"({_text(est.peak_phase)} phase)</text>"
     )
-    out.append(f'<rect x="{left}" y="{bar_top}" width="{span}" height="{bar_h}" fill="#f2f2f2"/>')
+    out += _segments(bar, terms) + _axis(bar) + (_budget_line(bar, *budget) if budget else [])
+    out += _legend(bar, terms, columns, rows, legend_top)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _budget(rec: Recommendation | None) -> tuple[str, int] | None:
+    """The recommended GPU's label and budget (usable bytes less the headroom), when there is one."""
+    tier = find_tier(rec.recommended) if rec is not None and rec.recommended else None
+    if rec is None or tier is None:
+        return None
+    return f"{rec.recommended} budget ({rec.headroom:.0%} headroom kept)", budget_bytes(tier, rec.headroom)
+
+
+def _segments(bar: _Bar, terms: list[Term]) -> list[str]:
+    """The bar's background and one coloured segment per term, each with its tooltip."""
+    out = [f'<rect x="{bar.left}" y="{bar.top}" width="{bar.span}" height="{bar.height}" fill="#f2f2f2"/>']
     start = 0
     for i, term in enumerate(terms):
-        colour = PALETTE[i % len(PALETTE)]
-        x0, x1 = x(start), x(start + term.bytes)
+        x0, x1 = bar.x(start), bar.x(start + term.bytes)
         out.append(
-            f'<rect class="segment" data-term="{_text(term.term)}" x="{x0:.2f}" y="{bar_top}" '
-            f'width="{max(x1 - x0, 0.5):.2f}" height="{bar_h}" fill="{colour}">'
+            f'<rect class="segment" data-term="{_text(term.term)}" x="{x0:.2f}" y="{bar.top}" '
+            f'width="{max(x1 - x0, 0.5):.2f}" height="{bar.height}" fill="{PALETTE[i % len(PALETTE)]}">'
             f"<title>{_text(term.term)}: {term.bytes / GIB:.3f} GiB, {_text(term.note)}</title></rect>"
         )
         start += term.bytes
-    axis_y = bar_top + bar_h + 16
+    return out
+
+
+def _axis(bar: _Bar) -> list[str]:
+    """Five GiB ticks under the bar."""
+    out = []
     for i in range(5):
-        value = scale_max * i / 4
+        value = bar.scale_max * i / 4
         anchor = "start" if i == 0 else "end" if i == 4 else "middle"
         out.append(
-            f'<text x="{x(value):.2f}" y="{axis_y}" text-anchor="{anchor}" fill="#555">{value / GIB:.1f} GiB</text>'
+            f'<text x="{bar.x(value):.2f}" y="{bar.axis_y}" text-anchor="{anchor}" fill="#555">'
+            f"{value / GIB:.1f} GiB</text>"
         )
-    if budget is not None:
-        bx = x(budget[1])
-        out.append(
-            f'<line x1="{bx:.2f}" y1="{bar_top - 6}" x2="{bx:.2f}" y2="{bar_top + bar_h + 4}" stroke="#222" '
-            'stroke-width="2" stroke-dasharray="4 3"/>'
-        )
-        anchor = "end" if bx > width / 2 else "start"
-        dx = -4 if anchor == "end" else 4
-        out.append(
-            f'<text x="{bx + dx:.2f}" y="{axis_y + 14}" text-anchor="{anchor}" font-size="11">{_text(budget[0])}</text>'
-        )
-    col_w = (width - left - right) / columns
+    return out
+
+
+def _budget_line(bar: _Bar, label: str, nbytes: int) -> list[str]:
+    """A dashed line at the recommended GPU's budget, labelled on the side with room."""
+    bx = bar.x(nbytes)
+    anchor = "end" if bx > bar.width / 2 else "start"
+    dx = -4 if anchor == "end" else 4
+    return [
+        f'<line x1="{bx:.2f}" y1="{bar.top - 6}" x2="{bx:.2f}" y2="{bar.top + bar.height + 4}" stroke="#222" '
+        'stroke-width="2" stroke-dasharray="4 3"/>',
+        f'<text x="{bx + dx:.2f}" y="{bar.axis_y + 14}" text-anchor="{anchor}" font-size="11">{_text(label)}</text>',
+    ]
+
+
+def _legend(bar: _Bar, terms: list[Term], columns: int, rows: int, top: int) -> list[str]:
+    """One swatch and 'term · GiB' per term, filled column by column."""
+    out = []
+    col_w = bar.span / columns
     for i, term in enumerate(terms):
         col, row = divmod(i, rows) if rows else (0, 0)
-        lx, ly = left + col * col_w, legend_top + row * 18
+        lx, ly = bar.left + col * col_w, top + row * 18
         out.append(f'<rect x="{lx:.1f}" y="{ly - 10}" width="12" height="12" fill="{PALETTE[i % len(PALETTE)]}"/>')
         out.append(
             f'<text class="legend" x="{lx + 17:.1f}" y="{ly}" font-size="11">'
             f"{_text(term.term.removesuffix('_bytes'))} · {term.bytes / GIB:.2f} GiB</text>"
         )
-    out.append("</svg>")
-    return "\n".join(out)
+    return out
 
 
 @dataclass(frozen=True)

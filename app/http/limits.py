@@ -7,7 +7,7 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import PROBLEM_JSON, from_http
+from app.http.problems import PROBLEM_JSON, from_http
 
 
 def _too_large(limit: int) -> str:

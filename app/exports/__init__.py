@@ -1,0 +1,1 @@
+"""What an estimate becomes for people: the JSON payload, terminal table, Markdown, CSV and SVG charts."""
