@@ -11,29 +11,6 @@ from typing import Any, NoReturn
 
 from app.errors import GpuplanError, InputError
 
-PLAN_FLAGS = (
-    "method",
-    "quant",
-    "double_quant",
-    "dtype",
-    "rank",
-    "alpha",
-    "dropout",
-    "targets",
-    "dora",
-    "rslora",
-    "seq_len",
-    "batch_size",
-    "gradient_checkpointing",
-    "checkpointing",
-    "optimizer",
-    "attn",
-    "gpus",
-    "sharding",
-    "offload",
-    "device",
-)
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
@@ -44,70 +21,38 @@ MATMULS_HELP = "cpu 16-bit matmuls: native, fp32 (same bytes, fast on CPUs witho
 
 
 def add_plan_flags(p: argparse.ArgumentParser) -> None:
-    """The plan flags shared by estimate and calibrate; defaults come from TrainingPlan."""
-    p.add_argument("--method", choices=["qlora", "lora", "full"], help="default qlora")
-    p.add_argument("--quant", choices=["nf4", "fp4", "int8", "none"], help="default nf4 for qlora, none otherwise")
-    p.add_argument(
-        "--no-double-quant", dest="double_quant", action="store_false", default=None, help="disable double quantization"
-    )
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="compute dtype (default bf16)")
-    p.add_argument("--rank", type=int, help="LoRA rank (default 16)")
-    p.add_argument("--alpha", type=float, help="LoRA alpha (default 32)")
-    p.add_argument("--dropout", type=float, help="LoRA dropout (default 0.05)")
-    p.add_argument("--targets", help="LoRA targets: q_proj,v_proj or all-linear (default)")
-    p.add_argument("--dora", action="store_true", default=None, help="DoRA adapters")
-    p.add_argument("--rslora", action="store_true", default=None, help="rsLoRA scaling")
-    p.add_argument("--seq-len", dest="seq_len", type=int, help="tokens per sequence (default 2048)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="micro-batch size per GPU (default 1)")
-    p.add_argument(
-        "--gradient-checkpointing",
-        dest="gradient_checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="recompute activations in backward (default on)",
-    )
-    p.add_argument(
-        "--checkpointing", choices=["every-layer", "sqrt-n"], help="checkpointing strategy (default every-layer)"
-    )
-    p.add_argument(
-        "--optimizer",
-        choices=["adamw", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit", "sgd", "adafactor"],
-        help="default paged_adamw_32bit",
-    )
-    p.add_argument(
-        "--attn", choices=["sdpa", "flash_attention_2", "eager"], help="attention implementation (default sdpa)"
-    )
-    p.add_argument("--gpus", type=int, help="number of GPUs (default 1)")
-    p.add_argument(
-        "--sharding", choices=["none", "ddp", "fsdp", "zero2", "zero3"], help="multi-GPU strategy (default none)"
-    )
-    p.add_argument(
-        "--offload", action="store_true", default=None, help="offload optimizer states (and zero3/fsdp params) to CPU"
-    )
-    p.add_argument("--device", choices=["cuda", "cpu"], help="cuda (default) or the cpu calibration reference")
+    """The plan flags shared by estimate and calibrate, generated from TrainingPlan (app/plan_input.py)."""
+    from app.plan_input import add_plan_flags as generated
+
+    generated(p)
 
 
-def plan_from_args(ns: argparse.Namespace) -> Any:
-    """Build a TrainingPlan from parsed flags; validation errors become one InputError line."""
-    from pydantic import ValidationError
+def plan_from_args(ns: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+    """A TrainingPlan from `base` (e.g. an imported recipe's plan fields) with the given flags over it."""
+    from app.plan_input import build_plan, plan_fields
 
-    from app.core.plan import TrainingPlan
-
-    fields = {k: getattr(ns, k) for k in PLAN_FLAGS if getattr(ns, k, None) is not None}
-    try:
-        return TrainingPlan(**fields)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "plan"
-        flag = f"--{where.replace('_', '-')}" if where in PLAN_FLAGS else where
-        raise InputError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
+    flags = {f.name: getattr(ns, f.name) for f in plan_fields() if getattr(ns, f.name, None) is not None}
+    return build_plan({**(base or {}), **flags}, naming="flag")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpuplan", description="GPU memory planner for fine-tuning LLMs (QLoRA, LoRA, full).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     est = sub.add_parser("estimate", help="estimate the peak memory of a fine-tuning step")
-    est.add_argument("model", help="catalog id, Hub id (org/name[@rev]) or path to config.json")
+    est.add_argument(
+        "model",
+        nargs="?",
+        help="catalog id, Hub id (org/name[@rev]) or path to config.json (default: the --from files')",
+    )
+    est.add_argument(
+        "--from",
+        dest="recipes",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="a training config you run (axolotl or LLaMA-Factory YAML, TrainingArguments/SFTConfig, "
+        "adapter_config.json, BitsAndBytesConfig); repeatable; flags override it",
+    )
     add_plan_flags(est)
     est.add_argument("--json", action="store_true", help="print one JSON object")
     models = sub.add_parser("models", help="list the bundled catalog")
@@ -155,13 +100,40 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
     from app.resolver import resolve_model_sync
     from app.settings import get_settings
 
-    plan = plan_from_args(ns)
+    imported = _import_recipes(ns.recipes) if ns.recipes else None
+    plan = plan_from_args(ns, imported.plan_fields if imported else None)
+    name = ns.model or (imported.model if imported else None)
+    if not name:
+        raise InputError("name a model: MODEL, or a --from file that names one (base_model, model_name_or_path)")
     settings = get_settings()
-    model = resolve_model_sync(ns.model, settings)
+    model = resolve_model_sync(name, settings)
     est = estimate(model, plan)
     rec = recommend(model, est, settings.headroom) if plan.device == "cuda" else None
-    print(json.dumps(report.payload(model, est, rec), indent=2) if ns.json else report.table(model, est, rec))
+    if ns.json:
+        out = report.payload(model, est, rec)
+        if imported is not None:
+            out["recipe"] = imported.model_dump(mode="json", exclude={"plan", "plan_fields"})
+        print(json.dumps(out, indent=2))
+    else:
+        print(report.table(model, est, rec))
+        if imported is not None:
+            from app.recipes.result import summary_lines
+
+            print("\n" + "\n".join(summary_lines(imported)))
     return 0
+
+
+def _import_recipes(paths: list[Path]) -> Any:
+    """The --from files, read and imported (a missing or unreadable file is one InputError line)."""
+    from app.recipes import RecipeFile, import_recipe
+
+    files = []
+    for path in paths:
+        try:
+            files.append(RecipeFile.from_bytes(path.name, path.read_bytes()))
+        except OSError as exc:
+            raise InputError(f"--from {path}: cannot read it ({exc.strerror or exc})") from None
+    return import_recipe(files)
 
 
 def _cmd_models(ns: argparse.Namespace) -> int:

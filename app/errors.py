@@ -3,6 +3,7 @@
     GpuplanError
     ├── InputError                      bad user input (400 / 422)
     │   ├── PlanError                   a training plan that cannot be built
+    │   │   └── StackRefusal            the real stack refuses one plan setting (answered adjusted unless strict)
     │   ├── ModelIdError                a model name that is not a valid Hub id or path
     │   └── RecipeError                 an imported training config: unknown format, conflict, bad plan (422)
     ├── ConfigError                     a config.json that cannot become an inventory (422)
@@ -53,6 +54,18 @@ class InputError(GpuplanError):
 class PlanError(InputError):
     title = "Invalid training plan"
     slug = "invalid-plan"
+
+
+class StackRefusal(PlanError):
+    """The real stack (e.g. PEFT) refuses one plan setting; `accepted` is the nearest value it takes."""
+
+    title = "Plan refused by the training stack"
+    slug = "stack-refused-plan"
+
+    def __init__(self, detail: str, *, field: str | None = None, accepted: object = None) -> None:
+        super().__init__(detail, errors=[{"field": field, "message": detail}] if field else None)
+        self.field = field or "plan"
+        self.accepted = accepted
 
 
 class ModelIdError(InputError):

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from app.core.plan import ALL_LINEAR, TrainingPlan
+from app.core.result import Adjustment
 from app.core.spec import ModelSpec, ModuleGroup
-from app.errors import PlanError
+from app.errors import PlanError, StackRefusal
 
 # PEFT maps the v4 names of transformers-5 fused MoE layers to parameters it wraps (ParamWrapper), and
 # all-linear adds them: transformers_weight_conversion._MOE_TARGET_MODULE_MAPPING / _MOE_FUSED_TARGETS.
@@ -18,6 +19,8 @@ MOE_PARAM_TARGETS = {
 }
 # fused gate_up gets rank_pattern 2r so gate and up keep rank r each
 FUSED_PARAMS = {"gate_up_proj"}
+# plan fields PEFT may refuse for a model (StackRefusal), each replaced by the value it accepts
+REFUSABLE = ("dropout", "dora")
 
 
 class LoraKey(NamedTuple):
@@ -56,14 +59,19 @@ def _linear(group: ModuleGroup, lora: LoraKey) -> Adapted:
 
 def _wrapped(group: ModuleGroup, names: set[str], lora: LoraKey) -> Adapted:
     """PEFT ParamWrapper on 2-D (router) or 3-D (experts, E x out x in) parameters: A (r*E, in), B (out, r*E)."""
+    # peft/tuners/lora/layer.py ParamWrapper.__init__ (0.21): "does not work with lora_dropout != 0" / "use_dora=True"
     if lora.dropout:
-        raise PlanError(
+        raise StackRefusal(
             f"PEFT cannot apply LoRA dropout to {group.name} ({group.cls}, adapted through ParamWrapper): "
-            "set dropout to 0, or target the attention projections only"
+            "set dropout to 0, or target the attention projections only",
+            field="dropout",
+            accepted=0.0,
         )
     if lora.dora:
-        raise PlanError(
-            f"PEFT's ParamWrapper on {group.name} does not support DoRA: turn DoRA off or target attention only"
+        raise StackRefusal(
+            f"PEFT's ParamWrapper on {group.name} does not support DoRA: turn DoRA off or target attention only",
+            field="dora",
+            accepted=False,
         )
     shapes: list[tuple[int, ...]] = []
     wrapped = []
@@ -130,3 +138,31 @@ def adapted_modules(model: ModelSpec, lora: LoraKey) -> tuple[tuple[Adapted, ...
     adapted = [_linear(g, lora) for g in chosen]
     adapted += [_wrapped(g, wrapped[g.name], lora) for g in model.groups if g.name in wrapped]
     return tuple(adapted), tuple(notes)
+
+
+def accepted_plan(model: ModelSpec, plan: TrainingPlan) -> tuple[TrainingPlan, tuple[Adjustment, ...]]:
+    """The nearest plan the real stack accepts, and what changed: each setting PEFT refuses (StackRefusal) is set
+    to the value it takes, one at a time. A strict plan is refused instead, with PEFT's reason.
+    """
+    if not (plan.uses_lora and (plan.dropout > 0 or plan.dora)):
+        return plan, ()  # the only settings PEFT refuses here (REFUSABLE) are off: nothing to check
+    adjustments: list[Adjustment] = []
+    for _ in range(len(REFUSABLE) + 1):
+        try:
+            adapted_modules(model, lora_key(plan))
+        except StackRefusal as refusal:
+            if plan.strict:
+                raise StackRefusal(
+                    f"{refusal.detail} (strict plan; without strict gpuplan answers for {refusal.field}="
+                    f"{refusal.accepted})",
+                    field=refusal.field,
+                    accepted=refusal.accepted,
+                ) from None
+            requested = getattr(plan, refusal.field)
+            plan = plan.model_copy(update={refusal.field: refusal.accepted})
+            adjustments.append(
+                Adjustment(field=refusal.field, requested=requested, used=refusal.accepted, why=refusal.detail)
+            )
+            continue
+        return plan, tuple(adjustments)
+    raise PlanError(f"no plan near this one is accepted by PEFT on {model.id}")

@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from app.core.activations import LayerActivations, kept_layers, layer_activations, logits_bytes
-from app.core.adapters import lora_key
+from app.core.adapters import accepted_plan, lora_key
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
 from app.core.result import Category, Estimate, Params, PhasePeak, Term
@@ -58,6 +58,7 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
     of its moment are the breakdown, followed by the overheads outside the live tensors.
     """
     _check(plan)
+    plan, adjustments = accepted_plan(model, plan)
     tensors = plan_tensors(model, base_key(plan), lora_key(plan))
     terms = step_terms(model, plan, tensors)
     held = persistent_terms(terms)
@@ -82,6 +83,7 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
         else None,
         offloaded_bytes=terms.resident.offloaded,
         notes=tuple(_notes(model, plan, tensors, terms.resident.offloaded)),
+        adjustments=adjustments,
     )
 
 

@@ -64,6 +64,11 @@ class TrainingPlan(BaseModel):
     )
     offload: bool = Field(False, description="Offload optimizer states (and ZeRO-3/FSDP parameters) to CPU memory.")
     device: Device = Field("cuda", description="cuda, or cpu for the calibration reference tracker.")
+    strict: bool = Field(
+        False,
+        description="Refuse a setting the real stack refuses (e.g. LoRA dropout on MoE experts PEFT wraps through "
+        "ParamWrapper) instead of answering the nearest plan it accepts, with the change stated.",
+    )
 
     @field_validator("targets", mode="before")
     @classmethod

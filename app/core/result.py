@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
@@ -48,6 +48,17 @@ class Params(BaseModel):
         return round(100 * self.trainable / self.base, 4) if self.base else 0.0
 
 
+class Adjustment(BaseModel):
+    """A plan setting the real stack refuses, replaced by the nearest one it accepts (plans that are not strict)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    field: str
+    requested: Any
+    used: Any
+    why: str
+
+
 class Estimate(BaseModel):
     """What one fine-tuning step of `plan` on `model` needs per GPU."""
 
@@ -70,6 +81,9 @@ class Estimate(BaseModel):
         "part of no device total.",
     )
     notes: tuple[str, ...] = ()
+    adjustments: tuple[Adjustment, ...] = Field(
+        (), description="Settings changed to the nearest plan the stack accepts; `plan` is the plan estimated."
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -38,8 +38,22 @@ def payload(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> dict
         "double_quant_saving_bytes": est.double_quant_saving_bytes,
         "offloaded_bytes": est.offloaded_bytes,
         "notes": list(est.notes),
+        "adjustments": [a.model_dump(mode="json") for a in est.adjustments],
         "recommendations": rec.model_dump(mode="json") if rec is not None else None,
     }
+
+
+def adjustment_lines(est: Estimate) -> list[str]:
+    """One line per setting changed to the nearest plan the stack accepts: what, from, to, and why."""
+    return [
+        f"changed {a.field}: {_value(a.requested)} -> {_value(a.used)} (the stack refuses the requested value: "
+        f"{a.why}; add --strict to be refused instead)"
+        for a in est.adjustments
+    ]
+
+
+def _value(value: object) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _plan_line(est: Estimate) -> str:
@@ -66,6 +80,7 @@ def table(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> str:
     lines = [
         f"{model.id}{'@' + model.revision[:12] if model.revision else ''}  ({model.arch.architecture}, {model.num_params:,} parameters)",
         f"plan: {_plan_line(est)}",
+        *adjustment_lines(est),
         f"trainable: {est.params.trainable:,} ({est.params.trainable_pct:.4f} %)",
         "",
         f"{'term':<30} {'bytes':>16} {'GiB':>9}  note",
@@ -111,6 +126,7 @@ def markdown(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> str
         "",
         f"- Model: `{model.id}`{' @ `' + model.revision + '`' if model.revision else ''} ({model.arch.architecture}, {model.num_params:,} parameters)",
         f"- Plan: {_plan_line(est)}",
+        *(f"- **{line}**" for line in adjustment_lines(est)),
         f"- Trainable parameters: {est.params.trainable:,}",
         f"- **Peak allocated: {gib(est.peak_allocated_bytes)}**; reserved {gib(est.peak_reserved_bytes)}; device {gib(est.device_bytes)}",
     ]

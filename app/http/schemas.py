@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.gpus import Recommendation
 from app.core.plan import TrainingPlan
-from app.core.result import Params, PhasePeak, Term
+from app.core.result import Adjustment, Params, PhasePeak, Term
 from app.core.spec import ArchSummary, ModelSource, ModelSpec
 from app.service import ExportFormat
 
@@ -85,6 +85,10 @@ class EstimateResponse(BaseModel):
     double_quant_saving_bytes: int | None
     offloaded_bytes: int = Field(0, description="Bytes in host RAM instead of on a GPU (offload); in no device total.")
     notes: list[str]
+    adjustments: list[Adjustment] = Field(
+        default_factory=list,
+        description="Settings the real stack refuses, changed to the nearest accepted plan (`plan` is that plan).",
+    )
     recommendations: Recommendation | None = Field(description="None for device cpu plans.")
 
 

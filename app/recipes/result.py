@@ -78,3 +78,15 @@ class RecipeImport(_Frozen):
     not_modelled: tuple[NotModelledField, ...]
     ignored: tuple[FileField, ...] = Field(description="Fields with no memory effect (or that set nothing here).")
     unknown: tuple[FileField, ...] = Field(description="Fields no table knows.")
+
+
+def summary_lines(imported: RecipeImport) -> list[str]:
+    """The import report as text: formats, what set which plan field, what is not modelled, unknown keys."""
+    lines = [f"from {f.file}: {f.format}{' (detected)' if f.detected else ''}" for f in imported.formats]
+    lines += [
+        f"  {m.file}: {m.field}={m.value!r} -> {m.plan_field}={m.plan_value!r}{' (framework default)' * m.default}"
+        for m in imported.mapped
+    ]
+    lines += [f"  not modelled: {n.file}: {n.field}={n.value!r} ({n.why})" for n in imported.not_modelled]
+    lines += [f"  unknown key: {u.file}: {u.field}" for u in imported.unknown]
+    return lines

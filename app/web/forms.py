@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Literal
 from urllib.parse import urlencode
 
-import annotated_types
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from app.core.plan import TrainingPlan
 from app.http.problems import from_validation
 from app.http.schemas import EstimateRequest, PlanQuery
+from app.plan_input import as_text, bounds, literal_values, read_values
 
 Kind = Literal["text", "number", "select"]
 
@@ -40,12 +39,13 @@ LABELS: dict[str, str] = {
     "sharding": "Sharding",
     "offload": "CPU offload",
     "device": "Device",
+    "strict": "Strict",
 }
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Method", ("method", "quant", "double_quant", "dtype")),
     ("LoRA adapters", ("rank", "alpha", "dropout", "targets", "dora", "rslora")),
     ("Batch and activations", ("seq_len", "batch_size", "gradient_checkpointing", "checkpointing", "attn")),
-    ("Optimizer and GPUs", ("optimizer", "gpus", "sharding", "offload", "device")),
+    ("Optimizer and GPUs", ("optimizer", "gpus", "sharding", "offload", "device", "strict")),
 )
 AUTO_QUANT = ("", "auto: nf4 for QLoRA, none for LoRA/full")
 BOOL_OPTIONS = (("true", "on"), ("false", "off"))
@@ -66,38 +66,6 @@ class FormField:
     step: str | None = None
 
 
-def as_text(value: object) -> str:
-    """A plan value as it appears in a form or a query string."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return "" if value is None else str(value)
-
-
-def _literal_values(annotation: Any) -> tuple[str, ...]:
-    """The choices of a Literal (or an optional Literal); () for anything else."""
-    if get_origin(annotation) is Literal:
-        return tuple(str(v) for v in get_args(annotation))
-    if get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return _literal_values(args[0])
-    return ()
-
-
-def _bounds(info: FieldInfo) -> tuple[str | None, str | None]:
-    low = high = None
-    for meta in info.metadata:
-        if isinstance(meta, annotated_types.Ge | annotated_types.Gt):
-            low = as_text(meta.ge if isinstance(meta, annotated_types.Ge) else meta.gt)
-        if isinstance(meta, annotated_types.Le | annotated_types.Lt):
-            high = as_text(meta.le if isinstance(meta, annotated_types.Le) else meta.lt)
-    return low, high
-
-
 def _field(name: str, info: FieldInfo) -> FormField:
     base = FormField(
         name=name,
@@ -110,9 +78,9 @@ def _field(name: str, info: FieldInfo) -> FormField:
     if annotation is bool:
         return replace(base, kind="select", options=BOOL_OPTIONS)
     if annotation in (int, float):
-        low, high = _bounds(info)
+        low, high = bounds(info)
         return replace(base, kind="number", min=low, max=high, step="1" if annotation is int else "any")
-    values = _literal_values(annotation)
+    values = literal_values(annotation)
     if name == "quant":  # None means "follow the method"
         return replace(base, kind="select", default="", options=(AUTO_QUANT, *((v, v) for v in values)))
     if values:
@@ -135,9 +103,14 @@ def form_values(params: Mapping[str, str]) -> dict[str, str]:
     return values
 
 
-def parse_query(params: Mapping[str, str]) -> EstimateRequest:
-    """The planner's GET query as an EstimateRequest; empty inputs mean "the default". Raises InputError."""
-    data = {k: v for k, v in params.items() if v.strip() != ""}
+def parse_query(pairs: Iterable[tuple[str, str]]) -> EstimateRequest:
+    """The planner's GET query (key, value pairs; repeated targets joined) as an EstimateRequest; empty inputs
+    mean "the default". Raises InputError."""
+    pairs = list(pairs)
+    data: dict[str, str] = read_values(pairs)
+    model = [v for k, v in pairs if k == "model" and v.strip()]
+    if model:
+        data["model"] = model[-1]
     try:
         return PlanQuery.model_validate(data)
     except ValidationError as exc:

@@ -89,7 +89,7 @@ async def _comparable(store: MeasurementStore | None, planned: Planned) -> tuple
 @router.get("/plan", response_class=HTMLResponse)
 async def plan_page(request: Request, planner: PlannerDep, store: OptionalStoreDep) -> Response:
     """The result page of one model and plan; its URL is the permalink."""
-    query = parse_query(request.query_params)
+    query = parse_query(request.query_params.multi_items())
     model = await planner.resolve(query.model)
     planned = await planner.plan_async(model, query.to_plan())
     permalink = canonical_query(query)

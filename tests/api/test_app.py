@@ -50,6 +50,7 @@ def test_openapi_documents_every_route_with_a_one_line_summary(client: TestClien
     paths = spec["paths"]
     expected = {
         "/api/v1/estimate": {"get", "post"},
+        "/api/v1/estimate/from-config": {"post"},
         "/api/v1/fit": {"get"},
         "/api/v1/models": {"get"},
         "/api/v1/models/{org}/{name}": {"get"},

@@ -89,10 +89,12 @@ def test_targets_that_match_nothing_or_unsupported_modules() -> None:
         estimate(spec("meta-llama/Llama-2-7b-hf"), TrainingPlan(targets="qkv_proj"))
     with pytest.raises(PlanError, match="LoRA cannot adapt"):
         estimate(spec("mistralai/Mixtral-8x7B-v0.1"), TrainingPlan(targets="experts"))
-    # PEFT refuses dropout (and DoRA) on the fused experts all-linear wraps with ParamWrapper
+    # PEFT refuses dropout (and DoRA) on the fused experts all-linear wraps with ParamWrapper: a strict plan is
+    # refused (tests/core/test_stack_adjustments.py: otherwise answered for the nearest accepted plan)
     with pytest.raises(PlanError, match="dropout"):
-        estimate(spec("mistralai/Mixtral-8x7B-v0.1"), TrainingPlan(targets="all-linear", dropout=0.05))
+        estimate(spec("mistralai/Mixtral-8x7B-v0.1"), TrainingPlan(targets="all-linear", dropout=0.05, strict=True))
     with pytest.raises(PlanError, match="DoRA"):
-        estimate(spec("mistralai/Mixtral-8x7B-v0.1"), TrainingPlan(targets="all-linear", dropout=0, dora=True))
+        plan = TrainingPlan(targets="all-linear", dropout=0, dora=True, strict=True)
+        estimate(spec("mistralai/Mixtral-8x7B-v0.1"), plan)
     est = estimate(spec("meta-llama/Llama-2-7b-hf"), TrainingPlan(targets="q_proj,qkv_proj"))
     assert any("qkv_proj" in n for n in est.notes)
