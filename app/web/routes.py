@@ -57,6 +57,18 @@ async def index(request: Request) -> Response:
     return _templates(request).TemplateResponse(request, "index.html", {"form": _form_context({})})
 
 
+@router.post("/import", response_class=HTMLResponse)
+async def import_config(request: Request) -> Response:
+    """The planner form filled from a pasted or uploaded training config, with the import report."""
+    from app.recipes import import_recipe
+    from app.web.imports import imported_values, read_configs
+
+    files, model = await read_configs(request)
+    imported = import_recipe(files)
+    context = {"form": _form_context(imported_values(imported, model)), "recipe": imported}
+    return _templates(request).TemplateResponse(request, "index.html", context)
+
+
 async def _fit_recommended(planner: Planner, planned: Planned) -> FitResult | None:
     rec = planned.recommendation
     if rec is None or rec.recommended is None or rec.recommended_gpus is None:
