@@ -94,6 +94,25 @@ def create_store_engine(url: str) -> Engine:
     return engine
 
 
+def _enable_wal(cursor: Any) -> None:
+    """Switch a SQLite file to WAL, retrying while another connection holds it: changing the journal mode can
+    answer SQLITE_BUSY at once, without the busy handler (sqlite.org/wal.html, "Persistence of WAL mode"), when
+    several workers open a fresh database together."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _sqlite_events(engine: Engine) -> None:
     """Let SQLAlchemy, not pysqlite, begin transactions (so BEGIN IMMEDIATE is possible) and set pragmas."""
 
@@ -103,7 +122,7 @@ def _sqlite_events(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _enable_wal(cursor)
         finally:
             cursor.close()
 
