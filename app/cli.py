@@ -35,6 +35,20 @@ def plan_from_args(ns: argparse.Namespace, base: dict[str, Any] | None = None) -
     return build_plan({**(base or {}), **flags}, naming="flag")
 
 
+def _add_models_parser(sub: Any) -> None:
+    """`gpuplan models` and its catalog filters (app/catalog/search.py)."""
+    models = sub.add_parser("models", help="list the bundled catalog (filter by family, size, MoE, release)")
+    models.add_argument("--q", help="part of the id, family, model_type or architecture")
+    models.add_argument("--family", help="e.g. Qwen3, 'Llama 3', Gemma 3")
+    models.add_argument("--min-params", dest="min_params", type=float, help="at least N parameters (e.g. 7e9)")
+    models.add_argument("--max-params", dest="max_params", type=float, help="at most N parameters")
+    models.add_argument("--since", dest="released_from", help="released in or after YYYY-MM")
+    models.add_argument("--until", dest="released_to", help="released in or before YYYY-MM")
+    models.add_argument("--moe", action=argparse.BooleanOptionalAction, default=None, help="only MoE (or dense)")
+    models.add_argument("--sort", choices=["id", "params", "released", "family"], default="id")
+    models.add_argument("--json", action="store_true")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpuplan", description="GPU memory planner for fine-tuning LLMs (QLoRA, LoRA, full).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -55,8 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_plan_flags(est)
     est.add_argument("--json", action="store_true", help="print one JSON object")
-    models = sub.add_parser("models", help="list the bundled catalog")
-    models.add_argument("--json", action="store_true")
+    _add_models_parser(sub)
     gpus = sub.add_parser("gpus", help="list GPU tiers and their usable memory")
     gpus.add_argument("--json", action="store_true")
     fetch = sub.add_parser("fetch", help="fetch a model's config from the Hub into the cache")
@@ -137,28 +150,27 @@ def _import_recipes(paths: list[Path]) -> Any:
 
 
 def _cmd_models(ns: argparse.Namespace) -> int:
-    from app import catalog
+    from pydantic import ValidationError
 
-    rows = []
-    for model_id in catalog.catalog_ids():
-        spec = catalog.load_spec(model_id)
-        assert spec is not None
-        rows.append(
-            {
-                "id": model_id,
-                "model_type": spec.arch.model_type,
-                "num_params": spec.num_params,
-                "layers": spec.arch.num_layers,
-                "hidden_size": spec.arch.hidden_size,
-                "vocab_size": spec.arch.vocab_size,
-            }
-        )
+    from app.catalog.search import CatalogQuery, find_models
+
+    fields = ("q", "family", "min_params", "max_params", "released_from", "released_to", "moe", "sort")
+    given = {k: getattr(ns, k) for k in fields if getattr(ns, k) is not None}
+    given.update({k: int(given[k]) for k in ("min_params", "max_params") if k in given})
+    try:
+        rows = find_models(CatalogQuery(**given))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        flag = {"released_from": "--since", "released_to": "--until"}.get(str(first["loc"][0]), str(first["loc"][0]))
+        month = first["type"] == "string_pattern_mismatch"
+        raise InputError(f"{flag}: {'give a month as YYYY-MM, e.g. 2025-01' if month else first['msg']}") from None
     if ns.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        print(f"{'id':<55} {'type':<10} {'parameters':>17} {'layers':>6}")
-        for r in rows:
-            print(f"{r['id']:<55} {r['model_type']:<10} {r['num_params']:>17,} {r['layers']:>6}")
+        print(json.dumps([r.model_dump() for r in rows], indent=2))
+        return 0
+    print(f"{'id':<48} {'family':<12} {'released':<8} {'type':<12} {'parameters':>17} {'experts':>7}")
+    for r in rows:
+        experts = str(r.num_experts) if r.num_experts else "-"
+        print(f"{r.id:<48} {r.family:<12} {r.released:<8} {r.model_type:<12} {r.num_params:>17,} {experts:>7}")
     return 0
 
 

@@ -115,7 +115,19 @@ def test_local_config_estimates_and_is_cached(
 
 def test_models_and_gpus(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "models", "--json")
-    assert code == 0 and len(json.loads(out)) >= 29
+    assert code == 0 and len(json.loads(out)) >= 50
+    code, out, _ = run(capsys, "models", "--family", "gemma 3", "--sort", "params")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split()[:3] == ["id", "family", "released"]
+    assert [line.split()[0] for line in lines[1:]] == [
+        "google/gemma-3-1b-it",
+        "google/gemma-3-4b-it",
+        "google/gemma-3-27b-it",
+    ]
+    code, out, _ = run(capsys, "models", "--moe", "--since", "2025-08", "--json")
+    assert code == 0 and {r["id"] for r in json.loads(out)} == {"openai/gpt-oss-20b", "openai/gpt-oss-120b"}
+    code, _, err = run(capsys, "models", "--since", "2025")
+    assert code == 2 and "--since: give a month as YYYY-MM" in err
     code, out, _ = run(capsys, "gpus", "--json")
     names = {g["name"] for g in json.loads(out)}
     assert code == 0 and {"RTX 4090", "A100 80GB", "H100 80GB", "H200", "B200", "MI300X", "T4"} <= names

@@ -4,41 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 
-from app import catalog
+from app.api.queries import query_dependency, query_parameters
 from app.api.responses import HUB_PROBLEMS, problems
+from app.catalog.search import CatalogModel, CatalogQuery, find_models
 from app.core.gpus import GPU_TIERS, GpuTier
 from app.http.deps import PlannerDep
-from app.http.schemas import ModelRow, ModelSummary
+from app.http.schemas import ModelSummary
 
 router = APIRouter(tags=["reference"])
 
 _PART = Path(min_length=1, max_length=96, pattern=r"^[A-Za-z0-9._-]+$")
 
 
-def catalog_rows(q: str | None = None) -> list[ModelRow]:
-    """Catalog models whose id, model_type or architecture contains `q` (case-insensitive)."""
-    needle = (q or "").strip().lower()
-    rows = []
-    for model_id in catalog.catalog_ids():
-        spec = catalog.load_spec(model_id)
-        if spec is None:  # pragma: no cover - every catalog id has a shipped inventory (tests/core)
-            continue
-        row = ModelRow.of(spec)
-        if needle in f"{row.id} {row.model_type} {row.architecture}".lower():
-            rows.append(row)
-    return rows
+CatalogQueryDep = Annotated[CatalogQuery, Depends(query_dependency(CatalogQuery))]
 
 
-@router.get("/models", responses=problems())
-async def list_models(
-    q: Annotated[
-        str | None, Query(max_length=100, description="Filter: part of the id, model_type or architecture.")
-    ] = None,
-) -> list[ModelRow]:
-    """The bundled catalog of models (estimated offline, without the Hub)."""
-    return catalog_rows(q)
+@router.get("/models", responses=problems(), openapi_extra={"parameters": query_parameters(CatalogQuery)})
+async def list_models(query: CatalogQueryDep) -> list[CatalogModel]:
+    """The bundled catalog (estimated offline): filter by text, family, size, MoE and release month."""
+    return find_models(query)
 
 
 @router.get("/models/{org}/{name}", responses=HUB_PROBLEMS)

@@ -28,6 +28,14 @@ class EstimateRequest(TrainingPlan):
         examples=["meta-llama/Llama-2-7b-hf"],
     )
 
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _targets_are_strings(cls, value: object) -> object:
+        """Runs before TrainingPlan's own splitter, which would str() a 5 into the module name "5"."""
+        if isinstance(value, list | tuple) and not all(isinstance(v, str) for v in value):
+            raise ValueError('targets must be module names as strings, e.g. ["q_proj", "v_proj"], or "all-linear"')
+        return value
+
     def to_plan(self) -> TrainingPlan:
         """The TrainingPlan part (a plain TrainingPlan, so equal plans hash equal)."""
         return TrainingPlan.model_validate(self.model_dump(include=set(TrainingPlan.model_fields)))
@@ -90,32 +98,6 @@ class EstimateResponse(BaseModel):
         description="Settings the real stack refuses, changed to the nearest accepted plan (`plan` is that plan).",
     )
     recommendations: Recommendation | None = Field(description="None for device cpu plans.")
-
-
-class ModelRow(BaseModel):
-    """One catalog model."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    architecture: str
-    model_type: str
-    num_params: int
-    layers: int
-    hidden_size: int
-    vocab_size: int
-
-    @classmethod
-    def of(cls, spec: ModelSpec) -> ModelRow:
-        return cls(
-            id=spec.id,
-            architecture=spec.arch.architecture,
-            model_type=spec.arch.model_type,
-            num_params=spec.num_params,
-            layers=spec.arch.num_layers,
-            hidden_size=spec.arch.hidden_size,
-            vocab_size=spec.arch.vocab_size,
-        )
 
 
 class ModelSummary(BaseModel):

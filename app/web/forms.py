@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from app.core.plan import TrainingPlan
-from app.http.problems import from_validation
+from app.http.problems import from_validation, input_error
 from app.http.schemas import EstimateRequest, PlanQuery
 from app.plan_input import as_text, bounds, literal_values, read_values
 
@@ -124,3 +124,25 @@ def canonical_query(request: EstimateRequest) -> str:
     pairs = [("model", request.model)]
     pairs += [(k, as_text(v)) for k, v in chosen.items() if v != default[k]]
     return urlencode(pairs)
+
+
+CATALOG_FILTERS = ("q", "family", "min_b", "max_b", "released_from", "released_to", "moe", "sort")
+
+
+def catalog_query(params: Mapping[str, str]) -> tuple[Any, dict[str, str]]:
+    """The catalog page's filters as a CatalogQuery (sizes in billions of parameters), and the values to show."""
+    from app.catalog.search import CatalogQuery
+
+    values = {k: params.get(k, "").strip() for k in CATALOG_FILTERS}
+    data: dict[str, Any] = {k: v for k, v in values.items() if v and k not in ("min_b", "max_b", "moe")}
+    try:
+        for field, key in (("min_params", "min_b"), ("max_params", "max_b")):
+            if values[key]:
+                data[field] = int(float(values[key]) * 1e9)
+        if values["moe"] in ("true", "false"):
+            data["moe"] = values["moe"] == "true"
+        return CatalogQuery.model_validate(data), values
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    except ValueError:
+        raise input_error([{"loc": ("size",), "msg": "give sizes as billions of parameters, e.g. 7 or 0.5"}]) from None

@@ -57,6 +57,17 @@ async def index(request: Request) -> Response:
     return _templates(request).TemplateResponse(request, "index.html", {"form": _form_context({})})
 
 
+@router.get("/models", response_class=HTMLResponse)
+async def models_page(request: Request) -> Response:
+    """The bundled catalog, filtered by text, family, size (billions of parameters), MoE and release month."""
+    from app.catalog.search import families, find_models
+    from app.web.forms import catalog_query
+
+    query, values = catalog_query(request.query_params)
+    context = {"rows": find_models(query), "families": families(), "values": values}
+    return _templates(request).TemplateResponse(request, "models.html", context)
+
+
 @router.post("/import", response_class=HTMLResponse)
 async def import_config(request: Request) -> Response:
     """The planner form filled from a pasted or uploaded training config, with the import report."""

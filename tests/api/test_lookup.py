@@ -16,13 +16,36 @@ def test_models_lists_the_whole_catalog(client: TestClient) -> None:
     llama = next(r for r in rows if r["id"] == "meta-llama/Llama-2-7b-hf")
     assert llama == {
         "id": "meta-llama/Llama-2-7b-hf",
+        "family": "Llama 2",
+        "released": "2023-07",
         "architecture": "LlamaForCausalLM",
         "model_type": "llama",
         "num_params": 6_738_415_616,
+        "num_experts": 0,
         "layers": 32,
         "hidden_size": 4096,
         "vocab_size": 32000,
     }
+
+
+def test_models_by_family_size_moe_and_release(client: TestClient) -> None:
+    def ids(**params: object) -> list[str]:
+        response = client.get("/api/v1/models", params=params)
+        assert response.status_code == 200, response.text
+        return [r["id"] for r in response.json()]
+
+    qwen3 = ids(family="qwen3", sort="params")
+    assert qwen3[0] == "Qwen/Qwen3-0.6B" and qwen3[-1] == "Qwen/Qwen3-235B-A22B" and len(qwen3) == 8
+    assert ids(family="Qwen3", moe="true") == ["Qwen/Qwen3-235B-A22B", "Qwen/Qwen3-30B-A3B"]
+    small = ids(max_params=1_000_000_000)
+    assert "Qwen/Qwen3-0.6B" in small and "meta-llama/Llama-3.1-8B" not in small
+    recent = client.get("/api/v1/models", params={"released_from": "2025-04", "sort": "released"}).json()
+    assert recent[0]["released"] == max(r["released"] for r in recent) and all(
+        r["released"] >= "2025-04" for r in recent
+    )
+    assert {"openai/gpt-oss-20b", "meta-llama/Llama-4-Scout-17B-16E"} <= set(ids(released_from="2025-04"))
+    for bad in ({"released_from": "2025"}, {"sort": "size"}, {"min_params": "-1"}, {"moe": "maybe"}):
+        assert_problem(client.get("/api/v1/models", params=bad), 422)
 
 
 @pytest.mark.parametrize(

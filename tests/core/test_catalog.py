@@ -215,3 +215,16 @@ def test_current_architectural_facts() -> None:
     assert spec("microsoft/phi-4").arch.gate_up_fused and spec("microsoft/phi-4").arch.qkv_fused
     granite_moe = spec("ibm-granite/granite-3.1-1b-a400m-instruct")
     assert (granite_moe.arch.num_experts, granite_moe.arch.experts_per_token) == (32, 8)
+
+
+def test_every_catalog_model_has_a_family_and_release_month_and_nothing_else_does() -> None:
+    import json
+    import re
+
+    from app.catalog import CATALOG_DIR, catalog_ids
+
+    releases = json.loads((CATALOG_DIR / "releases.json").read_text())["models"]
+    assert set(releases) == set(catalog_ids())
+    for model_id, release in releases.items():
+        assert set(release) == {"family", "released"}, model_id
+        assert re.fullmatch(r"20(2[3-9])-(0[1-9]|1[0-2])", release["released"]), model_id

@@ -114,7 +114,7 @@ def test_fill_submit_follow_permalink_and_print(page: Page, base_url: str) -> No
     p.fill("#seq_len", "4096")
     p.fill("#targets", "q_proj,k_proj,v_proj,o_proj")
     p.select_option("#optimizer", "adamw_8bit")
-    p.click("button[type=submit]")
+    p.click("form.planner button[type=submit]")
     p.wait_for_url(re.compile(r".*/plan\?.*"))
     assert "model=meta-llama%2FLlama-3.1-8B" in p.url and "method=lora" in p.url
 
@@ -166,7 +166,7 @@ def test_hostile_text_in_every_field_is_escaped_and_inert(page: Page, base_url: 
     assert text_inputs.count() == 2  # model and targets
     for i in range(text_inputs.count()):
         text_inputs.nth(i).fill(PAYLOAD)
-    p.click("button[type=submit]")
+    p.click("form.planner button[type=submit]")
     p.wait_for_url(re.compile(r".*/plan\?.*"))
     _assert_inert(p, dialogs)
     p.screenshot(path=str(ARTIFACTS / "planner-error-xss.png"), full_page=True)
