@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import-calibrations", help="load a JSONL of measurements (GPU script output) into the store")
     imp.add_argument("path", type=Path)
     imp.add_argument("--source", help="source label to record (default: from the file)")
+    _add_inference_parser(sub)
     serve = sub.add_parser("serve", help="run the web service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -280,6 +281,18 @@ def _cmd_serve(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _add_inference_parser(sub: Any) -> None:
+    from app.serving.cli import add_parser
+
+    add_parser(sub)
+
+
+def _cmd_inference(ns: argparse.Namespace) -> int:
+    from app.serving.cli import run
+
+    return run(ns)
+
+
 COMMANDS = {
     "estimate": _cmd_estimate,
     "models": _cmd_models,
@@ -290,6 +303,7 @@ COMMANDS = {
     "accuracy": _cmd_accuracy,
     "import-calibrations": _cmd_import,
     "serve": _cmd_serve,
+    "inference": _cmd_inference,
 }
 
 
