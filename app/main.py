@@ -107,10 +107,16 @@ def _mount(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     from app.http.metrics import MetricsMiddleware
     from app.web.routes import render_error
     from app.web.routes import router as web_router
+    from app.web.serving import router as serve_router
     from app.web.templating import STATIC_DIR
 
     problems.install(app, html=render_error)
-    for prefix, router in [*((API_PREFIX, r) for r in api_routers()), ("", ops.router), ("", web_router)]:
+    for prefix, router in [
+        *((API_PREFIX, r) for r in api_routers()),
+        ("", ops.router),
+        ("", web_router),
+        ("", serve_router),
+    ]:
         app.include_router(router, prefix=prefix)
         metrics.name_routes(prefix, router.routes)
         problems.index_methods(app, prefix, router.routes)

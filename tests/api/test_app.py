@@ -57,6 +57,7 @@ def test_openapi_documents_every_route_with_a_one_line_summary(client: TestClien
         "/api/v1/gpus": {"get"},
         "/api/v1/calibrations": {"get", "post"},
         "/api/v1/accuracy": {"get"},
+        "/api/v1/inference": {"get", "post"},
         "/healthz": {"get"},
         "/metrics": {"get"},
     }

@@ -44,7 +44,7 @@ def test_kv_never_falls_as_context_or_concurrency_grows(
     model_id: str, engine: str, kv: str, c1: int, c2: int, n1: int, n2: int
 ) -> None:
     model, layout = _model(model_id)
-    base = ServingPlan(engine=engine, kv_dtype=kv, output_tokens=1)  # type: ignore[arg-type]
+    base = ServingPlan(engine=engine, kv_dtype=kv, output_tokens=1)
     small = base.model_copy(update={"context": min(c1, c2), "concurrency": min(n1, n2)})
     large = base.model_copy(update={"context": max(c1, c2), "concurrency": max(n1, n2)})
     assert _kv(model, layout, small) <= _kv(model, layout, large)
@@ -62,7 +62,7 @@ def test_more_tensor_parallelism_never_raises_per_gpu_weights_or_kv(
     model, layout = _model(model_id)
     tps = valid_tps(model, layout)
     small, large = sorted(data.draw(st.lists(st.sampled_from(tps), min_size=2, max_size=2)))
-    plan = ServingPlan(engine=engine, weights=weights, adapters=adapters, context=4096)  # type: ignore[arg-type]
+    plan = ServingPlan(engine=engine, weights=weights, adapters=adapters, context=4096)
     few, many = (plan.model_copy(update={"tp": tp}) for tp in (small, large))
     assert weight_bytes(model, many) <= weight_bytes(model, few)
     assert _kv(model, layout, many) <= _kv(model, layout, few)
@@ -83,5 +83,5 @@ def test_a_tier_holds_no_more_sequences_as_they_grow_longer(model_id: str, tier:
 
 def test_quantized_weights_are_smaller_than_16_bit() -> None:
     model, _ = _model("meta-llama/Llama-3.1-8B")
-    sizes = {w: weight_bytes(model, ServingPlan(weights=w)) for w in ("bf16", "int8", "fp8", "nf4")}  # type: ignore[misc]
+    sizes = {w: weight_bytes(model, ServingPlan(weights=w)) for w in ("bf16", "int8", "fp8", "nf4")}
     assert sizes["nf4"] < sizes["int8"] < sizes["bf16"] and sizes["fp8"] < sizes["bf16"]
