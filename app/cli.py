@@ -131,6 +131,13 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
     else:
         print(report.table(model, est, rec))
         if imported is not None:
+    mat.add_argument(
+        "--fresh",
+        dest="resume",
+        action="store_false",
+        help="measure every point again (default: resume, skipping "
+        "points already stored under --source or in --report)",
+    )
             from app.recipes.result import summary_lines
 
             print("\n" + "\n".join(summary_lines(imported)))
@@ -138,6 +145,17 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
 
 
 def _import_recipes(paths: list[Path]) -> Any:
+    imp.add_argument(
+        "--unverified",
+        dest="verified",
+        action="store_false",
+        help="keep the runs out of the quoted accuracy "
+        "until `gpuplan accept-calibrations` (default: your own imports are verified)",
+    )
+    acc_up = sub.add_parser(
+        "accept-calibrations", help="verify the uploaded runs of one source, so they count in the quoted accuracy"
+    )
+    acc_up.add_argument("--source", required=True, help="the source label the uploads carry")
     """The --from files, read and imported (a missing or unreadable file is one InputError line)."""
     from app.recipes import RecipeFile, import_recipe
 
@@ -270,7 +288,16 @@ def _cmd_import(ns: argparse.Namespace) -> int:
     from app.calibration.commands import import_calibrations
     from app.settings import get_settings
 
-    print(f"imported {import_calibrations(ns.path, get_settings(), source=ns.source)} measurements")
+    added = import_calibrations(ns.path, get_settings(), source=ns.source, verified=ns.verified)
+    print(f"imported {added} measurements (runs already stored are skipped)")
+    return 0
+
+
+def _cmd_accept(ns: argparse.Namespace) -> int:
+    from app.calibration.commands import accept_calibrations
+    from app.settings import get_settings
+
+    print(f"accepted {accept_calibrations(get_settings(), source=ns.source)} runs of source {ns.source!r}")
     return 0
 
 
@@ -304,7 +331,11 @@ COMMANDS = {
     "import-calibrations": _cmd_import,
     "serve": _cmd_serve,
     "inference": _cmd_inference,
+        resume=ns.resume,
 }
+    if not rows:
+        print("0 points measured: every point of the spec was done already (--fresh measures them again)")
+        return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -322,3 +353,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+    "accept-calibrations": _cmd_accept,

@@ -76,9 +76,23 @@ class FakeStore:
         for record in records or []:
             self.add_measurement(record)
 
-    def list_measurements(self, model: str | None, device: str | None, limit: int) -> list[MeasurementRecord]:
+    def list_measurements(
+        self,
+        model: str | None,
+        device: str | None,
+        source: str | None = None,
+        limit: int = 500,
+        verified: bool | None = None,
+    ) -> list[MeasurementRecord]:
         self.list_calls.append((model, device, limit))
-        chosen = [r for r in self.records if (model is None or r.model_id == model) and (device in (None, r.device))]
+        chosen = [
+            r
+            for r in self.records
+            if (model is None or r.model_id == model)
+            and (device in (None, r.device))
+            and (source in (None, r.source))
+            and (verified in (None, r.verified))
+        ]
         return sorted(chosen, key=lambda r: r.created_at, reverse=True)[:limit]
 
     def add_measurement(self, record: MeasurementRecord) -> int:
@@ -90,7 +104,7 @@ class FakeStore:
         return self._accuracy
 
     def comparable(self, model_type: str, method: str, device: str) -> ComparableStats | None:
-        same = [r for r in self.records if r.method == method and r.device == device]
+        same = [r for r in self.records if r.method == method and r.device == device and r.verified]
         typed = [r for r in same if r.model_type == model_type]
         chosen = typed or same
         if not chosen:
@@ -138,6 +152,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "upload_token": UPLOAD_TOKEN,
         "headroom": 0.10,
         "database_url": None,
+        "trusted_hosts": ["testserver", "localhost", "127.0.0.1"],  # TestClient sends Host: testserver
     }
     values.update(overrides)
     return Settings(**values)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +16,7 @@ from app.errors import InputError
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from app.store import Store
     from app.store.models import MeasurementRecord
 
 ACCURACY_INTRO = (
@@ -87,7 +91,9 @@ def calibrate(
         from app.store import Store
 
         with Store.from_settings(settings) as db:
-            stored_id = db.add_measurement(to_record(measurement, comparison, model_id=model_id, source="cli"))
+            stored_id = db.add_measurement(
+                _verified(to_record(measurement, comparison, model_id=model_id, source="cli"))
+            )
     return {
         "id": stored_id,
         "model": model_id,
@@ -114,9 +120,17 @@ def calibrate_matrix(
     source: str,
     device: str | None = None,
     matmuls: str = "native",
+    resume: bool = True,
+    runner: Callable[..., Iterator[Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run a matrix spec with progress on stderr, store every point and write a JSONL report."""
-    from app.calibration.matrix import expand, jsonl_line, load_spec, run_points, store_results
+    """Run a matrix spec with progress on stderr; each point goes to the JSONL report (fsynced) and the store
+    as soon as it is measured, so a crash loses at most the point being measured.
+
+    With `resume` (the default) a rerun skips the points already done: those stored under `source` with
+    the same family and plan, and those in the report already (which are stored now if the store lacks
+    them). `runner` is `app.calibration.matrix.run_points` unless a test passes another.
+    """
+    from app.calibration.matrix import expand, jsonl_line, load_spec, run_points
 
     spec = load_spec(spec_path)
     if device is not None:  # e.g. try the GPU spec on the CPU reference first
@@ -126,30 +140,90 @@ def calibrate_matrix(
         raise InputError(f"{spec_path} has no points{' for family ' + family if family else ''}")
     report = report or Path("artifacts") / f"calibration-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.jsonl"
     report.parent.mkdir(parents=True, exist_ok=True)
-    results = []
-
-    def progress(n: int, total: int, result: Any) -> None:
-        bar = "#" * (20 * n // total)
-        sys.stderr.write(f"\r[{bar:<20}] {n}/{total} {result.point.id} error {result.comparison.error_pct:+.2f} %   ")
-        if n == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    rows: list[dict[str, Any]] = []
-    with report.open("w") as fh:
-        fast = fp32_matmuls(matmuls, points[0].plan.device)
-        for result in run_points(points, steps=spec.steps, progress=progress, fp32_matmuls=fast):
-            line = jsonl_line(result)
-            fh.write(line + "\n")
-            fh.flush()
-            results.append(result)
-            rows.append(json.loads(line))
-    if store:
-        from app.store import Store
-
-        with Store.from_settings(settings) as db:
-            store_results(results, db, source)
+    with _maybe_store(settings, store) as db:
+        done = _points_done(report, db, source) if resume else set()
+        todo = [p for p in points if _point_key(p.family, p.plan.model_dump(mode="json")) not in done]
+        if len(todo) < len(points):
+            sys.stderr.write(f"resuming: {len(points) - len(todo)} of {len(points)} points already done\n")
+        rows: list[dict[str, Any]] = []
+        with report.open("a" if resume else "w") as fh:
+            fast = fp32_matmuls(matmuls, points[0].plan.device)
+            for result in (runner or run_points)(todo, steps=spec.steps, progress=_progress, fp32_matmuls=fast):
+                line = jsonl_line(result)
+                fh.write(line + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                if db is not None:
+                    db.add_new([_verified(_report_record(json.loads(line), source))])
+                rows.append(json.loads(line))
     return rows
+
+
+def _progress(n: int, total: int, result: Any) -> None:
+    bar = "#" * (20 * n // total)
+    sys.stderr.write(f"\r[{bar:<20}] {n}/{total} {result.point.id} error {result.comparison.error_pct:+.2f} %   ")
+    if n == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
+
+
+@contextmanager
+def _maybe_store(settings: Settings, store: bool) -> Iterator[Store | None]:
+    if not store:
+        yield None
+        return
+    from app.store import Store
+
+    with Store.from_settings(settings) as db:
+        yield db
+
+
+def _point_key(family: str, plan: dict[str, Any]) -> tuple[str, str]:
+    from app.store.models import canonical_json
+
+    return family, canonical_json(plan)
+
+
+def _points_done(report: Path, db: Store | None, source: str) -> set[tuple[str, str]]:
+    """(family, plan) of the points measured already: stored under `source`, or in the report (then stored)."""
+    done: set[tuple[str, str]] = set()
+    if db is not None:
+        done = {_point_key(r.model_id, r.plan) for r in db.list_measurements(source=source, limit=10_000)}
+    if not report.is_file():
+        return done
+    lines = [line for line in report.read_text().splitlines() if line.strip()]
+    recovered = []
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            key = _point_key(row["family"], row["measurement"]["plan"])
+        except (ValueError, KeyError, TypeError):
+            sys.stderr.write(f"{report}:{n}: not a complete report line (a crash while writing it?): re-measured\n")
+            continue
+        if key not in done and db is not None:
+            recovered.append(_verified(_report_record(row, source)))
+        done.add(key)
+    if recovered and db is not None:
+        db.add_new(recovered)
+    return done
+
+
+def _verified(record: MeasurementRecord) -> MeasurementRecord:
+    """The operator's own runs and imports are verified (uploads over HTTP are not, until accepted)."""
+    return record.model_copy(update={"verified": True})
+
+
+def _report_record(row: dict[str, Any], source: str | None) -> MeasurementRecord:
+    """The store's record of one calibrate-matrix / GPU-script report line, compared with the current estimate."""
+    from app.calibration.compare import compare_to, spec_for, to_record
+    from app.calibration.measurement import Measurement
+
+    measurement = Measurement.model_validate(row["measurement"])
+    family = row.get("family", "calibration")
+    comparison, _ = compare_to(measurement, spec_for(measurement, family))
+    return to_record(
+        measurement, comparison, model_id=family, source=source or row.get("source", "import"), split=row.get("split")
+    )
 
 
 def accuracy(settings: Settings, *, device: str | None, source: str | None, write: Path | None) -> str:
@@ -168,10 +242,12 @@ def accuracy(settings: Settings, *, device: str | None, source: str | None, writ
     return text
 
 
-def import_calibrations(path: Path, settings: Settings, *, source: str | None) -> int:
-    """Load measurements (a store export, or a calibrate-matrix / GPU-script JSONL report) into the store."""
-    from app.calibration.compare import compare_to, spec_for, to_record
-    from app.calibration.measurement import Measurement
+def import_calibrations(path: Path, settings: Settings, *, source: str | None, verified: bool = True) -> int:
+    """Load measurements (a store export, or a calibrate-matrix / GPU-script JSONL report) into the store.
+
+    Runs already stored (same fingerprint) are skipped, so importing a file twice adds nothing the second
+    time; rows go in IMPORT_BATCH per transaction. The operator's imports are verified unless `verified=False`.
+    """
     from app.store import Store
 
     if not path.is_file():
@@ -180,24 +256,22 @@ def import_calibrations(path: Path, settings: Settings, *, source: str | None) -
     first = next((line for line in lines if line.strip()), "")
     with Store.from_settings(settings) as db:
         if '"measurement"' not in first:
-            return db.import_jsonl(path, source=source)
+            return db.import_jsonl(path, source=source, verified=verified)
         records = []
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                measurement = Measurement.model_validate(row["measurement"])
-            except (ValueError, KeyError) as exc:
+                record = _report_record(json.loads(line), source)
+            except (ValueError, KeyError, TypeError) as exc:
                 raise InputError(f"{path}:{n} is not a calibration report line: {exc}") from exc
-            comparison, _ = compare_to(measurement, spec_for(measurement, row.get("family", "calibration")))
-            records.append(
-                to_record(
-                    measurement,
-                    comparison,
-                    model_id=row.get("family", "calibration"),
-                    source=source or row.get("source", "import"),
-                    split=row.get("split"),
-                )
-            )
-        return len(db.add_many(records))
+            records.append(record.model_copy(update={"verified": verified}))
+        return db.add_new(records)
+
+
+def accept_calibrations(settings: Settings, *, source: str) -> int:
+    """Mark the uploaded (unverified) runs of `source` verified: from now on they count in the quoted accuracy."""
+    from app.store import Store
+
+    with Store.from_settings(settings) as db:
+        return db.accept(source)

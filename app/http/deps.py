@@ -23,7 +23,14 @@ from app.store.models import ComparableStats, MeasurementRecord
 class MeasurementStore(Protocol):
     """What the API needs from the measurement store (implemented in app/store/)."""
 
-    def list_measurements(self, model: str | None, device: str | None, limit: int) -> Sequence[MeasurementRecord]: ...
+    def list_measurements(
+        self,
+        model: str | None,
+        device: str | None,
+        source: str | None = None,
+        limit: int = 500,
+        verified: bool | None = None,
+    ) -> Sequence[MeasurementRecord]: ...
 
     def add_measurement(self, record: MeasurementRecord) -> int: ...
 

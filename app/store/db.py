@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
-from sqlalchemy import Connection, Engine, RowMapping, select
+from sqlalchemy import Connection, Engine, RowMapping, select, update
 
 from app.errors import InputError, StoreError
 from app.store.engine import create_store_engine, translated, write_transaction
@@ -28,6 +28,7 @@ from app.store.models import (
     AccuracySummary,
     ComparableStats,
     MeasurementRecord,
+    SourceSummary,
     canonical_json,
     relative_error_pct,
     utc,
@@ -39,9 +40,12 @@ if TYPE_CHECKING:
 
 MAX_LIST_LIMIT = 10_000
 _FINGERPRINT_CHUNK = 500  # parameters per IN (...) query, well under every backend's limit
+IMPORT_BATCH = 500
+"""Rows per write transaction of an import: each batch holds SQLite's write lock for a few milliseconds, so
+uploads and other writers interleave with a 50,000-row import instead of waiting out its whole run."""
 
 
-def _row_values(rec: MeasurementRecord) -> dict[str, Any]:
+def _row_values(rec: MeasurementRecord, fingerprint: str | None = None) -> dict[str, Any]:
     return {
         "created_at": rec.created_at.replace(tzinfo=None),  # naive UTC: the same on SQLite and PostgreSQL
         "model_id": rec.model_id,
@@ -59,7 +63,8 @@ def _row_values(rec: MeasurementRecord) -> dict[str, Any]:
         "source": rec.source,
         "split": rec.split,
         "method": rec.method,
-        "fingerprint": rec.fingerprint(),
+        "fingerprint": fingerprint or rec.fingerprint(),
+        "verified": rec.verified,
     }
 
 
@@ -81,6 +86,7 @@ def _record(m: RowMapping) -> MeasurementRecord:
         env=json.loads(m["env_json"]),
         source=m["source"],
         split=m["split"],
+        verified=bool(m["verified"]),
     )
 
 
@@ -95,6 +101,17 @@ def _check_device(device: str | None) -> None:
 def _stats(rows: Iterable[RowMapping]) -> AccuracyStats | None:
     errors = [relative_error_pct(row["estimated_peak_bytes"], row["measured_peak_bytes"]) for row in rows]
     return AccuracyStats.from_errors(errors) if errors else None
+
+
+def _by_source(rows: Sequence[RowMapping]) -> list[SourceSummary]:
+    out = []
+    for source in sorted({row["source"] for row in rows}):
+        mine = [row for row in rows if row["source"] == source]
+        stats = _stats(mine)
+        assert stats is not None  # every source listed has a row
+        verified = sum(1 for row in mine if row["verified"])
+        out.append(SourceSummary(source=source, runs=len(mine), verified_runs=verified, accuracy=stats))
+    return out
 
 
 class Store:
@@ -127,8 +144,29 @@ class Store:
         return self._engine
 
     def close(self) -> None:
-        """Close every pooled connection; the store must not be used afterwards."""
-        self._engine.dispose()
+        """Checkpoint the WAL and close every pooled connection; the store must not be used afterwards."""
+        try:
+            self.checkpoint()
+        finally:
+            self._engine.dispose()
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database and truncate it to zero bytes.
+
+        Run after imports and on close, so the WAL does not grow with every import; a reader holding
+        an old snapshot only makes it a partial checkpoint (the log is then reused, never lost).
+        A no-op on PostgreSQL and for in-memory databases.
+        """
+        if self._engine.dialect.name != "sqlite" or self._engine.url.database in (None, "", ":memory:"):
+            return
+        with translated(self._engine, "checkpoint the write-ahead log"):
+            raw = self._engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                cursor.close()
+            finally:
+                raw.close()
 
     def __enter__(self) -> Store:
         return self
@@ -152,6 +190,42 @@ class Store:
         with translated(self._engine, "store measurements"), write_transaction(self._engine) as conn:
             return self._insert(conn, items)
 
+    def add_new(self, recs: Iterable[MeasurementRecord], *, batch_size: int = IMPORT_BATCH) -> int:
+        """Store the runs not stored yet (same fingerprint; also repeated within `recs`), `batch_size` per
+        transaction, and checkpoint the WAL; returns the runs added.
+
+        An interrupted import keeps its finished batches, and running it again adds only the rest.
+        """
+        items = [(rec, rec.fingerprint()) for rec in recs]
+        added = 0
+        taken: set[str] = set()
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            with (
+                translated(self._engine, "import measurements"),
+                write_transaction(self._engine, serialize=True) as conn,
+            ):
+                # read under the write lock: another import may have stored some of these since
+                taken |= self._stored_fingerprints(conn, [key for _, key in batch])
+                fresh = []
+                for rec, key in batch:
+                    if key not in taken:
+                        taken.add(key)
+                        fresh.append(_row_values(rec, key))
+                if fresh:
+                    conn.execute(measurements.insert(), fresh)
+            added += len(fresh)
+        if added:
+            self.checkpoint()
+        return added
+
+    def accept(self, source: str) -> int:
+        """Mark every unverified run of `source` verified (an operator vouches for it); returns how many."""
+        m = measurements.c
+        query = update(measurements).where(m.source == source, m.verified.is_(False)).values(verified=True)
+        with translated(self._engine, "accept measurements"), write_transaction(self._engine) as conn:
+            return int(conn.execute(query).rowcount or 0)
+
     @staticmethod
     def _insert(conn: Connection, items: Sequence[MeasurementRecord]) -> list[int]:
         ids: list[int] = []
@@ -172,9 +246,14 @@ class Store:
         return None if row is None else _record(row)
 
     def list_measurements(
-        self, model: str | None = None, device: str | None = None, source: str | None = None, limit: int = 500
+        self,
+        model: str | None = None,
+        device: str | None = None,
+        source: str | None = None,
+        limit: int = 500,
+        verified: bool | None = None,
     ) -> list[MeasurementRecord]:
-        """Stored runs, newest first, optionally only those of one model id, device or source."""
+        """Stored runs, newest first, optionally only those of one model id, device, source or verification."""
         _check_device(device)
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise InputError(
@@ -188,20 +267,24 @@ class Store:
             query = query.where(measurements.c.device == device)
         if source is not None:
             query = query.where(measurements.c.source == source)
+        if verified is not None:
+            query = query.where(measurements.c.verified.is_(verified))
         query = query.order_by(measurements.c.created_at.desc(), measurements.c.id.desc()).limit(limit)
         with translated(self._engine, "list measurements"), self._engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         return [_record(row) for row in rows]
 
     def accuracy(self, device: str | None = None) -> AccuracySummary:
-        """Accuracy over every stored run (of one device, if given), overall, per device and per split."""
+        """Accuracy over the verified runs (of one device, if given), overall, per device and per split; the
+        unverified runs apart, and every source on its own."""
         _check_device(device)
         m = measurements.c
-        query = select(m.device, m.split, m.measured_peak_bytes, m.estimated_peak_bytes)
+        query = select(m.device, m.split, m.source, m.verified, m.measured_peak_bytes, m.estimated_peak_bytes)
         if device is not None:
             query = query.where(m.device == device)
         with translated(self._engine, "compute accuracy"), self._engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
+            every = conn.execute(query).mappings().all()
+        rows = [row for row in every if row["verified"]]
         by_device = {key: _stats(row for row in rows if row["device"] == key) for key in DEVICES}
         by_split = {
             key: _stats(row for row in rows if (row["split"] or UNSPLIT) == key) for key in ("tune", "holdout", UNSPLIT)
@@ -210,14 +293,18 @@ class Store:
             overall=_stats(rows),
             by_device={key: stats for key, stats in by_device.items() if stats is not None},
             by_split={key: stats for key, stats in by_split.items() if stats is not None},
+            unverified=_stats(row for row in every if not row["verified"]),
+            by_source=_by_source(every),
         )
 
     def comparable(self, model_type: str, method: str, device: str) -> ComparableStats | None:
-        """Accuracy on stored runs like this plan: same model_type, method and device if there are any,
+        """Accuracy on verified stored runs like this plan: same model_type, method and device if there are any,
         else same method and device across model types (`scope` says which); None when neither exists."""
         _check_device(device)
         m = measurements.c
-        base = select(m.measured_peak_bytes, m.estimated_peak_bytes).where(m.method == method, m.device == device)
+        base = select(m.measured_peak_bytes, m.estimated_peak_bytes).where(
+            m.method == method, m.device == device, m.verified.is_(True)
+        )
         with translated(self._engine, "find comparable measurements"), self._engine.connect() as conn:
             stats = _stats(conn.execute(base.where(m.model_type == model_type)).mappings().all())
             scope: Literal["model_type", "method"] = "model_type"
@@ -262,24 +349,18 @@ class Store:
             raise StoreError(f"cannot write {target}: {exc.strerror or exc}") from exc
         return len(records)
 
-    def import_jsonl(self, path: str | Path, *, source: str | None = None) -> int:
-        """Add the runs in a JSON Lines file (as `export_jsonl` writes) in one transaction.
+    def import_jsonl(self, path: str | Path, *, source: str | None = None, verified: bool | None = None) -> int:
+        """Add the runs in a JSON Lines file (as `export_jsonl` writes), IMPORT_BATCH per transaction.
 
-        Ids and `error_pct` in the file are ignored; `source`, if given, replaces each run's source.
-        Runs already stored (same fingerprint) are skipped, so importing a file again adds nothing.
-        Returns the runs added. A bad line raises InputError naming it, and nothing is added.
+        Ids and `error_pct` in the file are ignored; `source`, if given, replaces each run's source, and
+        `verified`, if given, each run's verification. Runs already stored (same fingerprint) are skipped,
+        so importing a file again adds nothing. Returns the runs added. Every line is read and checked
+        first: a bad line raises InputError naming it, and nothing is added.
         """
         records = read_jsonl(Path(path), source)
-        with translated(self._engine, "import measurements"), write_transaction(self._engine, serialize=True) as conn:
-            keys = [rec.fingerprint() for rec in records]
-            seen = self._stored_fingerprints(conn, keys)
-            fresh: list[MeasurementRecord] = []
-            for rec, key in zip(records, keys, strict=True):
-                if key not in seen:
-                    seen.add(key)
-                    fresh.append(rec)
-            self._insert(conn, fresh)
-        return len(fresh)
+        if verified is not None:
+            records = [rec.model_copy(update={"verified": verified}) for rec in records]
+        return self.add_new(records)
 
     @staticmethod
     def _stored_fingerprints(conn: Connection, keys: Sequence[str]) -> set[str]:

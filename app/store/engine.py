@@ -27,6 +27,8 @@ from app.errors import StoreError
 
 BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite writer waits for another writer's lock before giving up."""
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes of write-ahead log SQLite keeps after a checkpoint resets it (it truncates anything beyond)."""
 
 PG_LOCK_KEY = 0x67707570_6C616E  # "gpuplan" in ASCII, as the advisory lock's key
 _IMMEDIATE = "gpuplan_begin_immediate"
@@ -123,6 +125,7 @@ def _sqlite_events(engine: Engine) -> None:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             _enable_wal(cursor)
+            cursor.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
         finally:
             cursor.close()
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Connection,
     DateTime,
@@ -131,9 +132,24 @@ def _v2_method_and_fingerprint(conn: Connection) -> None:
         )
 
 
+# The sources gpuplan shipped (calibration/results/*.store.jsonl) when version 3 was written: the only rows
+# an older database holds that are known to be verified. Everything else (uploads, but also the operator's
+# own imports) starts unverified; `gpuplan accept-calibrations --source X` verifies a source.
+_V3_SHIPPED_SOURCES = ("cpu-matrix", "cpu-validation")
+
+
+def _v3_verified(conn: Connection) -> None:
+    # FALSE/TRUE are keywords in SQLite (3.23+) and PostgreSQL alike.
+    conn.execute(text("ALTER TABLE measurements ADD COLUMN verified BOOLEAN NOT NULL DEFAULT FALSE"))
+    table = Table("measurements", MetaData(), Column("source", String(64)), Column("verified", Boolean))
+    conn.execute(update(table).where(table.c.source.in_(_V3_SHIPPED_SOURCES)).values(verified=True))
+    Index("ix_measurements_verified_source", table.c.verified, table.c.source).create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "measurements table", _v1_measurements),
     Migration(2, "plan method and run fingerprint columns, backfilled", _v2_method_and_fingerprint),
+    Migration(3, "verified column: shipped runs verified, uploads kept apart until accepted", _v3_verified),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

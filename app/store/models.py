@@ -7,15 +7,94 @@ import json
 import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, computed_field, field_validator
 
 StoreDevice = Literal["cpu", "cuda"]
 Split = Literal["tune", "holdout"]
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 UNSPLIT = "unsplit"
 """Key of `AccuracySummary.by_split` for records that belong to neither split."""
+
+
+INT64_MAX = 2**63 - 1
+"""Largest value a BIGINT column (SQLite INTEGER, PostgreSQL bigint) holds."""
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+# Bounds of the free-form JSON fields (plan, config, env, phases): a real record is a few KB.
+MAX_JSON_DEPTH = 16
+MAX_JSON_NODES = 20_000
+MAX_JSON_STRING = 10_000
+MAX_PHASES = 64
+
+
+def json_problem(value: Any, depth: int = 0) -> str | None:
+    """Why `value` is not plain, finite, UTF-8-encodable JSON within the bounds above; None when it is.
+
+    Rejects NaN and ±Infinity (Python's json reads them, no JSON column can hold them), integers outside
+    int64, lone surrogates in keys or strings (UTF-8 cannot encode them), nesting deeper than
+    MAX_JSON_DEPTH and more than MAX_JSON_NODES values. The message never echoes the value.
+    """
+    stack: list[tuple[Any, int, str]] = [(value, depth, "")]
+    nodes = 0
+    while stack:
+        item, level, where = stack.pop()
+        nodes += 1
+        if nodes > MAX_JSON_NODES:
+            return f"more than {MAX_JSON_NODES} values"
+        if level > MAX_JSON_DEPTH:
+            return f"nested deeper than {MAX_JSON_DEPTH} levels{where}"
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str) or (bad := _string_problem(key)):
+                    return f"a key{where} {bad or 'is not a string'}"
+                stack.append((child, level + 1, f" at {ascii(key)[1:-1][:40]}"))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, level + 1, where) for child in item)
+        elif (bad := _scalar_problem(item)) is not None:
+            return f"a value{where} {bad}"
+    return None
+
+
+def _string_problem(text: str) -> str | None:
+    if len(text) > MAX_JSON_STRING:
+        return f"is longer than {MAX_JSON_STRING} characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a lone surrogate (not encodable as UTF-8)"
+    return None
+
+
+def _scalar_problem(item: Any) -> str | None:
+    if item is None or isinstance(item, bool):
+        return None
+    if isinstance(item, int):
+        return None if -INT64_MAX - 1 <= item <= INT64_MAX else "is outside the 64-bit integer range"
+    if isinstance(item, float):
+        return None if math.isfinite(item) else "is NaN or infinite (JSON has no such numbers)"
+    if isinstance(item, str):
+        return _string_problem(item)
+    return f"is a {type(item).__name__}, not a JSON value"
+
+
+def _plain_json(value: Any) -> Any:
+    if (problem := json_problem(value)) is not None:
+        raise ValueError(f"not plain JSON: {problem}")
+    return value
+
+
+def _encodable(text: str) -> str:
+    if (problem := _string_problem(text)) is not None:
+        raise ValueError(f"the text {problem}")
+    return text
+
+
+Bytes = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]
+"""A byte count: a JSON integer (not true, not 1.0) that fits a BIGINT column."""
+JsonObject = Annotated[dict[str, Any], AfterValidator(_plain_json)]
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 def relative_error_pct(estimated_bytes: int, measured_bytes: int) -> float:
@@ -45,35 +124,54 @@ class MeasurementRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: int | None = Field(None, description="Row id; None until stored, and ignored when adding.")
-    created_at: datetime = Field(description="When the run was measured; stored and returned as UTC.")
-    model_id: str = Field(min_length=1, max_length=200, description="Hub id or local name of the model.")
-    model_type: str = Field(min_length=1, max_length=100, description="config.json's model_type, e.g. 'llama'.")
+    id: Annotated[int, Strict()] | None = Field(
+        None, ge=1, le=INT64_MAX, description="Row id; None until stored, and ignored when adding."
+    )
+    created_at: datetime = Field(
+        description="When the run was measured (2000-01-01 to 2100-01-01); stored and returned as UTC."
+    )
+    model_id: Text = Field(min_length=1, max_length=200, description="Hub id or local name of the model.")
+    model_type: Text = Field(min_length=1, max_length=100, description="config.json's model_type, e.g. 'llama'.")
     device: StoreDevice
-    device_name: str | None = Field(None, max_length=200, description="GPU name; None when not known.")
-    layers: int | None = Field(None, ge=1, description="Truncated depth that was built, or None for full depth.")
-    plan: dict[str, Any] = Field(description="The TrainingPlan, dumped to a dict (its 'method' is indexed).")
-    config: dict[str, Any] = Field(description="The model config actually measured (after depth truncation).")
-    measured_peak_bytes: int = Field(gt=0, description="Highest bytes held by live tensors during the run.")
-    measured_reserved_bytes: int | None = Field(
-        None, ge=0, description="Highest bytes reserved by the CUDA caching allocator; None on cpu."
+    device_name: Text | None = Field(None, max_length=200, description="GPU name; None when not known.")
+    layers: Annotated[int, Strict()] | None = Field(
+        None, ge=1, le=1_000_000, description="Truncated depth that was built, or None for full depth."
     )
-    estimated_peak_bytes: int = Field(ge=0, description="gpuplan's estimate of the peak for the same plan and config.")
-    phases: list[dict[str, Any]] = Field(
-        default_factory=list, description="Per phase of the run: {label, current_bytes, peak_bytes}."
+    plan: JsonObject = Field(description="The TrainingPlan, dumped to a dict (its 'method' is indexed).")
+    config: JsonObject = Field(description="The model config actually measured (after depth truncation).")
+    measured_peak_bytes: Bytes = Field(gt=0, description="Highest bytes held by live tensors during the run.")
+    measured_reserved_bytes: Bytes | None = Field(
+        None, description="Highest bytes reserved by the CUDA caching allocator; None on cpu."
     )
-    env: dict[str, Any] = Field(
+    estimated_peak_bytes: Bytes = Field(description="gpuplan's estimate of the peak for the same plan and config.")
+    phases: list[JsonObject] = Field(
+        default_factory=list,
+        max_length=MAX_PHASES,
+        description="Per phase of the run: {label, current_bytes, peak_bytes}.",
+    )
+    env: JsonObject = Field(
         default_factory=dict, description="torch/transformers/peft/bitsandbytes versions, device name, total memory."
     )
-    source: str = Field(
+    source: Text = Field(
         min_length=1, max_length=64, description="Where it came from: 'cpu-matrix', 'gpu-h200', 'upload'."
     )
     split: Split | None = Field(None, description="'tune' points calibrate gpuplan, 'holdout' points only judge it.")
+    verified: bool = Field(
+        False,
+        description="Shipped data, the operator's own imports and runs, or uploads an operator accepted "
+        "(`gpuplan accept-calibrations`); only verified runs feed the quoted accuracy.",
+    )
 
     @field_validator("created_at")
     @classmethod
     def _as_utc(cls, value: datetime) -> datetime:
-        return utc(value)
+        try:
+            moment = utc(value)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 has no UTC datetime
+            moment = None
+        if moment is None or not EARLIEST <= moment < LATEST:
+            raise ValueError(f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC)")
+        return moment
 
     @field_validator("phases")
     @classmethod
@@ -99,8 +197,8 @@ class MeasurementRecord(BaseModel):
     def fingerprint(self) -> str:
         """SHA-256 of what identifies the run itself, so that importing the same file twice adds nothing.
 
-        Leaves out the row id, the source label, the split and the estimate: re-labelling a run or
-        re-estimating it does not make it another run.
+        Leaves out the row id, the source label, the split, the verification and the estimate: re-labelling,
+        accepting or re-estimating a run does not make it another run.
         """
         identity = {
             "created_at": self.created_at.isoformat(),
@@ -159,16 +257,33 @@ class AccuracyStats(BaseModel):
         )
 
 
-class AccuracySummary(BaseModel):
-    """Accuracy over all stored runs, and per device and per split."""
+class SourceSummary(BaseModel):
+    """The runs of one source: how many, how many verified, and the accuracy over all of them."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    overall: AccuracyStats | None = Field(description="None when no run is stored (for the device asked).")
-    by_device: dict[str, AccuracyStats] = Field(description="'cpu' / 'cuda' → stats; devices without runs are absent.")
-    by_split: dict[str, AccuracyStats] = Field(
-        description=f"'tune' / 'holdout' / '{UNSPLIT}' → stats; splits without runs are absent."
+    source: str
+    runs: int = Field(ge=1)
+    verified_runs: int = Field(ge=0, description="Runs of this source that feed the quoted accuracy.")
+    accuracy: AccuracyStats
+
+
+class AccuracySummary(BaseModel):
+    """Accuracy over the verified runs, per device and per split; the unverified runs and each source apart."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    overall: AccuracyStats | None = Field(description="Verified runs only; None when there are none (for the device).")
+    by_device: dict[str, AccuracyStats] = Field(
+        description="'cpu' / 'cuda' → stats of verified runs; devices without runs are absent."
     )
+    by_split: dict[str, AccuracyStats] = Field(
+        description=f"'tune' / 'holdout' / '{UNSPLIT}' → stats of verified runs; splits without runs are absent."
+    )
+    unverified: AccuracyStats | None = Field(
+        None, description="Uploaded runs no operator has accepted yet: shown apart, never in the figures above."
+    )
+    by_source: list[SourceSummary] = Field(default_factory=list, description="Every source on its own.")
 
 
 class ComparableStats(AccuracyStats):

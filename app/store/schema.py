@@ -6,7 +6,7 @@ A test checks that migrating an empty database yields exactly these columns and 
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Boolean, Column, DateTime, Index, Integer, MetaData, String, Table, Text, text
 
 metadata = MetaData()
 
@@ -40,10 +40,13 @@ measurements = Table(
     # version 2
     Column("method", String(32)),
     Column("fingerprint", String(64)),
+    # version 3
+    Column("verified", Boolean, nullable=False, server_default=text("FALSE")),
     Index("ix_measurements_model_id", "model_id"),
     Index("ix_measurements_device", "device"),
     Index("ix_measurements_created_at", "created_at"),
     Index("ix_measurements_source", "source"),
     Index("ix_measurements_method_device_type", "method", "device", "model_type"),
     Index("ix_measurements_fingerprint", "fingerprint"),
+    Index("ix_measurements_verified_source", "verified", "source"),
 )

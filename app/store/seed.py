@@ -12,7 +12,7 @@ BUNDLED_RESULTS = Path(__file__).resolve().parents[2] / "calibration" / "results
 
 
 def seed_store(store: Store) -> int:
-    """Load the shipped measurements into a store that has none; returns how many were loaded (0 if it had some)."""
+    """Load the shipped measurements (verified) into a store that has none; returns how many (0 if it had some)."""
     if store.list_measurements(limit=1):
         return 0
-    return sum(store.import_jsonl(path) for path in sorted(BUNDLED_RESULTS.glob("*.store.jsonl")))
+    return sum(store.import_jsonl(path, verified=True) for path in sorted(BUNDLED_RESULTS.glob("*.store.jsonl")))

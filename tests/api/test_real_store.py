@@ -23,6 +23,13 @@ def test_upload_list_accuracy_and_comparable_runs_with_sqlite(tmp_path: Path) ->
                 assert client.post("/api/v1/calibrations", json=body, headers=auth).status_code == 201
             listed = client.get("/api/v1/calibrations", params={"device": "cuda"}).json()
             assert sorted(r["error_pct"] for r in listed) == [-3.0, 5.0]
+            assert {r["verified"] for r in listed} == {False}
+            accuracy = client.get("/api/v1/accuracy").json()
+            # uploads are kept apart until an operator accepts their source
+            assert accuracy["overall"] is None and accuracy["unverified"]["count"] == 2
+            assert accuracy["by_source"][0]["source"] == "gpu-h200" and accuracy["by_source"][0]["verified_runs"] == 0
+            assert client.get("/plan", params={"model": "meta-llama/Llama-2-7b-hf"}).context["comparable"] is None  # type: ignore[attr-defined]
+            assert store.accept("gpu-h200") == 2
             accuracy = client.get("/api/v1/accuracy").json()
             assert accuracy["overall"]["count"] == 2 and accuracy["overall"]["max_abs_error_pct"] == 5.0
             page = client.get("/plan", params={"model": "meta-llama/Llama-2-7b-hf"})

@@ -41,9 +41,10 @@ def record(
     estimated: int = 1_100_000,
     source: str = "cpu-matrix",
     split: str | None = None,
+    verified: bool = True,
     **extra: Any,
 ) -> MeasurementRecord:
-    """A plausible record; `minutes` after T0, so tests can order records by creation time."""
+    """A plausible (verified) record; `minutes` after T0, so tests can order records by creation time."""
     fields: dict[str, Any] = {
         "created_at": T0 + timedelta(minutes=minutes),
         "model_id": model_id,
@@ -63,6 +64,7 @@ def record(
         "env": {"torch": "2.13.0", "transformers": "5.0.0", "peft": "0.17.0", "bitsandbytes": None},
         "source": source,
         "split": split,
+        "verified": verified,
     }
     fields.update(extra)
     return MeasurementRecord.model_validate(fields)

@@ -14,6 +14,7 @@ from sqlalchemy import event, func, select
 
 from app.errors import InputError
 from app.store import AccuracyStats, AccuracySummary, ComparableStats, Store
+from app.store.models import SourceSummary
 from app.store.schema import measurements
 
 from .conftest import MakeRecord
@@ -98,6 +99,10 @@ def test_accuracy_on_hand_made_numbers(store: Store, make_record: MakeRecord) ->
         + [make_record(device="cuda", measured=1000, estimated=1000)]
     )
     summary = store.accuracy()
+    assert summary.by_source == [
+        SourceSummary(source="cpu-matrix", runs=9, verified_runs=9, accuracy=summary.overall)  # type: ignore[arg-type]
+    ]
+    summary = summary.model_copy(update={"by_source": []})
     # all |errors| sorted: 0 5 10 15 20 25 30 40 50 → median 20; p90 at rank 7.2 → 40 + 0.2·10 = 42
     # signed sorted: -40 -25 -20 0 5 10 15 30 50 → median 5
     assert summary == AccuracySummary(

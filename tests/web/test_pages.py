@@ -145,9 +145,10 @@ def test_the_permalink_reproduces_the_page(client: TestClient) -> None:
 def test_comparable_runs_from_the_store(tmp_path: Path) -> None:
     store = FakeStore(
         [
-            make_record(estimated_peak_bytes=1_050_000_000),
-            make_record(estimated_peak_bytes=980_000_000),
-            make_record(model_type="qwen2", estimated_peak_bytes=1_500_000_000),
+            make_record(estimated_peak_bytes=1_050_000_000, verified=True),
+            make_record(estimated_peak_bytes=980_000_000, verified=True),
+            make_record(model_type="qwen2", estimated_peak_bytes=1_500_000_000, verified=True),
+            make_record(estimated_peak_bytes=9_000_000_000),  # an unverified upload: never quoted
         ]
     )
     with TestClient(build_app(tmp_path, store=store)) as client:
