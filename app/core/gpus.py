@@ -1,72 +1,57 @@
-"""GPU tiers with their usable memory, and the recommendation of the smallest tier or fewest GPUs that fit."""
+"""Recommendations: every tier judged on memory and on what it can run, priced and timed options, the cheapest."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.capabilities import Blocker, blockers, cannot_run, fixed_plan
 from app.core.estimate import estimate
-from app.core.plan import MAX_GPUS
+from app.core.plan import MAX_GPUS, TrainingPlan
+from app.core.prices import Price, PriceTable, bundled_prices
 from app.core.result import Estimate
 from app.core.spec import ModelSpec
-from app.core.units import MIB
+from app.core.throughput import LABEL, MFU, RunSize, StepTime, step_time
+from app.core.tiers import GPU_TIERS, GpuTier, Segment, find_tier
 
-Segment = Literal["consumer", "workstation", "datacenter"]
+__all__ = [
+    "GPU_TIERS",
+    "GpuTier",
+    "Option",
+    "Recommendation",
+    "Segment",
+    "TierFit",
+    "TimeModel",
+    "budget_bytes",
+    "find_tier",
+    "first_passing",
+    "recommend",
+]
+
+# Ties (equal cost, or no prices) break towards the smaller marketed size, then the older generation: marketed GB,
+# not the MiB the driver reports, or an H100 80GB (81,559 MiB) would count as "smaller" than an A100 80GB (81,920).
+TIE_BREAK = "ties go to the smaller marketed size, then the older (cheaper) generation"
 
 
-class GpuTier(BaseModel):
-    """One GPU model; usable_bytes is the total memory the CUDA driver reports (torch total_memory)."""
+class Option(BaseModel):
+    """One way to run the plan: a count of GPUs of one tier, its time for the run and, where priced, its cost."""
 
     model_config = ConfigDict(frozen=True)
 
-    name: str
-    segment: Segment
-    vendor: Literal["nvidia", "amd"] = "nvidia"
-    memory_gb: int = Field(description="Marketed memory size.")
-    usable_bytes: int = Field(description="Memory the driver reports as total (what a process can address).")
-
-
-def _tier(
-    name: str, segment: Segment, memory_gb: int, usable_mib: int, vendor: Literal["nvidia", "amd"] = "nvidia"
-) -> GpuTier:
-    return GpuTier(name=name, segment=segment, vendor=vendor, memory_gb=memory_gb, usable_bytes=usable_mib * MIB)
-
-
-# usable_mib: total memory as nvidia-smi / torch.cuda.get_device_properties report it (driver-reserved part excluded)
-GPU_TIERS: tuple[GpuTier, ...] = (
-    _tier("RTX 3060", "consumer", 12, 12_288),
-    _tier("RTX 4070 Ti", "consumer", 12, 12_282),
-    _tier("RTX 4080", "consumer", 16, 16_376),
-    _tier("RTX 4060 Ti 16GB", "consumer", 16, 16_380),
-    _tier("RTX 3090", "consumer", 24, 24_576),
-    _tier("RTX 4090", "consumer", 24, 24_564),
-    _tier("RTX 5090", "consumer", 32, 32_607),
-    _tier("RTX A6000", "workstation", 48, 49_140),
-    _tier("RTX 6000 Ada", "workstation", 48, 49_140),
-    _tier("L40S", "workstation", 48, 46_068),
-    _tier("T4", "datacenter", 16, 15_360),
-    _tier("A10G", "datacenter", 24, 23_028),
-    _tier("L4", "datacenter", 24, 23_034),
-    _tier("V100 32GB", "datacenter", 32, 32_768),
-    _tier("A100 40GB", "datacenter", 40, 40_960),
-    _tier("A100 80GB", "datacenter", 80, 81_920),
-    _tier("H100 80GB", "datacenter", 80, 81_559),
-    _tier("H100 NVL", "datacenter", 94, 95_830),
-    _tier("H200", "datacenter", 141, 143_771),
-    _tier("B200", "datacenter", 180, 183_359),
-    _tier("MI300X", "datacenter", 192, 196_592, vendor="amd"),
-)
-
-
-def find_tier(name: str) -> GpuTier | None:
-    key = name.strip().lower().replace(" ", "")
-    return next((t for t in GPU_TIERS if t.name.lower().replace(" ", "") == key), None)
+    gpu: str
+    gpus: int
+    hours: float | None = Field(description="Wall-clock hours for the run's tokens (the time model).")
+    gpu_hours: float | None
+    tokens_per_s: float | None
+    cost_usd: float | None = Field(description="price × GPUs × hours; None without an on-demand price.")
+    price: Price | None = Field(description="The cheapest on-demand price listed for the GPU, with its date.")
+    list_price: Price | None = Field(None, description="The GPU's list (purchase) price, where published.")
+    time: StepTime | None = Field(description="The step-time model behind `hours`.")
 
 
 class TierFit(BaseModel):
-    """How one tier holds the plan."""
+    """How one tier holds the plan, whether it can run it, and the option it offers."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -80,6 +65,25 @@ class TierFit(BaseModel):
         description="Fewest GPUs of this tier under the plan's sharding; None if none suffice."
     )
     reason: str | None = Field(None, description="Why gpus_needed is None.")
+    runs: bool = Field(True, description="The tier has what the plan needs (bf16, FlashAttention-2, LLM.int8()).")
+    cannot_run: str | None = Field(None, description="Why not, e.g. 'cannot run: no bf16 (use fp16, or ...)'.")
+    blockers: tuple[Blocker, ...] = ()
+    runs_with: dict[str, str] | None = Field(None, description="The plan changes that would make it run.")
+    runs_with_fits: bool | None = Field(None, description="Whether the plan with `runs_with` fits plan.gpus GPUs.")
+    option: Option | None = Field(None, description="The GPUs this tier needs (plan.gpus if it fits), timed, priced.")
+
+
+class TimeModel(BaseModel):
+    """What the times and costs assume."""
+
+    model_config = ConfigDict(frozen=True)
+
+    train_tokens: int
+    epochs: float
+    total_tokens: float
+    mfu: float = Field(description="Model FLOPs utilisation assumed of each tier's dense 16-bit peak.")
+    label: str = LABEL
+    prices: str = Field(description="Where the prices come from: 'bundled', or the price file laid over it.")
 
 
 class Recommendation(BaseModel):
@@ -87,10 +91,15 @@ class Recommendation(BaseModel):
 
     headroom: float = Field(description="Fraction of each tier's usable memory kept free (0.1 = 10 %).")
     recommended: str | None = Field(
-        description="Smallest tier that fits on plan.gpus, else the tier needing fewest GPUs."
+        description="The cheapest option for the whole run; without prices, the smallest tier that fits on "
+        "plan.gpus, else the tier needing fewest GPUs (only tiers that can run the plan)."
     )
     recommended_gpus: int | None
     tiers: tuple[TierFit, ...]
+    ranking: str = Field("", description="How `recommended` was chosen, in one line.")
+    options: tuple[Option, ...] = Field((), description="Every tier that runs and fits, cheapest run first.")
+    fastest: Option | None = Field(None, description="The option that finishes the run soonest.")
+    time_model: TimeModel | None = None
 
 
 def budget_bytes(tier: GpuTier, headroom_fraction: float) -> int:
@@ -114,9 +123,8 @@ def first_passing(passes: Callable[[int], bool], failing: int, passing: int) -> 
     return passing
 
 
-def _gpus_needed(est: Estimate, model: ModelSpec, budget: int, per_gpu: Callable[[int], int]) -> int | None:
+def _gpus_needed(plan: TrainingPlan, model: ModelSpec, budget: int, per_gpu: Callable[[int], int]) -> int | None:
     """Fewest GPUs of one tier (its budget) under the plan's sharding; None when no count suffices."""
-    plan = est.plan
 
     def fits_on(n: int) -> bool:
         return per_gpu(n) <= budget
@@ -131,23 +139,47 @@ def _gpus_needed(est: Estimate, model: ModelSpec, budget: int, per_gpu: Callable
     return first_passing(fits_on, 1, limit)
 
 
-def recommend(
-    model: ModelSpec, est: Estimate, headroom_fraction: float = 0.10, tiers: tuple[GpuTier, ...] = GPU_TIERS
-) -> Recommendation:
-    """Judge every tier for the plan `est` was made for: fits on plan.gpus, bytes left, and the fewest GPUs that
-    would do (other GPU counts are estimated, each once)."""
-    plan = est.plan
-    cache: dict[int, int] = {plan.gpus: est.device_bytes} if plan.gpus == 1 else {}
+class _Judge:
+    """Estimates other GPU counts and fixed plans once each, for every tier of one recommendation."""
 
-    def per_gpu(n: int) -> int:
-        if n not in cache:
-            cache[n] = estimate(model, plan.model_copy(update={"gpus": n})).device_bytes
-        return cache[n]
+    def __init__(self, model: ModelSpec, est: Estimate, prices: PriceTable, run: RunSize, mfu: float) -> None:
+        self.model, self.est, self.prices, self.run, self.mfu = model, est, prices, run, mfu
+        self._per_gpu: dict[int, int] = {est.plan.gpus: est.device_bytes} if est.plan.gpus == 1 else {}
+        self._fixed: dict[TrainingPlan, int] = {}
 
-    fits: list[TierFit] = []
-    for tier in tiers:
+    def per_gpu(self, n: int) -> int:
+        if n not in self._per_gpu:
+            self._per_gpu[n] = estimate(self.model, self.est.plan.model_copy(update={"gpus": n})).device_bytes
+        return self._per_gpu[n]
+
+    def fixed_bytes(self, plan: TrainingPlan) -> int:
+        if plan not in self._fixed:
+            self._fixed[plan] = estimate(self.model, plan).device_bytes
+        return self._fixed[plan]
+
+    def option(self, tier: GpuTier, gpus: int) -> Option:
+        """`gpus` GPUs of `tier`: the time model for the run and the cheapest on-demand price."""
+        plan = self.est.plan.model_copy(update={"gpus": gpus})
+        time = step_time(self.model, plan, tier, gpus, self.run, self.mfu)
+        price = self.prices.hourly(tier.name)
+        hours = time.hours if time else None
+        return Option(
+            gpu=tier.name,
+            gpus=gpus,
+            hours=hours,
+            gpu_hours=time.gpu_hours if time else None,
+            tokens_per_s=time.tokens_per_s if time else None,
+            cost_usd=price.usd * gpus * hours if price and hours is not None else None,
+            price=price,
+            list_price=self.prices.list_price(tier.name),
+            time=time,
+        )
+
+    def tier_fit(self, tier: GpuTier, headroom_fraction: float) -> TierFit:
+        """Memory (fits, GPUs needed), capabilities (what stops the plan, what would not) and the option."""
+        plan = self.est.plan
         budget = budget_bytes(tier, headroom_fraction)
-        needed = _gpus_needed(est, model, budget, per_gpu) if plan.device == "cuda" else None
+        needed = _gpus_needed(plan, self.model, budget, self.per_gpu)
         reason = None
         if needed is None:
             reason = (
@@ -155,29 +187,84 @@ def recommend(
                 if plan.sharding == "ddp"
                 else "does not fit even split across the maximum number of GPUs"
             )
-        fits.append(
-            TierFit(
-                gpu=tier.name,
-                usable_bytes=tier.usable_bytes,
-                fits=est.device_bytes <= budget,
-                headroom_bytes=tier.usable_bytes - est.device_bytes,
-                gpus_needed=needed,
-                reason=reason,
-            )
+        found = blockers(tier, plan, self.model.arch.head_dim)
+        fixed = fixed_plan(plan, found)
+        fits = self.est.device_bytes <= budget
+        count = plan.gpus if fits else needed
+        return TierFit(
+            gpu=tier.name,
+            usable_bytes=tier.usable_bytes,
+            fits=fits,
+            headroom_bytes=tier.usable_bytes - self.est.device_bytes,
+            gpus_needed=needed,
+            reason=reason,
+            runs=not found,
+            cannot_run=cannot_run(found),
+            blockers=found,
+            runs_with=_changes(plan, fixed),
+            runs_with_fits=self.fixed_bytes(fixed) <= budget if fixed is not None else None,
+            option=self.option(tier, count) if count is not None and not found else None,
         )
-    return _recommendation(plan.gpus, headroom_fraction, fits)
 
 
-def _recommendation(gpus: int, headroom_fraction: float, fits: list[TierFit]) -> Recommendation:
-    """The smallest tier that fits on the plan's GPUs, else the tier needing the fewest GPUs."""
-    fitting = sorted((f for f in fits if f.fits), key=lambda f: (f.usable_bytes, f.gpu))
-    if fitting:
-        best: TierFit | None = fitting[0]
-        count: int | None = gpus
-    else:
-        candidates = sorted((f for f in fits if f.gpus_needed), key=lambda f: (f.gpus_needed or 0, f.usable_bytes))
-        best = candidates[0] if candidates else None
-        count = best.gpus_needed if best else None
+def _changes(plan: TrainingPlan, fixed: TrainingPlan | None) -> dict[str, str] | None:
+    if fixed is None:
+        return None
+    before, after = plan.model_dump(mode="json"), fixed.model_dump(mode="json")
+    return {k: str(v) for k, v in after.items() if before[k] != v}
+
+
+def recommend(
+    model: ModelSpec,
+    est: Estimate,
+    headroom_fraction: float = 0.10,
+    tiers: tuple[GpuTier, ...] = GPU_TIERS,
+    *,
+    prices: PriceTable | None = None,
+    run: RunSize | None = None,
+    mfu: float = MFU,
+) -> Recommendation:
+    """Judge every tier for the plan `est` was made for — fits on plan.gpus, bytes left, fewest GPUs, what it cannot
+    run — and rank the tiers that run it by the cost of the whole run (`run` tokens at `prices`)."""
+    run = run or RunSize()
+    prices = prices if prices is not None else bundled_prices()
+    judge = _Judge(model, est, prices, run, mfu)
+    fits = [judge.tier_fit(tier, headroom_fraction) for tier in tiers] if est.plan.device == "cuda" else []
+    model_of = {t.name: t for t in tiers}
+    options = rank_options([f.option for f in fits if f.option is not None], model_of)
+    best = options[0] if options else None
+    priced = best is not None and best.cost_usd is not None
+    timed = [o for o in options if o.hours is not None]
     return Recommendation(
-        headroom=headroom_fraction, recommended=best.gpu if best else None, recommended_gpus=count, tiers=tuple(fits)
+        headroom=headroom_fraction,
+        recommended=best.gpu if best else None,
+        recommended_gpus=best.gpus if best else None,
+        tiers=tuple(fits),
+        ranking=(
+            f"cheapest run at the listed on-demand prices; {TIE_BREAK}"
+            if priced
+            else f"no prices for these tiers: fewest GPUs, then smallest tier; {TIE_BREAK}"
+        ),
+        options=tuple(options),
+        fastest=min(timed, key=lambda o: (o.hours or 0.0, o.gpus)) if timed else None,
+        time_model=TimeModel(
+            train_tokens=run.train_tokens,
+            epochs=run.epochs,
+            total_tokens=run.total_tokens,
+            mfu=mfu,
+            prices=prices.origin,
+        ),
     )
+
+
+def rank_options(options: list[Option], tiers: dict[str, GpuTier]) -> list[Option]:
+    """Priced options by the cost of the whole run, then the unpriced by fewest GPUs and smallest tier; ties
+    (TIE_BREAK) go to the smaller marketed size, then the older generation — A100 80GB before H100 80GB."""
+
+    def generation(o: Option) -> tuple[int, int, str]:
+        tier = tiers.get(o.gpu) or find_tier(o.gpu)
+        return (tier.memory_gb, tier.launched, o.gpu) if tier else (0, 0, o.gpu)
+
+    priced = sorted((o for o in options if o.cost_usd is not None), key=lambda o: (o.cost_usd or 0.0, *generation(o)))
+    unpriced = sorted((o for o in options if o.cost_usd is None), key=lambda o: (o.gpus, *generation(o)))
+    return priced + unpriced

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from app.core.estimate import estimate
 from app.core.gpus import GPU_TIERS, GpuTier, budget_bytes, find_tier, first_passing, recommend
 from app.core.plan import TrainingPlan
+from app.core.prices import PriceTable
 from tests.configs import spec
 
 
@@ -31,15 +32,38 @@ def test_monotone_search_finds_the_first_passing_value() -> None:
     assert first_passing(at_least_37, 36, 37) == 37 and first_passing(at_least_37, 1, 2) == 2
 
 
-def test_small_qlora_fits_a_consumer_card_and_the_smallest_is_recommended() -> None:
+def test_small_qlora_recommends_the_cheapest_run_among_the_tiers_that_run_it() -> None:
     model = spec("meta-llama/Llama-2-7b-hf")
     rec = recommend(model, estimate(model, TrainingPlan()))
     assert rec.recommended_gpus == 1
+    costs = [o.cost_usd for o in rec.options if o.cost_usd is not None]
+    assert costs and costs == sorted(costs) and rec.options[0].cost_usd == min(costs)
+    assert (rec.recommended, rec.recommended_gpus) == (rec.options[0].gpu, rec.options[0].gpus)
+    chosen = next(f for f in rec.tiers if f.gpu == rec.recommended)
+    assert chosen.fits and chosen.runs and chosen.option == rec.options[0]
+    # every option runs the plan: a bf16 plan offers neither T4 nor V100, which say why
+    assert {"T4", "V100 32GB"}.isdisjoint(o.gpu for o in rec.options)
+    assert rec.fastest is not None and all((rec.fastest.hours or 0) <= (o.hours or 0) for o in rec.options)
+
+
+def test_without_prices_the_smallest_tier_that_runs_it_is_recommended() -> None:
+    model = spec("meta-llama/Llama-2-7b-hf")
+    rec = recommend(model, estimate(model, TrainingPlan()), prices=PriceTable(prices=()))
     best = next(t for t in GPU_TIERS if t.name == rec.recommended)
-    fitting = [f for f in rec.tiers if f.fits]
-    assert best.usable_bytes == min(f.usable_bytes for f in fitting)
-    # every tier smaller than the recommendation does not fit
-    assert all(not f.fits for f in rec.tiers if f.usable_bytes < best.usable_bytes)
+    runnable = [f for f in rec.tiers if f.fits and f.runs]
+    sizes = {t.name: t.memory_gb for t in GPU_TIERS}
+    assert best.memory_gb == min(sizes[f.gpu] for f in runnable)
+    assert all(o.cost_usd is None for o in rec.options) and "no prices" in rec.ranking
+
+
+def test_ties_go_to_the_older_cheaper_generation() -> None:
+    """Equal marketed size without prices: A100 80GB (2020) before H100 80GB (2022), though the driver reports the
+    H100 as 361 MiB smaller."""
+    model = spec("meta-llama/Llama-2-7b-hf")
+    tiers = (find_tier("H100 80GB"), find_tier("A100 80GB"))
+    assert None not in tiers
+    rec = recommend(model, estimate(model, TrainingPlan()), tiers=tiers, prices=PriceTable(prices=()))  # type: ignore[arg-type]
+    assert rec.recommended == "A100 80GB"
 
 
 def test_full_70b_needs_many_gpus_under_zero3_and_none_under_ddp() -> None:

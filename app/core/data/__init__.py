@@ -1,0 +1,1 @@
+"""Data the pure core ships: the bundled GPU price table (prices.json)."""
