@@ -49,6 +49,52 @@ def _add_models_parser(sub: Any) -> None:
     models.add_argument("--json", action="store_true")
 
 
+def _add_calibration_parsers(sub: Any) -> None:
+    """calibrate, calibrate-matrix, accuracy, import-calibrations and accept-calibrations."""
+    cal = sub.add_parser("calibrate", help="measure one real training step, store it, print measured vs estimated")
+    cal.add_argument("model", help="catalog id, Hub id or path to config.json (weights are random)")
+    add_plan_flags(cal)
+    cal.add_argument("--layers", type=int, help="truncate depth to N layers (the estimate uses the same depth)")
+    cal.add_argument("--steps", type=int, default=2, help="optimizer steps (default 2)")
+    cal.add_argument("--no-store", dest="store", action="store_false", help="do not store the measurement")
+    cal.add_argument("--matmuls", choices=["auto", "native", "fp32"], default="auto", help=MATMULS_HELP)
+    cal.add_argument("--json", action="store_true")
+    mat = sub.add_parser("calibrate-matrix", help="run a calibration matrix spec (TOML), store points, write JSONL")
+    mat.add_argument("spec", type=Path, help="e.g. calibration/cpu-matrix.toml")
+    mat.add_argument("--report", type=Path, help="JSONL report path (default artifacts/calibration-<time>.jsonl)")
+    mat.add_argument("--family", help="only this family of the spec")
+    mat.add_argument("--limit", type=int, help="only the first N points")
+    mat.add_argument("--source", default="cpu-matrix", help="source label stored with each point")
+    mat.add_argument("--device", choices=["cpu", "cuda"], help="override the spec's device (try a GPU spec on cpu)")
+    mat.add_argument("--no-store", dest="store", action="store_false", help="do not store the points")
+    mat.add_argument("--matmuls", choices=["auto", "native", "fp32"], default="auto", help=MATMULS_HELP)
+    mat.add_argument(
+        "--fresh",
+        dest="resume",
+        action="store_false",
+        help="measure every point again (default: resume, skipping "
+        "points already stored under --source or in --report)",
+    )
+    acc = sub.add_parser("accuracy", help="table of stored points (re-estimated now) and the error summary")
+    acc.add_argument("--device", choices=["cpu", "cuda"])
+    acc.add_argument("--source", help="only points of this source")
+    acc.add_argument("--write", type=Path, help="also write the Markdown to this file (e.g. docs/accuracy.md)")
+    imp = sub.add_parser("import-calibrations", help="load a JSONL of measurements (GPU script output) into the store")
+    imp.add_argument("path", type=Path)
+    imp.add_argument("--source", help="source label to record (default: from the file)")
+    imp.add_argument(
+        "--unverified",
+        dest="verified",
+        action="store_false",
+        help="keep the runs out of the quoted accuracy "
+        "until `gpuplan accept-calibrations` (default: your own imports are verified)",
+    )
+    acc_up = sub.add_parser(
+        "accept-calibrations", help="verify the uploaded runs of one source, so they count in the quoted accuracy"
+    )
+    acc_up.add_argument("--source", required=True, help="the source label the uploads carry")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gpuplan", description="GPU memory planner for fine-tuning LLMs (QLoRA, LoRA, full).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -75,30 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     fetch = sub.add_parser("fetch", help="fetch a model's config from the Hub into the cache")
     fetch.add_argument("model", help="org/name[@revision]")
     fetch.add_argument("--json", action="store_true")
-    cal = sub.add_parser("calibrate", help="measure one real training step, store it, print measured vs estimated")
-    cal.add_argument("model", help="catalog id, Hub id or path to config.json (weights are random)")
-    add_plan_flags(cal)
-    cal.add_argument("--layers", type=int, help="truncate depth to N layers (the estimate uses the same depth)")
-    cal.add_argument("--steps", type=int, default=2, help="optimizer steps (default 2)")
-    cal.add_argument("--no-store", dest="store", action="store_false", help="do not store the measurement")
-    cal.add_argument("--matmuls", choices=["auto", "native", "fp32"], default="auto", help=MATMULS_HELP)
-    cal.add_argument("--json", action="store_true")
-    mat = sub.add_parser("calibrate-matrix", help="run a calibration matrix spec (TOML), store points, write JSONL")
-    mat.add_argument("spec", type=Path, help="e.g. calibration/cpu-matrix.toml")
-    mat.add_argument("--report", type=Path, help="JSONL report path (default artifacts/calibration-<time>.jsonl)")
-    mat.add_argument("--family", help="only this family of the spec")
-    mat.add_argument("--limit", type=int, help="only the first N points")
-    mat.add_argument("--source", default="cpu-matrix", help="source label stored with each point")
-    mat.add_argument("--device", choices=["cpu", "cuda"], help="override the spec's device (try a GPU spec on cpu)")
-    mat.add_argument("--no-store", dest="store", action="store_false", help="do not store the points")
-    mat.add_argument("--matmuls", choices=["auto", "native", "fp32"], default="auto", help=MATMULS_HELP)
-    acc = sub.add_parser("accuracy", help="table of stored points (re-estimated now) and the error summary")
-    acc.add_argument("--device", choices=["cpu", "cuda"])
-    acc.add_argument("--source", help="only points of this source")
-    acc.add_argument("--write", type=Path, help="also write the Markdown to this file (e.g. docs/accuracy.md)")
-    imp = sub.add_parser("import-calibrations", help="load a JSONL of measurements (GPU script output) into the store")
-    imp.add_argument("path", type=Path)
-    imp.add_argument("--source", help="source label to record (default: from the file)")
+    _add_calibration_parsers(sub)
     _add_inference_parser(sub)
     serve = sub.add_parser("serve", help="run the web service")
     serve.add_argument("--host", default="127.0.0.1")
@@ -131,13 +154,6 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
     else:
         print(report.table(model, est, rec))
         if imported is not None:
-    mat.add_argument(
-        "--fresh",
-        dest="resume",
-        action="store_false",
-        help="measure every point again (default: resume, skipping "
-        "points already stored under --source or in --report)",
-    )
             from app.recipes.result import summary_lines
 
             print("\n" + "\n".join(summary_lines(imported)))
@@ -145,17 +161,6 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
 
 
 def _import_recipes(paths: list[Path]) -> Any:
-    imp.add_argument(
-        "--unverified",
-        dest="verified",
-        action="store_false",
-        help="keep the runs out of the quoted accuracy "
-        "until `gpuplan accept-calibrations` (default: your own imports are verified)",
-    )
-    acc_up = sub.add_parser(
-        "accept-calibrations", help="verify the uploaded runs of one source, so they count in the quoted accuracy"
-    )
-    acc_up.add_argument("--source", required=True, help="the source label the uploads carry")
     """The --from files, read and imported (a missing or unreadable file is one InputError line)."""
     from app.recipes import RecipeFile, import_recipe
 
@@ -270,7 +275,11 @@ def _cmd_calibrate_matrix(ns: argparse.Namespace) -> int:
         source=ns.source,
         device=ns.device,
         matmuls=ns.matmuls,
+        resume=ns.resume,
     )
+    if not rows:
+        print("0 points measured: every point of the spec was done already (--fresh measures them again)")
+        return 0
     errors = sorted(abs(r["error_pct"]) for r in rows)
     print(f"{len(rows)} points: median |error| {statistics.median(errors):.2f} %, max {errors[-1]:.2f} %")
     return 0
@@ -329,13 +338,10 @@ COMMANDS = {
     "calibrate-matrix": _cmd_calibrate_matrix,
     "accuracy": _cmd_accuracy,
     "import-calibrations": _cmd_import,
+    "accept-calibrations": _cmd_accept,
     "serve": _cmd_serve,
     "inference": _cmd_inference,
-        resume=ns.resume,
 }
-    if not rows:
-        print("0 points measured: every point of the spec was done already (--fresh measures them again)")
-        return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,4 +359,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-    "accept-calibrations": _cmd_accept,
