@@ -49,8 +49,71 @@ def _add_models_parser(sub: Any) -> None:
     models.add_argument("--json", action="store_true")
 
 
-def _add_calibration_parsers(sub: Any) -> None:
-    """calibrate, calibrate-matrix, accuracy, import-calibrations and accept-calibrations."""
+def token_count(text: str) -> int:
+    """A token count: 100000000, 100_000_000, 1e8, 100M, 2.5B or 500k."""
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}.get(text.strip()[-1:].lower(), 1.0)
+    number = text.strip()[:-1] if scale != 1.0 else text.strip()
+    try:
+        value = float(number.replace("_", "")) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a token count (e.g. 100M, 2.5B, 1e9)") from None
+    if not 1 <= value <= 1e15:
+        raise argparse.ArgumentTypeError(f"{text!r}: give between 1 and 1e15 tokens")
+    return round(value)
+
+
+def run_size(ns: argparse.Namespace) -> Any:
+    """The run the time and cost are for: --train-tokens x --epochs (defaults: 100M tokens, 1 epoch)."""
+    from pydantic import ValidationError
+
+    from app.core.throughput import RunSize
+
+    given = {k: v for k, v in (("train_tokens", ns.train_tokens), ("epochs", ns.epochs)) if v is not None}
+    try:
+        return RunSize.model_validate(given)
+    except ValidationError as exc:
+        detail = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        raise InputError(detail) from None
+
+
+def _add_run_flags(est: argparse.ArgumentParser) -> None:
+    """What the time and cost are for (not plan fields: the plan does not change with the dataset's size)."""
+    est.add_argument(
+        "--train-tokens",
+        type=token_count,
+        metavar="N",
+        help="tokens in the training set, for time and cost (e.g. 100M, 2.5B, 1e9; default 100M)",
+    )
+    est.add_argument("--epochs", type=float, metavar="E", help="passes over the training set (default 1)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gpuplan", description="GPU memory planner for fine-tuning LLMs (QLoRA, LoRA, full).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    est = sub.add_parser("estimate", help="estimate the peak memory of a fine-tuning step")
+    est.add_argument(
+        "model",
+        nargs="?",
+        help="catalog id, Hub id (org/name[@rev]) or path to config.json (default: the --from files')",
+    )
+    est.add_argument(
+        "--from",
+        dest="recipes",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="a training config you run (axolotl or LLaMA-Factory YAML, TrainingArguments/SFTConfig, "
+        "adapter_config.json, BitsAndBytesConfig); repeatable; flags override it",
+    )
+    add_plan_flags(est)
+    _add_run_flags(est)
+    est.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_models_parser(sub)
+    gpus = sub.add_parser("gpus", help="list GPU tiers and their usable memory")
+    gpus.add_argument("--json", action="store_true")
+    fetch = sub.add_parser("fetch", help="fetch a model's config from the Hub into the cache")
+    fetch.add_argument("model", help="org/name[@revision]")
+    fetch.add_argument("--json", action="store_true")
     cal = sub.add_parser("calibrate", help="measure one real training step, store it, print measured vs estimated")
     cal.add_argument("model", help="catalog id, Hub id or path to config.json (weights are random)")
     add_plan_flags(cal)
@@ -93,35 +156,6 @@ def _add_calibration_parsers(sub: Any) -> None:
         "accept-calibrations", help="verify the uploaded runs of one source, so they count in the quoted accuracy"
     )
     acc_up.add_argument("--source", required=True, help="the source label the uploads carry")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gpuplan", description="GPU memory planner for fine-tuning LLMs (QLoRA, LoRA, full).")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    est = sub.add_parser("estimate", help="estimate the peak memory of a fine-tuning step")
-    est.add_argument(
-        "model",
-        nargs="?",
-        help="catalog id, Hub id (org/name[@rev]) or path to config.json (default: the --from files')",
-    )
-    est.add_argument(
-        "--from",
-        dest="recipes",
-        action="append",
-        type=Path,
-        metavar="FILE",
-        help="a training config you run (axolotl or LLaMA-Factory YAML, TrainingArguments/SFTConfig, "
-        "adapter_config.json, BitsAndBytesConfig); repeatable; flags override it",
-    )
-    add_plan_flags(est)
-    est.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_models_parser(sub)
-    gpus = sub.add_parser("gpus", help="list GPU tiers and their usable memory")
-    gpus.add_argument("--json", action="store_true")
-    fetch = sub.add_parser("fetch", help="fetch a model's config from the Hub into the cache")
-    fetch.add_argument("model", help="org/name[@revision]")
-    fetch.add_argument("--json", action="store_true")
-    _add_calibration_parsers(sub)
     _add_inference_parser(sub)
     serve = sub.add_parser("serve", help="run the web service")
     serve.add_argument("--host", default="127.0.0.1")
@@ -135,9 +169,11 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
     from app.core.gpus import recommend
     from app.exports import report
     from app.resolver import resolve_model_sync
+    from app.service import load_prices
     from app.settings import get_settings
 
     imported = _import_recipes(ns.recipes) if ns.recipes else None
+    run = run_size(ns)
     plan = plan_from_args(ns, imported.plan_fields if imported else None)
     name = ns.model or (imported.model if imported else None)
     if not name:
@@ -145,7 +181,11 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
     settings = get_settings()
     model = resolve_model_sync(name, settings)
     est = estimate(model, plan)
-    rec = recommend(model, est, settings.headroom) if plan.device == "cuda" else None
+    rec = (
+        recommend(model, est, settings.headroom, prices=load_prices(settings), run=run)
+        if plan.device == "cuda"
+        else None
+    )
     if ns.json:
         out = report.payload(model, est, rec)
         if imported is not None:
@@ -202,11 +242,18 @@ def _cmd_gpus(ns: argparse.Namespace) -> int:
     from app.core.gpus import GPU_TIERS
 
     if ns.json:
-        print(json.dumps([t.model_dump() for t in GPU_TIERS], indent=2))
+        print(json.dumps([t.model_dump(mode="json") for t in GPU_TIERS], indent=2))
     else:
-        print(f"{'gpu':<18} {'segment':<12} {'memory':>7} {'usable bytes':>16}")
+        print(
+            f"{'gpu':<18} {'segment':<12} {'memory':>7} {'usable bytes':>16}  {'arch':<22} {'cc':>6} {'bf16':>4} "
+            f"{'fa2':>4} {'16-bit TF':>9} {'GB/s':>6}  interconnect"
+        )
         for t in GPU_TIERS:
-            print(f"{t.name:<18} {t.segment:<12} {t.memory_gb:>4} GB {t.usable_bytes:>16,}")
+            print(
+                f"{t.name:<18} {t.segment:<12} {t.memory_gb:>4} GB {t.usable_bytes:>16,}  {t.architecture:<22} "
+                f"{t.compute_capability:>6} {'yes' if t.bf16 else 'no':>4} {'yes' if t.flash_attention_2 else 'no':>4} "
+                f"{t.dense_16bit_tflops:>9,.1f} {t.memory_bandwidth_gbs:>6,.0f}  {t.interconnect}"
+            )
     return 0
 
 

@@ -7,6 +7,8 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from app import catalog
@@ -14,9 +16,11 @@ from app.core.estimate import estimate
 from app.core.fit import FitResult, fit
 from app.core.gpus import GpuTier, Recommendation, recommend
 from app.core.plan import TrainingPlan
+from app.core.prices import PriceTable, price_table
 from app.core.result import Estimate
 from app.core.spec import ModelSpec
-from app.errors import ConfigError, HubError
+from app.core.throughput import RunSize
+from app.errors import ConfigError, HubError, InputError
 from app.exports import report
 from app.resolver import classify, resolve_model
 from app.settings import Settings
@@ -40,7 +44,28 @@ MEDIA_TYPES: dict[ExportFormat, str] = {
     "csv": "text/csv; charset=utf-8",
     "svg": "image/svg+xml",
 }
-CacheKey = tuple[str, str | None, str, TrainingPlan, float]
+CacheKey = tuple[str, str | None, str, TrainingPlan, float, RunSize, PriceTable]
+
+
+def load_prices(settings: Settings) -> PriceTable:
+    """The bundled price table with the settings' price file laid over it (re-read when the file changes)."""
+    path = settings.prices_path
+    if path is None:
+        return price_table()
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError as exc:
+        raise InputError(f"prices file {path}: cannot read it ({exc.strerror or exc})") from None
+    return _prices_file(str(path), stamp)
+
+
+@lru_cache(maxsize=8)
+def _prices_file(path: str, stamp: int) -> PriceTable:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"prices file {path}: cannot read it ({exc})") from None
+    return price_table(text, path)
 
 
 @dataclass(frozen=True)
@@ -96,8 +121,8 @@ class Planner:
         self.metrics.count_hub_fetch("ok")
         return spec
 
-    def _key(self, model: ModelSpec, plan: TrainingPlan) -> CacheKey:
-        return (model.id, model.revision, model.config_hash, plan, self.settings.headroom)
+    def _key(self, model: ModelSpec, plan: TrainingPlan, run: RunSize, prices: PriceTable) -> CacheKey:
+        return (model.id, model.revision, model.config_hash, plan, self.settings.headroom, run, prices)
 
     def _cached(self, key: CacheKey) -> Planned | None:
         with self._lock:
@@ -106,16 +131,17 @@ class Planner:
                 self._cache.move_to_end(key)
             return hit
 
-    def plan(self, model: ModelSpec, plan: TrainingPlan) -> Planned:
-        """estimate() and recommend() for one plan; identical requests are answered from the cache."""
-        headroom = self.settings.headroom
-        key = self._key(model, plan)
+    def plan(self, model: ModelSpec, plan: TrainingPlan, run: RunSize | None = None) -> Planned:
+        """estimate() and recommend() (priced and timed for `run`) for one plan; identical requests come from the
+        cache."""
+        headroom, run, prices = self.settings.headroom, run or RunSize(), load_prices(self.settings)
+        key = self._key(model, plan, run, prices)
         self.metrics.count_estimate()
         hit = self._cached(key)
         if hit is not None:
             return hit
         est = estimate(model, plan)
-        rec = recommend(model, est, headroom) if plan.device == "cuda" else None
+        rec = recommend(model, est, headroom, prices=prices, run=run) if plan.device == "cuda" else None
         planned = Planned(model=model, estimate=est, recommendation=rec)
         with self._lock:
             self._cache[key] = planned
@@ -127,10 +153,11 @@ class Planner:
         """Inverse planning (tens of estimates) in a worker thread, so the event loop stays free."""
         return await asyncio.to_thread(fit, model, plan, tier, self.settings.headroom)
 
-    async def plan_async(self, model: ModelSpec, plan: TrainingPlan) -> Planned:
+    async def plan_async(self, model: ModelSpec, plan: TrainingPlan, run: RunSize | None = None) -> Planned:
         """plan(): a cache hit at once, a miss in a worker thread (a recommendation may take many estimates)."""
-        hit = self._cached(self._key(model, plan))
+        run = run or RunSize()
+        hit = self._cached(self._key(model, plan, run, load_prices(self.settings)))
         if hit is not None:
             self.metrics.count_estimate()
             return hit
-        return await asyncio.to_thread(self.plan, model, plan)
+        return await asyncio.to_thread(self.plan, model, plan, run)

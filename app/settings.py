@@ -59,10 +59,23 @@ class Settings(BaseSettings):
         repr=False,
     )
     max_body_bytes: int = Field(MIB, ge=1024, description="Largest HTTP request body accepted, in bytes.")
+    prices_file: Path | None = Field(
+        None,
+        description="JSON price table (your own, e.g. negotiated, $/GPU-hour) laid over the bundled one; "
+        "default prices.json in data_dir when it exists.",
+    )
 
     @property
     def inventory_cache_dir(self) -> Path:
         return self.data_dir / "inventory"
+
+    @property
+    def prices_path(self) -> Path | None:
+        """The price file in use: prices_file, else data_dir/prices.json when it exists, else none."""
+        if self.prices_file is not None:
+            return self.prices_file
+        default = self.data_dir / "prices.json"
+        return default if default.is_file() else None
 
     @property
     def sqlite_url(self) -> str:

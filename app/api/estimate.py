@@ -11,6 +11,7 @@ from app.api.queries import query_dependency, query_parameters
 from app.api.responses import ESTIMATE_OK, HUB_PROBLEMS, problems
 from app.core.fit import FitResult
 from app.core.gpus import GPU_TIERS, find_tier
+from app.core.throughput import RunSize
 from app.errors import InputError, PlanError
 from app.http.deps import PlannerDep
 from app.http.schemas import EstimateQuery, EstimateRequest, FitQuery
@@ -18,7 +19,9 @@ from app.service import MEDIA_TYPES, ExportFormat, Planned
 
 router = APIRouter(tags=["estimate"])
 
-EstimateQueryDep = Annotated[EstimateQuery, Depends(query_dependency(EstimateQuery))]
+RUN_FIELDS = frozenset(RunSize.model_fields)  # train_tokens, epochs: what the time and cost are for
+EstimateQueryDep = Annotated[EstimateQuery, Depends(query_dependency(EstimateQuery, ignore=RUN_FIELDS))]
+RunQueryDep = Annotated[RunSize, Depends(query_dependency(RunSize, only=RUN_FIELDS))]
 FitQueryDep = Annotated[FitQuery, Depends(query_dependency(FitQuery))]
 
 
@@ -26,27 +29,33 @@ def export_response(planned: Planned, fmt: ExportFormat) -> Response:
     return Response(planned.export(fmt), media_type=MEDIA_TYPES[fmt])
 
 
-@router.post("/estimate", response_model=None, responses={**ESTIMATE_OK, **HUB_PROBLEMS, **problems(413)})
+@router.post(
+    "/estimate",
+    response_model=None,
+    responses={**ESTIMATE_OK, **HUB_PROBLEMS, **problems(413)},
+    openapi_extra={"parameters": query_parameters(RunSize)},
+)
 async def post_estimate(
     body: EstimateRequest,
     planner: PlannerDep,
+    run: RunQueryDep,
     format: Annotated[ExportFormat, Query(description="json, md, csv or svg.")] = "json",
 ) -> Response:
     """Estimate the peak GPU memory of one fine-tuning step of a model and plan given as JSON."""
     model = await planner.resolve(body.model)
-    return export_response(await planner.plan_async(model, body.to_plan()), format)
+    return export_response(await planner.plan_async(model, body.to_plan(), run), format)
 
 
 @router.get(
     "/estimate",
     response_model=None,
     responses={**ESTIMATE_OK, **HUB_PROBLEMS},
-    openapi_extra={"parameters": query_parameters(EstimateQuery)},
+    openapi_extra={"parameters": query_parameters(EstimateQuery) + query_parameters(RunSize)},
 )
-async def get_estimate(query: EstimateQueryDep, planner: PlannerDep) -> Response:
+async def get_estimate(query: EstimateQueryDep, run: RunQueryDep, planner: PlannerDep) -> Response:
     """Estimate the peak GPU memory of one fine-tuning step; plan fields as query parameters."""
     model = await planner.resolve(query.model)
-    return export_response(await planner.plan_async(model, query.to_plan()), query.format)
+    return export_response(await planner.plan_async(model, query.to_plan(), run), query.format)
 
 
 @router.get("/fit", responses=HUB_PROBLEMS, openapi_extra={"parameters": query_parameters(FitQuery)})

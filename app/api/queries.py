@@ -28,12 +28,16 @@ def query_data(request: Request) -> dict[str, Any]:
     return {key: (values[0] if len(values) == 1 else values) for key in params for values in (params.getlist(key),)}
 
 
-def query_dependency(model: type[M]) -> Callable[[Request], Awaitable[M]]:
-    """A dependency validating the whole query string as `model`; errors carry loc ('query', field)."""
+def query_dependency(
+    model: type[M], *, ignore: frozenset[str] = frozenset(), only: frozenset[str] | None = None
+) -> Callable[[Request], Awaitable[M]]:
+    """A dependency validating the query string as `model` (less the `ignore` keys, or only the `only` keys, which
+    another dependency reads); errors carry loc ('query', field)."""
 
     async def parse(request: Request) -> M:
+        data = {k: v for k, v in query_data(request).items() if k not in ignore and (only is None or k in only)}
         try:
-            return model.model_validate(query_data(request))
+            return model.model_validate(data)
         except ValidationError as exc:
             errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
             raise RequestValidationError(errors) from None

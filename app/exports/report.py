@@ -6,7 +6,7 @@ import csv
 import io
 from typing import Any
 
-from app.core.gpus import Recommendation
+from app.core.gpus import Option, Recommendation, TierFit
 from app.core.result import Estimate
 from app.core.spec import ModelSpec
 from app.core.units import GIB
@@ -14,6 +14,56 @@ from app.core.units import GIB
 
 def gib(nbytes: int) -> str:
     return f"{nbytes / GIB:,.2f} GiB"
+
+
+def hours(value: float | None, days: bool = True) -> str:
+    """Wall-clock time of a run: minutes under an hour, else hours (and days past two)."""
+    if value is None:
+        return "-"
+    if value < 1:
+        return f"{value * 60:.0f} min"
+    return f"{value:,.1f} h" + (f" ({value / 24:,.1f} days)" if days and value >= 48 else "")
+
+
+def usd(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"${value:,.2f}" if value < 1000 else f"${value:,.0f}"
+
+
+def option_text(o: Option) -> str:
+    """'1 x H100 80GB: 3.8 h, $13.09 at $3.49/GPU-h on demand at RunPod (as of 2026-05-18)'."""
+    head = f"{o.gpus} x {o.gpu}: {hours(o.hours)}"
+    if o.price is None or o.cost_usd is None:
+        return head + ", no on-demand price listed" + (f" (list price: {o.list_price.label})" if o.list_price else "")
+    return f"{head}, {usd(o.cost_usd)} at {o.price.label}"
+
+
+def time_model_text(rec: Recommendation) -> str:
+    """What every time and cost assumes, said once."""
+    tm = rec.time_model
+    if tm is None:
+        return ""
+    epochs = f" x {tm.epochs:g} epochs" if tm.epochs != 1 else ""
+    return (
+        f"time and cost are {tm.label}: {tm.train_tokens:,} training tokens{epochs}, each GPU at {tm.mfu:.0%} MFU of "
+        f"its dense 16-bit peak, with memory-bandwidth and interconnect floors; prices: {tm.prices}, each as of the "
+        "date shown"
+    )
+
+
+def tier_note(f: TierFit) -> str:
+    """Why a tier cannot run the plan and what would make it run, else the price its cost uses."""
+    if f.cannot_run:
+        if not f.runs_with:
+            return f.cannot_run
+        change = ", ".join(f"{k}={v}" for k, v in f.runs_with.items())
+        return f"{f.cannot_run}; with {change} it {'fits' if f.runs_with_fits else 'runs but does not fit'}"
+    if f.option is None:
+        return f.reason or ""
+    if f.option.price is None:
+        return "no on-demand price listed"
+    return f.option.price.label
 
 
 def payload(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> dict[str, Any]:
@@ -101,22 +151,35 @@ def table(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> str:
         )
     lines += [f"note: {n}" for n in est.notes]
     if rec is not None:
-        lines.append("")
-        if rec.recommended:
-            lines.append(
-                f"recommended: {rec.recommended_gpus} x {rec.recommended} (keeping {rec.headroom:.0%} headroom)"
-            )
-        else:
-            lines.append(
-                "recommended: no GPU tier fits this plan; try QLoRA, checkpointing, a shorter sequence or zero3"
-            )
-        lines.append(f"{'gpu':<18} {'usable':>10} {'fits':>5} {'left':>11} {'gpus needed':>12}")
-        for f in rec.tiers:
-            lines.append(
-                f"{f.gpu:<18} {f.usable_bytes / GIB:>7.1f} GiB {'yes' if f.fits else 'no':>5} "
-                f"{f.headroom_bytes / GIB:>7.1f} GiB {f.gpus_needed if f.gpus_needed else '-':>12}"
-            )
+        lines += ["", *recommendation_lines(rec)]
     return "\n".join(lines)
+
+
+def recommendation_lines(rec: Recommendation) -> list[str]:
+    """The CLI's recommendation: the cheapest option, the fastest, what they assume, and every tier."""
+    best = rec.options[0] if rec.options else None
+    if best is None:
+        lines = [
+            "recommended: no GPU tier fits and runs this plan; try QLoRA, checkpointing, a shorter sequence or zero3"
+        ]
+    else:
+        lines = [f"recommended: {option_text(best)} (keeping {rec.headroom:.0%} headroom)"]
+        if rec.fastest is not None and rec.fastest != best:
+            lines.append(f"fastest:     {option_text(rec.fastest)}")
+        lines += [f"ranking: {rec.ranking}", time_model_text(rec)]
+        lines.append("options, cheapest run first:")
+        lines += [f"  {i}. {option_text(o)}" for i, o in enumerate(rec.options[:5], 1)]
+    lines.append(
+        f"{'gpu':<18} {'usable':>10} {'fits':>5} {'left':>11} {'gpus needed':>12} {'time':>10} {'cost':>10}  note"
+    )
+    for f in rec.tiers:
+        o = f.option
+        lines.append(
+            f"{f.gpu:<18} {f.usable_bytes / GIB:>7.1f} GiB {'yes' if f.fits else 'no':>5} "
+            f"{f.headroom_bytes / GIB:>7.1f} GiB {f.gpus_needed if f.gpus_needed else '-':>12} "
+            f"{hours(o.hours, days=False) if o else '-':>10} {usd(o.cost_usd) if o else '-':>10}  {tier_note(f)}"
+        )
+    return lines
 
 
 def markdown(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> str:
@@ -130,19 +193,39 @@ def markdown(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> str
         f"- Trainable parameters: {est.params.trainable:,}",
         f"- **Peak allocated: {gib(est.peak_allocated_bytes)}**; reserved {gib(est.peak_reserved_bytes)}; device {gib(est.device_bytes)}",
     ]
-    if rec is not None and rec.recommended:
-        out.append(
-            f"- **Recommended: {rec.recommended_gpus} x {rec.recommended}** ({rec.headroom:.0%} headroom kept free)"
-        )
+    if rec is not None and rec.options:
+        best = rec.options[0]
+        out.append(f"- **Recommended: {option_text(best)}** ({rec.headroom:.0%} headroom kept free; {rec.ranking})")
+        if rec.fastest is not None and rec.fastest != best:
+            out.append(f"- Fastest: {option_text(rec.fastest)}")
+        out.append(f"- Note: {time_model_text(rec)}")
     out += ["", "| term | bytes | GiB | note |", "|---|---:|---:|---|"]
     out += [f"| {t.term} | {t.bytes:,} | {t.bytes / GIB:.3f} | {t.note} |" for t in est.breakdown]
     if rec is not None:
-        out += ["", "| GPU | usable GiB | fits | GPUs needed |", "|---|---:|---|---:|"]
-        out += [
-            f"| {f.gpu} | {f.usable_bytes / GIB:.1f} | {'yes' if f.fits else 'no'} | {f.gpus_needed or '-'} |"
-            for f in rec.tiers
-        ]
+        out += markdown_recommendation(rec)
     return "\n".join(out) + "\n"
+
+
+def markdown_recommendation(rec: Recommendation) -> list[str]:
+    """The options ranked by the cost of the run (each price with its date), then every tier."""
+    out = ["", "## Options, cheapest run first", ""]
+    out += ["| # | option | time | GPU-hours | tokens/s | cost | price (as of) |", "|---:|---|---:|---:|---:|---:|---|"]
+    for i, o in enumerate(rec.options, 1):
+        price = o.price.label if o.price else "no on-demand price listed"
+        rate = f"{o.tokens_per_s:,.0f}" if o.tokens_per_s else "-"
+        gpu_hours = f"{o.gpu_hours:,.1f}" if o.gpu_hours is not None else "-"
+        out.append(
+            f"| {i} | {o.gpus} x {o.gpu} | {hours(o.hours)} | {gpu_hours} | {rate} | {usd(o.cost_usd)} | {price} |"
+        )
+    out += ["", "## GPU tiers", "", "| GPU | usable GiB | fits | GPUs needed | time | cost | note |"]
+    out.append("|---|---:|---|---:|---:|---:|---|")
+    for f in rec.tiers:
+        out.append(
+            f"| {f.gpu} | {f.usable_bytes / GIB:.1f} | {'yes' if f.fits else 'no'} | {f.gpus_needed or '-'} | "
+            f"{hours(f.option.hours) if f.option else '-'} | {usd(f.option.cost_usd) if f.option else '-'} | "
+            f"{tier_note(f)} |"
+        )
+    return out
 
 
 def csv_text(est: Estimate) -> str:

@@ -5,22 +5,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from app import catalog
 from app.core.fit import FitResult
 from app.core.gpus import find_tier
+from app.core.throughput import RunSize
 from app.errors import GpuplanError, StoreError
 from app.exports.svg import Point, breakdown_chart, scatter_chart, term_colours
 from app.http import API_PREFIX
 from app.http.deps import MeasurementStore, OptionalStoreDep, PlannerDep, StoreDep
-from app.http.problems import Problem
+from app.http.problems import Problem, from_validation
 from app.service import Planned, Planner
 from app.store.models import ComparableStats
 from app.web.forms import canonical_query, form_groups, form_values, parse_query
@@ -109,13 +112,31 @@ async def _comparable(store: MeasurementStore | None, planned: Planned) -> tuple
     return found, None
 
 
+def run_size(params: Mapping[str, str]) -> RunSize:
+    """The run the page times and prices: train_tokens and epochs from the query (empty or absent: the defaults)."""
+    given = {k: params[k].strip() for k in RunSize.model_fields if params.get(k, "").strip()}
+    try:
+        return RunSize.model_validate(given)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+
+
+def run_query(run: RunSize) -> str:
+    """train_tokens and epochs where they differ from the defaults, for permalinks and exports."""
+    default = RunSize()
+    chosen = {k: getattr(run, k) for k in RunSize.model_fields if getattr(run, k) != getattr(default, k)}
+    return urlencode([(k, str(v) if isinstance(v, int) else f"{v:g}") for k, v in chosen.items()])
+
+
 @router.get("/plan", response_class=HTMLResponse)
 async def plan_page(request: Request, planner: PlannerDep, store: OptionalStoreDep) -> Response:
     """The result page of one model and plan; its URL is the permalink."""
     query = parse_query(request.query_params.multi_items())
+    run = run_size(request.query_params)
     model = await planner.resolve(query.model)
-    planned = await planner.plan_async(model, query.to_plan())
-    permalink = canonical_query(query)
+    planned = await planner.plan_async(model, query.to_plan(), run)
+    plan_query = canonical_query(query)
+    permalink = "&".join(q for q in (plan_query, run_query(run)) if q)
     api = f"{API_PREFIX}/estimate?{permalink}"
     base = str(request.base_url).rstrip("/")
     comparable, store_problem = await _comparable(store, planned)
@@ -123,6 +144,8 @@ async def plan_page(request: Request, planner: PlannerDep, store: OptionalStoreD
         "model": model,
         "est": planned.estimate,
         "rec": planned.recommendation,
+        "run": run,
+        "plan_pairs": parse_qsl(plan_query),
         "fit": await _fit_recommended(planner, planned),
         "comparable": comparable,
         "store_problem": store_problem,
