@@ -87,33 +87,8 @@ def _add_run_flags(est: argparse.ArgumentParser) -> None:
     est.add_argument("--epochs", type=float, metavar="E", help="passes over the training set (default 1)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gpuplan", description="GPU memory planner for fine-tuning LLMs (QLoRA, LoRA, full).")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    est = sub.add_parser("estimate", help="estimate the peak memory of a fine-tuning step")
-    est.add_argument(
-        "model",
-        nargs="?",
-        help="catalog id, Hub id (org/name[@rev]) or path to config.json (default: the --from files')",
-    )
-    est.add_argument(
-        "--from",
-        dest="recipes",
-        action="append",
-        type=Path,
-        metavar="FILE",
-        help="a training config you run (axolotl or LLaMA-Factory YAML, TrainingArguments/SFTConfig, "
-        "adapter_config.json, BitsAndBytesConfig); repeatable; flags override it",
-    )
-    add_plan_flags(est)
-    _add_run_flags(est)
-    est.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_models_parser(sub)
-    gpus = sub.add_parser("gpus", help="list GPU tiers and their usable memory")
-    gpus.add_argument("--json", action="store_true")
-    fetch = sub.add_parser("fetch", help="fetch a model's config from the Hub into the cache")
-    fetch.add_argument("model", help="org/name[@revision]")
-    fetch.add_argument("--json", action="store_true")
+def _add_calibration_parsers(sub: Any) -> None:
+    """calibrate, calibrate-matrix, accuracy, import-calibrations and accept-calibrations."""
     cal = sub.add_parser("calibrate", help="measure one real training step, store it, print measured vs estimated")
     cal.add_argument("model", help="catalog id, Hub id or path to config.json (weights are random)")
     add_plan_flags(cal)
@@ -156,6 +131,36 @@ def _parser() -> argparse.ArgumentParser:
         "accept-calibrations", help="verify the uploaded runs of one source, so they count in the quoted accuracy"
     )
     acc_up.add_argument("--source", required=True, help="the source label the uploads carry")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gpuplan", description="GPU memory planner for fine-tuning LLMs (QLoRA, LoRA, full).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    est = sub.add_parser("estimate", help="estimate the peak memory of a fine-tuning step")
+    est.add_argument(
+        "model",
+        nargs="?",
+        help="catalog id, Hub id (org/name[@rev]) or path to config.json (default: the --from files')",
+    )
+    est.add_argument(
+        "--from",
+        dest="recipes",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="a training config you run (axolotl or LLaMA-Factory YAML, TrainingArguments/SFTConfig, "
+        "adapter_config.json, BitsAndBytesConfig); repeatable; flags override it",
+    )
+    add_plan_flags(est)
+    _add_run_flags(est)
+    est.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_models_parser(sub)
+    gpus = sub.add_parser("gpus", help="list GPU tiers and their usable memory")
+    gpus.add_argument("--json", action="store_true")
+    fetch = sub.add_parser("fetch", help="fetch a model's config from the Hub into the cache")
+    fetch.add_argument("model", help="org/name[@revision]")
+    fetch.add_argument("--json", action="store_true")
+    _add_calibration_parsers(sub)
     _add_inference_parser(sub)
     serve = sub.add_parser("serve", help="run the web service")
     serve.add_argument("--host", default="127.0.0.1")
