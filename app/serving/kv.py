@@ -69,14 +69,15 @@ def hf_cache_bytes(layout: KvLayout, plan: ServingPlan, length: int) -> int:
     return sum(hf_layer_bytes(layout, plan, hf_kept_tokens(kind, layout, plan, length)) for kind in layout.kinds)
 
 
-def hf_cat_transient_bytes(layout: KvLayout, plan: ServingPlan) -> int:
-    """cache_update_bytes: torch.cat([keys, key_states]) builds the new K while the old one (length - 1 tokens)
-    is still referenced; the largest layer's old K (or V) is the extra at the last decode step."""
-    length = plan.context
+def hf_cat_transient_bytes(layout: KvLayout, plan: ServingPlan, length: int) -> int:
+    """torch.cat([keys, key_states]) builds a layer's new K while the old one (length - 1 tokens) is still
+    referenced: at the last forward, the largest layer's old K (or V)."""
+    if length <= plan.prompt_tokens:
+        return 0
     k, v = kv_widths(layout, plan.tp)
     e = KV_DTYPE_BYTES[plan.kv_dtype]
     old = max(hf_kept_tokens(kind, layout, plan, length - 1) for kind in layout.kinds)
-    return rounded(plan.concurrency * old * max(k, v) * e) if length > plan.prompt_tokens else 0
+    return rounded(plan.concurrency * old * max(k, v) * e)
 
 
 # --- vLLM: paged blocks -------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def profile_peak_bytes(w: Widths, plan: ServingPlan) -> int:
     as for transformers) and then the sampler over min(max_num_seqs, tokens) rows of the vocabulary with the
     hidden states still held (gpu_model_runner.py profile_run, _dummy_run, _dummy_sampler_run)."""
     tokens = plan.max_num_batched_tokens
-    forward = forward_transient_bytes(w, tokens)
+    forward = forward_transient_bytes(w, 1, tokens, tokens)
     rows = min(plan.max_num_seqs, tokens)
     sampler = rounded(tokens * w.hidden * BF16) + rows * w.vocab * SAMPLER_BYTES_PER_LOGIT
     return max(forward, sampler)
@@ -62,7 +62,7 @@ def cuda_graph_bytes(w: Widths, plan: ServingPlan) -> int:
     if plan.enforce_eager:
         return 0
     sizes = capture_sizes(plan)
-    return forward_transient_bytes(w, max(sizes)) + len(sizes) * CUDA_GRAPH_BYTES_PER_SIZE
+    return forward_transient_bytes(w, max(sizes), 1, 1) + len(sizes) * CUDA_GRAPH_BYTES_PER_SIZE
 
 
 SOURCES = {
