@@ -35,7 +35,7 @@ def option_text(o: Option) -> str:
     """'1 x H100 80GB: 3.8 h, $13.09 at $3.49/GPU-h on demand at RunPod (as of 2026-05-18)'."""
     head = f"{o.gpus} x {o.gpu}: {hours(o.hours)}"
     if o.price is None or o.cost_usd is None:
-        return head + ", no on-demand price listed" + (f" (list price: {o.list_price.label})" if o.list_price else "")
+        return head + ", no on-demand price listed" + (f" ({o.list_price.label})" if o.list_price else "")
     return f"{head}, {usd(o.cost_usd)} at {o.price.label}"
 
 
