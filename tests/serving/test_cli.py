@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from app.cli import main
+from tests.configs import TINY_LLAMA
 
 
 def test_the_table_names_every_term_and_the_vllm_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,3 +47,13 @@ def test_every_serving_field_has_a_flag(capsys: pytest.CaptureFixture[str]) -> N
     helptext = capsys.readouterr().out
     for name in ServingPlan.model_fields:
         assert "--" + name.replace("_", "-") in helptext
+
+
+def test_a_local_config_gives_its_attention_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = {**TINY_LLAMA, "model_type": "mistral", "architectures": ["MistralForCausalLM"], "sliding_window": 64}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert main(["inference", str(path), "--engine", "transformers", "--context", "512", "--json"]) == 0
+    layout = json.loads(capsys.readouterr().out)["layout"]
+    assert layout["kinds"] == ["sliding", "sliding"] and layout["vllm_kinds"] == ["full", "full"]
+    assert layout["window"] == 64 and layout["source"] == "config.json"
