@@ -5,6 +5,8 @@
     │   ├── PlanError                   a training plan that cannot be built
     │   │   └── StackRefusal            the real stack refuses one plan setting (answered adjusted unless strict)
     │   ├── ModelIdError                a model name that is not a valid Hub id or path
+    │   ├── MalformedBody               a request body that is not (UTF-8) JSON (400)
+    │   ├── UntrustedHost               a Host header not in GPUPLAN_TRUSTED_HOSTS (400)
     │   └── RecipeError                 an imported training config: unknown format, conflict, bad plan (422)
     ├── ConfigError                     a config.json that cannot become an inventory (422)
     │   ├── MalformedConfig             not JSON, not an object, too large, missing fields
@@ -16,6 +18,9 @@
     │   ├── HubUnavailable              429/5xx after retries, timeouts, refused redirects (503)
     │   └── OfflineMiss                 HF_HUB_OFFLINE=1 and the id is not cached (404)
     ├── CalibrationError                a calibration run could not be carried out (500 at the CLI only)
+    ├── Unavailable                     the request could not be answered in time (503 / 504)
+    │   ├── Overloaded                  every inventory build slot is busy and the queue is full (503)
+    │   └── DeadlineExceeded            the per-request deadline passed; names what it was waiting for (504)
     ├── StoreError                      the measurement store failed (503)
     │   └── StoreNotConfigured          the service runs without a store (503)
     └── AuthError                       missing bearer token (401)
@@ -72,6 +77,18 @@ class ModelIdError(InputError):
     title = "Invalid model id"
     status = 400
     slug = "invalid-model-id"
+
+
+class MalformedBody(InputError):
+    title = "Malformed request body"
+    status = 400
+    slug = "invalid-json"
+
+
+class UntrustedHost(InputError):
+    title = "Untrusted host"
+    status = 400
+    slug = "untrusted-host"
 
 
 class RecipeError(InputError):
@@ -134,6 +151,23 @@ class CalibrationError(GpuplanError):
     title = "Calibration failed"
     status = 500
     slug = "calibration-failed"
+
+
+class Unavailable(GpuplanError):
+    title = "Service unavailable"
+    status = 503
+    slug = "unavailable"
+
+
+class Overloaded(Unavailable):
+    title = "Overloaded"
+    slug = "overloaded"
+
+
+class DeadlineExceeded(Unavailable):
+    title = "Deadline exceeded"
+    status = 504
+    slug = "deadline-exceeded"
 
 
 class StoreError(GpuplanError):

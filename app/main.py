@@ -65,19 +65,24 @@ def _lifespan(
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Open the Hub client, the planner and (store="settings") the seeded store; close them on shutdown."""
     from app.hub.client import HubClient
+    from app.inventory.pool import BuildPool
     from app.service import Planner
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub = HubClient(settings, transport=hub_transport)
+        builds = BuildPool(settings.inventory_workers, settings.inventory_queue, settings.inventory_build_timeout)
         app.state.hub = hub
-        app.state.planner = Planner(settings, hub, metrics)
+        app.state.builds = builds
+        builds.warm()
+        app.state.planner = Planner(settings, hub, metrics, builds=builds)
         opened = _open_store(settings) if store == "settings" else None
         app.state.store = opened if store == "settings" else store
         try:
             yield
         finally:
             await hub.aclose()
+            await builds.aclose()
             if opened is not None:
                 opened.close()
 
@@ -103,7 +108,8 @@ def _mount(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     """Error handlers, the API and HTML routers, static files and the middleware."""
     from app.api import api_routers, ops
     from app.http import API_PREFIX, problems
-    from app.http.limits import BodyLimitMiddleware
+    from app.http.headers import HeadMiddleware, SecurityHeadersMiddleware, TrustedHostsMiddleware
+    from app.http.limits import BodyLimitMiddleware, DeadlineMiddleware
     from app.http.metrics import MetricsMiddleware
     from app.web.routes import render_error
     from app.web.routes import router as web_router
@@ -121,6 +127,11 @@ def _mount(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         metrics.name_routes(prefix, router.routes)
         problems.index_methods(app, prefix, router.routes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    # add_middleware wraps: the last added runs first (metrics see 413s too)
+    # add_middleware wraps: the last added runs first (metrics see 400s, 413s and 504s too; every answer of
+    # the app, errors included, carries the security headers)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(DeadlineMiddleware, seconds=settings.request_deadline, html=(problems.wants_html, render_error))
+    app.add_middleware(HeadMiddleware)
+    app.add_middleware(TrustedHostsMiddleware, allowed_hosts=settings.trusted_hosts)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from app import catalog
+from app import catalog, deadline
 from app.core.spec import ModelSpec
 from app.core.units import MIB
 from app.errors import InputError, MalformedConfig
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import httpx
 
     from app.hub.client import HubClient
+    from app.inventory.pool import BuildPool
 
 MAX_LOCAL_CONFIG_BYTES = 2 * MIB
 
@@ -63,21 +64,21 @@ def resolve_catalog(name: str) -> ModelSpec:
 
 
 async def resolve_model(
-    name: str, settings: Settings, hub: HubClient | None = None, *, allow_files: bool = False
+    name: str,
+    settings: Settings,
+    hub: HubClient | None = None,
+    *,
+    allow_files: bool = False,
+    builds: BuildPool | None = None,
 ) -> ModelSpec:
-    """Resolve without blocking the event loop (inventories are built in a worker thread)."""
+    """Resolve without blocking the event loop: inventories are built by `builds` (child processes, the web
+    service) or, without one, in a worker thread; each step names itself to the request's deadline."""
     kind = classify(name, allow_files=allow_files)
     if kind == "catalog":
         return resolve_catalog(name)
     if kind == "file":
         config = _read_local(name)
-        return await asyncio.to_thread(
-            cached_spec,
-            config,
-            model_id=str(Path(name).expanduser()),
-            source="file",
-            cache_dir=settings.inventory_cache_dir,
-        )
+        return await _inventory(config, settings, builds, model_id=str(Path(name).expanduser()), source="file")
     from app.hub.client import HubClient
     from app.hub.ids import parse_model_ref
     from app.hub.remote_code import check_remote_code
@@ -86,21 +87,33 @@ async def resolve_model(
     own = hub is None
     client = hub or HubClient(settings)
     try:
-        fetched = await client.fetch_config(ref)
+        with deadline.waiting_for(f"the Hub ({settings.hf_endpoint}): config.json and model info of {ref}"):
+            fetched = await client.fetch_config(ref)
     finally:
         if own:
             await client.aclose()
+    deadline.check(f"the inventory build of {ref}")
     notes = await asyncio.to_thread(check_remote_code, fetched.config)
-    spec = await asyncio.to_thread(
-        cached_spec,
+    spec = await _inventory(
         fetched.config,
+        settings,
+        builds,
         model_id=ref.repo_id,
         source="hub",
-        cache_dir=settings.inventory_cache_dir,
         revision=fetched.sha or ref.revision,
         published_params=fetched.safetensors_total,
     )
     return spec.model_copy(update={"notes": tuple(notes)})
+
+
+async def _inventory(
+    config: dict[str, Any], settings: Settings, builds: BuildPool | None, **identity: Any
+) -> ModelSpec:
+    cache_dir = settings.inventory_cache_dir
+    if builds is not None:
+        return await builds.spec(config, cache_dir=cache_dir, **identity)
+    with deadline.waiting_for(f"the inventory build of {identity['model_id']}"):
+        return await asyncio.to_thread(cached_spec, config, cache_dir=cache_dir, **identity)
 
 
 def resolve_model_sync(

@@ -27,6 +27,7 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     from app.hub.client import HubClient
+    from app.inventory.pool import BuildPool
 
 
 class Counters(Protocol):
@@ -99,9 +100,17 @@ class Planned:
 class Planner:
     """Resolves models (catalog or Hub, counting Hub outcomes) and keeps the latest estimates in an LRU."""
 
-    def __init__(self, settings: Settings, hub: HubClient | None, metrics: Counters, cache_size: int = 512) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        hub: HubClient | None,
+        metrics: Counters,
+        cache_size: int = 512,
+        builds: BuildPool | None = None,
+    ) -> None:
         self.settings = settings
         self.hub = hub
+        self.builds = builds
         self.metrics = metrics
         self._cache: OrderedDict[CacheKey, Planned] = OrderedDict()
         self._cache_size = cache_size
@@ -112,9 +121,9 @@ class Planner:
         if "@" not in name and (spec := catalog.load_spec(name)) is not None:  # the hot path: one cached lookup
             return spec
         if classify(name, allow_files=False) != "hub":
-            return await resolve_model(name, self.settings, self.hub, allow_files=False)
+            return await resolve_model(name, self.settings, self.hub, allow_files=False, builds=self.builds)
         try:
-            spec = await resolve_model(name, self.settings, self.hub, allow_files=False)
+            spec = await resolve_model(name, self.settings, self.hub, allow_files=False, builds=self.builds)
         except (HubError, ConfigError) as exc:
             self.metrics.count_hub_fetch(exc.slug)
             raise

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.units import MIB
 
@@ -53,6 +54,32 @@ class Settings(BaseSettings):
     hub_max_config_bytes: int = Field(
         2 * MIB, ge=1024, description="Largest config.json accepted from the Hub, in bytes."
     )
+    request_deadline: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="Seconds one web request may take in all (Hub fetches and their retries, inventory builds); "
+        "past it the answer is 504 naming what it was waiting for.",
+    )
+    inventory_workers: int = Field(
+        2, ge=1, le=64, description="Inventory builds (Hub configs) run at once, each in its own child process."
+    )
+    inventory_queue: int = Field(
+        8, ge=0, le=1024, description="Inventory builds that may wait for a free worker; beyond them, 503."
+    )
+    inventory_build_timeout: float = Field(
+        60.0, gt=0, le=3600, description="Seconds one inventory build may take before its process is killed."
+    )
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1", "[::1]"],
+        description="Host header values the web service answers (comma-separated; `*.example.com` "
+        "wildcards; `*` for any); other hosts get 400.",
+    )
+    public_url: str | None = Field(
+        None,
+        description="Public base URL (e.g. https://gpuplan.example.com) for the embed snippet; pages otherwise "
+        "use relative URLs only.",
+    )
     upload_token: str | None = Field(
         None,
         description="Bearer token required by POST /api/v1/calibrations; uploads are refused when unset.",
@@ -64,6 +91,21 @@ class Settings(BaseSettings):
         description="JSON price table (your own, e.g. negotiated, $/GPU-hour) laid over the bundled one; "
         "default prices.json in data_dir when it exists.",
     )
+
+    @field_validator("trusted_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [host.strip() for host in value.split(",") if host.strip()]
+        return value
+
+    @field_validator("trusted_hosts")
+    @classmethod
+    def _host_patterns(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if "*" in host[1:] or (host.startswith("*") and host != "*" and not host.startswith("*.")):
+                raise ValueError(f"{host!r}: a wildcard is `*` alone or a leading `*.` (e.g. *.example.com)")
+        return hosts
 
     @property
     def inventory_cache_dir(self) -> Path:

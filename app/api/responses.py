@@ -21,7 +21,8 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         422: "Invalid input: `errors` names each field and why",
         500: "Unexpected error (no details are leaked)",
         502: "The Hub answered with an unexpected error",
-        503: "The Hub or the store is unavailable",
+        503: "The Hub or the store is unavailable, or every inventory build slot is busy",
+        504: "The request deadline (GPUPLAN_REQUEST_DEADLINE) passed; `detail` names what it was waiting for",
     }
     return {
         status: {"model": Problem, "description": described[status], "content": {PROBLEM_JSON: _PROBLEM_SCHEMA}}
@@ -39,4 +40,4 @@ ESTIMATE_OK: dict[int | str, dict[str, Any]] = {
     }
 }
 
-HUB_PROBLEMS = problems(400, 403, 404, 502, 503)
+HUB_PROBLEMS = problems(400, 403, 404, 502, 503, 504)

@@ -1,13 +1,20 @@
-"""A small ASGI middleware refusing request bodies over settings.max_body_bytes with 413 problem+json."""
+"""ASGI middleware bounding each request: its body (413 problem+json) and its time (the 504 of the deadline)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.http.problems import PROBLEM_JSON, from_http
+from app import deadline
+from app.http.problems import PROBLEM_JSON, Problem, from_gpuplan, from_http, problem_response
+
+HtmlErrors = tuple[Callable[[Request], bool], Callable[[Request, Problem, dict[str, str]], Response]]
 
 
 def _too_large(limit: int) -> str:
@@ -57,3 +64,44 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class DeadlineMiddleware:
+    """Gives each request `seconds` in all (app.deadline); past them, a 504 naming what it was waiting for.
+
+    Steps that wait (Hub fetches, inventory builds) read the deadline and give up on their own with a
+    clearer message; this is the backstop. A response that has started is left to finish.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float, html: HtmlErrors | None = None) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.html = html
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        with deadline.started(self.seconds) as budget:
+            try:
+                async with asyncio.timeout(self.seconds) as timer:
+                    await self.app(scope, receive, tracking)
+            except TimeoutError:
+                if started or not timer.expired():
+                    raise
+                await self._late(scope, receive, send, from_gpuplan(budget.exceeded()))
+
+    async def _late(self, scope: Scope, receive: Receive, send: Send, problem: Problem) -> None:
+        request = Request(scope)
+        if self.html is not None and self.html[0](request):
+            response = self.html[1](request, problem, {})
+        else:
+            response = problem_response(problem)
+        await response(scope, receive, send)

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import BaseRoute, compile_path
 
-from app.errors import GpuplanError, InputError
+from app.errors import GpuplanError, InputError, MalformedBody
 
 logger = logging.getLogger(__name__)
 
@@ -65,20 +65,53 @@ def _slugify(phrase: str) -> str:
     return "-".join(phrase.lower().replace("'", "").split())
 
 
+def printable(text: str) -> str:
+    """The text with lone surrogates (which UTF-8 cannot encode) as backslash escapes, so any answer encodes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[FieldError]:
     """pydantic/FastAPI error dicts as {field, message}; the offending input is never echoed back."""
     out: list[FieldError] = []
     for error in errors:
-        loc = [str(part) for part in error.get("loc", ())]
+        loc = [printable(str(part)) for part in error.get("loc", ())]
         if loc and loc[0] in _LOC_SOURCES:
             source, loc = loc[0], loc[1:]
         else:
             source = ""
         if not loc:
             loc = ["body" if source == "body" and error.get("type") == "missing" else "plan"]
-        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+        message = printable(str(error.get("msg", "invalid value")).removeprefix("Value error, "))
         out.append(FieldError(field=".".join(loc), message=message))
     return out
+
+
+def _position(doc: object, pos: object) -> str:
+    """`line L column C (char N)` of a JSON parse error, as json.JSONDecodeError words it."""
+    if not isinstance(pos, int):
+        return ""
+    if not isinstance(doc, str):
+        return f" at char {pos}"
+    line = doc.count("\n", 0, pos) + 1
+    column = pos - doc.rfind("\n", 0, pos)
+    return f" at line {line} column {column} (char {pos})"
+
+
+def malformed_body(errors: Sequence[Mapping[str, Any]], doc: object = None) -> MalformedBody | None:
+    """The 400 for a body that is not JSON (FastAPI's and pydantic's `json_invalid`), saying what and where."""
+    bad = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if bad is None:
+        return None
+    ctx = bad.get("ctx") or {}
+    what = str(ctx.get("error") or bad.get("msg") or "cannot be parsed").removeprefix("Invalid JSON: ")
+    loc = tuple(bad.get("loc", ()))
+    where = _position(doc, loc[-1]) if loc and loc[0] == "body" else ""
+    message = printable(f"the body is not valid JSON: {what}{where}")
+    return MalformedBody(message, errors=[{"field": "body", "message": message}])
 
 
 def validation_detail(errors: Sequence[FieldError]) -> str:
@@ -88,8 +121,10 @@ def validation_detail(errors: Sequence[FieldError]) -> str:
     return first if len(errors) == 1 else f"{first} (and {len(errors) - 1} more)"
 
 
-def input_error(errors: Iterable[Mapping[str, Any]]) -> InputError:
+def input_error(errors: Sequence[Mapping[str, Any]], doc: object = None) -> InputError:
     """A pydantic ValidationError's errors as the one InputError both the API and the HTML pages raise."""
+    if (malformed := malformed_body(errors, doc)) is not None:
+        return malformed
     fields = field_errors(errors)
     return InputError(validation_detail(fields), errors=[e.model_dump() for e in fields])
 
@@ -98,12 +133,16 @@ def from_validation(exc: ValidationError) -> InputError:
     return input_error(exc.errors(include_url=False, include_input=False))
 
 
+# FastAPI's words for a JSON body that is not UTF-8 (json.loads raised something other than JSONDecodeError)
+_UNPARSED_BODY = "There was an error parsing the body"
+
+
 def from_gpuplan(exc: GpuplanError) -> Problem:
     return Problem(
         type=PROBLEM_BASE + exc.slug,
         title=exc.title,
         status=exc.status,
-        detail=exc.detail,
+        detail=printable(exc.detail),
         errors=[
             FieldError.model_validate(e) if {"field", "message"} <= e.keys() else field_errors([e])[0]
             for e in exc.errors
@@ -158,7 +197,10 @@ def to_problem(exc: Exception) -> tuple[Problem, dict[str, str]]:
         headers = {"WWW-Authenticate": 'Bearer realm="gpuplan"'} if exc.status == 401 else {}
         return from_gpuplan(exc), headers
     if isinstance(exc, RequestValidationError):
-        return from_gpuplan(input_error(exc.errors())), {}
+        return from_gpuplan(input_error(exc.errors(), exc.body)), {}
+    if isinstance(exc, HTTPException) and exc.status_code == 400 and exc.detail == _UNPARSED_BODY:
+        message = "the body is not valid JSON: it is not UTF-8 text"
+        return from_gpuplan(MalformedBody(message, errors=[{"field": "body", "message": message}])), {}
     if isinstance(exc, HTTPException):
         keep = {k: v for k, v in (exc.headers or {}).items() if k.lower() in ("allow", "www-authenticate")}
         return from_http(exc.status_code, exc.detail), keep
@@ -171,7 +213,7 @@ HtmlRenderer = Callable[[Request, Problem, Mapping[str, str]], Response]
 def wants_html(request: Request) -> bool:
     """HTML pages render errors as HTML; the API, /healthz and /metrics answer problem+json."""
     path = request.url.path
-    return not (path.startswith("/api/") or path in ("/api", "/healthz", "/metrics", "/openapi.json"))
+    return not (path.startswith("/api/") or path in ("/api", "/healthz", "/readyz", "/metrics", "/openapi.json"))
 
 
 def install(app: FastAPI, html: HtmlRenderer | None = None) -> None:

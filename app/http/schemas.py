@@ -148,3 +148,19 @@ def jsonable_accuracy(value: object) -> dict[str, Any]:
     if isinstance(value, dict):
         return dict(value)
     raise TypeError(f"store.accuracy() returned {type(value).__name__}, not a mapping")
+
+
+class BuildSlots(BaseModel):
+    """The inventory build pool: slots, builds running and builds waiting for a slot."""
+
+    workers: int
+    queue: int
+    running: int
+    waiting: int
+
+
+class Readiness(BaseModel):
+    """Ready to take traffic: inventory build slots free (saturated answers 503)."""
+
+    status: Literal["ready"] = "ready"
+    inventory_builds: BuildSlots

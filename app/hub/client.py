@@ -8,6 +8,9 @@ Policy, in short:
 - Concurrent fetches of the same (repo, revision) in one client share one request.
 - Nothing from the repository is ever executed; a config with `auto_map` is returned as data
   (see `app.hub.remote_code.check_remote_code`).
+- Inside a web request every attempt, and every wait between attempts, fits the request's deadline
+  (`app.deadline`): a Retry-After longer than the time left (or than MAX_RETRY_WAIT_S) gives up at once,
+  and the optional model info gets at most INFO_SHARE of the time left, so the config still has time.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict
 
+from app import deadline
 from app.core.units import MIB
 from app.errors import GatedModel, HubError, HubUnavailable, MalformedConfig, ModelNotFound, OfflineMiss
 from app.hub.cache import CacheEntry, ConfigCache
@@ -42,6 +46,8 @@ MAX_REDIRECTS = 5
 MAX_RETRY_WAIT_S = 30.0
 BACKOFF_BASE_S = 0.5
 MAX_INFO_BYTES = 4 * MIB
+# The model info only adds the safetensors cross-check: it may use this share of a request's time left.
+INFO_SHARE = 0.5
 # One attempt (every redirect hop and the whole body) must end within this many hub_timeouts,
 # so a server dripping bytes cannot hold a fetch forever.
 ATTEMPT_DEADLINE_FACTOR = 3
@@ -81,7 +87,7 @@ class _BodyTooLargeError(Exception):
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """Seconds asked by a Retry-After header (delta-seconds or HTTP-date), capped; None when absent or unreadable."""
+    """Seconds asked by a Retry-After header (delta-seconds or HTTP-date); None when absent or unreadable."""
     if not value:
         return None
     text = value.strip()
@@ -97,7 +103,7 @@ def retry_after_seconds(value: str | None) -> float | None:
         seconds = (when - datetime.now(UTC)).total_seconds()
     if math.isnan(seconds):
         return None
-    return min(max(seconds, 0.0), MAX_RETRY_WAIT_S)
+    return max(seconds, 0.0)
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -284,8 +290,10 @@ class HubClient:
         if ref.revision:
             path += f"/revision/{quote(ref.revision, safe='')}"
         url = httpx.URL(self._endpoint + path, params=[("expand", "sha"), ("expand", "safetensors")])
+        left = deadline.remaining()
+        budget = None if left is None else max(left, 0.0) * INFO_SHARE
         try:
-            answer = await self._get(url, what=f"model info of {ref}", limit=MAX_INFO_BYTES)
+            answer = await self._get(url, what=f"model info of {ref}", limit=MAX_INFO_BYTES, budget=budget)
         except (HubUnavailable, _BodyTooLargeError, httpx.DecodingError) as exc:
             logger.info("no model info for %s (%s): no safetensors cross-check", ref, exc)
             return None
@@ -334,33 +342,72 @@ class HubClient:
             )
         return HubError(f"the Hub ({self._endpoint}) answered HTTP {answer.status} for {ref}")
 
-    async def _get(self, url: httpx.URL, *, what: str, limit: int) -> _Answer:
-        """GET with bounded retries on 429/5xx/timeouts/connection errors, honouring Retry-After."""
+    async def _get(self, url: httpx.URL, *, what: str, limit: int, budget: float | None = None) -> _Answer:
+        """GET with bounded retries on 429/5xx/timeouts/connection errors, honouring Retry-After.
+
+        Every attempt and wait ends within `budget` seconds (if given) and the request's deadline.
+        """
         attempts = self._settings.hub_retries + 1
-        deadline = self._settings.hub_timeout * ATTEMPT_DEADLINE_FACTOR
+        ends = None if budget is None else asyncio.get_running_loop().time() + budget
         last = ""
         for attempt in range(attempts):
+            left = self._time_left(ends, what)
             wait = backoff_seconds(attempt)
-            try:
-                async with asyncio.timeout(deadline):
-                    answer = await self._get_once(url, limit)
-            except (httpx.TimeoutException, TimeoutError):
-                last = f"timed out after {self._settings.hub_timeout:g} s"
-            except httpx.TransportError as exc:
-                last = f"connection failed: {type(exc).__name__}"
-            else:
-                if answer.status != 429 and answer.status < 500:
-                    return answer
-                last = f"HTTP {answer.status}"
-                asked = retry_after_seconds(answer.headers.get("retry-after"))
-                wait = asked if asked is not None else wait
+            with deadline.waiting_for(f"the Hub ({self._endpoint}): {what}"):
+                try:
+                    async with asyncio.timeout(self._attempt_seconds(left)):
+                        answer = await self._get_once(url, limit)
+                except httpx.TimeoutException:
+                    last = f"timed out after {self._settings.hub_timeout:g} s"
+                except TimeoutError:
+                    last = f"no whole answer within {self._attempt_seconds(left):.3g} s"
+                except httpx.TransportError as exc:
+                    last = f"connection failed: {type(exc).__name__}"
+                else:
+                    if answer.status != 429 and answer.status < 500:
+                        return answer
+                    last = f"HTTP {answer.status}"
+                    asked = retry_after_seconds(answer.headers.get("retry-after"))
+                    wait = asked if asked is not None else wait
             if attempt + 1 < attempts:
+                self._check_wait(wait, self._time_left(ends, what), what, last)
                 logger.info("%s: %s; retrying in %.1f s", what, last, wait)
                 await self._sleep(wait)
         raise HubUnavailable(
             f"the Hub ({self._endpoint}) did not give {what} after {attempts} attempt(s) (last: {last}): "
             "try again later"
         )
+
+    def _attempt_seconds(self, left: float | None) -> float:
+        """One attempt (every redirect hop and the whole body) ends within this: a dripping server cannot hold it."""
+        own = self._settings.hub_timeout * ATTEMPT_DEADLINE_FACTOR
+        return own if left is None else max(min(own, left), 0.001)
+
+    def _time_left(self, ends: float | None, what: str) -> float | None:
+        """Seconds left to this fetch (its budget, the request's deadline); HubUnavailable when none are."""
+        left = deadline.remaining()
+        if ends is not None:
+            own = ends - asyncio.get_running_loop().time()
+            left = own if left is None else min(left, own)
+        if left is not None and left <= 0:
+            raise HubUnavailable(
+                f"the Hub ({self._endpoint}) did not give {what} within the request deadline "
+                f"({deadline.SETTING}): try again later"
+            )
+        return left
+
+    def _check_wait(self, wait: float, left: float | None, what: str, last: str) -> None:
+        """Give up at once on a wait the request cannot afford, rather than sleep into its deadline."""
+        if wait > MAX_RETRY_WAIT_S:
+            raise HubUnavailable(
+                f"the Hub ({self._endpoint}) answered {last} for {what} and asked to retry after {wait:g} s "
+                f"(more than gpuplan waits, {MAX_RETRY_WAIT_S:g} s): try again later"
+            )
+        if left is not None and wait >= left:
+            raise HubUnavailable(
+                f"the Hub ({self._endpoint}) answered {last} for {what} and asked to retry after {wait:g} s, "
+                f"beyond the {max(left, 0):.1f} s left of the request deadline ({deadline.SETTING}): try again later"
+            )
 
     async def _get_once(self, url: httpx.URL, limit: int) -> _Answer:
         client = self._http()

@@ -14,9 +14,32 @@ _LAYER_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 _GATED_LEAVES = {"gate_proj", "gate_up_proj", "w1", "w3", "fc_gate"}
 _FUSED_QKV = {"qkv_proj", "query_key_value", "Wqkv", "c_attn", "qkv"}
 _DOWN_LEAVES = {"down_proj", "dense_4h_to_h", "fc2", "w2", "c_proj"}
-# Sanity limits: a config beyond these is refused before transformers is asked to build it.
-_MAX_DIM = 1 << 20
-_MAX_LAYERS = 4096
+# Size caps, refused before transformers is asked to build: what real models have, with a margin. The largest
+# catalog values (app/catalog/configs) are 126 layers, hidden 16,384 and intermediate 53,248 (Llama 3.1 405B),
+# vocab 262,144 (Gemma 3), 128 heads, head_dim 256 and 256 routed experts (DeepSeek-V3); released models go to
+# 512 experts (Qwen3-Next). Each cap is about twice the largest known value; a config within them builds in
+# seconds (the web service also bounds every build's time, app/inventory/pool.py).
+MAX_LAYERS = 256
+SIZE_CAPS: dict[str, int] = {
+    "num_hidden_layers": MAX_LAYERS,
+    "n_layer": MAX_LAYERS,
+    "num_layers": MAX_LAYERS,
+    "hidden_size": 32_768,
+    "n_embd": 32_768,
+    "d_model": 32_768,
+    "intermediate_size": 131_072,
+    "ffn_hidden_size": 131_072,
+    "moe_intermediate_size": 131_072,
+    "vocab_size": 524_288,
+    "num_attention_heads": 512,
+    "n_head": 512,
+    "num_key_value_heads": 512,
+    "head_dim": 1024,
+    "num_local_experts": 1024,
+    "num_experts": 1024,
+    "n_routed_experts": 1024,
+    "num_experts_per_tok": 64,
+}
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -28,28 +51,17 @@ def config_hash(config: dict[str, Any]) -> str:
 def _check_values(config: dict[str, Any]) -> None:
     if not isinstance(config.get("model_type"), str) or not config["model_type"]:
         raise MalformedConfig("config.json has no 'model_type': add the transformers model type, e.g. \"llama\"")
-    for key in (
-        "hidden_size",
-        "intermediate_size",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "vocab_size",
-        "head_dim",
-        "n_embd",
-        "d_model",
-    ):
-        value = config.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_DIM:
-            raise MalformedConfig(f"config field {key}={value!r} must be a positive integer up to {_MAX_DIM}")
-    layers = config.get("num_hidden_layers", config.get("n_layer"))
-    if layers is not None and (
-        isinstance(layers, bool) or not isinstance(layers, int) or not 0 < layers <= _MAX_LAYERS
-    ):
-        raise MalformedConfig(
-            f"config field num_hidden_layers={layers!r} must be a positive integer up to {_MAX_LAYERS}"
-        )
+    text = config.get("text_config")
+    for where, fields in (("", config), ("text_config.", text if isinstance(text, dict) else {})):
+        for key, cap in SIZE_CAPS.items():
+            value = fields.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= cap:
+                raise MalformedConfig(
+                    f"config field {where}{key}={value!r} must be a positive integer up to {cap:,} "
+                    "(gpuplan's cap: about twice the largest released model's)"
+                )
 
 
 def _load_config(config: dict[str, Any]) -> Any:

@@ -15,11 +15,40 @@ _memory: dict[str, ModelSpec] = {}
 _lock = threading.Lock()
 
 
-def _key(config: dict[str, Any]) -> str:
+def cache_key(config: dict[str, Any]) -> str:
     import transformers
 
     # an inventory is a fact about (config, transformers version): a new transformers may build other modules
     return f"{config_hash(config)[:32]}-{transformers.__version__}"
+
+
+def lookup(key: str, cache_dir: Path | None) -> ModelSpec | None:
+    """The inventory stored under `key`, from memory, then disk (a damaged file is a miss); None when absent."""
+    with _lock:
+        spec = _memory.get(key)
+    if spec is None and cache_dir is not None:
+        path = cache_dir / f"{key}.json"
+        if path.is_file():
+            try:
+                spec = ModelSpec.model_validate_json(path.read_text())
+            except ValueError:
+                spec = None  # rebuilt by the caller
+            if spec is not None:
+                with _lock:
+                    _memory[key] = spec
+    return spec
+
+
+def remember(key: str, spec: ModelSpec, cache_dir: Path | None) -> None:
+    """Keep a built inventory in memory and (atomically) on disk."""
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(spec.model_dump_json(exclude={"num_params"}))
+        os.replace(tmp, cache_dir / f"{key}.json")
+    with _lock:
+        _memory[key] = spec
 
 
 def cached_spec(
@@ -31,28 +60,13 @@ def cached_spec(
     revision: str | None = None,
     published_params: int | None = None,
 ) -> ModelSpec:
-    """The inventory of `config`, from memory, then disk, then transformers on the meta device."""
-    key = _key(config)
+    """The inventory of `config`, from memory, then disk, then transformers on the meta device (in this process)."""
+    key = cache_key(config)
     update = {"id": model_id, "source": source, "revision": revision, "published_params": published_params}
-    with _lock:
-        spec = _memory.get(key)
-    if spec is None and cache_dir is not None:
-        path = cache_dir / f"{key}.json"
-        if path.is_file():
-            try:
-                spec = ModelSpec.model_validate_json(path.read_text())
-            except ValueError:
-                spec = None  # a damaged cache file is rebuilt below
+    spec = lookup(key, cache_dir)
     if spec is None:
         spec = build_spec(
             config, model_id=model_id, source=source, revision=revision, published_params=published_params
         )
-        if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-            with os.fdopen(fd, "w") as fh:
-                fh.write(spec.model_dump_json(exclude={"num_params"}))
-            os.replace(tmp, cache_dir / f"{key}.json")
-    with _lock:
-        _memory[key] = spec
+        remember(key, spec, cache_dir)
     return spec.model_copy(update=update)

@@ -138,7 +138,7 @@ async def plan_page(request: Request, planner: PlannerDep, store: OptionalStoreD
     plan_query = canonical_query(query)
     permalink = "&".join(q for q in (plan_query, run_query(run)) if q)
     api = f"{API_PREFIX}/estimate?{permalink}"
-    base = str(request.base_url).rstrip("/")
+    base = (planner.settings.public_url or "").rstrip("/")  # never the Host header: it is the client's to forge
     comparable, store_problem = await _comparable(store, planned)
     context = {
         "model": model,

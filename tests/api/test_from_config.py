@@ -71,11 +71,12 @@ def test_files_that_name_no_model_need_the_model_field(client: TestClient) -> No
     assert client.post("/api/v1/estimate/from-config", json=named).json()["plan"]["method"] == "qlora"
 
 
-def test_binary_uploads_and_bodies_are_422_not_500(client: TestClient) -> None:
+def test_binary_uploads_are_422_and_bodies_400_not_500(client: TestClient) -> None:
     assert_problem(client.post("/api/v1/estimate/from-config", files=[("files", ("x.bin", b"\xff\xfe\x00"))]), 422)
     assert_problem(
         client.post("/api/v1/estimate/from-config", content=b"\xff", headers={"content-type": "application/json"}),
-        422,
+        400,
+        "invalid-json",
     )
 
 

@@ -119,7 +119,12 @@ def test_rules_spanning_fields_are_reported_on_plan(client: TestClient) -> None:
 
 def test_malformed_json_and_missing_body(client: TestClient) -> None:
     bad = client.post("/api/v1/estimate", content=b"{not json", headers={"content-type": "application/json"})
-    assert_problem(bad, 422)
+    body = assert_problem(bad, 400, "invalid-json")
+    where = "Expecting property name enclosed in double quotes at line 1 column 2 (char 1)"
+    assert body["detail"] == f"the body is not valid JSON: {where}"
+    assert body["errors"] == [{"field": "body", "message": body["detail"]}]
+    binary = client.post("/api/v1/estimate", content=b"\xff", headers={"content-type": "application/json"})
+    assert assert_problem(binary, 400, "invalid-json")["detail"] == "the body is not valid JSON: it is not UTF-8 text"
     missing = client.post("/api/v1/estimate")
     assert assert_problem(missing, 422)["errors"] == [{"field": "body", "message": "Field required"}]
 

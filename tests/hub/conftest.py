@@ -41,6 +41,8 @@ class FakeRepo:
     info_status: int | None = None
     info_body: bytes | None = None
     info_sha: str | None = None  # model info's sha when it differs from `sha`
+    info_delay: float = 0.0  # seconds before the model info answers
+    drip: float = 0.0  # seconds between the config body's bytes (a server dripping its answer)
 
 
 @dataclass
@@ -166,13 +168,29 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 headers["Content-Length"] = str(len(body))
             if repo.commit_header:
                 headers["X-Repo-Commit"] = repo.sha
+            if repo.drip:
+                self._drip(body, headers, repo.drip)
+                return
             self._send(200, body, headers)
+
+        def _drip(self, body: bytes, headers: dict[str, str], pause: float) -> None:
+            self._send(200, b"", headers)
+            for byte in body:
+                if hub.stop.wait(pause):
+                    return
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    return
 
         def _model_info(self, rest: list[str]) -> None:
             repo_id = "/".join(rest[:2])
             revision = rest[3] if len(rest) == 4 and rest[2] == "revision" else "main"
             repo = self._lookup(repo_id, revision)
             if repo is None or self._injected_failure(repo, repo_id, "info", repo.info_status):
+                return
+            if repo.info_delay and hub.stop.wait(repo.info_delay):
                 return
             if repo.info_body is not None:
                 self._send(200, repo.info_body, {"Content-Length": str(len(repo.info_body))})

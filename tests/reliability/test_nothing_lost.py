@@ -60,7 +60,12 @@ def fake_measurement(point: Point, n: int) -> Measurement:
         peak_reserved_bytes=None,
         phases=[Phase(label="load", current_bytes=peak // 2, peak_bytes=peak // 2)],
         env=Environment(
-            torch="2", transformers="5", peft="0.17", bitsandbytes=None, python="3.11", device_name="cpu",
+            torch="2",
+            transformers="5",
+            peft="0.17",
+            bitsandbytes=None,
+            python="3.11",
+            device_name="cpu",
             total_memory_bytes=None,
         ),
         duration_s=0.1,

@@ -106,7 +106,7 @@ def test_result_page_context_and_contents(client: TestClient) -> None:
 def test_embed_snippet_and_exports_work(client: TestClient) -> None:
     response = client.get("/plan", params={"model": LLAMA})
     ctx = response.context  # type: ignore[attr-defined]
-    assert ctx["embed"].startswith('<img src="http://testserver/api/v1/estimate?model=')
+    assert ctx["embed"].startswith('<img src="/api/v1/estimate?model=')  # relative: no GPUPLAN_PUBLIC_URL
     assert esc(ctx["embed"]) in response.text  # shown as text to copy, not as markup
     media = {"Markdown": "text/markdown", "CSV": "text/csv", "SVG": "image/svg+xml", "JSON": "application/json"}
     for label, href in ctx["exports"]:
@@ -216,7 +216,7 @@ def test_calibrations_page_lists_runs_and_plots_them(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", ["/", "/plan?model=meta-llama/Llama-2-7b-hf", "/no-such-page"])
 def test_pages_link_the_stylesheet(client: TestClient, path: str) -> None:
     page = client.get(path).text
-    assert 'href="http://testserver/static/style.css"' in page
+    assert 'href="/static/style.css"' in page and "testserver" not in page  # relative URLs only
     assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
 
 
