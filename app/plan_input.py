@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from app.core.plan import TrainingPlan
@@ -74,7 +74,8 @@ def bounds(info: FieldInfo) -> tuple[str | None, str | None]:
     return low, high
 
 
-def _plan_field(name: str, info: FieldInfo) -> PlanField:
+def input_field(name: str, info: FieldInfo) -> PlanField:
+    """One pydantic field as an input: bool, int/float with its limits, a Literal's choices, or text."""
     help_text = (info.description or "").strip()
     annotation = info.annotation
     if annotation is bool:
@@ -86,14 +87,19 @@ def _plan_field(name: str, info: FieldInfo) -> PlanField:
     return PlanField(name, "choice" if choices else "text", info.default, help_text, choices=choices)
 
 
+def input_fields(model: type[BaseModel]) -> tuple[PlanField, ...]:
+    """Every field of a plan model (TrainingPlan, ServingPlan), in its declaration order."""
+    return tuple(input_field(name, info) for name, info in model.model_fields.items())
+
+
 def plan_fields() -> tuple[PlanField, ...]:
     """Every TrainingPlan field, in its declaration order."""
-    return tuple(_plan_field(name, info) for name, info in TrainingPlan.model_fields.items())
+    return input_fields(TrainingPlan)
 
 
-def add_plan_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per plan field (`--seq-len`, `--dora/--no-dora`, ...); unset flags stay None (the default)."""
-    for field in plan_fields():
+def add_flags(parser: argparse.ArgumentParser, fields: Iterable[PlanField]) -> None:
+    """One flag per field (`--seq-len`, `--dora/--no-dora`, ...); unset flags stay None (the default)."""
+    for field in fields:
         default = "" if field.default is None else f" (default {as_text(field.default)})"
         help_text = field.help.replace("%", "%%") + default
         if field.kind == "bool":
@@ -103,6 +109,11 @@ def add_plan_flags(parser: argparse.ArgumentParser) -> None:
         kind = {"int": int, "float": float}.get(field.kind, str)
         choices = field.choices or None
         parser.add_argument(field.flag, dest=field.name, type=kind, choices=choices, default=None, help=help_text)
+
+
+def add_plan_flags(parser: argparse.ArgumentParser) -> None:
+    """The TrainingPlan flags of `gpuplan estimate` and `gpuplan calibrate`."""
+    add_flags(parser, plan_fields())
 
 
 def read_values(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:

@@ -11,42 +11,20 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic.fields import FieldInfo
 
 from app.errors import InputError
-from app.plan_input import PlanField, as_text, bounds, literal_values
+from app.plan_input import PlanField, add_flags, as_text, input_fields
 from app.serving.plan import ServingPlan
-
-
-def _field(name: str, info: FieldInfo) -> PlanField:
-    help_text = (info.description or "").strip()
-    annotation = info.annotation
-    if annotation is bool:
-        return PlanField(name, "bool", info.default, help_text)
-    if annotation in (int, float):
-        low, high = bounds(info)
-        return PlanField(name, "int" if annotation is int else "float", info.default, help_text, low=low, high=high)
-    choices = literal_values(annotation)
-    return PlanField(name, "choice" if choices else "text", info.default, help_text, choices=choices)
 
 
 def serving_fields() -> tuple[PlanField, ...]:
     """Every ServingPlan field, in its declaration order."""
-    return tuple(_field(name, info) for name, info in ServingPlan.model_fields.items())
+    return input_fields(ServingPlan)
 
 
 def add_serving_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per field (`--kv-dtype`, `--enforce-eager/--no-enforce-eager`, ...); unset flags stay None."""
-    for field in serving_fields():
-        default = "" if field.default is None else f" (default {as_text(field.default)})"
-        help_text = field.help.replace("%", "%%") + default
-        if field.kind == "bool":
-            action = argparse.BooleanOptionalAction
-            parser.add_argument(field.flag, dest=field.name, action=action, default=None, help=help_text)
-            continue
-        kind = {"int": int, "float": float}.get(field.kind, str)
-        choices = field.choices or None
-        parser.add_argument(field.flag, dest=field.name, type=kind, choices=choices, default=None, help=help_text)
+    add_flags(parser, serving_fields())
 
 
 def flag_values(ns: argparse.Namespace) -> dict[str, Any]:
