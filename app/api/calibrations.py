@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import Field
+from pydantic import Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from app.api.responses import problems
@@ -22,8 +22,16 @@ class MeasurementUpload(MeasurementRecord):
     """One measured run as an uploader sends it: unverified until an operator accepts its source."""
 
     verified: Literal[False] = Field(
-        False, description="Uploads are never verified on arrival: `gpuplan accept-calibrations --source X` does that."
+        False,
+        description="Uploads are never verified on arrival: `gpuplan accept-calibrations --source X` does that.",
     )
+
+    @field_validator("verified", mode="before")
+    @classmethod
+    def _a_boolean(cls, value: object) -> object:
+        if not isinstance(value, bool):  # Literal[False] alone would take 0
+            raise ValueError("verified must be false (a JSON boolean): an operator verifies uploads")
+        return value
 
 
 @router.get("/calibrations", responses=problems(503))

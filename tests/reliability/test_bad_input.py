@@ -56,6 +56,7 @@ BAD_UPLOADS = {
     "too many phases": json.dumps(upload_body(phases=[{"label": "x", "current_bytes": 1, "peak_bytes": 1}] * 65)),
     "a string of 20,000 characters": json.dumps(upload_body(env={"torch": "x" * 20_000})),
     "verified on arrival": json.dumps(upload_body(verified=True)),
+    "verified as 0": json.dumps(upload_body(verified=0)),
     "integer beyond int64 nested": with_raw("config", '{"n": 99999999999999999999999}'),
 }
 
