@@ -101,6 +101,8 @@ def page(browser: Browser) -> Iterator[Page]:
 def test_fill_submit_follow_permalink_and_print(page: Page, base_url: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     p = page
+    refused: list[str] = []  # the Content-Security-Policy must never have to block anything the pages use
+    p.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
     p.goto(base_url + "/")
     assert p.locator("form.planner").count() == 1
     assert p.input_value("#rank") == "16" and p.input_value("#seq_len") == "2048"
@@ -128,7 +130,8 @@ def test_fill_submit_follow_permalink_and_print(page: Page, base_url: str) -> No
     assert p.locator("#fit tbody tr").count() == 3
     assert p.locator("#chart svg").bounding_box()["width"] > 500
     embed = p.input_value("#embed-snippet")
-    assert embed.startswith(f'<img src="{base_url}/api/v1/estimate?') and "format=svg" in embed
+    # relative: the page never reflects the Host header (GPUPLAN_PUBLIC_URL makes it absolute)
+    assert embed.startswith('<img src="/api/v1/estimate?') and "format=svg" in embed
 
     p.click("#permalink")
     p.wait_for_load_state()
@@ -143,6 +146,7 @@ def test_fill_submit_follow_permalink_and_print(page: Page, base_url: str) -> No
     p.emulate_media(media="print")
     assert not p.is_visible("form.planner") and not p.is_visible("header.site")
     p.screenshot(path=str(ARTIFACTS / "planner-result-print.png"), full_page=True)
+    assert refused == []
     pdf = p.pdf(format="A4")
     (ARTIFACTS / "planner-result.pdf").write_bytes(pdf)
     assert len(re.findall(rb"/Type\s*/Page[^s]", pdf)) == 1, "the printed report is one page"
