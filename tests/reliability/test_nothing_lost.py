@@ -206,6 +206,8 @@ def test_uploads_stay_apart_until_accepted(client: TestClient, sqlite_store: Sto
     assert again.context["comparable"] == quoted  # type: ignore[attr-defined]
     listed = client.get("/api/v1/calibrations", params={"source": "fuzz", "verified": "false"}).json()
     assert len(listed) == 20 and {r["source"] for r in listed} == {"fuzz"}
+    page_text = client.get("/calibrations").text
+    assert "<code>fuzz</code> <em" in page_text and "unverified: not in the quoted accuracy" in page_text
     assert sqlite_store.accept("fuzz") == 20
     assert client.get("/api/v1/accuracy").json()["unverified"] is None
 
@@ -225,3 +227,26 @@ def test_close_checkpoints_the_wal(settings: Settings) -> None:
     assert wal.stat().st_size > 0
     db.close()
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+def test_writes_interleave_with_a_big_import(settings: Settings, tmp_path: Path) -> None:
+    import threading
+    import time
+
+    path = tmp_path / "big.jsonl"
+    base = make_record(source="bulk")
+    with path.open("w") as fh:
+        for n in range(4000):
+            fh.write(base.model_copy(update={"created_at": base.created_at + timedelta(seconds=n)}).model_dump_json())
+            fh.write("\n")
+    with Store.from_settings(settings) as db:
+        worker = threading.Thread(target=db.import_jsonl, args=(path,))
+        worker.start()
+        waits = []
+        while worker.is_alive() and len(waits) < 20:
+            start = time.monotonic()
+            db.add_measurement(make_record(source="upload", model_id=f"u{len(waits)}"))
+            waits.append(time.monotonic() - start)
+        worker.join(timeout=120)
+        assert max(waits) < 2.0  # one batch's transaction at most, never the whole import
+        assert len(db.list_measurements(source="bulk", limit=10_000)) == 4000
