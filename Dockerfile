@@ -10,6 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GPUPLAN_DATA_DIR=/data \
     HF_HOME=/data/hf-home
 
+# Behind a port mapping the Host header is whatever clients use: answer any (pages use relative URLs, so no Host
+# is reflected). Narrow it in production: docker run -e GPUPLAN_TRUSTED_HOSTS=gpuplan.example.com ...
+ENV GPUPLAN_TRUSTED_HOSTS="*"
+
 WORKDIR /srv/gpuplan
 
 # The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.

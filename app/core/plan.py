@@ -78,7 +78,9 @@ class TrainingPlan(BaseModel):
                 return ALL_LINEAR
             value = [part for part in value.split(",")]
         if isinstance(value, (list, tuple)):
-            names = tuple(str(v).strip() for v in value)
+            if not all(isinstance(v, str) for v in value):
+                raise ValueError('targets are module names as strings, e.g. ["q_proj", "v_proj"], or "all-linear"')
+            names = tuple(v.strip() for v in value)
             if names == (ALL_LINEAR,):
                 return ALL_LINEAR
             if ALL_LINEAR in names:

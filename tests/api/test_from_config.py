@@ -53,6 +53,7 @@ def test_plan_fields_override_the_files(client: TestClient) -> None:
         ({"files": [{"name": "x.yml", "text": "- a\n- b\n"}]}, "x.yml"),
         ({"files": []}, "files"),
         ({"model": MODEL, "files": [{"name": "q.yml", "text": QLORA}], "plan": {"rank": 0}}, "rank"),
+        ({"model": MODEL, "files": [{"name": "q.yml", "text": QLORA}], "plan": {"targets": ["q_proj", 5]}}, "targets"),
         ({"model": MODEL, "files": [{"name": "q.yml", "text": "lora_r: sixteen\nadapter: lora\n"}]}, "lora_r"),
     ],
 )
