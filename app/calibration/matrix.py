@@ -91,6 +91,15 @@ def _supported(name: str, family: Family, plan: TrainingPlan) -> bool:
     return True
 
 
+# plan fields added after points were first measured, which change nothing a run measures: left out of a point's
+# id so ids (and the tune/holdout split drawn from them) stay those of the shipped measurements
+_NOT_IN_ID = frozenset({"strict"})
+
+
+def _identity(plan: TrainingPlan) -> str:
+    return plan.model_dump_json(exclude=set(_NOT_IN_ID))
+
+
 def expand(spec: MatrixSpec) -> list[Point]:
     """Deterministic points: families round-robin, each axis level drawn by a generator seeded per point."""
     names = sorted(spec.families)
@@ -117,7 +126,7 @@ def expand(spec: MatrixSpec) -> list[Point]:
         plan = TrainingPlan(**fields)
         if not _supported(name, family, plan):
             continue
-        point_id = name + "-" + hashlib.sha256(plan.model_dump_json().encode()).hexdigest()[:8]
+        point_id = name + "-" + hashlib.sha256(_identity(plan).encode()).hexdigest()[:8]
         if point_id in seen:
             continue
         seen.add(point_id)
