@@ -12,15 +12,31 @@ from app.core.spec import ModelSpec, ModuleGroup
 from app.errors import PlanError, StackRefusal
 
 # PEFT maps the v4 names of transformers-5 fused MoE layers to parameters it wraps (ParamWrapper), and
-# all-linear adds them: transformers_weight_conversion._MOE_TARGET_MODULE_MAPPING / _MOE_FUSED_TARGETS.
-MOE_PARAM_TARGETS = {
-    "mixtral": {"gate": "weight", "w1": "gate_up_proj", "w3": "gate_up_proj", "w2": "down_proj"},
-    "qwen2_moe": {"gate": "weight", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj", "down_proj": "down_proj"},
+# all-linear adds them (peft 0.21 utils/transformers_weight_conversion.py: _MOE_TARGET_MODULE_MAPPING, line 332,
+# and _MOE_FUSED_TARGETS, line 348), for the model types whose conversion pattern is one of those
+# (_convert_peft_config_moe, line 414: `_MODEL_TO_CONVERSION_PATTERN.get(model_type)`, transformers'
+# conversion_mapping.py table plus PEFT's own "mixtral" entry, line 45). A model type absent from that table,
+# "qwen2_moe" itself included, is not converted: its fused experts are not adapted.
+_MIXTRAL_STYLE = {"gate": "weight", "w1": "gate_up_proj", "w3": "gate_up_proj", "w2": "down_proj"}
+_QWEN2_MOE_STYLE = {"gate": "weight", "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj", "down_proj": "down_proj"}
+_CONVERTED = {
+    "mixtral": ("mixtral", "minimax", "minimax_m2"),
+    "qwen2_moe": (
+        "afmoe", "beam", "cohere2_moe", "deepseek_v2", "deepseek_v3", "deepseek_v32", "dots1", "ernie4_5_moe",
+        "exaone_moe", "flex_olmo", "glm4_moe", "glm4_moe_lite", "glm4v_moe", "glm_moe_dsa", "hunyuan_v1_moe",
+        "longcat_flash", "mellum", "olmoe", "qwen3_moe", "qwen3_next", "qwen3_omni_moe", "qwen3_omni_moe_text",
+        "qwen3_omni_moe_thinker", "sarvam_mla", "solar_open",
+    ),
+}  # fmt: skip
+MOE_PARAM_TARGETS: dict[str, dict[str, str]] = {
+    model_type: _MIXTRAL_STYLE if style == "mixtral" else _QWEN2_MOE_STYLE
+    for style, model_types in _CONVERTED.items()
+    for model_type in model_types
 }
 # fused gate_up gets rank_pattern 2r so gate and up keep rank r each
 FUSED_PARAMS = {"gate_up_proj"}
 # plan fields PEFT may refuse for a model (StackRefusal), each replaced by the value it accepts
-REFUSABLE = ("dropout", "dora")
+REFUSABLE = ("dropout", "dora", "targets", "attn")
 
 
 class LoraKey(NamedTuple):
@@ -105,8 +121,16 @@ def adapted_modules(model: ModelSpec, lora: LoraKey) -> tuple[tuple[Adapted, ...
     moe = MOE_PARAM_TARGETS.get(model.arch.model_type, {})
     wrapped: dict[str, set[str]] = {}  # group name -> parameter names PEFT wraps
     if lora.targets == ALL_LINEAR:
-        # PEFT's all-linear: every nn.Linear/Conv1D except the output embedding (+ fused MoE parameters)
-        chosen = [g for g in model.groups if g.peft_linear and not g.output_layer]
+        # PEFT's all-linear: every nn.Linear/Conv1D except the output embedding (+ fused MoE parameters); on a
+        # converted MoE model the leaf names the mapping renames are moved to the experts' parameters, so linears
+        # of those names (a dense layer's or a shared expert's gate_proj/up_proj/down_proj) get no LoRA
+        chosen = [g for g in model.groups if g.peft_linear and not g.output_layer and g.leaf not in moe]
+        skipped = sorted({g.leaf for g in model.groups if g.peft_linear and g.leaf in moe})
+        if skipped:
+            notes.append(
+                f"PEFT maps {', '.join(skipped)} to the fused experts' parameters on {model.arch.model_type}, so the "
+                "dense and shared-expert MLP linears of those names get no LoRA (peft _convert_peft_config_moe)"
+            )
         requested = set(moe)
     else:
         requested = {t for t in lora.targets if t in moe}
@@ -125,6 +149,7 @@ def adapted_modules(model: ModelSpec, lora: LoraKey) -> tuple[tuple[Adapted, ...
                     )
                 if g not in chosen:
                     chosen.append(g)
+    _check_fused_pairs(moe, requested)
     for target in requested:
         param = moe[target]
         for g in model.groups:
@@ -135,26 +160,80 @@ def adapted_modules(model: ModelSpec, lora: LoraKey) -> tuple[tuple[Adapted, ...
     if lora.targets != ALL_LINEAR and not chosen and not wrapped:
         linear = sorted({g.leaf for g in model.groups if g.peft_linear})
         raise PlanError(f"none of the targets {list(lora.targets)} exist in {model.id}; its linear layers are {linear}")
+    _check_lora_safe(model, chosen, lora)
     adapted = [_linear(g, lora) for g in chosen]
     adapted += [_wrapped(g, wrapped[g.name], lora) for g in model.groups if g.name in wrapped]
     return tuple(adapted), tuple(notes)
 
 
+def _check_lora_safe(model: ModelSpec, chosen: list[ModuleGroup], lora: LoraKey) -> None:
+    """PEFT's lora.Linear adds the adapter to its base layer's output, so it cannot wrap an nn.Linear subclass whose
+    forward returns a tuple (Llama 4's router, `lora_unsafe`): the step fails. The nearest plan targets the rest."""
+    unsafe = sorted({g.leaf for g in chosen if g.leaf in model.arch.lora_unsafe})
+    if not unsafe:
+        return
+    rest = tuple(dict.fromkeys(g.leaf for g in chosen if g.leaf not in model.arch.lora_unsafe))
+    if not rest:
+        raise PlanError(f"PEFT cannot wrap {', '.join(unsafe)} of {model.id} with LoRA: target other linear layers")
+    raise StackRefusal(
+        f"PEFT's LoRA layer cannot wrap {', '.join(unsafe)} ({model.arch.architecture}: an nn.Linear whose forward "
+        "returns a tuple, so the training step fails): target the other linear layers",
+        field="targets",
+        accepted=rest,
+    )
+
+
+def _check_fused_pairs(moe: dict[str, str], requested: set[str]) -> None:
+    """PEFT refuses to target one half of a fused parameter (e.g. gate_proj without up_proj for gate_up_proj)."""
+    for param in sorted(FUSED_PARAMS):
+        halves = {t for t, p in moe.items() if p == param}
+        present = halves & requested
+        if present and present != halves:
+            raise PlanError(
+                f"PEFT cannot target {', '.join(sorted(present))} without {', '.join(sorted(halves - present))}: "
+                f"they are fused into {param}; target both, or neither"
+            )
+
+
+def check_attention(model: ModelSpec, plan: TrainingPlan) -> None:
+    """transformers refuses an attention implementation a model class does not support (`_supports_sdpa`,
+    `_supports_flash_attn`: Gemma 2 and gpt-oss have no SDPA path, Llama 4 no flash_attention_2); the nearest it
+    runs is sdpa where it can, else eager (what transformers itself falls back to when none is asked for)."""
+    arch = model.arch
+    supported = {"sdpa": arch.sdpa, "flash_attention_2": arch.flash_attention, "eager": True}
+    if supported[plan.attn]:
+        return
+    accepted = "sdpa" if arch.sdpa else "eager"
+    raise StackRefusal(
+        f"transformers has no {plan.attn} attention for {arch.architecture} (its _supports_"
+        f"{'sdpa' if plan.attn == 'sdpa' else 'flash_attn'} is False): use attn {accepted}",
+        field="attn",
+        accepted=accepted,
+    )
+
+
+def _needs_check(model: ModelSpec, plan: TrainingPlan) -> bool:
+    arch = model.arch
+    lora = plan.uses_lora and (plan.dropout > 0 or plan.dora or bool(arch.lora_unsafe))
+    return lora or not (arch.sdpa and arch.flash_attention)
+
+
 def accepted_plan(model: ModelSpec, plan: TrainingPlan) -> tuple[TrainingPlan, tuple[Adjustment, ...]]:
-    """The nearest plan the real stack accepts, and what changed: each setting PEFT refuses (StackRefusal) is set
-    to the value it takes, one at a time. A strict plan is refused instead, with PEFT's reason.
+    """The nearest plan the real stack accepts, and what changed: each setting transformers or PEFT refuses
+    (StackRefusal) is set to the value it takes, one at a time. A strict plan is refused instead, with the reason.
     """
-    if not (plan.uses_lora and (plan.dropout > 0 or plan.dora)):
-        return plan, ()  # the only settings PEFT refuses here (REFUSABLE) are off: nothing to check
+    if not _needs_check(model, plan):
+        return plan, ()  # none of the settings the stack refuses here (REFUSABLE) applies: nothing to check
     adjustments: list[Adjustment] = []
     for _ in range(len(REFUSABLE) + 1):
         try:
+            check_attention(model, plan)
             adapted_modules(model, lora_key(plan))
         except StackRefusal as refusal:
             if plan.strict:
                 raise StackRefusal(
                     f"{refusal.detail} (strict plan; without strict gpuplan answers for {refusal.field}="
-                    f"{refusal.accepted})",
+                    f"{_shown(refusal.accepted)})",
                     field=refusal.field,
                     accepted=refusal.accepted,
                 ) from None
@@ -166,3 +245,7 @@ def accepted_plan(model: ModelSpec, plan: TrainingPlan) -> tuple[TrainingPlan, t
             continue
         return plan, tuple(adjustments)
     raise PlanError(f"no plan near this one is accepted by PEFT on {model.id}")
+
+
+def _shown(value: object) -> object:
+    return ",".join(value) if isinstance(value, tuple) else value

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import NamedTuple
 
-from app.core.activations import LayerActivations, kept_layers, layer_activations, logits_bytes
+from app.core.activations import LayerActivations, LayerStack, kept_layers, layer_stack, logits_bytes
 from app.core.adapters import accepted_plan, lora_key
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
@@ -199,30 +199,61 @@ def dequant_transient_bytes(inv: Inventory, plan: TrainingPlan) -> int:
 # --- activations kept ------------------------------------------------------------------------------------------
 
 
-def activation_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int) -> tuple[int, int]:
+def activation_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> tuple[int, int]:
     """activation_bytes (through backward, and at its end). With checkpointing (transformers, non-reentrant): each
-    kept layer's input `T·h·a_res` + the final norm, and at the end only layer 0's input; without: `L ×` what
-    autograd keeps per layer + the final norm − what layer 0 does not keep, and at the end layer 0's.
+    kept layer's input `T·h·a_res` + the final norm, and at the end only layer 0's input; without: what autograd
+    keeps per layer, summed over the layers (`layers` of them on the worst GPU) + the final norm − what layer 0 does
+    not keep, and at the end layer 0's; both with the attention masks every layer reads.
     """
+    first, masks = stack.first, stack.masks
     if plan.gradient_checkpointing:
         kept, _ = kept_layers(plan, layers)
-        return kept * layer.layer_input + layer.head_saved, layer.layer_input
+        return kept * first.layer_input + first.head_saved + masks, first.layer_input + masks
+    saved = stack.saved if layers == stack.layers else math.ceil(stack.saved * layers / stack.layers)
     return (
-        layers * layer.saved + layer.head_saved - layer.first_layer_discount,
-        layer.saved - layer.first_layer_discount,
+        saved + first.head_saved - first.first_layer_discount + masks,
+        first.saved - first.first_layer_discount + masks,
     )
 
 
-def backward_layer_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int) -> int:
-    """layer_transient_bytes in backward: with checkpointing the recomputed layers' saved set (their inputs are the
-    checkpointed ones, counted once) plus the larger of the backward moments and the recompute's end; without, the
-    backward moments alone.
+def kind_backward_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int) -> int:
+    """layer_transient_bytes in backward of one layer kind: with checkpointing the recomputed layers' saved set (their
+    inputs are the checkpointed ones, counted once) plus the larger of the backward moments and the recompute's
+    end; without, the backward moments alone.
     """
     if not plan.gradient_checkpointing:
         return layer.backward_transient
     _, recomputed = kept_layers(plan, layers)
-    recomputed_saved = recomputed * (layer.saved - layer.input_in_saved)
-    return recomputed_saved + max(layer.backward_transient, layer.recompute_transient)
+    return recomputed * (layer.saved - layer.input_in_saved) + max(layer.backward_transient, layer.recompute_transient)
+
+
+def backward_layer_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> int:
+    """layer_transient_bytes in backward, the largest over the layer kinds (`kind_backward_bytes`)."""
+    return max(kind_backward_bytes(la, plan, layers) for _, la in stack.kinds)
+
+
+class KindMoment(NamedTuple):
+    """The backward of the first layer of a kind after layer 0's (DeepSeek's first MoE layer, Llama 4's layer 1):
+    the layers before it have no gradient yet and, checkpointed, only their inputs are kept."""
+
+    activations: int
+    grads: int
+    transient: int
+
+
+def later_kind_moments(
+    stack: LayerStack, plan: TrainingPlan, share: GpuShare, grads: int, head_grads: int, layer_grads: int
+) -> tuple[KindMoment, ...]:
+    first = stack.first
+    moments = []
+    for (_, la), index in list(zip(stack.kinds, stack.firsts, strict=True))[1:]:
+        if plan.gradient_checkpointing:
+            acts = (index + 1) * first.layer_input + stack.masks
+        else:  # the saved tensors of the layers up to it, at the average layer's bytes
+            acts = math.ceil(stack.saved * (index + 1) / stack.layers) + stack.masks - first.first_layer_discount
+        later = max(head_grads, grads - (index + 1) * layer_grads)  # lm_head's at least, whatever the layout
+        moments.append(KindMoment(acts, later, kind_backward_bytes(la, plan, share.layers)))
+    return tuple(moments)
 
 
 # --- the step's moments ----------------------------------------------------------------------------------------
@@ -240,6 +271,8 @@ class StepTerms(NamedTuple):
     logits_backward: int
     layer_forward: int
     layer_backward: int
+    first_layer_backward: int  # layer 0's kind
+    kind_moments: tuple[KindMoment, ...]
     dequant: int
     ddp_buckets: int
     head_grads: int
@@ -249,22 +282,25 @@ class StepTerms(NamedTuple):
 
 def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> StepTerms:
     inv = tensors.inventory
-    layer = layer_activations(model, plan, tensors.by_leaf)
+    stack = layer_stack(model, plan, tensors.by_leaf)
     share = gpu_share(plan, model.arch.num_layers)
     resident = resident_bytes(inv, plan, share)
-    acts, acts_at_end = activation_bytes(layer, plan, share.layers)
+    acts, acts_at_end = activation_bytes(stack, plan, share.layers)
     logits_forward, logits_backward = logits_bytes(model, plan)
     head_grads, late_grads = backward_gradient_bytes(inv, resident.grads, share)
+    layer_grads = resident.grads - late_grads
     return StepTerms(
         resident=resident,
         allgather=allgather_buffer_bytes(inv, plan),
         activations=acts,
         activations_at_end=acts_at_end,
-        head_saved=layer.head_saved,
+        head_saved=stack.first.head_saved,
         logits_forward=logits_forward,
         logits_backward=logits_backward,
-        layer_forward=layer.forward_transient,
-        layer_backward=backward_layer_bytes(layer, plan, share.layers),
+        layer_forward=max(la.forward_transient for _, la in stack.kinds),
+        layer_backward=backward_layer_bytes(stack, plan, share.layers),
+        first_layer_backward=kind_backward_bytes(stack.first, plan, share.layers),
+        kind_moments=later_kind_moments(stack, plan, share, resident.grads, head_grads, layer_grads),
         dequant=dequant_transient_bytes(inv, plan),
         ddp_buckets=ddp_bucket_bytes(plan, resident.grads),
         head_grads=head_grads,
@@ -308,9 +344,22 @@ def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
 
 def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     """backward: the loss's backward, the last layer's (the final norm's saved tensors freed, lm_head's gradient
-    made) and the first layer's (every other layer's gradient made, only layer 0's activations left)."""
+    made), the first layer's (every other layer's gradient made, only layer 0's activations left) and, with layer
+    kinds, the first layer of each later kind (`later_kind_moments`)."""
     layer = {"layer_transient_bytes": s.layer_backward, "dequant_transient_bytes": s.dequant}
+    first = {"layer_transient_bytes": s.first_layer_backward, "dequant_transient_bytes": s.dequant}
     ddp = {"ddp_bucket_bytes": s.ddp_buckets}
+    kinds = [
+        {
+            **held,
+            "activation_bytes": k.activations,
+            "gradient_bytes": k.grads,
+            "layer_transient_bytes": k.transient,
+            "dequant_transient_bytes": s.dequant,
+            **ddp,
+        }
+        for k in s.kind_moments
+    ]
     return [
         {**held, "activation_bytes": s.activations, "logits_peak_bytes": s.logits_backward, **ddp},
         {
@@ -320,7 +369,8 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             **layer,
             **ddp,
         },
-        {**held, "activation_bytes": s.activations_at_end, "gradient_bytes": s.late_grads, **layer, **ddp},
+        {**held, "activation_bytes": s.activations_at_end, "gradient_bytes": s.late_grads, **first, **ddp},
+        *kinds,
     ]
 
 

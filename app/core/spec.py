@@ -66,6 +66,22 @@ class ModuleGroup(BaseModel):
         return sum(p.numel for p in self.params)
 
 
+class MlaShape(BaseModel):
+    """DeepSeek multi-head latent attention: q and kv compressed to ranks, heads split into rope and non-rope parts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    q_lora_rank: int = Field(0, ge=0, description="0: q is projected directly (no q_a/q_b).")
+    kv_lora_rank: int = Field(ge=1)
+    qk_nope_head_dim: int = Field(ge=0)
+    qk_rope_head_dim: int = Field(ge=0)
+    v_head_dim: int = Field(ge=1)
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+
 class ArchSummary(BaseModel):
     """The config fields the activation model needs."""
 
@@ -94,6 +110,54 @@ class ArchSummary(BaseModel):
     qkv_fused: bool = Field(False, description="One fused q/k/v projection (Phi-3, Falcon).")
     gate_up_fused: bool = Field(False, description="One fused gate/up projection (Phi-3).")
     max_position_embeddings: int | None = None
+    # 2024-2025 architecture features; each default is the plain Llama-style layer, so older inventories read the same
+    qk_norm: Literal["none", "head", "token"] = Field(
+        "none",
+        description="Norms on q and k: per head (Qwen3, Gemma 3, Llama 4) or over the whole projection (OLMo 2).",
+    )
+    qk_norm_weight: bool = Field(True, description="The q/k norms have a weight (Llama 4's L2 norm has none).")
+    qk_norm_layers: int = Field(0, ge=0, description="Decoder layers with q/k norms (Llama 4: its RoPE layers).")
+    sandwich_norms: bool = Field(
+        False, description="Norms on the attention and MLP outputs too (Gemma 2/3: post_attention/post_feedforward)."
+    )
+    sliding_window: int | None = Field(None, description="Attention window of the sliding (or chunked) layers.")
+    sliding_layers: int = Field(0, ge=0, description="Decoder layers that attend within sliding_window.")
+    attention: Literal["standard", "mla", "sinks"] = Field(
+        "standard", description="mla: DeepSeek's latent attention; sinks: gpt-oss's learned per-head sink logits."
+    )
+    mla: MlaShape | None = Field(None, description="The latent attention's ranks and head widths (attention mla).")
+    sdpa: bool = Field(True, description="transformers can run it with SDPA (Gemma 2 and gpt-oss cannot).")
+    flash_attention: bool = Field(True, description="transformers can run it with flash_attention_2.")
+    dense_layers: int = Field(
+        0, ge=0, description="MoE models: decoder layers with a dense MLP instead of experts (layer 0 is one)."
+    )
+    dense_intermediate_size: int = Field(0, ge=0, description="The dense layers' MLP width.")
+    first_moe_layer: int = Field(
+        0, ge=0, description="Index of the first layer with experts (DeepSeek: first_k_dense_replace; Llama 4: 1)."
+    )
+    shared_expert_size: int = Field(0, ge=0, description="Width of the shared expert MLP beside the routed experts.")
+    router: Literal["softmax", "sigmoid", "topk_softmax"] = Field(
+        "softmax",
+        description="How routing weights are made: softmax over all experts (Mixtral, Qwen3-MoE), sigmoid (DeepSeek, "
+        "Llama 4) or softmax over the k chosen (gpt-oss, Granite MoE).",
+    )
+    routing_fp32: bool = Field(
+        True,
+        description="The routing weights the experts' outputs are scaled by are fp32 (Mixtral, DeepSeek), not cast to "
+        "the activation dtype (Qwen2/3-MoE, OLMoE, Granite MoE, gpt-oss).",
+    )
+    experts: Literal["grouped", "clamped", "dense"] = Field(
+        "grouped",
+        description="grouped: transformers-5 grouped_mm over the routed rows; clamped: the same with gpt-oss's biases "
+        "and clamped SwiGLU; dense: Llama 4's bmm of every expert over every token.",
+    )
+    fp32_params: tuple[str, ...] = Field(
+        (), description="Parameters kept in fp32 whatever the load dtype (_keep_in_fp32_modules_strict)."
+    )
+    lora_unsafe: tuple[str, ...] = Field(
+        (),
+        description="Leaf names of nn.Linear subclasses PEFT's LoRA layer cannot wrap (their forward returns a tuple).",
+    )
 
 
 class ModelSpec(BaseModel):

@@ -7,11 +7,11 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import NamedTuple
 
-from app.core.activations import adapted_by_leaf
 from app.core.adapters import Adapted, LoraKey, adapted_modules
 from app.core.plan import Device, DType, Method, Optimizer, Quant, TrainingPlan
 from app.core.quant import quantized_weight_allocated, quantized_weight_bytes, rounded
 from app.core.spec import ModelSpec
+from app.core.step import adapted_by_leaf
 from app.core.units import DTYPE_BYTES, FP32, UINT8
 
 # bitsandbytes 8-bit optimizers keep tensors under 4096 elements in 32-bit (min_8bit_size)
@@ -153,20 +153,22 @@ def base_inventory(model: ModelSpec, key: BaseKey) -> Inventory:
     quant = key.quant if key.quant in ("nf4", "fp4", "int8") else None
     inv = Inventory()
     per_layer_weights: dict[str, int] = {}
+    fp32 = set(model.arch.fp32_params)  # transformers keeps these in fp32 whatever the dtype (DeepSeek's router)
     for g in model.groups:
         is_q = quant is not None and g.quantizable
         if is_q:
             inv = replace(inv, quantized=inv.quantized | {g.name})
         for p in g.params:
+            dtype = FP32 if f"{g.name}.{p.name}" in fp32 else pdt
             if is_q and p.name == "weight":
                 inv, one = _quantized_weight(inv, key, g.out_features, p.numel, g.count)
             else:
-                one = rounded(p.numel * pdt)
+                one = rounded(p.numel * dtype)
             inv = replace(inv, base=inv.base.plus(one * g.count, g.in_layers))
             if g.in_layers:
                 per_layer_weights[g.name] = per_layer_weights.get(g.name, 0) + one
             if full:
-                inv = _trainable(inv, key, p.shape, pdt, g.count, g.in_layers)
+                inv = _trainable(inv, key, p.shape, dtype, g.count, g.in_layers)
     return replace(inv, largest_layer_weights=sum(per_layer_weights.values()), trainable_dtype=pdt if full else FP32)
 
 

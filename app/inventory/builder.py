@@ -7,13 +7,30 @@ import json
 import re
 from typing import Any
 
-from app.core.spec import ArchSummary, ModelSource, ModelSpec, ModuleGroup, ParamShape
+from app.core.spec import ArchSummary, MlaShape, ModelSource, ModelSpec, ModuleGroup, ParamShape
 from app.errors import MalformedConfig, UnsupportedArchitecture
 
 _LAYER_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 _GATED_LEAVES = {"gate_proj", "gate_up_proj", "w1", "w3", "fc_gate"}
 _FUSED_QKV = {"qkv_proj", "query_key_value", "Wqkv", "c_attn", "qkv"}
 _DOWN_LEAVES = {"down_proj", "dense_4h_to_h", "fc2", "w2", "c_proj"}
+# How each MoE family makes its routing weights (the router's forward in modeling_<type>.py); others: softmax
+# over all experts in fp32, as Mixtral and Qwen3-MoE do.
+_ROUTERS = {
+    "deepseek_v2": "sigmoid",
+    "deepseek_v3": "sigmoid",  # DeepseekV3TopkRouter: fp32 linear, sigmoid, grouped top-k
+    "llama4_text": "sigmoid",  # Llama4Router: top-k logits scattered into -inf, sigmoid
+    "gpt_oss": "topk_softmax",  # GptOssTopKRouter: top-k of the logits, softmax over those k
+    "granitemoe": "topk_softmax",  # GraniteMoeTopKRouter: the same, in fp32
+}
+# Routers that cast the routing weights to the activation dtype (`.to(router_logits.dtype)`, `.type_as(hidden)`,
+# a softmax in the logits' dtype); the others (Mixtral, DeepSeek) scale the experts' outputs by fp32 weights.
+_ROUTING_IN_ACT_DTYPE = {"qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "gpt_oss"}
+# Experts whose forward is not the plain grouped_mm SwiGLU: gpt-oss's clamped SwiGLU with biases
+# (GptOssExperts._apply_gate), Llama 4's bmm of every expert over every token (Llama4TextExperts.forward).
+_EXPERTS = {"gpt_oss": "clamped", "llama4_text": "dense"}
+# nn.Linear subclasses whose forward returns a tuple: PEFT's lora.Linear adds to the result and fails
+_LORA_UNSAFE = {"Llama4Router": "router"}
 # Size caps, refused before transformers is asked to build: what real models have, with a margin. The largest
 # catalog values (app/catalog/configs) are 126 layers, hidden 16,384 and intermediate 53,248 (Llama 3.1 405B),
 # vocab 262,144 (Gemma 3), 128 heads, head_dim 256 and 256 routed experts (DeepSeek-V3); released models go to
@@ -87,7 +104,8 @@ def _instantiate(cfg: Any) -> Any:
 
     try:
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(cfg)  # type: ignore[no-untyped-call]
+            # in 16 bits, so the parameters transformers keeps in fp32 (_keep_in_fp32_modules_strict) show as fp32
+            return AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise UnsupportedArchitecture(
             f"transformers cannot build a causal language model for model_type {cfg.model_type!r}: {exc}"
@@ -205,6 +223,88 @@ def _intermediate(
     return None
 
 
+def _qk_norm(text: Any, leaves: dict[str, ModuleGroup], head_dim: int) -> dict[str, Any]:
+    """q/k norms as built: a q_norm module's width (per head or the whole projection), or Llama 4's weightless L2
+    norm on its RoPE layers (use_qk_norm, no_rope_layers: 1 = the layer uses RoPE)."""
+    q_norm = leaves.get("q_norm")
+    if q_norm is not None and q_norm.kind == "norm" and q_norm.weight is not None:
+        width = q_norm.weight.numel
+        return {"qk_norm": "head" if width == head_dim else "token", "qk_norm_layers": q_norm.count}
+    if getattr(text, "use_qk_norm", False) and isinstance(getattr(text, "no_rope_layers", None), list):
+        rope_layers = sum(1 for uses_rope in text.no_rope_layers if uses_rope)
+        return {"qk_norm": "head", "qk_norm_weight": False, "qk_norm_layers": rope_layers}
+    return {}
+
+
+def _sliding(text: Any, layers: int) -> dict[str, Any]:
+    """The layers that attend within a window: layer_types' sliding (or Llama 4's chunked) layers, or every layer
+    of a config with a sliding_window and no layer_types (Mistral, Phi-3)."""
+    types = getattr(text, "layer_types", None)
+    if isinstance(types, list):
+        sliding = sum(1 for t in types if t == "sliding_attention")
+        chunked = sum(1 for t in types if t == "chunked_attention")
+        if chunked and getattr(text, "attention_chunk_size", None):
+            return {"sliding_window": int(text.attention_chunk_size), "sliding_layers": chunked}
+        window = getattr(text, "sliding_window", None)
+        return {"sliding_window": int(window), "sliding_layers": sliding} if sliding and window else {}
+    window = getattr(text, "sliding_window", None)
+    if window and getattr(text, "use_sliding_window", True) is not False:
+        return {"sliding_window": int(window), "sliding_layers": layers}
+    return {}
+
+
+def _attention(text: Any, leaves: dict[str, ModuleGroup]) -> dict[str, Any]:
+    """The attention variant: DeepSeek's latent attention (its ranks and head widths), gpt-oss's sinks, or standard."""
+    if "kv_a_proj_with_mqa" not in leaves:
+        sinks = any(p.name == "sinks" for g in leaves.values() for p in g.params)  # GptOssAttention.sinks
+        return {"attention": "sinks"} if sinks else {}
+    shape = MlaShape(
+        q_lora_rank=int(getattr(text, "q_lora_rank", None) or 0),
+        kv_lora_rank=int(text.kv_lora_rank),
+        qk_nope_head_dim=int(text.qk_nope_head_dim),
+        qk_rope_head_dim=int(text.qk_rope_head_dim),
+        v_head_dim=int(text.v_head_dim),
+    )
+    return {"attention": "mla", "mla": shape}
+
+
+def _moe_layout(layer_groups: list[ModuleGroup], model_type: str, first_moe_layer: int) -> dict[str, Any]:
+    """An MoE model's dense layers (a dense MLP's down projection: DeepSeek's first_k_dense_replace, Llama 4's
+    interleaved layers) and shared expert (the down projection under shared_expert[s])."""
+    downs = [g for g in layer_groups if g.kind == "linear" and g.leaf in _DOWN_LEAVES]
+    dense = [g for g in downs if "shared_expert" not in g.name]
+    shared = [g for g in downs if "shared_expert" in g.name]
+    out: dict[str, Any] = {
+        "router": _ROUTERS.get(model_type, "softmax"),
+        "experts": _EXPERTS.get(model_type, "grouped"),
+        "routing_fp32": model_type not in _ROUTING_IN_ACT_DTYPE,
+    }
+    if dense:
+        out |= {"dense_layers": dense[0].count, "dense_intermediate_size": dense[0].in_features}
+        out["first_moe_layer"] = first_moe_layer
+    if shared:
+        out["shared_expert_size"] = shared[0].in_features
+    return out
+
+
+def _first_moe_layer(model: Any) -> int:
+    """The index of the first decoder layer that holds experts (a module named ...experts)."""
+    indices = [
+        int(m.group(1))
+        for name, _ in model.named_modules()
+        if name.endswith(".experts") and (m := _LAYER_INDEX.search(name))
+    ]
+    return min(indices, default=0)
+
+
+def _fp32_params(model: Any) -> tuple[str, ...]:
+    """Parameters a 16-bit build keeps in fp32 (DeepSeek's router weight), as group patterns."""
+    import torch
+
+    names = {_LAYER_INDEX.sub(".*", n) for n, p in model.named_parameters() if p.dtype == torch.float32}
+    return tuple(sorted(names))
+
+
 def _arch(cfg: Any, groups: tuple[ModuleGroup, ...], model: Any) -> ArchSummary:
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
@@ -252,6 +352,16 @@ def _arch(cfg: Any, groups: tuple[ModuleGroup, ...], model: Any) -> ArchSummary:
         qkv_fused=any(n in leaves for n in _FUSED_QKV),
         gate_up_fused="gate_up_proj" in leaves and leaves["gate_up_proj"].kind == "linear",
         max_position_embeddings=get("max_position_embeddings", "n_positions"),
+        # Gemma 2/3 norm both before and after each half; OLMo 2's post-norms replace the pre-norms (the same bytes)
+        sandwich_norms="post_feedforward_layernorm" in leaves and "pre_feedforward_layernorm" in leaves,
+        sdpa=bool(getattr(type(model), "_supports_sdpa", True)),
+        flash_attention=bool(getattr(type(model), "_supports_flash_attn", True)),
+        fp32_params=_fp32_params(model),
+        lora_unsafe=tuple(sorted({_LORA_UNSAFE[g.cls] for g in layer_groups if g.cls in _LORA_UNSAFE})),
+        **_qk_norm(text, leaves, head_dim),
+        **_sliding(text, layers),
+        **_attention(text, leaves),
+        **(_moe_layout(layer_groups, str(cfg.model_type), _first_moe_layer(model)) if experts else {}),
     )
 
 

@@ -48,4 +48,37 @@ def test_dense_models_are_never_adjusted() -> None:
 def test_the_default_plan_answers_for_every_catalog_model(model_id: str) -> None:
     est = estimate(spec(model_id), TrainingPlan())
     assert est.peak_allocated_bytes > 0
-    assert all(a.field in ("dropout", "dora") for a in est.adjustments)
+    assert all(a.field in ("dropout", "dora", "targets", "attn") for a in est.adjustments)
+
+
+@pytest.mark.parametrize("model_id", ["google/gemma-2-9b", "openai/gpt-oss-20b"])
+def test_models_without_sdpa_are_answered_with_eager(model_id: str) -> None:
+    est = estimate(spec(model_id), TrainingPlan(dropout=0.0))
+    assert [(a.field, a.requested, a.used) for a in est.adjustments] == [("attn", "sdpa", "eager")]
+    assert "_supports_sdpa" in est.adjustments[0].why and est.plan.attn == "eager"
+    with pytest.raises(StackRefusal) as caught:
+        estimate(spec(model_id), TrainingPlan(dropout=0.0, strict=True))
+    assert caught.value.field == "attn"
+
+
+def test_llama4_without_flash_attention_is_answered_with_sdpa() -> None:
+    est = estimate(spec("meta-llama/Llama-4-Scout-17B-16E"), TrainingPlan(attn="flash_attention_2", targets="q_proj"))
+    assert [(a.field, a.used) for a in est.adjustments] == [("attn", "sdpa")]
+
+
+def test_llama4_router_is_left_out_of_all_linear() -> None:
+    """PEFT's lora.Linear cannot wrap Llama4Router (an nn.Linear whose forward returns a tuple): the step fails."""
+    est = estimate(spec("meta-llama/Llama-4-Scout-17B-16E"), TrainingPlan())
+    targets = next(a for a in est.adjustments if a.field == "targets")
+    assert targets.requested == "all-linear" and "router" not in targets.used and "q_proj" in targets.used
+    assert est.plan.targets == targets.used
+    with pytest.raises(StackRefusal) as caught:
+        estimate(spec("meta-llama/Llama-4-Scout-17B-16E"), TrainingPlan(targets="q_proj,router", strict=True))
+    assert caught.value.field == "targets" and caught.value.accepted == ("q_proj",)
+
+
+@pytest.mark.parametrize("model_id", ["Qwen/Qwen3-30B-A3B", "deepseek-ai/DeepSeek-V3"])
+def test_converted_moe_families_wrap_their_experts_so_dropout_is_answered_at_zero(model_id: str) -> None:
+    """transformers' conversion table maps qwen3_moe and deepseek_v3 to the qwen2_moe pattern, so PEFT wraps them."""
+    est = estimate(spec(model_id), TrainingPlan())
+    assert [(a.field, a.used) for a in est.adjustments] == [("dropout", 0.0)]

@@ -1,0 +1,113 @@
+"""Mixture-of-experts layers: the router, the routed experts as transformers 5 runs them, and the shared expert.
+
+Notation as in app/core/step.py; `E` experts, `k` experts per token, `T·k` the routed rows of grouped experts.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from app.core.adapters import Adapted
+from app.core.mlp import GatedProduct, Mlp, gated_mlp
+from app.core.step import Step
+from app.core.units import FP32
+
+
+class Router(NamedTuple):
+    saved: int
+    keeps_input: bool  # the router keeps the normed input itself
+
+
+def router_bytes(x: Step) -> Router:
+    """The routing weights: an fp32 softmax over all experts `T·E·4` (Mixtral, Qwen3-MoE); DeepSeek's fp32 router
+    the sigmoid `T·E·4` and, trained, the fp32 copy of a 16-bit input `T·h·4`; a softmax over the k chosen
+    `T·k·4` (gpt-oss, Granite MoE). A trained router otherwise keeps the normed input itself.
+    Source: the routers' forward in modeling_{mixtral,qwen3_moe,deepseek_v3,gpt_oss,granitemoe}.py, tracker dumps.
+    """
+    arch, t, a = x.arch, x.t, x.p.act
+    trained = x.full or x.by_leaf.get("gate") is not None or x.by_leaf.get("router") is not None
+    if arch.router == "topk_softmax":
+        return Router(t * x.k * FP32, trained)
+    if arch.router == "sigmoid":
+        copy = t * x.h * FP32 if trained and a != FP32 else 0  # F.linear(hidden.float(), weight.float())
+        return Router(t * arch.num_experts * FP32 + copy, trained and a == FP32)
+    return Router(t * arch.num_experts * FP32, trained)
+
+
+def routed_rows(x: Step) -> int:
+    """The rows the experts compute: `T·k` sorted by expert (grouped_mm), or every token for every expert `T·E`
+    (Llama 4's bmm experts, which weight the input by the router's sigmoid and keep zeros for the unchosen)."""
+    return x.t * (x.arch.num_experts if x.arch.experts == "dense" else x.k)
+
+
+def moe_experts(x: Step) -> Mlp:
+    """MoE keeps the router's tensors (`router_bytes`) and, for the routed rows `R` (`routed_rows`), gate/up, act(gate)
+    and the weighted rows (the expert output the weighting keeps, or Llama 4's repeated input) `R·(3i+h)·a`
+    (gpt-oss's clamped SwiGLU keeps clamp(gate), its sigmoid, the GLU and up+1 instead of act(gate): `R·(6i+h)·a`);
+    experts whose weights need gradients also their inputs `R·(h+i)·a`; ParamWrapper-adapted experts the folded
+    weights `W + BA` and, for 16-bit weights, the LoRA factors cast to that dtype; a shared expert what its gated
+    MLP keeps (`gated_mlp`, of the shared width). Source: transformers 5 grouped_mm experts
+    (integrations/moe.py), GptOssExperts._apply_gate, Llama4TextMoe.forward, PEFT ParamWrapper, tracker dumps.
+    """
+    i, h, a = x.i, x.h, x.p.act
+    rows = routed_rows(x)
+    experts = x.by_leaf.get("experts")
+    trained = x.full or experts is not None
+    router = router_bytes(x)
+    gate = 6 * i if x.arch.experts == "clamped" else 3 * i
+    saved = router.saved + rows * (gate + h) * a  # gate/up output, the gating's tensors, the weighted rows
+    if trained:
+        saved += rows * (h + i) * a  # experts whose weights need gradients keep their inputs
+    if experts is not None:
+        saved += folded_expert_bytes(x, experts)
+    shared = shared_expert(x)
+    if shared is not None:
+        saved += shared.saved
+    # freed before the experts' gated-product backward: the product the down matmul keeps when its weights need
+    # gradients, and the expert output the routing weighting kept
+    down_saved = (rows * i * a if trained else 0) + (rows * h * a if x.arch.experts != "dense" else 0)
+    # the recompute ends inside the shared expert's down projection (it runs last); Llama 4's forward still holds
+    # the experts' output there and, unless the experts keep it, their weighted input: `T·E·h·a` each
+    dense_locals = (1 if trained else 2) * rows * h * a if x.arch.experts == "dense" else 0
+    tail = (shared.recompute_tail if shared is not None else 0) + dense_locals
+    return Mlp(
+        saved=saved,
+        keeps_input=x.full or router.keeps_input or (shared is not None and shared.keeps_input),
+        # Llama 4's bmm experts: the weighted input, gate/up, the product and the output of every expert at once
+        forward_transient=rows * ((2 * h + 3 * i) if x.arch.experts == "dense" else (h + 2 * i)) * a,
+        product=GatedProduct(down_saved=down_saved, act_saved=0),
+        recompute_tail=tail,
+        shared=shared,
+    )
+
+
+def shared_expert(x: Step) -> Mlp | None:
+    """The shared expert every token goes through (DeepSeek, Llama 4, Qwen2-MoE): a gated MLP of its own width."""
+    if not x.arch.shared_expert_size:
+        return None
+    return gated_mlp(x._replace(i=x.arch.shared_expert_size, moe=False))
+
+
+def folded_expert_bytes(x: Step, experts: Adapted) -> int:
+    """ParamWrapper materialises W + BA for every wrapped parameter, kept by the matmul; for 16-bit weights the
+    fold's baddbmm also keeps the fp32 LoRA factors cast to the weight dtype."""
+    a = x.p.act
+    saved = sum(math.prod(p.shape) for p in experts.group.params if p.name in experts.wrapped_params) * a
+    if a != FP32:
+        saved += sum(math.prod(shape) for shape in experts.shapes) * a
+    return saved
+
+
+def moe_combine_backward_bytes(x: Step) -> int:
+    """The MoE's backward begins with the routing-weighted combine: the incoming residual gradient and, each routed
+    tokens × hidden in the routing weights' dtype `w` (fp32 for Mixtral and DeepSeek, the activation dtype where the
+    router casts them), the expanded gradient of the k outputs and the zeros and index_put that undo the sort by
+    expert: `T·h·a_res + 3·T·k·h·w`; Llama 4's bmm experts the expanded output gradient, the gate/up gradient and
+    the weighted input of every expert over every token, `T·h·a_res + T·E·(2h+2i)·a`. Source: transformers 5
+    grouped_mm_experts_forward, Llama4TextMoe.forward, tracker dumps.
+    """
+    if x.arch.experts == "dense":
+        return x.t * x.h * x.p.residual + routed_rows(x) * (2 * x.h + 2 * x.i) * x.p.act
+    w = FP32 if x.arch.routing_fp32 else x.p.act
+    return x.t * x.h * x.p.residual + 3 * x.t * x.k * x.h * w

@@ -1,0 +1,200 @@
+"""One micro-batch through one decoder layer: its shapes and precision, and the rules every block shares.
+
+The model is the plain PyTorch training step the calibration harness runs (no autocast). Rules, each
+read off the libraries and held against the tracker's per-op dumps:
+- A frozen base projection (nn.Linear, or bitsandbytes' MatMul4Bit, which keeps only the packed weight)
+  saves nothing of its input; a trainable one (full fine-tuning) saves its input.
+- PEFT keeps LoRA weights in fp32 (autocast_adapter_dtype) and casts each adapted input to fp32; with
+  dropout > 0 the cast copy is freed and the dropout output plus its mask are saved (the mask is bool
+  on CUDA's fused kernel, the input dtype on the CPU path), and lora_A's output is saved by lora_B.
+- QLoRA's prepare_model_for_kbit_training upcasts embeddings, norms and lm_head to fp32, so the residual
+  stream, norm outputs and projection outputs are fp32; bitsandbytes returns outputs in the input dtype.
+- RMSNorm computes in fp32: it saves an fp32 copy of a 16-bit input (or the fp32 input itself) and rsqrt;
+  LayerNorm saves its input and two fp32 statistics per token.
+
+Notation as in the README's "How the estimate is computed": `T` tokens, `h` hidden, `q`, `kv`, `i` intermediate,
+`k` experts per token, `r` LoRA rank, `a` activation bytes, `a_res` residual-stream bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+from app.core.adapters import Adapted
+from app.core.plan import TrainingPlan
+from app.core.spec import ArchSummary, ModelSpec
+from app.core.units import BOOL, DTYPE_BYTES, FP32
+
+DOWN_LEAVES = ("down_proj", "fc2", "dense_4h_to_h")
+
+
+class Precision(NamedTuple):
+    """Bytes per element of the tensors a step creates."""
+
+    compute: int  # bitsandbytes compute dtype / model dtype
+    residual: int  # residual stream (embedding output dtype)
+    act: int  # norm outputs, projection outputs, attention, MLP intermediates
+    logits: int  # lm_head output
+    mask: int  # LoRA dropout mask element
+
+
+def precision(plan: TrainingPlan) -> Precision:
+    c = DTYPE_BYTES[plan.dtype]
+    # torch's fused dropout (CUDA) keeps a bool mask; the CPU path multiplies by a mask in the input dtype (fp32)
+    mask = BOOL if plan.device == "cuda" else FP32
+    if plan.method == "qlora":
+        return Precision(c, FP32, FP32, FP32, mask)  # compute, residual, act, logits, mask
+    return Precision(c, c, c, c, mask)
+
+
+class LayerKind(NamedTuple):
+    """Decoder layers that share one shape: how many, whether their MLP is routed experts, its width, and the index
+    of the first such layer."""
+
+    layers: int
+    moe: bool
+    intermediate: int
+    first: int = 0
+
+
+def layer_kinds(arch: ArchSummary) -> tuple[LayerKind, ...]:
+    """The decoder layers by kind, layer 0's kind first: an MoE model's dense layers (DeepSeek's first_k_dense_replace,
+    Llama 4's interleaved dense layers) are a kind of their own, the rest share the config's width."""
+    if arch.num_experts and arch.dense_layers:
+        dense = LayerKind(arch.dense_layers, False, arch.dense_intermediate_size)
+        moe = LayerKind(arch.num_layers - arch.dense_layers, True, arch.intermediate_size, arch.first_moe_layer)
+        return dense, moe
+    return (LayerKind(arch.num_layers, bool(arch.num_experts), arch.intermediate_size),)
+
+
+class Step(NamedTuple):
+    """One micro-batch through one decoder layer: the shapes, the precision and the adapted projections.
+
+    The activation functions take it as `x` and read the README's notation off it: `x.t`, `x.h`, `x.i`, ...
+    """
+
+    arch: ArchSummary
+    plan: TrainingPlan
+    p: Precision
+    by_leaf: Mapping[str, Adapted]  # adapted module groups in the decoder layers, by leaf name
+    t: int  # tokens, batch x sequence
+    h: int  # hidden
+    q: int  # heads x head_dim
+    kv: int  # kv_heads x head_dim
+    i: int  # intermediate (of this layer kind)
+    k: int  # experts per token (1 without experts)
+    full: bool  # full fine-tuning: every weight trained
+    g: int  # bytes of the MLP intermediate's gradient (`mlp_grad_bytes`)
+    moe: bool = False  # this layer kind's MLP is routed experts
+
+
+def step(model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adapted], kind: LayerKind | None = None) -> Step:
+    a, p, full = model.arch, precision(plan), plan.method == "full"
+    kind = kind or layer_kinds(a)[-1]
+    t, q, kv = plan.batch_size * plan.seq_len, a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
+    k, g = max(1, a.experts_per_token), mlp_grad_bytes(p, full, by_leaf)
+    return Step(a, plan, p, by_leaf, t, a.hidden_size, q, kv, kind.intermediate, k, full, g, kind.moe)
+
+
+def mlp_grad_bytes(p: Precision, full: bool, by_leaf: Mapping[str, Adapted]) -> int:
+    """`g`: the MLP intermediate's gradient dtype, fp32 when an adapted down projection's LoRA branch carries it (a
+    fully trained down's is in the activation dtype: the tracker's full fine-tuning dumps)."""
+    down_adapted = not full and any(leaf in by_leaf for leaf in DOWN_LEAVES)
+    return max(p.act, FP32 if down_adapted else 0)
+
+
+def adapted_by_leaf(adapted: Iterable[Adapted]) -> dict[str, Adapted]:
+    """The adapted module groups inside the decoder layers, by leaf name (what the activation rules look up)."""
+    return {ad.group.leaf: ad for ad in adapted if ad.group.in_layers}
+
+
+# --- norms -------------------------------------------------------------------------------------------------
+
+
+def norm_bytes(x: Step, width: int, input_bytes: int, rows: int | None = None, weighted: bool = True) -> int:
+    """A norm keeps rsqrt `T·4` and an fp32 copy of a 16-bit input `T·width·4` (an fp32 input is kept itself, by
+    the caller); LayerNorm keeps mean and rstd `2·T·4` beside its input; a trained weight (full fine-tuning) also
+    keeps the normalized activation its gradient needs. `rows`: the norm's rows (`T`, or `T·heads` for a per-head
+    norm of `width = head_dim`). Source: torch RMSNorm/LayerNorm autograd, tracker dumps.
+    """
+    t, kind = x.t, x.arch.norm_kind
+    rows = t if rows is None else rows
+    if kind == "layer":
+        return 2 * rows * FP32  # mean and rstd; the input itself is kept (caller's tensor)
+    saved = rows * FP32  # rsqrt, one per row
+    if input_bytes != FP32:
+        saved += rows * width * FP32  # the fp32 copy pow/mul keep
+    if x.full and weighted:  # a trained weight keeps the normalized activation its gradient needs
+        saved += rows * width * (FP32 if kind == "gemma" else x.p.act)
+    return saved
+
+
+def norm_keeps_input(x: Step, input_bytes: int) -> bool:
+    return x.arch.norm_kind == "layer" or input_bytes == FP32
+
+
+def residual_norm_bytes(x: Step) -> int:
+    """A norm of the residual stream: its own bytes, plus the stream `T·h·a_res` when the norm keeps it."""
+    a_res = x.p.residual
+    kept_input = x.t * x.h * a_res if norm_keeps_input(x, a_res) else 0
+    return norm_bytes(x, x.h, a_res) + kept_input
+
+
+def branch_norm_bytes(x: Step) -> int:
+    """Gemma 2/3's sandwich norms: post_attention_layernorm and post_feedforward_layernorm normalise the attention
+    and MLP outputs `T·h·a` before the residual add, each keeping what a norm keeps (`norm_bytes`) and, for an fp32
+    output (QLoRA), that output itself. Source: Gemma3DecoderLayer.forward, tracker dumps.
+    """
+    if not x.arch.sandwich_norms:
+        return 0
+    a = x.p.act
+    one = norm_bytes(x, x.h, a) + (x.t * x.h * a if norm_keeps_input(x, a) else 0)
+    return 2 * one
+
+
+def normed_input_bytes(x: Step, attention_keeps: bool, mlp_keeps: bool) -> int:
+    """A norm output feeding projections `T·h·a`, kept if any consumer keeps it (one output for a parallel block)."""
+    one = x.t * x.h * x.p.act
+    if x.arch.parallel_block:
+        return one if attention_keeps or mlp_keeps else 0
+    return (one if attention_keeps else 0) + (one if mlp_keeps else 0)
+
+
+def head_saved_bytes(x: Step, final_norm: int) -> int:
+    """The final norm (`residual_norm_bytes`), and lm_head's input `T·h·a` when lm_head is trained (full
+    fine-tuning)."""
+    return final_norm + (x.t * x.h * x.p.act if x.full else 0)
+
+
+# --- projections and their LoRA branches ---------------------------------------------------------------------
+
+
+class Projection(NamedTuple):
+    """What one projection keeps of the tensor it reads."""
+
+    saved: int  # bytes beyond the input tensor itself
+    keeps_input: bool  # whether it keeps that input (then the caller counts it)
+
+
+def lora_branch(x: Step, leaf: str, in_features: int) -> Projection:
+    """A frozen projection keeps nothing of its input, a trained one keeps it; a LoRA branch keeps its dropout output
+    and mask `T·in·(4+m)` (`m` = 1 for CUDA's bool mask, 4 for the CPU path) or, without dropout, the fp32 cast
+    of its input (an fp32 input is kept itself), plus lora_A's output `T·r·4`; DoRA also the base output.
+    Source: PEFT lora.Linear.forward (autocast_adapter_dtype), torch dropout, tracker dumps.
+    """
+    t, p, plan, ad = x.t, x.p, x.plan, x.by_leaf.get(leaf)
+    if ad is None:
+        return Projection(0, x.full)
+    saved = 0
+    keeps_input = x.full
+    if plan.dropout > 0:
+        saved += t * in_features * (FP32 + p.mask)  # dropout output and mask (the fp32 cast is freed)
+    elif p.act != FP32:
+        saved += t * in_features * FP32  # lora_A keeps the fp32 cast of the input
+    else:
+        keeps_input = True  # lora_A keeps the fp32 input itself
+    saved += t * plan.rank * FP32  # lora_A's output, kept by lora_B
+    if plan.dora:
+        saved += t * ad.group.out_features * FP32  # DoRA keeps the base output to rescale it
+    return Projection(saved, keeps_input)
