@@ -50,6 +50,9 @@ class LayerActivations(NamedTuple):
     head_saved: int  # final norm (and lm_head input when trained) kept for backward
     first_layer_discount: int = 0  # what layer 0 does not keep when its input needs no gradient
     input_in_saved: int = 0  # the layer input, when its first norm keeps it (checkpointing already keeps it)
+    qk_norms: int = 0  # the q/k norms' bytes in `saved` (layers without them keep none)
+    sliding: int = 0  # a sliding layer's mask and repeated K/V in `saved` (full-attention layers keep none)
+    masks: int = 0  # the attention masks every layer reads (`attention_masks_bytes`), once per model
 
 
 class LayerStack(NamedTuple):
@@ -190,10 +193,11 @@ def layer_activations(
     attention = attention_half_bytes(x, norm)
     second_norm = 0 if x.arch.parallel_block else norm
     layer_mlp = mlp(x)
-    extras = sum(attention_extras(x)) + branch_norm_bytes(x)
+    qk_norms, sliding = attention_extras(x)
+    branch_norms = branch_norm_bytes(x)
     normed = normed_input_bytes(x, attention.keeps_input, layer_mlp.keeps_input)
-    saved = attention.saved + second_norm + layer_mlp.saved + normed + extras
-    mlp_part = second_norm + layer_mlp.saved + branch_norm_bytes(x) // 2
+    saved = attention.saved + second_norm + layer_mlp.saved + normed + qk_norms + sliding + branch_norms
+    mlp_part = second_norm + layer_mlp.saved + branch_norms // 2
     core = attention.core
     return LayerActivations(
         saved=saved,
@@ -213,6 +217,9 @@ def layer_activations(
         head_saved=head_saved_bytes(x, norm),
         first_layer_discount=first_layer_discount(x, norm, attention),
         input_in_saved=t * h * a_res if norm_keeps_input(x, a_res) else 0,
+        qk_norms=qk_norms,
+        sliding=sliding,
+        masks=attention_masks_bytes(x),
     )
 
 
@@ -220,13 +227,13 @@ def layer_stack(model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adap
     """Every decoder layer: each kind's activations (with the extras, as layer 0 has them when any layer does), and
     the total saved with each extra counted on the layers that have it (`qk_norm_layers`, `sliding_layers`)."""
     arch = model.arch
-    kinds = tuple((kind.layers, layer_activations(model, plan, by_leaf, kind)) for kind in layer_kinds(arch))
-    x = step(model, plan, by_leaf)
-    qk_norms, sliding = attention_extras(x)
-    without = (arch.num_layers - arch.qk_norm_layers) * qk_norms + (arch.num_layers - arch.sliding_layers) * sliding
+    layout = layer_kinds(arch)
+    kinds = tuple((kind.layers, layer_activations(model, plan, by_leaf, kind)) for kind in layout)
+    first = kinds[0][1]  # the extras are the same in every kind
+    without = (arch.num_layers - arch.qk_norm_layers) * first.qk_norms
+    without += (arch.num_layers - arch.sliding_layers) * first.sliding
     saved = sum(count * la.saved for count, la in kinds) - without
-    firsts = tuple(kind.first for kind in layer_kinds(arch))
-    return LayerStack(kinds=kinds, saved=saved, masks=attention_masks_bytes(x), firsts=firsts)
+    return LayerStack(kinds=kinds, saved=saved, masks=first.masks, firsts=tuple(kind.first for kind in layout))
 
 
 def kept_layers(plan: TrainingPlan, num_layers: int) -> tuple[int, int]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, NamedTuple
 
-from app.core.plan import ALL_LINEAR, TrainingPlan
+from app.core.plan import ALL_LINEAR, Attn, TrainingPlan
 from app.core.result import Adjustment
 from app.core.spec import ModelSpec, ModuleGroup
 from app.errors import PlanError, StackRefusal
@@ -195,18 +196,18 @@ def _check_fused_pairs(moe: dict[str, str], requested: set[str]) -> None:
             )
 
 
-def check_attention(model: ModelSpec, plan: TrainingPlan) -> None:
+def check_attention(model: ModelSpec, attn: Attn) -> None:
     """transformers refuses an attention implementation a model class does not support (`_supports_sdpa`,
     `_supports_flash_attn`: Gemma 2 and gpt-oss have no SDPA path, Llama 4 no flash_attention_2); the nearest it
     runs is sdpa where it can, else eager (what transformers itself falls back to when none is asked for)."""
     arch = model.arch
     supported = {"sdpa": arch.sdpa, "flash_attention_2": arch.flash_attention, "eager": True}
-    if supported[plan.attn]:
+    if supported[attn]:
         return
     accepted = "sdpa" if arch.sdpa else "eager"
     raise StackRefusal(
-        f"transformers has no {plan.attn} attention for {arch.architecture} (its _supports_"
-        f"{'sdpa' if plan.attn == 'sdpa' else 'flash_attn'} is False): use attn {accepted}",
+        f"transformers has no {attn} attention for {arch.architecture} (its _supports_"
+        f"{'sdpa' if attn == 'sdpa' else 'flash_attn'} is False): use attn {accepted}",
         field="attn",
         accepted=accepted,
     )
@@ -226,10 +227,8 @@ def accepted_plan(model: ModelSpec, plan: TrainingPlan) -> tuple[TrainingPlan, t
         return plan, ()  # none of the settings the stack refuses here (REFUSABLE) applies: nothing to check
     adjustments: list[Adjustment] = []
     for _ in range(len(REFUSABLE) + 1):
-        try:
-            check_attention(model, plan)
-            adapted_modules(model, lora_key(plan))
-        except StackRefusal as refusal:
+        refusal = _refusal(model, plan.attn, lora_key(plan))
+        if refusal is not None:
             if plan.strict:
                 raise StackRefusal(
                     f"{refusal.detail} (strict plan; without strict gpuplan answers for {refusal.field}="
@@ -245,6 +244,18 @@ def accepted_plan(model: ModelSpec, plan: TrainingPlan) -> tuple[TrainingPlan, t
             continue
         return plan, tuple(adjustments)
     raise PlanError(f"no plan near this one is accepted by PEFT on {model.id}")
+
+
+@lru_cache(maxsize=1024)
+def _refusal(model: ModelSpec, attn: Attn, lora: LoraKey) -> StackRefusal | None:
+    """The first setting transformers or PEFT refuses for these plan fields, or None (cached: estimate() is called in
+    loops, and a refusal is the same every time)."""
+    try:
+        check_attention(model, attn)
+        adapted_modules(model, lora)
+    except StackRefusal as refusal:
+        return refusal
+    return None
 
 
 def _shown(value: object) -> object:

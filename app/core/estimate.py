@@ -244,6 +244,8 @@ class KindMoment(NamedTuple):
 def later_kind_moments(
     stack: LayerStack, plan: TrainingPlan, share: GpuShare, grads: int, head_grads: int, layer_grads: int
 ) -> tuple[KindMoment, ...]:
+    if len(stack.kinds) == 1:
+        return ()
     first = stack.first
     moments = []
     for (_, la), index in list(zip(stack.kinds, stack.firsts, strict=True))[1:]:
@@ -289,6 +291,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
     logits_forward, logits_backward = logits_bytes(model, plan)
     head_grads, late_grads = backward_gradient_bytes(inv, resident.grads, share)
     layer_grads = resident.grads - late_grads
+    layer_backward = backward_layer_bytes(stack, plan, share.layers)
     return StepTerms(
         resident=resident,
         allgather=allgather_buffer_bytes(inv, plan),
@@ -298,8 +301,10 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         logits_forward=logits_forward,
         logits_backward=logits_backward,
         layer_forward=max(la.forward_transient for _, la in stack.kinds),
-        layer_backward=backward_layer_bytes(stack, plan, share.layers),
-        first_layer_backward=kind_backward_bytes(stack.first, plan, share.layers),
+        layer_backward=layer_backward,
+        first_layer_backward=layer_backward
+        if len(stack.kinds) == 1
+        else kind_backward_bytes(stack.first, plan, share.layers),
         kind_moments=later_kind_moments(stack, plan, share, resident.grads, head_grads, layer_grads),
         dequant=dequant_transient_bytes(inv, plan),
         ddp_buckets=ddp_bucket_bytes(plan, resident.grads),
