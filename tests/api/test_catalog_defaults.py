@@ -15,7 +15,7 @@ def test_the_default_plan_answers_for_every_catalog_model(client: TestClient, mo
     body = response.json()
     assert body["peak_allocated_bytes"] > 0 and body["model"]["id"] == model_id
     for adjustment in body["adjustments"]:  # said at the top of the answer, with the stack's reason
-        assert adjustment["field"] in ("dropout", "dora") and adjustment["why"]
+        assert adjustment["field"] in ("dropout", "dora", "targets", "attn") and adjustment["why"]
 
 
 def test_the_result_page_says_what_was_changed_at_the_top(client: TestClient) -> None:
