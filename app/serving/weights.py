@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
-from app.core.adapters import LoraKey, adapted_modules
+from app.core.adapters import Adapted, LoraKey, adapted_modules
 from app.core.quant import ceil_div, quantized_weight_allocated, rounded
 from app.core.spec import ModelSpec, ModuleGroup, ParamShape
 from app.core.units import BF16, FP32, UINT8
+from app.errors import StackRefusal
 from app.serving.plan import ServingPlan
 
 # vLLM VocabParallelEmbedding / ParallelLMHead pad the vocabulary to a multiple of 64 (DEFAULT_VOCAB_PADDING_SIZE)
@@ -78,13 +79,24 @@ def weight_bytes(model: ModelSpec, plan: ServingPlan) -> int:
     return sum(g.count * sum(param_bytes(g, p, plan) for p in g.params) for g in model.groups)
 
 
+def _adapters(model: ModelSpec, lora: LoraKey) -> tuple[tuple[Adapted, ...], tuple[str, ...]]:
+    """The adapted modules of an all-linear adapter as PEFT would train it: where PEFT refuses a module on this
+    model (e.g. Llama 4's router), the nearest targets it accepts (StackRefusal.accepted), as training does."""
+    try:
+        return adapted_modules(model, lora)
+    except StackRefusal as refusal:
+        if refusal.field != "targets" or not isinstance(refusal.accepted, tuple):
+            raise
+        return adapted_modules(model, lora._replace(targets=refusal.accepted))
+
+
 def peft_adapter_bytes(model: ModelSpec, plan: ServingPlan) -> int:
     """lora_adapter_bytes (transformers + PEFT): N adapters loaded side by side, each r x in + out x r on every
     linear of the layers (all-linear, matched as PEFT matches), fp32: PeftModel.from_pretrained's
     autocast_adapter_dtype=True upcasts 16-bit adapter weights. Replicated on every tensor-parallel rank."""
     if plan.adapters == 0:
         return 0
-    adapted, _ = adapted_modules(model, LoraKey(True, "all-linear", plan.adapter_rank, False, False))
+    adapted, _ = _adapters(model, LoraKey(True, "all-linear", plan.adapter_rank, False, False))
     one = sum(ad.group.count * sum(rounded(math.prod(s) * FP32) for s in ad.shapes) for ad in adapted)
     return plan.adapters * one
 
