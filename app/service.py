@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -94,7 +93,7 @@ class Planned:
             from app.exports.svg import breakdown_chart
 
             return breakdown_chart(self.estimate, self.recommendation, standalone=True)
-        return json.dumps(report.payload(self.model, self.estimate, self.recommendation), separators=(",", ":"))
+        return report.payload_json(self.model, self.estimate, self.recommendation)
 
 
 class Planner:

@@ -10,9 +10,10 @@ from app.core.capabilities import Blocker, blockers, cannot_run, fixed_plan
 from app.core.estimate import estimate
 from app.core.plan import MAX_GPUS, TrainingPlan
 from app.core.prices import Price, PriceTable, bundled_prices
+from app.core.quant import ceil_div
 from app.core.result import Estimate
 from app.core.spec import ModelSpec
-from app.core.throughput import LABEL, MFU, RunSize, StepTime, step_time
+from app.core.throughput import LABEL, MFU, RunSize, StepTime, StepWork, step_time, step_work
 from app.core.tiers import GPU_TIERS, GpuTier, Segment, find_tier
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "find_tier",
     "first_passing",
     "recommend",
+    "split_counts",
 ]
 
 # Ties (equal cost, or no prices) break towards the smaller marketed size, then the older generation: marketed GB,
@@ -123,6 +125,13 @@ def first_passing(passes: Callable[[int], bool], failing: int, passing: int) -> 
     return passing
 
 
+def split_counts(num_layers: int, limit: int) -> list[int]:
+    """The GPU counts worth trying when layers are split (sharding none), ascending: the worst GPU holds ⌈L/n⌉
+    layers (estimate.gpu_share) and nothing else of the estimate depends on n, so only the fewest GPUs for each
+    layers-per-GPU value k, ⌈L/k⌉, can be the answer (16 to 31 GPUs all hold 2 of 32 layers)."""
+    return sorted({n for k in range(1, num_layers + 1) if (n := ceil_div(num_layers, k)) <= limit})
+
+
 def _gpus_needed(plan: TrainingPlan, model: ModelSpec, budget: int, per_gpu: Callable[[int], int]) -> int | None:
     """Fewest GPUs of one tier (its budget) under the plan's sharding; None when no count suffices."""
 
@@ -133,10 +142,11 @@ def _gpus_needed(plan: TrainingPlan, model: ModelSpec, budget: int, per_gpu: Cal
         return 1
     if plan.sharding == "ddp":
         return None  # every DDP replica holds the whole model
-    limit = min(MAX_GPUS, model.arch.num_layers) if plan.sharding == "none" else MAX_GPUS
-    if not fits_on(limit):
+    layers = model.arch.num_layers
+    counts = split_counts(layers, min(MAX_GPUS, layers)) if plan.sharding == "none" else range(1, MAX_GPUS + 1)
+    if not fits_on(counts[-1]):
         return None
-    return first_passing(fits_on, 1, limit)
+    return counts[first_passing(lambda i: fits_on(counts[i]), 0, len(counts) - 1)]
 
 
 class _Judge:
@@ -146,6 +156,7 @@ class _Judge:
         self.model, self.est, self.prices, self.run, self.mfu = model, est, prices, run, mfu
         self._per_gpu: dict[int, int] = {est.plan.gpus: est.device_bytes} if est.plan.gpus == 1 else {}
         self._fixed: dict[TrainingPlan, int] = {}
+        self._work: dict[int, tuple[TrainingPlan, StepWork]] = {}
 
     def per_gpu(self, n: int) -> int:
         if n not in self._per_gpu:
@@ -157,10 +168,17 @@ class _Judge:
             self._fixed[plan] = estimate(self.model, plan).device_bytes
         return self._fixed[plan]
 
+    def work(self, gpus: int) -> tuple[TrainingPlan, StepWork]:
+        """The plan on `gpus` GPUs and its tier-independent step work, once per count."""
+        if gpus not in self._work:
+            plan = self.est.plan.model_copy(update={"gpus": gpus})
+            self._work[gpus] = (plan, step_work(self.model, plan, gpus))
+        return self._work[gpus]
+
     def option(self, tier: GpuTier, gpus: int) -> Option:
         """`gpus` GPUs of `tier`: the time model for the run and the cheapest on-demand price."""
-        plan = self.est.plan.model_copy(update={"gpus": gpus})
-        time = step_time(self.model, plan, tier, gpus, self.run, self.mfu)
+        plan, work = self.work(gpus)
+        time = step_time(self.model, plan, tier, gpus, self.run, self.mfu, work)
         price = self.prices.hourly(tier.name)
         hours = time.hours if time else None
         return Option(

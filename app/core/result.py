@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
@@ -85,20 +86,22 @@ class Estimate(BaseModel):
         (), description="Settings changed to the nearest plan the stack accepts; `plan` is the plan estimated."
     )
 
+    # cached_property: the model is frozen, so the totals never change (pydantic supports computed_field over it);
+    # recommend() and the fit searches read them thousands of times per request
     @computed_field  # type: ignore[prop-decorator]
-    @property
+    @cached_property
     def peak_allocated_bytes(self) -> int:
         """What torch.cuda.max_memory_allocated would report on one GPU."""
         return sum(t.bytes for t in self.breakdown if t.counted == "allocated")
 
     @computed_field  # type: ignore[prop-decorator]
-    @property
+    @cached_property
     def peak_reserved_bytes(self) -> int:
         """What torch.cuda.max_memory_reserved would report on one GPU."""
         return self.peak_allocated_bytes + sum(t.bytes for t in self.breakdown if t.counted == "reserved")
 
     @computed_field  # type: ignore[prop-decorator]
-    @property
+    @cached_property
     def device_bytes(self) -> int:
         """What nvidia-smi would show for the process on one GPU."""
         return self.peak_reserved_bytes + sum(t.bytes for t in self.breakdown if t.counted == "device")

@@ -192,33 +192,65 @@ def _quantized_weight(inv: Inventory, key: BaseKey, rows: int, numel: int, count
     return inv, one
 
 
+class Trained(NamedTuple):
+    """One trainable tensor's bytes: its gradient, its optimizer state and its element count."""
+
+    grad: int
+    state: StateBytes
+    numel: int
+
+
+def trained_bytes(key: BaseKey, shape: tuple[int, ...], dtype: int) -> Trained:
+    """gradient_bytes (one gradient in the tensor's dtype) and optimizer_state_bytes of one trainable tensor."""
+    n = 1
+    for d in shape:
+        n *= d
+    return Trained(rounded(n * dtype), optimizer_state_bytes(key, shape, dtype), n)
+
+
 def _trainable(
     inv: Inventory, key: BaseKey, shape: tuple[int, ...], dtype: int, count: int, in_layers: bool
 ) -> Inventory:
     """One trainable tensor (x count): gradient_bytes in its dtype, optimizer_state_bytes, and the step temporaries."""
-    n = 1
-    for d in shape:
-        n *= d
-    one = rounded(n * dtype)
-    state = optimizer_state_bytes(key, shape, dtype)
+    t = trained_bytes(key, shape, dtype)
     return replace(
         inv,
-        grads=inv.grads.plus(one * count, in_layers),
-        states=inv.states.plus(state.allocated * count, in_layers),
-        paged_states=inv.paged_states + state.paged * count,
-        step_temp=max(inv.step_temp, state.step_temp),
-        foreach_temp=inv.foreach_temp + (one * count if key.optimizer == "adamw" else 0),
-        trainable_params=inv.trainable_params + n * count,
+        grads=inv.grads.plus(t.grad * count, in_layers),
+        states=inv.states.plus(t.state.allocated * count, in_layers),
+        paged_states=inv.paged_states + t.state.paged * count,
+        step_temp=max(inv.step_temp, t.state.step_temp),
+        foreach_temp=inv.foreach_temp + (t.grad * count if key.optimizer == "adamw" else 0),
+        trainable_params=inv.trainable_params + t.numel * count,
     )
 
 
 def _with_adapters(base: Inventory, key: BaseKey, adapted: tuple[Adapted, ...]) -> Inventory:
-    """lora_adapter_bytes: PEFT keeps adapter weights in fp32 (autocast_adapter_dtype), each trained as above."""
-    inv = base
+    """lora_adapter_bytes: PEFT keeps adapter weights in fp32 (autocast_adapter_dtype), each trained as above.
+
+    Sums in plain ints and builds the Inventory once (a `replace` per tensor was most of a fresh estimate's time).
+    """
+    weights, grads, states = [0, 0], [0, 0], [0, 0]  # [decoder layers, other]
+    paged = foreach = params = 0
+    step_temp = base.step_temp
     for ad in adapted:
-        g = ad.group
+        g, side = ad.group, 0 if ad.group.in_layers else 1
         for shape in ad.shapes:
             n = shape[0] * (shape[1] if len(shape) == 2 else 1)
-            inv = replace(inv, adapters=inv.adapters.plus(rounded(n * FP32) * g.count, g.in_layers))
-            inv = _trainable(inv, key, shape, FP32, g.count, g.in_layers)
-    return inv
+            weights[side] += rounded(n * FP32) * g.count
+            t = trained_bytes(key, shape, FP32)
+            grads[side] += t.grad * g.count
+            states[side] += t.state.allocated * g.count
+            paged += t.state.paged * g.count
+            step_temp = max(step_temp, t.state.step_temp)
+            foreach += t.grad * g.count if key.optimizer == "adamw" else 0
+            params += t.numel * g.count
+    return replace(
+        base,
+        adapters=base.adapters + LayerSplit(*weights),
+        grads=base.grads + LayerSplit(*grads),
+        states=base.states + LayerSplit(*states),
+        paged_states=base.paged_states + paged,
+        step_temp=step_temp,
+        foreach_temp=base.foreach_temp + foreach,
+        trainable_params=base.trainable_params + params,
+    )

@@ -225,22 +225,49 @@ def peak_flops(tier: GpuTier, plan: TrainingPlan) -> float:
     return (tier.fp32_tflops if plan.dtype == "fp32" else tier.dense_16bit_tflops) * 1e12
 
 
+class StepWork(NamedTuple):
+    """What one step of a plan on `gpus` GPUs does whatever the tier: the FLOPs of a token and the bytes moved."""
+
+    flops: TokenFlops
+    memory_bytes: int
+    communication_bytes: int
+    dequant_bytes: int
+
+
+def step_work(model: ModelSpec, plan: TrainingPlan, gpus: int) -> StepWork:
+    """The tier-independent half of step_time (recommend() computes it once per GPU count, not once per tier)."""
+    return StepWork(
+        flops=token_flops(model, plan),
+        memory_bytes=memory_floor_bytes(model, plan, gpus),
+        communication_bytes=communication_bytes(model, plan, gpus),
+        dequant_bytes=dequant_bytes(model, plan),
+    )
+
+
 def step_time(
-    model: ModelSpec, plan: TrainingPlan, tier: GpuTier, gpus: int, run: RunSize | None = None, mfu: float = MFU
+    model: ModelSpec,
+    plan: TrainingPlan,
+    tier: GpuTier,
+    gpus: int,
+    run: RunSize | None = None,
+    mfu: float = MFU,
+    work: StepWork | None = None,
 ) -> StepTime | None:
-    """The step time of `plan` on `gpus` GPUs of `tier`, and the run's hours; None when the tier has no figures."""
+    """The step time of `plan` on `gpus` GPUs of `tier`, and the run's hours; None when the tier has no figures.
+    `work` is step_work(model, plan, gpus) when the caller has it already."""
     run = run or RunSize()
     peak, bandwidth = peak_flops(tier, plan), tier.memory_bandwidth_gbs * 1e9
     if peak <= 0 or bandwidth <= 0:
         return None
-    flops = token_flops(model, plan)
+    work = work or step_work(model, plan, gpus)
+    flops = work.flops
     micro = plan.batch_size * plan.seq_len
     parts: dict[Bound, float] = {
         "compute": flops.total * micro / (peak * mfu),
-        "memory": memory_floor_bytes(model, plan, gpus) / bandwidth,
-        "communication": communication_bytes(model, plan, gpus) / (tier.interconnect_gbs * 1e9 or bandwidth),
+        "memory": work.memory_bytes / bandwidth,
+        "communication": work.communication_bytes / (tier.interconnect_gbs * 1e9 or bandwidth),
     }
-    dequant = dequant_bytes(model, plan) / bandwidth
+    dequant = work.dequant_bytes / bandwidth
     bound = max(parts, key=lambda k: parts[k])
     step = parts[bound] + dequant
     tokens = micro * (gpus if plan.sharding in DATA_PARALLEL else 1)  # split layers take turns: one micro-batch

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.core.estimate import estimate
-from app.core.gpus import GPU_TIERS, GpuTier, budget_bytes, find_tier, first_passing, recommend
+from app.core.gpus import GPU_TIERS, GpuTier, budget_bytes, find_tier, first_passing, recommend, split_counts
 from app.core.plan import TrainingPlan
 from app.core.prices import PriceTable
 from tests.configs import spec
@@ -122,3 +122,29 @@ def test_targets_that_match_nothing_or_unsupported_modules() -> None:
         estimate(spec("mistralai/Mixtral-8x7B-v0.1"), plan)
     est = estimate(spec("meta-llama/Llama-2-7b-hf"), TrainingPlan(targets="q_proj,qkv_proj"))
     assert any("qkv_proj" in n for n in est.notes)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 5, 32, 40, 61, 80])
+def test_split_counts_are_the_fewest_gpus_for_each_layers_per_gpu_value(layers: int) -> None:
+    limit = min(32, layers)
+    counts = split_counts(layers, limit)
+    by_share: dict[int, int] = {}
+    for n in range(1, limit + 1):
+        by_share.setdefault(-(-layers // n), n)  # the first (fewest) n for each ⌈L/n⌉
+    assert counts == sorted(by_share.values()) and counts[0] == 1
+
+
+@pytest.mark.parametrize("plan", [TrainingPlan(rank=2048, seq_len=8192), TrainingPlan(method="lora", seq_len=4096)])
+def test_layer_split_gpu_counts_match_a_linear_scan(plan: TrainingPlan) -> None:
+    """recommend() bisects only the split counts: its answer is the first of 1..L that fits, and the per-GPU bytes
+    depend on n only through ⌈L/n⌉ (the law split_counts stands on)."""
+    model = spec("meta-llama/Llama-2-7b-hf")
+    layers = model.arch.num_layers
+    per_gpu = {n: estimate(model, plan.model_copy(update={"gpus": n})).device_bytes for n in range(1, layers + 1)}
+    for n, nbytes in per_gpu.items():
+        assert nbytes == per_gpu[-(-layers // -(-layers // n))]
+    rec = recommend(model, estimate(model, plan))
+    for tier_fit in rec.tiers:
+        budget = budget_bytes(find_tier(tier_fit.gpu) or GPU_TIERS[0], rec.headroom)
+        fitting = [n for n, nbytes in per_gpu.items() if nbytes <= budget]
+        assert tier_fit.gpus_needed == (min(fitting) if fitting else None), tier_fit.gpu
