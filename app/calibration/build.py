@@ -134,7 +134,8 @@ def _load(cfg: Any, plan: TrainingPlan) -> Any:
 
 def _prepare(model: Any, plan: TrainingPlan) -> Any:
     peft = _lib("peft")
-    checkpointing = {"use_reentrant": False}
+    # explicit either way: torch 2.13 warns without use_reentrant and then falls back to reentrant
+    checkpointing = {"use_reentrant": plan.reentrant}
     if plan.method == "qlora":
         # also upcasts every non-quantized weight (embeddings, norms, lm_head) to fp32, as QLoRA training does
         model = peft.prepare_model_for_kbit_training(

@@ -19,7 +19,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
 
 from app.calibration.build import CPU_OPTIMIZERS, build_config, build_model, build_optimizer, quiet
-from app.calibration.measurement import Environment, Measurement, Phase
+from app.calibration.measurement import Environment, Loop, Measurement, Phase
 from app.core.plan import TrainingPlan
 from app.errors import CalibrationError
 
@@ -39,17 +39,19 @@ def run_measurement(
     steps: int = 2,
     seed: int = 0,
     fp32_matmuls: bool = False,
+    loop: Loop = "plain",
 ) -> Measurement:
-    """Run `steps` plain PyTorch training steps of `plan` on the model `config` describes and measure memory.
+    """Run `steps` plain PyTorch (or transformers.Trainer: `loop`) training steps of `plan` on the model `config` describes and measure memory.
 
     Each step is forward (loss only), backward, optimizer step and zero_grad(set_to_none=True), in train mode
     without autocast, on batch_size x seq_len random token ids. On cpu every live tensor storage is counted by
     LiveTensorTracker (rounded to 512 bytes, as on CUDA) from the loaded model on; on cuda the caching
     allocator's counters are read, from before loading on. `fp32_matmuls` computes cpu 16-bit matmuls through
     fp32 (app/calibration/matmul.py: same tensors, same bytes, ~100x faster where bf16 GEMM is slow). Raises CalibrationError when the run cannot be
-    carried out, saying what to change.
+    carried out, saying what to change. `loop="trainer"` runs the steps through transformers.Trainer
+    (app/calibration/trainer_loop.py); both loops honour grad_accum_steps, only the plain one keep_logits.
     """
-    check_plan(plan, steps)
+    check_plan(plan, steps, loop)
     if fp32_matmuls and plan.device != "cpu":
         raise CalibrationError("fp32_matmuls replaces cpu kernels only: use it with device cpu")
     import torch
@@ -63,7 +65,8 @@ def run_measurement(
         if plan.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         model = build_model(cfg, plan)
-        phases, peak, reserved = _run_steps(model, int(cfg.vocab_size), plan, steps, seed)
+        run = _run_steps if loop == "plain" else _trainer_steps
+        phases, peak, reserved = run(model, int(cfg.vocab_size), plan, steps, seed)
         del model
     return Measurement(
         model_type=str(cfg.model_type),
@@ -75,16 +78,20 @@ def run_measurement(
         peak_allocated_bytes=peak,
         peak_reserved_bytes=reserved,
         phases=phases,
-        env=environment(plan.device, matmul_compute="fp32" if fp32_matmuls else "native"),
+        env=environment(plan.device, matmul_compute="fp32" if fp32_matmuls else "native", loop=loop),
         duration_s=time.perf_counter() - started,
         created_at=datetime.now(UTC),
     )
 
 
-def check_plan(plan: TrainingPlan, steps: int) -> None:
+def check_plan(plan: TrainingPlan, steps: int, loop: Loop = "plain") -> None:
     """Refuse plans this single-process harness cannot run, saying what to change."""
     if steps < 1:
         raise CalibrationError(f"steps must be at least 1 (got {steps}); use 2 so a step runs with optimizer state")
+    if loop == "trainer" and plan.keep_logits:
+        raise CalibrationError(
+            "transformers.Trainer drops the model's outputs before backward: keep_logits needs loop plain"
+        )
     if plan.gpus != 1 or plan.sharding != "none" or plan.offload:
         raise CalibrationError("the harness measures one process on one device: use gpus 1, sharding none, no offload")
     if plan.gradient_checkpointing and plan.checkpointing != "every-layer":
@@ -106,7 +113,32 @@ def check_plan(plan: TrainingPlan, steps: int) -> None:
         raise CalibrationError("device cuda was asked for but torch sees no GPU: use device cpu")
 
 
-class _Probe:
+class StepLabels:
+    """Names the marks by step, micro-batch and phase: micro-batch m < k of step s is `step<s>.micro<m>.forward`
+    / `.backward`, the last is `step<s>.forward` / `.backward` (every gradient alive: the worst), then
+    `step<s>.optimizer`."""
+
+    def __init__(self, accumulation: int) -> None:
+        self.accumulation = accumulation
+        self.micro = 0  # micro-batches run so far
+
+    def _prefix(self) -> str:
+        step, micro = divmod(self.micro, self.accumulation)
+        return f"step{step + 1}." if micro == self.accumulation - 1 else f"step{step + 1}.micro{micro + 1}."
+
+    def forward(self) -> str:
+        return self._prefix() + "forward"
+
+    def backward(self) -> str:
+        label = self._prefix() + "backward"
+        self.micro += 1
+        return label
+
+    def optimizer(self) -> str:
+        return f"step{self.micro // self.accumulation}.optimizer"
+
+
+class Probe:
     """Reads memory at phase boundaries: a LiveTensorTracker on cpu, the caching allocator on cuda."""
 
     def __init__(self, tracker: LiveTensorTracker | None) -> None:
@@ -132,6 +164,14 @@ class _Probe:
         return max(phase.peak_bytes for phase in self.phases)
 
 
+def _trainer_steps(
+    model: Any, vocab_size: int, plan: TrainingPlan, steps: int, seed: int
+) -> tuple[list[Phase], int, int | None]:
+    from app.calibration.trainer_loop import run_trainer_steps
+
+    return run_trainer_steps(model, vocab_size, plan, steps, seed)
+
+
 def _run_steps(
     model: Any, vocab_size: int, plan: TrainingPlan, steps: int, seed: int
 ) -> tuple[list[Phase], int, int | None]:
@@ -143,35 +183,58 @@ def _run_steps(
 
         tracker = LiveTensorTracker("cpu")
         tracker.track_module(model)  # the baseline: parameters, buffers, quant states
-    probe = _Probe(tracker)
+    probe = Probe(tracker)
+    labels = StepLabels(plan.grad_accum_steps)
     generator = torch.Generator().manual_seed(seed)
     with tracker if tracker is not None else nullcontext():
         probe.mark("load")
         optimizer = build_optimizer(model, plan)
         ids = torch.randint(vocab_size, (plan.batch_size, plan.seq_len), generator=generator).to(plan.device)
-        for step in range(1, steps + 1):
-            _step(model, optimizer, ids, probe, f"step{step}")
-        del optimizer, ids
+        held: list[Any] = [None]  # the model output a loop like `out = model(...); out.loss.backward()` holds
+        for _ in range(steps):
+            for _ in range(plan.grad_accum_steps):
+                _micro_batch(model, ids, probe, labels, held, plan.keep_logits)
+            _optimizer_step(optimizer, probe, labels.optimizer())
+        del optimizer, ids, held
     reserved = probe.peak_reserved if plan.device == "cuda" else None
     return probe.phases, probe.peak_allocated, reserved
 
 
-def _step(model: Any, optimizer: torch.optim.Optimizer, ids: torch.Tensor, probe: _Probe, name: str) -> None:
-    import torch
-
-    phase = f"{name}.forward"
-    try:
-        # keep only the loss: holding the output would keep the logits alive through backward
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+def _micro_batch(
+    model: Any, ids: torch.Tensor, probe: Probe, labels: StepLabels, held: list[Any], keep_logits: bool
+) -> None:
+    """Forward and backward of one micro-batch (its gradients add to those before it). With keep_logits the output
+    replaces the one in `held` once the forward returns, as `out = model(...)` rebinds a loop's variable: the
+    previous output lives through this forward, this one through backward, the optimizer step and the next forward.
+    """
+    phase = labels.forward()
+    with _failures(phase):
+        out = model(input_ids=ids, labels=ids, use_cache=False)
+        # keep only the loss unless the plan says otherwise: holding the output keeps the logits through backward
+        loss, held[0] = out.loss, (out if keep_logits else None)
+        del out
         probe.mark(phase)
-        phase = f"{name}.backward"
+    phase = labels.backward()
+    with _failures(phase):
         loss.backward()
         del loss
         probe.mark(phase)
-        phase = f"{name}.optimizer"
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, probe: Probe, phase: str) -> None:
+    with _failures(phase):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         probe.mark(phase)
+
+
+@contextmanager
+def _failures(phase: str) -> Iterator[None]:
+    """A failed step as a CalibrationError naming its phase (out of device memory: what to lower)."""
+    import torch
+
+    try:
+        yield
     except torch.cuda.OutOfMemoryError as exc:
         raise CalibrationError(
             f"out of device memory in {phase}: the point does not fit; lower seq_len, batch_size or layers"
@@ -194,7 +257,7 @@ def _threads(device: str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def environment(device: str, matmul_compute: Literal["native", "fp32"] = "native") -> Environment:
+def environment(device: str, matmul_compute: Literal["native", "fp32"] = "native", loop: Loop = "plain") -> Environment:
     """Versions of the libraries that shape memory, and the device's name and size."""
     import torch
 
@@ -212,6 +275,7 @@ def environment(device: str, matmul_compute: Literal["native", "fp32"] = "native
         device_name=name,
         total_memory_bytes=total,
         matmul_compute=matmul_compute,
+        loop=loop,
     )
 
 

@@ -94,10 +94,14 @@ def _supported(name: str, family: Family, plan: TrainingPlan) -> bool:
 # plan fields added after points were first measured, which change nothing a run measures: left out of a point's
 # id so ids (and the tune/holdout split drawn from them) stay those of the shipped measurements
 _NOT_IN_ID = frozenset({"strict"})
+# Plan fields added after matrices were shipped: left out of a point's id while at their default, so that the
+# shipped points keep their ids
+_LATER_FIELDS = {"reentrant": False, "grad_accum_steps": 1, "keep_logits": False}
 
 
 def _identity(plan: TrainingPlan) -> str:
-    return plan.model_dump_json(exclude=set(_NOT_IN_ID))
+    later = {name for name, default in _LATER_FIELDS.items() if getattr(plan, name) == default}
+    return plan.model_dump_json(exclude=set(_NOT_IN_ID) | later)
 
 
 def expand(spec: MatrixSpec) -> list[Point]:

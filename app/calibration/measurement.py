@@ -18,6 +18,9 @@ class Phase(BaseModel):
     peak_bytes: int = Field(ge=0, description="Highest bytes allocated at any time during the phase.")
 
 
+Loop = Literal["plain", "trainer"]
+
+
 class Environment(BaseModel):
     """Library versions and the device a measurement was taken on."""
 
@@ -34,6 +37,11 @@ class Environment(BaseModel):
         "native",
         description="'fp32': CPU 16-bit matmuls were computed through fp32 (app/calibration/matmul.py); the "
         "tensors and their bytes are the native run's.",
+    )
+    loop: Loop = Field(
+        "plain",
+        description="The training loop that ran the steps: 'plain' (forward, backward, step, zero_grad) or 'trainer' "
+        "(transformers.Trainer, app/calibration/trainer_loop.py).",
     )
 
 

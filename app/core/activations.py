@@ -244,6 +244,16 @@ def kept_layers(plan: TrainingPlan, num_layers: int) -> tuple[int, int]:
     return num_layers, 1
 
 
+def kept_logits_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
+    """keep_logits: a loop that holds the model's output (`out = model(...); out.loss.backward(); opt.step()`, as
+    hand-written loops and the HF course's do) keeps the logits, `T·V·a`, from its forward through backward, the
+    optimizer step and the next forward, until the next output replaces it (transformers.Trainer drops it in
+    compute_loss). Measured with the tracker."""
+    if not plan.keep_logits:
+        return 0
+    return plan.batch_size * plan.seq_len * model.arch.vocab_size * precision(plan).logits
+
+
 def logits_bytes(model: ModelSpec, plan: TrainingPlan) -> tuple[int, int]:
     """logits_peak_bytes, (forward, backward) at their peaks.
 

@@ -7,7 +7,14 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import NamedTuple
 
-from app.core.activations import LayerActivations, LayerStack, kept_layers, layer_stack, logits_bytes
+from app.core.activations import (
+    LayerActivations,
+    LayerStack,
+    kept_layers,
+    kept_logits_bytes,
+    layer_stack,
+    logits_bytes,
+)
 from app.core.adapters import accepted_plan, lora_key
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
@@ -34,6 +41,7 @@ NOTES: dict[str, tuple[Category, str]] = {
     "allgather_buffer_bytes": ("transient", "two decoder layers gathered unsharded (current + prefetch)"),
     "activation_bytes": ("activations", "tensors autograd keeps across layers"),
     "logits_peak_bytes": ("activations", "logits, fp32 upcast and cross-entropy (log_softmax and its gradient)"),
+    "kept_logits_bytes": ("activations", "the logits of the model output the training loop holds (keep_logits)"),
     "layer_transient_bytes": (
         "transient",
         "the running layer: intermediates (forward) or recomputed activations and gradient buffers (backward)",
@@ -182,6 +190,14 @@ def backward_gradient_bytes(inv: Inventory, grads: int, share: GpuShare) -> tupl
     return head, grads - current_layer
 
 
+def accumulated_gradient_bytes(plan: TrainingPlan, grads: int) -> int:
+    """Gradient accumulation (grad_accum_steps > 1): from the second micro-batch of a step on, every gradient summed
+    so far is alive through forward and backward, and each new one is made beside it before it is added in place
+    (torch's AccumulateGrad; transformers.Trainer's inner loop zeroes only after the optimizer step). Measured on the
+    CPU tracker: the second micro-batch's forward and backward peaks are the first's + every gradient."""
+    return grads if plan.grad_accum_steps > 1 else 0
+
+
 def optimizer_temp_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> int:
     """foreach AdamW materialises `sqrt(exp_avg_sq)` for every parameter at once (not with offload: the step runs
     on the host); Adafactor: 3 fp32 copies of the largest parameter. Source: torch _multi_tensor_adamw."""
@@ -279,6 +295,8 @@ class StepTerms(NamedTuple):
     ddp_buckets: int
     head_grads: int
     late_grads: int
+    accumulated: int  # every gradient, alive from the second micro-batch on (0 without accumulation)
+    kept_logits: int  # the logits a loop that holds the model's output keeps (0 unless keep_logits)
     optimizer_temp: int
 
 
@@ -310,6 +328,8 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         ddp_buckets=ddp_bucket_bytes(plan, resident.grads),
         head_grads=head_grads,
         late_grads=late_grads,
+        accumulated=accumulated_gradient_bytes(plan, resident.grads),
+        kept_logits=kept_logits_bytes(model, plan),
         optimizer_temp=optimizer_temp_bytes(inv, plan, share),
     )
 
@@ -329,6 +349,7 @@ def persistent_terms(s: StepTerms) -> Moment:
         "optimizer_state_bytes": s.resident.states,
         "master_weight_bytes": s.resident.master,
         "allgather_buffer_bytes": s.allgather,
+        "kept_logits_bytes": s.kept_logits,
     }
 
 
@@ -340,7 +361,7 @@ def load_moments(s: StepTerms, held: Moment) -> list[Moment]:
 def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     """forward: the logits and loss at the end, or a layer running with its intermediates (`held`: the
     persistent terms)."""
-    kept = {**held, "activation_bytes": s.activations}
+    kept = {**held, "activation_bytes": s.activations, "gradient_bytes": s.accumulated}
     return [
         {**kept, "logits_peak_bytes": s.logits_forward},
         {**kept, "layer_transient_bytes": s.layer_forward, "dequant_transient_bytes": s.dequant},
@@ -354,11 +375,13 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     layer = {"layer_transient_bytes": s.layer_backward, "dequant_transient_bytes": s.dequant}
     first = {"layer_transient_bytes": s.first_layer_backward, "dequant_transient_bytes": s.dequant}
     ddp = {"ddp_bucket_bytes": s.ddp_buckets}
+    # with accumulation every gradient is alive and the one being made sits beside it (the current layer's)
+    layer_grads = s.resident.grads - s.late_grads
     kinds = [
         {
             **held,
             "activation_bytes": k.activations,
-            "gradient_bytes": k.grads,
+            "gradient_bytes": s.accumulated + layer_grads if s.accumulated else k.grads,
             "layer_transient_bytes": k.transient,
             "dequant_transient_bytes": s.dequant,
             **ddp,
@@ -366,15 +389,27 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
         for k in s.kind_moments
     ]
     return [
-        {**held, "activation_bytes": s.activations, "logits_peak_bytes": s.logits_backward, **ddp},
+        {
+            **held,
+            "activation_bytes": s.activations,
+            "logits_peak_bytes": s.logits_backward,
+            "gradient_bytes": s.accumulated,
+            **ddp,
+        },
         {
             **held,
             "activation_bytes": s.activations - s.head_saved,  # the final norm's backward has run and freed it
-            "gradient_bytes": s.head_grads,
+            "gradient_bytes": s.accumulated + s.head_grads,
             **layer,
             **ddp,
         },
-        {**held, "activation_bytes": s.activations_at_end, "gradient_bytes": s.late_grads, **first, **ddp},
+        {
+            **held,
+            "activation_bytes": s.activations_at_end,
+            "gradient_bytes": s.accumulated + layer_grads if s.accumulated else s.late_grads,
+            **first,
+            **ddp,
+        },
         *kinds,
     ]
 

@@ -23,6 +23,7 @@ MAX_BATCH = 4096
 MAX_RANK = 4096
 MAX_GPUS = 4096
 MAX_LAYERS = 4096
+MAX_GRAD_ACCUM = 4096
 
 
 class TrainingPlan(BaseModel):
@@ -53,6 +54,23 @@ class TrainingPlan(BaseModel):
     gradient_checkpointing: bool = Field(True, description="Recompute activations in backward instead of keeping them.")
     checkpointing: Checkpointing = Field(
         "every-layer", description="every-layer (transformers) or sqrt-n (Chen et al. 2016)."
+    )
+    reentrant: bool = Field(
+        False,
+        description="Reentrant checkpointing (torch.utils.checkpoint use_reentrant=True: axolotl's default, and PEFT's "
+        "prepare_model_for_kbit_training without kwargs) instead of transformers' non-reentrant default.",
+    )
+    grad_accum_steps: int = Field(
+        1,
+        ge=1,
+        le=MAX_GRAD_ACCUM,
+        description="Gradient accumulation: micro-batches per optimizer step; from the second on, every gradient "
+        "is alive through forward and backward.",
+    )
+    keep_logits: bool = Field(
+        False,
+        description="The loop keeps the model's outputs (and so the logits) alive through backward, as "
+        "`out = model(...); out.loss.backward()` does; transformers.Trainer drops them.",
     )
     optimizer: Optimizer = Field(
         "paged_adamw_32bit", description="Optimizer whose states are kept per trainable parameter."
@@ -106,6 +124,8 @@ class TrainingPlan(BaseModel):
             raise ValueError("int8 bases cannot be sharded with fsdp/zero3: use nf4 or fp4, or ddp")
         if self.offload and self.sharding not in ("fsdp", "zero2", "zero3"):
             raise ValueError("offload needs sharding fsdp, zero2 or zero3")
+        if self.reentrant and not self.gradient_checkpointing:
+            raise ValueError("reentrant is a kind of gradient checkpointing: turn gradient_checkpointing on")
         return self
 
     @property
