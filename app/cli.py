@@ -96,6 +96,12 @@ def _add_calibration_parsers(sub: Any) -> None:
     cal.add_argument("--steps", type=int, default=2, help="optimizer steps (default 2)")
     cal.add_argument("--no-store", dest="store", action="store_false", help="do not store the measurement")
     cal.add_argument("--matmuls", choices=["auto", "native", "fp32"], default="auto", help=MATMULS_HELP)
+    cal.add_argument(
+        "--loop",
+        choices=["plain", "trainer"],
+        default="plain",
+        help="plain (forward, backward, step, zero_grad) or trainer (the steps through transformers.Trainer)",
+    )
     cal.add_argument("--json", action="store_true")
     mat = sub.add_parser("calibrate-matrix", help="run a calibration matrix spec (TOML), store points, write JSONL")
     mat.add_argument("spec", type=Path, help="e.g. calibration/cpu-matrix.toml")
@@ -298,7 +304,14 @@ def _cmd_calibrate(ns: argparse.Namespace) -> int:
 
     plan = plan_from_args(ns)
     out = calibrate(
-        ns.model, plan, get_settings(), layers=ns.layers, steps=ns.steps, store=ns.store, matmuls=ns.matmuls
+        ns.model,
+        plan,
+        get_settings(),
+        layers=ns.layers,
+        steps=ns.steps,
+        store=ns.store,
+        matmuls=ns.matmuls,
+        loop=ns.loop,
     )
     if ns.json:
         print(json.dumps(out, indent=2))

@@ -38,7 +38,7 @@ def point_work(point: Point) -> float:
     hidden, inter = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
     layers, vocab = int(cfg["num_hidden_layers"]), int(cfg["vocab_size"])
     experts = int(cfg.get("num_experts_per_tok", 1))
-    tokens = plan.seq_len * plan.batch_size
+    tokens = plan.seq_len * plan.batch_size * plan.grad_accum_steps  # every micro-batch runs forward and backward
     per_layer = 4 * hidden * hidden + 3 * hidden * inter * experts + plan.seq_len * hidden
     return float(tokens * (layers * per_layer + hidden * vocab))
 

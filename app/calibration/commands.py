@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,7 @@ from app.errors import InputError
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from app.calibration.measurement import Loop
     from app.store import Store
     from app.store.models import MeasurementRecord
 
@@ -77,6 +78,7 @@ def calibrate(
     steps: int,
     store: bool = True,
     matmuls: str = "native",
+    loop: Loop = "plain",
 ) -> dict[str, Any]:
     """Measure one point, compare it with the estimate, store it; the --json object."""
     from app.calibration.compare import compare_to, spec_for, to_record
@@ -84,7 +86,7 @@ def calibrate(
 
     model_id, config = model_config(name, settings)
     fast = fp32_matmuls(matmuls, plan.device)
-    measurement = run_measurement(config, plan, layers=layers, steps=steps, fp32_matmuls=fast)
+    measurement = run_measurement(config, plan, layers=layers, steps=steps, fp32_matmuls=fast, loop=loop)
     comparison, _ = compare_to(measurement, spec_for(measurement, model_id))
     stored_id = None
     if store:
@@ -148,7 +150,8 @@ def calibrate_matrix(
         rows: list[dict[str, Any]] = []
         with report.open("a" if resume else "w") as fh:
             fast = fp32_matmuls(matmuls, points[0].plan.device)
-            for result in (runner or run_points)(todo, steps=spec.steps, progress=_progress, fp32_matmuls=fast):
+            run = runner or run_points
+            for result in run(todo, steps=spec.steps, progress=_progress, fp32_matmuls=fast, loop=spec.loop):
                 line = jsonl_line(result)
                 fh.write(line + "\n")
                 fh.flush()
@@ -179,8 +182,11 @@ def _maybe_store(settings: Settings, store: bool) -> Iterator[Store | None]:
 
 
 def _point_key(family: str, plan: dict[str, Any]) -> tuple[str, str]:
+    """(family, canonical plan), the plan re-read so that a report written before a plan field existed matches."""
     from app.store.models import canonical_json
 
+    with suppress(ValueError):  # not a plan this version reads: its key can match nothing measured now
+        plan = TrainingPlan.model_validate(plan).model_dump(mode="json")
     return family, canonical_json(plan)
 
 

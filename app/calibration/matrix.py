@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.calibration.compare import Comparison, compare_to, to_record
-from app.calibration.measurement import Measurement
+from app.calibration.measurement import Loop, Measurement
 from app.core.plan import TrainingPlan
 from app.errors import InputError
 
@@ -44,6 +44,7 @@ class MatrixSpec(BaseModel):
     holdout: float = Field(0.25, ge=0, lt=1, description="Share of points held out of tuning.")
     seed: int = Field(0, description="Seed of the per-point level draws.")
     steps: int = Field(2, ge=1)
+    loop: Loop = Field("plain", description="The training loop of every point: plain, or transformers.Trainer.")
 
 
 class Point(BaseModel):
@@ -127,6 +128,8 @@ def expand(spec: MatrixSpec) -> list[Point]:
         while seq * batch > family.max_tokens and seq > 16:
             seq //= 2
         fields["seq_len"], fields["batch_size"] = seq, batch
+        if not fields.get("gradient_checkpointing", True):
+            fields.pop("reentrant", None)  # a kind of checkpointing: a level of that axis only when it is on
         plan = TrainingPlan(**fields)
         if not _supported(name, family, plan):
             continue
@@ -152,6 +155,7 @@ def run_points(
     steps: int = 2,
     progress: Callable[[int, int, PointResult], None] | None = None,
     fp32_matmuls: bool = False,
+    loop: Loop = "plain",
 ) -> Iterator[PointResult]:
     """Measure each point and compare it with the estimate (yields as it goes); see run_measurement."""
     from app.calibration.compare import spec_for
@@ -165,7 +169,7 @@ def run_points(
 
             gc.collect()  # the previous point's model and optimizer must not count in this one's peak
             torch.cuda.empty_cache()
-        measurement = run_measurement(point.config, point.plan, steps=steps, fp32_matmuls=fp32_matmuls)
+        measurement = run_measurement(point.config, point.plan, steps=steps, fp32_matmuls=fp32_matmuls, loop=loop)
         comparison, _ = compare_to(measurement, spec_for(measurement, point.family))
         result = PointResult(point=point, measurement=measurement, comparison=comparison)
         if progress is not None:

@@ -116,6 +116,7 @@ def run_trainer_steps(
             optimizers=(build_optimizer(model, plan), None),
             callbacks=[OptimizerMark()],
         )
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # disable_tqdm prints the metrics
         try:
             trainer.train()
         except CalibrationError:

@@ -139,6 +139,7 @@ MAPS: dict[str, Rule] = {
     "micro_batch_size": Maps(("batch_size",), lambda v, _ctx: {} if v is None else {"batch_size": as_int(v)}),
     "gradient_checkpointing": Maps(("gradient_checkpointing",), _checkpointing),
     "gradient_checkpointing_kwargs": Nested(hf.CHECKPOINT_KWARGS),
+    "gradient_accumulation_steps": hf.GRAD_ACCUMULATION,
     "optimizer": Maps(("optimizer",), optimizer),
     **{row: _dtype(row) for row in ("bf16", "fp16", "bfloat16", "float16", "float32")},
     "attn_implementation": Maps(("attn",), attention),
@@ -150,7 +151,6 @@ MAPS: dict[str, Rule] = {
     "fsdp_config": Nested(hf.FSDP_CONFIG, key=fsdp_key, implies={"sharding": "fsdp"}),
 }
 NOT_MODELLED: dict[str, Unmodelled] = {
-    "gradient_accumulation_steps": hf.GRAD_ACCUMULATION,
     "sample_packing": Unmodelled(
         "multipack fills each row to sequence_len with several samples; its collator is not modelled"
     ),

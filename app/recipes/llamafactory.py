@@ -93,8 +93,10 @@ def _checkpointing_disabled(value: Any, _ctx: Ctx) -> Outcome:
     return {"gradient_checkpointing": not as_bool(value)}
 
 
-def _reentrant(value: Any, ctx: Ctx) -> bool:
-    return as_bool(value) and not as_bool(ctx.root.get("disable_gradient_checkpointing"))
+def _reentrant(value: Any, ctx: Ctx) -> Outcome:
+    """use_reentrant_gc (default True) while checkpointing is on (it is unless disable_gradient_checkpointing)."""
+    on = as_bool(value) and not as_bool(ctx.root.get("disable_gradient_checkpointing"))
+    return {"reentrant": True} if on else {}
 
 
 # AttentionFunction: auto leaves transformers' default (sdpa), disabled is eager
@@ -158,6 +160,7 @@ MAPS: dict[str, Rule] = {
     "double_quantization": _in_4bit("double_quant", as_bool),
     "cutoff_len": to("seq_len", as_int),
     "disable_gradient_checkpointing": Maps(("gradient_checkpointing",), _checkpointing_disabled),
+    "use_reentrant_gc": Maps(("reentrant",), _reentrant),
     "flash_attn": Maps(("attn",), _flash_attn),
 }
 NOT_MODELLED: dict[str, Unmodelled] = {
@@ -165,9 +168,6 @@ NOT_MODELLED: dict[str, Unmodelled] = {
     "stage": Unmodelled(
         "rm / ppo / dpo / kto keep a reward or reference model and pairs of sequences",
         lambda v, _c: v not in (None, "sft", "pt"),
-    ),
-    "use_reentrant_gc": Unmodelled(
-        "reentrant checkpointing (torch's older implementation) is not modelled", _reentrant
     ),
     "packing": Unmodelled("packing fills every row to cutoff_len with several samples; its collator is not modelled"),
     "neat_packing": Unmodelled("packing without cross-attention between the packed samples"),

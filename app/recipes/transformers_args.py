@@ -38,22 +38,21 @@ from app.recipes.rules import (
 # defaults and OptimizerNames; `gradient_checkpointing*` are deprecated aliases of `activation_checkpointing*`)
 # and src/transformers/modeling_utils.py `_activation_checkpointing_enable` (kwargs default {"use_reentrant": False}).
 
-GRAD_ACCUMULATION = Unmodelled(
-    "the gradients of micro-batch k are alive during micro-batch k+1: not yet modelled", gt_one
-)
+GRAD_ACCUMULATION = to("grad_accum_steps", as_int)
 
 
 def checkpointing_on(root: Doc) -> bool:
     return truthy_flag(first_of(root, "activation_checkpointing", "gradient_checkpointing"))
 
 
-def _reentrant(value: Any, ctx: Ctx) -> bool:
-    return as_bool(value) and checkpointing_on(ctx.root)
+def reentrant(value: Any, ctx: Ctx) -> Outcome:
+    """use_reentrant=True is torch's reentrant checkpoint; it means something only while checkpointing is on."""
+    return {"reentrant": True} if as_bool(value) and checkpointing_on(ctx.root) else {}
 
 
 # gradient_checkpointing_kwargs / activation_checkpointing_kwargs; any other key goes to torch.utils.checkpoint
 CHECKPOINT_KWARGS: dict[str, Rule] = {
-    "use_reentrant": Unmodelled("reentrant checkpointing (torch's older implementation) is not modelled", _reentrant),
+    "use_reentrant": Maps(("reentrant",), reentrant),
     "every_n_layers": Unmodelled("only every n-th layer is checkpointed", gt_one),
     "offload": Unmodelled("checkpointed activations are held in pinned host memory, not on the GPU"),
 }
@@ -121,6 +120,7 @@ FSDP_CONFIG: dict[str, Rule] = {
 
 MAPS: dict[str, Rule] = {
     "per_device_train_batch_size": to("batch_size", as_int),
+    "gradient_accumulation_steps": GRAD_ACCUMULATION,
     "per_gpu_train_batch_size": to("batch_size", as_int),  # deprecated name (transformers 4)
     "activation_checkpointing": flag("gradient_checkpointing"),
     "gradient_checkpointing": flag("gradient_checkpointing"),
@@ -135,7 +135,6 @@ MAPS: dict[str, Rule] = {
     "fsdp_config": Nested(FSDP_CONFIG, key=fsdp_key, active=_fsdp_on),
 }
 NOT_MODELLED: dict[str, Unmodelled] = {
-    "gradient_accumulation_steps": GRAD_ACCUMULATION,
     "torch_compile": Unmodelled("torch.compile fuses kernels and changes which activations autograd keeps"),
     "use_liger_kernel": Unmodelled("Liger's fused kernels (linear cross-entropy, RMSNorm, SwiGLU) keep less"),
     "label_smoothing_factor": Unmodelled(

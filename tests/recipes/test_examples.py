@@ -9,8 +9,6 @@ from app.core.plan import TrainingPlan
 from app.recipes import import_recipe
 from tests.recipes.helpers import example, mapped, not_modelled
 
-GRAD_ACCUMULATION = "the gradients of micro-batch k are alive during micro-batch k+1: not yet modelled"
-
 
 def test_axolotl_llama3_qlora() -> None:
     # axolotl-ai-cloud/axolotl examples/llama-3/qlora.yml
@@ -28,21 +26,22 @@ def test_axolotl_llama3_qlora() -> None:
         targets="all-linear",  # lora_target_linear: true
         seq_len=4096,  # sequence_len
         batch_size=2,  # micro_batch_size
+        grad_accum_steps=4,  # gradient_accumulation_steps
         gradient_checkpointing=True,
+        reentrant=True,  # no gradient_checkpointing_kwargs: axolotl's normalize_config sets use_reentrant=True
         optimizer="paged_adamw_32bit",
         attn="flash_attention_2",  # attn_implementation
     )
     assert result.plan == expected
     assert set(result.plan_fields) == {
         "method", "quant", "double_quant", "dtype", "rank", "alpha", "dropout", "targets", "seq_len",
-        "batch_size", "gradient_checkpointing", "optimizer", "attn",
+        "batch_size", "grad_accum_steps", "gradient_checkpointing", "reentrant", "optimizer", "attn",
     }  # fmt: skip
     unmodelled = not_modelled(result)
     assert unmodelled["sample_packing"] is True
-    assert unmodelled["gradient_accumulation_steps"] == 4
+    assert "gradient_accumulation_steps" not in unmodelled
     assert unmodelled["bf16"] == "auto"  # bf16 only where the GPU has it
-    # gradient_checkpointing without kwargs: axolotl's normalize_config sets use_reentrant=True
-    reentrant = next(e for e in result.not_modelled if e.field == "gradient_checkpointing_kwargs.use_reentrant")
+    reentrant = next(e for e in result.mapped if e.field == "gradient_checkpointing_kwargs.use_reentrant")
     assert reentrant.default and reentrant.value is True
     assert result.unknown == ()
     ignored = {e.field for e in result.ignored}
@@ -62,7 +61,9 @@ def test_axolotl_llama3_lora_8bit() -> None:
         targets="all-linear",
         seq_len=4096,
         batch_size=2,
+        grad_accum_steps=4,
         gradient_checkpointing=True,
+        reentrant=True,
         optimizer="adamw_8bit",  # adamw_bnb_8bit
         attn="flash_attention_2",
     )
@@ -78,14 +79,14 @@ def test_axolotl_llama3_full_fine_tune() -> None:
         dtype="bf16",
         seq_len=8192,
         batch_size=1,
-        gradient_checkpointing=True,
+        grad_accum_steps=8,
+        gradient_checkpointing=True,  # gradient_checkpointing_kwargs.use_reentrant: false
         optimizer="paged_adamw_8bit",
         attn="flash_attention_2",
     )
     method = next(e for e in result.mapped if e.plan_field == "method")
     assert method.field == "adapter" and method.default  # axolotl trains every weight when adapter is unset
-    assert "gradient_checkpointing_kwargs.use_reentrant" not in not_modelled(result)
-    assert not_modelled(result)["gradient_accumulation_steps"] == 8
+    assert "reentrant" not in result.plan_fields
 
 
 def test_llamafactory_qwen3_lora() -> None:
@@ -103,13 +104,14 @@ def test_llamafactory_qwen3_lora() -> None:
         targets="all-linear",  # lora_target: all
         seq_len=2048,  # cutoff_len
         batch_size=1,  # per_device_train_batch_size
+        grad_accum_steps=8,  # gradient_accumulation_steps
         gradient_checkpointing=True,  # disable_gradient_checkpointing defaults to false
+        reentrant=True,  # use_reentrant_gc defaults to true: LLaMA-Factory checkpoints reentrantly
         optimizer="adamw",  # TrainingArguments' default optim, adamw_torch_fused
         attn="sdpa",  # flash_attn: auto leaves transformers' default
     )
-    unmodelled = {e.field: e for e in result.not_modelled}
-    assert unmodelled["gradient_accumulation_steps"].why == GRAD_ACCUMULATION
-    assert unmodelled["use_reentrant_gc"].default  # LLaMA-Factory checkpoints reentrantly unless told otherwise
+    reentrant = next(e for e in result.mapped if e.field == "use_reentrant_gc")
+    assert reentrant.default and reentrant.plan_field == "reentrant"
 
 
 def test_llamafactory_qwen3_qlora_on_the_fly() -> None:
@@ -126,7 +128,9 @@ def test_llamafactory_qwen3_qlora_on_the_fly() -> None:
         targets="all-linear",
         seq_len=2048,
         batch_size=1,
+        grad_accum_steps=8,
         gradient_checkpointing=True,
+        reentrant=True,
         optimizer="adamw",
         attn="sdpa",
     )
@@ -140,7 +144,9 @@ def test_llamafactory_qwen3_full_with_deepspeed_zero3() -> None:
         dtype="bf16",
         seq_len=2048,
         batch_size=1,
+        grad_accum_steps=2,
         gradient_checkpointing=True,
+        reentrant=True,
         optimizer="adamw",
         attn="sdpa",
         sharding="zero3",  # recognised from the file name
@@ -166,12 +172,13 @@ def test_trl_zephyr_qlora() -> None:
         targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
         seq_len=2048,  # max_seq_length
         batch_size=4,
+        grad_accum_steps=2,  # gradient_accumulation_steps
         gradient_checkpointing=True,
         optimizer="adamw",  # optim defaults to adamw_torch_fused
         attn="flash_attention_2",
     )
     unmodelled = not_modelled(result)
-    assert unmodelled["gradient_accumulation_steps"] == 2
+    assert "gradient_accumulation_steps" not in unmodelled
     assert unmodelled["loss_type"] == "chunked_nll"  # SFTConfig's default loss
     assert "gradient_checkpointing_kwargs.use_reentrant" not in unmodelled  # use_reentrant: false
     assert result.unknown == ()
@@ -185,11 +192,14 @@ def test_transformers_training_arguments_json() -> None:
     assert result.plan_fields == {
         "dtype": "fp16",  # fp16: true
         "batch_size": 1,  # per_device_train_batch_size
+        "grad_accum_steps": 4,  # gradient_accumulation_steps
         "gradient_checkpointing": True,  # activation_checkpointing (and its alias gradient_checkpointing)
         "optimizer": "adamw",  # optim: adamw_torch_fused
     }
-    assert result.plan == TrainingPlan(dtype="fp16", batch_size=1, gradient_checkpointing=True, optimizer="adamw")
-    assert not_modelled(result) == {"optim": "adamw_torch_fused", "gradient_accumulation_steps": 4}
+    assert result.plan == TrainingPlan(
+        dtype="fp16", batch_size=1, grad_accum_steps=4, gradient_checkpointing=True, optimizer="adamw"
+    )
+    assert not_modelled(result) == {"optim": "adamw_torch_fused"}
     assert result.unknown == ()  # every key to_json_string writes is in the table
 
 

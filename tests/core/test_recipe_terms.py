@@ -1,0 +1,57 @@
+"""The recipe terms: gradient accumulation, a loop that keeps the logits, reentrant checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.core.adapters import lora_key
+from app.core.estimate import estimate
+from app.core.plan import TrainingPlan
+from app.core.result import Estimate
+from app.core.tensors import base_key, plan_tensors
+from tests.configs import spec
+
+
+def _term(est: Estimate, name: str) -> int:
+    term = est.term(name)
+    return term.bytes if term is not None else 0
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora", "full"])
+def test_accumulation_keeps_every_gradient_from_the_second_micro_batch(method: str) -> None:
+    model = spec("meta-llama/Llama-2-7b-hf")
+    one = estimate(model, TrainingPlan(method=method, optimizer="adamw"))
+    many = estimate(model, TrainingPlan(method=method, optimizer="adamw", grad_accum_steps=4))
+    before = {p.name: p.bytes for p in one.phases}
+    after = {p.name: p.bytes for p in many.phases}
+    plan = many.plan
+    every_gradient = plan_tensors(model, base_key(plan), lora_key(plan)).inventory.grads.total
+    # forward of micro-batch 2 = the first's + every gradient; backward grows too; load and the step do not change
+    assert after["forward"] - before["forward"] == every_gradient > 0
+    assert after["backward"] > before["backward"]
+    assert after["load"] == before["load"] and after["optimizer"] == before["optimizer"]
+    # the count beyond 1 does not matter: gradients are summed in place
+    assert estimate(model, TrainingPlan(method=method, optimizer="adamw", grad_accum_steps=64)).phases == many.phases
+
+
+def test_kept_logits_are_the_logits_in_their_dtype_through_every_training_phase() -> None:
+    model = spec("meta-llama/Llama-2-7b-hf")
+    for method, width in (("lora", 2), ("qlora", 4)):  # QLoRA's lm_head is fp32 after prepare_model_for_kbit
+        plan = TrainingPlan(method=method, seq_len=512, batch_size=2)
+        base, kept = estimate(model, plan), estimate(model, plan.model_copy(update={"keep_logits": True}))
+        logits = 2 * 512 * model.arch.vocab_size * width
+        assert _term(kept, "kept_logits_bytes") == logits
+        before = {p.name: p.bytes for p in base.phases}
+        after = {p.name: p.bytes for p in kept.phases}
+        assert after["load"] == before["load"]
+        assert all(after[n] == before[n] + logits for n in ("forward", "backward", "optimizer"))
+
+
+def test_reentrant_needs_checkpointing_and_is_estimated_like_non_reentrant() -> None:
+    """Measured on the CPU tracker (cpu-matrix-trainer): reentrant checkpointing's peak is the non-reentrant model's
+    within the bounds, so one model serves both; the field is kept so that recipes say what they run."""
+    with pytest.raises(ValueError, match="turn gradient_checkpointing on"):
+        TrainingPlan(reentrant=True, gradient_checkpointing=False)
+    model = spec("meta-llama/Llama-2-7b-hf")
+    a, b = estimate(model, TrainingPlan()), estimate(model, TrainingPlan(reentrant=True))
+    assert a.peak_allocated_bytes == b.peak_allocated_bytes
