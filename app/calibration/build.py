@@ -143,12 +143,10 @@ def _prepare(model: Any, plan: TrainingPlan) -> Any:
             use_gradient_checkpointing=plan.gradient_checkpointing,
             gradient_checkpointing_kwargs=checkpointing,
         )
+        if plan.checkpoint_every > 1:  # PEFT has no every_n_layers: enable it again, as a Trainer would
+            _checkpoint_layers(model, checkpointing, plan.checkpoint_every)
     elif plan.gradient_checkpointing:
-        # transformers 5 renamed gradient_checkpointing_enable, which stays as a deprecated alias
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+        _checkpoint_layers(model, checkpointing, plan.checkpoint_every)
         if plan.method == "lora":
             model.enable_input_require_grads()
     if plan.method == "full":
@@ -165,6 +163,17 @@ def _prepare(model: Any, plan: TrainingPlan) -> Any:
         task_type="CAUSAL_LM",
     )
     return peft.get_peft_model(model, lora)
+
+
+def _checkpoint_layers(model: Any, kwargs: dict[str, Any], every: int) -> None:
+    """Checkpoint every `every`-th decoder layer (transformers 5's activation_checkpointing_enable; older
+    versions have only gradient_checkpointing_enable, which checkpoints every layer)."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every)
+    elif every > 1:
+        raise CalibrationError("checkpoint_every needs transformers 5 (activation_checkpointing_enable)")
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def build_optimizer(model: Any, plan: TrainingPlan) -> torch.optim.Optimizer:

@@ -97,7 +97,7 @@ def _supported(name: str, family: Family, plan: TrainingPlan) -> bool:
 _NOT_IN_ID = frozenset({"strict"})
 # Plan fields added after matrices were shipped: left out of a point's id while at their default, so that the
 # shipped points keep their ids
-_LATER_FIELDS = {"reentrant": False, "grad_accum_steps": 1, "keep_logits": False}
+_LATER_FIELDS = {"reentrant": False, "grad_accum_steps": 1, "keep_logits": False, "checkpoint_every": 1}
 
 
 def _identity(plan: TrainingPlan) -> str:
@@ -129,7 +129,9 @@ def expand(spec: MatrixSpec) -> list[Point]:
             seq //= 2
         fields["seq_len"], fields["batch_size"] = seq, batch
         if not fields.get("gradient_checkpointing", True):
-            fields.pop("reentrant", None)  # a kind of checkpointing: a level of that axis only when it is on
+            # kinds of checkpointing: levels of those axes only when it is on
+            fields.pop("reentrant", None)
+            fields.pop("checkpoint_every", None)
         plan = TrainingPlan(**fields)
         if not _supported(name, family, plan):
             continue

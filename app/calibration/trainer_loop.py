@@ -47,7 +47,7 @@ def trainer_arguments(plan: TrainingPlan, steps: int, seed: int, output_dir: str
         learning_rate=LEARNING_RATE,
         max_grad_norm=MAX_GRAD_NORM,
         gradient_checkpointing=plan.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": True} if plan.reentrant else None,
+        gradient_checkpointing_kwargs=checkpointing_kwargs(plan),
         use_cpu=plan.device == "cpu",
         bf16=False,
         fp16=False,
@@ -62,6 +62,17 @@ def trainer_arguments(plan: TrainingPlan, steps: int, seed: int, output_dir: str
         seed=seed,
         data_seed=seed,
     )
+
+
+def checkpointing_kwargs(plan: TrainingPlan) -> dict[str, Any] | None:
+    """TrainingArguments.gradient_checkpointing_kwargs: none for transformers' default (non-reentrant, every layer);
+    the Trainer pops `every_n_layers` before the rest reaches torch.utils.checkpoint."""
+    kwargs: dict[str, Any] = {}
+    if plan.reentrant:
+        kwargs["use_reentrant"] = True
+    if plan.checkpoint_every > 1:
+        kwargs["every_n_layers"] = plan.checkpoint_every
+    return kwargs or None
 
 
 def _dataset(vocab_size: int, plan: TrainingPlan, rows: int, seed: int) -> Any:

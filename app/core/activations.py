@@ -237,11 +237,19 @@ def layer_stack(model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adap
 
 
 def kept_layers(plan: TrainingPlan, num_layers: int) -> tuple[int, int]:
-    """(layers whose input is kept, layers recomputed at once in backward) under checkpointing."""
+    """(layers whose input is kept, layers recomputed at once in backward) under checkpointing; with
+    `checkpoint_every` n only layers 0, n, 2n, … are checkpointed (`checkpointed_layers`)."""
     if plan.checkpointing == "sqrt-n":
         k = math.ceil(math.sqrt(num_layers))
         return k, min(k, num_layers)
-    return num_layers, 1
+    return checkpointed_layers(plan, num_layers), 1
+
+
+def checkpointed_layers(plan: TrainingPlan, num_layers: int) -> int:
+    """transformers 5 `every_n_layers` = n checkpoints the decoder layers whose index is a multiple of n
+    (modeling_utils._set_gradient_checkpointing: `layer_index % every_n_layers == 0`): ⌈L/n⌉ of them; the other
+    layers keep their whole saved set, as without checkpointing."""
+    return -(-num_layers // plan.checkpoint_every)
 
 
 def kept_logits_bytes(model: ModelSpec, plan: TrainingPlan) -> int:

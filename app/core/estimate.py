@@ -224,7 +224,9 @@ def activation_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> tupl
     first, masks = stack.first, stack.masks
     if plan.gradient_checkpointing:
         kept, _ = kept_layers(plan, layers)
-        return kept * first.layer_input + first.head_saved + masks, first.layer_input + masks
+        # checkpoint_every > 1: the layers left unchecked keep their saved set (the average layer's)
+        unchecked = math.ceil(stack.saved * (layers - kept) / stack.layers) if plan.checkpoint_every > 1 else 0
+        return kept * first.layer_input + unchecked + first.head_saved + masks, first.layer_input + masks
     saved = stack.saved if layers == stack.layers else math.ceil(stack.saved * layers / stack.layers)
     return (
         saved + first.head_saved - first.first_layer_discount + masks,

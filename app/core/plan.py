@@ -60,6 +60,13 @@ class TrainingPlan(BaseModel):
         description="Reentrant checkpointing (torch.utils.checkpoint use_reentrant=True: axolotl's default, and PEFT's "
         "prepare_model_for_kbit_training without kwargs) instead of transformers' non-reentrant default.",
     )
+    checkpoint_every: int = Field(
+        1,
+        ge=1,
+        le=MAX_LAYERS,
+        description="Checkpoint only every n-th decoder layer (transformers 5 `every_n_layers`); the others keep "
+        "their activations.",
+    )
     grad_accum_steps: int = Field(
         1,
         ge=1,
@@ -124,8 +131,14 @@ class TrainingPlan(BaseModel):
             raise ValueError("int8 bases cannot be sharded with fsdp/zero3: use nf4 or fp4, or ddp")
         if self.offload and self.sharding not in ("fsdp", "zero2", "zero3"):
             raise ValueError("offload needs sharding fsdp, zero2 or zero3")
-        if self.reentrant and not self.gradient_checkpointing:
-            raise ValueError("reentrant is a kind of gradient checkpointing: turn gradient_checkpointing on")
+        if (self.reentrant or self.checkpoint_every > 1) and not self.gradient_checkpointing:
+            raise ValueError(
+                "reentrant and checkpoint_every are kinds of gradient checkpointing: turn gradient_checkpointing on"
+            )
+        if self.checkpoint_every > 1 and self.checkpointing != "every-layer":
+            raise ValueError(
+                "checkpoint_every picks layers of every-layer checkpointing: use checkpointing every-layer"
+            )
         return self
 
     @property

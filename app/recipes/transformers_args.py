@@ -26,7 +26,6 @@ from app.recipes.rules import (
     as_bool,
     as_int,
     flag,
-    gt_one,
     is_set,
     names,
     table,
@@ -50,10 +49,16 @@ def reentrant(value: Any, ctx: Ctx) -> Outcome:
     return {"reentrant": True} if as_bool(value) and checkpointing_on(ctx.root) else {}
 
 
+def every_n_layers(value: Any, ctx: Ctx) -> Outcome:
+    """Trainer pops every_n_layers from the kwargs (transformers 5): checkpoint only every n-th layer."""
+    n = as_int(value)
+    return {"checkpoint_every": n} if n > 1 and checkpointing_on(ctx.root) else {}
+
+
 # gradient_checkpointing_kwargs / activation_checkpointing_kwargs; any other key goes to torch.utils.checkpoint
 CHECKPOINT_KWARGS: dict[str, Rule] = {
     "use_reentrant": Maps(("reentrant",), reentrant),
-    "every_n_layers": Unmodelled("only every n-th layer is checkpointed", gt_one),
+    "every_n_layers": Maps(("checkpoint_every",), every_n_layers),
     "offload": Unmodelled("checkpointed activations are held in pinned host memory, not on the GPU"),
 }
 
