@@ -55,7 +55,9 @@ class TrainingPlan(BaseModel):
         "every-layer", description="every-layer (transformers) or sqrt-n (Chen et al. 2016)."
     )
     optimizer: Optimizer = Field(
-        "paged_adamw_32bit", description="Optimizer whose states are kept per trainable parameter."
+        "paged_adamw_32bit",
+        description="Optimizer whose states are kept per trainable parameter; when not given it follows the method: "
+        "adamw for full fine-tuning, paged_adamw_32bit for LoRA/QLoRA.",
     )
     attn: Attn = Field("sdpa", description="Attention implementation.")
     gpus: int = Field(1, ge=1, le=MAX_GPUS, description="Number of GPUs.")
@@ -69,6 +71,15 @@ class TrainingPlan(BaseModel):
         description="Refuse a setting the real stack refuses (e.g. LoRA dropout on MoE experts PEFT wraps through "
         "ParamWrapper) instead of answering the nearest plan it accepts, with the change stated.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _optimizer_follows_method(cls, data: object) -> object:
+        """No optimizer given: full fine-tuning gets AdamW (TrainingArguments defaults `optim` to a torch AdamW), LoRA and
+        QLoRA the paged AdamW of the QLoRA recipe."""
+        if isinstance(data, dict) and data.get("optimizer") is None and data.get("method") == "full":
+            return {**data, "optimizer": "adamw"}
+        return data
 
     @field_validator("targets", mode="before")
     @classmethod

@@ -169,6 +169,8 @@ def test_comparable_prefers_the_same_model_type(store: Store, make_record: MakeR
         model_type="llama",
         method="qlora",
         device="cuda",
+        residuals=(0.1, 0.3),
+        widened="same method and device, 1 GPU, no sharding, model type",
     )
 
 
@@ -190,6 +192,8 @@ def test_comparable_falls_back_to_method_and_device(store: Store, make_record: M
         model_type=None,
         method="qlora",
         device="cuda",
+        residuals=(-0.3, 0.1),
+        widened="same method and device, 1 GPU, no sharding; widened: any model type",
     )
     assert store.comparable("gemma3", "lora", "cuda") is None
     assert store.comparable("llama", "qlora", "cpu") is None
