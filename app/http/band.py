@@ -79,9 +79,11 @@ def band_for(store: MeasurementStore | None, planned: Planned) -> tuple[Comparab
     plan = planned.estimate.plan
     if found is None:
         why = problem or (
-            "no measurement store" if store is None else f"no verified measured {plan.method} run on {_layout(plan)}"
+            "no measurement store"
+            if store is None
+            else f"no verified measured {plan.method} run on {_layout(plan)} yet"
         )
-        return None, BandAnswer(band=None, reason=f"{why}: no band, the estimate stands alone"), problem
+        return None, BandAnswer(band=None, reason=why), problem
     band = uncertainty_band(planned.estimate.device_bytes, found.residuals, found.device, found.widened)
     return found, band, problem
 
