@@ -223,6 +223,11 @@ def markdown(model: ModelSpec, est: Estimate, rec: Recommendation | None, band: 
         f"- GPUs planned: {est.plan.gpus} (sharding {est.plan.sharding}); every byte figure is per GPU",
         *([f"- **Verdict: {found.label}.** {found.text}"] if found is not None else []),
         *([f"- Uncertainty: {band_text(band)}"] if band is not None else []),
+        *(
+            [f"- Safe answer: judged on the band's upper end (every per-GPU estimate x {rec.safety_factor:.3f})"]
+            if rec is not None and rec.safety_factor > 1
+            else []
+        ),
         *(f"- **{line}**" for line in adjustment_lines(est)),
         f"- Trainable parameters: {est.params.trainable:,}",
         f"- **Peak allocated: {gib(est.peak_allocated_bytes)}**; reserved {gib(est.peak_reserved_bytes)}; device {gib(est.device_bytes)}",
