@@ -16,6 +16,8 @@ Sharding = Literal["none", "ddp", "fsdp", "zero2", "zero3"]
 Device = Literal["cuda", "cpu"]
 
 ALL_LINEAR = "all-linear"
+FOLLOWS_METHOD = frozenset({"quant", "optimizer"})
+"""Fields whose default, when not given, depends on the method (the validators below fill them in)."""
 
 # Explicit input limits; the API and the CLI report violations by field.
 MAX_SEQ_LEN = 1_048_576
