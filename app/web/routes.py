@@ -147,6 +147,7 @@ async def plan_page(request: Request, planner: PlannerDep, store: OptionalStoreD
         "safe": found.safe,
         "run": run,
         "plan_pairs": parse_qsl(plan_query),
+        "run_pairs": parse_qsl(run_query(run)),
         "fit": await _fit_recommended(planner, judged),
         "comparable": found.comparable,
         "store_problem": found.store_problem,

@@ -256,3 +256,13 @@ def test_a_failing_store_does_not_break_the_result_page(tmp_path: Path) -> None:
         page = client.get("/plan", params={"model": LLAMA})
     assert page.status_code == 200 and page.context["store_problem"] == "the database is locked"  # type: ignore[attr-defined]
     assert "Measured runs cannot be read right now: the database is locked" in page.text
+
+
+def test_the_safe_toggle_keeps_the_plan_and_the_run(client: TestClient) -> None:
+    page = client.get("/plan", params={"model": LLAMA, "rank": "32", "train_tokens": "2000000000", "epochs": "2"})
+    form = page.text[
+        page.text.index('class="no-print safe-form"') : page.text.index("</form>", page.text.index("safe-form"))
+    ]
+    for name, value in (("rank", "32"), ("train_tokens", "2000000000"), ("epochs", "2"), ("safe", "true")):
+        assert f'name="{name}" value="{value}"' in form
+    assert page.context["safe"] is False  # type: ignore[attr-defined]  # the setting's default
