@@ -104,7 +104,7 @@ def test_the_tiers_table_says_what_its_verdict_used(tmp_path: Path) -> None:
         re.S,
     )
     assert len(rows) == len(page.context["rec"].tiers)  # type: ignore[attr-defined]
-    words = {"fits": "fits", "tight": "tight (inside the reserve)", "does_not_fit": "does not fit"}
+    words = {"fits": "fits", "tight": "tight", "does_not_fit": "does not fit"}
     for gpu, state, said, left in rows:
         assert said == words[state], gpu
         prefix = {
