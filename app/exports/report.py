@@ -181,9 +181,7 @@ def recommendation_lines(rec: Recommendation) -> list[str]:
     """The CLI's recommendation: the cheapest option, the fastest, what they assume, and every tier."""
     best = rec.options[0] if rec.options else None
     if best is None:
-        lines = [
-            "recommended: no GPU tier fits and runs this plan; try QLoRA, checkpointing, a shorter sequence or zero3"
-        ]
+        lines = ["recommended: none: no GPU count of any tier within the limits holds and runs this plan"]
     else:
         safe = f"; judged on the band's upper end, x{rec.safety_factor:.3f}" if rec.safety_factor > 1 else ""
         lines = [f"recommended: {option_text(best)} (keeping {rec.headroom:.0%} headroom{safe})"]
