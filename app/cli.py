@@ -159,6 +159,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_plan_flags(est)
     _add_run_flags(est)
+    est.add_argument(
+        "--safe",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="judge the fit on the upper end of the uncertainty band from comparable measured runs (default: the "
+        "GPUPLAN_SAFE_ANSWER setting)",
+    )
     est.add_argument("--json", action="store_true", help="print one JSON object")
     _add_models_parser(sub)
     gpus = sub.add_parser("gpus", help="list GPU tiers and their usable memory")
@@ -192,23 +199,38 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
     settings = get_settings()
     model = resolve_model_sync(name, settings)
     est = estimate(model, plan)
+    safe = settings.safe_answer if ns.safe is None else ns.safe
+    band, factor = _cli_band(model, est, settings) if safe else (None, 1.0)
     rec = (
-        recommend(model, est, settings.headroom, prices=load_prices(settings), run=run)
+        recommend(model, est, settings.headroom, prices=load_prices(settings), run=run, safety_factor=factor)
         if plan.device == "cuda"
         else None
     )
     if ns.json:
-        out = report.payload(model, est, rec)
+        out = report.payload(model, est, rec, band)
         if imported is not None:
             out["recipe"] = imported.model_dump(mode="json", exclude={"plan", "plan_fields"})
         print(json.dumps(out, indent=2))
     else:
-        print(report.table(model, est, rec))
+        print(report.table(model, est, rec, band))
         if imported is not None:
             from app.recipes.result import summary_lines
 
             print("\n" + "\n".join(summary_lines(imported)))
     return 0
+
+
+def _cli_band(model: Any, est: Any, settings: Any) -> tuple[Any, float]:
+    """--safe: the band from the settings' store (seeded as `gpuplan serve` seeds it) and its safety factor."""
+    from app.http.band import band_for, safety_factor
+    from app.service import Planned
+    from app.store import Store
+    from app.store.seed import seed_store
+
+    with Store.from_settings(settings) as store:
+        seed_store(store)
+        _, band, _ = band_for(store, Planned(model=model, estimate=est, recommendation=None))
+    return band, safety_factor(band, True)
 
 
 def _import_recipes(paths: list[Path]) -> Any:

@@ -17,7 +17,7 @@ import annotated_types
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from app.core.plan import TrainingPlan
+from app.core.plan import FOLLOWS_METHOD, TrainingPlan
 from app.errors import PlanError
 
 Kind = Literal["bool", "int", "float", "choice", "text"]
@@ -100,7 +100,8 @@ def plan_fields() -> tuple[PlanField, ...]:
 def add_flags(parser: argparse.ArgumentParser, fields: Iterable[PlanField]) -> None:
     """One flag per field (`--seq-len`, `--dora/--no-dora`, ...); unset flags stay None (the default)."""
     for field in fields:
-        default = "" if field.default is None else f" (default {as_text(field.default)})"
+        follows = field.default is None or field.name in FOLLOWS_METHOD  # the help says what it follows
+        default = "" if follows else f" (default {as_text(field.default)})"
         help_text = field.help.replace("%", "%%") + default
         if field.kind == "bool":
             action = argparse.BooleanOptionalAction

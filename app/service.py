@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from app import catalog
+from app.core.band import BandAnswer
 from app.core.estimate import estimate
 from app.core.fit import FitResult, fit
 from app.core.gpus import GpuTier, Recommendation, recommend
@@ -44,7 +45,7 @@ MEDIA_TYPES: dict[ExportFormat, str] = {
     "csv": "text/csv; charset=utf-8",
     "svg": "image/svg+xml",
 }
-CacheKey = tuple[str, str | None, str, TrainingPlan, float, RunSize, PriceTable]
+CacheKey = tuple[str, str | None, str, TrainingPlan, float, RunSize, PriceTable, float]
 
 
 def load_prices(settings: Settings) -> PriceTable:
@@ -75,25 +76,29 @@ class Planned:
     model: ModelSpec
     estimate: Estimate
     recommendation: Recommendation | None
+    run: RunSize = field(default_factory=RunSize)
     _exports: dict[ExportFormat, str] = field(default_factory=dict, compare=False, repr=False)
 
-    def export(self, fmt: ExportFormat) -> str:
-        """The estimate as JSON (report.payload), Markdown, CSV or a standalone SVG chart (rendered once)."""
+    def export(self, fmt: ExportFormat, band: BandAnswer | None = None) -> str:
+        """The estimate as JSON (report.payload), Markdown, CSV or a standalone SVG chart (rendered once; with a
+        band, which the store may change, rendered each time)."""
+        if band is not None:
+            return self._render(fmt, band)
         text = self._exports.get(fmt)
         if text is None:
             text = self._exports[fmt] = self._render(fmt)
         return text
 
-    def _render(self, fmt: ExportFormat) -> str:
+    def _render(self, fmt: ExportFormat, band: BandAnswer | None = None) -> str:
         if fmt == "md":
-            return report.markdown(self.model, self.estimate, self.recommendation)
+            return report.markdown(self.model, self.estimate, self.recommendation, band)
         if fmt == "csv":
             return report.csv_text(self.estimate)
         if fmt == "svg":
             from app.exports.svg import breakdown_chart
 
             return breakdown_chart(self.estimate, self.recommendation, standalone=True)
-        return report.payload_json(self.model, self.estimate, self.recommendation)
+        return report.payload_json(self.model, self.estimate, self.recommendation, band)
 
 
 class Planner:
@@ -129,8 +134,10 @@ class Planner:
         self.metrics.count_hub_fetch("ok")
         return spec
 
-    def _key(self, model: ModelSpec, plan: TrainingPlan, run: RunSize, prices: PriceTable) -> CacheKey:
-        return (model.id, model.revision, model.config_hash, plan, self.settings.headroom, run, prices)
+    def _key(
+        self, model: ModelSpec, plan: TrainingPlan, run: RunSize, prices: PriceTable, safety: float = 1.0
+    ) -> CacheKey:
+        return (model.id, model.revision, model.config_hash, plan, self.settings.headroom, run, prices, safety)
 
     def _cached(self, key: CacheKey) -> Planned | None:
         with self._lock:
@@ -139,18 +146,22 @@ class Planner:
                 self._cache.move_to_end(key)
             return hit
 
-    def plan(self, model: ModelSpec, plan: TrainingPlan, run: RunSize | None = None) -> Planned:
-        """estimate() and recommend() (priced and timed for `run`) for one plan; identical requests come from the
-        cache."""
+    def plan(self, model: ModelSpec, plan: TrainingPlan, run: RunSize | None = None, safety: float = 1.0) -> Planned:
+        """estimate() and recommend() (priced and timed for `run`; every per-GPU estimate judged × `safety`, the
+        safe answer) for one plan; identical requests come from the cache."""
         headroom, run, prices = self.settings.headroom, run or RunSize(), load_prices(self.settings)
-        key = self._key(model, plan, run, prices)
+        key = self._key(model, plan, run, prices, safety)
         self.metrics.count_estimate()
         hit = self._cached(key)
         if hit is not None:
             return hit
         est = estimate(model, plan)
-        rec = recommend(model, est, headroom, prices=prices, run=run) if plan.device == "cuda" else None
-        planned = Planned(model=model, estimate=est, recommendation=rec)
+        rec = (
+            recommend(model, est, headroom, prices=prices, run=run, safety_factor=safety)
+            if plan.device == "cuda"
+            else None
+        )
+        planned = Planned(model=model, estimate=est, recommendation=rec, run=run)
         with self._lock:
             self._cache[key] = planned
             while len(self._cache) > self._cache_size:
@@ -161,11 +172,13 @@ class Planner:
         """Inverse planning (tens of estimates) in a worker thread, so the event loop stays free."""
         return await asyncio.to_thread(fit, model, plan, tier, self.settings.headroom)
 
-    async def plan_async(self, model: ModelSpec, plan: TrainingPlan, run: RunSize | None = None) -> Planned:
+    async def plan_async(
+        self, model: ModelSpec, plan: TrainingPlan, run: RunSize | None = None, safety: float = 1.0
+    ) -> Planned:
         """plan(): a cache hit at once, a miss in a worker thread (a recommendation may take many estimates)."""
         run = run or RunSize()
-        hit = self._cached(self._key(model, plan, run, load_prices(self.settings)))
+        hit = self._cached(self._key(model, plan, run, load_prices(self.settings), safety))
         if hit is not None:
             self.metrics.count_estimate()
             return hit
-        return await asyncio.to_thread(self.plan, model, plan, run)
+        return await asyncio.to_thread(self.plan, model, plan, run, safety)

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     headroom: float = Field(
         0.10, ge=0, lt=1, description="Fraction of a GPU's usable memory kept free when judging a fit."
     )
+    safe_answer: bool = Field(
+        False,
+        description="Judge every fit on the upper end of the estimate's uncertainty band (from comparable measured "
+        "runs) instead of the estimate; `safe=true|false` on /plan and /api/v1/estimate, or `--safe`, overrides it.",
+    )
     hf_endpoint: str = Field(
         "https://huggingface.co",
         validation_alias=AliasChoices("HF_ENDPOINT", "GPUPLAN_HF_ENDPOINT"),

@@ -15,7 +15,14 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from app.store.models import AccuracyStats, ComparableStats, MeasurementRecord, relative_error_pct
+from app.store.models import (
+    AccuracyStats,
+    ComparableStats,
+    MeasurementRecord,
+    checkpointing_of,
+    layout_of,
+    relative_error_pct,
+)
 from tests.configs import TINY_LLAMA as BASE_TINY_LLAMA
 
 HUB = "https://hub.test"
@@ -103,8 +110,25 @@ class FakeStore:
     def accuracy(self) -> object:
         return self._accuracy
 
-    def comparable(self, model_type: str, method: str, device: str) -> ComparableStats | None:
-        same = [r for r in self.records if r.method == method and r.device == device and r.verified]
+    def comparable(
+        self,
+        model_type: str,
+        method: str,
+        device: str,
+        *,
+        checkpointing: str | None = None,
+        gpus: int = 1,
+        sharding: str = "none",
+    ) -> ComparableStats | None:
+        same = [
+            r
+            for r in self.records
+            if r.method == method
+            and r.device == device
+            and r.verified
+            and layout_of(r.plan) == (gpus, sharding)
+            and (checkpointing is None or checkpointing_of(r.plan) == checkpointing)
+        ]
         typed = [r for r in same if r.model_type == model_type]
         chosen = typed or same
         if not chosen:
@@ -119,6 +143,13 @@ class FakeStore:
             model_type=model_type if typed else None,
             method=method,
             device=device,  # type: ignore[arg-type]
+            checkpointing=checkpointing,
+            gpus=gpus,
+            sharding=sharding,
+            residuals=tuple(
+                sorted((r.estimated_peak_bytes - r.measured_peak_bytes) / r.measured_peak_bytes for r in chosen)
+            ),
+            widened="as the fake store matched",
         )
 
 

@@ -13,49 +13,65 @@ from app.core.fit import FitResult
 from app.core.gpus import GPU_TIERS, find_tier
 from app.core.throughput import RunSize
 from app.errors import InputError, PlanError
-from app.http.deps import PlannerDep
+from app.http.band import AnswerOptions, banded
+from app.http.deps import MeasurementStore, OptionalStoreDep, PlannerDep
 from app.http.schemas import EstimateQuery, EstimateRequest, FitQuery
-from app.service import MEDIA_TYPES, ExportFormat, Planned
+from app.service import MEDIA_TYPES, ExportFormat, Planned, Planner
 
 router = APIRouter(tags=["estimate"])
 
 RUN_FIELDS = frozenset(RunSize.model_fields)  # train_tokens, epochs: what the time and cost are for
-EstimateQueryDep = Annotated[EstimateQuery, Depends(query_dependency(EstimateQuery, ignore=RUN_FIELDS))]
+ANSWER_FIELDS = frozenset(AnswerOptions.model_fields)  # safe: judge the fit on the band's upper end
+EstimateQueryDep = Annotated[EstimateQuery, Depends(query_dependency(EstimateQuery, ignore=RUN_FIELDS | ANSWER_FIELDS))]
 RunQueryDep = Annotated[RunSize, Depends(query_dependency(RunSize, only=RUN_FIELDS))]
+AnswerDep = Annotated[AnswerOptions, Depends(query_dependency(AnswerOptions, only=ANSWER_FIELDS))]
 FitQueryDep = Annotated[FitQuery, Depends(query_dependency(FitQuery))]
 
 
-def export_response(planned: Planned, fmt: ExportFormat) -> Response:
-    return Response(planned.export(fmt), media_type=MEDIA_TYPES[fmt])
+async def export_response(
+    planner: Planner, store: MeasurementStore | None, planned: Planned, fmt: ExportFormat, answer: AnswerOptions
+) -> Response:
+    """The export; JSON and Markdown carry the uncertainty band (or why none) and the verdict as judged."""
+    found = await banded(planner, store, planned, answer.safe)
+    band = found.band if fmt in ("json", "md") else None
+    return Response(found.planned.export(fmt, band), media_type=MEDIA_TYPES[fmt])
 
 
 @router.post(
     "/estimate",
     response_model=None,
     responses={**ESTIMATE_OK, **HUB_PROBLEMS, **problems(413)},
-    openapi_extra={"parameters": query_parameters(RunSize)},
+    openapi_extra={"parameters": query_parameters(RunSize) + query_parameters(AnswerOptions)},
 )
 async def post_estimate(
     body: EstimateRequest,
     planner: PlannerDep,
+    store: OptionalStoreDep,
     run: RunQueryDep,
+    answer: AnswerDep,
     format: Annotated[ExportFormat, Query(description="json, md, csv or svg.")] = "json",
 ) -> Response:
     """Estimate the peak GPU memory of one fine-tuning step of a model and plan given as JSON."""
     model = await planner.resolve(body.model)
-    return export_response(await planner.plan_async(model, body.to_plan(), run), format)
+    planned = await planner.plan_async(model, body.to_plan(), run)
+    return await export_response(planner, store, planned, format, answer)
 
 
 @router.get(
     "/estimate",
     response_model=None,
     responses={**ESTIMATE_OK, **HUB_PROBLEMS},
-    openapi_extra={"parameters": query_parameters(EstimateQuery) + query_parameters(RunSize)},
+    openapi_extra={
+        "parameters": query_parameters(EstimateQuery) + query_parameters(RunSize) + query_parameters(AnswerOptions)
+    },
 )
-async def get_estimate(query: EstimateQueryDep, run: RunQueryDep, planner: PlannerDep) -> Response:
+async def get_estimate(
+    query: EstimateQueryDep, run: RunQueryDep, answer: AnswerDep, planner: PlannerDep, store: OptionalStoreDep
+) -> Response:
     """Estimate the peak GPU memory of one fine-tuning step; plan fields as query parameters."""
     model = await planner.resolve(query.model)
-    return export_response(await planner.plan_async(model, query.to_plan(), run), query.format)
+    planned = await planner.plan_async(model, query.to_plan(), run)
+    return await export_response(planner, store, planned, query.format, answer)
 
 
 @router.get("/fit", responses=HUB_PROBLEMS, openapi_extra={"parameters": query_parameters(FitQuery)})

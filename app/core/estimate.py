@@ -16,6 +16,7 @@ from app.core.activations import (
     logits_bytes,
 )
 from app.core.adapters import accepted_plan, lora_key
+from app.core.capabilities import BNB_OPTIMIZERS
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
 from app.core.result import Category, Estimate, Params, PhasePeak, Term
@@ -450,7 +451,7 @@ def _note(term: str, plan: TrainingPlan) -> str:
 
 
 def _notes(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, offloaded: int) -> list[str]:
-    notes = [*model.notes, *tensors.notes, *_stack_notes(model, plan)]
+    notes = [*model.notes, *tensors.notes, *_stack_notes(model, plan), *_sharded_optimizer_notes(plan)]
     if model.published_params is not None and model.published_params != model.num_params:
         notes.append(
             f"the Hub reports {model.published_params:,} parameters; the inventory counts {model.num_params:,}"
@@ -485,6 +486,26 @@ def _stack_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
             "type is exactly nn.Linear, so these stay in fp32 after prepare_model_for_kbit_training"
         )
     return notes
+
+
+def _sharded_optimizer_notes(plan: TrainingPlan) -> list[str]:
+    """A bitsandbytes optimizer under DeepSpeed ZeRO: run, not refused, with two conditions. Source: transformers
+    integrations/deepspeed.py `deepspeed_optim_sched`: an `optimizer` section in the DeepSpeed config wins (a
+    DummyOptim stands in, the Trainer's `optim` is unused); without one the Trainer's optimizer runs under ZeRO
+    (`zero_allow_untested_optimizer = True`), and with offload only if it has a CPU implementation."""
+    if plan.sharding not in ("zero2", "zero3") or plan.optimizer not in BNB_OPTIMIZERS:
+        return []
+    note = (
+        f"{plan.optimizer} under DeepSpeed {plan.sharding}: transformers runs it only when the DeepSpeed config has "
+        "no `optimizer` section (it then sets zero_allow_untested_optimizer); with one, DeepSpeed's own optimizer "
+        "replaces it and this estimate's optimizer states differ"
+    )
+    if plan.offload:
+        note += (
+            "; with ZeRO-Offload a non-DeepSpeed optimizer must have a CPU implementation, and bitsandbytes' "
+            "optimizers are CUDA kernels: use adamw (DeepSpeedCPUAdam) for offload"
+        )
+    return [note]
 
 
 def overheads(plan: TrainingPlan, allocated: int, paged: int) -> list[Term]:

@@ -29,6 +29,12 @@ class FitLimit(BaseModel):
     at_limit: bool = Field(False, description="`value` is the input limit itself: the search stopped there.")
     reason: str | None = Field(None, description="Why `value` is None.")
     note: str | None = Field(None, description="A caveat about `value` (e.g. beyond the model's context length).")
+    common_value: int | None = Field(
+        None,
+        description="The nearest value people use at or below `value` (it still fits): sequence length a multiple "
+        "of 256 (128, then a power of two, for short ones), rank and batch a power of two.",
+    )
+    common_rule: str | None = Field(None, description="Which rounding gave `common_value`.")
 
 
 class FitResult(BaseModel):
@@ -44,6 +50,21 @@ class FitResult(BaseModel):
     batch_size: FitLimit
     seq_len: FitLimit
     rank: FitLimit
+
+
+def power_of_two_at_most(value: int) -> int:
+    """The largest 2^k ≤ value (value ≥ 1)."""
+    return 1 << (value.bit_length() - 1)
+
+
+def common_value(knob: Knob, value: int) -> tuple[int, str]:
+    """`value` rounded DOWN to what people configure, so it still fits (memory never falls as a knob shrinks):
+    seq_len to a multiple of 256 (of 128 below 256, a power of two below 128); rank and batch to a power of two."""
+    if knob == "seq_len":
+        for multiple in (256, 128):
+            if value >= multiple:
+                return value // multiple * multiple, f"a multiple of {multiple}"
+    return power_of_two_at_most(value), "a power of two"
 
 
 def largest_fitting(model: ModelSpec, plan: TrainingPlan, knob: Knob, budget: int) -> FitLimit:
@@ -82,7 +103,16 @@ def largest_fitting(model: ModelSpec, plan: TrainingPlan, knob: Knob, budget: in
     context = model.arch.max_position_embeddings
     if knob == "seq_len" and context is not None and good > context:
         note = f"beyond the model's max_position_embeddings ({context:,}); memory alone would allow it"
-    return FitLimit(field=knob, value=good, device_bytes=need(good), at_limit=good == limit, note=note)
+    common, rule = common_value(knob, good)
+    return FitLimit(
+        field=knob,
+        value=good,
+        device_bytes=need(good),
+        at_limit=good == limit,
+        note=note,
+        common_value=common,
+        common_rule=rule,
+    )
 
 
 def fit(model: ModelSpec, plan: TrainingPlan, tier: GpuTier, headroom_fraction: float) -> FitResult:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,12 +29,15 @@ __all__ = [
     "budget_bytes",
     "find_tier",
     "first_passing",
+    "fit_state",
+    "judged",
     "recommend",
     "split_counts",
 ]
 
 # Ties (equal cost, or no prices) break towards the smaller marketed size, then the older generation: marketed GB,
 # not the MiB the driver reports, or an H100 80GB (81,559 MiB) would count as "smaller" than an A100 80GB (81,920).
+FitState = Literal["fits", "tight", "does_not_fit"]
 TIE_BREAK = "ties go to the smaller marketed size, then the older (cheaper) generation"
 
 
@@ -62,6 +67,13 @@ class TierFit(BaseModel):
     fits: bool = Field(description="Fits on plan.gpus GPUs of this tier with the headroom kept free.")
     headroom_bytes: int = Field(
         description="Usable bytes left after the estimate on plan.gpus GPUs, before the headroom (negative: short)."
+    )
+    budget_bytes: int = Field(0, description="usable × (1 − headroom): what the fit verdict compares with.")
+    judged_bytes: int = Field(0, description="The per-GPU bytes the verdict judged (the band's upper end if safe).")
+    state: FitState = Field(
+        "does_not_fit",
+        description="fits: within the budget; tight: over the budget but within usable memory (inside the "
+        "headroom reserve); does_not_fit: over usable memory — all on plan.gpus GPUs.",
     )
     gpus_needed: int | None = Field(
         description="Fewest GPUs of this tier under the plan's sharding; None if none suffice."
@@ -102,6 +114,21 @@ class Recommendation(BaseModel):
     options: tuple[Option, ...] = Field((), description="Every tier that runs and fits, cheapest run first.")
     fastest: Option | None = Field(None, description="The option that finishes the run soonest.")
     time_model: TimeModel | None = None
+    safety_factor: float = Field(
+        1.0, description="What every per-GPU estimate was multiplied by before judging (the safe answer; 1: none)."
+    )
+
+
+def fit_state(judged_bytes: int, usable_bytes: int, budget: int) -> FitState:
+    """fits within the budget; tight when only the headroom reserve holds it; does_not_fit past usable memory."""
+    if judged_bytes <= budget:
+        return "fits"
+    return "tight" if judged_bytes <= usable_bytes else "does_not_fit"
+
+
+def judged(nbytes: int, safety_factor: float) -> int:
+    """The bytes a verdict compares with the budget: the estimate, or its band's upper end (× the factor)."""
+    return nbytes if safety_factor == 1.0 else math.ceil(nbytes * safety_factor)
 
 
 def budget_bytes(tier: GpuTier, headroom_fraction: float) -> int:
@@ -152,8 +179,10 @@ def _gpus_needed(plan: TrainingPlan, model: ModelSpec, budget: int, per_gpu: Cal
 class _Judge:
     """Estimates other GPU counts and fixed plans once each, for every tier of one recommendation."""
 
-    def __init__(self, model: ModelSpec, est: Estimate, prices: PriceTable, run: RunSize, mfu: float) -> None:
-        self.model, self.est, self.prices, self.run, self.mfu = model, est, prices, run, mfu
+    def __init__(
+        self, model: ModelSpec, est: Estimate, prices: PriceTable, run: RunSize, mfu: float, safety: float = 1.0
+    ) -> None:
+        self.model, self.est, self.prices, self.run, self.mfu, self.safety = model, est, prices, run, mfu, safety
         self._per_gpu: dict[int, int] = {est.plan.gpus: est.device_bytes} if est.plan.gpus == 1 else {}
         self._fixed: dict[TrainingPlan, int] = {}
         self._work: dict[int, tuple[TrainingPlan, StepWork]] = {}
@@ -161,12 +190,12 @@ class _Judge:
     def per_gpu(self, n: int) -> int:
         if n not in self._per_gpu:
             self._per_gpu[n] = estimate(self.model, self.est.plan.model_copy(update={"gpus": n})).device_bytes
-        return self._per_gpu[n]
+        return judged(self._per_gpu[n], self.safety)
 
     def fixed_bytes(self, plan: TrainingPlan) -> int:
         if plan not in self._fixed:
             self._fixed[plan] = estimate(self.model, plan).device_bytes
-        return self._fixed[plan]
+        return judged(self._fixed[plan], self.safety)
 
     def work(self, gpus: int) -> tuple[TrainingPlan, StepWork]:
         """The plan on `gpus` GPUs and its tier-independent step work, once per count."""
@@ -207,13 +236,17 @@ class _Judge:
             )
         found = blockers(tier, plan, self.model.arch.head_dim)
         fixed = fixed_plan(plan, found)
-        fits = self.est.device_bytes <= budget
+        mine = judged(self.est.device_bytes, self.safety)
+        fits = mine <= budget
         count = plan.gpus if fits else needed
         return TierFit(
             gpu=tier.name,
             usable_bytes=tier.usable_bytes,
             fits=fits,
             headroom_bytes=tier.usable_bytes - self.est.device_bytes,
+            budget_bytes=budget,
+            judged_bytes=mine,
+            state=fit_state(mine, tier.usable_bytes, budget),
             gpus_needed=needed,
             reason=reason,
             runs=not found,
@@ -241,12 +274,16 @@ def recommend(
     prices: PriceTable | None = None,
     run: RunSize | None = None,
     mfu: float = MFU,
+    safety_factor: float = 1.0,
 ) -> Recommendation:
     """Judge every tier for the plan `est` was made for — fits on plan.gpus, bytes left, fewest GPUs, what it cannot
-    run — and rank the tiers that run it by the cost of the whole run (`run` tokens at `prices`)."""
+    run — and rank the tiers that run it by the cost of the whole run (`run` tokens at `prices`).
+
+    `safety_factor` > 1 judges every per-GPU estimate × the factor: the safe answer, the uncertainty band's upper
+    end (app/core/band.py)."""
     run = run or RunSize()
     prices = prices if prices is not None else bundled_prices()
-    judge = _Judge(model, est, prices, run, mfu)
+    judge = _Judge(model, est, prices, run, mfu, max(1.0, safety_factor))
     fits = [judge.tier_fit(tier, headroom_fraction) for tier in tiers] if est.plan.device == "cuda" else []
     model_of = {t.name: t for t in tiers}
     options = rank_options([f.option for f in fits if f.option is not None], model_of)
@@ -272,6 +309,7 @@ def recommend(
             mfu=mfu,
             prices=prices.origin,
         ),
+        safety_factor=judge.safety,
     )
 
 

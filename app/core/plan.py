@@ -16,6 +16,8 @@ Sharding = Literal["none", "ddp", "fsdp", "zero2", "zero3"]
 Device = Literal["cuda", "cpu"]
 
 ALL_LINEAR = "all-linear"
+FOLLOWS_METHOD = frozenset({"quant", "optimizer"})
+"""Fields whose default, when not given, depends on the method (the validators below fill them in)."""
 
 # Explicit input limits; the API and the CLI report violations by field.
 MAX_SEQ_LEN = 1_048_576
@@ -80,7 +82,9 @@ class TrainingPlan(BaseModel):
         "`out = model(...); out.loss.backward()` does; transformers.Trainer drops them.",
     )
     optimizer: Optimizer = Field(
-        "paged_adamw_32bit", description="Optimizer whose states are kept per trainable parameter."
+        "paged_adamw_32bit",
+        description="Optimizer whose states are kept per trainable parameter; when not given it follows the method: "
+        "adamw for full fine-tuning, paged_adamw_32bit for LoRA/QLoRA.",
     )
     attn: Attn = Field("sdpa", description="Attention implementation.")
     gpus: int = Field(1, ge=1, le=MAX_GPUS, description="Number of GPUs.")
@@ -94,6 +98,15 @@ class TrainingPlan(BaseModel):
         description="Refuse a setting the real stack refuses (e.g. LoRA dropout on MoE experts PEFT wraps through "
         "ParamWrapper) instead of answering the nearest plan it accepts, with the change stated.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _optimizer_follows_method(cls, data: object) -> object:
+        """No optimizer given: full fine-tuning gets AdamW (TrainingArguments defaults `optim` to a torch AdamW), LoRA and
+        QLoRA the paged AdamW of the QLoRA recipe."""
+        if isinstance(data, dict) and data.get("optimizer") is None and data.get("method") == "full":
+            return {**data, "optimizer": "adamw"}
+        return data
 
     @field_validator("targets", mode="before")
     @classmethod

@@ -8,10 +8,12 @@ from typing import Any
 
 from pydantic_core import to_json, to_jsonable_python
 
+from app.core.band import BandAnswer
 from app.core.gpus import Option, Recommendation, TierFit
 from app.core.result import Estimate
 from app.core.spec import ModelSpec
 from app.core.units import GIB
+from app.core.verdict import left_text, verdict
 
 
 def gib(nbytes: int) -> str:
@@ -68,19 +70,33 @@ def tier_note(f: TierFit) -> str:
     return f.option.price.label
 
 
-def payload(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> dict[str, Any]:
+def band_text(answer: BandAnswer) -> str:
+    """'likely 11.9–12.6 GiB (5th-95th percentile of 48 comparable runs, CPU reference tracker)', or why none."""
+    b = answer.band
+    if b is None:
+        return f"no uncertainty band: {answer.reason}"
+    return (
+        f"likely {b.low_bytes / GIB:,.2f}–{b.high_bytes / GIB:,.2f} GiB ({b.method} of {b.runs} comparable runs, "
+        f"{b.source_label}; covers about {b.coverage:.0%} of such runs)"
+    )
+
+
+def payload(
+    model: ModelSpec, est: Estimate, rec: Recommendation | None, band: BandAnswer | None = None
+) -> dict[str, Any]:
     """The JSON object of `gpuplan estimate --json` and `GET /api/v1/estimate`."""
-    parsed: dict[str, Any] = to_jsonable_python(_payload(model, est, rec))
+    parsed: dict[str, Any] = to_jsonable_python(_payload(model, est, rec, band))
     return parsed
 
 
-def payload_json(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> str:
-    """payload() as compact JSON text, serialised by pydantic-core in one pass (the same bytes as json.dumps of
-    payload() with separators (",", ":"), about 5× faster: the API's hot path)."""
-    return to_json(_payload(model, est, rec)).decode()
+def payload_json(model: ModelSpec, est: Estimate, rec: Recommendation | None, band: BandAnswer | None = None) -> str:
+    """payload() as compact JSON text, serialised by pydantic-core in one pass (the same JSON as json.dumps of
+    payload(), non-ASCII written as UTF-8 rather than \\u escapes; about 5× faster: the API's hot path)."""
+    return to_json(_payload(model, est, rec, band)).decode()
 
 
-def _payload(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> dict[str, Any]:
+def _payload(model: ModelSpec, est: Estimate, rec: Recommendation | None, band: BandAnswer | None) -> dict[str, Any]:
+    found = verdict(model, est, rec)
     return {
         "model": {
             "id": model.id,
@@ -103,6 +119,9 @@ def _payload(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> dic
         "notes": list(est.notes),
         "adjustments": list(est.adjustments),
         "recommendations": rec,
+        "verdict": found,
+        "uncertainty": band,
+        "safe_answer": rec is not None and rec.safety_factor > 1.0,
     }
 
 
@@ -119,7 +138,7 @@ def _value(value: object) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def _plan_line(est: Estimate) -> str:
+def plan_line(est: Estimate) -> str:
     p = est.plan
     what = (
         f"{p.method} ({p.quant}{', double quant' if p.quant in ('nf4', 'fp4') and p.double_quant else ''})"
@@ -138,11 +157,11 @@ def _plan_line(est: Estimate) -> str:
     )
 
 
-def table(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> str:
+def table(model: ModelSpec, est: Estimate, rec: Recommendation | None, band: BandAnswer | None = None) -> str:
     """The human-readable output of `gpuplan estimate`."""
     lines = [
         f"{model.id}{'@' + model.revision[:12] if model.revision else ''}  ({model.arch.architecture}, {model.num_params:,} parameters)",
-        f"plan: {_plan_line(est)}",
+        f"plan: {plan_line(est)}",
         *adjustment_lines(est),
         f"trainable: {est.params.trainable:,} ({est.params.trainable_pct:.4f} %)",
         "",
@@ -163,8 +182,11 @@ def table(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> str:
             f"double quant saves:       {est.double_quant_saving_bytes:>16,}  {gib(est.double_quant_saving_bytes)}"
         )
     lines += [f"note: {n}" for n in est.notes]
-    if rec is not None:
-        lines += ["", *recommendation_lines(rec)]
+    if band is not None:
+        lines.append(band_text(band))
+    found = verdict(model, est, rec)
+    if rec is not None and found is not None:
+        lines += ["", f"verdict: {found.label.upper()}: {found.text}", *recommendation_lines(rec)]
     return "\n".join(lines)
 
 
@@ -172,36 +194,51 @@ def recommendation_lines(rec: Recommendation) -> list[str]:
     """The CLI's recommendation: the cheapest option, the fastest, what they assume, and every tier."""
     best = rec.options[0] if rec.options else None
     if best is None:
-        lines = [
-            "recommended: no GPU tier fits and runs this plan; try QLoRA, checkpointing, a shorter sequence or zero3"
-        ]
+        lines = ["recommended: none: no GPU count of any tier within the limits holds and runs this plan"]
     else:
-        lines = [f"recommended: {option_text(best)} (keeping {rec.headroom:.0%} headroom)"]
+        safe = f"; judged on the band's upper end, x{rec.safety_factor:.3f}" if rec.safety_factor > 1 else ""
+        lines = [f"recommended: {option_text(best)} (keeping {rec.headroom:.0%} headroom{safe})"]
         if rec.fastest is not None and rec.fastest != best:
             lines.append(f"fastest:     {option_text(rec.fastest)}")
         lines += [f"ranking: {rec.ranking}", time_model_text(rec)]
         lines.append("options, cheapest run first:")
         lines += [f"  {i}. {option_text(o)}" for i, o in enumerate(rec.options[:5], 1)]
     lines.append(
-        f"{'gpu':<18} {'usable':>10} {'fits':>5} {'left':>11} {'gpus needed':>12} {'time':>10} {'cost':>10}  note"
+        f"{'gpu':<18} {'usable':>10} {'fits':>12} {'headroom left':>36} {'gpus needed':>12} {'time':>10} "
+        f"{'cost':>10}  note"
     )
     for f in rec.tiers:
         o = f.option
         lines.append(
-            f"{f.gpu:<18} {f.usable_bytes / GIB:>7.1f} GiB {'yes' if f.fits else 'no':>5} "
-            f"{f.headroom_bytes / GIB:>7.1f} GiB {f.gpus_needed if f.gpus_needed else '-':>12} "
+            f"{f.gpu:<18} {f.usable_bytes / GIB:>7.1f} GiB {fits_word(f):>12} "
+            f"{left_text(f, rec.headroom):>36} {f.gpus_needed if f.gpus_needed else '-':>12} "
             f"{hours(o.hours, days=False) if o else '-':>10} {usd(o.cost_usd) if o else '-':>10}  {tier_note(f)}"
         )
     return lines
 
 
-def markdown(model: ModelSpec, est: Estimate, rec: Recommendation | None) -> str:
-    """A Markdown report for procurement documents."""
+def fits_word(f: TierFit) -> str:
+    """yes / tight / no: the tier's state on plan.gpus GPUs."""
+    return {"fits": "yes", "tight": "tight", "does_not_fit": "no"}[f.state]
+
+
+def markdown(model: ModelSpec, est: Estimate, rec: Recommendation | None, band: BandAnswer | None = None) -> str:
+    """A Markdown report for procurement documents: it names the model, the plan and the GPU count it is for."""
+    found = verdict(model, est, rec)
+    gpus = f"{est.plan.gpus} GPU{'s' if est.plan.gpus > 1 else ''}"
     out = [
-        f"# GPU memory plan: {model.id}",
+        f"# GPU memory plan: {model.id} on {gpus}",
         "",
         f"- Model: `{model.id}`{' @ `' + model.revision + '`' if model.revision else ''} ({model.arch.architecture}, {model.num_params:,} parameters)",
-        f"- Plan: {_plan_line(est)}",
+        f"- Plan: {plan_line(est)}",
+        f"- GPUs planned: {est.plan.gpus} (sharding {est.plan.sharding}); every byte figure is per GPU",
+        *([f"- **Verdict: {found.label}.** {found.text}"] if found is not None else []),
+        *([f"- Uncertainty: {band_text(band)}"] if band is not None else []),
+        *(
+            [f"- Safe answer: judged on the band's upper end (every per-GPU estimate x {rec.safety_factor:.3f})"]
+            if rec is not None and rec.safety_factor > 1
+            else []
+        ),
         *(f"- **{line}**" for line in adjustment_lines(est)),
         f"- Trainable parameters: {est.params.trainable:,}",
         f"- **Peak allocated: {gib(est.peak_allocated_bytes)}**; reserved {gib(est.peak_reserved_bytes)}; device {gib(est.device_bytes)}",
@@ -230,11 +267,12 @@ def markdown_recommendation(rec: Recommendation) -> list[str]:
         out.append(
             f"| {i} | {o.gpus} x {o.gpu} | {hours(o.hours)} | {gpu_hours} | {rate} | {usd(o.cost_usd)} | {price} |"
         )
-    out += ["", "## GPU tiers", "", "| GPU | usable GiB | fits | GPUs needed | time | cost | note |"]
-    out.append("|---|---:|---|---:|---:|---:|---|")
+    out += ["", "## GPU tiers", "", "| GPU | usable GiB | fits | headroom left | GPUs needed | time | cost | note |"]
+    out.append("|---|---:|---|---|---:|---:|---:|---|")
     for f in rec.tiers:
         out.append(
-            f"| {f.gpu} | {f.usable_bytes / GIB:.1f} | {'yes' if f.fits else 'no'} | {f.gpus_needed or '-'} | "
+            f"| {f.gpu} | {f.usable_bytes / GIB:.1f} | {fits_word(f)} | {left_text(f, rec.headroom)} | "
+            f"{f.gpus_needed or '-'} | "
             f"{hours(f.option.hours) if f.option else '-'} | {usd(f.option.cost_usd) if f.option else '-'} | "
             f"{tier_note(f)} |"
         )

@@ -36,7 +36,16 @@ class MeasurementStore(Protocol):
 
     def accuracy(self) -> object: ...
 
-    def comparable(self, model_type: str, method: str, device: str) -> ComparableStats | None: ...
+    def comparable(
+        self,
+        model_type: str,
+        method: str,
+        device: str,
+        *,
+        checkpointing: str | None = None,
+        gpus: int = 1,
+        sharding: str = "none",
+    ) -> ComparableStats | None: ...
 
 
 async def _settings(request: Request) -> Settings:

@@ -6,10 +6,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.core.band import BandAnswer
 from app.core.gpus import Recommendation
 from app.core.plan import TrainingPlan
 from app.core.result import Adjustment, Params, PhasePeak, Term
 from app.core.spec import ArchSummary, ModelSource, ModelSpec
+from app.core.verdict import Verdict
 from app.service import ExportFormat
 
 MAX_MODEL_CHARS = 300
@@ -98,6 +100,15 @@ class EstimateResponse(BaseModel):
         description="Settings the real stack refuses, changed to the nearest accepted plan (`plan` is that plan).",
     )
     recommendations: Recommendation | None = Field(description="None for device cpu plans.")
+    verdict: Verdict | None = Field(
+        None, description="fits / tight / does_not_fit with the headline sentence; None for device cpu plans."
+    )
+    uncertainty: BandAnswer | None = Field(
+        None,
+        description="The range the measured peak is likely in, from comparable verified runs (`band`), or None "
+        "with the `reason` (no comparable runs, too few, no store).",
+    )
+    safe_answer: bool = Field(False, description="The verdict was judged on the band's upper end (`safe=true`).")
 
 
 class ModelSummary(BaseModel):

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, RowMapping, select, update
@@ -30,6 +30,8 @@ from app.store.models import (
     MeasurementRecord,
     SourceSummary,
     canonical_json,
+    checkpointing_of,
+    layout_of,
     relative_error_pct,
     utc,
 )
@@ -112,6 +114,43 @@ def _by_source(rows: Sequence[RowMapping]) -> list[SourceSummary]:
         verified = sum(1 for row in mine if row["verified"])
         out.append(SourceSummary(source=source, runs=len(mine), verified_runs=verified, accuracy=stats))
     return out
+
+
+def comparable_rows(
+    rows: Sequence[RowMapping], model_type: str, checkpointing: str | None, gpus: int, sharding: str
+) -> tuple[list[RowMapping], bool, str | None, str] | None:
+    """The first non-empty group of `rows` (all of one method and device) in widening order, with whether
+    model_type and which checkpointing it matched, and the words for how it was drawn."""
+    same_layout = [
+        row
+        for row in rows
+        if layout_of(json.loads(row["plan_json"])) == (gpus, sharding) and row["estimated_peak_bytes"] > 0
+    ]
+    layout = f"{gpus} GPU{'s' * (gpus > 1)}" + (f", {sharding}" if sharding != "none" else ", no sharding")
+    steps = [(True, checkpointing), (False, checkpointing)]
+    if checkpointing is not None:
+        steps += [(True, None), (False, None)]
+    for typed, ckpt in steps:
+        chosen = [
+            row
+            for row in same_layout
+            if (not typed or row["model_type"] == model_type)
+            and (ckpt is None or checkpointing_of(json.loads(row["plan_json"])) == ckpt)
+        ]
+        if chosen:
+            kept = [
+                "same method and device",
+                layout,
+                *(["model type"] if typed else []),
+                *(["checkpointing"] if ckpt else []),
+            ]
+            dropped = [
+                *([] if typed else ["model type"]),
+                *([] if ckpt or checkpointing is None else ["checkpointing"]),
+            ]
+            words = ", ".join(kept) + (f"; widened: any {' and any '.join(dropped)}" if dropped else "")
+            return chosen, typed, ckpt, words
+    return None
 
 
 class Store:
@@ -297,28 +336,49 @@ class Store:
             by_source=_by_source(every),
         )
 
-    def comparable(self, model_type: str, method: str, device: str) -> ComparableStats | None:
-        """Accuracy on verified stored runs like this plan: same model_type, method and device if there are any,
-        else same method and device across model types (`scope` says which); None when neither exists."""
+    def comparable(
+        self,
+        model_type: str,
+        method: str,
+        device: str,
+        *,
+        checkpointing: str | None = None,
+        gpus: int = 1,
+        sharding: str = "none",
+    ) -> ComparableStats | None:
+        """Accuracy (and the signed residuals) on verified stored runs like this plan; None when none exist.
+
+        Always the same method, device, GPU count and sharding: a run on one device says nothing about a
+        sharded 8-GPU step. Within those, the closest match that has runs, widened step by step (`widened`
+        says which): same model_type and checkpointing, then any model_type, then any checkpointing with the
+        model_type, then any of either. `checkpointing` None skips that field."""
         _check_device(device)
         m = measurements.c
-        base = select(m.measured_peak_bytes, m.estimated_peak_bytes).where(
+        query = select(m.model_type, m.plan_json, m.measured_peak_bytes, m.estimated_peak_bytes).where(
             m.method == method, m.device == device, m.verified.is_(True)
         )
         with translated(self._engine, "find comparable measurements"), self._engine.connect() as conn:
-            stats = _stats(conn.execute(base.where(m.model_type == model_type)).mappings().all())
-            scope: Literal["model_type", "method"] = "model_type"
-            if stats is None:
-                stats = _stats(conn.execute(base).mappings().all())
-                scope = "method"
-        if stats is None:
+            rows = conn.execute(query).mappings().all()
+        found = comparable_rows(rows, model_type, checkpointing, gpus, sharding)
+        if found is None:
             return None
+        chosen, typed, ckpt, widened = found
+        stats = _stats(chosen)
+        assert stats is not None  # comparable_rows never returns an empty group
+        residuals = sorted(
+            (row["estimated_peak_bytes"] - row["measured_peak_bytes"]) / row["measured_peak_bytes"] for row in chosen
+        )
         return ComparableStats(
             **stats.model_dump(),
-            scope=scope,
-            model_type=model_type if scope == "model_type" else None,
+            scope="model_type" if typed else "method",
+            model_type=model_type if typed else None,
             method=method,
-            device=device,
+            device=device,  # _check_device checked it
+            checkpointing=ckpt,
+            gpus=gpus,
+            sharding=sharding,
+            residuals=tuple(residuals),
+            widened=widened,
         )
 
     # -- JSON Lines -----------------------------------------------------------------------------

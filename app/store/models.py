@@ -296,3 +296,26 @@ class ComparableStats(AccuracyStats):
     model_type: str | None = Field(description="The model_type matched, or None when scope is 'method'.")
     method: str
     device: StoreDevice
+    checkpointing: str | None = Field(
+        None, description="Checkpointing matched ('none', 'every-layer', 'sqrt-n'); None when not matched."
+    )
+    gpus: int = Field(1, description="GPU count matched (never widened).")
+    sharding: str = Field("none", description="Sharding matched (never widened).")
+    residuals: tuple[float, ...] = Field(
+        (), description="Signed residuals (estimated - measured) / measured of the runs, sorted (fractions, not %)."
+    )
+    widened: str = Field("", description="Which fields matched, and which the search had to let go of.")
+
+
+def checkpointing_of(plan: dict[str, object]) -> str:
+    """A stored plan's checkpointing as one word: 'none', or its strategy (TrainingPlan's defaults when absent)."""
+    if plan.get("gradient_checkpointing", True) is False:
+        return "none"
+    strategy = plan.get("checkpointing", "every-layer")
+    return strategy if isinstance(strategy, str) else "every-layer"
+
+
+def layout_of(plan: dict[str, object]) -> tuple[int, str]:
+    """A stored plan's GPU count and sharding (TrainingPlan's defaults, 1 and 'none', when absent)."""
+    gpus, sharding = plan.get("gpus", 1), plan.get("sharding", "none")
+    return (gpus if isinstance(gpus, int) else 1), (sharding if isinstance(sharding, str) else "none")

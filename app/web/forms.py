@@ -48,6 +48,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Optimizer and GPUs", ("optimizer", "gpus", "sharding", "offload", "device", "strict")),
 )
 AUTO_QUANT = ("", "auto: nf4 for QLoRA, none for LoRA/full")
+AUTO_OPTIMIZER = ("", "auto: adamw for full, paged_adamw_32bit for LoRA/QLoRA")
+AUTO = {"quant": AUTO_QUANT, "optimizer": AUTO_OPTIMIZER}  # fields whose default follows the method
 BOOL_OPTIONS = (("true", "on"), ("false", "off"))
 
 
@@ -81,8 +83,8 @@ def _field(name: str, info: FieldInfo) -> FormField:
         low, high = bounds(info)
         return replace(base, kind="number", min=low, max=high, step="1" if annotation is int else "any")
     values = literal_values(annotation)
-    if name == "quant":  # None means "follow the method"
-        return replace(base, kind="select", default="", options=(AUTO_QUANT, *((v, v) for v in values)))
+    if name in AUTO:  # empty means "follow the method"
+        return replace(base, kind="select", default="", options=(AUTO[name], *((v, v) for v in values)))
     if values:
         return replace(base, kind="select", options=tuple((v, v) for v in values))
     return base

@@ -19,13 +19,14 @@ from app import catalog
 from app.core.fit import FitResult
 from app.core.gpus import find_tier
 from app.core.throughput import RunSize
-from app.errors import GpuplanError, StoreError
+from app.core.verdict import left_text, verdict
+from app.errors import GpuplanError
 from app.exports.svg import Point, breakdown_chart, scatter_chart, term_colours
 from app.http import API_PREFIX
-from app.http.deps import MeasurementStore, OptionalStoreDep, PlannerDep, StoreDep
+from app.http.band import AnswerOptions, banded
+from app.http.deps import OptionalStoreDep, PlannerDep, StoreDep
 from app.http.problems import Problem, from_validation
 from app.service import Planned, Planner
-from app.store.models import ComparableStats
 from app.web.forms import canonical_query, form_groups, form_values, parse_query
 
 logger = logging.getLogger(__name__)
@@ -97,19 +98,13 @@ async def _fit_recommended(planner: Planner, planned: Planned) -> FitResult | No
         return None
 
 
-async def _comparable(store: MeasurementStore | None, planned: Planned) -> tuple[ComparableStats | None, str | None]:
-    """Accuracy on comparable stored runs, and why it is missing when the store failed (the page still renders)."""
-    if store is None:
-        return None, None
-    plan = planned.estimate.plan
+def answer_options(params: Mapping[str, str]) -> AnswerOptions:
+    """The page's `safe` option (empty or absent: the setting)."""
+    given = {k: params[k].strip() for k in AnswerOptions.model_fields if params.get(k, "").strip()}
     try:
-        found = await run_in_threadpool(store.comparable, planned.model.arch.model_type, plan.method, plan.device)
-        if found is None and plan.device == "cuda":  # no GPU runs yet: say how the CPU reference fares, labelled so
-            found = await run_in_threadpool(store.comparable, planned.model.arch.model_type, plan.method, "cpu")
-    except StoreError as exc:
-        logger.warning("no comparable runs for the result page: %s", exc)
-        return None, exc.detail
-    return found, None
+        return AnswerOptions.model_validate(given)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
 
 
 def run_size(params: Mapping[str, str]) -> RunSize:
@@ -139,19 +134,27 @@ async def plan_page(request: Request, planner: PlannerDep, store: OptionalStoreD
     permalink = "&".join(q for q in (plan_query, run_query(run)) if q)
     api = f"{API_PREFIX}/estimate?{permalink}"
     base = (planner.settings.public_url or "").rstrip("/")  # never the Host header: it is the client's to forge
-    comparable, store_problem = await _comparable(store, planned)
+    found = await banded(planner, store, planned, answer_options(request.query_params).safe)
+    judged = found.planned
+    rec = judged.recommendation
     context = {
         "model": model,
-        "est": planned.estimate,
-        "rec": planned.recommendation,
+        "est": judged.estimate,
+        "rec": rec,
+        "verdict": verdict(model, judged.estimate, rec),
+        "left": {t.gpu: left_text(t, rec.headroom) for t in rec.tiers} if rec else {},
+        "band": found.band,
+        "safe": found.safe,
         "run": run,
         "plan_pairs": parse_qsl(plan_query),
-        "fit": await _fit_recommended(planner, planned),
-        "comparable": comparable,
-        "store_problem": store_problem,
+        "run_pairs": parse_qsl(run_query(run)),
+        "fit": await _fit_recommended(planner, judged),
+        "comparable": found.comparable,
+        "store_problem": found.store_problem,
         # our own SVG: every text in it is XML-escaped by app.exports.svg
-        "chart": Markup(breakdown_chart(planned.estimate, planned.recommendation)),
-        "colours": term_colours(planned.estimate),
+        "chart": Markup(breakdown_chart(judged.estimate, rec)),
+        "chart_narrow": Markup(breakdown_chart(judged.estimate, rec, narrow=True)),
+        "colours": term_colours(judged.estimate),
         "permalink": f"/plan?{permalink}",
         "exports": [(label, f"{api}&format={fmt}") for label, fmt in EXPORTS],
         "embed": f'<img src="{base}{api}&format=svg" alt="GPU memory breakdown of {model.id}">',

@@ -11,11 +11,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.catalog import load_spec
+from app.core.band import BandAnswer
 from app.core.estimate import estimate
 from app.core.gpus import recommend
 from app.core.plan import MAX_BATCH, MAX_GPUS, MAX_RANK, MAX_SEQ_LEN, TrainingPlan
 from app.exports import report
+from app.http.band import band_for
 from app.http.schemas import EstimateResponse
+from app.service import Planned
 from tests.webapp import HUB_SHA, assert_problem
 
 LLAMA = "meta-llama/Llama-2-7b-hf"
@@ -26,7 +29,8 @@ def expected_payload(plan: TrainingPlan, model_id: str = LLAMA) -> dict:
     assert spec is not None
     est = estimate(spec, plan)
     rec = recommend(spec, est, 0.10) if plan.device == "cuda" else None
-    return json.loads(json.dumps(report.payload(spec, est, rec)))
+    _, band, _ = band_for(None, Planned(model=spec, estimate=est, recommendation=rec))  # the test app has no store
+    return json.loads(json.dumps(report.payload(spec, est, rec, band)))
 
 
 def test_get_estimate_is_report_payload(client: TestClient) -> None:
@@ -80,7 +84,10 @@ def test_exports_markdown_csv_svg(client: TestClient) -> None:
     est = estimate(spec, TrainingPlan())
     md = client.get("/api/v1/estimate", params={"model": LLAMA, "format": "md"})
     assert md.headers["content-type"].startswith("text/markdown")
-    assert md.text == report.markdown(spec, est, recommend(spec, est, 0.10))
+    no_store = BandAnswer(band=None, reason="no measurement store")
+    assert md.text == report.markdown(spec, est, recommend(spec, est, 0.10), no_store)
+    assert md.text.startswith(f"# GPU memory plan: {LLAMA} on 1 GPU\n")
+    assert "- Uncertainty: no uncertainty band: no measurement store" in md.text
     table = client.get("/api/v1/estimate", params={"model": LLAMA, "format": "csv"})
     assert table.headers["content-type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(table.text)))

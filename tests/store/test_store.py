@@ -169,6 +169,8 @@ def test_comparable_prefers_the_same_model_type(store: Store, make_record: MakeR
         model_type="llama",
         method="qlora",
         device="cuda",
+        residuals=(0.1, 0.3),
+        widened="same method and device, 1 GPU, no sharding, model type",
     )
 
 
@@ -190,6 +192,8 @@ def test_comparable_falls_back_to_method_and_device(store: Store, make_record: M
         model_type=None,
         method="qlora",
         device="cuda",
+        residuals=(-0.3, 0.1),
+        widened="same method and device, 1 GPU, no sharding; widened: any model type",
     )
     assert store.comparable("gemma3", "lora", "cuda") is None
     assert store.comparable("llama", "qlora", "cpu") is None
@@ -277,3 +281,41 @@ def test_concurrent_writers_from_two_stores(db_url: str, make_record: MakeRecord
             thread.join()
         assert failures == []
         assert count_rows(first) == 4 * 25 * 2
+
+
+def _planned(**plan: Any) -> dict[str, Any]:
+    return {"method": "full", "rank": 16, "seq_len": 512, **plan}
+
+
+def test_comparable_never_widens_past_the_gpu_count_and_sharding(store: Store, make_record: MakeRecord) -> None:
+    store.add_many(
+        [
+            make_record(method="full", measured=1000, estimated=1000, plan=_planned()),  # one device, no sharding
+            make_record(method="full", measured=1000, estimated=900, plan=_planned(gpus=8, sharding="zero3")),
+        ]
+    )
+    sharded = store.comparable("llama", "full", "cpu", gpus=8, sharding="zero3")
+    assert sharded is not None and sharded.count == 1 and sharded.residuals == (-0.1,)
+    assert (sharded.gpus, sharded.sharding) == (8, "zero3")
+    assert sharded.widened == "same method and device, 8 GPUs, zero3, model type"
+    # an 8-GPU ZeRO-3 plan is not comparable to single-device runs, nor a 4-GPU one to 8-GPU runs
+    assert store.comparable("llama", "full", "cpu", gpus=4, sharding="zero3") is None
+    assert store.comparable("llama", "full", "cpu", gpus=8, sharding="fsdp") is None
+
+
+def test_comparable_widens_model_type_then_checkpointing_and_says_so(store: Store, make_record: MakeRecord) -> None:
+    store.add_many(
+        [
+            make_record(model_type="qwen2", measured=1000, estimated=1200, plan=_planned()),  # every-layer (default)
+            make_record(model_type="llama", measured=1000, estimated=800, plan=_planned(gradient_checkpointing=False)),
+        ]
+    )
+    closest = store.comparable("llama", "full", "cpu", checkpointing="none")
+    assert closest is not None and closest.residuals == (-0.2,) and closest.checkpointing == "none"
+    assert closest.widened == "same method and device, 1 GPU, no sharding, model type, checkpointing"
+    other_type = store.comparable("llama", "full", "cpu", checkpointing="every-layer")
+    assert other_type is not None and other_type.model_type is None and other_type.residuals == (0.2,)
+    assert other_type.widened == "same method and device, 1 GPU, no sharding, checkpointing; widened: any model type"
+    neither = store.comparable("gemma", "full", "cpu", checkpointing="sqrt-n")
+    assert neither is not None and neither.count == 2 and neither.checkpointing is None
+    assert neither.widened.endswith("; widened: any model type and any checkpointing")

@@ -123,12 +123,12 @@ def test_fill_submit_follow_permalink_and_print(page: Page, base_url: str) -> No
     total = p.text_content("#total")
     assert total and total.endswith("GiB")
     assert "Fits on" in (p.text_content("#verdict") or "")
-    segments = p.locator("#chart svg rect.segment").count()
+    segments = p.locator("#chart .chart-wide svg rect.segment").count()
     rows = p.locator("#breakdown tbody tr").count()
     assert segments >= 8 and rows >= segments
     assert p.locator("#tiers tbody tr").count() == 21
     assert p.locator("#fit tbody tr").count() == 3
-    assert p.locator("#chart svg").bounding_box()["width"] > 500
+    assert p.locator("#chart .chart-wide svg").bounding_box()["width"] > 500
     embed = p.input_value("#embed-snippet")
     # relative: the page never reflects the Host header (GPUPLAN_PUBLIC_URL makes it absolute)
     assert embed.startswith('<img src="/api/v1/estimate?') and "format=svg" in embed

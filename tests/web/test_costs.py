@@ -22,7 +22,7 @@ def test_the_result_page_shows_the_cost_of_each_option_with_its_date(client: Tes
             assert escape(o.price.label) in options and f"(as of {o.price.as_of.isoformat()})" in options
     first = rec.options[0]
     text = re.sub(r"\s+", " ", page)
-    assert f"Fits on <strong>1 × {first.gpu}</strong>, the cheapest run" in text
+    assert f"Fits on 1 × {first.gpu}, the cheapest run" in text
     assert f"at {escape(first.price.label)} for 100,000,000 training tokens" in text
     assert 'class="badge">fastest</span>' in options and "a first-principles model, not a measurement" in text
     assert (

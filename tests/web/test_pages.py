@@ -46,7 +46,7 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "batch_size": "1",
         "gradient_checkpointing": "true",
         "checkpointing": "every-layer",
-        "optimizer": "paged_adamw_32bit",
+        "optimizer": "",  # auto: adamw for full, paged_adamw_32bit for LoRA/QLoRA
         "attn": "sdpa",
         "gpus": "1",
         "sharding": "none",
@@ -91,14 +91,16 @@ def test_result_page_context_and_contents(client: TestClient) -> None:
     page = response.text
     total = f"{expected.device_bytes / 1024**3:,.2f} GiB"
     assert f'<strong id="total">{total}</strong>' in page
-    assert f"Fits on <strong>1 × {ctx['rec'].recommended}</strong>" in page
+    assert f"Fits on 1 × {ctx['rec'].recommended}, the cheapest run" in page
+    assert 'data-state="fits"' in page and "Fits with headroom" in page
     assert page.index('id="verdict"') < page.index('id="chart"')  # verdict at the top
-    assert '<figure class="chart" id="chart"><svg' in page
+    assert '<figure class="chart" id="chart"><div class="chart-wide"><svg' in page
+    assert '<div class="chart-narrow"><svg' in page  # the phone layout of the same chart
     for term in expected.breakdown:
         assert f'<tr data-term="{term.term}">' in page and esc(term.note) in page
-    assert page.count('class="segment"') == sum(1 for t in expected.breakdown if t.bytes > 0)
+    assert page.count('class="segment"') == 2 * sum(1 for t in expected.breakdown if t.bytes > 0)  # wide + narrow
     assert page.count('<tr class="fits') + page.count('<tr class="nofit') == len(ctx["rec"].tiers)
-    assert "No comparable measured runs yet." in page
+    assert "No comparable measured runs yet: none of this method on 1 GPU." in page
     assert "LlamaForCausalLM" in page and f"{spec.num_params:,}" in page and "bundled catalog config" in page
     assert "@media print" in (STATIC_DIR / "style.css").read_text()
 
@@ -156,7 +158,10 @@ def test_comparable_runs_from_the_store(tmp_path: Path) -> None:
     comparable = page.context["comparable"]  # type: ignore[attr-defined]
     assert comparable.count == 2 and comparable.scope == "model_type" and comparable.max_abs_error_pct == 5.0
     text = re.sub(r"\s+", " ", page.text)
-    assert "On <strong>2</strong> comparable measured runs (same model type and method, same device)" in text
+    assert "On <strong>2</strong> comparable measured runs (as the fake store matched; CUDA)" in text
+    assert 'id="cuda-caveat"' not in text  # the runs are CUDA runs
+    assert page.context["band"].band is None  # type: ignore[attr-defined]
+    assert "No uncertainty band: only 2 comparable measured runs: a band needs at least 3" in text
     assert "gpuplan was within <strong>5.0 %</strong>" in text
 
 
@@ -231,24 +236,33 @@ def test_verdicts_for_cpu_multi_gpu_and_no_fit(client: TestClient) -> None:
     rec = big.context["rec"]  # type: ignore[attr-defined]
     assert rec.recommended_gpus > 1
     text = re.sub(r"\s+", " ", big.text)
-    assert (
-        f"needs <strong>{rec.recommended_gpus} × {rec.recommended}</strong> under sharding <code>zero3</code>" in text
-    )
+    assert f"needs {rec.recommended_gpus} × {rec.recommended} under sharding zero3" in text
+    assert big.context["verdict"].state == "does_not_fit" and 'data-state="does_not_fit"' in text  # type: ignore[attr-defined]
     assert big.context["fit"].gpus == rec.recommended_gpus  # type: ignore[attr-defined]
     none = client.get(
         "/plan",
         params={"model": "meta-llama/Llama-2-70b-hf", "method": "full", "optimizer": "adamw", "sharding": "ddp"},
     )
     assert none.context["rec"].recommended is None and none.context["fit"] is None  # type: ignore[attr-defined]
-    assert "No GPU tier fits this plan" in none.text
+    assert "Does not fit: no tier holds it: every DDP replica holds the whole model" in none.text
 
 
 def test_a_failing_store_does_not_break_the_result_page(tmp_path: Path) -> None:
     class BrokenStore(FakeStore):
-        def comparable(self, model_type: str, method: str, device: str) -> None:
+        def comparable(self, model_type: str, method: str, device: str, **layout: object) -> None:
             raise StoreError("the database is locked")
 
     with TestClient(build_app(tmp_path, store=BrokenStore())) as client:
         page = client.get("/plan", params={"model": LLAMA})
     assert page.status_code == 200 and page.context["store_problem"] == "the database is locked"  # type: ignore[attr-defined]
     assert "Measured runs cannot be read right now: the database is locked" in page.text
+
+
+def test_the_safe_toggle_keeps_the_plan_and_the_run(client: TestClient) -> None:
+    page = client.get("/plan", params={"model": LLAMA, "rank": "32", "train_tokens": "2000000000", "epochs": "2"})
+    form = page.text[
+        page.text.index('class="no-print safe-form"') : page.text.index("</form>", page.text.index("safe-form"))
+    ]
+    for name, value in (("rank", "32"), ("train_tokens", "2000000000"), ("epochs", "2"), ("safe", "true")):
+        assert f'name="{name}" value="{value}"' in form
+    assert page.context["safe"] is False  # type: ignore[attr-defined]  # the setting's default

@@ -11,7 +11,7 @@ from app.core.estimate import estimate
 from app.core.gpus import find_tier, recommend
 from app.core.plan import TrainingPlan
 from app.core.result import Estimate
-from app.exports.svg import Point, breakdown_chart, scatter_chart, term_colours
+from app.exports.svg import TERM_COLOURS, Point, breakdown_chart, nice_step, scatter_chart, term_colours
 
 NS = {"svg": "http://www.w3.org/2000/svg"}
 
@@ -81,3 +81,39 @@ def test_scatter_has_log_axes_and_a_point_per_run() -> None:
     assert float(big.get("cx", 0)) > float(small.get("cx", 0)) and float(big.get("cy", 0)) < float(small.get("cy", 0))
     empty = ET.fromstring(scatter_chart([]))
     assert any(t.text == "no measured runs yet" for t in empty.findall(".//svg:text", NS))
+
+
+def test_each_term_keeps_its_colour_whatever_the_plan() -> None:
+    qlora, full = llama_estimate(), llama_estimate(method="full", optimizer="adamw")
+    a, b = term_colours(qlora), term_colours(full)
+    shared = set(a) & set(b)
+    assert {"base_weight_bytes", "optimizer_state_bytes", "cuda_context_bytes"} <= shared
+    assert all(a[t] == b[t] for t in shared)  # same term, same colour, at another position
+    assert [t.term for t in full.breakdown if t.bytes > 0].index("optimizer_state_bytes") != [
+        t.term for t in qlora.breakdown if t.bytes > 0
+    ].index("optimizer_state_bytes")
+    assert len(set(TERM_COLOURS.values())) == len(TERM_COLOURS)  # no two terms share a colour
+
+
+@pytest.mark.parametrize(
+    ("span_gib", "step"),
+    [(12.8, 5.0), (7.3, 2.0), (100.0, 20.0), (457.0, 100.0), (0.3, 0.1), (180.0, 50.0), (1.0, 0.2)],
+)
+def test_axis_steps_are_round(span_gib: float, step: float) -> None:
+    assert nice_step(span_gib) == pytest.approx(step)
+
+
+def test_axis_ticks_sit_at_round_gib_values() -> None:
+    root = ET.fromstring(breakdown_chart(llama_estimate()))  # 7.43 GiB, no budget line: ticks 0, 2, ..., 8
+    ticks = [t.text for t in root.findall(".//svg:text[@class='tick']", NS)]
+    assert ticks == ["0 GiB", "2 GiB", "4 GiB", "6 GiB", "8 GiB"]
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+def test_the_chart_names_the_model_plan_and_gpu_count(narrow: bool) -> None:
+    est = llama_estimate(method="full", optimizer="adamw", gpus=8, sharding="zero3")
+    root = ET.fromstring(breakdown_chart(est, narrow=narrow))
+    words = " ".join(t.text or "" for t in root.findall(".//svg:text", NS) if t.get("class") in ("title", "plan"))
+    assert "meta-llama/Llama-2-7b-hf" in words and "per GPU on 8 GPUs (zero3)" in words
+    assert "plan: full, bf16, seq 2048 x batch 1" in words and "8 GPUs, zero3" in words
+    assert root.get("width") == ("360" if narrow else "760")
