@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from app.api.queries import query_dependency, query_parameters
@@ -14,6 +14,7 @@ from app.core.gpus import GPU_TIERS, find_tier
 from app.core.throughput import RunSize
 from app.errors import InputError, PlanError
 from app.http.deps import PlannerDep
+from app.http.reports import reports_of
 from app.http.schemas import EstimateQuery, EstimateRequest, FitQuery
 from app.service import MEDIA_TYPES, ExportFormat, Planned
 
@@ -49,11 +50,13 @@ async def post_estimate(
 @router.get(
     "/estimate",
     response_model=None,
-    responses={**ESTIMATE_OK, **HUB_PROBLEMS},
+    responses={**ESTIMATE_OK, **HUB_PROBLEMS, **problems(501)},
     openapi_extra={"parameters": query_parameters(EstimateQuery) + query_parameters(RunSize)},
 )
-async def get_estimate(query: EstimateQueryDep, run: RunQueryDep, planner: PlannerDep) -> Response:
+async def get_estimate(query: EstimateQueryDep, run: RunQueryDep, planner: PlannerDep, request: Request) -> Response:
     """Estimate the peak GPU memory of one fine-tuning step; plan fields as query parameters."""
+    if query.format == "pdf":  # the result page, printed (app/web/pdf.py)
+        return await reports_of(request).result_pdf(request)
     model = await planner.resolve(query.model)
     return export_response(await planner.plan_async(model, query.to_plan(), run), query.format)
 
