@@ -141,6 +141,9 @@ def split_query(text: str) -> list[tuple[str, str]]:
 def split_words(text: str) -> list[tuple[str, str]]:
     """The CLI's `model=x method=lora gpu=A100 80GB` as pairs; a permalink's `&`-separated value works too."""
     if "&" in text or " " not in text.strip():
+        bare = next((part for part in text.strip().split("&") if part and "=" not in part), None)
+        if bare is not None:
+            raise PlanError(f"cannot read {bare!r}: write each field as name=value, e.g. model=Qwen/Qwen2.5-7B")
         return split_query(text.strip())
     try:
         words = shlex.split(text)

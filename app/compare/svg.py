@@ -10,9 +10,9 @@ from app.compare.report import terms
 from app.core.units import GIB
 from app.exports.svg import FONT, PALETTE
 
-WIDTH, LEFT, RIGHT = 640, 12, 12
-ROW = 62  # label line, bar, gap
-BAR = 24
+WIDTH, LEFT, RIGHT = 600, 10, 10
+ROW = 66  # label line, bar, gap
+BAR = 26
 
 
 def term_colours(comparison: Comparison) -> dict[str, str]:
@@ -34,8 +34,8 @@ def _row(c: Column, top: int, scale: int, colours: dict[str, str]) -> list[str]:
     """The plan's label, its stacked bar and, dashed, the budget of the GPU it is judged on."""
     est = c.planned.estimate
     out = [f'<g class="plan" data-plan="{c.number}">', f"<title>{escape(c.label)}</title>"]
-    out.append(f'<text x="{LEFT}" y="{top + 16}" font-size="15" font-weight="600">{escape(_label(c))}</text>')
-    bar_top = top + 24
+    out.append(f'<text x="{LEFT}" y="{top + 17}" font-size="17" font-weight="600">{escape(_label(c))}</text>')
+    bar_top = top + 26
     out.append(f'<rect x="{LEFT}" y="{bar_top}" width="{WIDTH - LEFT - RIGHT}" height="{BAR}" fill="#f2f2f2"/>')
     start = 0
     for term in est.breakdown:
@@ -65,7 +65,7 @@ def _axis(top: int, scale: int) -> list[str]:
         value = scale * i / 4
         anchor = "start" if i == 0 else "end" if i == 4 else "middle"
         out.append(
-            f'<text x="{_x(value, scale):.2f}" y="{top}" text-anchor="{anchor}" fill="#555" font-size="13">'
+            f'<text x="{_x(value, scale):.2f}" y="{top}" text-anchor="{anchor}" fill="#555" font-size="15">'
             f"{value / GIB:.0f} GiB</text>"
         )
     return out
@@ -77,10 +77,10 @@ def _legend(colours: dict[str, str], top: int) -> list[str]:
     col_w = (WIDTH - LEFT - RIGHT) / columns
     for i, (term, colour) in enumerate(colours.items()):
         col, row = divmod(i, rows)
-        lx, ly = LEFT + col * col_w, top + row * 20
-        out.append(f'<rect x="{lx:.1f}" y="{ly - 11}" width="13" height="13" fill="{colour}"/>')
+        lx, ly = LEFT + col * col_w, top + row * 22
+        out.append(f'<rect x="{lx:.1f}" y="{ly - 12}" width="14" height="14" fill="{colour}"/>')
         out.append(
-            f'<text class="legend" x="{lx + 19:.1f}" y="{ly}" font-size="13">{escape(term.removesuffix("_bytes"))}</text>'
+            f'<text class="legend" x="{lx + 20:.1f}" y="{ly}" font-size="15">{escape(term.removesuffix("_bytes"))}</text>'
         )
     return out
 
@@ -90,7 +90,7 @@ def comparison_chart(comparison: Comparison, *, standalone: bool = False) -> str
     scale, colours = comparison.scale_bytes, term_colours(comparison)
     cols = comparison.columns
     legend_top = 40 + len(cols) * ROW + 34
-    height = legend_top + math.ceil(len(colours) / 2) * 20 + 4
+    height = legend_top + math.ceil(len(colours) / 2) * 22 + 4
     label = "GPU memory of " + "; ".join(
         f"plan {c.number} {c.planned.estimate.device_bytes / GIB:.2f} GiB" for c in cols
     )
@@ -101,7 +101,7 @@ def comparison_chart(comparison: Comparison, *, standalone: bool = False) -> str
     )
     out += [f"<title>{escape(label)}</title>", f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>']
     out.append(
-        f'<text x="{LEFT}" y="22" font-size="16" font-weight="600">GPU memory per GPU, one scale '
+        f'<text x="{LEFT}" y="22" font-size="17" font-weight="600">GPU memory per GPU, one scale '
         f"(0 to {scale / GIB:.0f} GiB)</text>"
     )
     for i, c in enumerate(cols):

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
@@ -73,6 +73,11 @@ def _edited(entries: list[PlanEntry], params: QueryParams) -> list[PlanEntry]:
     return out
 
 
+def term_label(term: str) -> Markup:
+    """`paged_optimizer_state` with a line-break opportunity after each `_` (a phone wraps it between words)."""
+    return Markup("_<wbr>").join(escape(part) for part in term.removesuffix("_bytes").split("_"))
+
+
 def _plan_link(entry: PlanEntry, run_pairs: Sequence[tuple[str, str]]) -> str:
     return "/plan?" + urlencode([(k, v) for k, v in entry.pairs() if k != "gpu"] + list(run_pairs))
 
@@ -95,6 +100,7 @@ def compare_context(comparison: Comparison) -> dict[str, Any]:
         "chart": Markup(comparison_chart(comparison)),
         "colours": term_colours(comparison),
         "terms": terms(comparison),
+        "term_labels": {t: term_label(t) for t in terms(comparison)},
         "permalink": permalink(comparison),
         "exports": [(label, f"{api}&format={fmt}") for label, fmt in EXPORTS],
         "plan_links": {c.number: _plan_link(c.entry, run_pairs) for c in comparison.columns},

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from pypdf import PdfReader
 
 from app.core.units import GIB
-from tests.compare.helpers import GPUS, MODEL, PLAN_FIELDS, PLANS, expected, headline_texts
+from tests.compare.helpers import GPUS, MODEL, PLAN_FIELDS, PLANS, expected, headline_texts, needs_pdf
 from tests.webapp import assert_problem
 
 API = "/api/v1/compare"
@@ -107,6 +107,7 @@ def _pdf_text(content: bytes) -> tuple[int, str]:
     return len(reader.pages), "\n".join(page.extract_text() for page in reader.pages)
 
 
+@needs_pdf
 def test_the_comparison_as_a_pdf_holds_every_headline(client: TestClient) -> None:
     response = _get(client, PLANS, format="pdf")
     assert response.status_code == 200, response.text
@@ -120,6 +121,7 @@ def test_the_comparison_as_a_pdf_holds_every_headline(client: TestClient) -> Non
     assert "Stack modelled" in text and "transformers" in text
 
 
+@needs_pdf
 def test_the_estimate_as_a_pdf_is_the_printed_result_page(client: TestClient) -> None:
     response = client.get("/api/v1/estimate", params={"model": MODEL, "method": "lora", "format": "pdf"})
     assert response.status_code == 200, response.text
