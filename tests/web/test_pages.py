@@ -109,6 +109,7 @@ def test_embed_snippet_and_exports_work(client: TestClient) -> None:
     assert ctx["embed"].startswith('<img src="/api/v1/estimate?model=')  # relative: no GPUPLAN_PUBLIC_URL
     assert esc(ctx["embed"]) in response.text  # shown as text to copy, not as markup
     media = {"Markdown": "text/markdown", "CSV": "text/csv", "SVG": "image/svg+xml", "JSON": "application/json"}
+    media["PDF"] = "application/pdf"  # the printed result page (app/web/pdf.py)
     for label, href in ctx["exports"]:
         assert f'href="{esc(href)}"' in response.text
         exported = client.get(href)
