@@ -6,7 +6,9 @@ import importlib.abc
 import importlib.machinery
 import io
 import re
+import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -19,6 +21,7 @@ from tests.compare.helpers import GPUS, MODEL, PLAN_FIELDS, PLANS, expected, hea
 from tests.webapp import assert_problem
 
 API = "/api/v1/compare"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _get(client: TestClient, plans: list[str], **params: str) -> Any:
@@ -164,3 +167,19 @@ def test_without_weasyprint_a_pdf_is_a_501(client: TestClient, monkeypatch: pyte
     monkeypatch.setitem(sys.modules, "weasyprint", None)  # import weasyprint raises ImportError
     body = assert_problem(_get(client, PLANS, format="pdf"), 501, "pdf-unavailable")
     assert "pip install weasyprint" in body["detail"]
+
+
+def test_weasyprint_is_imported_only_for_a_pdf(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from tests.webapp import build_app\n"
+        "from pathlib import Path\n"
+        f"app = build_app(Path({str(tmp_path)!r}))\n"
+        "with TestClient(app) as c:\n"
+        f"    assert c.get('/api/v1/compare', params=[('plan', p) for p in {PLANS!r}]).status_code == 200\n"
+        "    assert c.get('/compare', params=[('plan', p) for p in " + repr(PLANS) + "]).status_code == 200\n"
+        "assert 'weasyprint' not in sys.modules, 'weasyprint imported without a PDF'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
