@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -16,6 +17,7 @@ from app.errors import InputError, PlanError
 from app.http.deps import PlannerDep
 from app.http.reports import reports_of
 from app.http.schemas import EstimateQuery, EstimateRequest, FitQuery
+from app.plan_input import as_text
 from app.service import MEDIA_TYPES, ExportFormat, Planned
 
 router = APIRouter(tags=["estimate"])
@@ -33,16 +35,21 @@ def export_response(planned: Planned, fmt: ExportFormat) -> Response:
 @router.post(
     "/estimate",
     response_model=None,
-    responses={**ESTIMATE_OK, **HUB_PROBLEMS, **problems(413)},
+    responses={**ESTIMATE_OK, **HUB_PROBLEMS, **problems(413, 501)},
     openapi_extra={"parameters": query_parameters(RunSize)},
 )
 async def post_estimate(
     body: EstimateRequest,
     planner: PlannerDep,
     run: RunQueryDep,
-    format: Annotated[ExportFormat, Query(description="json, md, csv or svg.")] = "json",
+    request: Request,
+    format: Annotated[ExportFormat | Literal["pdf"], Query(description="json, md, csv, svg or pdf.")] = "json",
 ) -> Response:
     """Estimate the peak GPU memory of one fine-tuning step of a model and plan given as JSON."""
+    if format == "pdf":  # the result page of this model and plan, printed (app/web/pdf.py)
+        plan = [(k, as_text(v)) for k, v in body.to_plan().model_dump().items()]
+        query = urlencode([("model", body.model), *plan, *run.model_dump().items()])
+        return await reports_of(request).result_pdf(request, query)
     model = await planner.resolve(body.model)
     return export_response(await planner.plan_async(model, body.to_plan(), run), format)
 

@@ -69,10 +69,12 @@ def _env(request: Request) -> Environment:
 class WebReports:
     """The PDF renderers the JSON API reaches through app.state.reports (it may not import the web layer)."""
 
-    async def result_pdf(self, request: Request) -> Response:
-        """The result page of the request's model and plan (`/plan?...`) as a PDF."""
+    async def result_pdf(self, request: Request, query: str | None = None) -> Response:
+        """The result page of the request's model and plan (`/plan?...`, or `query` for a POSTed plan) as a PDF."""
         from app.web.routes import plan_page
 
+        if query is not None:  # the page reads its plan from the query string, as its permalink has it
+            request = Request({**request.scope, "method": "GET", "query_string": query.encode()}, request.receive)
         state = request.app.state
         page: Any = await plan_page(request, state.planner, getattr(state, "store", None))
         model = request.query_params.get("model", "report")
