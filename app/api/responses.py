@@ -36,8 +36,7 @@ _TEXT = {"schema": {"type": "string"}}
 ESTIMATE_OK: dict[int | str, dict[str, Any]] = {
     200: {
         "model": EstimateResponse,
-        "description": "The estimate: JSON by default; Markdown, CSV, an SVG chart or (GET) the PDF report with "
-        "`format`.",
+        "description": "The estimate: JSON by default; Markdown, CSV, an SVG chart or the PDF report with `format`.",
         "content": {
             "text/markdown": _TEXT,
             "text/csv": _TEXT,
