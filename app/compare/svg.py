@@ -89,7 +89,7 @@ def comparison_chart(comparison: Comparison, *, standalone: bool = False) -> str
     """Every plan's stacked bar (device bytes per GPU) on one scale, each GPU budget dashed, and one legend."""
     scale, colours = comparison.scale_bytes, term_colours(comparison)
     cols = comparison.columns
-    legend_top = 40 + len(cols) * ROW + 34
+    legend_top = 40 + len(cols) * ROW + 58
     height = legend_top + math.ceil(len(colours) / 2) * 22 + 4
     label = "GPU memory of " + "; ".join(
         f"plan {c.number} {c.planned.estimate.device_bytes / GIB:.2f} GiB" for c in cols
@@ -107,6 +107,10 @@ def comparison_chart(comparison: Comparison, *, standalone: bool = False) -> str
     for i, c in enumerate(cols):
         out += _row(c, 34 + i * ROW, scale, colours)
     out += _axis(40 + len(cols) * ROW + 6, scale)
+    out.append(
+        f'<text x="{LEFT}" y="{40 + len(cols) * ROW + 30}" fill="#555" font-size="14">'
+        "dashed: each plan's GPU budget (usable memory less the headroom)</text>"
+    )
     out += _legend(colours, legend_top)
     out.append("</svg>")
     return "\n".join(out)

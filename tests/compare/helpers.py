@@ -41,7 +41,8 @@ def _pdf_ready() -> str | None:
 
 
 # the PDF tests need WeasyPrint's Pango; without it the server answers 501, which test_api also holds
-needs_pdf = pytest.mark.skipif(_pdf_ready() is not None, reason=_pdf_ready() or "")
+PDF_PROBLEM = _pdf_ready()
+needs_pdf = pytest.mark.skipif(PDF_PROBLEM is not None, reason=PDF_PROBLEM or "")
 
 
 def expected(i: int) -> tuple[int, TierFit]:
