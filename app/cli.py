@@ -175,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--json", action="store_true")
     _add_calibration_parsers(sub)
     _add_inference_parser(sub)
+    from app.compare.cli import add_parser as add_compare_parser
+
+    add_compare_parser(sub)
     serve = sub.add_parser("serve", help="run the web service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -410,6 +413,13 @@ def _add_inference_parser(sub: Any) -> None:
     add_parser(sub)
 
 
+def _cmd_compare(ns: argparse.Namespace) -> int:
+    from app.compare.cli import run
+    from app.web.pdf import comparison_pdf_bytes
+
+    return run(ns, pdf=comparison_pdf_bytes)
+
+
 def _cmd_inference(ns: argparse.Namespace) -> int:
     from app.serving.cli import run
 
@@ -428,6 +438,7 @@ COMMANDS = {
     "accept-calibrations": _cmd_accept,
     "serve": _cmd_serve,
     "inference": _cmd_inference,
+    "compare": _cmd_compare,
 }
 
 

@@ -20,7 +20,8 @@
     ├── CalibrationError                a calibration run could not be carried out (500 at the CLI only)
     ├── Unavailable                     the request could not be answered in time (503 / 504)
     │   ├── Overloaded                  every inventory build slot is busy and the queue is full (503)
-    │   └── DeadlineExceeded            the per-request deadline passed; names what it was waiting for (504)
+    │   ├── DeadlineExceeded            the per-request deadline passed; names what it was waiting for (504)
+    │   └── PdfUnavailable              PDF export without WeasyPrint or its system libraries (501)
     ├── StoreError                      the measurement store failed (503)
     │   └── StoreNotConfigured          the service runs without a store (503)
     └── AuthError                       missing bearer token (401)
@@ -168,6 +169,14 @@ class DeadlineExceeded(Unavailable):
     title = "Deadline exceeded"
     status = 504
     slug = "deadline-exceeded"
+
+
+class PdfUnavailable(Unavailable):
+    """This server cannot render PDFs: WeasyPrint or its system libraries (Pango) are missing."""
+
+    title = "PDF export unavailable"
+    status = 501
+    slug = "pdf-unavailable"
 
 
 class StoreError(GpuplanError):

@@ -111,6 +111,8 @@ def _mount(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     from app.http.headers import HeadMiddleware, SecurityHeadersMiddleware, TrustedHostsMiddleware
     from app.http.limits import BodyLimitMiddleware, DeadlineMiddleware
     from app.http.metrics import MetricsMiddleware
+    from app.web.compare import router as compare_router
+    from app.web.pdf import WebReports
     from app.web.routes import render_error
     from app.web.routes import router as web_router
     from app.web.serving import router as serve_router
@@ -122,11 +124,13 @@ def _mount(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         ("", ops.router),
         ("", web_router),
         ("", serve_router),
+        ("", compare_router),
     ]:
         app.include_router(router, prefix=prefix)
         metrics.name_routes(prefix, router.routes)
         problems.index_methods(app, prefix, router.routes)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.state.reports = WebReports()  # the API prints pages to PDF through it (app/http/reports.py)
     # add_middleware wraps: the last added runs first (metrics see 400s, 413s and 504s too; every answer of
     # the app, errors included, carries the security headers)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -127,13 +127,14 @@ def read_values(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {k: ",".join(v) if k in MULTI else v[-1] for k, v in values.items()}
 
 
-def build_plan(values: Mapping[str, Any], *, naming: str = "field") -> TrainingPlan:
+def build_plan(values: Mapping[str, Any], *, naming: str = "field", strict: bool = False) -> TrainingPlan:
     """A TrainingPlan from values (text or typed); every invalid one is listed in one PlanError.
 
-    `naming="flag"` names fields as CLI flags (`--seq-len`) in the message and the errors list.
+    `naming="flag"` names fields as CLI flags (`--seq-len`) in the message and the errors list; `strict=True`
+    takes JSON values only in the schema's types (no 0 for false), as the API's JSON bodies do.
     """
     try:
-        return TrainingPlan.model_validate(dict(values))
+        return TrainingPlan.model_validate(dict(values), strict=strict)
     except ValidationError as exc:
         errors = []
         for error in exc.errors():

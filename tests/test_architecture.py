@@ -18,6 +18,7 @@ FORBIDDEN = {
     "app.api": ("app.web",),
     "app.web": ("app.api",),
     "app.service": ("app.api", "app.web", "app.http"),
+    "app.compare": ("app.api", "app.web", "app.http", "app.store"),
     "app.store": ("app.api", "app.web", "app.http", "app.service"),
 }
 

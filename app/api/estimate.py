@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from app.api.queries import query_dependency, query_parameters
@@ -15,7 +16,9 @@ from app.core.throughput import RunSize
 from app.errors import InputError, PlanError
 from app.http.band import AnswerOptions, banded
 from app.http.deps import MeasurementStore, OptionalStoreDep, PlannerDep
+from app.http.reports import reports_of
 from app.http.schemas import EstimateQuery, EstimateRequest, FitQuery
+from app.plan_input import as_text
 from app.service import MEDIA_TYPES, ExportFormat, Planned, Planner
 
 router = APIRouter(tags=["estimate"])
@@ -40,7 +43,7 @@ async def export_response(
 @router.post(
     "/estimate",
     response_model=None,
-    responses={**ESTIMATE_OK, **HUB_PROBLEMS, **problems(413)},
+    responses={**ESTIMATE_OK, **HUB_PROBLEMS, **problems(413, 501)},
     openapi_extra={"parameters": query_parameters(RunSize) + query_parameters(AnswerOptions)},
 )
 async def post_estimate(
@@ -49,9 +52,14 @@ async def post_estimate(
     store: OptionalStoreDep,
     run: RunQueryDep,
     answer: AnswerDep,
-    format: Annotated[ExportFormat, Query(description="json, md, csv or svg.")] = "json",
+    request: Request,
+    format: Annotated[ExportFormat | Literal["pdf"], Query(description="json, md, csv, svg or pdf.")] = "json",
 ) -> Response:
     """Estimate the peak GPU memory of one fine-tuning step of a model and plan given as JSON."""
+    if format == "pdf":  # the result page of this model and plan, printed (app/web/pdf.py)
+        plan = [(k, as_text(v)) for k, v in body.to_plan().model_dump().items()]
+        query = urlencode([("model", body.model), *plan, *run.model_dump().items()])
+        return await reports_of(request).result_pdf(request, query)
     model = await planner.resolve(body.model)
     planned = await planner.plan_async(model, body.to_plan(), run)
     return await export_response(planner, store, planned, format, answer)
@@ -60,15 +68,22 @@ async def post_estimate(
 @router.get(
     "/estimate",
     response_model=None,
-    responses={**ESTIMATE_OK, **HUB_PROBLEMS},
+    responses={**ESTIMATE_OK, **HUB_PROBLEMS, **problems(501)},
     openapi_extra={
         "parameters": query_parameters(EstimateQuery) + query_parameters(RunSize) + query_parameters(AnswerOptions)
     },
 )
 async def get_estimate(
-    query: EstimateQueryDep, run: RunQueryDep, answer: AnswerDep, planner: PlannerDep, store: OptionalStoreDep
+    query: EstimateQueryDep,
+    run: RunQueryDep,
+    answer: AnswerDep,
+    planner: PlannerDep,
+    store: OptionalStoreDep,
+    request: Request,
 ) -> Response:
     """Estimate the peak GPU memory of one fine-tuning step; plan fields as query parameters."""
+    if query.format == "pdf":  # the result page, printed (app/web/pdf.py)
+        return await reports_of(request).result_pdf(request)
     model = await planner.resolve(query.model)
     planned = await planner.plan_async(model, query.to_plan(), run)
     return await export_response(planner, store, planned, query.format, answer)

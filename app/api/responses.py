@@ -20,6 +20,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "Request body too large",
         422: "Invalid input: `errors` names each field and why",
         500: "Unexpected error (no details are leaked)",
+        501: "PDF export unavailable: WeasyPrint or its system libraries are not installed (`detail` says which)",
         502: "The Hub answered with an unexpected error",
         503: "The Hub or the store is unavailable, or every inventory build slot is busy",
         504: "The request deadline (GPUPLAN_REQUEST_DEADLINE) passed; `detail` names what it was waiting for",
@@ -35,8 +36,13 @@ _TEXT = {"schema": {"type": "string"}}
 ESTIMATE_OK: dict[int | str, dict[str, Any]] = {
     200: {
         "model": EstimateResponse,
-        "description": "The estimate: JSON by default; Markdown, CSV or an SVG chart with `format`.",
-        "content": {"text/markdown": _TEXT, "text/csv": _TEXT, "image/svg+xml": _TEXT},
+        "description": "The estimate: JSON by default; Markdown, CSV, an SVG chart or the PDF report with `format`.",
+        "content": {
+            "text/markdown": _TEXT,
+            "text/csv": _TEXT,
+            "image/svg+xml": _TEXT,
+            "application/pdf": {"schema": {"type": "string", "format": "binary"}},
+        },
     }
 }
 

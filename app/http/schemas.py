@@ -60,7 +60,9 @@ class PlanQuery(EstimateRequest):
 class EstimateQuery(PlanQuery):
     """GET /estimate's query: the plan fields (targets comma-separated) and the export format."""
 
-    format: ExportFormat = Field("json", description="json (the estimate object), md, csv or svg (a standalone chart).")
+    format: ExportFormat | Literal["pdf"] = Field(
+        "json", description="json (the estimate object), md, csv, svg (a standalone chart) or pdf (the printed report)."
+    )
 
 
 class FitQuery(PlanQuery):

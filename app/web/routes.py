@@ -32,7 +32,7 @@ from app.web.forms import canonical_query, form_groups, form_values, parse_query
 logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 
-EXPORTS = (("Markdown", "md"), ("CSV", "csv"), ("SVG", "svg"), ("JSON", "json"))
+EXPORTS = (("Markdown", "md"), ("CSV", "csv"), ("SVG", "svg"), ("JSON", "json"), ("PDF", "pdf"))
 CALIBRATION_PAGE_LIMIT = 500
 
 
