@@ -120,7 +120,7 @@ def markdown(comparison: Comparison) -> str:
         est = c.planned.estimate
         per_gpu = " per GPU" if est.plan.gpus > 1 else ""
         out.append(
-            f"| {c.number} | `{c.planned.model.id}` | {report._plan_line(est)} | {report.gib(est.device_bytes)}{per_gpu} "
+            f"| {c.number} | `{c.planned.model.id}` | {report.plan_line(est)} | {report.gib(est.device_bytes)}{per_gpu} "
             f"| {_gpus(c)} | {c.choice.summary} | {_cost(c)} |"
         )
     cheapest = comparison.cheapest
