@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 MAX_LIST_LIMIT = 10_000
 _FINGERPRINT_CHUNK = 500  # parameters per IN (...) query, well under every backend's limit
 IMPORT_BATCH = 500
+# how long comparable() keeps an answer another process's writes could have changed, and how many it keeps
+COMPARABLE_TTL_S = 5.0
+COMPARABLE_MEMO_SIZE = 1024
 """Rows per write transaction of an import: each batch holds SQLite's write lock for a few milliseconds, so
 uploads and other writers interleave with a 50,000-row import instead of waiting out its whole run."""
 
@@ -159,6 +164,10 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         """Wrap an engine whose database is already migrated; use `Store.open` instead."""
         self._engine = engine
+        # comparable() answers every estimate request; its rows change only on writes (forgotten here at once)
+        # or in another process (seen after COMPARABLE_TTL_S)
+        self._comparable_memo: dict[tuple[Any, ...], tuple[float, ComparableStats | None]] = {}
+        self._memo_lock = threading.Lock()
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -226,8 +235,13 @@ class Store:
         items = list(recs)
         if not items:
             return []
+        self._forget_comparable()
         with translated(self._engine, "store measurements"), write_transaction(self._engine) as conn:
             return self._insert(conn, items)
+
+    def _forget_comparable(self) -> None:
+        with self._memo_lock:
+            self._comparable_memo.clear()
 
     def add_new(self, recs: Iterable[MeasurementRecord], *, batch_size: int = IMPORT_BATCH) -> int:
         """Store the runs not stored yet (same fingerprint; also repeated within `recs`), `batch_size` per
@@ -236,6 +250,7 @@ class Store:
         An interrupted import keeps its finished batches, and running it again adds only the rest.
         """
         items = [(rec, rec.fingerprint()) for rec in recs]
+        self._forget_comparable()
         added = 0
         taken: set[str] = set()
         for start in range(0, len(items), batch_size):
@@ -260,6 +275,7 @@ class Store:
 
     def accept(self, source: str) -> int:
         """Mark every unverified run of `source` verified (an operator vouches for it); returns how many."""
+        self._forget_comparable()
         m = measurements.c
         query = update(measurements).where(m.source == source, m.verified.is_(False)).values(verified=True)
         with translated(self._engine, "accept measurements"), write_transaction(self._engine) as conn:
@@ -351,8 +367,25 @@ class Store:
         Always the same method, device, GPU count and sharding: a run on one device says nothing about a
         sharded 8-GPU step. Within those, the closest match that has runs, widened step by step (`widened`
         says which): same model_type and checkpointing, then any model_type, then any checkpointing with the
-        model_type, then any of either. `checkpointing` None skips that field."""
+        model_type, then any of either. `checkpointing` None skips that field. Answers are kept for
+        COMPARABLE_TTL_S (writes through this store forget them at once)."""
         _check_device(device)
+        key = (model_type, method, device, checkpointing, gpus, sharding)
+        now = time.monotonic()
+        with self._memo_lock:
+            hit = self._comparable_memo.get(key)
+        if hit is not None and now - hit[0] < COMPARABLE_TTL_S:
+            return hit[1]
+        found = self._comparable(model_type, method, device, checkpointing, gpus, sharding)
+        with self._memo_lock:
+            if len(self._comparable_memo) >= COMPARABLE_MEMO_SIZE:
+                self._comparable_memo.clear()
+            self._comparable_memo[key] = (now, found)
+        return found
+
+    def _comparable(
+        self, model_type: str, method: str, device: str, checkpointing: str | None, gpus: int, sharding: str
+    ) -> ComparableStats | None:
         m = measurements.c
         query = select(m.model_type, m.plan_json, m.measured_peak_bytes, m.estimated_peak_bytes).where(
             m.method == method, m.device == device, m.verified.is_(True)

@@ -319,3 +319,24 @@ def test_comparable_widens_model_type_then_checkpointing_and_says_so(store: Stor
     neither = store.comparable("gemma", "full", "cpu", checkpointing="sqrt-n")
     assert neither is not None and neither.count == 2 and neither.checkpointing is None
     assert neither.widened.endswith("; widened: any model type and any checkpointing")
+
+
+def test_comparable_answers_are_kept_until_a_write_or_the_ttl(
+    store: Store, make_record: MakeRecord, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every estimate request asks comparable(); the answer is memoised, forgotten on any write through the store,
+    and re-read after COMPARABLE_TTL_S (another process may have written)."""
+    import app.store.db as db
+
+    store.add_many([make_record(model_type="llama", method="qlora", device="cuda", measured=1000, estimated=1100)])
+    queries: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *a: queries.append(a[2]) if "SELECT" in a[2] else None)
+    first = store.comparable("llama", "qlora", "cuda")
+    assert first is not None and first.count == 1 and len(queries) == 1
+    assert store.comparable("llama", "qlora", "cuda") == first and len(queries) == 1  # from the memo
+    store.add_many([make_record(model_type="llama", method="qlora", device="cuda", measured=1000, estimated=1300)])
+    after_write = store.comparable("llama", "qlora", "cuda")
+    assert after_write is not None and after_write.count == 2
+    queries.clear()
+    monkeypatch.setattr(db, "COMPARABLE_TTL_S", 0.0)  # as if the TTL had passed
+    assert store.comparable("llama", "qlora", "cuda") == after_write and len(queries) == 1
