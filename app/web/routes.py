@@ -20,7 +20,7 @@ from app.core.fit import FitResult
 from app.core.gpus import find_tier
 from app.core.throughput import RunSize
 from app.errors import GpuplanError, StoreError
-from app.exports.svg import Point, breakdown_chart, scatter_chart, term_colours
+from app.exports.svg import breakdown_chart, term_colours
 from app.http import API_PREFIX
 from app.http.deps import MeasurementStore, OptionalStoreDep, PlannerDep, StoreDep
 from app.http.problems import Problem, from_validation
@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 
 EXPORTS = (("Markdown", "md"), ("CSV", "csv"), ("SVG", "svg"), ("JSON", "json"))
-CALIBRATION_PAGE_LIMIT = 500
 
 
 def _templates(request: Request) -> Jinja2Templates:
@@ -162,18 +161,8 @@ async def plan_page(request: Request, planner: PlannerDep, store: OptionalStoreD
 
 @router.get("/calibrations", response_class=HTMLResponse)
 async def calibrations_page(request: Request, store: StoreDep) -> Response:
-    """Measured runs next to gpuplan's estimates, as a table and a scatter plot."""
-    records = list(
-        await run_in_threadpool(store.list_measurements, model=None, device=None, limit=CALIBRATION_PAGE_LIMIT)
-    )
-    points = [
-        Point(
-            estimated=r.estimated_peak_bytes,
-            measured=r.measured_peak_bytes,
-            device=r.device,
-            label=f"{r.model_id} ({r.device}): estimated {r.estimated_peak_bytes:,}, measured {r.measured_peak_bytes:,}",
-        )
-        for r in records
-    ]
-    context = {"records": records, "chart": Markup(scatter_chart(points))}
+    """Measured runs next to gpuplan's estimates: filtered, sorted and paged, with a scatter plot of every match."""
+    from app.web.calibrations import calibrations_context
+
+    context = await calibrations_context(store, request.query_params)
     return _templates(request).TemplateResponse(request, "calibrations.html", context)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from playwright.sync_api import Page, Route
+from playwright.sync_api import Browser, Page, Route
 
-from tests.web.test_browser import ARTIFACTS, base_url, browser, page
+from tests.web.test_browser import ARTIFACTS, STORED, base_url, browser, page
 
 __all__ = ["base_url", "browser", "page"]
 
@@ -34,3 +34,32 @@ def test_docs_render_an_operation_with_the_network_blocked(page: Page, base_url:
     operation.wait_for(state="visible")
     assert operation.is_visible()
     assert blocked == [] and missing == []
+
+
+def test_calibrations_page_filters_sorts_pages_at_two_widths(browser: Browser, base_url: str) -> None:
+    for width in (1280, 390):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        p = context.new_page()
+        p.set_default_timeout(15_000)
+        p.goto(base_url + "/calibrations")
+        rows = p.locator("#measurements tbody tr")
+        assert rows.count() == 50
+        assert p.locator("#scatter svg circle.point").count() == STORED[0]  # the chart plots every match
+        assert f"of {STORED[0]:,}" in (p.text_content("#pager") or "")
+        legend = p.locator("#scatter svg text").all_text_contents()
+        assert not any(t.startswith("cuda") for t in legend)  # no GPU runs stored: no cuda legend entry
+        assert "measured peak (GiB)" in legend
+        height = p.evaluate("document.documentElement.scrollHeight")
+        assert height < 9000, height
+        p.screenshot(path=str(ARTIFACTS / f"calibrations-{width}.png"), full_page=True)
+        p.select_option("select[name=family]", "qwen2")
+        p.select_option("select[name=sort]", "-abs_error")
+        p.click("form.filters button[type=submit]")
+        p.wait_for_url("**/calibrations?*family=qwen2*")
+        families = p.locator("#measurements tbody tr td:nth-child(2)").all_text_contents()
+        assert families and set(families) == {"qwen2"}
+        errors = [
+            abs(float(t.split()[0])) for t in p.locator("#measurements tbody td:nth-child(11)").all_text_contents()
+        ]
+        assert errors == sorted(errors, reverse=True)
+        context.close()

@@ -207,7 +207,7 @@ def test_calibrations_page_lists_runs_and_plots_them(tmp_path: Path) -> None:
     with TestClient(build_app(tmp_path, store=FakeStore(records))) as client:
         page = client.get("/calibrations")
     assert page.status_code == 200 and page.template.name == "calibrations.html"  # type: ignore[attr-defined]
-    assert len(page.context["records"]) == 2  # type: ignore[attr-defined]
+    assert len(page.context["page"].records) == 2  # type: ignore[attr-defined]
     assert page.text.count('class="point"') == 2
     assert "+5.0 %" in page.text and "NVIDIA H200" in page.text and "torch 2.13.0" in page.text
     assert "a/&lt;b&gt;" in page.text and "a/<b>" not in page.text
