@@ -293,13 +293,15 @@ def _cmd_fetch(ns: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(ns: argparse.Namespace) -> int:
-    from app.calibration.commands import calibrate
+    from app.calibration.commands import calibrate, model_config
+    from app.calibration.progress import expected_seconds, stderr_progress
     from app.settings import get_settings
 
-    plan = plan_from_args(ns)
-    out = calibrate(
-        ns.model, plan, get_settings(), layers=ns.layers, steps=ns.steps, store=ns.store, matmuls=ns.matmuls
-    )
+    plan, settings = plan_from_args(ns), get_settings()
+    on_cpu = plan.device == "cpu"
+    expected = expected_seconds(model_config(ns.model, settings)[1], plan, ns.layers, ns.steps) if on_cpu else None
+    with stderr_progress(expected):
+        out = calibrate(ns.model, plan, settings, layers=ns.layers, steps=ns.steps, store=ns.store, matmuls=ns.matmuls)
     if ns.json:
         print(json.dumps(out, indent=2))
     else:
