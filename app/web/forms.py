@@ -47,6 +47,13 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Batch and activations", ("seq_len", "batch_size", "gradient_checkpointing", "checkpointing", "attn")),
     ("Optimizer and GPUs", ("optimizer", "gpus", "sharding", "offload", "device", "strict")),
 )
+
+
+def field_label(name: str) -> str:
+    """The form's label of a field (`seq_len` -> "Sequence length"), for error messages; other names as they are."""
+    return {"model": "Model", "body": "Request body", "plan": "Plan", **LABELS}.get(name, name)
+
+
 AUTO_QUANT = ("", "auto: nf4 for QLoRA, none for LoRA/full")
 BOOL_OPTIONS = (("true", "on"), ("false", "off"))
 

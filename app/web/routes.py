@@ -39,15 +39,19 @@ def _templates(request: Request) -> Jinja2Templates:
     return templates
 
 
-def _form_context(params: Mapping[str, str]) -> dict[str, Any]:
-    return {"groups": form_groups(), "values": form_values(params), "catalog_ids": catalog.catalog_ids()}
+def _form_context(params: Mapping[str, str], errors: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The planner form's fields, the values to show and (on an error page) each invalid field's message."""
+    values = form_values(params)
+    return {"groups": form_groups(), "values": values, "catalog_ids": catalog.catalog_ids(), "errors": errors or {}}
 
 
 def render_error(request: Request, problem: Problem, headers: Mapping[str, str]) -> Response:
     """error.html with the same title, status, detail and field errors as the problem+json."""
-    context: dict[str, Any] = {"problem": problem, "form": None}
-    if request.url.path == "/plan":  # show the submitted form again, to fix and resubmit
-        context["form"] = _form_context(request.query_params)
+    from app.web.forms import field_label
+
+    context: dict[str, Any] = {"problem": problem, "form": None, "label": field_label}
+    if request.url.path == "/plan":  # show the submitted form again, each invalid field marked, to fix and resubmit
+        context["form"] = _form_context(request.query_params, {e.field: e.message for e in problem.errors})
     return _templates(request).TemplateResponse(
         request, "error.html", context, status_code=problem.status, headers=dict(headers)
     )
