@@ -86,6 +86,18 @@ async def import_config(request: Request) -> Response:
     return _templates(request).TemplateResponse(request, "index.html", context)
 
 
+@router.post("/plan/config")
+async def plan_from_model_config(request: Request, planner: PlannerDep) -> Response:
+    """A model's config.json, pasted or uploaded (no Hub needed): stored by its hash, then its result page."""
+    from fastapi.responses import RedirectResponse
+
+    from app.web.imports import read_model_config
+
+    name = await read_model_config(request, planner.settings)
+    await planner.resolve(name)  # a config that cannot become an inventory is refused here, on this page
+    return RedirectResponse(f"/plan?{urlencode({'model': name})}", status_code=303)
+
+
 async def _fit_recommended(planner: Planner, planned: Planned) -> FitResult | None:
     rec = planned.recommendation
     if rec is None or rec.recommended is None or rec.recommended_gpus is None:
