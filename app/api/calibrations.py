@@ -39,12 +39,15 @@ CalibrationQueryDep = Annotated[MeasurementQuery, Depends(query_dependency(Measu
 
 
 def page_links(url: URL, page: MeasurementPage) -> str:
-    """RFC 8288 `Link` header value: the next and previous pages of the same query (empty on a single page)."""
-    links = [
-        f'<{url.include_query_params(offset=offset, limit=page.limit)}>; rel="{rel}"'
-        for rel, offset in (("next", page.next_offset), ("prev", page.prev_offset))
-        if offset is not None
-    ]
+    """RFC 8288 `Link` header value: the next and previous pages of the same query (empty on a single page).
+
+    The targets are relative references (path and query), so the Host header is never reflected.
+    """
+    links = []
+    for rel, offset in (("next", page.next_offset), ("prev", page.prev_offset)):
+        if offset is not None:
+            moved = url.include_query_params(offset=offset, limit=page.limit)
+            links.append(f'<{moved.path}?{moved.query}>; rel="{rel}"')
     return ", ".join(links)
 
 
