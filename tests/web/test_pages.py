@@ -57,7 +57,8 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
     assert form["catalog_ids"] == catalog_ids()
     page = response.text
     assert page.count('<form class="planner"') == 1 and 'method="get" action="/plan"' in page
-    assert page.count("<form") == 2  # and the config import box (tests/web/test_import_box.py)
+    # and the config import box (tests/web/test_import_box.py) and the config.json box (test_model_config_box.py)
+    assert page.count("<form") == 3
     assert '<datalist id="catalog-models">' in page and f'<option value="{LLAMA}">' in page
     assert "<script" not in page  # works without JavaScript
     for name in TrainingPlan.model_fields:
