@@ -75,3 +75,10 @@ def test_hf_hub_offline_is_the_setting_the_hint_names(tmp_path: Path, monkeypatc
     with TestClient(build_app(tmp_path, hf_hub_offline=True)) as offline:
         assert offline.get("/api/v1/estimate", params={"model": "meta-llama/Llama-2-7b-hf"}).status_code == 200
         assert_problem(offline.get("/api/v1/estimate", params={"model": "acme/not-cached"}), 404)
+
+
+def test_a_config_past_the_body_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    with TestClient(build_app(tmp_path, max_body_bytes=4096)) as small:
+        padded = json.dumps({**TINY_LLAMA, "padding": "x" * 8192})
+        page = small.post("/plan/config", files=[("config_json_file", ("config.json", padded.encode()))])
+        assert page.status_code == 413 and "GPUPLAN_MAX_BODY_BYTES" in page.text
