@@ -324,20 +324,24 @@ def _cmd_fetch(ns: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(ns: argparse.Namespace) -> int:
-    from app.calibration.commands import calibrate
+    from app.calibration.commands import calibrate, model_config
+    from app.calibration.progress import expected_seconds, stderr_progress
     from app.settings import get_settings
 
-    plan = plan_from_args(ns)
-    out = calibrate(
-        ns.model,
-        plan,
-        get_settings(),
-        layers=ns.layers,
-        steps=ns.steps,
-        store=ns.store,
-        matmuls=ns.matmuls,
-        loop=ns.loop,
-    )
+    plan, settings = plan_from_args(ns), get_settings()
+    on_cpu = plan.device == "cpu"
+    expected = expected_seconds(model_config(ns.model, settings)[1], plan, ns.layers, ns.steps) if on_cpu else None
+    with stderr_progress(expected):
+        out = calibrate(
+            ns.model,
+            plan,
+            settings,
+            layers=ns.layers,
+            steps=ns.steps,
+            store=ns.store,
+            matmuls=ns.matmuls,
+            loop=ns.loop,
+        )
     if ns.json:
         print(json.dumps(out, indent=2))
     else:
@@ -448,11 +452,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed its one line (or --help)
         return int(exc.code or 0)
     try:
-        return COMMANDS[ns.command](ns)
+        code = COMMANDS[ns.command](ns)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return code
     except GpuplanError as exc:
         code = 2 if isinstance(exc, InputError) else 1
         print(f"gpuplan: {exc.title.lower()}: {exc.detail}", file=sys.stderr)
         return code
+    except BrokenPipeError:
+        return _stdout_closed()
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`gpuplan gpus --json | head`): stop quietly, as Python's docs advise.
+
+    https://docs.python.org/3/library/signal.html#note-on-sigpipe: point stdout at devnull so the final
+    flush at exit cannot raise again, and exit 1.
+    """
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 1
 
 
 if __name__ == "__main__":

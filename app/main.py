@@ -48,6 +48,8 @@ def create_app(
         description=DESCRIPTION,
         lifespan=_lifespan(settings, metrics, hub_transport, store),
         openapi_url="/openapi.json",
+        docs_url=None,  # app/http/docs.py serves /docs and /redoc from local files (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -108,6 +110,7 @@ def _mount(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     """Error handlers, the API and HTML routers, static files and the middleware."""
     from app.api import api_routers, ops
     from app.http import API_PREFIX, problems
+    from app.http.docs import mount_docs
     from app.http.headers import HeadMiddleware, SecurityHeadersMiddleware, TrustedHostsMiddleware
     from app.http.limits import BodyLimitMiddleware, DeadlineMiddleware
     from app.http.metrics import MetricsMiddleware
@@ -129,6 +132,7 @@ def _mount(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         app.include_router(router, prefix=prefix)
         metrics.name_routes(prefix, router.routes)
         problems.index_methods(app, prefix, router.routes)
+    mount_docs(app, STATIC_DIR / "favicon.svg")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.state.reports = WebReports()  # the API prints pages to PDF through it (app/http/reports.py)
     # add_middleware wraps: the last added runs first (metrics see 400s, 413s and 504s too; every answer of

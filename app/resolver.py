@@ -1,4 +1,4 @@
-"""Model name -> ModelSpec: the bundled catalog, a local config.json, or the Hugging Face Hub."""
+"""Model name -> ModelSpec: the bundled catalog, a local config.json, an uploaded one, or the Hugging Face Hub."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 MAX_LOCAL_CONFIG_BYTES = 2 * MIB
 
-Kind = Literal["catalog", "file", "hub"]
+Kind = Literal["catalog", "file", "upload", "hub"]
 
 
 def classify(name: str, *, allow_files: bool) -> Kind:
@@ -32,6 +32,8 @@ def classify(name: str, *, allow_files: bool) -> Kind:
         raise InputError(
             "give a model: a catalog id such as meta-llama/Llama-2-7b-hf, a Hub id, or a path to config.json"
         )
+    if text.startswith("config:"):  # a config.json given through the planner form (app/uploads.py)
+        return "upload"
     if allow_files and (text.endswith(".json") or text.startswith((".", "/", "~")) or Path(text).is_file()):
         return "file"
     if "@" not in text and catalog.in_catalog(text):
@@ -54,6 +56,13 @@ def _read_local(path_text: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MalformedConfig(f"{path} must hold a JSON object")
     return data
+
+
+def _uploaded(name: str, settings: Settings) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An uploaded config and the identity its spec carries (source "file", named by its hash)."""
+    from app import uploads
+
+    return uploads.load(settings, name), {"model_id": name, "source": "file"}
 
 
 def resolve_catalog(name: str) -> ModelSpec:
@@ -79,6 +88,9 @@ async def resolve_model(
     if kind == "file":
         config = _read_local(name)
         return await _inventory(config, settings, builds, model_id=str(Path(name).expanduser()), source="file")
+    if kind == "upload":
+        config, identity = _uploaded(name, settings)
+        return await _inventory(config, settings, builds, **identity)
     from app.hub.client import HubClient
     from app.hub.ids import parse_model_ref
     from app.hub.remote_code import check_remote_code
@@ -130,6 +142,9 @@ def resolve_model_sync(
             source="file",
             cache_dir=settings.inventory_cache_dir,
         )
+    if kind == "upload":
+        config, identity = _uploaded(name, settings)
+        return cached_spec(config, cache_dir=settings.inventory_cache_dir, **identity)
 
     async def run() -> ModelSpec:
         from app.hub.client import HubClient

@@ -121,7 +121,7 @@ class Planner:
         self._lock = threading.Lock()
 
     async def resolve(self, name: str) -> ModelSpec:
-        """A catalog id or Hub id `org/name[@revision]` as a ModelSpec; never a local file."""
+        """A catalog id, Hub id `org/name[@revision]` or uploaded `config:<hash>` as a ModelSpec; never a local file."""
         if "@" not in name and (spec := catalog.load_spec(name)) is not None:  # the hot path: one cached lookup
             return spec
         if classify(name, allow_files=False) != "hub":

@@ -23,6 +23,7 @@ from app.store.models import (
     layout_of,
     relative_error_pct,
 )
+from app.store.query import MeasurementFacets, MeasurementPage, MeasurementQuery
 from tests.configs import TINY_LLAMA as BASE_TINY_LLAMA
 
 HUB = "https://hub.test"
@@ -79,6 +80,7 @@ class FakeStore:
     def __init__(self, records: list[MeasurementRecord] | None = None, accuracy: object = None) -> None:
         self.records: list[MeasurementRecord] = []
         self.list_calls: list[tuple[str | None, str | None, int]] = []
+        self.page_calls: list[MeasurementQuery] = []
         self._accuracy = accuracy if accuracy is not None else {"overall": None, "by_device": {}, "by_split": {}}
         for record in records or []:
             self.add_measurement(record)
@@ -101,6 +103,40 @@ class FakeStore:
             and (verified in (None, r.verified))
         ]
         return sorted(chosen, key=lambda r: r.created_at, reverse=True)[:limit]
+
+    def _matching(self, query: MeasurementQuery) -> list[MeasurementRecord]:
+        wanted = {k: v for k, v in query.model_dump(exclude={"sort", "offset", "limit"}).items() if v is not None}
+        names = {"family": "model_type", "model": "model_id"}
+        return [r for r in self.records if all(getattr(r, names.get(k, k)) == v for k, v in wanted.items())]
+
+    def page_measurements(self, query: MeasurementQuery) -> MeasurementPage:
+        keys = {
+            "measured_at": lambda r: r.created_at,
+            "model": lambda r: r.model_id,
+            "family": lambda r: r.model_type,
+            "method": lambda r: r.method or "",
+            "error": lambda r: r.error_pct,
+            "abs_error": lambda r: abs(r.error_pct),
+            "estimated": lambda r: r.estimated_peak_bytes,
+            "measured": lambda r: r.measured_peak_bytes,
+        }
+        self.page_calls.append(query)
+        key = keys[query.sort.removeprefix("-")]
+        chosen = sorted(self._matching(query), key=lambda r: -(r.id or 0))
+        chosen = sorted(chosen, key=key, reverse=query.sort.startswith("-"))
+        page = chosen[query.offset : query.offset + query.limit]
+        return MeasurementPage(records=page, total=len(chosen), offset=query.offset, limit=query.limit)
+
+    def chart_points(self, query: MeasurementQuery, limit: int) -> list[tuple[str, str, int, int]]:
+        rows = self._matching(query)[:limit]
+        return [(r.model_id, r.device, r.estimated_peak_bytes, r.measured_peak_bytes) for r in rows]
+
+    def facets(self) -> MeasurementFacets:
+        return MeasurementFacets(
+            families=sorted({r.model_type for r in self.records}),
+            methods=sorted({r.method for r in self.records if r.method}),
+            sources=sorted({r.source for r in self.records}),
+        )
 
     def add_measurement(self, record: MeasurementRecord) -> int:
         new_id = len(self.records) + 1

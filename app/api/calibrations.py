@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import Field, field_validator
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import URL
 
+from app.api.queries import query_dependency, query_parameters
 from app.api.responses import problems
 from app.http.deps import StoreDep, UploadAuthDep
 from app.http.schemas import Created, jsonable_accuracy
-from app.store.models import MeasurementRecord, StoreDevice
+from app.store.models import MeasurementRecord
+from app.store.query import MeasurementPage, MeasurementQuery
 
 router = APIRouter(tags=["calibration"])
-
-MAX_LIST = 1000
 
 
 class MeasurementUpload(MeasurementRecord):
@@ -34,20 +35,36 @@ class MeasurementUpload(MeasurementRecord):
         return value
 
 
-@router.get("/calibrations", responses=problems(503))
+CalibrationQueryDep = Annotated[MeasurementQuery, Depends(query_dependency(MeasurementQuery))]
+
+
+def page_links(url: URL, page: MeasurementPage) -> str:
+    """RFC 8288 `Link` header value: the next and previous pages of the same query (empty on a single page).
+
+    The targets are relative references (path and query), so the Host header is never reflected.
+    """
+    links = []
+    for rel, offset in (("next", page.next_offset), ("prev", page.prev_offset)):
+        if offset is not None:
+            moved = url.include_query_params(offset=offset, limit=page.limit)
+            links.append(f'<{moved.path}?{moved.query}>; rel="{rel}"')
+    return ", ".join(links)
+
+
+@router.get(
+    "/calibrations",
+    responses=problems(503),
+    openapi_extra={"parameters": query_parameters(MeasurementQuery)},
+)
 async def list_calibrations(
-    store: StoreDep,
-    model: Annotated[str | None, Query(min_length=1, max_length=200, description="Only runs of this model id.")] = None,
-    device: Annotated[StoreDevice | None, Query(description="Only runs on this device.")] = None,
-    source: Annotated[str | None, Query(min_length=1, max_length=64, description="Only runs of this source.")] = None,
-    verified: Annotated[bool | None, Query(description="Only verified (true) or unverified (false) runs.")] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIST, description="At most this many runs, newest first.")] = 100,
+    request: Request, response: Response, store: StoreDep, query: CalibrationQueryDep
 ) -> list[MeasurementRecord]:
-    """Measured fine-tuning runs next to what gpuplan estimated for them, with their source and verification."""
-    records = await run_in_threadpool(
-        store.list_measurements, model=model, device=device, source=source, verified=verified, limit=limit
-    )
-    return list(records)
+    """Measured runs next to their estimates, filtered, sorted and paged (X-Total-Count, Link next/prev)."""
+    page = await run_in_threadpool(store.page_measurements, query)
+    response.headers["X-Total-Count"] = str(page.total)
+    if links := page_links(request.url, page):
+        response.headers["Link"] = links
+    return page.records
 
 
 @router.post("/calibrations", status_code=201, responses=problems(400, 401, 403, 413, 503))

@@ -39,10 +39,20 @@ def query_dependency(
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
+            errors = [_repeated(e, data) for e in exc.errors(include_url=False, include_input=False)]
             raise RequestValidationError(errors) from None
 
     return parse
+
+
+def _repeated(error: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """The error with loc ('query', ...); on a key given several times, says so instead of pydantic's type words."""
+    key = error["loc"][0] if error["loc"] else None
+    given = data.get(key) if isinstance(key, str) else None
+    if isinstance(given, list):
+        message = f"given {len(given)} times in the query string: give it once"
+        return {"type": "repeated_key", "loc": ("query", key), "msg": message}
+    return {**error, "loc": ("query", *error["loc"])}
 
 
 def _scalar(schema: dict[str, Any]) -> dict[str, Any]:

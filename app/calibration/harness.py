@@ -9,6 +9,7 @@ per-parameter `step` scalars (512 bytes each once rounded) are device memory, on
 
 from __future__ import annotations
 
+import logging
 import platform
 import sys
 import time
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from app.calibration.tracker import LiveTensorTracker
 
 CPU_THREADS = 2
+progress = logging.getLogger("app.calibration.progress")  # each phase as it ends (app/calibration/progress.py)
 
 
 def run_measurement(
@@ -61,6 +63,7 @@ def run_measurement(
     started = time.perf_counter()
     with _threads(plan.device), quiet(), fp32_compute_matmuls(fp32_matmuls):
         cfg = build_config(config, layers)
+        progress.info("building the %d-layer model (%s) on %s", cfg.num_hidden_layers, plan.method, plan.device)
         torch.manual_seed(seed)
         if plan.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
@@ -147,6 +150,7 @@ class Probe:
         self.peak_reserved = 0
 
     def mark(self, label: str) -> None:
+        progress.info("%s done", label)
         if self.tracker is not None:
             self.phases.append(self.tracker.mark(label))
             return

@@ -42,8 +42,16 @@ class TrainingPlan(BaseModel):
     double_quant: bool = Field(True, description="bitsandbytes double quantization of the 4-bit absmax constants.")
     dtype: DType = Field("bf16", description="Compute dtype (and weight dtype of unquantized bases).")
     rank: int = Field(16, ge=1, le=MAX_RANK, description="LoRA rank r.")
-    alpha: float = Field(32, gt=0, le=1_000_000, description="LoRA alpha (scaling numerator); no effect on memory.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout; >0 keeps a dropped copy of each adapted input.")
+    alpha: float = Field(
+        32, gt=0, le=1_000_000, allow_inf_nan=False, description="LoRA alpha (scaling numerator); no effect on memory."
+    )
+    dropout: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="LoRA dropout; >0 keeps a dropped copy of each adapted input.",
+    )
     targets: tuple[str, ...] | Literal["all-linear"] = Field(
         "all-linear", description="LoRA target module names (suffix match, as PEFT) or 'all-linear'."
     )

@@ -41,7 +41,7 @@ class RunSize(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     train_tokens: int = Field(DEFAULT_TRAIN_TOKENS, ge=1, le=10**15, description="Tokens in the training set.")
-    epochs: float = Field(1.0, gt=0, le=10_000, description="Passes over the training set.")
+    epochs: float = Field(1.0, gt=0, le=10_000, allow_inf_nan=False, description="Passes over the training set.")
 
     @property
     def total_tokens(self) -> float:

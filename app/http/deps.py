@@ -18,6 +18,7 @@ from app.hub.client import HubClient
 from app.service import Planner
 from app.settings import Settings
 from app.store.models import ComparableStats, MeasurementRecord
+from app.store.query import MeasurementFacets, MeasurementPage, MeasurementQuery
 
 
 class MeasurementStore(Protocol):
@@ -31,6 +32,12 @@ class MeasurementStore(Protocol):
         limit: int = 500,
         verified: bool | None = None,
     ) -> Sequence[MeasurementRecord]: ...
+
+    def page_measurements(self, query: MeasurementQuery) -> MeasurementPage: ...
+
+    def chart_points(self, query: MeasurementQuery, limit: int) -> list[tuple[str, str, int, int]]: ...
+
+    def facets(self) -> MeasurementFacets: ...
 
     def add_measurement(self, record: MeasurementRecord) -> int: ...
 

@@ -2,8 +2,8 @@
 
 The HTML pages load one stylesheet from /static, run no script, and colour table swatches with a `style`
 attribute, so their policy allows style attributes (`style-src-attr 'unsafe-inline'`) but no inline
-`<style>` element, no script and no other origin. FastAPI's /docs and /redoc load Swagger UI and ReDoc from
-jsdelivr with an inline bootstrap script: they get a policy that allows exactly that.
+`<style>` element, no script and no other origin. /docs loads Swagger UI from this server
+(app/http/docs.py) with an inline bootstrap script: they get a policy that allows exactly that, and no other origin.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ PAGE_POLICY = (
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
 DOCS_POLICY = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https://fastapi.tiangolo.com "
-    "https://cdn.redoc.ly; font-src https://fonts.gstatic.com; connect-src 'self'; worker-src blob:; "
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; worker-src blob:; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
-DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect"})
 _COMMON: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"same-origin"),

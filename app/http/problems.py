@@ -74,6 +74,22 @@ def printable(text: str) -> str:
     return text
 
 
+# pydantic's error types for "this is not an object" where a model (here: the whole body) was expected
+_NOT_AN_OBJECT = frozenset({"model_type", "model_attributes_type", "dict_type"})
+_JSON_KINDS = {list: "an array", str: "a string", bool: "true or false", int: "a number", float: "a number"}
+
+
+def _not_an_object(error: Mapping[str, Any]) -> str:
+    """What to say when the body is valid JSON (or not JSON at all) but not an object of the request's fields."""
+    value = error.get("input")
+    if isinstance(value, bytes | bytearray):
+        return "the body must be a JSON object of the request's fields, sent with Content-Type: application/json"
+    kind = next((name for kind, name in _JSON_KINDS.items() if type(value) is kind), None)
+    kind = "null" if value is None and "input" in error else kind
+    got = f", not {kind}" if kind else ""
+    return f'the body must be a JSON object of the request\'s fields, e.g. {{"model": "..."}}{got}'
+
+
 def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[FieldError]:
     """pydantic/FastAPI error dicts as {field, message}; the offending input is never echoed back."""
     out: list[FieldError] = []
@@ -83,6 +99,9 @@ def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[FieldError]:
             source, loc = loc[0], loc[1:]
         else:
             source = ""
+        if not loc and source == "body" and error.get("type") in _NOT_AN_OBJECT:
+            out.append(FieldError(field="body", message=_not_an_object(error)))
+            continue
         if not loc:
             loc = ["body" if source == "body" and error.get("type") == "missing" else "plan"]
         message = printable(str(error.get("msg", "invalid value")).removeprefix("Value error, "))
@@ -91,14 +110,14 @@ def field_errors(errors: Iterable[Mapping[str, Any]]) -> list[FieldError]:
 
 
 def _position(doc: object, pos: object) -> str:
-    """`line L column C (char N)` of a JSON parse error, as json.JSONDecodeError words it."""
+    """`line L column C` of a JSON parse error (1-based, as json.JSONDecodeError counts them)."""
     if not isinstance(pos, int):
         return ""
     if not isinstance(doc, str):
         return f" at char {pos}"
     line = doc.count("\n", 0, pos) + 1
     column = pos - doc.rfind("\n", 0, pos)
-    return f" at line {line} column {column} (char {pos})"
+    return f" at line {line} column {column}"
 
 
 def malformed_body(errors: Sequence[Mapping[str, Any]], doc: object = None) -> MalformedBody | None:
@@ -115,10 +134,11 @@ def malformed_body(errors: Sequence[Mapping[str, Any]], doc: object = None) -> M
 
 
 def validation_detail(errors: Sequence[FieldError]) -> str:
+    """One error as `field: message`; several as `N problems: a: ...; b: ...` (each is also under `errors`)."""
     if not errors:
         return "the request is invalid"
-    first = f"{errors[0].field}: {errors[0].message}"
-    return first if len(errors) == 1 else f"{first} (and {len(errors) - 1} more)"
+    each = "; ".join(f"{e.field}: {e.message}" for e in errors)
+    return each if len(errors) == 1 else f"{len(errors)} problems: {each}"
 
 
 def input_error(errors: Sequence[Mapping[str, Any]], doc: object = None) -> InputError:

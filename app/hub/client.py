@@ -106,6 +106,12 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(seconds, 0.0)
 
 
+OFFLINE_HINT = (
+    "set HF_HUB_OFFLINE=1 to answer from the Hub cache and the bundled catalog only, or give the model's "
+    'config.json instead (its path on the command line, or the planner\'s "give its config.json" box)'
+)
+
+
 def backoff_seconds(attempt: int) -> float:
     """Exponential backoff before retry number `attempt + 1`: 0.5 s, 1 s, 2 s, ... capped."""
     return float(min(BACKOFF_BASE_S * 2**attempt, MAX_RETRY_WAIT_S))
@@ -373,6 +379,11 @@ class HubClient:
                 self._check_wait(wait, self._time_left(ends, what), what, last)
                 logger.info("%s: %s; retrying in %.1f s", what, last, wait)
                 await self._sleep(wait)
+        if last.startswith("connection failed"):
+            raise HubUnavailable(
+                f"the Hub ({self._endpoint}) cannot be reached from this machine ({last}, {attempts} attempt(s)) "
+                f"for {what}: {OFFLINE_HINT}"
+            )
         raise HubUnavailable(
             f"the Hub ({self._endpoint}) did not give {what} after {attempts} attempt(s) (last: {last}): "
             "try again later"

@@ -37,6 +37,7 @@ from app.store.models import (
     relative_error_pct,
     utc,
 )
+from app.store.query import MeasurementFacets, MeasurementPage, MeasurementQuery
 from app.store.schema import measurements
 
 if TYPE_CHECKING:
@@ -328,6 +329,29 @@ class Store:
         with translated(self._engine, "list measurements"), self._engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
         return [_record(row) for row in rows]
+
+    def page_measurements(self, query: MeasurementQuery) -> MeasurementPage:
+        """One page of the runs matching `query`'s filters, in its sort order, with the count of every match."""
+        from app.store.listing import page_rows
+
+        with translated(self._engine, "list measurements"):
+            rows, total = page_rows(self._engine, query)
+        return MeasurementPage(records=[_record(r) for r in rows], total=total, offset=query.offset, limit=query.limit)
+
+    def chart_points(self, query: MeasurementQuery, limit: int) -> list[tuple[str, str, int, int]]:
+        """(model id, device, estimated, measured) of every run matching `query`'s filters, at most `limit`."""
+        from app.store.listing import chart_rows
+
+        with translated(self._engine, "list measurements"):
+            rows = chart_rows(self._engine, query, limit)
+        return [(r["model_id"], r["device"], r["estimated_peak_bytes"], r["measured_peak_bytes"]) for r in rows]
+
+    def facets(self) -> MeasurementFacets:
+        """The families, methods and sources stored, for filters."""
+        from app.store.listing import facets
+
+        with translated(self._engine, "list measurements"):
+            return facets(self._engine)
 
     def accuracy(self, device: str | None = None) -> AccuracySummary:
         """Accuracy over the verified runs (of one device, if given), overall, per device and per split; the

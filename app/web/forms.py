@@ -47,6 +47,13 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Batch and activations", ("seq_len", "batch_size", "gradient_checkpointing", "checkpointing", "attn")),
     ("Optimizer and GPUs", ("optimizer", "gpus", "sharding", "offload", "device", "strict")),
 )
+
+
+def field_label(name: str) -> str:
+    """The form's label of a field (`seq_len` -> "Sequence length"), for error messages; other names as they are."""
+    return {"model": "Model", "body": "Request body", "plan": "Plan", **LABELS}.get(name, name)
+
+
 AUTO_QUANT = ("", "auto: nf4 for QLoRA, none for LoRA/full")
 AUTO_OPTIMIZER = ("", "auto: adamw for full, paged_adamw_32bit for LoRA/QLoRA")
 AUTO = {"quant": AUTO_QUANT, "optimizer": AUTO_OPTIMIZER}  # fields whose default follows the method

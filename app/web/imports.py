@@ -9,6 +9,7 @@ from starlette.datastructures import UploadFile
 
 from app.errors import InputError
 from app.plan_input import as_text
+from app.settings import Settings
 
 MAX_FILES = 4
 
@@ -33,6 +34,25 @@ async def read_configs(request: Request) -> tuple[list[Any], str | None]:
             errors=[{"field": "config_text", "message": "nothing to import"}],
         )
     return files, model.strip() if isinstance(model, str) and model.strip() else None
+
+
+async def read_model_config(request: Request, settings: Settings) -> str:
+    """The pasted or uploaded config.json of the "give a config.json" box, stored; returns its `config:` name."""
+    from app import uploads
+    from app.resolver import MAX_LOCAL_CONFIG_BYTES
+
+    async with request.form(max_files=1, max_fields=4) as form:  # the body limit (GPUPLAN_MAX_BODY_BYTES) applies
+        text, upload = form.get(uploads.FIELD), form.get("config_json_file")
+        if isinstance(upload, UploadFile) and upload.filename:
+            raw, where = await upload.read(MAX_LOCAL_CONFIG_BYTES + 1), upload.filename
+        elif isinstance(text, str) and text.strip():
+            raw, where = text.encode(), "the pasted config.json"
+        else:
+            raise InputError(
+                "paste a model's config.json or choose the file (the one on the model's Hub page)",
+                errors=[{"field": uploads.FIELD, "message": "nothing given"}],
+            )
+    return uploads.save(settings, uploads.parse_config(raw, where, MAX_LOCAL_CONFIG_BYTES))
 
 
 def imported_values(imported: Any, model: str | None) -> dict[str, str]:

@@ -12,7 +12,6 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from app import catalog
@@ -21,7 +20,7 @@ from app.core.gpus import find_tier
 from app.core.throughput import RunSize
 from app.core.verdict import left_text, verdict
 from app.errors import GpuplanError
-from app.exports.svg import Point, breakdown_chart, scatter_chart, term_colours
+from app.exports.svg import breakdown_chart, term_colours
 from app.http import API_PREFIX
 from app.http.band import AnswerOptions, banded
 from app.http.deps import OptionalStoreDep, PlannerDep, StoreDep
@@ -33,7 +32,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 
 EXPORTS = (("Markdown", "md"), ("CSV", "csv"), ("SVG", "svg"), ("JSON", "json"), ("PDF", "pdf"))
-CALIBRATION_PAGE_LIMIT = 500
 
 
 def _templates(request: Request) -> Jinja2Templates:
@@ -41,15 +39,19 @@ def _templates(request: Request) -> Jinja2Templates:
     return templates
 
 
-def _form_context(params: Mapping[str, str]) -> dict[str, Any]:
-    return {"groups": form_groups(), "values": form_values(params), "catalog_ids": catalog.catalog_ids()}
+def _form_context(params: Mapping[str, str], errors: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The planner form's fields, the values to show and (on an error page) each invalid field's message."""
+    values = form_values(params)
+    return {"groups": form_groups(), "values": values, "catalog_ids": catalog.catalog_ids(), "errors": errors or {}}
 
 
 def render_error(request: Request, problem: Problem, headers: Mapping[str, str]) -> Response:
     """error.html with the same title, status, detail and field errors as the problem+json."""
-    context: dict[str, Any] = {"problem": problem, "form": None}
-    if request.url.path == "/plan":  # show the submitted form again, to fix and resubmit
-        context["form"] = _form_context(request.query_params)
+    from app.web.forms import field_label
+
+    context: dict[str, Any] = {"problem": problem, "form": None, "label": field_label}
+    if request.url.path == "/plan":  # show the submitted form again, each invalid field marked, to fix and resubmit
+        context["form"] = _form_context(request.query_params, {e.field: e.message for e in problem.errors})
     return _templates(request).TemplateResponse(
         request, "error.html", context, status_code=problem.status, headers=dict(headers)
     )
@@ -82,6 +84,18 @@ async def import_config(request: Request) -> Response:
     imported = import_recipe(files)
     context = {"form": _form_context(imported_values(imported, model)), "recipe": imported}
     return _templates(request).TemplateResponse(request, "index.html", context)
+
+
+@router.post("/plan/config")
+async def plan_from_model_config(request: Request, planner: PlannerDep) -> Response:
+    """A model's config.json, pasted or uploaded (no Hub needed): stored by its hash, then its result page."""
+    from fastapi.responses import RedirectResponse
+
+    from app.web.imports import read_model_config
+
+    name = await read_model_config(request, planner.settings)
+    await planner.resolve(name)  # a config that cannot become an inventory is refused here, on this page
+    return RedirectResponse(f"/plan?{urlencode({'model': name})}", status_code=303)
 
 
 async def _fit_recommended(planner: Planner, planned: Planned) -> FitResult | None:
@@ -165,18 +179,8 @@ async def plan_page(request: Request, planner: PlannerDep, store: OptionalStoreD
 
 @router.get("/calibrations", response_class=HTMLResponse)
 async def calibrations_page(request: Request, store: StoreDep) -> Response:
-    """Measured runs next to gpuplan's estimates, as a table and a scatter plot."""
-    records = list(
-        await run_in_threadpool(store.list_measurements, model=None, device=None, limit=CALIBRATION_PAGE_LIMIT)
-    )
-    points = [
-        Point(
-            estimated=r.estimated_peak_bytes,
-            measured=r.measured_peak_bytes,
-            device=r.device,
-            label=f"{r.model_id} ({r.device}): estimated {r.estimated_peak_bytes:,}, measured {r.measured_peak_bytes:,}",
-        )
-        for r in records
-    ]
-    context = {"records": records, "chart": Markup(scatter_chart(points))}
+    """Measured runs next to gpuplan's estimates: filtered, sorted and paged, with a scatter plot of every match."""
+    from app.web.calibrations import calibrations_context
+
+    context = await calibrations_context(store, request.query_params)
     return _templates(request).TemplateResponse(request, "calibrations.html", context)

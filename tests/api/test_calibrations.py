@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.store.models import AccuracyStats, AccuracySummary
+from app.store.query import MeasurementQuery
 from tests.webapp import UPLOAD_TOKEN, FakeStore, assert_problem, build_app, make_record
 
 
@@ -32,7 +33,7 @@ def test_list_passes_filters_and_returns_records(store_client: TestClient, store
         "/api/v1/calibrations", params={"device": "cuda", "model": "meta-llama/Llama-2-7b-hf", "limit": 5}
     )
     assert [r["id"] for r in cuda.json()] == [2]
-    assert store.list_calls[-1] == ("meta-llama/Llama-2-7b-hf", "cuda", 5)
+    assert store.page_calls[-1] == MeasurementQuery(model="meta-llama/Llama-2-7b-hf", device="cuda", limit=5)
     assert_problem(store_client.get("/api/v1/calibrations", params={"limit": 0}), 422)
     assert_problem(store_client.get("/api/v1/calibrations", params={"device": "tpu"}), 422)
 

@@ -250,9 +250,17 @@ def test_connection_refused_is_retried_then_unavailable(make_settings, sleeps) -
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     settings = make_settings(hf_endpoint=f"http://127.0.0.1:{port}", hub_retries=1)
-    with pytest.raises(HubUnavailable, match=r"\(last: connection failed: ConnectError\)"):
+    with pytest.raises(HubUnavailable) as raised:
         fetch(settings, "acme/tiny", sleep=sleeps)
     assert sleeps.waits == [0.5]
+    # no network: say so, and the two ways to answer anyway (the cache and catalog, or the config.json itself)
+    assert raised.value.detail == (
+        f"the Hub (http://127.0.0.1:{port}) cannot be reached from this machine (connection failed: ConnectError, "
+        "2 attempt(s)) for config.json of acme/tiny: set HF_HUB_OFFLINE=1 to answer from the Hub cache and the "
+        "bundled catalog only, or give the model's config.json instead (its path on the command line, or the "
+        'planner\'s "give its config.json" box)'
+    )
+    assert "try again later" not in raised.value.detail
 
 
 def test_retry_after_parsing() -> None:

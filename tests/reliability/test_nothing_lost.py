@@ -206,7 +206,7 @@ def test_uploads_stay_apart_until_accepted(client: TestClient, sqlite_store: Sto
     assert again.context["comparable"] == quoted  # type: ignore[attr-defined]
     listed = client.get("/api/v1/calibrations", params={"source": "fuzz", "verified": "false"}).json()
     assert len(listed) == 20 and {r["source"] for r in listed} == {"fuzz"}
-    page_text = client.get("/calibrations").text
+    page_text = client.get("/calibrations", params={"source": "fuzz"}).text  # the page is paged: the fuzz rows
     assert "<code>fuzz</code> <em" in page_text and "unverified: not in the quoted accuracy" in page_text
     assert sqlite_store.accept("fuzz") == 20
     assert client.get("/api/v1/accuracy").json()["unverified"] is None

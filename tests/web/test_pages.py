@@ -58,7 +58,8 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
     assert form["catalog_ids"] == catalog_ids()
     page = response.text
     assert page.count('<form class="planner"') == 1 and 'method="get" action="/plan"' in page
-    assert page.count("<form") == 2  # and the config import box (tests/web/test_import_box.py)
+    # and the config import box (tests/web/test_import_box.py) and the config.json box (test_model_config_box.py)
+    assert page.count("<form") == 3
     assert '<datalist id="catalog-models">' in page and f'<option value="{LLAMA}">' in page
     assert "<script" not in page  # works without JavaScript
     for name in TrainingPlan.model_fields:
@@ -190,13 +191,15 @@ def test_html_errors_match_the_api_problem(client: TestClient) -> None:
             body["detail"],
         )
         assert [e.model_dump() for e in problem.errors] == body["errors"]
-        assert esc(body["detail"]) in page.text
+        # the page says the same in the form's words: each field's message (at its label), else the detail
+        shown = [esc(e["message"]) for e in body["errors"]] or [esc(body["detail"])]
+        assert all(text in page.text for text in shown)
         assert page.context["form"]["values"]["model"] == params["model"]  # type: ignore[attr-defined]
 
 
 def test_missing_model_and_unknown_pages(client: TestClient) -> None:
     page = client.get("/plan")
-    assert page.status_code == 422 and "<code>model</code>: Field required" in page.text
+    assert page.status_code == 422 and '<p class="detail">Model: Field required</p>' in page.text
     missing = client.get("/no-such-page")
     assert missing.status_code == 404 and missing.context["form"] is None  # type: ignore[attr-defined]
 
@@ -215,7 +218,7 @@ def test_calibrations_page_lists_runs_and_plots_them(tmp_path: Path) -> None:
     with TestClient(build_app(tmp_path, store=FakeStore(records))) as client:
         page = client.get("/calibrations")
     assert page.status_code == 200 and page.template.name == "calibrations.html"  # type: ignore[attr-defined]
-    assert len(page.context["records"]) == 2  # type: ignore[attr-defined]
+    assert len(page.context["page"].records) == 2  # type: ignore[attr-defined]
     assert page.text.count('class="point"') == 2
     assert "+5.0 %" in page.text and "NVIDIA H200" in page.text and "torch 2.13.0" in page.text
     assert "a/&lt;b&gt;" in page.text and "a/<b>" not in page.text
