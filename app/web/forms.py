@@ -33,6 +33,10 @@ LABELS: dict[str, str] = {
     "batch_size": "Micro-batch size",
     "gradient_checkpointing": "Gradient checkpointing",
     "checkpointing": "Checkpointing strategy",
+    "reentrant": "Reentrant checkpointing",
+    "checkpoint_every": "Checkpoint every n-th layer",
+    "grad_accum_steps": "Gradient accumulation steps",
+    "keep_logits": "Loop keeps the logits",
     "optimizer": "Optimizer",
     "attn": "Attention",
     "gpus": "GPUs",
@@ -44,7 +48,20 @@ LABELS: dict[str, str] = {
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Method", ("method", "quant", "double_quant", "dtype")),
     ("LoRA adapters", ("rank", "alpha", "dropout", "targets", "dora", "rslora")),
-    ("Batch and activations", ("seq_len", "batch_size", "gradient_checkpointing", "checkpointing", "attn")),
+    (
+        "Batch and activations",
+        (
+            "seq_len",
+            "batch_size",
+            "grad_accum_steps",
+            "gradient_checkpointing",
+            "checkpointing",
+            "reentrant",
+            "checkpoint_every",
+            "attn",
+            "keep_logits",
+        ),
+    ),
     ("Optimizer and GPUs", ("optimizer", "gpus", "sharding", "offload", "device", "strict")),
 )
 

@@ -47,6 +47,10 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "batch_size": "1",
         "gradient_checkpointing": "true",
         "checkpointing": "every-layer",
+        "reentrant": "false",
+        "checkpoint_every": "1",
+        "grad_accum_steps": "1",
+        "keep_logits": "false",
         "optimizer": "",  # auto: adamw for full, paged_adamw_32bit for LoRA/QLoRA
         "attn": "sdpa",
         "gpus": "1",
