@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import urlencode
 
+import annotated_types
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
@@ -104,7 +105,7 @@ def _field(name: str, info: FieldInfo) -> FormField:
     if annotation is bool:
         return replace(base, kind="select", options=BOOL_OPTIONS)
     if annotation in (int, float):
-        low, high = bounds(info)
+        low, high = _browser_bounds(info) if annotation is float else bounds(info)
         return replace(base, kind="number", min=low, max=high, step="1" if annotation is int else "any")
     values = literal_values(annotation)
     if name in AUTO:  # empty means "follow the method"
@@ -112,6 +113,22 @@ def _field(name: str, info: FieldInfo) -> FormField:
     if values:
         return replace(base, kind="select", options=tuple((v, v) for v in values))
     return base
+
+
+# HTML min/max are inclusive: an exclusive bound (alpha > 0, dropout < 1) moves in by this much, so the browser
+# refuses the bound itself as the server does
+EXCLUSIVE_MARGIN = 1e-9
+
+
+def _browser_bounds(info: FieldInfo) -> tuple[str | None, str | None]:
+    """A float field's min/max for the browser: inclusive bounds as they are, exclusive ones moved in."""
+    low, high = bounds(info)
+    for meta in info.metadata:
+        if isinstance(meta, annotated_types.Gt):
+            low = as_text(float(meta.gt) + EXCLUSIVE_MARGIN)  # type: ignore[arg-type]
+        if isinstance(meta, annotated_types.Lt):
+            high = as_text(float(meta.lt) - EXCLUSIVE_MARGIN)  # type: ignore[arg-type]
+    return low, high
 
 
 def form_groups() -> list[tuple[str, list[FormField]]]:
@@ -125,6 +142,7 @@ def form_values(params: Mapping[str, str]) -> dict[str, str]:
     """What the form shows: the submitted values, else the defaults (model: empty)."""
     values = {f.name: f.default for _, group in form_groups() for f in group}
     values["model"] = ""
+    values["safe"] = ""  # the verdict option (app/http/band.py AnswerOptions), not a plan field
     values.update({k: v for k, v in params.items() if k in values})
     return values
 

@@ -45,6 +45,24 @@ def test_the_form_constraints_are_the_servers(client: TestClient) -> None:
             continue
         tag = re.search(rf'<input id="{name}"[^>]*>', html, re.S)
         assert tag is not None, name
-        low, high = bounds(info)
-        assert f'min="{low}"' in tag.group(0) and f'max="{high}"' in tag.group(0), name
+        low, high = (float(v) if v is not None else None for v in bounds(info))
+        shown = dict(re.findall(r'\b(min|max)="([^"]*)"', tag.group(0)))
         assert f'step="{"1" if info.annotation is int else "any"}"' in tag.group(0), name
+        # what the browser lets through, the server takes, and the other way round: an exclusive bound
+        # (alpha > 0, dropout < 1) is moved in, so the browser refuses the bound itself as the server does
+        for edge, value in (("min", low), ("max", high)):
+            if value is None:
+                continue
+            browser_edge = float(shown[edge])
+            assert abs(browser_edge - value) <= 1e-6, name
+            accepted = _accepts(name, browser_edge)
+            assert accepted, (name, edge, browser_edge)
+            assert _accepts(name, value) == (browser_edge == value), (name, edge)
+
+
+def _accepts(name: str, value: float) -> bool:
+    try:
+        TrainingPlan.model_validate({name: int(value) if TrainingPlan.model_fields[name].annotation is int else value})
+    except ValueError:
+        return False
+    return True

@@ -51,6 +51,7 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "checkpoint_every": "1",
         "grad_accum_steps": "1",
         "keep_logits": "false",
+        "safe": "",  # the verdict option: the server's setting
         "optimizer": "",  # auto: adamw for full, paged_adamw_32bit for LoRA/QLoRA
         "attn": "sdpa",
         "gpus": "1",
@@ -276,3 +277,12 @@ def test_the_safe_toggle_keeps_the_plan_and_the_run(client: TestClient) -> None:
     for name, value in (("rank", "32"), ("train_tokens", "2000000000"), ("epochs", "2"), ("safe", "true")):
         assert f'name="{name}" value="{value}"' in form
     assert page.context["safe"] is False  # type: ignore[attr-defined]  # the setting's default
+
+
+def test_the_planner_form_offers_the_safe_answer_and_the_result_keeps_it(client: TestClient) -> None:
+    html = client.get("/").text
+    assert '<select id="safe" name="safe"' in html
+    page = client.get("/plan", params={"model": "meta-llama/Llama-2-7b-hf", "safe": "true"})
+    assert page.status_code == 200
+    assert page.context["safe"] is True  # type: ignore[attr-defined]
+    assert '<option value="true" selected>' in page.text
