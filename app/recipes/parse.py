@@ -34,6 +34,8 @@ def load_mapping(name: str, text: str) -> dict[str, Any]:
         raise refuse(name, "the file holds binary data (NUL bytes), not text")
     if not text.strip():
         raise refuse(name, "the file is empty")
+    if bracket_depth(text) > MAX_DEPTH:  # refused before a parser recurses into it (seconds for 5,000 levels)
+        raise refuse(name, f"the file nests deeper than {MAX_DEPTH} levels")
     try:
         data = _plain(_load_json(name, text) if _is_json(name, text) else _load_yaml(name, text), 0)
     except RecursionError:
@@ -42,6 +44,31 @@ def load_mapping(name: str, text: str) -> dict[str, Any]:
         kind = "a list" if isinstance(data, list) else f"a single {type(data).__name__} value"
         raise refuse(name, f"the file holds {kind}, not a mapping of settings")
     return data
+
+
+def bracket_depth(text: str) -> int:
+    """The deepest nesting of JSON / YAML flow brackets ([ and {) outside quoted strings (block-indented YAML nests
+    further: the parse checks that). Brackets inside an unquoted YAML scalar count too; no real config has 64."""
+    depth = deepest = 0
+    quote: str | None = None
+    escaped = False
+    for ch in text:
+        if quote is not None:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and quote == '"':
+                escaped = True
+            elif ch == quote:
+                quote = None
+            continue
+        if ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return deepest
 
 
 def _is_json(name: str, text: str) -> bool:

@@ -135,7 +135,7 @@ def test_the_estimate_as_a_pdf_is_the_printed_result_page(client: TestClient) ->
     assert f"{device / GIB:,.2f} GiB" in text and "GPU tiers" in text and "Stack modelled" in text
     posted = client.post("/api/v1/estimate?format=pdf", json={"model": MODEL, "method": "lora"})
     assert posted.status_code == 200 and _pdf_text(posted.content)[1] == text  # POST prints the same page
-    verdict = re.search(r'<p id="verdict"[^>]*>(.*?)</p>', page, re.S)
+    verdict = re.search(r'<span id="verdict-text"[^>]*>(.*?)</span>', page, re.S)
     assert verdict is not None
     words = re.sub(r"<[^>]+>", "", verdict.group(1)).split()[:6]  # the verdict, as the page words it
     assert " ".join(words) in " ".join(text.split())

@@ -9,7 +9,7 @@ import pytest
 
 from app.errors import InputError, RecipeError
 from app.recipes import RecipeFile, import_recipe
-from app.recipes.parse import MAX_BYTES
+from app.recipes.parse import MAX_BYTES, bracket_depth
 from tests.recipes.helpers import recipe
 
 EXPECTED = "expected one of: axolotl YAML, LLaMA-Factory YAML"
@@ -114,3 +114,10 @@ def test_no_files_and_too_many_files_are_refused() -> None:
         import_recipe([])
     with pytest.raises(RecipeError, match="at most 16"):
         import_recipe([recipe(f"{i}.yml", "base_model: x\n") for i in range(17)])
+
+
+def test_bracket_depth_skips_quoted_text() -> None:
+    assert bracket_depth('{"a": [1, {"b": "x[[[\\"]]"}]}') == 3
+    assert bracket_depth('a: "[["\nb: [1, [2]]') == 2
+    assert bracket_depth("k: 'it''s [x'") == 0
+    assert bracket_depth("[" * 65 + "]" * 65) == 65
