@@ -16,13 +16,23 @@ def _plan_cells(rec: MeasurementRecord) -> list[str]:
     targets = targets if isinstance(targets, str) else ",".join(targets)
     return [
         str(p.get("method", "")),
-        "on" if p.get("gradient_checkpointing") else "off",
+        _checkpointing_cell(p),
         str(p.get("seq_len", "")),
         str(p.get("batch_size", "")),
+        str(p.get("grad_accum_steps", 1)),
         str(p.get("rank", "")) if p.get("method") != "full" else "-",
         ("all-linear" if targets == "all-linear" else "attention") if p.get("method") != "full" else "-",
         str(p.get("dropout", "")) if p.get("method") != "full" else "-",
     ]
+
+
+def _checkpointing_cell(p: dict[str, object]) -> str:
+    """on / off, and the recipe's variant: reentrant, every n-th layer."""
+    if not p.get("gradient_checkpointing"):
+        return "off"
+    every = p.get("checkpoint_every", 1)
+    variant = [*(["reentrant"] if p.get("reentrant") else []), *([f"every {every}"] if every != 1 else [])]
+    return ", ".join(variant) or "on"
 
 
 def _stats_line(label: str, stats: AccuracyStats | None) -> str:
@@ -69,9 +79,9 @@ def accuracy_markdown(records: Sequence[MeasurementRecord], *, title: str, intro
         "",
         "## Points",
         "",
-        "| model | type | device | split | method | ckpt | seq | batch | rank | targets | dropout | layers | "
+        "| model | type | device | split | method | ckpt | seq | batch | accum | rank | targets | dropout | layers | "
         "measured MiB | estimated MiB | error |",
-        "|---|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         out.append(

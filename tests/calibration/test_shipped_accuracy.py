@@ -50,9 +50,10 @@ def test_full_cpu_matrix_within_5_percent_and_median_within_2(records: list[Meas
         assert statistics.median(abs(e) for e in errors) <= 2.0
 
 
-@pytest.mark.parametrize("source", ["cpu-matrix", "cpu-validation", "cpu-matrix-2025"])
+@pytest.mark.parametrize("source", ["cpu-matrix", "cpu-validation", "cpu-matrix-2025", "cpu-matrix-trainer"])
 def test_each_shipped_matrix_holds_the_bounds_on_its_own(records: list[MeasurementRecord], source: str) -> None:
-    """The 2025 families' matrix (calibration/cpu-matrix-2025.toml) is held apart, so the older points cannot hide it."""
+    """Each matrix is held apart (the 2025 families', calibration/cpu-matrix-2025.toml, and the Trainer loop's,
+    calibration/cpu-matrix-trainer.toml), so the older points cannot hide them."""
     mine = [r for r in records if r.source == source]
     assert mine, source
     assert max(abs(r.error_pct) for r in mine) <= 5.0
@@ -86,3 +87,13 @@ def test_shipped_estimates_are_the_current_estimators(
     """Result pages quote the shipped runs' stored errors, so they must be this estimator's."""
     stale = [old for old, fresh in shipped if fresh.estimated_peak_bytes != old.estimated_peak_bytes]
     assert not stale, f"{len(stale)} stale estimates in calibration/results; run python -m app.calibration.refresh"
+
+
+def test_the_trainer_matrix_ran_through_the_trainer_across_the_recipe_axes(records: list[MeasurementRecord]) -> None:
+    mine = [r for r in records if r.source == "cpu-matrix-trainer"]
+    assert {r.env["loop"] for r in mine} == {"trainer"}
+    assert {r.model_type for r in mine} == FAMILIES_2024 | FAMILIES_2025
+    assert {r.plan["grad_accum_steps"] for r in mine} == {1, 4}
+    assert {r.plan["method"] for r in mine} == {"qlora", "lora", "full"}
+    variants = {(r.plan["gradient_checkpointing"], r.plan["reentrant"]) for r in mine}
+    assert variants == {(False, False), (True, False), (True, True)}
