@@ -75,7 +75,7 @@ def test_trainer_loop_within_5_percent_and_median_within_2(
     ]
     text = accuracy_markdown(
         records,
-        title="# Accuracy through transformers.Trainer (CPU tracker)",
+        title="Accuracy through transformers.Trainer (CPU tracker)",
         intro=ACCURACY_INTRO + f" These points ran through the real `transformers.Trainer` loop "
         f"(`app/calibration/trainer_loop.py`): the cheapest point of each method x gradient accumulation x "
         f"checkpointing variant of `calibration/cpu-matrix-trainer.toml` ({len(records)} that ran within the CI "
