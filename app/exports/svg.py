@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from xml.sax.saxutils import escape, quoteattr
 
@@ -35,7 +34,6 @@ TERM_COLOURS: dict[str, str] = {
 }
 OTHER_TERM = "#3D3D3D"  # a term not listed above (none today)
 PALETTE = tuple(TERM_COLOURS.values())
-DEVICE_COLOURS = {"cuda": "#0072B2", "cpu": "#E69F00"}
 NICE_STEPS = (1.0, 2.0, 2.5, 5.0)
 MAX_TICKS = 5  # intervals on the axis, at most
 
@@ -227,80 +225,3 @@ def _legend(bar: _Bar, terms: list[Term], columns: int, rows: int, top: int) -> 
             f"{_text(term.term.removesuffix('_bytes'))} · {term.bytes / GIB:.2f} GiB</text>"
         )
     return out
-
-
-@dataclass(frozen=True)
-class Point:
-    """One measured run: what gpuplan estimated and what was measured, in bytes."""
-
-    estimated: int
-    measured: int
-    device: str
-    label: str
-
-
-def _decades(lo: float, hi: float) -> list[int]:
-    return list(range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1))
-
-
-def _bytes_label(exponent: int) -> str:
-    units = ("B", "kB", "MB", "GB", "TB", "PB")
-    unit = min(max(exponent // 3, 0), len(units) - 1)
-    return f"{10 ** (exponent - 3 * unit):g} {units[unit]}"
-
-
-def scatter_chart(points: Sequence[Point], *, standalone: bool = False) -> str:
-    """Estimated vs measured peak on log-log axes, with the y = x line and a ±10 % band."""
-    size, pad = 460, 64
-    label = f"Estimated vs measured peak memory of {len(points)} runs"
-    out = _open(size + pad + 16, size + pad + 16, label, standalone)
-    if not points:
-        out.append(f'<text x="{pad}" y="{pad}">no measured runs yet</text></svg>')
-        return "\n".join(out)
-    values = [v for p in points for v in (p.estimated, p.measured) if v > 0] or [1]
-    exps = _decades(min(values), max(values))
-    lo, hi = exps[0], max(exps[-1], exps[0] + 1)
-
-    def pos(nbytes: float) -> float:
-        return (math.log10(max(nbytes, 1)) - lo) / (hi - lo) * size
-
-    def px(v: float) -> float:
-        return pad + pos(v)
-
-    def py(v: float) -> float:
-        return 16 + size - pos(v)
-
-    out.append(f'<rect x="{pad}" y="16" width="{size}" height="{size}" fill="#fafafa" stroke="#ccc"/>')
-    out.append(f'<clipPath id="plot-area"><rect x="{pad}" y="16" width="{size}" height="{size}"/></clipPath>')
-    out.append('<g clip-path="url(#plot-area)">')
-    band = " ".join(f"{px(10**e * f):.1f},{py(10**e):.1f}" for e, f in ((lo, 1 / 1.1), (hi, 1 / 1.1)))
-    band += " " + " ".join(f"{px(10**e * f):.1f},{py(10**e):.1f}" for e, f in ((hi, 1 / 0.9), (lo, 1 / 0.9)))
-    out.append(f'<polygon points="{band}" fill="#009E73" fill-opacity="0.12"><title>within ±10 %</title></polygon>')
-    out.append(
-        f'<line x1="{px(10**lo):.1f}" y1="{py(10**lo):.1f}" x2="{px(10**hi):.1f}" y2="{py(10**hi):.1f}" '
-        'stroke="#009E73" stroke-dasharray="5 4"/>'
-    )
-    out.append("</g>")
-    for e in range(lo, hi + 1):
-        out.append(
-            f'<text x="{px(10**e):.1f}" y="{size + 34}" text-anchor="middle" fill="#555">{_bytes_label(e)}</text>'
-        )
-        out.append(
-            f'<text x="{pad - 6}" y="{py(10**e) + 4:.1f}" text-anchor="end" fill="#555">{_bytes_label(e)}</text>'
-        )
-    out.append(f'<text x="{pad + size / 2}" y="{size + 56}" text-anchor="middle">measured peak</text>')
-    out.append(
-        f'<text x="14" y="{16 + size / 2}" text-anchor="middle" transform="rotate(-90 14 {16 + size / 2})">'
-        "estimated peak</text>"
-    )
-    for p in points:
-        colour = DEVICE_COLOURS.get(p.device, "#555")
-        out.append(
-            f'<circle class="point" cx="{px(p.measured):.1f}" cy="{py(p.estimated):.1f}" r="4" fill="{colour}" '
-            f'fill-opacity="0.8"><title>{_text(p.label)}</title></circle>'
-        )
-    for i, (device, colour) in enumerate(DEVICE_COLOURS.items()):
-        out.append(f'<circle cx="{pad + 14}" cy="{32 + i * 18}" r="4" fill="{colour}"/>')
-        out.append(f'<text x="{pad + 24}" y="{36 + i * 18}">{device}</text>')
-    out.append("</svg>")
-    return "\n".join(out)

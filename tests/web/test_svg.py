@@ -11,7 +11,8 @@ from app.core.estimate import estimate
 from app.core.gpus import find_tier, recommend
 from app.core.plan import TrainingPlan
 from app.core.result import Estimate
-from app.exports.svg import TERM_COLOURS, Point, breakdown_chart, nice_step, scatter_chart, term_colours
+from app.exports.scatter import Point, scatter_chart
+from app.exports.svg import TERM_COLOURS, breakdown_chart, nice_step, term_colours
 
 NS = {"svg": "http://www.w3.org/2000/svg"}
 
@@ -61,12 +62,12 @@ def test_text_in_charts_is_escaped() -> None:
     text = breakdown_chart(est)
     assert "<script>" not in text and "&lt;script&gt;" in text
     ET.fromstring(text)  # still well-formed
-    scatter = scatter_chart([Point(estimated=10**9, measured=9 * 10**8, device="cuda", label="<b>&")])
+    scatter = scatter_chart([Point(estimated=10**9, measured=9 * 10**8, device="cuda", label="<b>&")])  # /calibrations
     assert "<b>" not in scatter and "&lt;b&gt;&amp;" in scatter
     ET.fromstring(scatter)
 
 
-def test_scatter_has_log_axes_and_a_point_per_run() -> None:
+def test_scatter_has_log_axes_in_gib_and_a_point_per_run() -> None:
     points = [
         Point(estimated=2 * 10**6, measured=10**6, device="cpu", label="tiny"),
         Point(estimated=8 * 10**10, measured=7 * 10**10, device="cuda", label="big"),
@@ -75,12 +76,12 @@ def test_scatter_has_log_axes_and_a_point_per_run() -> None:
     circles = root.findall(".//svg:circle[@class='point']", NS)
     assert len(circles) == 2
     labels = {t.text for t in root.findall(".//svg:text", NS)}
-    assert {"1 MB", "100 GB", "measured peak", "estimated peak"} <= labels
+    assert {"measured peak (GiB)", "estimated peak (GiB)"} <= labels
     # the bigger run sits further right and higher up
     (small, big) = circles
     assert float(big.get("cx", 0)) > float(small.get("cx", 0)) and float(big.get("cy", 0)) < float(small.get("cy", 0))
     empty = ET.fromstring(scatter_chart([]))
-    assert any(t.text == "no measured runs yet" for t in empty.findall(".//svg:text", NS))
+    assert any(t.text == "no measured runs match" for t in empty.findall(".//svg:text", NS))
 
 
 def test_each_term_keeps_its_colour_whatever_the_plan() -> None:
