@@ -19,7 +19,7 @@ from app.core.adapters import accepted_plan, lora_key
 from app.core.capabilities import BNB_OPTIMIZERS
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
-from app.core.result import Category, Estimate, Params, PhasePeak, Term
+from app.core.result import Adjustment, Category, Estimate, Params, PhasePeak, Term
 from app.core.spec import ModelSpec
 from app.core.tensors import Inventory, LayerSplit, PlanTensors, base_key, plan_tensors
 from app.core.units import BF16, FP16, FP32, MIB
@@ -66,18 +66,11 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
     Each phase of the step is the largest of its moments (`PHASES`); the largest phase is the peak, and the terms
     of its moment are the breakdown, followed by the overheads outside the live tensors.
     """
-    _check(plan)
-    plan, adjustments = accepted_plan(model, plan)
-    tensors = plan_tensors(model, base_key(plan), lora_key(plan))
-    terms = step_terms(model, plan, tensors)
-    held = persistent_terms(terms)
-    chosen = {name: max(moments(terms, held), key=lambda m: sum(m.values())) for name, moments in PHASES.items()}
-    phases = tuple(PhasePeak(name=name, bytes=sum(m.values())) for name, m in chosen.items())
-    peak = max(phases, key=lambda ph: ph.bytes)
-    breakdown = [
-        Term(term=k, bytes=v, category=NOTES[k][0], note=_note(k, plan)) for k, v in chosen[peak.name].items() if v
-    ]
-    breakdown += overheads(plan, sum(t.bytes for t in breakdown), terms.resident.paged)
+    plan, adjustments, tensors, terms = _prepared(model, plan)
+    chosen, totals, peak = peak_moments(terms)
+    phases = tuple(PhasePeak(name=name, bytes=total) for name, total in totals.items())
+    breakdown = [Term(term=k, bytes=v, category=NOTES[k][0], note=_note(k, plan)) for k, v in chosen.items() if v]
+    breakdown += overheads(plan, totals[peak], terms.resident.paged)
     inv = tensors.inventory
     return Estimate(
         model=model.id,
@@ -86,7 +79,7 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
         params=Params(base=model.num_params, trainable=inv.trainable_params),
         breakdown=tuple(breakdown),
         phases=phases,
-        peak_phase=peak.name,
+        peak_phase=peak,
         double_quant_saving_bytes=inv.double_quant_saving
         if plan.quant in ("nf4", "fp4") and plan.double_quant
         else None,
@@ -94,6 +87,34 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
         notes=tuple(_notes(model, plan, tensors, terms.resident.offloaded)),
         adjustments=adjustments,
     )
+
+
+def device_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
+    """`estimate(model, plan).device_bytes` without building the Estimate: the same moments and overheads, for
+    the searches that need only the number (recommend()'s GPU counts)."""
+    plan, _, _, terms = _prepared(model, plan)
+    _, totals, peak = peak_moments(terms)
+    return totals[peak] + sum(t.bytes for t in overheads(plan, totals[peak], terms.resident.paged))
+
+
+def _prepared(
+    model: ModelSpec, plan: TrainingPlan
+) -> tuple[TrainingPlan, tuple[Adjustment, ...], PlanTensors, StepTerms]:
+    """The plan the stack accepts, its adjustments, its tensors and every term of its step."""
+    _check(plan)
+    plan, adjustments = accepted_plan(model, plan)
+    tensors = plan_tensors(model, base_key(plan), lora_key(plan))
+    return plan, adjustments, tensors, step_terms(model, plan, tensors)
+
+
+def peak_moments(terms: StepTerms) -> tuple[Moment, dict[str, int], str]:
+    """Each phase's largest moment (`PHASES`): the peak phase's moment, every phase's total, and the peak's name
+    (the first of the largest, in phase order)."""
+    held = persistent_terms(terms)
+    chosen = {name: max(moments(terms, held), key=lambda m: sum(m.values())) for name, moments in PHASES.items()}
+    totals = {name: sum(m.values()) for name, m in chosen.items()}
+    peak = max(totals, key=lambda name: totals[name])
+    return chosen[peak], totals, peak
 
 
 def _check(plan: TrainingPlan) -> None:

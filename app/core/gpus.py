@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.capabilities import Blocker, blockers, cannot_run, fixed_plan
-from app.core.estimate import estimate
+from app.core.estimate import device_bytes
 from app.core.plan import MAX_GPUS, TrainingPlan
 from app.core.prices import Price, PriceTable, bundled_prices
 from app.core.quant import ceil_div
@@ -189,12 +189,12 @@ class _Judge:
 
     def per_gpu(self, n: int) -> int:
         if n not in self._per_gpu:
-            self._per_gpu[n] = estimate(self.model, self.est.plan.model_copy(update={"gpus": n})).device_bytes
+            self._per_gpu[n] = device_bytes(self.model, self.est.plan.model_copy(update={"gpus": n}))
         return judged(self._per_gpu[n], self.safety)
 
     def fixed_bytes(self, plan: TrainingPlan) -> int:
         if plan not in self._fixed:
-            self._fixed[plan] = estimate(self.model, plan).device_bytes
+            self._fixed[plan] = device_bytes(self.model, plan)
         return judged(self._fixed[plan], self.safety)
 
     def work(self, gpus: int) -> tuple[TrainingPlan, StepWork]:

@@ -148,3 +148,22 @@ def test_layer_split_gpu_counts_match_a_linear_scan(plan: TrainingPlan) -> None:
         budget = budget_bytes(find_tier(tier_fit.gpu) or GPU_TIERS[0], rec.headroom)
         fitting = [n for n, nbytes in per_gpu.items() if nbytes <= budget]
         assert tier_fit.gpus_needed == (min(fitting) if fitting else None), tier_fit.gpu
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        TrainingPlan(),
+        TrainingPlan(method="full", optimizer="adamw", gpus=8, sharding="zero3", offload=True),
+        TrainingPlan(method="lora", gpus=4, seq_len=8192),
+        TrainingPlan(method="full", optimizer="paged_adamw_8bit", grad_accum_steps=4, keep_logits=True),
+        TrainingPlan(device="cpu", optimizer="adamw", checkpoint_every=2),
+    ],
+)
+def test_device_bytes_is_the_estimates_device_bytes(plan: TrainingPlan) -> None:
+    """recommend()'s GPU-count searches read device_bytes(); it must be estimate()'s number to the byte."""
+    from app.core.estimate import device_bytes
+
+    for name in ("meta-llama/Llama-2-7b-hf", "mistralai/Mixtral-8x7B-v0.1"):
+        model = spec(name)
+        assert device_bytes(model, plan) == estimate(model, plan).device_bytes
