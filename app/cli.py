@@ -96,6 +96,12 @@ def _add_calibration_parsers(sub: Any) -> None:
     cal.add_argument("--steps", type=int, default=2, help="optimizer steps (default 2)")
     cal.add_argument("--no-store", dest="store", action="store_false", help="do not store the measurement")
     cal.add_argument("--matmuls", choices=["auto", "native", "fp32"], default="auto", help=MATMULS_HELP)
+    cal.add_argument(
+        "--reshard-after-forward",
+        choices=["on", "off"],
+        default="on",
+        help="fsdp: FSDP2 reshard_after_forward (off = sharding fsdp_grad_op); --gpus N runs N CPU ranks over gloo",
+    )
     cal.add_argument("--json", action="store_true")
     mat = sub.add_parser("calibrate-matrix", help="run a calibration matrix spec (TOML), store points, write JSONL")
     mat.add_argument("spec", type=Path, help="e.g. calibration/cpu-matrix.toml")
@@ -294,9 +300,10 @@ def _cmd_fetch(ns: argparse.Namespace) -> int:
 
 def _cmd_calibrate(ns: argparse.Namespace) -> int:
     from app.calibration.commands import calibrate
+    from app.calibration.distributed import with_reshard
     from app.settings import get_settings
 
-    plan = plan_from_args(ns)
+    plan = with_reshard(plan_from_args(ns), ns.reshard_after_forward)
     out = calibrate(
         ns.model, plan, get_settings(), layers=ns.layers, steps=ns.steps, store=ns.store, matmuls=ns.matmuls
     )

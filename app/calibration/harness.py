@@ -12,7 +12,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from importlib import metadata
@@ -63,7 +63,7 @@ def run_measurement(
         if plan.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         model = build_model(cfg, plan)
-        phases, peak, reserved = _run_steps(model, int(cfg.vocab_size), plan, steps, seed)
+        phases, peak, reserved = run_steps(model, int(cfg.vocab_size), plan, steps, seed)
         del model
     return Measurement(
         model_type=str(cfg.model_type),
@@ -132,9 +132,11 @@ class _Probe:
         return max(phase.peak_bytes for phase in self.phases)
 
 
-def _run_steps(
-    model: Any, vocab_size: int, plan: TrainingPlan, steps: int, seed: int
+def run_steps(
+    model: Any, vocab_size: int, plan: TrainingPlan, steps: int, seed: int, wrap: Callable[[Any], Any] | None = None
 ) -> tuple[list[Phase], int, int | None]:
+    """The steps under the probe: (phases, peak allocated, peak reserved or None). `wrap` (DDP) runs inside the
+    tracker, after the model's own tensors are counted, so what it allocates (its buckets) counts too."""
     import torch
 
     tracker = None
@@ -146,6 +148,8 @@ def _run_steps(
     probe = _Probe(tracker)
     generator = torch.Generator().manual_seed(seed)
     with tracker if tracker is not None else nullcontext():
+        if wrap is not None:
+            model = wrap(model)
         probe.mark("load")
         optimizer = build_optimizer(model, plan)
         ids = torch.randint(vocab_size, (plan.batch_size, plan.seq_len), generator=generator).to(plan.device)

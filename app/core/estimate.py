@@ -12,6 +12,7 @@ from app.core.adapters import accepted_plan, lora_key
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
 from app.core.result import Category, Estimate, Params, PhasePeak, Term
+from app.core.sharding import FSDP, ShardedMoments, fsdp_backward_gradient_bytes, sharded_moments, zero3_gathered_bytes
 from app.core.spec import ModelSpec
 from app.core.tensors import Inventory, LayerSplit, PlanTensors, base_key, plan_tensors
 from app.core.units import BF16, FP16, FP32, MIB
@@ -31,7 +32,11 @@ NOTES: dict[str, tuple[Category, str]] = {
     "lora_adapter_bytes": ("adapters", "LoRA A/B (and DoRA magnitudes) in fp32"),
     "optimizer_state_bytes": ("optimizer", "optimizer states kept in device memory"),
     "master_weight_bytes": ("optimizer", "fp32 master copy of trainable weights (DeepSpeed)"),
-    "allgather_buffer_bytes": ("transient", "two decoder layers gathered unsharded (current + prefetch)"),
+    "allgather_buffer_bytes": (
+        "transient",
+        "parameters gathered unsharded: FSDP2's root and running layers with their all-gather buffers "
+        "(ZeRO-3: two layers)",
+    ),
     "activation_bytes": ("activations", "tensors autograd keeps across layers"),
     "logits_peak_bytes": ("activations", "logits, fp32 upcast and cross-entropy (log_softmax and its gradient)"),
     "layer_transient_bytes": (
@@ -43,7 +48,12 @@ NOTES: dict[str, tuple[Category, str]] = {
         "bitsandbytes dequantizes the widest weight to the compute dtype for its matmul",
     ),
     "gradient_bytes": ("gradients", "gradients of trainable parameters"),
-    "ddp_bucket_bytes": ("gradients", "DDP gradient buckets (a flat copy of the gradients)"),
+    "ddp_bucket_bytes": ("gradients", "DDP gradient buckets (a flat copy of the gradients, from construction on)"),
+    "ddp_broadcast_bytes": ("transient", "DDP's start-up broadcast of the parameters, flattened per dtype"),
+    "reduce_scatter_bytes": (
+        "transient",
+        "FSDP2: unsharded gradients and the reduce-scatter input they are copied into",
+    ),
     "optimizer_temp_bytes": (
         "transient",
         "optimizer-step temporaries (foreach AdamW: sqrt(exp_avg_sq) of every state at once)",
@@ -95,8 +105,11 @@ def _check(plan: TrainingPlan) -> None:
             )
         if plan.attn == "flash_attention_2":
             raise PlanError("flash_attention_2 needs CUDA: use sdpa or eager with device cpu")
-        if plan.gpus != 1:
-            raise PlanError("the CPU reference models one device: set gpus to 1")
+        if plan.gpus != 1 and plan.sharding not in ("ddp", "fsdp", "fsdp_grad_op"):
+            raise PlanError(
+                "the CPU reference models one device, or CPU ranks under ddp/fsdp/fsdp_grad_op: set gpus to 1 "
+                "or sharding to ddp, fsdp or fsdp_grad_op"
+            )
 
 
 # --- the worst GPU's share ------------------------------------------------------------------------------------
@@ -120,8 +133,8 @@ def gpu_share(plan: TrainingPlan, num_layers: int) -> GpuShare:
     return GpuShare(
         layer_fraction=ceil_div(num_layers, n) / num_layers if split_layers else 1.0,
         layers=ceil_div(num_layers, n) if split_layers else num_layers,
-        param_shards=n if sharding in ("fsdp", "zero3") else 1,
-        state_shards=n if sharding in ("fsdp", "zero2", "zero3") else 1,
+        param_shards=n if sharding in ("fsdp", "fsdp_grad_op", "zero3") else 1,
+        state_shards=n if sharding in ("fsdp", "fsdp_grad_op", "zero2", "zero3") else 1,
     )
 
 
@@ -163,16 +176,6 @@ def master_weight_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> 
     if plan.sharding in ("zero2", "zero3") and inv.trainable_dtype in (BF16, FP16):
         return math.ceil(inv.trainable_params * FP32 * share.layer_fraction / share.state_shards)
     return 0
-
-
-def allgather_buffer_bytes(inv: Inventory, plan: TrainingPlan) -> int:
-    """FSDP/ZeRO-3: two decoder layers gathered unsharded (current + prefetch)."""
-    return 2 * inv.largest_layer_weights if plan.sharding in ("fsdp", "zero3") else 0
-
-
-def ddp_bucket_bytes(plan: TrainingPlan, grads: int) -> int:
-    """DDP keeps a flat bucket copy of the gradients. Source: torch DistributedDataParallel's gradient buckets."""
-    return grads if plan.sharding == "ddp" and plan.gpus > 1 else 0
 
 
 def backward_gradient_bytes(inv: Inventory, grads: int, share: GpuShare) -> tuple[int, int]:
@@ -265,7 +268,8 @@ class StepTerms(NamedTuple):
     """Every term's bytes on the worst GPU, before the phases pick their moments."""
 
     resident: Resident
-    allgather: int
+    zero3_gathered: int
+    sharded: ShardedMoments
     activations: int
     activations_at_end: int
     head_saved: int
@@ -276,7 +280,6 @@ class StepTerms(NamedTuple):
     first_layer_backward: int  # layer 0's kind
     kind_moments: tuple[KindMoment, ...]
     dequant: int
-    ddp_buckets: int
     head_grads: int
     late_grads: int
     optimizer_temp: int
@@ -290,11 +293,14 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
     acts, acts_at_end = activation_bytes(stack, plan, share.layers)
     logits_forward, logits_backward = logits_bytes(model, plan)
     head_grads, late_grads = backward_gradient_bytes(inv, resident.grads, share)
+    if plan.sharding in FSDP and plan.gpus > 1:
+        head_grads, late_grads = fsdp_backward_gradient_bytes(inv, plan, share.layers)
     layer_grads = resident.grads - late_grads
     layer_backward = backward_layer_bytes(stack, plan, share.layers)
     return StepTerms(
         resident=resident,
-        allgather=allgather_buffer_bytes(inv, plan),
+        zero3_gathered=zero3_gathered_bytes(inv, plan),
+        sharded=sharded_moments(inv, plan, share.layers, resident.grads),
         activations=acts,
         activations_at_end=acts_at_end,
         head_saved=stack.first.head_saved,
@@ -307,7 +313,6 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         else kind_backward_bytes(stack.first, plan, share.layers),
         kind_moments=later_kind_moments(stack, plan, share, resident.grads, head_grads, layer_grads),
         dequant=dequant_transient_bytes(inv, plan),
-        ddp_buckets=ddp_bucket_bytes(plan, resident.grads),
         head_grads=head_grads,
         late_grads=late_grads,
         optimizer_temp=optimizer_temp_bytes(inv, plan, share),
@@ -318,42 +323,56 @@ Moment = dict[str, int]
 
 
 def loaded_terms(s: StepTerms) -> Moment:
-    """The model as loaded: base weights and adapters."""
-    return {"base_weight_bytes": s.resident.weights, "lora_adapter_bytes": s.resident.adapters}
+    """The model as loaded: base weights and adapters (and DDP's buckets, made when DDP wraps the model)."""
+    return {
+        "base_weight_bytes": s.resident.weights,
+        "lora_adapter_bytes": s.resident.adapters,
+        "ddp_bucket_bytes": s.sharded.ddp_buckets,
+    }
 
 
 def persistent_terms(s: StepTerms) -> Moment:
-    """What every training moment holds: weights, adapters, optimizer states, masters and gathered layers."""
+    """What every training moment holds: weights, adapters, optimizer states, masters (and ZeRO-3's gathered layers)."""
     return {
         **loaded_terms(s),
         "optimizer_state_bytes": s.resident.states,
         "master_weight_bytes": s.resident.master,
-        "allgather_buffer_bytes": s.allgather,
+        "allgather_buffer_bytes": s.zero3_gathered,
     }
 
 
 def load_moments(s: StepTerms, held: Moment) -> list[Moment]:
-    """load: the model as loaded, before any optimizer state exists."""
-    return [loaded_terms(s)]
+    """load: the model as loaded, before any optimizer state exists (DDP: also while it broadcasts the weights,
+    before its buckets exist)."""
+    weights = {"base_weight_bytes": s.resident.weights, "lora_adapter_bytes": s.resident.adapters}
+    return [loaded_terms(s), {**weights, "ddp_broadcast_bytes": s.sharded.ddp_broadcast}]
 
 
 def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     """forward: the logits and loss at the end, or a layer running with its intermediates (`held`: the
-    persistent terms)."""
+    persistent terms); FSDP2 also the first gathers, before any activation."""
     kept = {**held, "activation_bytes": s.activations}
+    g = s.sharded
     return [
-        {**kept, "logits_peak_bytes": s.logits_forward},
-        {**kept, "layer_transient_bytes": s.layer_forward, "dequant_transient_bytes": s.dequant},
+        {**kept, "logits_peak_bytes": s.logits_forward, "allgather_buffer_bytes": g.forward_logits + s.zero3_gathered},
+        {
+            **kept,
+            "layer_transient_bytes": s.layer_forward,
+            "dequant_transient_bytes": s.dequant,
+            "allgather_buffer_bytes": g.forward_layer + s.zero3_gathered,
+        },
+        {**held, "allgather_buffer_bytes": g.first_gather + s.zero3_gathered},
     ]
 
 
 def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     """backward: the loss's backward, the last layer's (the final norm's saved tensors freed, lm_head's gradient
-    made), the first layer's (every other layer's gradient made, only layer 0's activations left) and, with layer
-    kinds, the first layer of each later kind (`later_kind_moments`)."""
-    layer = {"layer_transient_bytes": s.layer_backward, "dequant_transient_bytes": s.dequant}
-    first = {"layer_transient_bytes": s.first_layer_backward, "dequant_transient_bytes": s.dequant}
-    ddp = {"ddp_bucket_bytes": s.ddp_buckets}
+    made), the first layer's (every other layer's gradient made, only layer 0's activations left), with layer
+    kinds the first layer of each later kind (`later_kind_moments`), and FSDP2's root reduce-scatter at the end."""
+    g, z = s.sharded, s.zero3_gathered
+    rs = {"reduce_scatter_bytes": g.reduce_scatter_layer}
+    layer = {"layer_transient_bytes": s.layer_backward, "dequant_transient_bytes": s.dequant, **rs}
+    first = {"layer_transient_bytes": s.first_layer_backward, "dequant_transient_bytes": s.dequant, **rs}
     kinds = [
         {
             **held,
@@ -361,28 +380,36 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             "gradient_bytes": k.grads,
             "layer_transient_bytes": k.transient,
             "dequant_transient_bytes": s.dequant,
-            **ddp,
+            "allgather_buffer_bytes": g.backward_first + z,
+            **rs,
         }
         for k in s.kind_moments
     ]
+    last = {"activation_bytes": s.activations - s.head_saved, "gradient_bytes": s.head_grads}  # final norm freed
     return [
-        {**held, "activation_bytes": s.activations, "logits_peak_bytes": s.logits_backward, **ddp},
         {
             **held,
-            "activation_bytes": s.activations - s.head_saved,  # the final norm's backward has run and freed it
-            "gradient_bytes": s.head_grads,
-            **layer,
-            **ddp,
+            "activation_bytes": s.activations,
+            "logits_peak_bytes": s.logits_backward,
+            "allgather_buffer_bytes": g.backward_loss + z,
         },
-        {**held, "activation_bytes": s.activations_at_end, "gradient_bytes": s.late_grads, **first, **ddp},
+        {**held, **last, **layer, "allgather_buffer_bytes": g.backward_last + z},
+        {**held, **last, "allgather_buffer_bytes": g.backward_last + z, "reduce_scatter_bytes": g.reduce_scatter_peak},
+        {
+            **held,
+            "activation_bytes": s.activations_at_end,
+            "gradient_bytes": s.late_grads,
+            **first,
+            "allgather_buffer_bytes": g.backward_first + z,
+        },
         *kinds,
+        *([{**held, "gradient_bytes": g.end_grads, "reduce_scatter_bytes": g.reduce_scatter_root}] if g.end_grads else []),
     ]
 
 
 def optimizer_moments(s: StepTerms, held: Moment) -> list[Moment]:
     """optimizer: every gradient, the states and the step's temporaries."""
-    grads = {"gradient_bytes": s.resident.grads, "ddp_bucket_bytes": s.ddp_buckets}
-    return [{**held, **grads, "optimizer_temp_bytes": s.optimizer_temp}]
+    return [{**held, "gradient_bytes": s.resident.grads, "optimizer_temp_bytes": s.optimizer_temp}]
 
 
 # Each phase's candidate moments, from the step's terms and the terms every training moment holds.
