@@ -12,10 +12,12 @@ peak and phases are the worst rank's; every rank's peak and phases are kept in `
   reshard_after_forward True (fsdp) or False (fsdp_grad_op); parameters stay in the plan dtype (no
   MixedPrecisionPolicy: the model is built in that dtype already). Wrapped before tracking: the baseline is
   each rank's shard, as a run that loads shards (or from the meta device) starts.
-- offload (fsdp only): `CPUOffloadPolicy(pin_memory=False)`. On a CPU-only machine the "offloaded" shards and
-  the compute copies are all CPU tensors, so placement cannot tell them apart; see `host_attribution` for
-  how the run attributes them.
-ZeRO-2/3 (DeepSpeed) are not run here: see `check_distributed_plan`.
+- offload (fsdp only): `CPUOffloadPolicy(pin_memory=False)` runs, but on a CPU-only machine the "offloaded"
+  shards, gradients and states and the compute copies are all CPU tensors: placement cannot tell host RAM from
+  device memory, so an offload run's peak is host + device together and is not held to the estimate's per-GPU
+  peak (docs/accuracy-multi.md).
+ZeRO-2/3 (DeepSpeed) are not run here: see `check_distributed_plan`. Sources: torch/nn/parallel/distributed.py,
+torch/distributed/fsdp/_fully_shard/ (torch 2.13), accelerate/utils/fsdp_utils.py (fsdp2_prepare_model).
 """
 
 from __future__ import annotations
@@ -64,9 +66,9 @@ def check_distributed_plan(plan: TrainingPlan) -> None:
     """Refuse plans the multi-rank CPU harness cannot run, saying what to change."""
     if plan.sharding in ("zero2", "zero3"):
         raise CalibrationError(
-            f"{plan.sharding} needs DeepSpeed, which does not run on this CPU-only machine (see docs/accuracy-multi.md: "
-            "its ZeRO optimizers need a compiled CPU Adam extension and its CPU accelerator); the zero2/zero3 "
-            "terms are first-principles: measure fsdp or ddp instead"
+            f"{plan.sharding} needs a DeepSpeed engine, which this harness does not drive yet (DeepSpeed's ZeRO does "
+            "run on CPU ranks here: see docs/accuracy-multi.md); the zero2/zero3 terms are first-principles: "
+            "measure ddp, fsdp or fsdp_grad_op instead"
         )
     if plan.sharding not in DISTRIBUTED or plan.gpus < 2:
         raise CalibrationError("the multi-rank harness runs ddp, fsdp or fsdp_grad_op on at least 2 ranks (gpus >= 2)")

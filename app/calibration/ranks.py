@@ -15,7 +15,7 @@ import queue as queue_module
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -63,7 +63,9 @@ def run_ranks(target: Target, world: int, job: dict[str, Any], *, timeout_s: flo
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_rank_entry, args=(target, r, world, port, job, out), daemon=True) for r in range(world)]
+    procs = [
+        ctx.Process(target=_rank_entry, args=(target, r, world, port, job, out), daemon=True) for r in range(world)
+    ]
     for proc in procs:
         proc.start()
     try:
@@ -74,7 +76,9 @@ def run_ranks(target: Target, world: int, job: dict[str, Any], *, timeout_s: flo
         out.join_thread()
 
 
-def _collect(procs: list[BaseProcess], out: Any, world: int, deadline: float, timeout_s: float) -> list[dict[str, Any]]:
+def _collect(
+    procs: Sequence[BaseProcess], out: Any, world: int, deadline: float, timeout_s: float
+) -> list[dict[str, Any]]:
     results: dict[int, dict[str, Any]] = {}
     while len(results) < world:
         try:
@@ -88,7 +92,7 @@ def _collect(procs: list[BaseProcess], out: Any, world: int, deadline: float, ti
     return [results[r] for r in range(world)]
 
 
-def _check_alive(procs: list[BaseProcess], results: dict[int, Any], deadline: float, timeout_s: float) -> None:
+def _check_alive(procs: Sequence[BaseProcess], results: dict[int, Any], deadline: float, timeout_s: float) -> None:
     for rank, proc in enumerate(procs):
         if rank not in results and proc.exitcode is not None:
             raise CalibrationError(
@@ -103,7 +107,7 @@ def _check_alive(procs: list[BaseProcess], results: dict[int, Any], deadline: fl
         )
 
 
-def stop_all(procs: list[BaseProcess], grace_s: float = 5.0) -> None:
+def stop_all(procs: Sequence[BaseProcess], grace_s: float = 5.0) -> None:
     """Kill every rank still alive and reap them all (no zombies, no orphans)."""
     for proc in procs:
         if proc.is_alive():

@@ -12,7 +12,14 @@ from app.core.adapters import accepted_plan, lora_key
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
 from app.core.result import Category, Estimate, Params, PhasePeak, Term
-from app.core.sharding import FSDP, ShardedMoments, fsdp_backward_gradient_bytes, sharded_moments, zero3_gathered_bytes
+from app.core.sharding import (
+    FSDP,
+    ShardedMoments,
+    fsdp_backward_gradient_bytes,
+    input_embedding_gradient_bytes,
+    sharded_moments,
+    zero3_gathered_bytes,
+)
 from app.core.spec import ModelSpec
 from app.core.tensors import Inventory, LayerSplit, PlanTensors, base_key, plan_tensors
 from app.core.units import BF16, FP16, FP32, MIB
@@ -272,6 +279,7 @@ class StepTerms(NamedTuple):
     sharded: ShardedMoments
     activations: int
     activations_at_end: int
+    layer_saved: int  # what one decoder layer keeps for its backward (an average layer's share)
     head_saved: int
     logits_forward: int
     logits_backward: int
@@ -294,7 +302,8 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
     logits_forward, logits_backward = logits_bytes(model, plan)
     head_grads, late_grads = backward_gradient_bytes(inv, resident.grads, share)
     if plan.sharding in FSDP and plan.gpus > 1:
-        head_grads, late_grads = fsdp_backward_gradient_bytes(inv, plan, share.layers)
+        embed = input_embedding_gradient_bytes(model, inv, plan)
+        head_grads, late_grads = fsdp_backward_gradient_bytes(inv, plan, share.layers, embed)
     layer_grads = resident.grads - late_grads
     layer_backward = backward_layer_bytes(stack, plan, share.layers)
     return StepTerms(
@@ -303,6 +312,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         sharded=sharded_moments(inv, plan, share.layers, resident.grads),
         activations=acts,
         activations_at_end=acts_at_end,
+        layer_saved=math.ceil((acts - stack.first.head_saved - acts_at_end) / max(1, share.layers - 1)),
         head_saved=stack.first.head_saved,
         logits_forward=logits_forward,
         logits_backward=logits_backward,
@@ -362,6 +372,11 @@ def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             "allgather_buffer_bytes": g.forward_layer + s.zero3_gathered,
         },
         {**held, "allgather_buffer_bytes": g.first_gather + s.zero3_gathered},
+        {  # FSDP2: the last layer's gather, every layer before it run
+            **held,
+            "activation_bytes": s.activations - s.head_saved - s.layer_saved,
+            "allgather_buffer_bytes": g.layer_gather + s.zero3_gathered,
+        },
     ]
 
 
@@ -394,7 +409,13 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             "allgather_buffer_bytes": g.backward_loss + z,
         },
         {**held, **last, **layer, "allgather_buffer_bytes": g.backward_last + z},
-        {**held, **last, "allgather_buffer_bytes": g.backward_last + z, "reduce_scatter_bytes": g.reduce_scatter_peak},
+        {  # FSDP2: the last layer's backward done (its saved tensors freed), its gradients copied for reduce-scatter
+            **held,
+            **last,
+            "activation_bytes": s.activations - s.head_saved - s.layer_saved,
+            "allgather_buffer_bytes": g.backward_last + z,
+            "reduce_scatter_bytes": g.reduce_scatter_peak,
+        },
         {
             **held,
             "activation_bytes": s.activations_at_end,
@@ -403,7 +424,11 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             "allgather_buffer_bytes": g.backward_first + z,
         },
         *kinds,
-        *([{**held, "gradient_bytes": g.end_grads, "reduce_scatter_bytes": g.reduce_scatter_root}] if g.end_grads else []),
+        *(
+            [{**held, "gradient_bytes": g.end_grads, "reduce_scatter_bytes": g.reduce_scatter_root}]
+            if g.end_grads
+            else []
+        ),
     ]
 
 

@@ -14,6 +14,8 @@ import math
 from typing import NamedTuple
 
 from app.core.plan import TrainingPlan
+from app.core.quant import rounded
+from app.core.spec import ModelSpec
 from app.core.tensors import Inventory
 from app.core.units import MIB
 
@@ -28,6 +30,7 @@ class ShardedMoments(NamedTuple):
     ddp_buckets: int  # from DDP's construction on, every moment
     ddp_broadcast: int  # load only
     first_gather: int  # forward: the root's and layer 0's gathers, before any activation
+    layer_gather: int  # forward: a later layer's gather, the previous layer's flat output still alive
     forward_layer: int
     forward_logits: int
     backward_loss: int
@@ -44,16 +47,27 @@ def sharded_moments(inv: Inventory, plan: TrainingPlan, num_layers: int, grads: 
     """DDP's terms (`ddp_bucket_bytes`, `ddp_broadcast_bytes`) or FSDP2's (`fsdp_gathered_bytes`); zero for others."""
     if plan.sharding in FSDP:
         return fsdp_gathered_bytes(inv, plan, num_layers)
-    none = ShardedMoments(*([0] * 13))
+    none = ShardedMoments(*([0] * 14))
     return none._replace(ddp_buckets=ddp_bucket_bytes(plan, grads), ddp_broadcast=ddp_broadcast_bytes(inv, plan))
 
 
-def fsdp_backward_gradient_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> tuple[int, int]:
+def fsdp_backward_gradient_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int, embed: int) -> tuple[int, int]:
     """gradient_bytes in FSDP2's backward: the root's gradients stay unsharded until the root's post-backward at
-    the very end (lm_head's from the start), the layers' are sharded as each layer's reduce-scatter ends:
-    (`G_r` at the last layer; `G_r` + every other layer's shard at layer 0)."""
+    the very end, the layers' are sharded as each layer's reduce-scatter ends; the input embeddings' gradient
+    (`embed`, `input_embedding_gradient_bytes`) is made only after layer 0's backward:
+    (`G_r − embed` at the last layer; that + every other layer's shard at layer 0)."""
     shard = math.ceil(inv.grads.layers / plan.gpus)
-    return inv.grads.other, inv.grads.other + shard - math.ceil(shard / max(1, num_layers))
+    head = inv.grads.other - embed
+    return head, head + shard - math.ceil(shard / max(1, num_layers))
+
+
+def input_embedding_gradient_bytes(model: ModelSpec, inv: Inventory, plan: TrainingPlan) -> int:
+    """The input embeddings' gradient, trained only by full fine-tuning and untied (a tied one is lm_head's,
+    made at the loss's backward): `V·h` in the trained dtype."""
+    if plan.method != "full" or any(g.tied for g in model.groups):
+        return 0
+    embeds = [g for g in model.groups if g.kind == "embedding" and not g.in_layers]
+    return sum(g.count * rounded(p.numel * inv.trainable_dtype) for g in embeds for p in g.params)
 
 
 def ddp_bucket_bytes(plan: TrainingPlan, grads: int) -> int:
@@ -65,19 +79,14 @@ def ddp_bucket_bytes(plan: TrainingPlan, grads: int) -> int:
 
 
 def ddp_broadcast_bytes(inv: Inventory, plan: TrainingPlan) -> int:
-    """At construction DDP broadcasts rank 0's parameters (`_sync_module_states` → `_broadcast_coalesced`), which
-    flattens them per dtype in buckets of 250 MiB: the largest dtype's parameters, up to 250 MiB, are copied once.
-    Measured at load: weights + adapters + that flat copy. Source: torch/csrc/distributed/c10d/comm.cpp
-    (broadcast_coalesced, take_tensors by type)."""
+    """At construction DDP broadcasts rank 0's parameters (`_sync_module_states` → `_broadcast_coalesced`): they are
+    flattened into buckets of up to 250 MiB per dtype, each bucket a flat copy, two buckets in flight at once.
+    Measured at load (a 16-bit base with fp32 adapters): weights + adapters + a flat copy of both, so
+    `min(weights + adapters, 2 × 250 MiB)`. Source: torch/csrc/distributed/c10d/comm.cpp (broadcast_coalesced,
+    BroadcastWork, the in-flight deque), torch/nn/parallel/distributed.py (broadcast_bucket_size)."""
     if plan.sharding != "ddp" or plan.gpus < 2:
         return 0
-    if plan.method == "qlora":  # uint8 packed weights, and the fp32 rest with the adapters
-        largest = max(inv.base_quantized, inv.base.total - inv.base_quantized + inv.adapters.total)
-    elif plan.method == "lora":  # the 16-bit base, and the fp32 adapters
-        largest = max(inv.base.total, inv.adapters.total)
-    else:
-        largest = inv.base.total
-    return min(largest, DDP_BROADCAST_BUCKET)
+    return min(inv.base.total + inv.adapters.total, 2 * DDP_BROADCAST_BUCKET)
 
 
 def root_param_bytes(inv: Inventory) -> int:
@@ -93,30 +102,36 @@ def layer_param_bytes(inv: Inventory, num_layers: int) -> int:
 def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> ShardedMoments:
     """FSDP2 `fully_shard` per decoder layer and on the root (as accelerate's fsdp2_prepare_model wraps), reshard
     after forward on (fsdp) or off (fsdp_grad_op). A gather allocates a flat all-gather output `W` and copies it out
-    into the per-parameter tensors `W`; the flat output stays alive until the next gather (FSDP2's AllGatherState)
-    and the copy-out frees nothing before. Forward: `2R + 2W_l` at layer 0's gather, `R + 2W_l` while a layer runs,
-    `R + W_l` at the logits. Backward: the root is gathered first and kept to the end, the next layer prefetched
+    into the per-parameter tensors `W`; the flat output stays alive until the next gather's copy-out (FSDP2's
+    AllGatherState). Forward: `2R + 2W_l` at layer 0's gather, `R + 3W_l` at a later layer's copy-out (the previous
+    flat output, the new one and its copy), `R + 2W_l` while a layer runs, `R + W_l` at the logits. Backward: the root is gathered first and kept to the end, the next layer prefetched
     (`_backward_prefetch`): `R + W_l` at the loss, `R + 2W_l` in a layer's backward. With reshard off every layer
-    stays gathered from its forward to its backward: `R + L·W_l + W_l` in the last layer's forward and at the logits,
+    stays gathered from its forward to its backward: `R + L·W_l + 2W_l` at the last layer's copy-out,
+    `R + L·W_l + W_l` in the last layer's forward and at the logits,
     `R + L·W_l` at the loss and the last layer's backward (no gather, so no flat output), `R + W_l` at layer 0's.
     The root's post-forward frees the last flat output (measured: the forward ends with none).
     Sources: torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py (foreach_all_gather, copy-out),
     _fsdp_param_group.py (pre_backward prefetch, post_backward reshard), _fsdp_state.py (the root's lazy init).
     """
     if plan.sharding not in FSDP or plan.gpus < 2:
-        return ShardedMoments(*([0] * 13))
+        return ShardedMoments(*([0] * 14))
     root, layer = root_param_bytes(inv), layer_param_bytes(inv, num_layers)
     if plan.sharding == "fsdp_grad_op":  # every layer stays gathered from its forward to its backward
         kept = root + num_layers * layer
-        forward = (kept + layer, kept + layer)  # with the last gather's flat output, freed as the forward ends
+        forward = (
+            kept + layer,
+            kept + layer,
+            kept + 2 * layer,
+        )  # with the last gather's flat output, freed as the forward ends
         backward = (kept, kept, root + layer)  # no gather in backward: no flat output, no prefetch
     else:
-        forward = (root + 2 * layer, root + layer)
+        forward = (root + 2 * layer, root + layer, root + 3 * layer)
         backward = (root + layer, root + 2 * layer, root + 2 * layer)  # the loss's backward prefetches the last
     return ShardedMoments(
         ddp_buckets=0,
         ddp_broadcast=0,
         first_gather=2 * root + 2 * layer,
+        layer_gather=forward[2],
         forward_layer=forward[0],
         forward_logits=forward[1],
         backward_loss=backward[0],
@@ -138,6 +153,6 @@ def reduce_scatter_bytes(inv: Inventory, num_layers: int) -> int:
 
 
 def zero3_gathered_bytes(inv: Inventory, plan: TrainingPlan) -> int:
-    """ZeRO-3 (DeepSpeed): two decoder layers gathered unsharded (current + prefetch). First-principles: DeepSpeed
-    does not run on this CPU-only machine (docs/accuracy-multi.md), so no run has measured it."""
+    """ZeRO-3 (DeepSpeed): two decoder layers gathered unsharded (current + prefetch). First-principles: the
+    multi-rank harness does not drive a DeepSpeed engine yet (docs/accuracy-multi.md), so no run has measured it."""
     return 2 * inv.largest_layer_weights if plan.sharding == "zero3" else 0

@@ -50,7 +50,9 @@ def test_full_cpu_matrix_within_5_percent_and_median_within_2(records: list[Meas
         assert statistics.median(abs(e) for e in errors) <= 2.0
 
 
-@pytest.mark.parametrize("source", ["cpu-matrix", "cpu-validation", "cpu-matrix-2025"])
+@pytest.mark.parametrize(
+    "source", ["cpu-matrix", "cpu-validation", "cpu-matrix-2025", "cpu-matrix-multi", "cpu-validation-multi"]
+)
 def test_each_shipped_matrix_holds_the_bounds_on_its_own(records: list[MeasurementRecord], source: str) -> None:
     """The 2025 families' matrix (calibration/cpu-matrix-2025.toml) is held apart, so the older points cannot hide it."""
     mine = [r for r in records if r.source == source]
@@ -86,3 +88,17 @@ def test_shipped_estimates_are_the_current_estimators(
     """Result pages quote the shipped runs' stored errors, so they must be this estimator's."""
     stale = [old for old, fresh in shipped if fresh.estimated_peak_bytes != old.estimated_peak_bytes]
     assert not stale, f"{len(stale)} stale estimates in calibration/results; run python -m app.calibration.refresh"
+
+
+def test_the_multi_rank_points_hold_the_bounds_against_their_worst_rank(records: list[MeasurementRecord]) -> None:
+    """calibration/cpu-matrix-multi.toml and cpu-validation-multi.toml: DDP and FSDP2 on 2 and 4 CPU ranks."""
+    multi = [r for r in records if int(r.plan["gpus"]) > 1]
+    assert {r.plan["sharding"] for r in multi} == {"ddp", "fsdp", "fsdp_grad_op"}
+    assert {int(r.plan["gpus"]) for r in multi} == {2, 4}
+    assert {r.plan["method"] for r in multi} == {"full", "lora", "qlora"}
+    for r in multi:
+        assert r.measured_peak_bytes == max(r.env["rank_peak_bytes"]), r.model_id
+        assert len(r.env["rank_peak_bytes"]) == r.plan["gpus"]
+        assert abs(r.error_pct) <= 5.0, (r.model_id, r.plan["sharding"], r.error_pct)
+    for split in ("tune", "holdout"):
+        assert statistics.median(abs(r.error_pct) for r in multi if r.split == split) <= 2.0, split
