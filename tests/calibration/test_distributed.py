@@ -28,11 +28,12 @@ from tests.calibration.conftest import MachineProbe, report
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = load_spec(ROOT / "calibration" / "cpu-matrix-multi.toml").families
 BASE = {"device": "cpu", "optimizer": "adamw", "dtype": "bf16", "gpus": 2, "seq_len": 64}
-# (family, plan fields): one point per sharding, full and LoRA, checkpointing on and off
+# (family, plan fields): one point per sharding, full, LoRA and QLoRA, MHA, GQA and MoE, checkpointing on and off
 POINTS: list[tuple[str, dict[str, Any]]] = [
     ("llama", {"method": "full", "sharding": "ddp", "gradient_checkpointing": True}),
     ("mistral", {"method": "lora", "sharding": "fsdp", "gradient_checkpointing": False, "rank": 8}),
     ("llama", {"method": "full", "sharding": "fsdp_grad_op", "gradient_checkpointing": True, "batch_size": 2}),
+    ("mixtral", {"method": "qlora", "sharding": "ddp", "gradient_checkpointing": True, "rank": 8, "dropout": 0.0}),
 ]
 CI_INTRO = (
     "Every row is a real training step (2 optimizer steps) on 2 torch.distributed CPU ranks over gloo, each rank "
@@ -86,7 +87,7 @@ def test_every_rank_reports_its_own_peak_and_the_worst_is_the_measurement(
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
-        ({"sharding": "zero2"}, "needs DeepSpeed"),
+        ({"sharding": "zero2"}, "needs a DeepSpeed engine"),
         ({"sharding": "fsdp", "method": "qlora"}, "QLoRA under FSDP"),
         ({"sharding": "fsdp", "gpus": 1}, "at least 2 ranks"),
         ({"sharding": "fsdp", "device": "cuda"}, "device cpu"),
