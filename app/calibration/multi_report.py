@@ -38,10 +38,11 @@ NOT_MEASURED = """## Not measured here, and why
   the gathers make, so the live-tensor tracker cannot tell host RAM from device memory by placement. The only
   attribution would be by hand (naming each storage), which a run cannot verify, so offload is excluded from
   the bounds: its per-GPU terms (`resident_bytes` with offload) stay first-principles.
-- **ZeRO-2/3 (DeepSpeed)**: DeepSpeed 0.19.8 installs and its ZeRO-2 and ZeRO-3 steps do run on CPU ranks over
-  gloo here, once its CPU accelerator has JIT-built its `deepspeed_shm_comm` op (about 8 minutes of g++ on this
-  shared 2-core machine), but the harness does not wrap models in a DeepSpeed engine yet (its step is
-  `engine.backward` / `engine.step`, not the harness's). No ZeRO point is measured: `master_weight_bytes`,
+- **ZeRO-2/3 (DeepSpeed)**: tried with DeepSpeed 0.19.8 (pip, then uninstalled: it is no dependency): its CPU
+  accelerator picks gloo, and once it has JIT-built its `deepspeed_shm_comm` op (about 8 minutes of g++ on the
+  shared 2-core machine) a tiny llama's ZeRO-2 and ZeRO-3 steps (`deepspeed.initialize`, bf16, torch AdamW with
+  `zero_allow_untested_optimizer`) ran on 2 CPU ranks. The harness does not drive a DeepSpeed engine yet (its step
+  is `engine.backward` / `engine.step`), so no ZeRO point is measured: `master_weight_bytes`,
   ZeRO-2's sharded states and `zero3_gathered_bytes` stay first-principles, and `gpuplan calibrate --sharding
   zero2|zero3` says so.
 - **QLoRA under FSDP**: PEFT's FSDP+QLoRA recipe needs `bnb_4bit_quant_storage` equal to the compute dtype so

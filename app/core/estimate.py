@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from app.core.activations import LayerActivations, LayerStack, kept_layers, layer_stack, logits_bytes
 from app.core.adapters import accepted_plan, lora_key
+from app.core.evidence import term_evidence
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
 from app.core.result import Category, Estimate, Params, PhasePeak, Term
@@ -83,7 +84,9 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
     phases = tuple(PhasePeak(name=name, bytes=sum(m.values())) for name, m in chosen.items())
     peak = max(phases, key=lambda ph: ph.bytes)
     breakdown = [
-        Term(term=k, bytes=v, category=NOTES[k][0], note=_note(k, plan)) for k, v in chosen[peak.name].items() if v
+        Term(term=k, bytes=v, category=NOTES[k][0], note=_note(k, plan), evidence=term_evidence(k, plan))
+        for k, v in chosen[peak.name].items()
+        if v
     ]
     breakdown += overheads(plan, sum(t.bytes for t in breakdown), terms.resident.paged)
     inv = tensors.inventory
