@@ -12,10 +12,10 @@ peak and phases are the worst rank's; every rank's peak and phases are kept in `
   reshard_after_forward True (fsdp) or False (fsdp_grad_op); parameters stay in the plan dtype (no
   MixedPrecisionPolicy: the model is built in that dtype already). Wrapped before tracking: the baseline is
   each rank's shard, as a run that loads shards (or from the meta device) starts.
-- offload (fsdp only): `CPUOffloadPolicy(pin_memory=False)` runs, but on a CPU-only machine the "offloaded"
-  shards, gradients and states and the compute copies are all CPU tensors: placement cannot tell host RAM from
-  device memory, so an offload run's peak is host + device together and is not held to the estimate's per-GPU
-  peak (docs/accuracy-multi.md).
+- offload: FSDP2's `CPUOffloadPolicy(pin_memory=False)` runs on CPU ranks, but on a CPU-only machine the
+  "offloaded" shards, gradients and states and the compute copies are all CPU tensors: placement cannot tell
+  host RAM from device memory, so a run's peak would be host + device together. `check_distributed_plan`
+  refuses offload rather than store a number no GPU would show (docs/accuracy-multi.md).
 ZeRO-2/3 (DeepSpeed) are not run here: see `check_distributed_plan`. Sources: torch/nn/parallel/distributed.py,
 torch/distributed/fsdp/_fully_shard/ (torch 2.13), accelerate/utils/fsdp_utils.py (fsdp2_prepare_model).
 """
@@ -74,8 +74,11 @@ def check_distributed_plan(plan: TrainingPlan) -> None:
         raise CalibrationError("the multi-rank harness runs ddp, fsdp or fsdp_grad_op on at least 2 ranks (gpus >= 2)")
     if plan.device != "cpu":
         raise CalibrationError("the multi-rank harness runs CPU ranks over gloo: use device cpu")
-    if plan.offload and plan.sharding == "ddp":
-        raise CalibrationError("offload needs fsdp: DDP keeps everything on the device")
+    if plan.offload:
+        raise CalibrationError(
+            "offload cannot be measured on CPU ranks: the offloaded shards and the device copies are all CPU "
+            "tensors, so a run cannot tell host RAM from device memory (docs/accuracy-multi.md); drop --offload"
+        )
     if plan.method == "qlora" and plan.sharding != "ddp":
         raise CalibrationError(
             "QLoRA under FSDP needs bitsandbytes' FSDP path (bnb_4bit_quant_storage matching the dtype, FSDP1 "
@@ -213,7 +216,7 @@ def shard_fsdp2(model: Any, plan: TrainingPlan) -> Any:
     kwargs: dict[str, Any] = {
         "mesh": mesh,
         "reshard_after_forward": plan.sharding == "fsdp",
-        "offload_policy": CPUOffloadPolicy(pin_memory=False) if plan.offload else OffloadPolicy(),
+        "offload_policy": CPUOffloadPolicy(pin_memory=False) if plan.offload else OffloadPolicy(),  # refused for now
     }
     for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)

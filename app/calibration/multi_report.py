@@ -33,11 +33,12 @@ fsdp_grad_op the same with `reshard_after_forward=False`. Parameters stay in the
 MixedPrecisionPolicy). Error = (estimated - measured) / measured."""
 NOT_MEASURED = """## Not measured here, and why
 
-- **CPU offload** (`--offload`, FSDP2 `CPUOffloadPolicy`): the harness runs it, but on a CPU-only machine the
-  offloaded shards, their gradients and the optimizer states are CPU tensors exactly like the "device" copies
-  the gathers make, so the live-tensor tracker cannot tell host RAM from device memory by placement. The only
-  attribution would be by hand (naming each storage), which a run cannot verify, so offload is excluded from
-  the bounds: its per-GPU terms (`resident_bytes` with offload) stay first-principles.
+- **CPU offload** (`--offload`, FSDP2 `CPUOffloadPolicy`): FSDP2 runs it on CPU ranks, but on a CPU-only
+  machine the offloaded shards, their gradients and the optimizer states are CPU tensors exactly like the
+  "device" copies the gathers make, so the live-tensor tracker cannot tell host RAM from device memory by
+  placement. The only attribution would be by hand (naming each storage), which no run could check, so the
+  harness refuses offload and it is excluded from the bounds: its per-GPU terms (`resident_bytes` with offload)
+  stay first-principles.
 - **ZeRO-2/3 (DeepSpeed)**: tried with DeepSpeed 0.19.8 (pip, then uninstalled: it is no dependency): its CPU
   accelerator picks gloo, and once it has JIT-built its `deepspeed_shm_comm` op (about 8 minutes of g++ on the
   shared 2-core machine) a tiny llama's ZeRO-2 and ZeRO-3 steps (`deepspeed.initialize`, bf16, torch AdamW with

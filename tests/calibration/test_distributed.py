@@ -91,6 +91,7 @@ def test_every_rank_reports_its_own_peak_and_the_worst_is_the_measurement(
         ({"sharding": "fsdp", "method": "qlora"}, "QLoRA under FSDP"),
         ({"sharding": "fsdp", "gpus": 1}, "at least 2 ranks"),
         ({"sharding": "fsdp", "device": "cuda"}, "device cpu"),
+        ({"sharding": "fsdp", "offload": True}, "cannot tell host RAM from device memory"),
     ],
 )
 def test_plans_the_ranks_cannot_run_are_refused_before_any_rank_starts(fields: dict[str, Any], words: str) -> None:
@@ -104,3 +105,12 @@ def test_reshard_after_forward_off_is_fsdp_grad_op() -> None:
     assert with_reshard(plan, "on") == plan
     with pytest.raises(CalibrationError, match="sharding fsdp only"):
         with_reshard(plan.model_copy(update={"sharding": "ddp"}), "off")
+
+
+def test_the_shipped_multi_rank_page_is_what_the_command_writes_now() -> None:
+    """docs/accuracy-multi.md is `python -m app.calibration.multi_report --write docs/accuracy-multi.md`."""
+    from app.calibration.multi_report import load_records, multi_accuracy_markdown
+
+    text = multi_accuracy_markdown(load_records())
+    assert (ROOT / "docs" / "accuracy-multi.md").read_text() == text
+    assert "| cpu-validation-multi (held out: measured once, after the fit) | 12 |" in text
