@@ -4,7 +4,8 @@ Each rank is a `spawn`ed process with the torchrun-style environment (MASTER_ADD
 MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK) and OMP_NUM_THREADS=1; it runs `target(rank, world, job)` and sends
 back what it returns (a JSON-able dict) or its error. The parent waits at most `timeout_s` in all; when a rank
 fails, dies or the time runs out, every rank still running is killed (SIGKILL) and joined before the error is
-raised, so no rank outlives the call. Nothing here imports torch: the ranks do.
+raised, so no rank outlives the call; on Linux a rank also dies with its parent (`die_with_parent`). Nothing here
+imports torch: the ranks do.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import multiprocessing
 import os
 import queue as queue_module
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -24,6 +26,8 @@ from app.errors import CalibrationError
 Target = Callable[[int, int, dict[str, Any]], dict[str, Any]]
 # seconds between looks at the ranks while waiting for their results
 POLL_S = 0.2
+# linux/prctl.h
+PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -46,7 +50,22 @@ def rank_environment(rank: int, world: int, port: int) -> dict[str, str]:
     }
 
 
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies, even by SIGKILL (prctl PR_SET_PDEATHSIG), so a killed
+    `gpuplan calibrate` leaves no rank behind; elsewhere a no-op (the ranks are daemonic there too)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # no libc prctl: the daemonic flag and stop_all still apply
+        return
+
+
 def _rank_entry(target: Target, rank: int, world: int, port: int, job: dict[str, Any], out: Any) -> None:
+    die_with_parent()
     os.environ.update(rank_environment(rank, world, port))
     try:
         out.put(("ok", rank, target(rank, world, job)))

@@ -82,3 +82,28 @@ def test_a_timeout_kills_every_rank(tmp_path: Any) -> None:
 def test_zero_ranks_are_refused() -> None:
     with pytest.raises(CalibrationError, match="at least one rank"):
         run_ranks(echo, 0, {}, timeout_s=5)
+
+
+def test_ranks_die_with_a_parent_that_is_killed(tmp_path: Any) -> None:
+    """A `gpuplan calibrate` killed by SIGKILL (no finally runs) leaves no rank behind."""
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "from app.calibration.ranks import run_ranks\n"
+        "from tests.calibration.test_ranks import hang\n"
+        f"if __name__ == '__main__': run_ranks(hang, 2, {{'dir': {str(tmp_path)!r}}}, timeout_s=120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], env={**os.environ})
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("pid*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pids = [int(p.read_text()) for p in tmp_path.glob("pid*")]
+    assert len(pids) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(pid) for pid in pids)
