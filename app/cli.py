@@ -102,6 +102,12 @@ def _add_calibration_parsers(sub: Any) -> None:
         default="plain",
         help="plain (forward, backward, step, zero_grad) or trainer (the steps through transformers.Trainer)",
     )
+    cal.add_argument(
+        "--reshard-after-forward",
+        choices=["on", "off"],
+        default="on",
+        help="fsdp: FSDP2 reshard_after_forward (off = sharding fsdp_grad_op); --gpus N runs N CPU ranks over gloo",
+    )
     cal.add_argument("--json", action="store_true")
     mat = sub.add_parser("calibrate-matrix", help="run a calibration matrix spec (TOML), store points, write JSONL")
     mat.add_argument("spec", type=Path, help="e.g. calibration/cpu-matrix.toml")
@@ -325,10 +331,11 @@ def _cmd_fetch(ns: argparse.Namespace) -> int:
 
 def _cmd_calibrate(ns: argparse.Namespace) -> int:
     from app.calibration.commands import calibrate, model_config
+    from app.calibration.distributed import with_reshard
     from app.calibration.progress import expected_seconds, stderr_progress
     from app.settings import get_settings
 
-    plan, settings = plan_from_args(ns), get_settings()
+    plan, settings = with_reshard(plan_from_args(ns), ns.reshard_after_forward), get_settings()
     on_cpu = plan.device == "cpu"
     expected = expected_seconds(model_config(ns.model, settings)[1], plan, ns.layers, ns.steps) if on_cpu else None
     with stderr_progress(expected):

@@ -82,11 +82,11 @@ def calibrate(
 ) -> dict[str, Any]:
     """Measure one point, compare it with the estimate, store it; the --json object."""
     from app.calibration.compare import compare_to, spec_for, to_record
-    from app.calibration.harness import run_measurement
+    from app.calibration.distributed import measure
 
     model_id, config = model_config(name, settings)
     fast = fp32_matmuls(matmuls, plan.device)
-    measurement = run_measurement(config, plan, layers=layers, steps=steps, fp32_matmuls=fast, loop=loop)
+    measurement = measure(config, plan, layers=layers, steps=steps, fp32_matmuls=fast, loop=loop)
     comparison, _ = compare_to(measurement, spec_for(measurement, model_id))
     stored_id = None
     if store:
@@ -106,6 +106,7 @@ def calibrate(
         "estimated_peak_bytes": comparison.estimated_peak_bytes,
         "error_pct": round(comparison.error_pct, 3),
         "phases": [p.model_dump(mode="json") for p in comparison.phases],
+        "ranks": [{"rank": r.rank, "peak_allocated_bytes": r.peak_allocated_bytes} for r in measurement.ranks],
         "env": measurement.env.model_dump(mode="json"),
         "duration_s": round(measurement.duration_s, 2),
     }

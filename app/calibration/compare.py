@@ -102,7 +102,17 @@ def to_record(
         measured_reserved_bytes=measurement.peak_reserved_bytes,
         estimated_peak_bytes=comparison.estimated_peak_bytes,
         phases=[p.model_dump(mode="json") for p in measurement.phases],
-        env=measurement.env.model_dump(mode="json"),
+        env=_env(measurement),
         source=source,
         split=split,
     )
+
+
+def _env(measurement: Measurement) -> dict[str, Any]:
+    """The environment, and for a multi-rank run every rank's peak and which rank was the worst."""
+    env: dict[str, Any] = measurement.env.model_dump(mode="json")
+    if measurement.ranks:
+        env["rank_peak_bytes"] = [r.peak_allocated_bytes for r in measurement.ranks]
+        env["worst_rank"] = measurement.worst_rank
+        env["backend"] = "gloo"
+    return env

@@ -13,7 +13,7 @@ import logging
 import platform
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from importlib import metadata
@@ -68,7 +68,7 @@ def run_measurement(
         if plan.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         model = build_model(cfg, plan)
-        run = _run_steps if loop == "plain" else _trainer_steps
+        run = run_steps if loop == "plain" else _trainer_steps
         phases, peak, reserved = run(model, int(cfg.vocab_size), plan, steps, seed)
         del model
     return Measurement(
@@ -176,9 +176,11 @@ def _trainer_steps(
     return run_trainer_steps(model, vocab_size, plan, steps, seed)
 
 
-def _run_steps(
-    model: Any, vocab_size: int, plan: TrainingPlan, steps: int, seed: int
+def run_steps(
+    model: Any, vocab_size: int, plan: TrainingPlan, steps: int, seed: int, wrap: Callable[[Any], Any] | None = None
 ) -> tuple[list[Phase], int, int | None]:
+    """The steps under the probe: (phases, peak allocated, peak reserved or None). `wrap` (DDP) runs inside the
+    tracker, after the model's own tensors are counted, so what it allocates (its buckets) counts too."""
     import torch
 
     tracker = None
@@ -191,6 +193,8 @@ def _run_steps(
     labels = StepLabels(plan.grad_accum_steps)
     generator = torch.Generator().manual_seed(seed)
     with tracker if tracker is not None else nullcontext():
+        if wrap is not None:
+            model = wrap(model)
         probe.mark("load")
         optimizer = build_optimizer(model, plan)
         ids = torch.randint(vocab_size, (plan.batch_size, plan.seq_len), generator=generator).to(plan.device)

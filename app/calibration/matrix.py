@@ -81,13 +81,16 @@ def _split(point_id: str, holdout: float) -> Split:
 
 def _supported(name: str, family: Family, plan: TrainingPlan) -> bool:
     """Points the stack itself refuses (e.g. PEFT's ParamWrapper with dropout) are not measured."""
+    from app.calibration.distributed import check_distributed_plan
     from app.core.adapters import adapted_groups
-    from app.errors import PlanError
+    from app.errors import CalibrationError, PlanError
     from app.inventory.cache import cached_spec
 
     try:
         adapted_groups(cached_spec(family.config, model_id=name, source="file", cache_dir=None), plan)
-    except PlanError:
+        if plan.gpus > 1:
+            check_distributed_plan(plan)  # e.g. QLoRA under FSDP, which the CPU ranks cannot run
+    except (PlanError, CalibrationError):
         return False
     return True
 
@@ -161,7 +164,7 @@ def run_points(
 ) -> Iterator[PointResult]:
     """Measure each point and compare it with the estimate (yields as it goes); see run_measurement."""
     from app.calibration.compare import spec_for
-    from app.calibration.harness import run_measurement
+    from app.calibration.distributed import measure
 
     for n, point in enumerate(points, 1):
         if point.plan.device == "cuda":
@@ -171,7 +174,7 @@ def run_points(
 
             gc.collect()  # the previous point's model and optimizer must not count in this one's peak
             torch.cuda.empty_cache()
-        measurement = run_measurement(point.config, point.plan, steps=steps, fp32_matmuls=fp32_matmuls, loop=loop)
+        measurement = measure(point.config, point.plan, steps=steps, fp32_matmuls=fp32_matmuls, loop=loop)
         comparison, _ = compare_to(measurement, spec_for(measurement, point.family))
         result = PointResult(point=point, measurement=measurement, comparison=comparison)
         if progress is not None:

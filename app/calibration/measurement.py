@@ -45,6 +45,16 @@ class Environment(BaseModel):
     )
 
 
+class RankPeak(BaseModel):
+    """One rank of a multi-rank run: its own peak and phases, from its own tracker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rank: int = Field(ge=0)
+    peak_allocated_bytes: int = Field(ge=0)
+    phases: list[Phase]
+
+
 class Measurement(BaseModel):
     """One real fine-tuning run: the peak it reached and where in the step it was reached."""
 
@@ -64,6 +74,12 @@ class Measurement(BaseModel):
     env: Environment
     duration_s: float = Field(ge=0, description="Wall time of build and steps, in seconds.")
     created_at: datetime
+    ranks: tuple[RankPeak, ...] = Field(
+        (), description="Multi-rank runs (app/calibration/distributed.py): every rank's peak and phases; empty for one."
+    )
+    worst_rank: int | None = Field(
+        None, ge=0, description="The rank whose peak (and phases) this measurement reports; None for one process."
+    )
 
     def phase(self, label: str) -> Phase:
         """The phase with this label (KeyError when the run has none)."""

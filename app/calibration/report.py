@@ -83,11 +83,23 @@ def accuracy_markdown(records: Sequence[MeasurementRecord], *, title: str, intro
         "measured MiB | estimated MiB | error |",
         "|---|---|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
+    multi = any(int(r.plan.get("gpus", 1)) > 1 for r in rows)
+    if multi:  # the multi-rank table also says how the ranks were laid out and each rank's peak
+        out[-2] = out[-2].replace("| layers |", "| gpus | sharding | rank peaks MiB | layers |")
+        out[-1] = "|---|---|---|---|---|---|---:|---:|---:|---|---:|---:|---|---|---:|---:|---:|---:|"
     for r in rows:
+        ranks = _rank_cells(r) if multi else ""
         out.append(
             f"| {r.model_id} | {r.model_type} | {r.device} | {r.split or '-'} | "
             + " | ".join(_plan_cells(r))
-            + f" | {r.layers or '-'} | {r.measured_peak_bytes / MIB:,.2f} | {r.estimated_peak_bytes / MIB:,.2f} | "
+            + f" | {ranks}{r.layers or '-'} | {r.measured_peak_bytes / MIB:,.2f} | {r.estimated_peak_bytes / MIB:,.2f} | "
             f"{r.error_pct:+.2f} % |"
         )
     return "\n".join(out) + "\n"
+
+
+def _rank_cells(rec: MeasurementRecord) -> str:
+    """gpus, sharding and every rank's peak (the measured peak is the worst of them)."""
+    peaks = rec.env.get("rank_peak_bytes") or []
+    shown = " / ".join(f"{p / MIB:,.2f}" for p in peaks) or "-"
+    return f"{rec.plan.get('gpus', 1)} | {rec.plan.get('sharding', 'none')} | {shown} | "

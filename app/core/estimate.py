@@ -17,21 +17,27 @@ from app.core.activations import (
 )
 from app.core.adapters import accepted_plan, lora_key
 from app.core.capabilities import BNB_OPTIMIZERS
+from app.core.evidence import term_evidence
+from app.core.overheads import ALLOCATOR_FRAGMENTATION as ALLOCATOR_FRAGMENTATION  # re-exported: serving reads them
+from app.core.overheads import CUBLAS_WORKSPACE_BYTES as CUBLAS_WORKSPACE_BYTES
+from app.core.overheads import CUDA_CONTEXT_BYTES as CUDA_CONTEXT_BYTES
+from app.core.overheads import SEGMENT as SEGMENT
+from app.core.overheads import overheads
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
 from app.core.result import Adjustment, Category, Estimate, Params, PhasePeak, Term
+from app.core.sharding import (
+    FSDP,
+    ShardedMoments,
+    fsdp_backward_gradient_bytes,
+    input_embedding_gradient_bytes,
+    sharded_moments,
+    zero3_gathered_bytes,
+)
 from app.core.spec import ModelSpec
 from app.core.tensors import Inventory, LayerSplit, PlanTensors, base_key, plan_tensors
-from app.core.units import BF16, FP16, FP32, MIB
+from app.core.units import BF16, FP16, FP32
 from app.errors import PlanError
-
-# cuBLAS workspace torch allocates through the caching allocator on Hopper (CUBLAS_WORKSPACE_CONFIG :4096:8)
-CUBLAS_WORKSPACE_BYTES = 32 * MIB
-# CUDA context, kernel images and library handles: outside the allocator, seen by nvidia-smi
-CUDA_CONTEXT_BYTES = 512 * MIB
-# Caching-allocator blocks kept reserved beyond the live peak (fragmentation); first-principles share
-ALLOCATOR_FRAGMENTATION = 0.05
-SEGMENT = 2 * MIB
 
 # One line per memory term: (category, note); a term's unit is always bytes.
 NOTES: dict[str, tuple[Category, str]] = {
@@ -39,7 +45,11 @@ NOTES: dict[str, tuple[Category, str]] = {
     "lora_adapter_bytes": ("adapters", "LoRA A/B (and DoRA magnitudes) in fp32"),
     "optimizer_state_bytes": ("optimizer", "optimizer states kept in device memory"),
     "master_weight_bytes": ("optimizer", "fp32 master copy of trainable weights (DeepSpeed)"),
-    "allgather_buffer_bytes": ("transient", "two decoder layers gathered unsharded (current + prefetch)"),
+    "allgather_buffer_bytes": (
+        "transient",
+        "parameters gathered unsharded: FSDP2's root and running layers with their all-gather buffers "
+        "(ZeRO-3: two layers)",
+    ),
     "activation_bytes": ("activations", "tensors autograd keeps across layers"),
     "logits_peak_bytes": ("activations", "logits, fp32 upcast and cross-entropy (log_softmax and its gradient)"),
     "kept_logits_bytes": ("activations", "the logits of the model output the training loop holds (keep_logits)"),
@@ -52,7 +62,12 @@ NOTES: dict[str, tuple[Category, str]] = {
         "bitsandbytes dequantizes the widest weight to the compute dtype for its matmul",
     ),
     "gradient_bytes": ("gradients", "gradients of trainable parameters"),
-    "ddp_bucket_bytes": ("gradients", "DDP gradient buckets (a flat copy of the gradients)"),
+    "ddp_bucket_bytes": ("gradients", "DDP gradient buckets (a flat copy of the gradients, from construction on)"),
+    "ddp_broadcast_bytes": ("transient", "DDP's start-up broadcast of the parameters, flattened per dtype"),
+    "reduce_scatter_bytes": (
+        "transient",
+        "FSDP2: unsharded gradients and the reduce-scatter input they are copied into",
+    ),
     "optimizer_temp_bytes": (
         "transient",
         "optimizer-step temporaries (foreach AdamW: sqrt(exp_avg_sq) of every state at once)",
@@ -69,7 +84,11 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
     plan, adjustments, tensors, terms = _prepared(model, plan)
     chosen, totals, peak = peak_moments(terms)
     phases = tuple(PhasePeak(name=name, bytes=total) for name, total in totals.items())
-    breakdown = [Term(term=k, bytes=v, category=NOTES[k][0], note=_note(k, plan)) for k, v in chosen.items() if v]
+    breakdown = [
+        Term(term=k, bytes=v, category=NOTES[k][0], note=_note(k, plan), evidence=term_evidence(k, plan))
+        for k, v in chosen.items()
+        if v
+    ]
     breakdown += overheads(plan, totals[peak], terms.resident.paged)
     inv = tensors.inventory
     return Estimate(
@@ -125,8 +144,11 @@ def _check(plan: TrainingPlan) -> None:
             )
         if plan.attn == "flash_attention_2":
             raise PlanError("flash_attention_2 needs CUDA: use sdpa or eager with device cpu")
-        if plan.gpus != 1:
-            raise PlanError("the CPU reference models one device: set gpus to 1")
+        if plan.gpus != 1 and plan.sharding not in ("ddp", "fsdp", "fsdp_grad_op"):
+            raise PlanError(
+                "the CPU reference models one device, or CPU ranks under ddp/fsdp/fsdp_grad_op: set gpus to 1 "
+                "or sharding to ddp, fsdp or fsdp_grad_op"
+            )
 
 
 # --- the worst GPU's share ------------------------------------------------------------------------------------
@@ -150,8 +172,8 @@ def gpu_share(plan: TrainingPlan, num_layers: int) -> GpuShare:
     return GpuShare(
         layer_fraction=ceil_div(num_layers, n) / num_layers if split_layers else 1.0,
         layers=ceil_div(num_layers, n) if split_layers else num_layers,
-        param_shards=n if sharding in ("fsdp", "zero3") else 1,
-        state_shards=n if sharding in ("fsdp", "zero2", "zero3") else 1,
+        param_shards=n if sharding in ("fsdp", "fsdp_grad_op", "zero3") else 1,
+        state_shards=n if sharding in ("fsdp", "fsdp_grad_op", "zero2", "zero3") else 1,
     )
 
 
@@ -193,16 +215,6 @@ def master_weight_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> 
     if plan.sharding in ("zero2", "zero3") and inv.trainable_dtype in (BF16, FP16):
         return math.ceil(inv.trainable_params * FP32 * share.layer_fraction / share.state_shards)
     return 0
-
-
-def allgather_buffer_bytes(inv: Inventory, plan: TrainingPlan) -> int:
-    """FSDP/ZeRO-3: two decoder layers gathered unsharded (current + prefetch)."""
-    return 2 * inv.largest_layer_weights if plan.sharding in ("fsdp", "zero3") else 0
-
-
-def ddp_bucket_bytes(plan: TrainingPlan, grads: int) -> int:
-    """DDP keeps a flat bucket copy of the gradients. Source: torch DistributedDataParallel's gradient buckets."""
-    return grads if plan.sharding == "ddp" and plan.gpus > 1 else 0
 
 
 def backward_gradient_bytes(inv: Inventory, grads: int, share: GpuShare) -> tuple[int, int]:
@@ -305,9 +317,11 @@ class StepTerms(NamedTuple):
     """Every term's bytes on the worst GPU, before the phases pick their moments."""
 
     resident: Resident
-    allgather: int
+    zero3_gathered: int
+    sharded: ShardedMoments
     activations: int
     activations_at_end: int
+    layer_saved: int  # what one decoder layer keeps for its backward (an average layer's share)
     head_saved: int
     logits_forward: int
     logits_backward: int
@@ -316,7 +330,6 @@ class StepTerms(NamedTuple):
     first_layer_backward: int  # layer 0's kind
     kind_moments: tuple[KindMoment, ...]
     dequant: int
-    ddp_buckets: int
     head_grads: int
     late_grads: int
     accumulated: int  # every gradient, alive from the second micro-batch on (0 without accumulation)
@@ -332,13 +345,18 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
     acts, acts_at_end = activation_bytes(stack, plan, share.layers)
     logits_forward, logits_backward = logits_bytes(model, plan)
     head_grads, late_grads = backward_gradient_bytes(inv, resident.grads, share)
+    if plan.sharding in FSDP and plan.gpus > 1:
+        embed = input_embedding_gradient_bytes(model, inv, plan)
+        head_grads, late_grads = fsdp_backward_gradient_bytes(inv, plan, share.layers, embed)
     layer_grads = resident.grads - late_grads
     layer_backward = backward_layer_bytes(stack, plan, share.layers)
     return StepTerms(
         resident=resident,
-        allgather=allgather_buffer_bytes(inv, plan),
+        zero3_gathered=zero3_gathered_bytes(inv, plan),
+        sharded=sharded_moments(inv, plan, share.layers, resident.grads),
         activations=acts,
         activations_at_end=acts_at_end,
+        layer_saved=math.ceil((acts - stack.first.head_saved - acts_at_end) / max(1, share.layers - 1)),
         head_saved=stack.first.head_saved,
         logits_forward=logits_forward,
         logits_backward=logits_backward,
@@ -349,7 +367,6 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         else kind_backward_bytes(stack.first, plan, share.layers),
         kind_moments=later_kind_moments(stack, plan, share, resident.grads, head_grads, layer_grads),
         dequant=dequant_transient_bytes(inv, plan),
-        ddp_buckets=ddp_bucket_bytes(plan, resident.grads),
         head_grads=head_grads,
         late_grads=late_grads,
         accumulated=accumulated_gradient_bytes(plan, resident.grads),
@@ -362,86 +379,114 @@ Moment = dict[str, int]
 
 
 def loaded_terms(s: StepTerms) -> Moment:
-    """The model as loaded: base weights and adapters."""
-    return {"base_weight_bytes": s.resident.weights, "lora_adapter_bytes": s.resident.adapters}
+    """The model as loaded: base weights and adapters (and DDP's buckets, made when DDP wraps the model)."""
+    return {
+        "base_weight_bytes": s.resident.weights,
+        "lora_adapter_bytes": s.resident.adapters,
+        "ddp_bucket_bytes": s.sharded.ddp_buckets,
+    }
 
 
 def persistent_terms(s: StepTerms) -> Moment:
-    """What every training moment holds: weights, adapters, optimizer states, masters and gathered layers."""
+    """What every training moment holds: weights, adapters, optimizer states, masters (and ZeRO-3's gathered layers)."""
     return {
         **loaded_terms(s),
         "optimizer_state_bytes": s.resident.states,
         "master_weight_bytes": s.resident.master,
-        "allgather_buffer_bytes": s.allgather,
+        "allgather_buffer_bytes": s.zero3_gathered,
         "kept_logits_bytes": s.kept_logits,
     }
 
 
 def load_moments(s: StepTerms, held: Moment) -> list[Moment]:
-    """load: the model as loaded, before any optimizer state exists."""
-    return [loaded_terms(s)]
+    """load: the model as loaded, before any optimizer state exists (DDP: also while it broadcasts the weights,
+    before its buckets exist)."""
+    weights = {"base_weight_bytes": s.resident.weights, "lora_adapter_bytes": s.resident.adapters}
+    return [loaded_terms(s), {**weights, "ddp_broadcast_bytes": s.sharded.ddp_broadcast}]
 
 
 def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     """forward: the logits and loss at the end, or a layer running with its intermediates (`held`: the
-    persistent terms)."""
-    kept = {**held, "activation_bytes": s.activations, "gradient_bytes": s.accumulated}
+    persistent terms); FSDP2 also the first gathers, before any activation. From the second micro-batch of an
+    accumulating step, every gradient too (`accumulated_gradient_bytes`)."""
+    held = {**held, "gradient_bytes": s.accumulated}
+    kept = {**held, "activation_bytes": s.activations}
+    g = s.sharded
     return [
-        {**kept, "logits_peak_bytes": s.logits_forward},
-        {**kept, "layer_transient_bytes": s.layer_forward, "dequant_transient_bytes": s.dequant},
+        {**kept, "logits_peak_bytes": s.logits_forward, "allgather_buffer_bytes": g.forward_logits + s.zero3_gathered},
+        {
+            **kept,
+            "layer_transient_bytes": s.layer_forward,
+            "dequant_transient_bytes": s.dequant,
+            "allgather_buffer_bytes": g.forward_layer + s.zero3_gathered,
+        },
+        {**held, "allgather_buffer_bytes": g.first_gather + s.zero3_gathered},
+        {  # FSDP2: the last layer's gather, every layer before it run
+            **held,
+            "activation_bytes": s.activations - s.head_saved - s.layer_saved,
+            "allgather_buffer_bytes": g.layer_gather + s.zero3_gathered,
+        },
     ]
 
 
 def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     """backward: the loss's backward, the last layer's (the final norm's saved tensors freed, lm_head's gradient
-    made), the first layer's (every other layer's gradient made, only layer 0's activations left) and, with layer
-    kinds, the first layer of each later kind (`later_kind_moments`)."""
-    layer = {"layer_transient_bytes": s.layer_backward, "dequant_transient_bytes": s.dequant}
-    first = {"layer_transient_bytes": s.first_layer_backward, "dequant_transient_bytes": s.dequant}
-    ddp = {"ddp_bucket_bytes": s.ddp_buckets}
-    # with accumulation every gradient is alive and the one being made sits beside it (the current layer's)
-    layer_grads = s.resident.grads - s.late_grads
+    made), the first layer's (every other layer's gradient made, only layer 0's activations left), with layer
+    kinds the first layer of each later kind (`later_kind_moments`), and FSDP2's root reduce-scatter at the end.
+    With accumulation every gradient is alive and the one being made sits beside it (the current layer's)."""
+    g, z = s.sharded, s.zero3_gathered
+    rs = {"reduce_scatter_bytes": g.reduce_scatter_layer}
+    layer = {"layer_transient_bytes": s.layer_backward, "dequant_transient_bytes": s.dequant, **rs}
+    first = {"layer_transient_bytes": s.first_layer_backward, "dequant_transient_bytes": s.dequant, **rs}
+    acc, layer_grads = s.accumulated, s.resident.grads - s.late_grads
     kinds = [
         {
             **held,
             "activation_bytes": k.activations,
-            "gradient_bytes": s.accumulated + layer_grads if s.accumulated else k.grads,
+            "gradient_bytes": acc + layer_grads if acc else k.grads,
             "layer_transient_bytes": k.transient,
             "dequant_transient_bytes": s.dequant,
-            **ddp,
+            "allgather_buffer_bytes": g.backward_first + z,
+            **rs,
         }
         for k in s.kind_moments
     ]
+    last = {"activation_bytes": s.activations - s.head_saved, "gradient_bytes": acc + s.head_grads}  # final norm freed
     return [
         {
             **held,
             "activation_bytes": s.activations,
             "logits_peak_bytes": s.logits_backward,
-            "gradient_bytes": s.accumulated,
-            **ddp,
+            "gradient_bytes": acc,
+            "allgather_buffer_bytes": g.backward_loss + z,
         },
-        {
+        {**held, **last, **layer, "allgather_buffer_bytes": g.backward_last + z},
+        {  # FSDP2: the last layer's backward done (its saved tensors freed), its gradients copied for reduce-scatter
             **held,
-            "activation_bytes": s.activations - s.head_saved,  # the final norm's backward has run and freed it
-            "gradient_bytes": s.accumulated + s.head_grads,
-            **layer,
-            **ddp,
+            **last,
+            "activation_bytes": s.activations - s.head_saved - s.layer_saved,
+            "allgather_buffer_bytes": g.backward_last + z,
+            "reduce_scatter_bytes": g.reduce_scatter_peak,
         },
         {
             **held,
             "activation_bytes": s.activations_at_end,
-            "gradient_bytes": s.accumulated + layer_grads if s.accumulated else s.late_grads,
+            "gradient_bytes": acc + layer_grads if acc else s.late_grads,
             **first,
-            **ddp,
+            "allgather_buffer_bytes": g.backward_first + z,
         },
         *kinds,
+        *(
+            [{**held, "gradient_bytes": acc + g.end_grads, "reduce_scatter_bytes": g.reduce_scatter_root}]
+            if g.end_grads
+            else []
+        ),
     ]
 
 
 def optimizer_moments(s: StepTerms, held: Moment) -> list[Moment]:
     """optimizer: every gradient, the states and the step's temporaries."""
-    grads = {"gradient_bytes": s.resident.grads, "ddp_bucket_bytes": s.ddp_buckets}
-    return [{**held, **grads, "optimizer_temp_bytes": s.optimizer_temp}]
+    return [{**held, "gradient_bytes": s.resident.grads, "optimizer_temp_bytes": s.optimizer_temp}]
 
 
 # Each phase's candidate moments, from the step's terms and the terms every training moment holds.
@@ -527,46 +572,3 @@ def _sharded_optimizer_notes(plan: TrainingPlan) -> list[str]:
             "optimizers are CUDA kernels: use adamw (DeepSpeedCPUAdam) for offload"
         )
     return [note]
-
-
-def overheads(plan: TrainingPlan, allocated: int, paged: int) -> list[Term]:
-    """Terms outside the live tensors (CUDA only): cuBLAS workspace, allocator cache, context and paged states."""
-    if plan.device != "cuda":
-        return []
-    terms = [cublas_workspace_term(), allocator_cache_term(allocated), cuda_context_term()]
-    return terms + ([paged_optimizer_state_term(paged)] if paged else [])
-
-
-@lru_cache(maxsize=1)  # a constant (Terms are frozen): built once, shared by every estimate
-def cublas_workspace_term() -> Term:
-    """32 MiB cuBLAS workspace through the caching allocator (CUDA only)."""
-    note = "cuBLAS workspace, allocated through the caching allocator"
-    return Term(term="cublas_workspace_bytes", bytes=CUBLAS_WORKSPACE_BYTES, category="overhead", note=note)
-
-
-def allocator_cache_term(allocated: int) -> Term:
-    """Reserved beyond allocated: 5 % of allocated in 2 MiB segments (first-principles until GPU calibration
-    measures `max_memory_reserved`)."""
-    frag = math.ceil((allocated + CUBLAS_WORKSPACE_BYTES) * ALLOCATOR_FRAGMENTATION / SEGMENT) * SEGMENT
-    note = f"caching-allocator fragmentation ({ALLOCATOR_FRAGMENTATION:.0%} of allocated, 2 MiB segments)"
-    return Term(term="allocator_cache_bytes", bytes=frag, category="overhead", counted="reserved", note=note)
-
-
-@lru_cache(maxsize=1)
-def cuda_context_term() -> Term:
-    """512 MiB context, kernels and handles outside the allocator (nvidia-smi only)."""
-    note = "CUDA context, kernels and library handles (outside the allocator)"
-    return Term(term="cuda_context_bytes", bytes=CUDA_CONTEXT_BYTES, category="overhead", counted="device", note=note)
-
-
-def paged_optimizer_state_term(paged: int) -> Term:
-    """Paged optimizers page tensors ≥ 1e5 elements into unified memory: outside `max_memory_allocated`, evictable,
-    counted in device bytes. Source: bitsandbytes paged optimizers (cudaMallocManaged)."""
-    return Term(
-        term="paged_optimizer_state_bytes",
-        bytes=paged,
-        category="optimizer",
-        counted="device",
-        evictable=True,
-        note="paged optimizer states in unified memory; evicted to host RAM under pressure",
-    )

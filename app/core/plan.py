@@ -12,7 +12,9 @@ DType = Literal["bf16", "fp16", "fp32"]
 Checkpointing = Literal["every-layer", "sqrt-n"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit", "sgd", "adafactor"]
 Attn = Literal["sdpa", "flash_attention_2", "eager"]
-Sharding = Literal["none", "ddp", "fsdp", "zero2", "zero3"]
+# fsdp: FSDP2 fully_shard with reshard_after_forward=True (FSDP1 FULL_SHARD); fsdp_grad_op: reshard_after_forward=False
+# (FSDP1 SHARD_GRAD_OP): each layer's gathered weights stay from its forward to its backward
+Sharding = Literal["none", "ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"]
 Device = Literal["cuda", "cpu"]
 
 ALL_LINEAR = "all-linear"
@@ -97,7 +99,9 @@ class TrainingPlan(BaseModel):
     attn: Attn = Field("sdpa", description="Attention implementation.")
     gpus: int = Field(1, ge=1, le=MAX_GPUS, description="Number of GPUs.")
     sharding: Sharding = Field(
-        "none", description="none (one GPU, or layers split across GPUs), ddp, fsdp, zero2, zero3."
+        "none",
+        description="none (one GPU, or layers split across GPUs), ddp, fsdp (FSDP2, resharding after forward), "
+        "fsdp_grad_op (FSDP2 reshard_after_forward=False, FSDP1 SHARD_GRAD_OP), zero2, zero3.",
     )
     offload: bool = Field(False, description="Offload optimizer states (and ZeRO-3/FSDP parameters) to CPU memory.")
     device: Device = Field("cuda", description="cuda, or cpu for the calibration reference tracker.")
@@ -148,10 +152,10 @@ class TrainingPlan(BaseModel):
             raise ValueError("qlora needs a quantized base: quant must be nf4, fp4 or int8 (or use method lora)")
         elif self.method != "qlora" and quant != "none":
             raise ValueError(f"method {self.method} trains a 16-bit base: use method qlora for quant {quant}")
-        if self.method == "qlora" and self.sharding in ("fsdp", "zero3") and self.quant == "int8":
+        if self.method == "qlora" and self.sharding in ("fsdp", "fsdp_grad_op", "zero3") and self.quant == "int8":
             raise ValueError("int8 bases cannot be sharded with fsdp/zero3: use nf4 or fp4, or ddp")
-        if self.offload and self.sharding not in ("fsdp", "zero2", "zero3"):
-            raise ValueError("offload needs sharding fsdp, zero2 or zero3")
+        if self.offload and self.sharding not in ("fsdp", "fsdp_grad_op", "zero2", "zero3"):
+            raise ValueError("offload needs sharding fsdp, fsdp_grad_op, zero2 or zero3")
         if (self.reentrant or self.checkpoint_every > 1) and not self.gradient_checkpointing:
             raise ValueError(
                 "reentrant and checkpoint_every are kinds of gradient checkpointing: turn gradient_checkpointing on"

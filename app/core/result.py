@@ -26,6 +26,12 @@ class Term(BaseModel):
     category: Category
     counted: Counted = "allocated"
     evictable: bool = Field(False, description="Paged (unified) memory the driver may move to host RAM under pressure.")
+    evidence: Literal["measured-cpu", "measured-cpu-ranks", "first-principles"] = Field(
+        "first-principles",
+        description="What backs this term's formula: measured by the CPU live-tensor tracker (measured-cpu), by "
+        "torch.distributed CPU ranks (measured-cpu-ranks, DDP/FSDP2), or first-principles (not measured: CUDA-only "
+        "overheads, ZeRO, offload, layer splitting). app/core/evidence.py.",
+    )
 
 
 class PhasePeak(BaseModel):

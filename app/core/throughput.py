@@ -28,8 +28,8 @@ from app.core.units import DTYPE_BYTES
 
 MFU = 0.40  # model FLOPs utilisation assumed of the dense 16-bit peak (stated with every time it produces)
 DEFAULT_TRAIN_TOKENS = 100_000_000
-DATA_PARALLEL = ("ddp", "zero2", "zero3", "fsdp")
-SHARDED_STATES = ("zero2", "zero3", "fsdp")
+DATA_PARALLEL = ("ddp", "zero2", "zero3", "fsdp", "fsdp_grad_op")
+SHARDED_STATES = ("zero2", "zero3", "fsdp", "fsdp_grad_op")
 LABEL = "a first-principles model, not a measurement"
 
 Bound = Literal["compute", "memory", "communication"]
@@ -211,12 +211,15 @@ def dequant_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
 def communication_bytes(model: ModelSpec, plan: TrainingPlan, gpus: int) -> int:
     """Per GPU and step, ring collectives (n−1)/n of: DDP/ZeRO-2 2·G (all-reduce, or reduce-scatter + all-gather);
     ZeRO-3/FSDP 2·W + G (weights gathered for forward and backward, gradients reduce-scattered) — ZeRO, Rajbhandari
-    et al. 2020, §7. Layers split across GPUs (sharding none) only pass activations on: none counted."""
+    et al. 2020, §7; FSDP2 without resharding after forward (fsdp_grad_op) W + G, its layers gathered once a step
+    (measured on CPU ranks: no gather in backward). Layers split across GPUs (sharding none): none counted."""
     if gpus < 2 or plan.sharding not in DATA_PARALLEL:
         return 0
     inv = _tensors(model, plan).inventory
     grads = inv.grads.total
-    volume = 2 * (inv.base.total + inv.adapters.total) + grads if plan.sharding in ("zero3", "fsdp") else 2 * grads
+    weights = inv.base.total + inv.adapters.total
+    gathers = {"zero3": 2, "fsdp": 2, "fsdp_grad_op": 1}.get(plan.sharding, 0)
+    volume = gathers * weights + grads if gathers else 2 * grads
     return volume * (gpus - 1) // gpus
 
 

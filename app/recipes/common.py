@@ -171,11 +171,14 @@ def _zero(stage: int, optimizer_off: bool, params_off: bool, *, source: str) -> 
 
 # -- FSDP: transformers `fsdp` options and fsdp_config, axolotl fsdp / fsdp_config -------------------------
 
-_FSDP_NEAR_ZERO2 = "FSDP SHARD_GRAD_OP keeps full parameters between forward and backward, as ZeRO-2 does"
+_FSDP1_GRAD_OP = (
+    "FSDP1 SHARD_GRAD_OP is estimated as FSDP2 with reshard_after_forward=False (sharding fsdp_grad_op, measured "
+    "on FSDP2; torch's fully_shard docs name it the SHARD_GRAD_OP equivalent)"
+)
 # torch.distributed.fsdp.ShardingStrategy names (and transformers' lowercase option names)
 FSDP_STRATEGIES: dict[str, str | None] = {
     "full_shard": "fsdp",
-    "shard_grad_op": "zero2",
+    "shard_grad_op": "fsdp_grad_op",
     "no_shard": "ddp",
     "hybrid_shard": None,
     "hybrid_shard_zero2": None,
@@ -191,7 +194,9 @@ def fsdp_strategy(name: str) -> Outcome:
     sharding = FSDP_STRATEGIES[key]
     if sharding is None:
         raise NotModelledValue(f"{name}: hybrid sharding (shard within a node, replicate across) is not modelled")
-    return Approx({"sharding": sharding}, _FSDP_NEAR_ZERO2) if sharding == "zero2" else {"sharding": sharding}
+    if sharding == "fsdp_grad_op":
+        return Approx({"sharding": sharding}, _FSDP1_GRAD_OP)
+    return {"sharding": sharding}
 
 
 def fsdp_options(value: Any, _ctx: Ctx) -> Outcome:

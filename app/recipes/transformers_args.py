@@ -14,7 +14,6 @@ from app.recipes.common import (
     optimizer,
 )
 from app.recipes.rules import (
-    Approx,
     Ctx,
     Doc,
     Maps,
@@ -112,7 +111,7 @@ def _true_sets(target: str, value: bool) -> Maps:
 def _reshard(value: Any, _ctx: Ctx) -> Outcome:
     if value is None or as_bool(value):
         return {}
-    return Approx({"sharding": "zero2"}, "FSDP2 without resharding after forward keeps full parameters, as ZeRO-2")
+    return {"sharding": "fsdp_grad_op"}  # FSDP2 reshard_after_forward=False, as gpuplan's fsdp_grad_op models it
 
 
 # fsdp_config keys, with or without the `fsdp_` prefix (transformers, accelerate, axolotl)

@@ -50,7 +50,17 @@ def test_full_cpu_matrix_within_5_percent_and_median_within_2(records: list[Meas
         assert statistics.median(abs(e) for e in errors) <= 2.0
 
 
-@pytest.mark.parametrize("source", ["cpu-matrix", "cpu-validation", "cpu-matrix-2025", "cpu-matrix-trainer"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "cpu-matrix",
+        "cpu-validation",
+        "cpu-matrix-2025",
+        "cpu-matrix-trainer",
+        "cpu-matrix-multi",
+        "cpu-validation-multi",
+    ],
+)
 def test_each_shipped_matrix_holds_the_bounds_on_its_own(records: list[MeasurementRecord], source: str) -> None:
     """Each matrix is held apart (the 2025 families', calibration/cpu-matrix-2025.toml, and the Trainer loop's,
     calibration/cpu-matrix-trainer.toml), so the older points cannot hide them."""
@@ -97,3 +107,17 @@ def test_the_trainer_matrix_ran_through_the_trainer_across_the_recipe_axes(recor
     assert {r.plan["method"] for r in mine} == {"qlora", "lora", "full"}
     variants = {(r.plan["gradient_checkpointing"], r.plan["reentrant"]) for r in mine}
     assert variants == {(False, False), (True, False), (True, True)}
+
+
+def test_the_multi_rank_points_hold_the_bounds_against_their_worst_rank(records: list[MeasurementRecord]) -> None:
+    """calibration/cpu-matrix-multi.toml and cpu-validation-multi.toml: DDP and FSDP2 on 2 and 4 CPU ranks."""
+    multi = [r for r in records if int(r.plan["gpus"]) > 1]
+    assert {r.plan["sharding"] for r in multi} == {"ddp", "fsdp", "fsdp_grad_op"}
+    assert {int(r.plan["gpus"]) for r in multi} == {2, 4}
+    assert {r.plan["method"] for r in multi} == {"full", "lora", "qlora"}
+    for r in multi:
+        assert r.measured_peak_bytes == max(r.env["rank_peak_bytes"]), r.model_id
+        assert len(r.env["rank_peak_bytes"]) == r.plan["gpus"]
+        assert abs(r.error_pct) <= 5.0, (r.model_id, r.plan["sharding"], r.error_pct)
+    for split in ("tune", "holdout"):
+        assert statistics.median(abs(r.error_pct) for r in multi if r.split == split) <= 2.0, split

@@ -91,7 +91,7 @@ def test_fsdp_maps_to_sharding_fsdp() -> None:
     assert mapped(result)[("fsdp_config.fsdp_offload_params", "offload")] is True
     args = json.dumps({"per_device_train_batch_size": 1, "fsdp": "shard_grad_op auto_wrap", "fsdp_config": {}})
     result = import_recipe([recipe("args.json", args)])
-    assert result.plan.sharding == "zero2" and "SHARD_GRAD_OP" in result.not_modelled[0].why
+    assert result.plan.sharding == "fsdp_grad_op" and "SHARD_GRAD_OP" in result.not_modelled[0].why
     off = json.dumps({"per_device_train_batch_size": 1, "fsdp": None, "fsdp_config": {"offload_params": True}})
     assert "offload" not in import_recipe([recipe("args.json", off)]).plan_fields  # fsdp_config without fsdp: inert
 

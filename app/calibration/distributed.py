@@ -1,0 +1,228 @@
+"""run_distributed: a plan's training steps on N torch.distributed CPU ranks (gloo), each rank's peak tracked.
+
+Every rank builds the same random-weight model (build.py), wraps it as the plan's sharding says and runs the
+same steps as the single-device harness (harness.run_steps) under its own LiveTensorTracker. The measurement's
+peak and phases are the worst rank's; every rank's peak and phases are kept in `Measurement.ranks`.
+
+- ddp: `torch.nn.parallel.DistributedDataParallel` with its defaults (bucket_cap_mb 25, first bucket 1 MiB,
+  gradient_as_bucket_view False), built inside the tracker, so its buckets and its start-up broadcast of the
+  parameters count (torch/nn/parallel/distributed.py `_sync_module_states`, `_DEFAULT_FIRST_BUCKET_BYTES`).
+- fsdp / fsdp_grad_op: FSDP2 `torch.distributed.fsdp.fully_shard` on every decoder layer (the model's
+  `_no_split_modules` classes, as accelerate's `fsdp2_prepare_model` wraps them) and then on the root, with
+  reshard_after_forward True (fsdp) or False (fsdp_grad_op); parameters stay in the plan dtype (no
+  MixedPrecisionPolicy: the model is built in that dtype already). Wrapped before tracking: the baseline is
+  each rank's shard, as a run that loads shards (or from the meta device) starts.
+- offload: FSDP2's `CPUOffloadPolicy(pin_memory=False)` runs on CPU ranks, but on a CPU-only machine the
+  "offloaded" shards, gradients and states and the compute copies are all CPU tensors: placement cannot tell
+  host RAM from device memory, so a run's peak would be host + device together. `check_distributed_plan`
+  refuses offload rather than store a number no GPU would show (docs/accuracy-multi.md).
+ZeRO-2/3 (DeepSpeed) are not run here: see `check_distributed_plan`. Sources: torch/nn/parallel/distributed.py,
+torch/distributed/fsdp/_fully_shard/ (torch 2.13), accelerate/utils/fsdp_utils.py (fsdp2_prepare_model).
+"""
+
+from __future__ import annotations
+
+import gc
+from datetime import timedelta
+from typing import Any
+
+from app.calibration.measurement import Loop, Measurement, Phase, RankPeak
+from app.core.plan import TrainingPlan
+from app.errors import CalibrationError
+
+DEFAULT_TIMEOUT_S = 600.0
+# seconds a collective may wait for the other ranks before gloo gives up (the parent's timeout kills first)
+COLLECTIVE_TIMEOUT_S = 300
+DISTRIBUTED = ("ddp", "fsdp", "fsdp_grad_op")
+
+
+def measure(
+    config: dict[str, Any],
+    plan: TrainingPlan,
+    *,
+    layers: int | None = None,
+    steps: int = 2,
+    seed: int = 0,
+    fp32_matmuls: bool = False,
+    loop: Loop = "plain",
+) -> Measurement:
+    """One process (harness.run_measurement) for a one-device plan, CPU ranks (run_distributed) for ddp/fsdp; the
+    ranks run the plain loop only."""
+    if plan.gpus > 1 or plan.sharding != "none":
+        if loop != "plain":
+            raise CalibrationError("the CPU ranks run the plain loop: use loop plain with --gpus N")
+        return run_distributed(config, plan, layers=layers, steps=steps, seed=seed, fp32_matmuls=fp32_matmuls)
+    from app.calibration.harness import run_measurement
+
+    return run_measurement(config, plan, layers=layers, steps=steps, seed=seed, fp32_matmuls=fp32_matmuls, loop=loop)
+
+
+def with_reshard(plan: TrainingPlan, reshard_after_forward: str) -> TrainingPlan:
+    """`--reshard-after-forward off` on an fsdp plan is sharding fsdp_grad_op (FSDP2 reshard_after_forward=False)."""
+    if reshard_after_forward == "on":
+        return plan
+    if plan.sharding not in ("fsdp", "fsdp_grad_op"):
+        raise CalibrationError("--reshard-after-forward applies to sharding fsdp only")
+    return plan.model_copy(update={"sharding": "fsdp_grad_op"})
+
+
+def check_distributed_plan(plan: TrainingPlan) -> None:
+    """Refuse plans the multi-rank CPU harness cannot run, saying what to change."""
+    if plan.sharding in ("zero2", "zero3"):
+        raise CalibrationError(
+            f"{plan.sharding} needs a DeepSpeed engine, which this harness does not drive yet (DeepSpeed's ZeRO does "
+            "run on CPU ranks here: see docs/accuracy-multi.md); the zero2/zero3 terms are first-principles: "
+            "measure ddp, fsdp or fsdp_grad_op instead"
+        )
+    if plan.sharding not in DISTRIBUTED or plan.gpus < 2:
+        raise CalibrationError("the multi-rank harness runs ddp, fsdp or fsdp_grad_op on at least 2 ranks (gpus >= 2)")
+    if plan.device != "cpu":
+        raise CalibrationError("the multi-rank harness runs CPU ranks over gloo: use device cpu")
+    if plan.offload:
+        raise CalibrationError(
+            "offload cannot be measured on CPU ranks: the offloaded shards and the device copies are all CPU "
+            "tensors, so a run cannot tell host RAM from device memory (docs/accuracy-multi.md); drop --offload"
+        )
+    if plan.method == "qlora" and plan.sharding != "ddp":
+        raise CalibrationError(
+            "QLoRA under FSDP needs bitsandbytes' FSDP path (bnb_4bit_quant_storage matching the dtype, FSDP1 "
+            "use_orig_params), which this CPU harness does not run: measure qlora with ddp"
+        )
+
+
+def run_distributed(
+    config: dict[str, Any],
+    plan: TrainingPlan,
+    *,
+    layers: int | None = None,
+    steps: int = 2,
+    seed: int = 0,
+    fp32_matmuls: bool = False,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> Measurement:
+    """Measure `plan` on plan.gpus CPU ranks; the measurement's peak and phases are the worst rank's."""
+    from app.calibration.harness import check_plan
+    from app.calibration.ranks import run_ranks
+
+    check_distributed_plan(plan)
+    check_plan(plan.model_copy(update={"gpus": 1, "sharding": "none", "offload": False}), steps)
+    job = {
+        "config": config,
+        "plan": plan.model_dump(mode="json"),
+        "layers": layers,
+        "steps": steps,
+        "seed": seed,
+        "fp32_matmuls": fp32_matmuls,
+    }
+    results = run_ranks(rank_main, plan.gpus, job, timeout_s=timeout_s)
+    return assemble(results, plan)
+
+
+def assemble(results: list[dict[str, Any]], plan: TrainingPlan) -> Measurement:
+    """One Measurement from the ranks' own: the worst rank's peak and phases, every rank's kept."""
+    ranks = tuple(
+        RankPeak(rank=n, peak_allocated_bytes=r["peak"], phases=[Phase(**p) for p in r["phases"]])
+        for n, r in enumerate(results)
+    )
+    worst = max(ranks, key=lambda r: r.peak_allocated_bytes)
+    base = Measurement.model_validate(results[worst.rank]["measurement"])
+    duration = max(float(r["measurement"]["duration_s"]) for r in results)
+    return base.model_copy(
+        update={"plan": plan.model_dump(mode="json"), "ranks": ranks, "worst_rank": worst.rank, "duration_s": duration}
+    )
+
+
+def rank_main(rank: int, world: int, job: dict[str, Any]) -> dict[str, Any]:
+    """One rank: build the model, join the gloo group, wrap and measure; return the rank's measurement.
+
+    The model is built before the group exists: transformers' save_pretrained (the QLoRA round trip through
+    safetensors) writes its files on the main process only once torch.distributed is initialized.
+    """
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    from app.calibration.build import build_config, build_model, quiet
+    from app.calibration.matmul import fp32_compute_matmuls
+
+    torch.set_num_threads(1)
+    plan = TrainingPlan.model_validate(job["plan"])
+    started = time.perf_counter()
+    with quiet(), fp32_compute_matmuls(bool(job["fp32_matmuls"])):
+        cfg = build_config(job["config"], job["layers"])
+        torch.manual_seed(int(job["seed"]))
+        model = build_model(cfg, plan)
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+        try:
+            measurement = _measure_rank(model, cfg, plan, job, started)
+        finally:
+            dist.destroy_process_group()
+    return {
+        "peak": measurement.peak_allocated_bytes,
+        "phases": [p.model_dump(mode="json") for p in measurement.phases],
+        "measurement": measurement.model_dump(mode="json"),
+    }
+
+
+def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any], started: float) -> Measurement:
+    import time
+    from datetime import UTC, datetime
+
+    from app.calibration.harness import environment, run_steps
+
+    if plan.sharding != "ddp":
+        model = shard_fsdp2(model, plan)
+        gc.collect()  # the unsharded originals go before tracking starts
+    wrap = wrap_ddp if plan.sharding == "ddp" else None
+    phases, peak, _ = run_steps(model, int(cfg.vocab_size), plan, int(job["steps"]), int(job["seed"]), wrap=wrap)
+    del model
+    return Measurement(
+        model_type=str(cfg.model_type),
+        config=cfg.to_diff_dict(),
+        plan=plan.model_dump(mode="json"),
+        layers=int(cfg.num_hidden_layers),
+        steps=int(job["steps"]),
+        device="cpu",
+        peak_allocated_bytes=peak,
+        peak_reserved_bytes=None,
+        phases=phases,
+        env=environment("cpu", matmul_compute="fp32" if job["fp32_matmuls"] else "native"),
+        duration_s=time.perf_counter() - started,
+        created_at=datetime.now(UTC),
+    )
+
+
+def wrap_ddp(model: Any) -> Any:
+    """DistributedDataParallel with torch's defaults (25 MiB buckets, gradient_as_bucket_view False)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model)
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The decoder layers FSDP wraps one by one: modules of the classes in the model's `_no_split_modules`."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(inner, "_no_split_modules", None) or ())
+    found = [m for m in inner.modules() if type(m).__name__ in names]
+    if not found:
+        raise CalibrationError(f"{type(inner).__name__} names no decoder layer class in _no_split_modules to shard")
+    return found
+
+
+def shard_fsdp2(model: Any, plan: TrainingPlan) -> Any:
+    """fully_shard every decoder layer, then the root (embeddings, final norm, lm_head), as accelerate does."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    kwargs: dict[str, Any] = {
+        "mesh": mesh,
+        "reshard_after_forward": plan.sharding == "fsdp",
+        "offload_policy": CPUOffloadPolicy(pin_memory=False) if plan.offload else OffloadPolicy(),  # refused for now
+    }
+    for layer in decoder_layers(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model

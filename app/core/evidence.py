@@ -1,0 +1,44 @@
+"""What backs each breakdown term of an estimate: a measurement (the CPU tracker, CPU ranks) or first principles.
+
+The CPU reference tracker (one process) measured every single-device term of the CPU matrices
+(docs/accuracy-full.md); torch.distributed CPU ranks over gloo measured DDP's and FSDP2's per-GPU terms
+(docs/accuracy-multi.md). Nothing here is measured on CUDA yet: the CUDA-only overheads, ZeRO (DeepSpeed),
+CPU offload, layers split across GPUs and bitsandbytes' int8 and paged paths are first-principles.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from app.core.plan import TrainingPlan
+
+Evidence = Literal["measured-cpu", "measured-cpu-ranks", "first-principles"]
+
+# outside the live tensors, or CUDA-only library paths: no CPU run can measure them
+FIRST_PRINCIPLES_TERMS = frozenset(
+    {
+        "cublas_workspace_bytes",
+        "allocator_cache_bytes",
+        "cuda_context_bytes",
+        "paged_optimizer_state_bytes",
+        "master_weight_bytes",
+    }
+)
+# the terms only data parallelism adds, measured on CPU ranks (app/core/sharding.py)
+RANK_TERMS = frozenset({"ddp_bucket_bytes", "ddp_broadcast_bytes", "reduce_scatter_bytes", "allgather_buffer_bytes"})
+MEASURED_LAYOUTS = ("ddp", "fsdp", "fsdp_grad_op")
+
+
+def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
+    """`measured-cpu-ranks` for a term of a DDP/FSDP2 plan (without offload) on several GPUs, `measured-cpu` for a
+    single-device term the CPU matrices measure, `first-principles` for the rest."""
+    if term in FIRST_PRINCIPLES_TERMS:
+        return "first-principles"
+    if term == "dequant_transient_bytes" and plan.quant == "int8":
+        return "first-principles"  # bitsandbytes' int8 backward: an allowance no run has measured
+    if plan.gpus > 1 or plan.sharding != "none" or plan.offload:
+        accumulated = term == "gradient_bytes" and plan.grad_accum_steps > 1  # measured on one device only
+        if plan.sharding in MEASURED_LAYOUTS and plan.gpus > 1 and not plan.offload and not accumulated:
+            return "measured-cpu-ranks"
+        return "first-principles"  # ZeRO-2/3, offload, layers split across GPUs
+    return "first-principles" if term in RANK_TERMS else "measured-cpu"

@@ -1,0 +1,158 @@
+"""What data parallelism adds to a GPU's moments: DDP's buckets and start-up broadcast, FSDP2's gathered layers.
+
+Each formula was measured on torch.distributed CPU ranks over gloo (app/calibration/distributed.py, every rank
+tracked by its own LiveTensorTracker; calibration/cpu-matrix-multi.toml, docs/accuracy-multi.md) with torch 2.13;
+the sources are torch's own files, named per function. ZeRO-2/3 (DeepSpeed) are not measured here (see
+`zero3_gathered_bytes`). Notation: `R` the root's parameters (embeddings, final norm, lm_head: everything outside
+the decoder layers), `W_l` one decoder layer's parameters (weights and adapters), both unsharded; `G_l`, `G_r` the
+gradients of one layer's and of the root's trainable parameters, unsharded; `L` decoder layers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from app.core.plan import TrainingPlan
+from app.core.quant import rounded
+from app.core.spec import ModelSpec
+from app.core.tensors import Inventory
+from app.core.units import MIB
+
+# torch/nn/parallel/distributed.py: `_sync_module_states(..., broadcast_bucket_size=int(250 * 1024 * 1024))`
+DDP_BROADCAST_BUCKET = 250 * MIB
+FSDP = ("fsdp", "fsdp_grad_op")
+
+
+class ShardedMoments(NamedTuple):
+    """Bytes FSDP2 (or DDP) adds at each moment of the step, beyond the single-GPU terms."""
+
+    ddp_buckets: int  # from DDP's construction on, every moment
+    ddp_broadcast: int  # load only
+    first_gather: int  # forward: the root's and layer 0's gathers, before any activation
+    layer_gather: int  # forward: a later layer's gather, the previous layer's flat output still alive
+    forward_layer: int
+    forward_logits: int
+    backward_loss: int
+    backward_last: int  # the last decoder layer's backward
+    backward_first: int  # layer 0's backward
+    reduce_scatter_layer: int  # a layer's unsharded gradients while its backward runs
+    reduce_scatter_peak: int  # the same gradients and the reduce-scatter input, once the layer's backward is done
+    reduce_scatter_root: int  # the root's, at the end of backward
+    root_grads: int  # the root's gradients, unsharded from lm_head's backward to the end of backward
+    end_grads: int  # FSDP2's gradients at the root's reduce-scatter: every layer's shard and the root's unsharded
+
+
+def sharded_moments(inv: Inventory, plan: TrainingPlan, num_layers: int, grads: int) -> ShardedMoments:
+    """DDP's terms (`ddp_bucket_bytes`, `ddp_broadcast_bytes`) or FSDP2's (`fsdp_gathered_bytes`); zero for others."""
+    if plan.sharding in FSDP:
+        return fsdp_gathered_bytes(inv, plan, num_layers)
+    none = ShardedMoments(*([0] * 14))
+    return none._replace(ddp_buckets=ddp_bucket_bytes(plan, grads), ddp_broadcast=ddp_broadcast_bytes(inv, plan))
+
+
+def fsdp_backward_gradient_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int, embed: int) -> tuple[int, int]:
+    """gradient_bytes in FSDP2's backward: the root's gradients stay unsharded until the root's post-backward at
+    the very end, the layers' are sharded as each layer's reduce-scatter ends; the input embeddings' gradient
+    (`embed`, `input_embedding_gradient_bytes`) is made only after layer 0's backward:
+    (`G_r − embed` at the last layer; that + every other layer's shard at layer 0)."""
+    shard = math.ceil(inv.grads.layers / plan.gpus)
+    head = inv.grads.other - embed
+    return head, head + shard - math.ceil(shard / max(1, num_layers))
+
+
+def input_embedding_gradient_bytes(model: ModelSpec, inv: Inventory, plan: TrainingPlan) -> int:
+    """The input embeddings' gradient, trained only by full fine-tuning and untied (a tied one is lm_head's,
+    made at the loss's backward): `V·h` in the trained dtype."""
+    if plan.method != "full" or any(g.tied for g in model.groups):
+        return 0
+    embeds = [g for g in model.groups if g.kind == "embedding" and not g.in_layers]
+    return sum(g.count * rounded(p.numel * inv.trainable_dtype) for g in embeds for p in g.params)
+
+
+def ddp_bucket_bytes(plan: TrainingPlan, grads: int) -> int:
+    """DDP's gradient buckets: one flat tensor per bucket of the trainable parameters (gradient_as_bucket_view
+    False, torch's default), allocated when DDP is constructed (Reducer::initialize_buckets), so from load on.
+    Measured: load = weights + buckets; every later moment + buckets. Source: torch/csrc/distributed/c10d/reducer.cpp.
+    """
+    return grads if plan.sharding == "ddp" and plan.gpus > 1 else 0
+
+
+def ddp_broadcast_bytes(inv: Inventory, plan: TrainingPlan) -> int:
+    """At construction DDP broadcasts rank 0's parameters (`_sync_module_states` → `_broadcast_coalesced`): they are
+    flattened into buckets of up to 250 MiB per dtype, each bucket a flat copy, two buckets in flight at once.
+    Measured at load (a 16-bit base with fp32 adapters): weights + adapters + a flat copy of both, so
+    `min(weights + adapters, 2 × 250 MiB)`. Source: torch/csrc/distributed/c10d/comm.cpp (broadcast_coalesced,
+    BroadcastWork, the in-flight deque), torch/nn/parallel/distributed.py (broadcast_bucket_size)."""
+    if plan.sharding != "ddp" or plan.gpus < 2:
+        return 0
+    return min(inv.base.total + inv.adapters.total, 2 * DDP_BROADCAST_BUCKET)
+
+
+def root_param_bytes(inv: Inventory) -> int:
+    """`R`: the root's parameters, gathered unsharded: embeddings, final norm and lm_head (and their adapters)."""
+    return inv.base.other + inv.adapters.other
+
+
+def layer_param_bytes(inv: Inventory, num_layers: int) -> int:
+    """`W_l`: one decoder layer's parameters, gathered unsharded (the largest layer's weights + its adapters)."""
+    return inv.largest_layer_weights + math.ceil(inv.adapters.layers / max(1, num_layers))
+
+
+def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> ShardedMoments:
+    """FSDP2 `fully_shard` per decoder layer and on the root (as accelerate's fsdp2_prepare_model wraps), reshard
+    after forward on (fsdp) or off (fsdp_grad_op). A gather allocates a flat all-gather output `W` and copies it out
+    into the per-parameter tensors `W`; the flat output stays alive until the next gather's copy-out (FSDP2's
+    AllGatherState). Forward: `2R + 2W_l` at layer 0's gather, `R + 3W_l` at a later layer's copy-out (the previous
+    flat output, the new one and its copy), `R + 2W_l` while a layer runs, `R + W_l` at the logits. Backward: the root is gathered first and kept to the end, the next layer prefetched
+    (`_backward_prefetch`): `R + W_l` at the loss, `R + 2W_l` in a layer's backward. With reshard off every layer
+    stays gathered from its forward to its backward: `R + L·W_l + 2W_l` at the last layer's copy-out,
+    `R + L·W_l + W_l` in the last layer's forward and at the logits,
+    `R + L·W_l` at the loss and the last layer's backward (no gather, so no flat output), `R + W_l` at layer 0's.
+    The root's post-forward frees the last flat output (measured: the forward ends with none).
+    Sources: torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py (foreach_all_gather, copy-out),
+    _fsdp_param_group.py (pre_backward prefetch, post_backward reshard), _fsdp_state.py (the root's lazy init).
+    """
+    if plan.sharding not in FSDP or plan.gpus < 2:
+        return ShardedMoments(*([0] * 14))
+    root, layer = root_param_bytes(inv), layer_param_bytes(inv, num_layers)
+    if plan.sharding == "fsdp_grad_op":  # every layer stays gathered from its forward to its backward
+        kept = root + num_layers * layer
+        forward = (
+            kept + layer,
+            kept + layer,
+            kept + 2 * layer,
+        )  # with the last gather's flat output, freed as the forward ends
+        backward = (kept, kept, root + layer)  # no gather in backward: no flat output, no prefetch
+    else:
+        forward = (root + 2 * layer, root + layer, root + 3 * layer)
+        backward = (root + layer, root + 2 * layer, root + 2 * layer)  # the loss's backward prefetches the last
+    return ShardedMoments(
+        ddp_buckets=0,
+        ddp_broadcast=0,
+        first_gather=2 * root + 2 * layer,
+        layer_gather=forward[2],
+        forward_layer=forward[0],
+        forward_logits=forward[1],
+        backward_loss=backward[0],
+        backward_last=backward[1],
+        backward_first=backward[2],
+        reduce_scatter_layer=reduce_scatter_bytes(inv, num_layers) // 2,
+        reduce_scatter_peak=reduce_scatter_bytes(inv, num_layers),
+        reduce_scatter_root=2 * inv.grads.other,
+        root_grads=inv.grads.other,
+        end_grads=math.ceil(inv.grads.layers / plan.gpus) + inv.grads.other,
+    )
+
+
+def reduce_scatter_bytes(inv: Inventory, num_layers: int) -> int:
+    """A layer's unsharded gradients `G_l` grow while its backward runs; once it is done, `foreach_reduce` copies
+    them into a reduce-scatter input of `G_l` before freeing them: `2·G_l` then (the layer's transients gone).
+    Source: torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py (foreach_reduce)."""
+    return 2 * math.ceil(inv.grads.layers / max(1, num_layers))
+
+
+def zero3_gathered_bytes(inv: Inventory, plan: TrainingPlan) -> int:
+    """ZeRO-3 (DeepSpeed): two decoder layers gathered unsharded (current + prefetch). First-principles: the
+    multi-rank harness does not drive a DeepSpeed engine yet (docs/accuracy-multi.md), so no run has measured it."""
+    return 2 * inv.largest_layer_weights if plan.sharding == "zero3" else 0

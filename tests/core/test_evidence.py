@@ -1,0 +1,49 @@
+"""Every breakdown term says what backs it: the CPU tracker, CPU ranks, or first principles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.catalog import load_spec
+from app.core.estimate import estimate
+from app.core.plan import TrainingPlan
+
+LLAMA = "meta-llama/Llama-2-7b-hf"
+
+
+def _evidence(**fields: Any) -> dict[str, str]:
+    spec = load_spec(LLAMA)
+    assert spec is not None
+    return {t.term: t.evidence for t in estimate(spec, TrainingPlan(**fields)).breakdown}
+
+
+def test_one_gpu_terms_are_measured_by_the_cpu_tracker_and_cuda_overheads_are_not() -> None:
+    ev = _evidence(method="lora", optimizer="adamw")
+    assert ev["base_weight_bytes"] == ev["activation_bytes"] == "measured-cpu"
+    assert ev["cuda_context_bytes"] == ev["allocator_cache_bytes"] == ev["cublas_workspace_bytes"] == "first-principles"
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp", "fsdp_grad_op"])
+def test_ddp_and_fsdp2_terms_are_measured_on_cpu_ranks(sharding: str) -> None:
+    for method in ("full", "lora"):
+        ev = _evidence(method=method, optimizer="adamw", sharding=sharding, gpus=4, seq_len=4096)
+        assert ev["base_weight_bytes"] == "measured-cpu-ranks"
+        assert all(v == "measured-cpu-ranks" for k, v in ev.items() if not k.startswith(("cu", "allocator")))
+    ev = _evidence(method="lora", optimizer="adamw", sharding=sharding, gpus=4, seq_len=4096)
+    assert ev.get("ddp_bucket_bytes", ev.get("allgather_buffer_bytes")) == "measured-cpu-ranks"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"sharding": "zero3", "gpus": 8},
+        {"sharding": "zero2", "gpus": 8},
+        {"sharding": "fsdp", "gpus": 8, "offload": True},
+        {"sharding": "none", "gpus": 2},
+    ],
+)
+def test_zero_offload_and_layer_splitting_are_first_principles(fields: dict[str, Any]) -> None:
+    ev = _evidence(method="full", optimizer="adamw", **fields)
+    assert set(ev.values()) == {"first-principles"}
