@@ -286,3 +286,12 @@ def test_the_planner_form_offers_the_safe_answer_and_the_result_keeps_it(client:
     assert page.status_code == 200
     assert page.context["safe"] is True  # type: ignore[attr-defined]
     assert '<option value="true" selected>' in page.text
+
+
+def test_each_breakdown_term_says_what_backs_it(client: TestClient) -> None:
+    """Issue 15: the result page says per term whether it is measured (CPU tracker, CPU ranks) or first-principles."""
+    single = client.get("/plan", params={"model": "meta-llama/Llama-2-7b-hf"}).text
+    assert 'data-evidence="measured-cpu">(measured: CPU tracker)' in single
+    assert 'data-evidence="first-principles">(first principles)' in single  # the CUDA overheads
+    ddp = client.get("/plan", params={"model": "meta-llama/Llama-2-7b-hf", "gpus": "2", "sharding": "ddp"}).text
+    assert 'data-evidence="measured-cpu-ranks">(measured: CPU ranks)' in ddp
