@@ -45,6 +45,7 @@ MEDIA_TYPES: dict[ExportFormat, str] = {
     "csv": "text/csv; charset=utf-8",
     "svg": "image/svg+xml",
 }
+EXPORTS_KEPT = 8  # rendered exports one Planned keeps (formats x bands)
 CacheKey = tuple[str, str | None, str, TrainingPlan, float, RunSize, PriceTable, float]
 
 
@@ -77,16 +78,17 @@ class Planned:
     estimate: Estimate
     recommendation: Recommendation | None
     run: RunSize = field(default_factory=RunSize)
-    _exports: dict[ExportFormat, str] = field(default_factory=dict, compare=False, repr=False)
+    _exports: dict[tuple[ExportFormat, BandAnswer | None], str] = field(default_factory=dict, compare=False, repr=False)
 
     def export(self, fmt: ExportFormat, band: BandAnswer | None = None) -> str:
-        """The estimate as JSON (report.payload), Markdown, CSV or a standalone SVG chart (rendered once; with a
-        band, which the store may change, rendered each time)."""
-        if band is not None:
-            return self._render(fmt, band)
-        text = self._exports.get(fmt)
+        """The estimate as JSON (report.payload), Markdown, CSV or a standalone SVG chart, rendered once per band
+        (the band changes only when the store's comparable runs do; the last few are kept)."""
+        key = (fmt, band)
+        text = self._exports.get(key)
         if text is None:
-            text = self._exports[fmt] = self._render(fmt)
+            if len(self._exports) >= EXPORTS_KEPT:
+                self._exports.clear()
+            text = self._exports[key] = self._render(fmt, band)
         return text
 
     def _render(self, fmt: ExportFormat, band: BandAnswer | None = None) -> str:

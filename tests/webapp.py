@@ -155,6 +155,7 @@ class FakeStore:
         checkpointing: str | None = None,
         gpus: int = 1,
         sharding: str = "none",
+        cached_only: bool = False,  # in memory: every answer is at hand
     ) -> ComparableStats | None:
         same = [
             r

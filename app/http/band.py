@@ -13,6 +13,7 @@ from app.core.plan import TrainingPlan
 from app.errors import StoreError
 from app.http.deps import MeasurementStore
 from app.service import Planned, Planner
+from app.store.db import NotCached
 from app.store.models import ComparableStats
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def _checkpointing(plan: TrainingPlan) -> str:
     return plan.checkpointing if plan.gradient_checkpointing else "none"
 
 
-def _find(store: MeasurementStore, planned: Planned, device: str) -> ComparableStats | None:
+def _find(store: MeasurementStore, planned: Planned, device: str, cached_only: bool) -> ComparableStats | None:
     plan = planned.estimate.plan
     return store.comparable(
         planned.model.arch.model_type,
@@ -56,26 +57,32 @@ def _find(store: MeasurementStore, planned: Planned, device: str) -> ComparableS
         checkpointing=_checkpointing(plan),
         gpus=plan.gpus,
         sharding=plan.sharding,
+        cached_only=cached_only,
     )
 
 
-def _lookup(store: MeasurementStore | None, planned: Planned) -> tuple[ComparableStats | None, str | None]:
+def _lookup(
+    store: MeasurementStore | None, planned: Planned, cached_only: bool
+) -> tuple[ComparableStats | None, str | None]:
     """Comparable runs on the plan's device, else (a CUDA plan with none yet) on the CPU reference tracker."""
     if store is None:
         return None, None
     try:
-        found = _find(store, planned, planned.estimate.plan.device)
+        found = _find(store, planned, planned.estimate.plan.device, cached_only)
         if found is None and planned.estimate.plan.device == "cuda":
-            found = _find(store, planned, "cpu")
+            found = _find(store, planned, "cpu", cached_only)
     except StoreError as exc:
         logger.warning("no comparable runs for the band: %s", exc)
         return None, exc.detail
     return found, None
 
 
-def band_for(store: MeasurementStore | None, planned: Planned) -> tuple[ComparableStats | None, BandAnswer, str | None]:
-    """Comparable runs, the band from their residuals (or why none) and the store's problem, if it had one."""
-    found, problem = _lookup(store, planned)
+def band_for(
+    store: MeasurementStore | None, planned: Planned, cached_only: bool = False
+) -> tuple[ComparableStats | None, BandAnswer, str | None]:
+    """Comparable runs, the band from their residuals (or why none) and the store's problem, if it had one;
+    `cached_only` raises NotCached where the store would have to query."""
+    found, problem = _lookup(store, planned, cached_only)
     plan = planned.estimate.plan
     if found is None:
         why = problem or (
@@ -96,7 +103,10 @@ def safety_factor(band: BandAnswer, safe: bool) -> float:
 async def banded(planner: Planner, store: MeasurementStore | None, planned: Planned, safe: bool | None) -> Banded:
     """The band from comparable verified runs and, when the safe answer is asked for (or set), the recommendation
     judged on the band's upper end."""
-    found, band, problem = await run_in_threadpool(band_for, store, planned)
+    try:  # the store keeps recent answers: most requests need no worker thread
+        found, band, problem = band_for(store, planned, cached_only=True)
+    except NotCached:
+        found, band, problem = await run_in_threadpool(band_for, store, planned)
     want = planner.settings.safe_answer if safe is None else safe
     factor = safety_factor(band, want)
     judged = planned

@@ -159,6 +159,10 @@ def comparable_rows(
     return None
 
 
+class NotCached(LookupError):
+    """comparable(cached_only=True) has no fresh answer kept: ask again without cached_only (it queries)."""
+
+
 class Store:
     """Measured runs and the accuracy of gpuplan's estimates on them."""
 
@@ -385,6 +389,7 @@ class Store:
         checkpointing: str | None = None,
         gpus: int = 1,
         sharding: str = "none",
+        cached_only: bool = False,
     ) -> ComparableStats | None:
         """Accuracy (and the signed residuals) on verified stored runs like this plan; None when none exist.
 
@@ -392,7 +397,8 @@ class Store:
         sharded 8-GPU step. Within those, the closest match that has runs, widened step by step (`widened`
         says which): same model_type and checkpointing, then any model_type, then any checkpointing with the
         model_type, then any of either. `checkpointing` None skips that field. Answers are kept for
-        COMPARABLE_TTL_S (writes through this store forget them at once)."""
+        COMPARABLE_TTL_S (writes through this store forget them at once); `cached_only` answers from those alone
+        and raises NotCached otherwise (so an event loop can ask without blocking on the database)."""
         _check_device(device)
         key = (model_type, method, device, checkpointing, gpus, sharding)
         now = time.monotonic()
@@ -400,6 +406,8 @@ class Store:
             hit = self._comparable_memo.get(key)
         if hit is not None and now - hit[0] < COMPARABLE_TTL_S:
             return hit[1]
+        if cached_only:
+            raise NotCached(key)
         found = self._comparable(model_type, method, device, checkpointing, gpus, sharding)
         with self._memo_lock:
             if len(self._comparable_memo) >= COMPARABLE_MEMO_SIZE:

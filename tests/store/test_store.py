@@ -338,5 +338,10 @@ def test_comparable_answers_are_kept_until_a_write_or_the_ttl(
     after_write = store.comparable("llama", "qlora", "cuda")
     assert after_write is not None and after_write.count == 2
     queries.clear()
+    assert store.comparable("llama", "qlora", "cuda", cached_only=True) == after_write and not queries
+    with pytest.raises(db.NotCached):  # never asked: the event loop must not query for it
+        store.comparable("qwen2", "qlora", "cuda", cached_only=True)
     monkeypatch.setattr(db, "COMPARABLE_TTL_S", 0.0)  # as if the TTL had passed
+    with pytest.raises(db.NotCached):
+        store.comparable("llama", "qlora", "cuda", cached_only=True)
     assert store.comparable("llama", "qlora", "cuda") == after_write and len(queries) == 1
