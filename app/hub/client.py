@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,6 +111,20 @@ OFFLINE_HINT = (
     "set HF_HUB_OFFLINE=1 to answer from the Hub cache and the bundled catalog only, or give the model's "
     'config.json instead (its path on the command line, or the planner\'s "give its config.json" box)'
 )
+
+
+def unknown_host(exc: BaseException) -> bool:
+    """The connection failed because the resolver says the host name does not exist (EAI_NONAME / EAI_NODATA,
+    under httpx's ConnectError): final, unlike a temporary resolver failure (EAI_AGAIN), which is retried."""
+    final = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain httpx -> httpcore -> socket is short; bound it anyway
+        if seen is None:
+            return False
+        if isinstance(seen, socket.gaierror):
+            return seen.errno in final
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -355,8 +370,9 @@ class HubClient:
         """
         attempts = self._settings.hub_retries + 1
         ends = None if budget is None else asyncio.get_running_loop().time() + budget
-        last = ""
+        last, tried = "", 0
         for attempt in range(attempts):
+            tried = attempt + 1
             left = self._time_left(ends, what)
             wait = backoff_seconds(attempt)
             with deadline.waiting_for(f"the Hub ({self._endpoint}): {what}"):
@@ -369,6 +385,9 @@ class HubClient:
                     last = f"no whole answer within {self._attempt_seconds(left):.3g} s"
                 except httpx.TransportError as exc:
                     last = f"connection failed: {type(exc).__name__}"
+                    if unknown_host(exc):
+                        last += " (the Hub's host name does not resolve here)"
+                        break  # the resolver's answer is final: retrying asks it the same question
                 else:
                     if answer.status != 429 and answer.status < 500:
                         return answer
@@ -381,12 +400,11 @@ class HubClient:
                 await self._sleep(wait)
         if last.startswith("connection failed"):
             raise HubUnavailable(
-                f"the Hub ({self._endpoint}) cannot be reached from this machine ({last}, {attempts} attempt(s)) "
+                f"the Hub ({self._endpoint}) cannot be reached from this machine ({last}, {tried} attempt(s)) "
                 f"for {what}: {OFFLINE_HINT}"
             )
         raise HubUnavailable(
-            f"the Hub ({self._endpoint}) did not give {what} after {attempts} attempt(s) (last: {last}): "
-            "try again later"
+            f"the Hub ({self._endpoint}) did not give {what} after {tried} attempt(s) (last: {last}): try again later"
         )
 
     def _attempt_seconds(self, left: float | None) -> float:

@@ -366,3 +366,28 @@ def test_lookalike_and_downgrade_redirects_are_refused(make_settings, location) 
     with pytest.raises(HubUnavailable, match=r"^refused a redirect from https://huggingface.co to "):
         fetch(settings, "acme/big", transport=_cdn_transport(seen, location))
     assert len(seen) == 1
+
+
+def test_a_host_name_that_does_not_resolve_is_not_retried(make_settings, sleeps) -> None:
+    """No network (or a mistyped endpoint): the resolver's "no such name" is final, so one attempt answers at once
+    with the offline hint instead of ~7 s of retries (issue 17). `.invalid` never resolves (RFC 6761)."""
+    settings = make_settings(hf_endpoint="http://gpuplan-hub.invalid", hub_retries=3)
+    with pytest.raises(HubUnavailable) as raised:
+        fetch(settings, "acme/tiny", sleep=sleeps)
+    assert sleeps.waits == []
+    assert "host name does not resolve here), 1 attempt(s)" in raised.value.detail
+    assert "HF_HUB_OFFLINE=1" in raised.value.detail
+
+
+def test_unknown_host_reads_the_cause_chain() -> None:
+    from app.hub.client import unknown_host
+
+    def chained(cause: BaseException) -> httpx.ConnectError:
+        try:
+            raise httpx.ConnectError("failed") from cause
+        except httpx.ConnectError as exc:
+            return exc
+
+    assert unknown_host(chained(socket.gaierror(socket.EAI_NONAME, "Name or service not known")))
+    assert not unknown_host(chained(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")))
+    assert not unknown_host(chained(ConnectionRefusedError()))
