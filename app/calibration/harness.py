@@ -176,6 +176,18 @@ def _trainer_steps(
     return run_trainer_steps(model, vocab_size, plan, steps, seed)
 
 
+def tracked(model: Any, plan: TrainingPlan) -> tuple[LiveTensorTracker | None, Probe]:
+    """The probe of a run: on cpu a LiveTensorTracker whose baseline is the model (parameters, buffers, quant
+    states), on cuda none (the caching allocator's counters are read)."""
+    tracker = None
+    if plan.device == "cpu":
+        from app.calibration.tracker import LiveTensorTracker
+
+        tracker = LiveTensorTracker("cpu")
+        tracker.track_module(model)
+    return tracker, Probe(tracker)
+
+
 def run_steps(
     model: Any, vocab_size: int, plan: TrainingPlan, steps: int, seed: int, wrap: Callable[[Any], Any] | None = None
 ) -> tuple[list[Phase], int, int | None]:
@@ -183,13 +195,7 @@ def run_steps(
     tracker, after the model's own tensors are counted, so what it allocates (its buckets) counts too."""
     import torch
 
-    tracker = None
-    if plan.device == "cpu":
-        from app.calibration.tracker import LiveTensorTracker
-
-        tracker = LiveTensorTracker("cpu")
-        tracker.track_module(model)  # the baseline: parameters, buffers, quant states
-    probe = Probe(tracker)
+    tracker, probe = tracked(model, plan)
     labels = StepLabels(plan.grad_accum_steps)
     generator = torch.Generator().manual_seed(seed)
     with tracker if tracker is not None else nullcontext():

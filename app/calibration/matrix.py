@@ -100,11 +100,12 @@ def _supported(name: str, family: Family, plan: TrainingPlan) -> bool:
 _NOT_IN_ID = frozenset({"strict"})
 # Plan fields added after matrices were shipped: left out of a point's id while at their default, so that the
 # shipped points keep their ids
-_LATER_FIELDS = {"reentrant": False, "grad_accum_steps": 1, "keep_logits": False, "checkpoint_every": 1}
+_LATER_FIELDS = ("reentrant", "grad_accum_steps", "keep_logits", "checkpoint_every")
 
 
 def _identity(plan: TrainingPlan) -> str:
-    later = {name for name, default in _LATER_FIELDS.items() if getattr(plan, name) == default}
+    fields = TrainingPlan.model_fields
+    later = {name for name in _LATER_FIELDS if getattr(plan, name) == fields[name].default}
     return plan.model_dump_json(exclude=set(_NOT_IN_ID) | later)
 
 

@@ -26,7 +26,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from app.calibration.build import LEARNING_RATE, build_optimizer
-from app.calibration.harness import Probe, StepLabels
+from app.calibration.harness import StepLabels, tracked
 from app.calibration.measurement import Phase
 from app.core.plan import TrainingPlan
 from app.errors import CalibrationError
@@ -97,13 +97,7 @@ def run_trainer_steps(
     """`steps` optimizer steps of transformers.Trainer on the plan; (phases, peak allocated, peak reserved)."""
     import transformers
 
-    tracker = None
-    if plan.device == "cpu":
-        from app.calibration.tracker import LiveTensorTracker
-
-        tracker = LiveTensorTracker("cpu")
-        tracker.track_module(model)
-    probe = Probe(tracker)
+    tracker, probe = tracked(model, plan)
     labels = StepLabels(plan.grad_accum_steps)
 
     class MeasuredTrainer(transformers.Trainer):
