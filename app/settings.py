@@ -31,6 +31,11 @@ class Settings(BaseSettings):
         description="Judge every fit on the upper end of the estimate's uncertainty band (from comparable measured "
         "runs) instead of the estimate; `safe=true|false` on /plan and /api/v1/estimate, or `--safe`, overrides it.",
     )
+    stack4_python: Path = Field(
+        Path(".venv-tf4/bin/python"),
+        description="Python of the transformers-4 virtualenv (`bash calibration/stack-transformers-4.sh` makes it), "
+        "where `gpuplan calibrate --stack transformers-4` runs its points.",
+    )
     hf_endpoint: str = Field(
         "https://huggingface.co",
         validation_alias=AliasChoices("HF_ENDPOINT", "GPUPLAN_HF_ENDPOINT"),

@@ -22,6 +22,7 @@ from app.store.models import (
     checkpointing_of,
     layout_of,
     relative_error_pct,
+    stack_of,
 )
 from app.store.query import MeasurementFacets, MeasurementPage, MeasurementQuery
 from tests.configs import TINY_LLAMA as BASE_TINY_LLAMA
@@ -155,6 +156,7 @@ class FakeStore:
         checkpointing: str | None = None,
         gpus: int = 1,
         sharding: str = "none",
+        stack: str = "transformers-5",
         cached_only: bool = False,  # in memory: every answer is at hand
     ) -> ComparableStats | None:
         same = [
@@ -164,6 +166,7 @@ class FakeStore:
             and r.device == device
             and r.verified
             and layout_of(r.plan) == (gpus, sharding)
+            and stack_of(r.plan) == stack
             and (checkpointing is None or checkpointing_of(r.plan) == checkpointing)
         ]
         typed = [r for r in same if r.model_type == model_type]

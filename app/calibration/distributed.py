@@ -47,7 +47,13 @@ def measure(
     loop: Loop = "plain",
 ) -> Measurement:
     """One process (harness.run_measurement) for a one-device plan, CPU ranks (run_distributed) for ddp/fsdp; the
-    ranks run the plain loop only."""
+    ranks run the plain loop only. A plan of another stack than the installed one runs in that stack's virtualenv
+    (app/calibration/stacks.py)."""
+    from app.calibration.stacks import installed_stack, measure_on_stack
+
+    if plan.stack != installed_stack():
+        job = {"config": config, "layers": layers, "steps": steps, "seed": seed, "fp32_matmuls": fp32_matmuls}
+        return measure_on_stack({**job, "loop": loop}, plan)
     if plan.gpus > 1 or plan.sharding != "none":
         if loop != "plain":
             raise CalibrationError("the CPU ranks run the plain loop: use loop plain with --gpus N")

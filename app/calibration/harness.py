@@ -214,6 +214,20 @@ def run_steps(
     return probe.phases, probe.peak_allocated, reserved
 
 
+def batch_mask(ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The all-ones attention_mask a tokenized batch carries, passed on transformers 4 only: there a batch without one
+    (and without a cache) is taken for packed sequences, so every layer gets an explicit (B, 1, T, T) mask and SDPA
+    repeats the kv heads (4.57.6 masking_utils._preprocess_mask_arguments: find_packed_sequence_indices, then
+    allow_is_causal_skip=False). transformers 5 runs either batch causally; its shipped points were measured without."""
+    from app.calibration.stacks import installed_stack
+
+    if installed_stack() != "transformers-4":
+        return {}
+    import torch
+
+    return {"attention_mask": torch.ones_like(ids)}
+
+
 def _micro_batch(
     model: Any, ids: torch.Tensor, probe: Probe, labels: StepLabels, held: list[Any], keep_logits: bool
 ) -> None:
@@ -223,7 +237,7 @@ def _micro_batch(
     """
     phase = labels.forward()
     with _failures(phase):
-        out = model(input_ids=ids, labels=ids, use_cache=False)
+        out = model(input_ids=ids, labels=ids, use_cache=False, **batch_mask(ids))
         # keep only the loss unless the plan says otherwise: holding the output keeps the logits through backward
         loss, held[0] = out.loss, (out if keep_logits else None)
         del out

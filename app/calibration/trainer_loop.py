@@ -26,7 +26,7 @@ from contextlib import nullcontext
 from typing import Any
 
 from app.calibration.build import LEARNING_RATE, build_optimizer
-from app.calibration.harness import StepLabels, tracked
+from app.calibration.harness import StepLabels, batch_mask, tracked
 from app.calibration.measurement import Phase
 from app.core.plan import TrainingPlan
 from app.errors import CalibrationError
@@ -86,7 +86,8 @@ def _dataset(vocab_size: int, plan: TrainingPlan, rows: int, seed: int) -> Any:
             return rows
 
         def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-            return {"input_ids": ids[i].clone(), "labels": ids[i].clone()}
+            row = ids[i].clone()
+            return {"input_ids": row, "labels": row.clone(), **batch_mask(row)}
 
     return Tokens()
 

@@ -22,7 +22,7 @@ from app.core.attention import (
     attention_masks_bytes,
     first_layer_discount,
 )
-from app.core.experts import moe_combine_backward_bytes, moe_experts, routed_rows
+from app.core.experts import expert_step, moe_combine_backward_bytes, moe_experts, one_expert_rows, routed_rows
 from app.core.mlp import GatedProduct, Mlp, dense_mlp, gated_mlp
 from app.core.plan import TrainingPlan
 from app.core.spec import ModelSpec
@@ -130,7 +130,10 @@ def backward_transient_bytes(x: Step, layer_mlp: Mlp, attention: AttentionHalf, 
     its backward runs first and sees the whole layer, the routed experts' after its saved tensors are freed), and
     attention's, when its scores' gradients live after the MLP's saved tensors (`mlp_part`) are freed
     (`attention_backward_bytes`)."""
-    moments = gated_moments(x, layer_mlp.product) + ([moe_combine_backward_bytes(x)] if x.moe else [])
+    if x.moe and x.arch.experts == "linear":
+        moments = linear_expert_moments(x)
+    else:
+        moments = gated_moments(x, layer_mlp.product) + ([moe_combine_backward_bytes(x)] if x.moe else [])
     if layer_mlp.shared is not None:  # its ops ran after the routed experts': autograd runs its backward first
         shared_x = x._replace(i=x.arch.shared_expert_size, moe=False)
         shared = gated_moments(shared_x, layer_mlp.shared.product)
@@ -138,6 +141,17 @@ def backward_transient_bytes(x: Step, layer_mlp: Mlp, attention: AttentionHalf, 
     if attention.core.backward_scores:
         moments.append(attention_backward_bytes(x, attention, mlp_part))
     return max(moments)
+
+
+def linear_expert_moments(x: Step) -> list[int]:
+    """transformers 4's expert loop runs backward an expert at a time: one expert's gated-MLP moments over its rows
+    (`one_expert_rows`, `gated_moments`), beside the incoming residual gradient and the block input's gradient that
+    the experts' index_add backward accumulates `2·T·h·a_res`. Source: MixtralSparseMoeBlock.forward (4.57.6),
+    tracker dumps on that stack.
+    """
+    one = expert_step(x, one_expert_rows(x))
+    product = gated_mlp(one).product
+    return [m + 2 * x.t * x.h * x.p.residual for m in gated_moments(one, product)]
 
 
 def attention_backward_bytes(x: Step, attention: AttentionHalf, mlp_part: int) -> int:

@@ -119,7 +119,8 @@ def adapted_modules(model: ModelSpec, lora: LoraKey) -> tuple[tuple[Adapted, ...
     if not lora.uses_lora:
         return (), ()
     notes: list[str] = []
-    moe = MOE_PARAM_TARGETS.get(model.arch.model_type, {})
+    # transformers 4's per-expert nn.Linears (app/core/stack.py) are wrapped like any linear: nothing to convert
+    moe = {} if model.arch.experts == "linear" else MOE_PARAM_TARGETS.get(model.arch.model_type, {})
     wrapped: dict[str, set[str]] = {}  # group name -> parameter names PEFT wraps
     if lora.targets == ALL_LINEAR:
         # PEFT's all-linear: every nn.Linear/Conv1D except the output embedding (+ fused MoE parameters); on a

@@ -35,6 +35,7 @@ from app.core.sharding import (
     zero3_gathered_bytes,
 )
 from app.core.spec import ModelSpec
+from app.core.stack import stack_model
 from app.core.tensors import Inventory, LayerSplit, PlanTensors, base_key, plan_tensors
 from app.core.units import BF16, FP16, FP32
 from app.errors import PlanError
@@ -81,6 +82,7 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
     Each phase of the step is the largest of its moments (`PHASES`); the largest phase is the peak, and the terms
     of its moment are the breakdown, followed by the overheads outside the live tensors.
     """
+    model = stack_model(model, plan.stack)
     plan, adjustments, tensors, terms = _prepared(model, plan)
     chosen, totals, peak = peak_moments(terms)
     phases = tuple(PhasePeak(name=name, bytes=total) for name, total in totals.items())
@@ -121,6 +123,7 @@ def _prepared(
 ) -> tuple[TrainingPlan, tuple[Adjustment, ...], PlanTensors, StepTerms]:
     """The plan the stack accepts, its adjustments, its tensors and every term of its step."""
     _check(plan)
+    model = stack_model(model, plan.stack)
     plan, adjustments = accepted_plan(model, plan)
     tensors = plan_tensors(model, base_key(plan), lora_key(plan))
     return plan, adjustments, tensors, step_terms(model, plan, tensors)
@@ -538,6 +541,11 @@ def _unquantizable(model: ModelSpec) -> tuple[int, tuple[str, ...]]:
 def _stack_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
     """Facts of the real stack a user should know about this plan."""
     notes: list[str] = []
+    if model.arch.experts == "linear":
+        notes.append(
+            f"{plan.stack}: the experts are per-expert nn.Linear MLPs (transformers 4.57 modeling_"
+            f"{model.arch.model_type}.py), so bitsandbytes quantizes them and LoRA's all-linear wraps them"
+        )
     if plan.method != "qlora":
         return notes
     fused, skipped = _unquantizable(model)

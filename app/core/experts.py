@@ -10,8 +10,11 @@ from typing import NamedTuple
 
 from app.core.adapters import Adapted
 from app.core.mlp import GatedProduct, Mlp, gated_mlp
-from app.core.step import Step
+from app.core.stack import TF4_EXPERTS
+from app.core.step import Step, lora_branch, norm_keeps_input
 from app.core.units import FP32
+
+INDEX = 8  # int64 indices (topk, torch.where)
 
 
 class Router(NamedTuple):
@@ -42,7 +45,9 @@ def routed_rows(x: Step) -> int:
 
 
 def moe_experts(x: Step) -> Mlp:
-    """MoE keeps the router's tensors (`router_bytes`) and, for the routed rows `R` (`routed_rows`), gate/up, act(gate)
+    """The routed experts as the stack runs them: transformers 4's per-expert loop (`linear_experts`), or as follows.
+
+    MoE keeps the router's tensors (`router_bytes`) and, for the routed rows `R` (`routed_rows`), gate/up, act(gate)
     and the weighted rows (the expert output the weighting keeps, or Llama 4's repeated input) `R·(3i+h)·a`
     (gpt-oss's clamped SwiGLU keeps clamp(gate), its sigmoid, the GLU and up+1 instead of act(gate): `R·(6i+h)·a`);
     experts whose weights need gradients also their inputs `R·(h+i)·a`; ParamWrapper-adapted experts the folded
@@ -50,6 +55,8 @@ def moe_experts(x: Step) -> Mlp:
     MLP keeps (`gated_mlp`, of the shared width). Source: transformers 5 grouped_mm experts
     (integrations/moe.py), GptOssExperts._apply_gate, Llama4TextMoe.forward, PEFT ParamWrapper, tracker dumps.
     """
+    if x.arch.experts == "linear":
+        return linear_experts(x)
     i, h, a = x.i, x.h, x.p.act
     rows = routed_rows(x)
     experts = x.by_leaf.get("experts")
@@ -80,6 +87,69 @@ def moe_experts(x: Step) -> Mlp:
         recompute_tail=tail,
         shared=shared,
     )
+
+
+def linear_experts(x: Step) -> Mlp:
+    """transformers 4's MoE loop over per-expert nn.Linear MLPs: each expert's rows `top_x` (of `R = T·k` routed
+    rows in all) gathered from the normed input, run through a gated MLP of the expert's width and scaled by its
+    routing weights, then `index_add_`-ed into the output. Kept: the router's tensors (`router_bytes`, a LoRA branch
+    on an nn.Linear router, topk's indices and the renormalised fp32 weights `T·k·(8+4) + T·4`), what a gated MLP
+    keeps over the `R` rows (`gated_mlp`, with the family's per-expert names), the gathered rows `R·h·a` when the
+    experts' linears keep their input, each expert's output and routing slice kept by the scaling and the scaled
+    output `index_add_` keeps (torch 2.13 IndexAddBackward0 saves its source) `R·(2h+1)·a`, and the gather/where
+    indices `2·R·8`; a shared expert what its gated MLP keeps. Source: transformers 4.57.6
+    MixtralSparseMoeBlock.forward / Qwen3MoeSparseMoeBlock.forward, tracker dumps on that stack.
+    """
+    split = TF4_EXPERTS[x.arch.model_type]
+    h, a, rows = x.h, x.p.act, routed_rows(x)
+    per_expert = gated_mlp(expert_step(x, rows))
+    router = router_bytes(x)
+    router_lora = lora_branch(x, "gate", h) if split.linear_router else None
+    saved = router.saved + x.t * x.k * (INDEX + FP32) + x.t * FP32
+    saved += router_lora.saved if router_lora is not None else 0
+    saved += per_expert.saved + rows * (2 * h + 1) * a + 2 * rows * INDEX
+    if per_expert.keeps_input:
+        saved += rows * h * a  # the gathered rows, kept by the experts' linears
+    shared = shared_expert(x)
+    if shared is not None:
+        saved += shared.saved
+    keeps = x.full or router.keeps_input or (router_lora is not None and router_lora.keeps_input)
+    return Mlp(
+        saved=saved,
+        keeps_input=keeps or (shared is not None and shared.keeps_input),
+        # the loop runs an expert at a time: one expert's intermediates, beside the one_hot routing mask
+        forward_transient=gated_mlp(expert_step(x, one_expert_rows(x))).forward_transient
+        + x.t * x.k * x.arch.num_experts * INDEX,
+        product=per_expert.product,
+        recompute_tail=linear_recompute_tail(x) + (shared.recompute_tail if shared is not None else 0),
+        shared=shared,
+    )
+
+
+def expert_step(x: Step, rows: int) -> Step:
+    """transformers 4's experts as one gated MLP over `rows` tokens, its linears looked up by the family's names."""
+    split = TF4_EXPERTS[x.arch.model_type]
+    leaves = {"gate_proj": split.gate, "up_proj": split.up, "down_proj": split.down}
+    by_leaf = {ours: x.by_leaf[theirs] for ours, theirs in leaves.items() if theirs in x.by_leaf}
+    return x._replace(t=rows, by_leaf=by_leaf, moe=False)
+
+
+def linear_recompute_tail(x: Step) -> int:
+    """transformers 4's recompute ends inside the last expert's down projection: what a gated MLP's recompute still
+    references there for that expert's rows (`recompute_tail_in_down` of `one_expert_rows`), the rest of the
+    block's tokens of the residual (unless the norm keeps it) and the zero-initialised output it adds into `T·h·a`.
+    Source: MixtralSparseMoeBlock.forward (4.57.6), tracker dumps on that stack.
+    """
+    one = one_expert_rows(x)
+    rest = x.t - one
+    residual = 0 if norm_keeps_input(x, x.p.residual) else rest * x.h * x.p.residual
+    return gated_mlp(expert_step(x, one)).recompute_tail + residual + x.t * x.h * x.p.act
+
+
+def one_expert_rows(x: Step) -> int:
+    """The rows one expert of transformers 4's loop computes, on average `⌈T·k/E⌉` (its backward runs an expert at
+    a time)."""
+    return -(-x.t * x.k // max(1, x.arch.num_experts))
 
 
 def shared_expert(x: Step) -> Mlp | None:

@@ -16,6 +16,9 @@ Attn = Literal["sdpa", "flash_attention_2", "eager"]
 # (FSDP1 SHARD_GRAD_OP): each layer's gathered weights stay from its forward to its backward
 Sharding = Literal["none", "ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"]
 Device = Literal["cuda", "cpu"]
+# the software stack whose semantics are modelled (app/core/stack.py): transformers 5 (the installed calibration stack)
+# or transformers 4.4x-4.57 with the peft/bitsandbytes that pair with it
+Stack = Literal["transformers-5", "transformers-4"]
 
 ALL_LINEAR = "all-linear"
 FOLLOWS_METHOD = frozenset({"quant", "optimizer"})
@@ -105,6 +108,12 @@ class TrainingPlan(BaseModel):
     )
     offload: bool = Field(False, description="Offload optimizer states (and ZeRO-3/FSDP parameters) to CPU memory.")
     device: Device = Field("cuda", description="cuda, or cpu for the calibration reference tracker.")
+    stack: Stack = Field(
+        "transformers-5",
+        description="The software stack modelled: transformers-5 (5.x with peft 0.18+, the calibration stack) or "
+        "transformers-4 (4.4x-4.57 with peft 0.17: MoE experts are per-expert nn.Linear, so bitsandbytes quantizes "
+        "them and LoRA can wrap them).",
+    )
     strict: bool = Field(
         False,
         description="Refuse a setting the real stack refuses (e.g. LoRA dropout on MoE experts PEFT wraps through "

@@ -146,10 +146,11 @@ class ArchSummary(BaseModel):
         description="The routing weights the experts' outputs are scaled by are fp32 (Mixtral, DeepSeek), not cast to "
         "the activation dtype (Qwen2/3-MoE, OLMoE, Granite MoE, gpt-oss).",
     )
-    experts: Literal["grouped", "clamped", "dense"] = Field(
+    experts: Literal["grouped", "clamped", "dense", "linear"] = Field(
         "grouped",
         description="grouped: transformers-5 grouped_mm over the routed rows; clamped: the same with gpt-oss's biases "
-        "and clamped SwiGLU; dense: Llama 4's bmm of every expert over every token.",
+        "and clamped SwiGLU; dense: Llama 4's bmm of every expert over every token; linear: transformers 4's loop "
+        "over per-expert nn.Linear MLPs (app/core/stack.py).",
     )
     fp32_params: tuple[str, ...] = Field(
         (), description="Parameters kept in fp32 whatever the load dtype (_keep_in_fp32_modules_strict)."

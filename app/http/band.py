@@ -57,6 +57,7 @@ def _find(store: MeasurementStore, planned: Planned, device: str, cached_only: b
         checkpointing=_checkpointing(plan),
         gpus=plan.gpus,
         sharding=plan.sharding,
+        stack=plan.stack,
         cached_only=cached_only,
     )
 

@@ -52,6 +52,7 @@ class MeasurementStore(Protocol):
         checkpointing: str | None = None,
         gpus: int = 1,
         sharding: str = "none",
+        stack: str = "transformers-5",
         cached_only: bool = False,
     ) -> ComparableStats | None: ...
 

@@ -24,6 +24,7 @@ from app.errors import InputError, StoreError
 from app.store.engine import create_store_engine, translated, write_transaction
 from app.store.migrations import upgrade
 from app.store.models import (
+    DEFAULT_STACK,
     DEVICES,
     UNSPLIT,
     AccuracyStats,
@@ -35,6 +36,7 @@ from app.store.models import (
     checkpointing_of,
     layout_of,
     relative_error_pct,
+    stack_of,
     utc,
 )
 from app.store.query import MeasurementFacets, MeasurementPage, MeasurementQuery
@@ -123,16 +125,25 @@ def _by_source(rows: Sequence[RowMapping]) -> list[SourceSummary]:
 
 
 def comparable_rows(
-    rows: Sequence[RowMapping], model_type: str, checkpointing: str | None, gpus: int, sharding: str
+    rows: Sequence[RowMapping],
+    model_type: str,
+    checkpointing: str | None,
+    gpus: int,
+    sharding: str,
+    stack: str = DEFAULT_STACK,
 ) -> tuple[list[RowMapping], bool, str | None, str] | None:
     """The first non-empty group of `rows` (all of one method and device) in widening order, with whether
-    model_type and which checkpointing it matched, and the words for how it was drawn."""
+    model_type and which checkpointing it matched, and the words for how it was drawn. Runs of another software
+    stack (transformers 4 against 5) never count."""
     same_layout = [
         row
         for row in rows
-        if layout_of(json.loads(row["plan_json"])) == (gpus, sharding) and row["estimated_peak_bytes"] > 0
+        if layout_of(plan := json.loads(row["plan_json"])) == (gpus, sharding)
+        and stack_of(plan) == stack
+        and row["estimated_peak_bytes"] > 0
     ]
     layout = f"{gpus} GPU{'s' * (gpus > 1)}" + (f", {sharding}" if sharding != "none" else ", no sharding")
+    layout += f", {stack}" if stack != DEFAULT_STACK else ""
     steps = [(True, checkpointing), (False, checkpointing)]
     if checkpointing is not None:
         steps += [(True, None), (False, None)]
@@ -389,6 +400,7 @@ class Store:
         checkpointing: str | None = None,
         gpus: int = 1,
         sharding: str = "none",
+        stack: str = DEFAULT_STACK,
         cached_only: bool = False,
     ) -> ComparableStats | None:
         """Accuracy (and the signed residuals) on verified stored runs like this plan; None when none exist.
@@ -400,7 +412,7 @@ class Store:
         COMPARABLE_TTL_S (writes through this store forget them at once); `cached_only` answers from those alone
         and raises NotCached otherwise (so an event loop can ask without blocking on the database)."""
         _check_device(device)
-        key = (model_type, method, device, checkpointing, gpus, sharding)
+        key = (model_type, method, device, checkpointing, gpus, sharding, stack)
         now = time.monotonic()
         with self._memo_lock:
             hit = self._comparable_memo.get(key)
@@ -408,7 +420,7 @@ class Store:
             return hit[1]
         if cached_only:
             raise NotCached(key)
-        found = self._comparable(model_type, method, device, checkpointing, gpus, sharding)
+        found = self._comparable(model_type, method, device, checkpointing, gpus, sharding, stack)
         with self._memo_lock:
             if len(self._comparable_memo) >= COMPARABLE_MEMO_SIZE:
                 self._comparable_memo.clear()
@@ -416,7 +428,14 @@ class Store:
         return found
 
     def _comparable(
-        self, model_type: str, method: str, device: str, checkpointing: str | None, gpus: int, sharding: str
+        self,
+        model_type: str,
+        method: str,
+        device: str,
+        checkpointing: str | None,
+        gpus: int,
+        sharding: str,
+        stack: str = DEFAULT_STACK,
     ) -> ComparableStats | None:
         m = measurements.c
         query = select(m.model_type, m.plan_json, m.measured_peak_bytes, m.estimated_peak_bytes).where(
@@ -424,7 +443,7 @@ class Store:
         )
         with translated(self._engine, "find comparable measurements"), self._engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
-        found = comparable_rows(rows, model_type, checkpointing, gpus, sharding)
+        found = comparable_rows(rows, model_type, checkpointing, gpus, sharding, stack)
         if found is None:
             return None
         chosen, typed, ckpt, widened = found

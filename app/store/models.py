@@ -315,6 +315,15 @@ def checkpointing_of(plan: dict[str, object]) -> str:
     return strategy if isinstance(strategy, str) else "every-layer"
 
 
+DEFAULT_STACK = "transformers-5"  # TrainingPlan.stack's default: runs stored before the field existed
+
+
+def stack_of(plan: dict[str, object]) -> str:
+    """A stored plan's software stack (TrainingPlan's default when absent)."""
+    stack = plan.get("stack", DEFAULT_STACK)
+    return stack if isinstance(stack, str) else DEFAULT_STACK
+
+
 def layout_of(plan: dict[str, object]) -> tuple[int, str]:
     """A stored plan's GPU count and sharding (TrainingPlan's defaults, 1 and 'none', when absent)."""
     gpus, sharding = plan.get("gpus", 1), plan.get("sharding", "none")

@@ -45,6 +45,7 @@ LABELS: dict[str, str] = {
     "offload": "CPU offload",
     "device": "Device",
     "strict": "Strict",
+    "stack": "Software stack",
 }
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Method", ("method", "quant", "double_quant", "dtype")),
@@ -63,7 +64,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "keep_logits",
         ),
     ),
-    ("Optimizer and GPUs", ("optimizer", "gpus", "sharding", "offload", "device", "strict")),
+    ("Optimizer and GPUs", ("optimizer", "gpus", "sharding", "offload", "device", "stack", "strict")),
 )
 
 

@@ -59,6 +59,7 @@ def test_full_cpu_matrix_within_5_percent_and_median_within_2(records: list[Meas
         "cpu-matrix-trainer",
         "cpu-matrix-multi",
         "cpu-validation-multi",
+        "cpu-matrix-tf4",
     ],
 )
 def test_each_shipped_matrix_holds_the_bounds_on_its_own(records: list[MeasurementRecord], source: str) -> None:
@@ -121,3 +122,16 @@ def test_the_multi_rank_points_hold_the_bounds_against_their_worst_rank(records:
         assert abs(r.error_pct) <= 5.0, (r.model_id, r.plan["sharding"], r.error_pct)
     for split in ("tune", "holdout"):
         assert statistics.median(abs(r.error_pct) for r in multi if r.split == split) <= 2.0, split
+
+
+def test_the_second_stack_points_ran_on_transformers_4(records: list[MeasurementRecord]) -> None:
+    """calibration/cpu-matrix-tf4.toml: measured in the transformers-4 virtualenv, re-estimated with stack
+    transformers-4 (the MoE families' experts as per-expert nn.Linear)."""
+    mine = [r for r in records if r.source == "cpu-matrix-tf4"]
+    assert {r.env["transformers"].split(".")[0] for r in mine} == {"4"}
+    assert {r.plan["stack"] for r in mine} == {"transformers-4"}
+    assert {r.model_type for r in mine} == {"mistral", "mixtral", "qwen3_moe"}
+    assert {r.plan["method"] for r in mine} == {"qlora", "lora", "full"}
+    assert {r.plan["gradient_checkpointing"] for r in mine} == {True, False}
+    others = [r for r in records if r.source != "cpu-matrix-tf4"]
+    assert all(r.plan.get("stack", "transformers-5") == "transformers-5" for r in others)

@@ -345,3 +345,20 @@ def test_comparable_answers_are_kept_until_a_write_or_the_ttl(
     with pytest.raises(db.NotCached):
         store.comparable("llama", "qlora", "cuda", cached_only=True)
     assert store.comparable("llama", "qlora", "cuda") == after_write and len(queries) == 1
+
+
+def test_comparable_never_mixes_software_stacks(store: Store, make_record: MakeRecord) -> None:
+    """A transformers-4 run (experts quantized) says nothing about a transformers-5 plan, nor the other way round."""
+    store.add_many(
+        [
+            make_record(method="qlora", measured=1000, estimated=1000, plan=_planned(method="qlora")),
+            make_record(
+                method="qlora", measured=1000, estimated=950, plan=_planned(method="qlora", stack="transformers-4")
+            ),
+        ]
+    )
+    four = store.comparable("llama", "qlora", "cpu", stack="transformers-4")
+    assert four is not None and four.count == 1 and four.residuals == (-0.05,)
+    assert four.widened is not None and "transformers-4" in four.widened
+    five = store.comparable("llama", "qlora", "cpu")
+    assert five is not None and five.count == 1 and five.residuals == (0.0,)

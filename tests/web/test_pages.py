@@ -58,6 +58,7 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "sharding": "none",
         "offload": "false",
         "device": "cuda",
+        "stack": "transformers-5",
         "strict": "false",
     }
     assert form["catalog_ids"] == catalog_ids()
