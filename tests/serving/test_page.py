@@ -44,4 +44,5 @@ def test_model_names_are_escaped(client: TestClient) -> None:
 
 def test_the_training_result_links_to_serve_this_model(client: TestClient) -> None:
     html = client.get("/plan?model=meta-llama/Llama-3.1-8B").text
-    assert 'id="serve-link" href="/serve?model=meta-llama%2FLlama-3.1-8B&amp;adapters=1&amp;adapter_rank=16"' in html
+    link = 'id="serve-link" href="/serve?model=meta-llama%2FLlama-3.1-8B&amp;adapters=1&amp;adapter_rank=16'
+    assert link + '&amp;train=model%3Dmeta-llama%252FLlama-3.1-8B"' in html  # the training plan comes along
