@@ -19,6 +19,7 @@ from app.service import Planned, Planner
 from app.serving.estimate import plan_serving
 from app.serving.result import ServingEstimate
 from app.serving.sources import layout_for
+from app.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,10 @@ class Procurement:
         return pairs + ([("serve", self.serve.ask.query())] if self.serve else [])
 
 
-def serving_half(ask: ServingAsk, model: ModelSpec, headroom: float) -> ServingHalf:
-    """plan_serving() on the resolved model, its KV layout read from its config."""
-    return ServingHalf(ask=ask, model=model, estimate=plan_serving(model, ask.plan, layout_for(model), headroom))
+def serving_half(ask: ServingAsk, model: ModelSpec, settings: Settings) -> ServingHalf:
+    """plan_serving() on the resolved model, its KV layout read from its config (catalog, Hub cache, upload)."""
+    layout = layout_for(model, settings=settings)
+    return ServingHalf(ask=ask, model=model, estimate=plan_serving(model, ask.plan, layout, settings.headroom))
 
 
 def build_sync(
@@ -70,7 +72,7 @@ def build_sync(
         trained = TrainingHalf(ask=train, planned=planned, choice=choose(planned, train.entry.gpu))
     if serve is not None:
         try:
-            served = serving_half(serve, resolve(serve.model), planner.settings.headroom)
+            served = serving_half(serve, resolve(serve.model), planner.settings)
         except GpuplanError as exc:
             raise in_half(exc, "serve") from None
     return Procurement(train=trained, serve=served)
@@ -89,7 +91,7 @@ async def build_async(train: TrainingAsk | None, serve: ServingAsk | None, plann
     if serve is not None:
         try:
             model = await planner.resolve(serve.model)
-            served = await asyncio.to_thread(serving_half, serve, model, planner.settings.headroom)
+            served = await asyncio.to_thread(serving_half, serve, model, planner.settings)
         except GpuplanError as exc:
             raise in_half(exc, "serve") from None
     return Procurement(train=trained, serve=served)

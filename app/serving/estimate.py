@@ -79,8 +79,8 @@ def notes(model: ModelSpec, plan: ServingPlan, layout: KvLayout) -> list[str]:
         out.append(f"output_tokens {plan.output_tokens:,} is not less than the context: the prompt is 1 token")
     if layout.source.startswith("arch summary"):
         out.append(
-            "the attention layout (sliding windows, MLA) is read from catalog configs: this model is costed "
-            "as full attention on every layer"
+            "the attention layout (sliding windows, MLA) is read from the model's config.json, and this server "
+            "keeps none for this model: it is costed as full attention on every layer"
         )
     if plan.vllm and layout.kinds != layout.vllm_kinds:
         out.append(

@@ -152,5 +152,7 @@ async def _estimate(planner: PlannerDep, name: str, values: dict[str, str], trai
         )
     plan = build_serving_plan(values)
     model = await planner.resolve(name)
-    est = await asyncio.to_thread(plan_serving, model, plan, layout_for(model), planner.settings.headroom)
+    est = await asyncio.to_thread(
+        plan_serving, model, plan, layout_for(model, settings=planner.settings), planner.settings.headroom
+    )
     return {"model": model, "est": est, **_links(model.id, plan, train)}
