@@ -175,7 +175,8 @@ def serving_markdown(half: ServingHalf) -> list[str]:
         out += [f"| {f.gpu} | {f.max_concurrency or 0:,} | {f.gpus_needed or '-'} |" for f in rec.tiers]
     if est.notes:
         out += ["", *(f"- {n}" for n in est.notes)]
-    return [*out, "", f"Stack modelled: {serving_stack(half)}."]
+    files = f"; at that tag: {', '.join(est.vllm_files)}" if est.vllm_files else ""
+    return [*out, "", f"Stack modelled: {serving_stack(half)}{files}."]
 
 
 def markdown(proc: Procurement) -> str:

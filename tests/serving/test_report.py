@@ -57,6 +57,7 @@ def test_the_page_shows_both_halves_and_one_purchase_line(client: TestClient) ->
     assert f"{train_bytes / GIB:,.2f} GiB" in html and f"{serve_bytes / GIB:,.2f} GiB" in html
     assert 'id="train-terms"' in html and 'data-term="kv_cache_bytes"' in html and "measured-cpu" in html
     assert "vllm/v1/worker/gpu_worker.py" in html  # the serving terms carry their sources
+    assert "vLLM v0.33.0" in html and "vllm/v1/core/kv_cache_planning.py" in html  # the pinned tag and its files
     assert "Stack modelled" in html and "transformers " in html and "vLLM" in html
     assert response.context["permalink"] == f"/report?{QUERY}"  # type: ignore[attr-defined]
 
