@@ -14,12 +14,12 @@ from app.http.deps import PlannerDep
 from app.http.reports import reports_of
 from app.procurement import report
 from app.procurement.build import build_async
-from app.procurement.halves import parse_halves
+from app.procurement.halves import parse_report
 
 router = APIRouter(tags=["report"])
 
 ReportFormat = Literal["json", "md", "pdf"]
-QUERY_KEYS = frozenset({"train", "serve", "format"})
+QUERY_KEYS = frozenset({"train", "serve", "serve_months", "format"})
 _TEXT = {"schema": {"type": "string"}}
 REPORT_OK: dict[int | str, dict[str, Any]] = {
     200: {
@@ -51,11 +51,23 @@ ServeQuery = Annotated[
     ),
 ]
 
+MonthsQuery = Annotated[
+    str | None,
+    Query(
+        max_length=20,
+        description="The 30-day months of serving to price (default 1, over 0 and at most 120): the serving GPUs' "
+        "on-demand cost per hour, per month and for these months.",
+        examples=["12"],
+    ),
+]
+
 
 def _known_query(request: Request) -> None:
     unknown = sorted({k for k in request.query_params if k not in QUERY_KEYS})
     if unknown:
-        message = "unknown query parameter; give train=<its query string>, serve=<its query string> and format"
+        message = (
+            "unknown query parameter; give train=<its query string>, serve=<its query string>, serve_months and format"
+        )
         errors = [{"field": k, "message": message} for k in unknown]
         raise InputError(f"{unknown[0]}: {message}", errors=errors)
 
@@ -66,11 +78,12 @@ async def get_report(
     planner: PlannerDep,
     train: TrainQuery = None,
     serve: ServeQuery = None,
+    serve_months: MonthsQuery = None,
     format: Annotated[ReportFormat, Query(description="json, md or pdf.")] = "json",
 ) -> Response:
     """A procurement report: the training and the serving plan, each half's GPUs, and the GPUs to buy in all."""
     _known_query(request)
-    proc = await build_async(*parse_halves(train, serve), planner)
+    proc = await build_async(parse_report(train, serve, serve_months), planner)
     if format == "pdf":
         return await reports_of(request).procurement_pdf(request, proc)
     if format == "md":

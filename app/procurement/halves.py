@@ -6,6 +6,7 @@
 The training half is a comparison plan (app/compare/entries.py: model, gpu, TrainingPlan's fields) plus the run
 size (train_tokens, epochs); the serving half is a model and ServingPlan's fields. Every bad field of both halves
 is reported at once, each named inside its half (`train: rank: ...`, field `train.rank`; `serve: context: ...`).
+`serve_months` (the query's `serve_months=`, the CLI's `--serve-months`, default 1) is the serving period priced.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from app.compare.entries import MAX_MODEL_CHARS, MAX_PLAN_TEXT, PlanEntry, entry
 from app.core.throughput import RunSize
 from app.errors import GpuplanError, InputError, PlanError
 from app.plan_input import as_text
+from app.procurement.costs import MAX_SERVE_MONTHS
 from app.serving.inputs import build_serving_plan, canonical_pairs
 from app.serving.inputs import read_values as serving_values
 from app.serving.plan import ServingPlan
@@ -165,3 +167,56 @@ def parse_halves(train: str | None, serve: str | None) -> tuple[TrainingAsk | No
         errors = [e for exc in failed for e in exc.errors]
         raise cls("; ".join(exc.detail for exc in failed), errors=errors)
     return asks["train"], asks["serve"]
+
+
+@dataclass(frozen=True)
+class ReportAsk:
+    """A report as asked: either half or both, and the 30-day months of serving its serving cost is for."""
+
+    train: TrainingAsk | None
+    serve: ServingAsk | None
+    serve_months: float = 1.0
+
+    def query(self) -> list[tuple[str, str]]:
+        """The permalink's pairs: `train=` and `serve=`, each a query string of its own; serve_months unless 1."""
+        pairs = [("train", self.train.query())] if self.train else []
+        pairs += [("serve", self.serve.query())] if self.serve else []
+        return pairs + ([("serve_months", as_text(self.serve_months))] if self.serve_months != 1 else [])
+
+
+def serve_months(text: str | None, serving: bool) -> float:
+    """The months the serving cost is for: a number over 0 and at most 120 (default 1), with a serving half."""
+    if text is None or not text.strip():
+        return 1.0
+    try:
+        months = float(text.strip())
+    except ValueError:
+        months = -1.0
+    message = ""
+    if not 0 < months <= MAX_SERVE_MONTHS:  # also refuses nan
+        message = f"give the 30-day months of serving to price, a number over 0 and at most {MAX_SERVE_MONTHS:g}"
+    elif not serving:
+        message = "it prices the serving plan: give serve=... too, or leave serve_months out"
+    if message:
+        raise InputError(f"serve_months: {message}", errors=[{"field": "serve_months", "message": message}])
+    return months
+
+
+def parse_report(train: str | None, serve: str | None, months: str | None = None) -> ReportAsk:
+    """Both halves and the serving months; every bad field of all three in one error (each naming its half)."""
+    failed: list[InputError] = []
+    halves: tuple[TrainingAsk | None, ServingAsk | None] = (None, None)
+    count = 1.0
+    try:
+        halves = parse_halves(train, serve)
+    except InputError as exc:
+        failed.append(exc)
+    try:
+        count = serve_months(months, serving=bool((serve or "").strip()))
+    except InputError as exc:
+        failed.append(exc)
+    if failed:
+        errors = [e for exc in failed for e in exc.errors]
+        cls = PlanError if all(isinstance(e, PlanError) for e in failed) else InputError
+        raise cls("; ".join(exc.detail for exc in failed), errors=errors)
+    return ReportAsk(train=halves[0], serve=halves[1], serve_months=count)

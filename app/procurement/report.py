@@ -2,12 +2,12 @@
 
 Each half: its headline (per-GPU GiB, the GPUs and their count; the run's time and cost for training, sequences of
 the context per tier for serving), its breakdown terms with what backs them, the stack modelled; then one purchase
-line for both (training on 1 x H100 80GB for 3.8 h ~ $13.09; serving on 2 x L40S; 3 GPUs in all).
+line for both (training on 1 x H100 80GB for 3.8 h ~ $13.09; serving on 2 x L40S ~ $2,016/month; 3 GPUs in all),
+each half's GPUs with their dated prices and costs, and both costs as two figures where both halves are priced.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -15,6 +15,8 @@ from app.core.units import GIB
 from app.exports import report
 from app.exports.stack import stack_versions
 from app.procurement.build import Procurement, ServingHalf, TrainingHalf
+from app.procurement.costs import HOURS_PER_MONTH
+from app.procurement.purchase import Purchase, PurchaseRow, purchase, serving_cost_text, serving_line, training_line
 from app.serving import report as serving_report
 from app.serving.hf import TRANSFORMERS_SEMANTICS
 
@@ -23,59 +25,6 @@ REPORT_PATH = "/report"
 
 def permalink(proc: Procurement) -> str:
     return f"{REPORT_PATH}?{urlencode(proc.query())}"
-
-
-@dataclass(frozen=True)
-class Purchase:
-    """The GPUs both halves need: (purpose, count, tier) rows, the total, and the line that says it."""
-
-    rows: tuple[tuple[str, int, str], ...]
-    line: str
-
-    @property
-    def total_gpus(self) -> int:
-        return sum(n for _, n, _ in self.rows)
-
-
-def training_line(half: TrainingHalf) -> tuple[str, tuple[str, int, str] | None]:
-    """'training on 1 x H100 80GB for 3.8 h ~ $13.09' (the run's time and on-demand cost), or why none."""
-    ch, o = half.choice, half.choice.option
-    if ch.gpu is None or not ch.gpus:
-        return f"training: {ch.summary}", None
-    line = f"training on {ch.gpus} x {ch.gpu}"
-    if o is not None:
-        line += f" for {report.hours(o.hours)}"
-        line += f" ~ {report.usd(o.cost_usd)} on demand" if o.cost_usd is not None else " (no on-demand price listed)"
-    return line, ("training", ch.gpus, ch.gpu)
-
-
-def serving_line(half: ServingHalf) -> tuple[str, tuple[str, int, str] | None]:
-    """'serving on 2 x L40S (16 x 8,192 tokens)', or why no tier serves the load."""
-    est, rec = half.estimate, half.estimate.recommendations
-    load = f"{est.plan.concurrency} x {est.plan.context:,} tokens on {est.plan.engine}"
-    if rec is None:
-        return f"serving: CPU reference plan, no GPU recommendation ({load})", None
-    if not rec.recommended or not rec.recommended_gpus:
-        return f"serving: no GPU tier serves {load}", None
-    return f"serving on {rec.recommended_gpus} x {rec.recommended} ({load})", (
-        "serving",
-        rec.recommended_gpus,
-        rec.recommended,
-    )
-
-
-def purchase(proc: Procurement) -> Purchase:
-    """Both halves' GPUs in one line, and the total to buy (or rent)."""
-    said = [training_line(proc.train)] if proc.train else []
-    said += [serving_line(proc.serve)] if proc.serve else []
-    parts = [line for line, _ in said]
-    rows = [row for _, row in said if row is not None]
-    total = sum(n for _, n, _ in rows)
-    if rows:
-        tiers = {gpu for _, _, gpu in rows}
-        per_tier = f"{total} x {rows[0][2]}" if len(tiers) == 1 else " + ".join(f"{n} x {g}" for _, n, g in rows)
-        parts.append(f"{total} GPU{'s' if total != 1 else ''} in all ({per_tier})")
-    return Purchase(rows=tuple(rows), line="; ".join(parts))
 
 
 def serving_stack(half: ServingHalf) -> str:
@@ -108,6 +57,35 @@ def serving_payload(half: ServingHalf) -> dict[str, Any]:
         "text": half.ask.text(),
         "estimate": serving_report.payload(half.model, half.estimate),
         "stack": serving_stack(half),
+        "cost": half.cost.model_dump(mode="json") if half.cost else None,
+        "tier_costs": {gpu: c.model_dump(mode="json") for gpu, c in half.tier_costs.items()},
+    }
+
+
+def row_payload(row: PurchaseRow) -> dict[str, Any]:
+    return {
+        "for": row.what,
+        "gpus": row.gpus,
+        "gpu": row.gpu,
+        "price": row.price.model_dump(mode="json") if row.price else None,
+        "cost": row.cost,
+        "list_price": row.list_price.model_dump(mode="json") if row.list_price else None,
+        "purchase_usd": row.purchase_usd,
+    }
+
+
+def cost_payload(proc: Procurement, buy: Purchase) -> dict[str, Any]:
+    """Both halves' costs, two figures in their own units (never summed): the run's USD, serving's USD a month."""
+    option = proc.train.choice.option if proc.train else None
+    cost = proc.serve.cost if proc.serve else None
+    return {
+        "training_run_usd": option.cost_usd if option else None,
+        "serving_per_hour_usd": cost.per_hour_usd if cost else None,
+        "serving_per_month_usd": cost.per_month_usd if cost else None,
+        "hours_per_month": HOURS_PER_MONTH,
+        "serving_months": proc.serve_months,
+        "serving_usd": cost.total_usd if cost else None,
+        "line": buy.cost_line or None,
     }
 
 
@@ -121,7 +99,8 @@ def payload(proc: Procurement) -> dict[str, Any]:
         "purchase": {
             "line": buy.line,
             "total_gpus": buy.total_gpus,
-            "gpus": [{"for": what, "gpus": n, "gpu": gpu} for what, n, gpu in buy.rows],
+            "gpus": [row_payload(r) for r in buy.rows],
+            "cost": cost_payload(proc, buy),
         },
     }
 
@@ -158,6 +137,7 @@ def serving_markdown(half: ServingHalf) -> list[str]:
         f"- Serving: {serving_report.plan_line(est)}",
         f"- **Per GPU: {report.gib(est.device_bytes)}**{per_gpu} (allocated {report.gib(est.peak_allocated_bytes)})",
         f"- **{line[0].upper() + line[1:]}**",
+        *([f"- Cost: {serving_cost_line(half)}"] if half.cost else []),
         "",
         "| term | GiB | first-principles | source |",
         "|---|---:|---|---|",
@@ -169,19 +149,56 @@ def serving_markdown(half: ServingHalf) -> list[str]:
     if rec is not None:
         out += [
             "",
-            f"| GPU | sequences of {est.plan.context:,} tokens on {est.plan.tp} | GPUs needed |",
-            "|---|---:|---:|",
+            f"| GPU | sequences of {est.plan.context:,} tokens on {est.plan.tp} | GPUs needed | on demand, 30-day month |",
+            "|---|---:|---:|---:|",
         ]
-        out += [f"| {f.gpu} | {f.max_concurrency or 0:,} | {f.gpus_needed or '-'} |" for f in rec.tiers]
+        out += [
+            f"| {f.gpu} | {f.max_concurrency or 0:,} | {f.gpus_needed or '-'} | {tier_month(half, f.gpu)} |"
+            for f in rec.tiers
+        ]
     if est.notes:
         out += ["", *(f"- {n}" for n in est.notes)]
     files = f"; at that tag: {', '.join(est.vllm_files)}" if est.vllm_files else ""
     return [*out, "", f"Stack modelled: {serving_stack(half)}{files}."]
 
 
+def tier_month(half: ServingHalf, gpu: str) -> str:
+    """A tier's on-demand 30-day month for the fewest GPUs of it that serve the load, or 'no dated price' (for the
+    tier its row names)."""
+    cost = half.tier_costs.get(gpu)
+    if cost is None:
+        return "-"
+    return report.usd(cost.per_month_usd) if cost.per_month_usd is not None else "no dated price"  # the row's tier
+
+
+def serving_cost_line(half: ServingHalf) -> str:
+    """'1 x A100 40GB at $1.48/GPU-h on demand at Lambda (as of 2026-05-07) = $1.48/h, $1,066/month'."""
+    cost = half.cost
+    if cost is None:
+        return ""
+    if cost.price is None:
+        return cost.unpriced
+    return (
+        f"{cost.gpus} x {cost.gpu} at {cost.price.label} = {serving_cost_text(cost)} (a month is {HOURS_PER_MONTH} h)"
+    )
+
+
+def purchase_markdown(buy: Purchase) -> list[str]:
+    """The GPUs to buy or rent: each half's tier, its dated price, its cost, and its list price x count."""
+    if not buy.rows:
+        return []
+    out = ["| for | GPUs | tier | on demand (as of) | cost | to buy (list price) |", "|---|---:|---|---|---|---|"]
+    out += [f"| {r.what} | {r.gpus} | {r.gpu} | {r.price_text} | {r.cost} | {r.list_text} |" for r in buy.rows]
+    out.append(f"| **in all** | **{buy.total_gpus}** | | | {buy.cost_line} | |")
+    sources = [f"- {p.gpu}: {p.label}, {p.source}" for p in buy.prices]
+    return [*out, "", "Prices, as each source stated them (quotes, not live rates):", "", *sources, ""]
+
+
 def markdown(proc: Procurement) -> str:
-    """The whole report for a purchase request: the purchase line first, then each half."""
-    out = ["# GPU procurement report: training and serving", "", f"**Purchase: {purchase(proc).line}.**", ""]
+    """The whole report for a purchase request: the purchase line and its GPUs first, then each half."""
+    buy = purchase(proc)
+    out = ["# GPU procurement report: training and serving", "", f"**Purchase: {buy.line}.**", ""]
+    out += purchase_markdown(buy)
     if proc.train is not None:
         out += [*training_markdown(proc.train), ""]
     if proc.serve is not None:

@@ -17,15 +17,16 @@ from app.http import API_PREFIX
 from app.http.deps import PlannerDep
 from app.http.reports import reports_of
 from app.procurement import report
-from app.procurement.build import Procurement, build_async
-from app.procurement.halves import parse_halves
+from app.procurement.build import Procurement, ServingHalf, TrainingHalf, build_async
+from app.procurement.halves import parse_report
+from app.procurement.purchase import purchase
 from app.serving import report as serving_report
 
 router = APIRouter(include_in_schema=False)
 
 EXPORTS = (("Markdown", "md"), ("JSON", "json"), ("PDF", "pdf"))
 PAGE_FORMATS = ("html", "md", "pdf")
-REPORT_KEYS = frozenset({"train", "serve", "format"})
+REPORT_KEYS = frozenset({"train", "serve", "serve_months", "format"})
 
 
 def report_context(proc: Procurement) -> dict[str, Any]:
@@ -34,7 +35,7 @@ def report_context(proc: Procurement) -> dict[str, Any]:
     api = f"{API_PREFIX}/report?{query}"
     context: dict[str, Any] = {
         "proc": proc,
-        "purchase": report.purchase(proc),
+        "purchase": purchase(proc),
         "permalink": report.permalink(proc),
         "exports": [(label, f"{api}&format={fmt}") for label, fmt in EXPORTS],
         "train": proc.train,
@@ -48,10 +49,22 @@ def report_context(proc: Procurement) -> dict[str, Any]:
         context["time_model"] = training_report.time_model_text(rec) if rec is not None else ""
         context["train_link"] = "/plan?" + proc.train.ask.query()
     if proc.serve is not None:
-        context["serve_plan_line"] = serving_report.plan_line(proc.serve.estimate)
-        context["serve_stack"] = report.serving_stack(proc.serve)
-        context["serve_link"] = "/serve?" + urlencode(proc.serve.ask.pairs())
+        context |= serving_context(proc.serve, proc.train)
     return context
+
+
+def serving_context(half: ServingHalf, train: TrainingHalf | None) -> dict[str, Any]:
+    """The serving half's lines and links: its result page keeps the training plan (`train=`) so that its own
+    report link comes back to this report; without a training half, where to plan one."""
+    carried = [("train", train.ask.query())] if train is not None else []
+    return {
+        "serve_plan_line": serving_report.plan_line(half.estimate),
+        "serve_stack": report.serving_stack(half),
+        "serve_cost_line": report.serving_cost_line(half),
+        "tier_month": lambda gpu: report.tier_month(half, gpu),
+        "serve_link": "/serve?" + urlencode([*half.ask.pairs(), *carried]),
+        "add_training_link": "/plan?" + urlencode([("model", half.model.id)]) if train is None else "",
+    }
 
 
 def _templates(request: Request) -> Jinja2Templates:
@@ -69,7 +82,8 @@ def _known(request: Request) -> str:
     unknown = sorted({k for k in request.query_params if k not in REPORT_KEYS})
     fmt = request.query_params.get("format", "html").strip() or "html"
     errors = [
-        {"field": k, "message": "unknown query parameter; the report takes train, serve and format"} for k in unknown
+        {"field": k, "message": "unknown query parameter; the report takes train, serve, serve_months and format"}
+        for k in unknown
     ]
     if fmt not in PAGE_FORMATS:
         errors.append({"field": "format", "message": f"give one of {', '.join(PAGE_FORMATS)}"})
@@ -81,8 +95,9 @@ def _known(request: Request) -> str:
 async def procurement_of(request: Request, planner: PlannerDep) -> Procurement:
     """The query's halves (`train=`, `serve=`: each a query string of its own), planned."""
     params = request.query_params
-    train, serve = parse_halves(params.get("train"), params.get("serve"))
-    return await build_async(train, serve, planner)
+    return await build_async(
+        parse_report(params.get("train"), params.get("serve"), params.get("serve_months")), planner
+    )
 
 
 @router.get("/report", response_class=HTMLResponse)
