@@ -1,4 +1,4 @@
-"""The `gpuplan` command line: estimate, models, gpus, fetch, serve (heavy imports stay lazy)."""
+"""The `gpuplan` command line: estimate, models, gpus, fetch, compare, inference, report, serve (lazy imports)."""
 
 from __future__ import annotations
 
@@ -184,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
     from app.compare.cli import add_parser as add_compare_parser
 
     add_compare_parser(sub)
+    from app.procurement.cli import add_parser as add_report_parser
+
+    add_report_parser(sub)
     serve = sub.add_parser("serve", help="run the web service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
@@ -431,6 +434,13 @@ def _cmd_compare(ns: argparse.Namespace) -> int:
     return run(ns, pdf=comparison_pdf_bytes)
 
 
+def _cmd_report(ns: argparse.Namespace) -> int:
+    from app.procurement.cli import run
+    from app.web.pdf import procurement_pdf_bytes
+
+    return run(ns, pdf=procurement_pdf_bytes)
+
+
 def _cmd_inference(ns: argparse.Namespace) -> int:
     from app.serving.cli import run
 
@@ -450,6 +460,7 @@ COMMANDS = {
     "serve": _cmd_serve,
     "inference": _cmd_inference,
     "compare": _cmd_compare,
+    "report": _cmd_report,
 }
 
 

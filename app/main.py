@@ -116,6 +116,7 @@ def _mount(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     from app.http.metrics import MetricsMiddleware
     from app.web.compare import router as compare_router
     from app.web.pdf import WebReports
+    from app.web.report import router as report_router
     from app.web.routes import render_error
     from app.web.routes import router as web_router
     from app.web.serving import router as serve_router
@@ -128,6 +129,7 @@ def _mount(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
         ("", web_router),
         ("", serve_router),
         ("", compare_router),
+        ("", report_router),
     ]:
         app.include_router(router, prefix=prefix)
         metrics.name_routes(prefix, router.routes)

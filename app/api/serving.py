@@ -89,7 +89,7 @@ def render(model: ModelSpec, est: ServingEstimate, fmt: InferenceFormat) -> Resp
 async def serve_estimate(planner: PlannerDep, name: str, plan: ServingPlan) -> tuple[ModelSpec, ServingEstimate]:
     """Resolve the model (catalog or Hub), read its KV layout, and plan serving it in a worker thread."""
     model = await planner.resolve(name)
-    layout = layout_for(model)
+    layout = layout_for(model, settings=planner.settings)
     est = await asyncio.to_thread(plan_serving, model, plan, layout, planner.settings.headroom)
     return model, est
 

@@ -11,6 +11,7 @@ from app.errors import PdfUnavailable
 
 if TYPE_CHECKING:
     from app.compare.compare import Comparison
+    from app.procurement.build import Procurement
 
 
 class Reports(Protocol):
@@ -19,6 +20,8 @@ class Reports(Protocol):
     async def result_pdf(self, request: Request, query: str | None = None) -> Response: ...
 
     async def comparison_pdf(self, request: Request, comparison: Comparison) -> Response: ...
+
+    async def procurement_pdf(self, request: Request, proc: Procurement) -> Response: ...
 
 
 def reports_of(request: Request) -> Reports:

@@ -20,6 +20,11 @@ CACHE_FORMAT = 1
 _MAX_FILE_STEM = 200
 
 
+def cache_root(hf_home: Path) -> Path:
+    """Where the fetched configs live: HF_HOME/hub/gpuplan-configs (the Hub client writes there, readers look there)."""
+    return hf_home / "hub" / "gpuplan-configs"
+
+
 class CacheEntry(BaseModel):
     """What the cache keeps for one (repo, revision); `revision` is the asked revision or 'main'."""
 
@@ -47,6 +52,23 @@ class ConfigCache:
         if len(stem) > _MAX_FILE_STEM or stem.startswith("."):
             stem = "sha256-" + hashlib.sha256(revision.encode()).hexdigest()
         return self.root / folder / f"{stem}.json"
+
+    def entries(self, repo_id: str) -> list[CacheEntry]:
+        """Every readable entry of one repo (any revision), newest file first; damaged files are skipped."""
+        folder = self.path_for(repo_id, "main").parent
+        try:
+            paths = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        except OSError:
+            return []
+        out = []
+        for path in paths:
+            try:
+                entry = CacheEntry.model_validate_json(path.read_bytes())
+            except (OSError, ValidationError):
+                continue
+            if entry.format == CACHE_FORMAT and entry.repo_id == repo_id:
+                out.append(entry)
+        return out
 
     def get(self, repo_id: str, revision: str) -> CacheEntry | None:
         """The cached entry, or None when absent or unreadable (a damaged file counts as a miss)."""

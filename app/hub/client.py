@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from app import deadline
 from app.core.units import MIB
 from app.errors import GatedModel, HubError, HubUnavailable, MalformedConfig, ModelNotFound, OfflineMiss
-from app.hub.cache import CacheEntry, ConfigCache
+from app.hub.cache import CacheEntry, ConfigCache, cache_root
 from app.hub.ids import HubRef
 from app.settings import Settings
 
@@ -169,7 +169,7 @@ class HubClient:
         self._endpoint = settings.hf_endpoint.rstrip("/")
         self._client: httpx.AsyncClient | None = None
         self._inflight: dict[tuple[str, str | None], asyncio.Task[FetchedConfig]] = {}
-        self.cache = ConfigCache(settings.hf_home / "hub" / "gpuplan-configs")
+        self.cache = ConfigCache(cache_root(settings.hf_home))
 
     async def __aenter__(self) -> Self:
         return self

@@ -46,7 +46,8 @@ def run(ns: argparse.Namespace) -> int:
     plan = build_serving_plan(flag_values(ns), naming="flag")
     settings = get_settings()
     model = resolve_model_sync(ns.model, settings)
-    layout = layout_for(model, _local_config(ns.model) if model.source == "file" else None)
+    local = _local_config(ns.model) if model.source == "file" and not ns.model.startswith("config:") else None
+    layout = layout_for(model, local, settings)
     est = plan_serving(model, plan, layout, headroom=settings.headroom)
     print(json.dumps(payload(model, est), indent=2) if ns.json else table(model, est))
     return 0

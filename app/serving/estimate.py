@@ -7,9 +7,9 @@ from app.core.spec import ModelSpec
 from app.errors import InputError
 from app.serving.kv import token_layer_bytes
 from app.serving.layout import KvLayout, full_layout
-from app.serving.paged import VLLM_VERSION
 from app.serving.plan import VLLM_LORA_RANKS, ServingPlan
 from app.serving.result import ServingEstimate
+from app.serving.sources import VLLM_FILES, VLLM_TAG, VLLM_VERSION
 from app.serving.terms import serving_terms, tp_refusal
 from app.serving.tiers import recommend_serving, stretch_on
 
@@ -38,6 +38,8 @@ def plan_serving(
         moment=moment,
         kv_bytes_per_token=token_layer_bytes(layout, plan) * layout.num_layers,
         vllm_version=VLLM_VERSION if plan.vllm else None,
+        vllm_tag=VLLM_TAG if plan.vllm else None,
+        vllm_files=VLLM_FILES if plan.vllm else (),
         notes=tuple(notes(model, plan, layout)),
         recommendations=recommend_serving(model, plan, layout, headroom, tiers) if cuda else None,
         stretch=stretch_on(model, plan, layout, chosen, headroom) if chosen is not None else None,
@@ -77,8 +79,8 @@ def notes(model: ModelSpec, plan: ServingPlan, layout: KvLayout) -> list[str]:
         out.append(f"output_tokens {plan.output_tokens:,} is not less than the context: the prompt is 1 token")
     if layout.source.startswith("arch summary"):
         out.append(
-            "the attention layout (sliding windows, MLA) is read from catalog configs: this model is costed "
-            "as full attention on every layer"
+            "the attention layout (sliding windows, MLA) is read from the model's config.json, and this server "
+            "keeps none for this model: it is costed as full attention on every layer"
         )
     if plan.vllm and layout.kinds != layout.vllm_kinds:
         out.append(

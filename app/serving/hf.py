@@ -21,6 +21,8 @@ from app.serving.result import Moment, ServingTerm
 from app.serving.weights import peft_adapter_bytes, weight_bytes
 
 TRANSFORMERS = "huggingface/transformers src/transformers"
+# the transformers whose generate() and DynamicCache semantics the engine models (and the CPU matrix measured)
+TRANSFORMERS_SEMANTICS = "transformers 5.24: generation/utils.py GenerationMixin._sample, cache_utils.py DynamicCache"
 GATED_LEAVES = frozenset({"gate_proj", "up_proj", "w1", "w3"})
 DENSE_LEAVES = frozenset({"fc1", "c_fc", "dense_h_to_4h"})
 # model classes with `_supports_sdpa = False` in transformers 5.24 (softcapping, attention sinks): eager attention

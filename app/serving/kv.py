@@ -2,9 +2,10 @@
 
 Sources (each function names the lines it follows):
 transformers 5.24 src/transformers/cache_utils.py (DynamicLayer, DynamicSlidingWindowLayer, Fp8QuantizedLayer);
-vllm-project/vllm vllm/v1/kv_cache_interface.py (AttentionSpec.page_size_bytes, MLAAttentionSpec,
-SlidingWindowSpec / ChunkedLocalAttentionSpec.max_memory_usage_bytes) and vllm/v1/core/kv_cache_utils.py
-(_get_kv_cache_groups_uniform_page_size, get_num_blocks, get_max_concurrency_for_kv_cache_config).
+vllm-project/vllm at v0.33.0 (app/serving/sources.py): vllm/v1/kv_cache_interface.py (AttentionSpec.page_size_bytes,
+MLAAttentionSpec, SlidingWindowSpec / ChunkedLocalAttentionSpec.max_admission_blocks_per_request),
+vllm/v1/core/kv_cache_planning.py (_get_kv_cache_groups_uniform_page_size, get_kv_cache_config_from_groups) and
+vllm/v1/core/kv_cache_utils.py (get_max_concurrency_for_kv_cache_config).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from app.serving.layout import KvLayout, LayerKind
 from app.serving.plan import KvDType, ServingPlan
 
 KV_DTYPE_BYTES: dict[KvDType, int] = {"bf16": 2, "fp16": 2, "fp8": 1}
+# VllmConfig.max_concurrent_batches with async scheduling (on by default in v0.33.0, config/vllm.py) and no
+# pipeline parallelism: two batches in flight, so sliding/chunked layers keep 2 x max_num_batched_tokens
+IN_FLIGHT_BATCHES = 2
 
 
 def kv_heads_per_gpu(layout: KvLayout, tp: int) -> int:
@@ -115,9 +119,10 @@ def page_bytes(layout: KvLayout, plan: ServingPlan) -> int:
 
 def group_blocks_per_request(kind: LayerKind, layout: KvLayout, plan: ServingPlan) -> int:
     """max_memory_usage_bytes / page: full cdiv(max_model_len, block); sliding cdiv(min(window - 1 +
-    max_num_batched_tokens, max_model_len), block) + 1 (the window may start mid-block); chunked
-    cdiv(min(chunk + max_num_batched_tokens, max_model_len), block)."""
-    c, b, t = plan.context, plan.block_size, plan.max_num_batched_tokens
+    max_in_flight_tokens, max_model_len), block) + 1 (the window may start mid-block); chunked
+    cdiv(min(chunk + max_in_flight_tokens, max_model_len), block); max_in_flight_tokens = 2 batches in flight
+    x max_num_batched_tokens (VllmConfig.max_in_flight_tokens)."""
+    c, b, t = plan.context, plan.block_size, IN_FLIGHT_BATCHES * plan.max_num_batched_tokens
     if kind == "full" or layout.window is None:
         return ceil_div(c, b)
     if kind == "sliding":

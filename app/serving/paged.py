@@ -1,15 +1,20 @@
 """vLLM paged serving: the engine's budget, what it subtracts before the KV pool, and the pool's blocks.
 
-Semantics of the vLLM V1 engine (vllm-project/vllm vllm/v1/worker/gpu_worker.py Worker.determine_available_memory):
-requested = total_memory x gpu_memory_utilization; the KV pool is requested - (weights + the torch peak of
-profile_run() + the non-torch memory that grew while profiling); the CUDA graphs are captured after the pool is
-allocated, from the memory the utilization leaves free, unless VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1
-subtracts their estimate first. The CUDA context exists before the baseline snapshot, so it too lives in
-the 1 - utilization slack.
+Semantics of vLLM v0.33.0 (app/serving/sources.py names the tag and files; vllm/v1/worker/gpu_worker.py
+Worker.determine_available_memory): requested = ceil(total_memory x gpu_memory_utilization) (v1/worker/utils.py
+request_memory); the KV pool is requested - non_kv_cache_memory (the weights, the non-torch memory that grew and
+the torch peak of profile_run(): utils/mem_utils.py memory_profiling) - the CUDA graphs' profiled estimate, which
+VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1 (the default since v0.21.0, vllm/envs.py) subtracts first; with it set
+to 0 the graphs come out of the 1 - utilization slack instead. The CUDA context exists before the baseline
+snapshot, so it lives in that slack.
+
+Known limitation: on Blackwell (B200) v0.33.0 caps the capture sizes at 1024, not 512; the graph allowance here
+uses 512 on every tier (first-principles either way).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from app.core.estimate import CUDA_CONTEXT_BYTES
@@ -21,10 +26,10 @@ from app.serving.kv import blocks_per_request, num_blocks, vllm_request_bytes
 from app.serving.layout import KvLayout
 from app.serving.plan import ServingPlan
 from app.serving.result import ServingTerm
+from app.serving.sources import VLLM_TAG
 from app.serving.weights import vllm_lora_slot_bytes, weight_bytes
 
-VLLM_VERSION = "vLLM V1 engine, 0.13+ (vllm-project/vllm main, read 2026): gpu_worker.py, kv_cache_utils.py"
-VLLM = "vllm-project/vllm vllm"
+VLLM = f"vllm-project/vllm@{VLLM_TAG} vllm"
 # Sampler rows of the profile run: bf16 logits, their fp32 copy, top-k/top-p's sorted fp32 values and int64
 # indices, and the fp32 probabilities (v1/sample/sampler.py, ops/topk_topp_sampler.py; first-principles)
 SAMPLER_BYTES_PER_LOGIT = BF16 + FP32 + FP32 + 8 + FP32
@@ -38,11 +43,13 @@ MAX_CAPTURE_SIZE = 512
 
 
 def capture_sizes(plan: ServingPlan) -> tuple[int, ...]:
-    """vllm/config/compilation.py defaults: [1, 2, 4] + range(8, 256, 8) + range(256, max + 1, 16) with
-    max_cudagraph_capture_size = min(2 x max_num_seqs, 512), no size above max_num_batched_tokens."""
+    """vllm/config/vllm.py (VllmConfig._set_cudagraph_sizes) defaults: [1, 2, 4] + range(8, 256, 8) +
+    range(256, top + 1, 16) with top = min(2 x max_num_seqs, 512, max_num_batched_tokens), plus
+    max_num_batched_tokens and max_num_seqs themselves where they are within top."""
     top = min(2 * plan.max_num_seqs, MAX_CAPTURE_SIZE, plan.max_num_batched_tokens)
-    sizes = [1, 2, 4, *range(8, 256, 8), *range(256, MAX_CAPTURE_SIZE + 1, 16)]
-    return tuple(s for s in sizes if s <= top)
+    sizes = {1, 2, 4, *range(8, 256, 8), *range(256, MAX_CAPTURE_SIZE + 1, 16)}
+    sizes |= {plan.max_num_batched_tokens, plan.max_num_seqs}
+    return tuple(sorted(s for s in sizes if s <= top))
 
 
 def profile_peak_bytes(w: Widths, plan: ServingPlan) -> int:
@@ -69,7 +76,7 @@ SOURCES = {
     "weight_bytes": f"{VLLM}/model_executor/layers/linear.py, vocab_parallel_embedding.py",
     "lora_slot_bytes": f"{VLLM}/lora/layers create_lora_weights",
     "activation_peak_bytes": f"{VLLM}/v1/worker/gpu_model_runner.py profile_run",
-    "kv_cache_bytes": f"{VLLM}/v1/kv_cache_interface.py, v1/core/kv_cache_utils.py",
+    "kv_cache_bytes": f"{VLLM}/v1/kv_cache_interface.py, v1/core/kv_cache_planning.py",
     "non_torch_bytes": f"{VLLM}/utils/mem_utils.py memory_profiling non_torch_increase",
     "cuda_graph_bytes": f"{VLLM}/v1/worker/gpu_model_runner.py capture_model",
     "cuda_context_bytes": f"{VLLM}/v1/worker/gpu_worker.py init_device (before the baseline MemorySnapshot)",
@@ -145,10 +152,11 @@ def _bytes(terms: list[ServingTerm], name: str) -> int:
 
 
 def kv_pool(terms: list[ServingTerm], layout: KvLayout, plan: ServingPlan, usable: int) -> Pool:
-    """available_kv_cache_memory = total x utilization - weights - LoRA slots - profiled peak - non-torch growth
-    (- the CUDA graphs with profile_cudagraphs); blocks = pool // page // group size; concurrency = blocks //
-    blocks per request. The context (and by default the graphs) must fit in total x (1 - utilization)."""
-    requested = int(usable * plan.gpu_memory_utilization)
+    """available_kv_cache_memory = ceil(total x utilization) - weights - LoRA slots - profiled peak - non-torch
+    growth - the CUDA graphs (profile_cudagraphs, vLLM's default); blocks = pool // (page x group size)
+    (get_kv_cache_config_from_groups); concurrency = blocks // blocks per request. The context (and the graphs
+    without profile_cudagraphs) must fit in what the utilization leaves."""
+    requested = math.ceil(usable * plan.gpu_memory_utilization)
     graphs = _bytes(terms, "cuda_graph_bytes")
     inside = sum(_bytes(terms, n) for n in ("weight_bytes", "lora_slot_bytes", "activation_peak_bytes"))
     inside += _bytes(terms, "non_torch_bytes") + (graphs if plan.profile_cudagraphs else 0)

@@ -18,7 +18,8 @@ MAX_ADAPTERS = 256
 MAX_ADAPTER_RANK = 512
 MAX_TP = 64
 MAX_BATCHED_TOKENS = 1_048_576
-# vLLM's CacheConfig accepts these block sizes on CUDA (vllm/config/cache.py BlockSize)
+# The block sizes vLLM's CacheConfig listed (vllm/config/cache.py BlockSize, before v0.33.0 made block_size any
+# positive int); kept as the sizes the CUDA attention backends take
 BLOCK_SIZES = (1, 8, 16, 32, 64, 128)
 # vLLM's LoRAConfig accepts these max_lora_rank values (vllm/config/lora.py MaxLoRARanks)
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -83,9 +84,9 @@ class ServingPlan(BaseModel):
     block_size: int = Field(16, ge=1, le=128, description="vLLM: tokens per KV-cache block (1, 8, 16, 32, 64, 128).")
     enforce_eager: bool = Field(False, description="vLLM --enforce-eager: no CUDA graphs are captured.")
     profile_cudagraphs: bool = Field(
-        False,
-        description="vLLM with VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1: the KV pool leaves room for the CUDA "
-        "graphs (by default they come out of the 1 - utilization slack).",
+        True,
+        description="vLLM's VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS (1, the default since v0.21.0): the KV pool "
+        "leaves room for the CUDA graphs; false (=0): they come out of the 1 - utilization slack.",
     )
     gpu: str | None = Field(
         None, max_length=64, description="A GPU tier to stretch: the largest concurrency and context on tp of it."

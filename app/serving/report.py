@@ -113,7 +113,7 @@ def markdown(model: ModelSpec, est: ServingEstimate) -> str:
         "",
         f"- Model: `{model.id}` ({model.arch.architecture}, {model.num_params:,} parameters)",
         f"- Serving: {plan_line(est)}",
-        *([f"- Modelled: {est.vllm_version}"] if est.vllm_version else []),
+        *([f"- Modelled: {est.vllm_version}; files: {', '.join(est.vllm_files)}"] if est.vllm_version else []),
         f"- **Per GPU: {gib(est.device_bytes)}** (allocated {gib(est.peak_allocated_bytes)}, {est.moment})",
     ]
     rec = est.recommendations

@@ -82,6 +82,8 @@ class ServingEstimate(BaseModel):
     moment: Moment = Field(description="transformers: the larger of the prefill and last-decode peaks; vLLM: serving.")
     kv_bytes_per_token: int = Field(description="KV bytes one more token of one sequence costs per GPU (all layers).")
     vllm_version: str | None = Field(None, description="The vLLM whose allocation the estimate models.")
+    vllm_tag: str | None = Field(None, description="vLLM: the release tag whose code the estimate follows.")
+    vllm_files: tuple[str, ...] = Field((), description="vLLM: the files at that tag the formulas follow.")
     notes: tuple[str, ...] = ()
     recommendations: ServingRecommendation | None = None
     stretch: Stretch | None = None

@@ -1,4 +1,4 @@
-"""PDF reports: the result page and the comparison page as they print, through WeasyPrint (app/exports/pdf.py).
+"""PDF reports: the result page, the comparison page and the procurement report as they print, through WeasyPrint (app/exports/pdf.py).
 
 The PDF is the page itself — the same handler, template and data — so whatever the page shows (verdict, accuracy,
 tiers, ...) the PDF shows; the print stylesheet already makes it a report. Laid over it: the tiers table (hidden
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from importlib import metadata
 from typing import Any
 
 from fastapi import Request
@@ -18,26 +17,15 @@ from starlette.responses import Response
 
 from app.compare.compare import Comparison
 from app.exports.pdf import html_to_pdf
+from app.exports.stack import stack_versions
+from app.procurement.build import Procurement
 from app.web.templating import STATIC_DIR
 
 PDF_MEDIA = "application/pdf"
-# the libraries whose allocations the estimate models (and, where installed, the versions it was checked against)
-STACK = ("transformers", "peft", "bitsandbytes", "accelerate", "torch")
 PDF_CSS = """
 #tier-section.print-compact { display: block !important; }
 #stack { break-inside: avoid; font-size: 7pt; }
 """
-
-
-def stack_versions() -> list[tuple[str, str]]:
-    """gpuplan and the stack it models, with the versions installed beside it ("not installed" where absent)."""
-    out = []
-    for name in ("gpuplan", *STACK):
-        try:
-            out.append((name, metadata.version(name)))
-        except metadata.PackageNotFoundError:
-            out.append((name, "not installed"))
-    return out
 
 
 def _stack_html(env: Environment) -> str:
@@ -86,6 +74,31 @@ class WebReports:
 
         name = filename("compare-" + "-vs-".join(c.planned.model.id.split("/")[-1] for c in comparison.columns[:3]))
         return await pdf_response(render_compare(request, comparison), _env(request), name)
+
+    async def procurement_pdf(self, request: Request, proc: Procurement) -> Response:
+        """The procurement report page of `proc` as a PDF (it carries its own stack section per half)."""
+        from app.web.report import render_report
+
+        html = render_report(request, proc, request.app.state.templates)
+        pdf = await asyncio.to_thread(html_to_pdf, html, STATIC_DIR, PDF_CSS)
+        headers = {"Content-Disposition": f'attachment; filename="{procurement_filename(proc)}"'}
+        return Response(pdf, media_type=PDF_MEDIA, headers=headers)
+
+
+def procurement_filename(proc: Procurement) -> str:
+    """`gpuplan-report-Llama-3.1-8B.pdf`: the report named after the models of its halves."""
+    names = dict.fromkeys(
+        h.split("/")[-1] for h in (proc.train and proc.train.planned.model.id, proc.serve and proc.serve.model.id) if h
+    )
+    return filename("report-" + "-".join(names))
+
+
+def procurement_pdf_bytes(proc: Procurement) -> bytes:
+    """The procurement report page as PDF bytes without a server (`gpuplan report --format pdf`)."""
+    from app.web.report import render_report
+    from app.web.templating import make_templates
+
+    return html_to_pdf(render_report(None, proc, make_templates()), STATIC_DIR, PDF_CSS)
 
 
 def comparison_pdf_bytes(comparison: Comparison) -> bytes:

@@ -61,6 +61,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
 )
 EXPORTS = (("Markdown", "md"), ("CSV", "csv"), ("JSON", "json"))
+MAX_TRAIN_QUERY = 2000  # a carried training plan, as the report's halves take it (app/compare/entries.MAX_PLAN_TEXT)
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,24 @@ def _templates(request: Request) -> Jinja2Templates:
     return templates
 
 
-def _links(model_id: str, plan: ServingPlan) -> dict[str, Any]:
-    query = urlencode([("model", model_id), *canonical_pairs(plan)])
+def _links(model_id: str, plan: ServingPlan, train: str) -> dict[str, Any]:
+    """The permalink (carrying the training plan, when one came along), the exports, and the procurement report of
+    this serving plan with the training plan beside it."""
+    pairs = [("model", model_id), *canonical_pairs(plan)]
+    query = urlencode(pairs)
     api = f"{API_PREFIX}/inference?{query}"
-    return {"permalink": f"/serve?{query}", "exports": [(label, f"{api}&format={fmt}") for label, fmt in EXPORTS]}
+    carried = [("train", train)] if train else []
+    return {
+        "permalink": f"/serve?{urlencode(pairs + carried)}",
+        "exports": [(label, f"{api}&format={fmt}") for label, fmt in EXPORTS],
+        "report_link": "/report?" + urlencode([*carried, ("serve", urlencode(pairs, safe="/@"))]),
+    }
+
+
+def carried_training(pairs: Iterable[tuple[str, str]]) -> str:
+    """The training plan the result page's "Serve this model" link carried (`train=<its query string>`), or ""."""
+    found = [v.strip() for k, v in pairs if k == "train" and v.strip()]
+    return found[-1][:MAX_TRAIN_QUERY] if found else ""
 
 
 @router.get("/serve", response_class=HTMLResponse)
@@ -117,24 +132,27 @@ async def serve_page(request: Request, planner: PlannerDep) -> Response:
         "groups": form_groups(),
         "values": form_values(pairs),
         "catalog_ids": catalog.catalog_ids(),
+        "train": carried_training(pairs),
     }
     context |= {"est": None, "model": None, "problem": None}
     name = context["values"]["model"].strip()
     status = 200
     if name:
         try:
-            context |= await _estimate(planner, name, read_values(pairs))
+            context |= await _estimate(planner, name, read_values(pairs), context["train"])
         except GpuplanError as exc:
             context["problem"], status = from_gpuplan(exc), exc.status
     return _templates(request).TemplateResponse(request, "serve.html", context, status_code=status)
 
 
-async def _estimate(planner: PlannerDep, name: str, values: dict[str, str]) -> dict[str, Any]:
+async def _estimate(planner: PlannerDep, name: str, values: dict[str, str], train: str) -> dict[str, Any]:
     if len(name) > 300:
         raise InputError(
             "model: give a catalog or Hub id under 300 characters", errors=[{"field": "model", "message": "too long"}]
         )
     plan = build_serving_plan(values)
     model = await planner.resolve(name)
-    est = await asyncio.to_thread(plan_serving, model, plan, layout_for(model), planner.settings.headroom)
-    return {"model": model, "est": est, **_links(model.id, plan)}
+    est = await asyncio.to_thread(
+        plan_serving, model, plan, layout_for(model, settings=planner.settings), planner.settings.headroom
+    )
+    return {"model": model, "est": est, **_links(model.id, plan, train)}

@@ -59,6 +59,7 @@ def test_openapi_documents_every_route_with_a_one_line_summary(client: TestClien
         "/api/v1/accuracy": {"get"},
         "/api/v1/inference": {"get", "post"},
         "/api/v1/compare": {"get", "post"},
+        "/api/v1/report": {"get"},
         "/healthz": {"get"},
         "/readyz": {"get"},
         "/metrics": {"get"},

@@ -21,7 +21,8 @@ def test_post_answers_the_golden_kv_cache(client: TestClient) -> None:
     assert terms["activation_peak_bytes"]["first_principles"] is True
     assert terms["kv_cache_bytes"]["first_principles"] is False and "vllm" in terms["kv_cache_bytes"]["source"]
     assert body["model"]["id"] == "meta-llama/Llama-3.1-8B" and body["plan"]["engine"] == "vllm"
-    assert body["vllm_version"].startswith("vLLM V1")
+    assert body["vllm_version"].startswith("vLLM v0.33.0") and body["vllm_tag"] == "v0.33.0"
+    assert any(f.startswith("vllm/v1/worker/gpu_worker.py") for f in body["vllm_files"])
     assert "activation_peak_bytes" in body["first_principles"]
     tiers = {t["gpu"]: t for t in body["recommendations"]["tiers"]}
     assert tiers["H100 80GB"]["fits"] and tiers["H100 80GB"]["max_concurrency"] > 10

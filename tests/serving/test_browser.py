@@ -50,3 +50,27 @@ def test_fill_the_serve_form_and_read_the_result(page: Page, base_url: str) -> N
     page.screenshot(path=str(ARTIFACTS / "serve-result.png"), full_page=True)
     page.click("#permalink")
     assert page.locator("#breakdown").count() == 1
+
+
+def test_from_the_training_result_through_serve_to_the_procurement_report(page: Page, base_url: str) -> None:
+    """Training result -> "Serve this model" (the plan comes along) -> the report; its print layout is screenshot
+    to artifacts/procurement-report.png (A4 width at 96 dpi, as the print stylesheet lays it out)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(base_url + "/plan?model=meta-llama/Llama-3.1-8B&method=qlora&rank=32")
+    page.click("#serve-link")
+    page.wait_for_url(re.compile(r".*/serve\?.*train=.*"))
+    page.fill("#context", "8192")
+    page.fill("#concurrency", "16")
+    page.click("form.planner button[type=submit]")
+    page.wait_for_url(re.compile(r".*/serve\?train=.*context=8192.*"))
+    page.click("#report-link")
+    page.wait_for_url(re.compile(r".*/report\?train=.*&serve=.*"))
+    assert page.locator("#train-half").count() == 1 and page.locator("#serve-half").count() == 1
+    line = page.inner_text("#purchase-line")
+    assert line.startswith("training on 1 x") and "serving on" in line and "GPUs in all" in line
+    assert page.locator("#train-terms tr[data-term=lora_adapter_bytes]").count() == 1
+    assert page.locator("#serve-tiers tbody tr").count() >= 20
+    page.set_viewport_size({"width": 794, "height": 1123})
+    page.emulate_media(media="print")
+    assert page.locator("#report-links").is_hidden()  # the print layout drops the links
+    page.screenshot(path=str(ARTIFACTS / "procurement-report.png"), full_page=True)

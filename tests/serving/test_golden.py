@@ -95,7 +95,8 @@ def test_gemma_3_groups_five_local_layers_to_one_global() -> None:
     groups = kv_groups(layout)
     assert groups.group_size == 10 and groups.kinds.count("full") == 1 and groups.kinds.count("sliding") == 6
     plan = ServingPlan(context=32768, max_num_batched_tokens=2048)
-    assert blocks_per_request(layout, plan) == 2048 + 6 * ((1023 + 2048 + 15) // 16 + 1)
+    # v0.33.0: a sliding group keeps window - 1 + max_in_flight_tokens (2 async batches x 2048) tokens, +1 block
+    assert blocks_per_request(layout, plan) == 2048 + 6 * ((1023 + 2 * 2048 + 15) // 16 + 1)
 
 
 def test_llama_3_1_8b_weights_are_its_parameters_in_bf16() -> None:
@@ -103,3 +104,33 @@ def test_llama_3_1_8b_weights_are_its_parameters_in_bf16() -> None:
     est = plan_serving(model, ServingPlan(engine="transformers"), layout)
     weights = est.term("weight_bytes")
     assert weights is not None and weights.bytes == 2 * model.num_params == 16_060_522_496
+
+
+def test_the_pool_follows_vllm_v0_33_budget_arithmetic() -> None:
+    """requested = ceil(total x utilization) (v1/worker/utils.py request_memory); the graphs' estimate comes out of
+    the pool by default (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1), out of the slack with it off."""
+    import math
+
+    from app.core.gpus import find_tier
+    from app.serving.kv import block_bytes
+    from app.serving.paged import capture_sizes, kv_pool, vllm_terms
+
+    spec, layout = _model("meta-llama/Llama-3.1-8B")
+    tier = find_tier("H100 80GB")
+    assert tier is not None
+    plan = ServingPlan(context=8192)
+    terms = vllm_terms(spec, plan, layout)
+    by = {t.term: t.bytes for t in terms}
+    inside = by["weight_bytes"] + by["activation_peak_bytes"] + by["non_torch_bytes"] + by["cuda_graph_bytes"]
+    pool = kv_pool(terms, layout, plan, tier.usable_bytes)
+    assert pool.bytes == math.ceil(tier.usable_bytes * 0.9) - inside
+    assert pool.blocks == pool.bytes // block_bytes(layout, plan)
+    off = plan.model_copy(update={"profile_cudagraphs": False})
+    assert (
+        kv_pool(vllm_terms(spec, off, layout), layout, off, tier.usable_bytes).bytes
+        == pool.bytes + by["cuda_graph_bytes"]
+    )
+    # capture sizes: the grid up to min(2 x max_num_seqs, 512, max_num_batched_tokens), plus max_num_seqs itself
+    sizes = capture_sizes(ServingPlan(max_num_seqs=100))  # top 200: 1, 2, 4, 8..200 by 8, and 100
+    assert sizes == tuple(sorted({1, 2, 4, *range(8, 201, 8), 100}))
+    assert capture_sizes(ServingPlan(max_num_seqs=3, max_num_batched_tokens=5)) == (1, 2, 3, 4, 5)

@@ -23,7 +23,7 @@ def test_a_model_gives_the_estimate_tiers_and_exports(client: TestClient) -> Non
     html = response.text
     assert 'data-term="kv_cache_bytes"' in html and "first-principles" in html and 'id="tiers"' in html
     assert "/api/v1/inference?model=meta-llama%2FLlama-3.1-8B&amp;context=8192&amp;gpu=L4&amp;format=md" in html
-    assert 'id="stretch"' in html and "vLLM V1" in html
+    assert 'id="stretch"' in html and "vLLM v0.33.0" in html and "vllm/v1/core/kv_cache_planning.py" in html
 
 
 def test_bad_input_keeps_the_form_and_names_the_field(client: TestClient) -> None:
@@ -44,4 +44,5 @@ def test_model_names_are_escaped(client: TestClient) -> None:
 
 def test_the_training_result_links_to_serve_this_model(client: TestClient) -> None:
     html = client.get("/plan?model=meta-llama/Llama-3.1-8B").text
-    assert 'id="serve-link" href="/serve?model=meta-llama%2FLlama-3.1-8B&amp;adapters=1&amp;adapter_rank=16"' in html
+    link = 'id="serve-link" href="/serve?model=meta-llama%2FLlama-3.1-8B&amp;adapters=1&amp;adapter_rank=16'
+    assert link + '&amp;train=model%3Dmeta-llama%252FLlama-3.1-8B"' in html  # the training plan comes along
