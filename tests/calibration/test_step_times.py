@@ -49,6 +49,12 @@ def test_the_harness_records_every_step_time(measured: Measurement) -> None:
     assert sum(times) < measured.duration_s
 
 
+def test_the_trainer_loop_is_timed_by_the_same_probe() -> None:
+    run = run_measurement(TINY, cpu_plan(method="lora"), steps=3, loop="trainer")
+    assert len(run.step_times_s) == 3 and all(t > 0 for t in run.step_times_s)
+    assert run.step_s == statistics.median(run.step_times_s[1:]) and run.tokens_per_step == 32
+
+
 def test_the_step_time_is_the_median_after_the_first() -> None:
     assert median_step_s([9.0, 1.0, 3.0, 2.0]) == 2.0
     assert median_step_s([4.0]) == 4.0
