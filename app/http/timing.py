@@ -24,8 +24,8 @@ def timed_run(record: MeasurementRecord) -> TimedRun | None:
     if not t.step_s or record.method is None:
         return None
     seq, hidden = record.plan.get("seq_len"), record.config.get("hidden_size")
-    if not isinstance(seq, int) or not isinstance(hidden, int):
-        return None
+    if not isinstance(seq, int) or not isinstance(hidden, int) or seq < 1 or hidden < 1:
+        return None  # an uploaded plan or config is free JSON: a run it cannot describe is left out
     return TimedRun(
         gpu=t.gpu,
         method=record.method,

@@ -45,7 +45,13 @@ RUNS = [timed(1.0, 0.8, 0.30), timed(2.0, 1.0, 0.20), timed(1.0, 1.1, 0.35)]  # 
 
 
 def test_the_json_quotes_the_time_model_against_measured_runs(tmp_path: Path) -> None:
-    store = FakeStore([*RUNS, timed(1.0, 5.0, 0.1, verified=False), timed(1.0, 5.0, 0.1, plan={"method": "full"})])
+    odd = [
+        timed(1.0, 5.0, 0.1, verified=False),  # unverified: never quoted
+        timed(1.0, 5.0, 0.1, plan={"method": "full"}),  # another method
+        timed(1.0, 5.0, 0.1, plan={"method": "qlora", "seq_len": 0}),  # a plan it cannot describe
+        timed(1.0, 5.0, 0.1, config={"hidden_size": "wide"}),
+    ]
+    store = FakeStore([*RUNS, *odd])
     with TestClient(build_app(tmp_path, store=store)) as client:
         body = client.get("/api/v1/estimate", params={"model": LLAMA}).json()
         md = client.get("/api/v1/estimate", params={"model": LLAMA, "format": "md"}).text
