@@ -125,7 +125,8 @@ Seconds = Annotated[float, Field(ge=0, le=10**7, allow_inf_nan=False)]
 class StepTiming(BaseModel):
     """A run's measured step times and, where its device is a gpuplan tier, the time model for the same plan."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: JSON numbers only (no true/false or "1.0" read as numbers), as the byte counts are
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     step_s: Seconds = Field(description="Median wall time of the steps after the first (the only one of one).")
     step_times_s: list[Seconds] = Field(default_factory=list, max_length=10_000, description="Every step, in order.")
