@@ -12,7 +12,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from app.core.plan import TrainingPlan
+from app.core.spec import ModelSpec
+from app.core.throughput import RunSize, step_time
+from app.core.tiers import GpuTier
 
+MFU_RUNS = 3
+"""From this many comparable runs the check also quotes the run's hours at their median measured MFU."""
 SIMILAR = 2.0
 """A run's hidden size and sequence length count as similar within this factor of the plan's."""
 
@@ -58,6 +63,11 @@ class TimeCheck(BaseModel):
     median_mfu: float | None = Field(None, description="Median measured MFU of those runs.")
     model_mfu: float = Field(description="The MFU the time model assumes.")
     scope: str = Field("", description="Which runs counted as comparable, and how the match was widened.")
+    hours_at_measured_mfu: float | None = Field(
+        None,
+        description="The option's hours with the time model at median_mfu instead of model_mfu (from MFU_RUNS "
+        "runs); quoted next to the model's hours, which stay the ones costed and ranked.",
+    )
     text: str
 
 
@@ -139,3 +149,17 @@ def time_checks(
         chosen, scope = comparable_runs(runs, plan, hidden_size, gpu)
         out[gpu] = time_check(gpu, chosen, model_mfu, scope)
     return out
+
+
+def at_measured_mfu(
+    check: TimeCheck, model: ModelSpec, plan: TrainingPlan, tier: GpuTier, gpus: int, run: RunSize
+) -> TimeCheck:
+    """The check with the option's hours re-timed at the runs' median measured MFU (step_time with that MFU: the
+    memory and interconnect floors unchanged), said in its text; unchanged below MFU_RUNS runs."""
+    if check.runs < MFU_RUNS or not check.median_mfu:
+        return check
+    time = step_time(model, plan.model_copy(update={"gpus": gpus}), tier, gpus, run, mfu=check.median_mfu)
+    if time is None:
+        return check
+    text = f"{check.text}; at the measured MFU this run would take {time.hours:,.1f} h (not applied)"
+    return check.model_copy(update={"hours_at_measured_mfu": time.hours, "text": text})

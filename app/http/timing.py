@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from app.core.gpus import with_time_checks
-from app.core.timing import TimeCheck, TimedRun, time_checks
+from app.core.tiers import find_tier
+from app.core.timing import TimeCheck, TimedRun, at_measured_mfu, time_checks
 from app.errors import StoreError
 from app.http.deps import MeasurementStore
 from app.service import Planned
@@ -47,7 +48,15 @@ def checks_from(records: Sequence[MeasurementRecord], planned: Planned) -> Mappi
         return {}
     plan, hidden = planned.estimate.plan, planned.model.arch.hidden_size
     checks = time_checks(runs, plan, hidden, [f.gpu for f in rec.tiers], rec.time_model.mfu)
-    return {gpu: check for gpu, check in checks.items() if check.runs}
+    options = {f.gpu: f.option for f in rec.tiers if f.option is not None}
+    out = {}
+    for gpu, check in checks.items():
+        tier, option = find_tier(gpu), options.get(gpu)
+        if check.runs and tier is not None and option is not None:
+            check = at_measured_mfu(check, planned.model, plan, tier, option.gpus, planned.run)
+        if check.runs:
+            out[gpu] = check
+    return out
 
 
 def timed_records(

@@ -10,7 +10,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.catalog import load_spec
 from app.cli import main
+from app.core.plan import TrainingPlan
+from app.core.throughput import RunSize, step_time
+from app.core.tiers import find_tier
 from app.settings import get_settings
 from app.store import Store
 from app.store.models import MeasurementRecord, StepTiming
@@ -68,6 +72,17 @@ def test_the_json_quotes_the_time_model_against_measured_runs(tmp_path: Path) ->
     text = "time model vs 3 measured runs on H200: median \u221220 %, \u221250 % to +10 %"
     assert h200["text"].startswith(text)
     assert h200["scope"].startswith("H200, same method, checkpointing")
+    # with 3 runs the check also re-times the H200 option at their median measured MFU, without applying it
+    spec, h200_tier = load_spec(LLAMA), find_tier("H200")
+    assert spec is not None and h200_tier is not None
+    at_30 = step_time(spec, TrainingPlan(), h200_tier, 1, RunSize(), mfu=0.30)
+    at_40 = step_time(spec, TrainingPlan(), h200_tier, 1, RunSize())
+    assert at_30 is not None and at_40 is not None
+    option = next(t["option"] for t in body["recommendations"]["tiers"] if t["gpu"] == "H200")
+    assert h200["hours_at_measured_mfu"] == pytest.approx(at_30.hours)
+    assert option["hours"] == pytest.approx(at_40.hours)  # the model's hours are the ones costed
+    assert at_40.hours < at_30.hours
+    assert f"at the measured MFU this run would take {at_30.hours:,.1f} h (not applied)" in h200["text"]
     assert tiers["L40S"]["runs"] == 0
     assert tiers["L40S"]["text"] == "no measured step times yet for L40S: the time is the model at 40% MFU"
     assert f"- Time check: {text}" in md

@@ -10,7 +10,9 @@ from app.catalog import load_spec
 from app.core.estimate import estimate
 from app.core.gpus import recommend, with_time_checks
 from app.core.plan import TrainingPlan
-from app.core.timing import TimedRun, comparable_runs, measured_mfu, time_check, time_error
+from app.core.throughput import RunSize, step_time
+from app.core.tiers import find_tier
+from app.core.timing import TimedRun, at_measured_mfu, comparable_runs, measured_mfu, time_check, time_error
 
 PEAK = 989.4e12  # H200 dense BF16
 
@@ -97,3 +99,15 @@ def test_a_recommendation_quotes_its_tiers_time_checks() -> None:
     assert [f for f in checked.tiers if f.gpu != "H200"] == [f for f in rec.tiers if f.gpu != "H200"]
     assert checked.quoted_time_checks == (only, measured)  # the recommended tier first, then tiers with runs
     assert with_time_checks(rec, {}) is rec
+
+
+def test_the_measured_mfu_re_times_the_run_only_from_three_runs() -> None:
+    spec, h200 = load_spec("meta-llama/Llama-3.1-8B"), find_tier("H200")
+    assert spec is not None and h200 is not None
+    two = time_check("H200", [run(), run()], 0.4)
+    assert at_measured_mfu(two, spec, PLAN, h200, 1, RunSize()) == two  # too few runs: nothing re-timed
+    three = time_check("H200", [run(), run(), run()], 0.4)
+    timed = at_measured_mfu(three, spec, PLAN, h200, 1, RunSize())
+    expected = step_time(spec, PLAN, h200, 1, RunSize(), mfu=0.3)
+    assert expected is not None and timed.hours_at_measured_mfu == pytest.approx(expected.hours)
+    assert timed.text.endswith(f"at the measured MFU this run would take {expected.hours:,.1f} h (not applied)")
