@@ -218,6 +218,7 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
         if plan.device == "cuda"
         else None
     )
+    rec = _cli_times(model, est, rec, settings)
     if ns.json:
         out = report.payload(model, est, rec, band)
         if imported is not None:
@@ -243,6 +244,21 @@ def _cli_band(model: Any, est: Any, settings: Any) -> tuple[Any, float]:
         seed_store(store)
         _, band, _ = band_for(store, Planned(model=model, estimate=est, recommendation=None))
     return band, safety_factor(band, True)
+
+
+def _cli_times(model: Any, est: Any, rec: Any, settings: Any) -> Any:
+    """Each tier's time model against the measured step times of the settings' store, when it has one (a SQLite
+    file not created yet has none: `gpuplan estimate` creates no store)."""
+    from app.http.timing import timed_records, with_measured_times
+    from app.service import Planned
+    from app.store import Store
+
+    if rec is None or (settings.database_url is None and not (settings.data_dir / "gpuplan.sqlite3").is_file()):
+        return rec
+    planned = Planned(model=model, estimate=est, recommendation=rec)
+    with Store.from_settings(settings) as store:
+        records, _ = timed_records(store, planned)
+    return with_measured_times(planned, records).recommendation
 
 
 def _import_recipes(paths: list[Path]) -> Any:

@@ -2,7 +2,9 @@
 # The GPU calibration run, one command on the lent H200 (device tool: carry [".whl"], timeout ~560 s):
 #   bash calibration/gpu.sh
 # It installs the carried wheels, runs calibration/gpu-matrix.toml with torch.cuda.max_memory_allocated and writes
-# $OUT/gpu-h200.jsonl (one line a point: plan, measured and estimated peaks, phases, environment). Back here:
+# $OUT/gpu-h200.jsonl (one line a point: plan, measured and estimated peaks, phases, environment, and the measured
+# step times: step_times_s after torch.cuda.synchronize(), step_s = their median after the first, tokens_per_step;
+# the device name torch reports maps to a gpuplan tier through app/core/data/device_names.json). Back here:
 #   cp <files_at>/gpu-h200.jsonl calibration/results/ && gpuplan import-calibrations calibration/results/gpu-h200.jsonl
 # Try it on the CPU first: OUT=/tmp/out SPEC=calibration/cpu-matrix.toml DEVICE=cpu LIMIT=2 bash calibration/gpu.sh
 set -euo pipefail

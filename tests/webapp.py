@@ -147,6 +147,9 @@ class FakeStore:
     def accuracy(self) -> object:
         return self._accuracy
 
+    def timed_runs(self, method: str, *, cached_only: bool = False) -> list[MeasurementRecord]:
+        return [r for r in self.records if r.method == method and r.device == "cuda" and r.verified and r.timing]
+
     def comparable(
         self,
         model_type: str,

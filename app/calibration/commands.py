@@ -49,13 +49,16 @@ def model_config(name: str, settings: Settings) -> tuple[str, dict[str, Any]]:
 
 
 def re_estimate(record: MeasurementRecord) -> MeasurementRecord:
-    """The record with its estimate recomputed by the current estimator for the same config and plan."""
+    """The record with its estimate (and time model) recomputed by the current estimator for the same config and plan."""
+    from app.calibration.timing import record_timing
     from app.core.estimate import estimate
     from app.inventory.cache import cached_spec
 
     spec = cached_spec(record.config, model_id=record.model_id, source="file", cache_dir=None)
     est = estimate(spec, TrainingPlan.model_validate(record.plan))
-    return record.model_copy(update={"estimated_peak_bytes": est.peak_allocated_bytes})
+    return record.model_copy(
+        update={"estimated_peak_bytes": est.peak_allocated_bytes, "timing": record_timing(record, spec)}
+    )
 
 
 def fp32_matmuls(matmuls: str, device: str) -> bool:

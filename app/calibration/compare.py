@@ -87,7 +87,10 @@ def to_record(
     source: str,
     split: Any = None,
 ) -> MeasurementRecord:
-    """The store's row for one compared measurement."""
+    """The store's row for one compared measurement (with its step times and the time model, when it has them)."""
+    from app.calibration.timing import measurement_timing
+
+    timing = measurement_timing(measurement, spec_for(measurement, model_id)) if measurement.step_s else None
     return MeasurementRecord(
         id=None,
         created_at=measurement.created_at,
@@ -105,6 +108,7 @@ def to_record(
         env=_env(measurement),
         source=source,
         split=split,
+        timing=timing,
     )
 
 

@@ -15,12 +15,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
 
 from app.calibration.build import CPU_OPTIMIZERS, build_config, build_model, build_optimizer, quiet
-from app.calibration.measurement import Environment, Loop, Measurement, Phase
+from app.calibration.measurement import Environment, Loop, Measurement, Phase, median_step_s
 from app.core.plan import TrainingPlan
 from app.errors import CalibrationError
 
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
 
 CPU_THREADS = 2
 progress = logging.getLogger("app.calibration.progress")  # each phase as it ends (app/calibration/progress.py)
+# Where the Probe of the run in progress appends each optimizer step's wall time: set by run_measurement, so both
+# loops (plain, Trainer) are timed by the probe that marks their phases without passing a list through them.
+_step_clock: ContextVar[list[float] | None] = ContextVar("gpuplan_step_clock", default=None)
 
 
 def run_measurement(
@@ -61,7 +65,9 @@ def run_measurement(
     from app.calibration.matmul import fp32_compute_matmuls
 
     started = time.perf_counter()
-    with _threads(plan.device), quiet(), fp32_compute_matmuls(fp32_matmuls):
+    step_times: list[float] = []
+    clock = _step_clock.set(step_times)
+    with _threads(plan.device), quiet(), fp32_compute_matmuls(fp32_matmuls), _reset(clock):
         cfg = build_config(config, layers)
         progress.info("building the %d-layer model (%s) on %s", cfg.num_hidden_layers, plan.method, plan.device)
         torch.manual_seed(seed)
@@ -84,7 +90,18 @@ def run_measurement(
         env=environment(plan.device, matmul_compute="fp32" if fp32_matmuls else "native", loop=loop),
         duration_s=time.perf_counter() - started,
         created_at=datetime.now(UTC),
+        step_times_s=tuple(step_times),
+        step_s=median_step_s(step_times),
+        tokens_per_step=plan.batch_size * plan.seq_len * plan.grad_accum_steps,
     )
+
+
+@contextmanager
+def _reset(clock: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        _step_clock.reset(clock)
 
 
 def check_plan(plan: TrainingPlan, steps: int, loop: Loop = "plain") -> None:
@@ -142,18 +159,40 @@ class StepLabels:
 
 
 class Probe:
-    """Reads memory at phase boundaries: a LiveTensorTracker on cpu, the caching allocator on cuda."""
+    """Reads memory at phase boundaries: a LiveTensorTracker on cpu, the caching allocator on cuda; and times each
+    optimizer step, from the end of the one before ('load' for the first) to the end of its `.optimizer` phase."""
 
     def __init__(self, tracker: LiveTensorTracker | None) -> None:
         self.tracker = tracker
         self.phases: list[Phase] = []
         self.peak_reserved = 0
+        clock = _step_clock.get()
+        self.step_times: list[float] = clock if clock is not None else []
+        self._step_start: float | None = None
 
     def mark(self, label: str) -> None:
         progress.info("%s done", label)
+        boundary = label == "load" or label.endswith(".optimizer")
+        if boundary:
+            self._step_ended(label)
         if self.tracker is not None:
             self.phases.append(self.tracker.mark(label))
-            return
+        else:
+            self._read_allocator(label)
+        if boundary:
+            self._step_start = time.perf_counter()  # after this mark's own bookkeeping
+
+    def _step_ended(self, label: str) -> None:
+        """'load' starts the first step, each `.optimizer` mark ends one (and starts the next); on cuda the clock is
+        read once every queued kernel has run (torch.cuda.synchronize)."""
+        if self.tracker is None:
+            import torch
+
+            torch.cuda.synchronize()
+        if label != "load" and self._step_start is not None:
+            self.step_times.append(time.perf_counter() - self._step_start)
+
+    def _read_allocator(self, label: str) -> None:
         import torch
 
         current, peak = torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()

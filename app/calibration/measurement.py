@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -80,6 +82,30 @@ class Measurement(BaseModel):
     worst_rank: int | None = Field(
         None, ge=0, description="The rank whose peak (and phases) this measurement reports; None for one process."
     )
+    # Optional, so the reports and store exports written before step times were recorded still load.
+    step_times_s: tuple[float, ...] = Field(
+        (),
+        description="Wall time of each optimizer step in order (its micro-batches' forward and backward and the "
+        "optimizer step), from one step's end to the next; on cuda read after torch.cuda.synchronize(). On cpu it "
+        "includes the live-tensor tracker's bookkeeping. Empty: not recorded.",
+    )
+    step_s: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="The measured step time: the median of step_times_s after the first (which also pays for "
+        "warm-up: optimizer state allocation, kernel selection), or the only step; None when not recorded.",
+    )
+    tokens_per_step: int | None = Field(
+        None, ge=1, description="Tokens one optimizer step trained: batch_size x seq_len x grad_accum_steps."
+    )
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Measured training throughput: tokens_per_step / step_s; None without a measured step time."""
+        if not self.step_s or self.tokens_per_step is None:
+            return None
+        return self.tokens_per_step / self.step_s
 
     def phase(self, label: str) -> Phase:
         """The phase with this label (KeyError when the run has none)."""
@@ -87,3 +113,11 @@ class Measurement(BaseModel):
             if item.label == label:
                 return item
         raise KeyError(label)
+
+
+def median_step_s(step_times_s: Sequence[float]) -> float | None:
+    """The step time a run reports: the median of the steps after the first (the first also pays for warm-up:
+    optimizer states allocated on first use, cuBLAS/kernel selection, caching-allocator growth), or the only
+    step of a one-step run; None for no steps."""
+    times = list(step_times_s[1:] or step_times_s)
+    return statistics.median(times) if times else None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,6 +17,7 @@ from app.core.result import Estimate
 from app.core.spec import ModelSpec
 from app.core.throughput import LABEL, MFU, RunSize, StepTime, StepWork, step_time, step_work
 from app.core.tiers import GPU_TIERS, GpuTier, Segment, find_tier
+from app.core.timing import TimeCheck, time_check
 
 __all__ = [
     "GPU_TIERS",
@@ -33,6 +34,7 @@ __all__ = [
     "judged",
     "recommend",
     "split_counts",
+    "with_time_checks",
 ]
 
 # Ties (equal cost, or no prices) break towards the smaller marketed size, then the older generation: marketed GB,
@@ -85,6 +87,9 @@ class TierFit(BaseModel):
     runs_with: dict[str, str] | None = Field(None, description="The plan changes that would make it run.")
     runs_with_fits: bool | None = Field(None, description="Whether the plan with `runs_with` fits plan.gpus GPUs.")
     option: Option | None = Field(None, description="The GPUs this tier needs (plan.gpus if it fits), timed, priced.")
+    time_check: TimeCheck | None = Field(
+        None, description="The time model against comparable measured step times on this tier, or that there are none."
+    )
 
 
 class TimeModel(BaseModel):
@@ -117,6 +122,14 @@ class Recommendation(BaseModel):
     safety_factor: float = Field(
         1.0, description="What every per-GPU estimate was multiplied by before judging (the safe answer; 1: none)."
     )
+
+    @property
+    def quoted_time_checks(self) -> tuple[TimeCheck, ...]:
+        """What the outputs quote: the recommended tier's time check (measured runs, or that there are none), then
+        every other tier's that has measured runs."""
+        checks = [f.time_check for f in self.tiers if f.time_check is not None]
+        first = [c for c in checks if c.gpu == self.recommended]
+        return tuple(first + [c for c in checks if c.runs and c.gpu != self.recommended])
 
 
 def fit_state(judged_bytes: int, usable_bytes: int, budget: int) -> FitState:
@@ -255,6 +268,7 @@ class _Judge:
             runs_with=_changes(plan, fixed),
             runs_with_fits=self.fixed_bytes(fixed) <= budget if fixed is not None else None,
             option=self.option(tier, count) if count is not None and not found else None,
+            time_check=time_check(tier.name, (), self.mfu),
         )
 
 
@@ -324,3 +338,11 @@ def rank_options(options: list[Option], tiers: dict[str, GpuTier]) -> list[Optio
     priced = sorted((o for o in options if o.cost_usd is not None), key=lambda o: (o.cost_usd or 0.0, *generation(o)))
     unpriced = sorted((o for o in options if o.cost_usd is None), key=lambda o: (o.gpus, *generation(o)))
     return priced + unpriced
+
+
+def with_time_checks(rec: Recommendation, checks: Mapping[str, TimeCheck]) -> Recommendation:
+    """The recommendation with each tier's time check replaced by the one measured runs gave (others unchanged)."""
+    if not checks:
+        return rec
+    tiers = tuple(f.model_copy(update={"time_check": checks[f.gpu]}) if f.gpu in checks else f for f in rec.tiers)
+    return rec.model_copy(update={"tiers": tiers})

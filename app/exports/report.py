@@ -202,6 +202,7 @@ def recommendation_lines(rec: Recommendation) -> list[str]:
         if rec.fastest is not None and rec.fastest != best:
             lines.append(f"fastest:     {option_text(rec.fastest)}")
         lines += [f"ranking: {rec.ranking}", time_model_text(rec)]
+        lines += [f"time check: {c.text}" for c in rec.quoted_time_checks]
         lines.append("options, cheapest run first:")
         lines += [f"  {i}. {option_text(o)}" for i, o in enumerate(rec.options[:5], 1)]
     lines.append(
@@ -250,6 +251,7 @@ def markdown(model: ModelSpec, est: Estimate, rec: Recommendation | None, band: 
         if rec.fastest is not None and rec.fastest != best:
             out.append(f"- Fastest: {option_text(rec.fastest)}")
         out.append(f"- Note: {time_model_text(rec)}")
+        out += [f"- Time check: {c.text}" + (f" ({c.scope})" if c.scope else "") for c in rec.quoted_time_checks]
     out += ["", "| term | bytes | GiB | note |", "|---|---:|---:|---|"]
     out += [f"| {t.term} | {t.bytes:,} | {t.bytes / GIB:.3f} | {t.note} |" for t in est.breakdown]
     if rec is not None:

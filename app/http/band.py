@@ -12,6 +12,7 @@ from app.core.band import BandAnswer, uncertainty_band
 from app.core.plan import TrainingPlan
 from app.errors import StoreError
 from app.http.deps import MeasurementStore
+from app.http.timing import timed_records, with_measured_times
 from app.service import Planned, Planner
 from app.store.db import NotCached
 from app.store.models import ComparableStats
@@ -103,7 +104,7 @@ def safety_factor(band: BandAnswer, safe: bool) -> float:
 
 async def banded(planner: Planner, store: MeasurementStore | None, planned: Planned, safe: bool | None) -> Banded:
     """The band from comparable verified runs and, when the safe answer is asked for (or set), the recommendation
-    judged on the band's upper end."""
+    judged on the band's upper end; each tier's time model held against the store's measured step times."""
     try:  # the store keeps recent answers: most requests need no worker thread
         found, band, problem = band_for(store, planned, cached_only=True)
     except NotCached:
@@ -113,4 +114,9 @@ async def banded(planner: Planner, store: MeasurementStore | None, planned: Plan
     judged = planned
     if factor > 1.0 and planned.recommendation is not None:
         judged = await planner.plan_async(planned.model, planned.estimate.plan, planned.run, safety=factor)
-    return Banded(planned=judged, comparable=found, band=band, safe=want, store_problem=problem)
+    try:
+        timed, time_problem = timed_records(store, judged, cached_only=True)
+    except NotCached:
+        timed, time_problem = await run_in_threadpool(timed_records, store, judged)
+    judged = with_measured_times(judged, timed)
+    return Banded(planned=judged, comparable=found, band=band, safe=want, store_problem=problem or time_problem)

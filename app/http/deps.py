@@ -56,6 +56,8 @@ class MeasurementStore(Protocol):
         cached_only: bool = False,
     ) -> ComparableStats | None: ...
 
+    def timed_runs(self, method: str, *, cached_only: bool = False) -> Sequence[MeasurementRecord]: ...
+
 
 async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings

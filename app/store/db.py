@@ -75,6 +75,7 @@ def _row_values(rec: MeasurementRecord, fingerprint: str | None = None) -> dict[
         "method": rec.method,
         "fingerprint": fingerprint or rec.fingerprint(),
         "verified": rec.verified,
+        "timing_json": canonical_json(rec.timing.model_dump(mode="json")) if rec.timing is not None else None,
     }
 
 
@@ -97,6 +98,7 @@ def _record(m: RowMapping) -> MeasurementRecord:
         source=m["source"],
         split=m["split"],
         verified=bool(m["verified"]),
+        timing=json.loads(m["timing_json"]) if m["timing_json"] else None,
     )
 
 
@@ -183,6 +185,7 @@ class Store:
         # comparable() answers every estimate request; its rows change only on writes (forgotten here at once)
         # or in another process (seen after COMPARABLE_TTL_S)
         self._comparable_memo: dict[tuple[Any, ...], tuple[float, ComparableStats | None]] = {}
+        self._timed_memo: dict[str, tuple[float, list[MeasurementRecord]]] = {}
         self._memo_lock = threading.Lock()
 
     @classmethod
@@ -258,6 +261,7 @@ class Store:
     def _forget_comparable(self) -> None:
         with self._memo_lock:
             self._comparable_memo.clear()
+            self._timed_memo.clear()
 
     def add_new(self, recs: Iterable[MeasurementRecord], *, batch_size: int = IMPORT_BATCH) -> int:
         """Store the runs not stored yet (same fingerprint; also repeated within `recs`), `batch_size` per
@@ -464,6 +468,26 @@ class Store:
             residuals=tuple(residuals),
             widened=widened,
         )
+
+    def timed_runs(self, method: str, *, cached_only: bool = False) -> list[MeasurementRecord]:
+        """Verified CUDA runs of `method` that carry measured step times (the time model is held against them);
+        kept COMPARABLE_TTL_S like comparable()'s answers, `cached_only` raising NotCached without a fresh one."""
+        now = time.monotonic()
+        with self._memo_lock:
+            hit = self._timed_memo.get(method)
+        if hit is not None and now - hit[0] < COMPARABLE_TTL_S:
+            return hit[1]
+        if cached_only:
+            raise NotCached(("timed", method))
+        m = measurements.c
+        query = select(measurements).where(
+            m.method == method, m.device == "cuda", m.verified.is_(True), m.timing_json.is_not(None)
+        )
+        with translated(self._engine, "find measured step times"), self._engine.connect() as conn:
+            found = [_record(row) for row in conn.execute(query).mappings().all()]
+        with self._memo_lock:
+            self._timed_memo[method] = (now, found)
+        return found
 
     # -- JSON Lines -----------------------------------------------------------------------------
 

@@ -146,10 +146,16 @@ def _v3_verified(conn: Connection) -> None:
     Index("ix_measurements_verified_source", table.c.verified, table.c.source).create(conn)
 
 
+def _v4_timing(conn: Connection) -> None:
+    # Measured step times and the time model for the same plan (JSON); NULL for every run recorded before.
+    conn.execute(text("ALTER TABLE measurements ADD COLUMN timing_json TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "measurements table", _v1_measurements),
     Migration(2, "plan method and run fingerprint columns, backfilled", _v2_method_and_fingerprint),
     Migration(3, "verified column: shipped runs verified, uploads kept apart until accepted", _v3_verified),
+    Migration(4, "timing column: measured step times next to the time model", _v4_timing),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

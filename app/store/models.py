@@ -119,6 +119,31 @@ def run_fingerprint(identity: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()
 
 
+Seconds = Annotated[float, Field(ge=0, le=10**7, allow_inf_nan=False)]
+
+
+class StepTiming(BaseModel):
+    """A run's measured step times and, where its device is a gpuplan tier, the time model for the same plan."""
+
+    # strict: JSON numbers only (no true/false or "1.0" read as numbers), as the byte counts are
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    step_s: Seconds = Field(description="Median wall time of the steps after the first (the only one of one).")
+    step_times_s: list[Seconds] = Field(default_factory=list, max_length=10_000, description="Every step, in order.")
+    tokens_per_step: int = Field(ge=1, le=INT64_MAX, description="batch_size x seq_len x grad_accum_steps.")
+    gpu: str | None = Field(None, max_length=100, description="The tier the device is; None: not a tier.")
+    estimated_step_s: Seconds | None = Field(
+        None,
+        description="The time model's step for this plan and config on `gpu` (its MFU), recomputed with the estimate.",
+    )
+    flops_per_step: float | None = Field(None, ge=0, allow_inf_nan=False, description="Model FLOPs of one step.")
+    peak_flops: float | None = Field(None, ge=0, allow_inf_nan=False, description="The tier's dense peak, FLOP/s.")
+
+    def identity(self) -> dict[str, Any]:
+        """What was measured (not what the model said): part of the run's fingerprint."""
+        return {"step_s": self.step_s, "step_times_s": self.step_times_s, "tokens_per_step": self.tokens_per_step}
+
+
 class MeasurementRecord(BaseModel):
     """One measured fine-tuning run next to what gpuplan estimated for it."""
 
@@ -160,6 +185,9 @@ class MeasurementRecord(BaseModel):
         False,
         description="Shipped data, the operator's own imports and runs, or uploads an operator accepted "
         "(`gpuplan accept-calibrations`); only verified runs feed the quoted accuracy.",
+    )
+    timing: StepTiming | None = Field(
+        None, description="Measured step times (and the time model for the same plan); None: not recorded."
     )
 
     @field_validator("created_at")
@@ -214,6 +242,8 @@ class MeasurementRecord(BaseModel):
             "phases": self.phases,
             "env": self.env,
         }
+        if self.timing is not None:  # records without step times keep the fingerprint they always had
+            identity["timing"] = self.timing.identity()
         return run_fingerprint(identity)
 
 

@@ -42,6 +42,8 @@ measurements = Table(
     Column("fingerprint", String(64)),
     # version 3
     Column("verified", Boolean, nullable=False, server_default=text("FALSE")),
+    # version 4
+    Column("timing_json", Text),
     Index("ix_measurements_model_id", "model_id"),
     Index("ix_measurements_device", "device"),
     Index("ix_measurements_created_at", "created_at"),

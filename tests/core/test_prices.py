@@ -28,8 +28,19 @@ def test_the_cheapest_on_demand_quote_is_the_one_used() -> None:
     h100 = bundled_prices().hourly("H100 80GB")
     assert h100 is not None
     assert h100.usd == min(p.usd for p in bundled_prices().prices if p.gpu == "H100 80GB" and p.kind == "on_demand")
-    assert bundled_prices().hourly("RTX 3060") is None  # no quote: time shown, no cost
+    assert bundled_prices().hourly("RTX 4070 Ti") is None  # no quote found: time shown, no cost
     assert bundled_prices().list_price("RTX 4090") is not None
+
+
+def test_the_tiers_priced_later_carry_dated_quotes_and_say_what_a_marketplace_is() -> None:
+    table = bundled_prices()
+    for gpu in ("RTX A6000", "H100 NVL", "V100 32GB", "RTX 4080", "RTX 3060"):
+        assert table.hourly(gpu) is not None, gpu
+    for p in table.prices:
+        if p.provider.startswith(("Vast.ai", "Akash")):
+            assert "marketplace" in p.provider and "marketplace" in p.note, p
+    # Lambda's V100 is the 16 GB board: it does not price the 32 GB tier
+    assert all(p.provider.split(" ")[0] != "Lambda" for p in table.prices if p.gpu == "V100 32GB")
 
 
 def _file(*rows: dict, replace: bool = False) -> str:
