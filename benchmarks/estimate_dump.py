@@ -173,11 +173,15 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
 
     - issue 9: the 0-byte `offloaded_bytes` breakdown term, whose number sat in its note, became the typed
       `Estimate.offloaded_bytes` (host RAM) plus a note; both sides are mapped to (field, note) here.
+    - issue 10: the plan field `autocast` (default false) was added; a plan echoing `autocast: false` is the plan
+      without it.
     """
     est = row.get("estimate")
     if est is None:
         return row
     est = dict(est)
+    if est.get("plan", {}).get("autocast") is False:
+        est["plan"] = {k: v for k, v in est["plan"].items() if k != "autocast"}
     terms = [t for t in est["breakdown"] if t["term"] != "offloaded_bytes"]
     old = [t for t in est["breakdown"] if t["term"] == "offloaded_bytes"]
     if old:  # the old shape: the bytes in the note

@@ -25,6 +25,7 @@ from app.core.attention import (
 from app.core.experts import moe_combine_backward_bytes, moe_experts, routed_rows
 from app.core.mlp import GatedProduct, Mlp, dense_mlp, gated_mlp
 from app.core.plan import TrainingPlan
+from app.core.quant import rounded
 from app.core.spec import ModelSpec
 from app.core.step import (
     LayerKind,
@@ -38,7 +39,7 @@ from app.core.step import (
     residual_norm_bytes,
     step,
 )
-from app.core.units import FP32
+from app.core.units import DTYPE_BYTES, FP32
 
 
 class LayerActivations(NamedTuple):
@@ -181,6 +182,42 @@ def recompute_end_bytes(x: Step, tail: int) -> int:
 # --- one layer, the checkpointed layers, the logits --------------------------------------------------------------
 
 
+class WeightCopies(NamedTuple):
+    """Autocast's 16-bit copies of the weights the matmuls read (0 without autocast)."""
+
+    layer: int  # one decoder layer's: its linear weights and LoRA A/B, each saved by its matmul for backward
+    head: int  # lm_head's (the embedding's, when tied), saved by its matmul
+    cached: int  # the trainable ones of every decoder layer: autocast's cache holds them until the forward ends
+
+
+def autocast_weight_copies(model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adapted]) -> WeightCopies:
+    """Under torch.autocast each matmul casts its fp32 weight to the compute dtype `c` and saves the cast for
+    backward (the weight of a frozen projection too: its input needs a gradient); casts of leaf tensors that
+    require grad (the trainable weights) are also kept in autocast's cache until the outermost autocast region
+    exits (the end of the forward): one layer's `Σ numel·c` of its linear weights and LoRA A/B, lm_head's
+    `V·h·c`. Source: torch aten/src/ATen/autocast_mode.cpp `cached_cast` (`arg.requires_grad() && arg.is_leaf()`,
+    cleared by `clear_autocast_cache` when the nesting drops to 0), tracker dumps (saved-tensor hooks)."""
+    if not plan.autocast:
+        return WeightCopies(0, 0, 0)
+    c, layers = DTYPE_BYTES[plan.dtype], model.arch.num_layers
+    linear = [g for g in model.groups if g.kind == "linear"]
+    frozen = sum(g.count * rounded(g.in_features * g.out_features * c) for g in linear if g.in_layers)
+    head = sum(rounded(g.in_features * g.out_features * c) for g in linear if g.output_layer)
+    lora = sum(ad.group.count * sum(rounded(s[0] * s[1] * c) for s in ad.shapes[:2]) for ad in by_leaf.values())
+    trainable = frozen if plan.method == "full" else lora
+    return WeightCopies(layer=math.ceil((frozen + lora) / layers), head=head, cached=trainable)
+
+
+def autocast_cache_bytes(model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adapted], layers: int) -> int:
+    """autocast_cache_bytes: with checkpointing the checkpointed layers save nothing in forward, but autocast's cache
+    keeps the 16-bit copies of their trainable weights (`autocast_weight_copies`) until the forward ends; without
+    it those copies are the saved ones (in activation_bytes). Measured with the tracker."""
+    if not plan.autocast or not plan.gradient_checkpointing:
+        return 0
+    copies = autocast_weight_copies(model, plan, by_leaf)
+    return math.ceil(copies.cached * kept_layers(plan, layers)[0] / model.arch.num_layers)
+
+
 def layer_activations(
     model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adapted], kind: LayerKind | None = None
 ) -> LayerActivations:
@@ -196,7 +233,8 @@ def layer_activations(
     qk_norms, sliding = attention_extras(x)
     branch_norms = branch_norm_bytes(x)
     normed = normed_input_bytes(x, attention.keeps_input, layer_mlp.keeps_input)
-    saved = attention.saved + second_norm + layer_mlp.saved + normed + qk_norms + sliding + branch_norms
+    copies = autocast_weight_copies(model, plan, by_leaf)
+    saved = attention.saved + second_norm + layer_mlp.saved + normed + qk_norms + sliding + branch_norms + copies.layer
     mlp_part = second_norm + layer_mlp.saved + branch_norms // 2
     core = attention.core
     return LayerActivations(
@@ -214,7 +252,7 @@ def layer_activations(
             recompute_scores_bytes(x, core, mlp_part),
         ),
         layer_input=t * h * a_res,
-        head_saved=head_saved_bytes(x, norm),
+        head_saved=head_saved_bytes(x, norm) + copies.head,
         first_layer_discount=first_layer_discount(x, norm, attention),
         input_in_saved=t * h * a_res if norm_keeps_input(x, a_res) else 0,
         qk_norms=qk_norms,

@@ -192,7 +192,7 @@ class AttentionHalf(NamedTuple):
 def attention_half_bytes(x: Step, first_norm: int) -> AttentionHalf:
     """The attention half's saved bytes (the first norm, the projections, attention), and whether the projections
     reading the normed input keep it."""
-    qkv = [lora_branch(x, leaf, width) for leaf, width in qkv_leaves(x)]
+    qkv = [lora_branch(x, leaf, width, normed=True) for leaf, width in qkv_leaves(x)]
     core = attention_core(x)
     o_proj = lora_branch(x, "o_proj", core.out_width)  # its input is the attention output
     kept_out = x.t * core.out_width * x.p.act if o_proj.keeps_input and not core.output_kept else 0

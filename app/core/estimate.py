@@ -10,6 +10,7 @@ from typing import NamedTuple
 from app.core.activations import (
     LayerActivations,
     LayerStack,
+    autocast_cache_bytes,
     kept_layers,
     kept_logits_bytes,
     layer_stack,
@@ -53,6 +54,10 @@ NOTES: dict[str, tuple[Category, str]] = {
     "activation_bytes": ("activations", "tensors autograd keeps across layers"),
     "logits_peak_bytes": ("activations", "logits, fp32 upcast and cross-entropy (log_softmax and its gradient)"),
     "kept_logits_bytes": ("activations", "the logits of the model output the training loop holds (keep_logits)"),
+    "autocast_cache_bytes": (
+        "transient",
+        "autocast's cache of 16-bit copies of the trainable weights, held until the forward's autocast region exits",
+    ),
     "layer_transient_bytes": (
         "transient",
         "the running layer: intermediates (forward) or recomputed activations and gradient buffers (backward)",
@@ -335,6 +340,7 @@ class StepTerms(NamedTuple):
     accumulated: int  # every gradient, alive from the second micro-batch on (0 without accumulation)
     kept_logits: int  # the logits a loop that holds the model's output keeps (0 unless keep_logits)
     optimizer_temp: int
+    autocast_cache: int = 0  # checkpointed layers' trainable weight copies in autocast's cache through the forward
 
 
 def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> StepTerms:
@@ -372,6 +378,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         accumulated=accumulated_gradient_bytes(plan, resident.grads),
         kept_logits=kept_logits_bytes(model, plan),
         optimizer_temp=optimizer_temp_bytes(inv, plan, share),
+        autocast_cache=autocast_cache_bytes(model, plan, tensors.by_leaf, share.layers),
     )
 
 
@@ -410,7 +417,7 @@ def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     persistent terms); FSDP2 also the first gathers, before any activation. From the second micro-batch of an
     accumulating step, every gradient too (`accumulated_gradient_bytes`)."""
     held = {**held, "gradient_bytes": s.accumulated}
-    kept = {**held, "activation_bytes": s.activations}
+    kept = {**held, "activation_bytes": s.activations, "autocast_cache_bytes": s.autocast_cache}
     g = s.sharded
     return [
         {**kept, "logits_peak_bytes": s.logits_forward, "allgather_buffer_bytes": g.forward_logits + s.zero3_gathered},
@@ -518,6 +525,7 @@ def _note(term: str, plan: TrainingPlan) -> str:
 
 def _notes(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, offloaded: int) -> list[str]:
     notes = [*model.notes, *tensors.notes, *_stack_notes(model, plan), *_sharded_optimizer_notes(plan)]
+    notes += _autocast_notes(model, plan)
     if model.published_params is not None and model.published_params != model.num_params:
         notes.append(
             f"the Hub reports {model.published_params:,} parameters; the inventory counts {model.num_params:,}"
@@ -552,6 +560,17 @@ def _stack_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
             "type is exactly nn.Linear, so these stay in fp32 after prepare_model_for_kbit_training"
         )
     return notes
+
+
+def _autocast_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
+    """autocast was measured on dense families: the 16-bit copies of fused 3-D expert weights are not counted."""
+    fused = _unquantizable(model)[0] if plan.autocast else 0
+    if not fused:
+        return []
+    return [
+        f"autocast: the 16-bit copies autocast makes of the {fused:,} parameters in fused 3-D expert tensors are "
+        "not counted (autocast was measured on dense models only)"
+    ]
 
 
 def _sharded_optimizer_notes(plan: TrainingPlan) -> list[str]:

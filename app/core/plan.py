@@ -43,6 +43,11 @@ class TrainingPlan(BaseModel):
     )
     double_quant: bool = Field(True, description="bitsandbytes double quantization of the 4-bit absmax constants.")
     dtype: DType = Field("bf16", description="Compute dtype (and weight dtype of unquantized bases).")
+    autocast: bool = Field(
+        False,
+        description="Weights loaded in fp32 and the step run under torch.autocast in `dtype` (TrainingArguments "
+        "bf16=True / fp16=True over a float32 model): fp32 weights, gradients and optimizer states, 16-bit matmuls.",
+    )
     rank: int = Field(16, ge=1, le=MAX_RANK, description="LoRA rank r.")
     alpha: float = Field(
         32, gt=0, le=1_000_000, allow_inf_nan=False, description="LoRA alpha (scaling numerator); no effect on memory."
@@ -156,6 +161,11 @@ class TrainingPlan(BaseModel):
             raise ValueError("int8 bases cannot be sharded with fsdp/zero3: use nf4 or fp4, or ddp")
         if self.offload and self.sharding not in ("fsdp", "fsdp_grad_op", "zero2", "zero3"):
             raise ValueError("offload needs sharding fsdp, fsdp_grad_op, zero2 or zero3")
+        if self.autocast and (self.dtype == "fp32" or self.method == "qlora"):
+            raise ValueError(
+                "autocast runs 16-bit matmuls over fp32 weights of a lora or full plan: use dtype bf16 or fp16 "
+                "and method lora or full"
+            )
         if (self.reentrant or self.checkpoint_every > 1) and not self.gradient_checkpointing:
             raise ValueError(
                 "reentrant and checkpoint_every are kinds of gradient checkpointing: turn gradient_checkpointing on"
@@ -169,6 +179,11 @@ class TrainingPlan(BaseModel):
     @property
     def quantized(self) -> bool:
         return self.quant not in (None, "none")
+
+    @property
+    def weight_dtype(self) -> DType:
+        """The dtype the weights are loaded in: fp32 under autocast, else the plan dtype."""
+        return "fp32" if self.autocast else self.dtype
 
     @property
     def uses_lora(self) -> bool:
