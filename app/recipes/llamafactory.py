@@ -126,15 +126,21 @@ def _zero3(root: Doc) -> bool:
 
 
 def _pure_bf16(value: Any, ctx: Ctx) -> Outcome:
+    """pure_bf16 false: model/adapter.py upcasts the trainable weights to fp32 (not with a quantized base or ZeRO-3)
+    and the Trainer's bf16 / fp16 runs them under autocast; full fine-tuning trains every weight, so that is the
+    plan's autocast. `freeze` trains some layers only: not modelled."""
     if as_bool(value):
         return {"dtype": "bf16"}
-    full = ctx.root.get("finetuning_type", "lora") in ("full", "freeze")
-    if full and ctx.root.get("quantization_bit") is None and not _zero3(ctx.root):
+    kind = ctx.root.get("finetuning_type", "lora")
+    if kind not in ("full", "freeze") or ctx.root.get("quantization_bit") is not None or _zero3(ctx.root):
+        return {}
+    if kind == "freeze":
         raise NotModelledValue(
-            "LLaMA-Factory upcasts the trainable weights to fp32 and trains under autocast (pure_bf16 false); "
-            "gpuplan counts them in the training dtype"
+            "LLaMA-Factory upcasts the trainable weights to fp32 (the unfrozen layers) and trains under autocast (pure_bf16 "
+            "false); gpuplan's freeze tuning is not modelled"
         )
-    return {}
+    mixed = as_bool(ctx.root.get("bf16", False)) or as_bool(ctx.root.get("fp16", False))
+    return {"autocast": True} if mixed else {}
 
 
 def _unmodelled(*names: str, why: str) -> dict[str, Unmodelled]:
@@ -145,7 +151,7 @@ MAPS: dict[str, Rule] = {
     **{k: v for k, v in hf.MAPS.items() if k not in ("bf16", "fp16")},
     "bf16": _compute_dtype("bf16"),  # LLaMA-Factory loads the model in its compute dtype
     "fp16": _compute_dtype("fp16"),
-    "pure_bf16": Maps(("dtype",), _pure_bf16),
+    "pure_bf16": Maps(("dtype", "autocast"), _pure_bf16),
     "model_name_or_path": MODEL,
     "finetuning_type": Maps(("method",), _finetuning_type),
     "lora_rank": _lora("rank", as_int),

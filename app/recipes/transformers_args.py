@@ -18,7 +18,6 @@ from app.recipes.rules import (
     Doc,
     Maps,
     Nested,
-    NotModelledValue,
     Outcome,
     Rule,
     Unmodelled,
@@ -81,19 +80,17 @@ def weights_dtype(value: Any, ctx: Ctx) -> Outcome:
 
 
 def autocast(dtype: str) -> Maps:
-    """bf16 / fp16 mixed precision: the plan dtype, unless the weights are loaded in fp32 under the autocast."""
+    """bf16 / fp16 mixed precision: the plan dtype; over weights loaded in fp32 (dtype float32) the plan's autocast
+    (accelerate wraps the forward in torch.autocast: fp32 weights, 16-bit matmuls)."""
 
     def convert(value: Any, ctx: Ctx) -> Outcome:
         if not as_bool(value):
             return {}
         if _weights_dtype(ctx.root) == "fp32":
-            raise NotModelledValue(
-                f"{dtype} autocast over fp32 weights (dtype float32): gpuplan plans weights and activations "
-                "in one dtype"
-            )
+            return {"dtype": dtype, "autocast": True}
         return {"dtype": dtype}
 
-    return Maps(("dtype",), convert)
+    return Maps(("dtype", "autocast"), convert)
 
 
 def _adafactor_flag(value: Any, _ctx: Ctx) -> Outcome:

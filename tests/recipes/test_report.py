@@ -141,8 +141,18 @@ def test_trl_cli_config_without_use_peft_is_full_fine_tuning_in_fp32_weights() -
     # ModelConfig defaults: use_peft false, dtype float32; SFTConfig: bf16 true -> bf16 autocast over fp32 weights
     result = import_recipe([recipe("sft.yaml", "model_name_or_path: Qwen/Qwen2.5-0.5B\nmax_length: 512\n")])
     assert result.plan.method == "full" and result.plan.seq_len == 512
-    assert "dtype" not in result.plan_fields
-    assert "autocast over fp32 weights" in not_modelled_why(result, "bf16")
+    assert (result.plan_fields["dtype"], result.plan_fields["autocast"]) == ("bf16", True)
+    assert (result.plan.weight_dtype, result.plan.autocast) == ("fp32", True)
+    assert not [e for e in result.not_modelled if e.field == "bf16"]
+    bf16 = [e for e in result.mapped if e.field == "bf16"]
+    assert {e.plan_field for e in bf16} == {"dtype", "autocast"}
+
+
+def test_trl_cli_bf16_over_bf16_weights_is_no_autocast() -> None:
+    # dtype bfloat16: the weights are loaded in 16 bits, the plan's dtype; autocast changes nothing gpuplan models
+    text = "model_name_or_path: Qwen/Qwen2.5-0.5B\ndtype: bfloat16\nuse_peft: true\n"
+    result = import_recipe([recipe("sft.yaml", text)])
+    assert (result.plan.dtype, result.plan.autocast) == ("bf16", False)
 
 
 def test_nested_quantization_configs_are_read_with_the_bitsandbytes_table() -> None:
@@ -176,9 +186,17 @@ def test_peft_regex_targets_and_llamafactory_freeze_are_not_modelled() -> None:
     assert "upcasts the trainable weights to fp32" in not_modelled_why(result, "pure_bf16")
 
 
-def test_llamafactory_full_without_pure_bf16_reports_the_fp32_upcast() -> None:
+def test_llamafactory_full_without_pure_bf16_is_autocast_over_fp32_weights() -> None:
+    # model/adapter.py upcasts every trainable weight to fp32 unless pure_bf16; bf16 then runs under autocast
     text = "model_name_or_path: x/y\nstage: dpo\nfinetuning_type: full\nbf16: true\n"
     result = import_recipe([recipe("full.yaml", text)])
     unmodelled = {e.field: e for e in result.not_modelled}
-    assert unmodelled["pure_bf16"].default and unmodelled["stage"].value == "dpo"
-    assert result.plan.method == "full" and result.plan.dtype == "bf16"
+    assert "pure_bf16" not in unmodelled and unmodelled["stage"].value == "dpo"
+    assert result.plan.method == "full" and (result.plan.dtype, result.plan.autocast) == ("bf16", True)
+    pure = [e for e in result.mapped if e.field == "pure_bf16"]
+    assert pure and pure[0].default and pure[0].plan_field == "autocast"
+    # pure_bf16 true keeps the weights in bf16; ZeRO-3 skips the upcast; without bf16/fp16 it trains in fp32
+    for extra in ("pure_bf16: true\n", "deepspeed: examples/deepspeed/ds_z3_config.json\n"):
+        assert import_recipe([recipe("full.yaml", text + extra)]).plan.autocast is False
+    fp32 = "model_name_or_path: x/y\nfinetuning_type: full\n"
+    assert import_recipe([recipe("full.yaml", fp32)]).plan.autocast is False
