@@ -173,15 +173,15 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
 
     - issue 9: the 0-byte `offloaded_bytes` breakdown term, whose number sat in its note, became the typed
       `Estimate.offloaded_bytes` (host RAM) plus a note; both sides are mapped to (field, note) here.
-    - issue 10: the plan field `autocast` (default false) was added; a plan echoing `autocast: false` is the plan
-      without it.
+    - issue 10: the plan fields `autocast` and `checkpoint_offload` (default false) were added; a plan echoing
+      them false is the plan without them.
     """
     est = row.get("estimate")
     if est is None:
         return row
     est = dict(est)
-    if est.get("plan", {}).get("autocast") is False:
-        est["plan"] = {k: v for k, v in est["plan"].items() if k != "autocast"}
+    added = ("autocast", "checkpoint_offload")
+    est["plan"] = {k: v for k, v in est.get("plan", {}).items() if not (k in added and v is False)}
     terms = [t for t in est["breakdown"] if t["term"] != "offloaded_bytes"]
     old = [t for t in est["breakdown"] if t["term"] == "offloaded_bytes"]
     if old:  # the old shape: the bytes in the note

@@ -95,6 +95,11 @@ def check_plan(plan: TrainingPlan, steps: int, loop: Loop = "plain") -> None:
         raise CalibrationError(
             "transformers.Trainer drops the model's outputs before backward: keep_logits needs loop plain"
         )
+    if plan.checkpoint_offload:
+        raise CalibrationError(
+            "checkpoint_offload moves saved activations from the device to host memory: on cpu both are one address "
+            "space, so the tracker cannot see it; turn checkpoint_offload off"
+        )
     if plan.gpus != 1 or plan.sharding != "none" or plan.offload:
         raise CalibrationError("the harness measures one process on one device: use gpus 1, sharding none, no offload")
     if plan.gradient_checkpointing and plan.checkpointing != "every-layer":

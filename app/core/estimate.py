@@ -107,8 +107,8 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
         double_quant_saving_bytes=inv.double_quant_saving
         if plan.quant in ("nf4", "fp4") and plan.double_quant
         else None,
-        offloaded_bytes=terms.resident.offloaded,
-        notes=tuple(_notes(model, plan, tensors, terms.resident.offloaded)),
+        offloaded_bytes=terms.resident.offloaded + terms.host_activations,
+        notes=tuple(_notes(model, plan, tensors, terms.resident.offloaded, terms.host_activations)),
         adjustments=adjustments,
     )
 
@@ -265,12 +265,22 @@ def activation_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> tupl
         kept, _ = kept_layers(plan, layers)
         # checkpoint_every > 1: the layers left unchecked keep their saved set (the average layer's)
         unchecked = math.ceil(stack.saved * (layers - kept) / stack.layers) if plan.checkpoint_every > 1 else 0
-        return kept * first.layer_input + unchecked + first.head_saved + masks, first.layer_input + masks
+        on_device = kept - offloaded_checkpoints(plan, kept)
+        return on_device * first.layer_input + unchecked + first.head_saved + masks, first.layer_input + masks
     saved = stack.saved if layers == stack.layers else math.ceil(stack.saved * layers / stack.layers)
     return (
         saved + first.head_saved - first.first_layer_discount + masks,
         first.saved - first.first_layer_discount + masks,
     )
+
+
+def offloaded_checkpoints(plan: TrainingPlan, kept: int) -> int:
+    """checkpoint_offload: the checkpointed layer inputs saved through torch.autograd.graph.save_on_cpu(pin_memory=
+    True) leave device memory; one stays, the running layer's input in forward or, in backward, the input copied
+    back for the layer being recomputed. First principles (one address space on CPU: no tracker run sees it).
+    Source: transformers 5 modeling_utils `_activation_checkpointing_enable` (offload wraps each checkpoint in
+    save_on_cpu), torch.utils.checkpoint `_NoopSaveInputs` (the inputs are saved under the outer hooks)."""
+    return kept - 1 if plan.checkpoint_offload and kept > 1 else 0
 
 
 def kind_backward_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int) -> int:
@@ -341,6 +351,7 @@ class StepTerms(NamedTuple):
     kept_logits: int  # the logits a loop that holds the model's output keeps (0 unless keep_logits)
     optimizer_temp: int
     autocast_cache: int = 0  # checkpointed layers' trainable weight copies in autocast's cache through the forward
+    host_activations: int = 0  # checkpoint_offload: the checkpointed layer inputs held in pinned host memory
 
 
 def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> StepTerms:
@@ -379,6 +390,9 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         kept_logits=kept_logits_bytes(model, plan),
         optimizer_temp=optimizer_temp_bytes(inv, plan, share),
         autocast_cache=autocast_cache_bytes(model, plan, tensors.by_leaf, share.layers),
+        host_activations=offloaded_checkpoints(plan, kept_layers(plan, share.layers)[0]) * stack.first.layer_input
+        if plan.gradient_checkpointing
+        else 0,
     )
 
 
@@ -523,7 +537,9 @@ def _note(term: str, plan: TrainingPlan) -> str:
     return note
 
 
-def _notes(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, offloaded: int) -> list[str]:
+def _notes(
+    model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, offloaded: int, host_activations: int = 0
+) -> list[str]:
     notes = [*model.notes, *tensors.notes, *_stack_notes(model, plan), *_sharded_optimizer_notes(plan)]
     notes += _autocast_notes(model, plan)
     if model.published_params is not None and model.published_params != model.num_params:
@@ -532,6 +548,11 @@ def _notes(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, offloaded
         )
     if offloaded:
         notes.append(f"{offloaded:,} bytes of states/weights live in host RAM (offload); not on the GPU")
+    if host_activations:
+        notes.append(
+            f"{host_activations:,} bytes of checkpointed layer inputs live in pinned host RAM (checkpoint_offload; "
+            "first principles, not measured); not on the GPU"
+        )
     return notes
 
 

@@ -84,6 +84,11 @@ class TrainingPlan(BaseModel):
         description="Checkpoint only every n-th decoder layer (transformers 5 `every_n_layers`); the others keep "
         "their activations.",
     )
+    checkpoint_offload: bool = Field(
+        False,
+        description="The checkpointed layers' inputs are held in pinned host memory (transformers 5 "
+        "`activation_checkpointing_enable(offload=True)`: torch.autograd.graph.save_on_cpu around each checkpoint).",
+    )
     grad_accum_steps: int = Field(
         1,
         ge=1,
@@ -166,9 +171,10 @@ class TrainingPlan(BaseModel):
                 "autocast runs 16-bit matmuls over fp32 weights of a lora or full plan: use dtype bf16 or fp16 "
                 "and method lora or full"
             )
-        if (self.reentrant or self.checkpoint_every > 1) and not self.gradient_checkpointing:
+        if (self.reentrant or self.checkpoint_every > 1 or self.checkpoint_offload) and not self.gradient_checkpointing:
             raise ValueError(
-                "reentrant and checkpoint_every are kinds of gradient checkpointing: turn gradient_checkpointing on"
+                "reentrant, checkpoint_every and checkpoint_offload are kinds of gradient checkpointing: turn "
+                "gradient_checkpointing on"
             )
         if self.checkpoint_every > 1 and self.checkpointing != "every-layer":
             raise ValueError(

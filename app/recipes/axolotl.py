@@ -108,8 +108,16 @@ def _dtype(row: str) -> Maps:
 
 
 def _checkpointing(value: Any, _ctx: Ctx) -> Outcome:
-    if value in ("offload", "offload_disk"):
-        return Approx({"gradient_checkpointing": True}, f"{value}: checkpointed layer inputs leave the GPU")
+    """`offload`: axolotl's CPU_Offloaded_Gradient_Checkpointer (Unsloth's) moves each checkpointed layer input to
+    host memory, as checkpoint_offload plans it; `offload_disk` (its Disco checkpointer) to disk, off the GPU
+    either way (src/axolotl/monkeypatch/gradient_checkpointing/)."""
+    if value == "offload":
+        return {"gradient_checkpointing": True, "checkpoint_offload": True}
+    if value == "offload_disk":
+        return Approx(
+            {"gradient_checkpointing": True, "checkpoint_offload": True},
+            "offload_disk: the checkpointed layer inputs go to disk, not host RAM (off the GPU either way)",
+        )
     return {"gradient_checkpointing": as_bool(value)}
 
 
@@ -137,7 +145,7 @@ MAPS: dict[str, Rule] = {
     "peft_use_rslora": _lora("rslora", as_bool),
     "sequence_len": Maps(("seq_len",), lambda v, _ctx: {"seq_len": as_int(v)}),
     "micro_batch_size": Maps(("batch_size",), lambda v, _ctx: {} if v is None else {"batch_size": as_int(v)}),
-    "gradient_checkpointing": Maps(("gradient_checkpointing",), _checkpointing),
+    "gradient_checkpointing": Maps(("gradient_checkpointing", "checkpoint_offload"), _checkpointing),
     "gradient_checkpointing_kwargs": Nested(hf.CHECKPOINT_KWARGS),
     "gradient_accumulation_steps": hf.GRAD_ACCUMULATION,
     "optimizer": Maps(("optimizer",), optimizer),

@@ -53,11 +53,17 @@ def every_n_layers(value: Any, ctx: Ctx) -> Outcome:
     return {"checkpoint_every": n} if n > 1 and checkpointing_on(ctx.root) else {}
 
 
+def offloaded(value: Any, ctx: Ctx) -> Outcome:
+    """offload=True holds the checkpointed layer inputs in pinned host memory, while checkpointing is on."""
+    return {"checkpoint_offload": True} if as_bool(value) and checkpointing_on(ctx.root) else {}
+
+
 # gradient_checkpointing_kwargs / activation_checkpointing_kwargs; any other key goes to torch.utils.checkpoint
 CHECKPOINT_KWARGS: dict[str, Rule] = {
     "use_reentrant": Maps(("reentrant",), reentrant),
     "every_n_layers": Maps(("checkpoint_every",), every_n_layers),
-    "offload": Unmodelled("checkpointed activations are held in pinned host memory, not on the GPU"),
+    # the Trainer pops it and passes activation_checkpointing_enable(offload=...): save_on_cpu around each checkpoint
+    "offload": Maps(("checkpoint_offload",), offloaded),
 }
 
 

@@ -69,3 +69,20 @@ def test_checkpoint_every_keeps_the_unchecked_layers_saved_sets() -> None:
         TrainingPlan(checkpoint_every=2, gradient_checkpointing=False)
     with pytest.raises(ValueError, match="every-layer"):
         TrainingPlan(checkpoint_every=2, checkpointing="sqrt-n")
+
+
+def test_checkpoint_offload_moves_the_checkpointed_inputs_to_host_memory_and_says_it_is_unmeasured() -> None:
+    with pytest.raises(ValueError, match="turn gradient_checkpointing on"):
+        TrainingPlan(checkpoint_offload=True, gradient_checkpointing=False)
+    model = spec("meta-llama/Llama-2-7b-hf")
+    plan = TrainingPlan(method="lora", seq_len=4096)
+    kept, offloaded = estimate(model, plan), estimate(model, plan.model_copy(update={"checkpoint_offload": True}))
+    layer_input = 4096 * model.arch.hidden_size * 2  # one bf16 hidden state
+    layers = model.arch.num_layers
+    # all but one checkpointed input leave the device: the running (or recomputed) layer's stays
+    assert _term(kept, "activation_bytes") - _term(offloaded, "activation_bytes") == (layers - 1) * layer_input
+    assert offloaded.offloaded_bytes == (layers - 1) * layer_input and kept.offloaded_bytes == 0
+    assert any("pinned host RAM (checkpoint_offload" in n for n in offloaded.notes)
+    term = offloaded.term("activation_bytes")
+    assert term is not None and term.evidence == "first-principles"
+    assert offloaded.peak_allocated_bytes < kept.peak_allocated_bytes

@@ -30,8 +30,9 @@ def test_unsupported_memory_fields_are_reported_not_modelled_with_their_value() 
     assert unmodelled["liger_fused_linear_cross_entropy"].value is True
     assert unmodelled["deepspeed"].why.startswith("gpuplan cannot read the DeepSpeed file")
     assert unmodelled["lora_modules_to_save"].value == ["lm_head"]
-    # offloaded checkpointing is honoured as checkpointing, and its offload reported
-    assert result.plan.gradient_checkpointing is True and "leave the GPU" in unmodelled["gradient_checkpointing"].why
+    # offloaded checkpointing is honoured: checkpointing with the layer inputs in host memory
+    assert result.plan.gradient_checkpointing is True and result.plan.checkpoint_offload is True
+    assert "gradient_checkpointing" not in unmodelled
     assert "gradient_accumulation_steps" not in unmodelled
     assert "optimizer" not in result.plan_fields  # not modelled: the caller's optimizer stays
     assert result.plan.grad_accum_steps == 1 and result.plan_fields["grad_accum_steps"] == 1
@@ -200,3 +201,18 @@ def test_llamafactory_full_without_pure_bf16_is_autocast_over_fp32_weights() -> 
         assert import_recipe([recipe("full.yaml", text + extra)]).plan.autocast is False
     fp32 = "model_name_or_path: x/y\nfinetuning_type: full\n"
     assert import_recipe([recipe("full.yaml", fp32)]).plan.autocast is False
+
+
+def test_offloaded_checkpointing_is_planned_with_the_layer_inputs_in_host_memory() -> None:
+    # transformers 5: the Trainer pops `offload` from gradient_checkpointing_kwargs into activation_checkpointing_enable
+    args = {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"offload": True, "use_reentrant": False}}
+    result = import_recipe([recipe("args.json", json.dumps(args))])
+    assert result.plan.checkpoint_offload is True and result.plan.reentrant is False
+    assert not [e for e in result.not_modelled if "offload" in e.field]
+    # without checkpointing the kwargs are inert
+    args["gradient_checkpointing"] = False
+    assert import_recipe([recipe("args.json", json.dumps(args))]).plan.checkpoint_offload is False
+    # axolotl's offload_disk: off the GPU too, reported as an approximation
+    result = import_recipe([recipe("a.yml", AXOLOTL + "gradient_checkpointing: offload_disk\n")])
+    assert result.plan.checkpoint_offload is True
+    assert "disk" in {e.field: e for e in result.not_modelled}["gradient_checkpointing"].why
