@@ -95,6 +95,10 @@ def check_plan(plan: TrainingPlan, steps: int, loop: Loop = "plain") -> None:
         raise CalibrationError(
             "transformers.Trainer drops the model's outputs before backward: keep_logits needs loop plain"
         )
+    if plan.fused_cross_entropy:
+        raise CalibrationError(
+            "fused_cross_entropy is Liger's Triton kernel, which the harness does not run: turn it off"
+        )
     if plan.checkpoint_offload:
         raise CalibrationError(
             "checkpoint_offload moves saved activations from the device to host memory: on cpu both are one address "

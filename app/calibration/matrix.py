@@ -100,7 +100,15 @@ def _supported(name: str, family: Family, plan: TrainingPlan) -> bool:
 _NOT_IN_ID = frozenset({"strict"})
 # Plan fields added after matrices were shipped: left out of a point's id while at their default, so that the
 # shipped points keep their ids
-_LATER_FIELDS = ("reentrant", "grad_accum_steps", "keep_logits", "checkpoint_every", "autocast", "checkpoint_offload")
+_LATER_FIELDS = (
+    "reentrant",
+    "grad_accum_steps",
+    "keep_logits",
+    "checkpoint_every",
+    "autocast",
+    "checkpoint_offload",
+    "fused_cross_entropy",
+)
 
 
 def _identity(plan: TrainingPlan) -> str:

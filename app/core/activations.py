@@ -295,9 +295,24 @@ def kept_logits_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     hand-written loops and the HF course's do) keeps the logits, `T·V·a`, from its forward through backward, the
     optimizer step and the next forward, until the next output replaces it (transformers.Trainer drops it in
     compute_loss). Measured with the tracker."""
-    if not plan.keep_logits:
-        return 0
+    if not plan.keep_logits or plan.fused_cross_entropy:
+        return 0  # Liger's fused loss returns no logits
     return plan.batch_size * plan.seq_len * model.arch.vocab_size * precision(plan).logits
+
+
+def fused_cross_entropy_bytes(model: ModelSpec, plan: TrainingPlan) -> tuple[int, int]:
+    """logits_peak_bytes under Liger's fused linear cross-entropy, (forward, backward). The forward computes the
+    loss and both gradients chunk by chunk: `chunk = min(next_pow2(⌈T / ⌈V/h⌉⌉), T)` rows of logits `chunk·V·a`
+    (the kernel writes their gradient in place) and of `grad_logits @ W` `chunk·h·a`, beside grad_input `T·h·a`,
+    the fp32 loss `T·4` and the target mask `T`, and lm_head's weight gradient `V·h·w` when it is trained; backward
+    hands on grad_input `T·h·a`. First principles, not measured (Triton kernels: no CPU run). Source:
+    linkedin/Liger-Kernel src/liger_kernel/ops/fused_linear_cross_entropy.py `fused_linear_cross_entropy_forward`."""
+    t, v, h, a = plan.batch_size * plan.seq_len, model.arch.vocab_size, model.arch.hidden_size, precision(plan).logits
+    inc = -(-v // h)
+    chunk = min(1 << max(0, math.ceil(math.log2(-(-t // inc)))), t)
+    weight_grad = v * h * (FP32 if plan.autocast or plan.dtype != "bf16" else a) if plan.method == "full" else 0
+    grad_input = t * h * a
+    return grad_input + weight_grad + t * FP32 + t + chunk * (v + h) * a, grad_input
 
 
 def logits_bytes(model: ModelSpec, plan: TrainingPlan) -> tuple[int, int]:
@@ -308,6 +323,8 @@ def logits_bytes(model: ModelSpec, plan: TrainingPlan) -> tuple[int, int]:
     Backward: the saved log_softmax, its incoming gradient and the fp32 gradient of the logits: `12·T·V`.
     Source: transformers ForCausalLMLoss (logits.float()), torch cross_entropy; measured with the tracker.
     """
+    if plan.fused_cross_entropy:
+        return fused_cross_entropy_bytes(model, plan)
     p = precision(plan)
     tv = plan.batch_size * plan.seq_len * model.arch.vocab_size
     forward = tv * (p.logits + FP32 + (FP32 if p.logits != FP32 else 0))

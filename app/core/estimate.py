@@ -534,6 +534,8 @@ def _note(term: str, plan: TrainingPlan) -> str:
         return f"{plan.optimizer} states kept in device memory"
     if term == "activation_bytes" and plan.gradient_checkpointing:
         return f"{note} (checkpointed layer inputs)"
+    if term == "logits_peak_bytes" and plan.fused_cross_entropy:
+        return "Liger fused linear cross-entropy: one chunk of logits, grad_input and the fp32 loss (first principles)"
     return note
 
 

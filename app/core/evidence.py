@@ -36,6 +36,8 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
         return "first-principles"
     if term == "dequant_transient_bytes" and plan.quant == "int8":
         return "first-principles"  # bitsandbytes' int8 backward: an allowance no run has measured
+    if term == "logits_peak_bytes" and plan.fused_cross_entropy:
+        return "first-principles"  # Liger's Triton kernels: no CPU run measures them
     if term == "activation_bytes" and plan.checkpoint_offload:
         return "first-principles"  # saved tensors in host memory: one address space on CPU, no tracker run sees it
     if term in ("activation_bytes", "layer_transient_bytes") and plan.checkpoint_every > 1:

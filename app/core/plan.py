@@ -101,6 +101,12 @@ class TrainingPlan(BaseModel):
         description="The loop keeps the model's outputs (and so the logits) alive through backward, as "
         "`out = model(...); out.loss.backward()` does; transformers.Trainer drops them.",
     )
+    fused_cross_entropy: bool = Field(
+        False,
+        description="Liger's fused linear cross-entropy (axolotl liger_fused_linear_cross_entropy, Liger via "
+        "use_liger_kernel / enable_liger_kernel): lm_head and the loss run chunk by chunk, the logits are never "
+        "materialised whole.",
+    )
     optimizer: Optimizer = Field(
         "paged_adamw_32bit",
         description="Optimizer whose states are kept per trainable parameter; when not given it follows the method: "

@@ -121,6 +121,14 @@ def _checkpointing(value: Any, _ctx: Ctx) -> Outcome:
     return {"gradient_checkpointing": as_bool(value)}
 
 
+def _liger_fused(value: Any, ctx: Ctx) -> Outcome:
+    """The Liger plugin's fused linear cross-entropy (axolotl.integrations.liger); without the plugin listed in
+    `plugins` the flag does nothing."""
+    plugins = ctx.root.get("plugins")
+    listed = isinstance(plugins, list) and any("liger" in str(p).lower() for p in plugins)
+    return {"fused_cross_entropy": True} if as_bool(value) and listed else {}
+
+
 def _attention_flag(attn: str) -> Maps:
     return Maps(("attn",), lambda v, _ctx: {"attn": attn} if as_bool(v) else {})
 
@@ -146,6 +154,7 @@ MAPS: dict[str, Rule] = {
     "sequence_len": Maps(("seq_len",), lambda v, _ctx: {"seq_len": as_int(v)}),
     "micro_batch_size": Maps(("batch_size",), lambda v, _ctx: {} if v is None else {"batch_size": as_int(v)}),
     "gradient_checkpointing": Maps(("gradient_checkpointing", "checkpoint_offload"), _checkpointing),
+    "liger_fused_linear_cross_entropy": Maps(("fused_cross_entropy",), _liger_fused),
     "gradient_checkpointing_kwargs": Nested(hf.CHECKPOINT_KWARGS),
     "gradient_accumulation_steps": hf.GRAD_ACCUMULATION,
     "optimizer": Maps(("optimizer",), optimizer),
@@ -168,8 +177,7 @@ NOT_MODELLED: dict[str, Unmodelled] = {
         "liger_glu_activation",
         "liger_layer_norm",
         "liger_cross_entropy",
-        "liger_fused_linear_cross_entropy",
-        why="Liger's fused kernels keep less than gpuplan counts (fused linear cross-entropy: no full logits)",
+        why="Liger's fused kernels keep less than gpuplan counts",
     ),
     **_unmodelled("cut_cross_entropy", "chunked_cross_entropy", why="the loss never holds the full logits"),
     **_unmodelled(

@@ -152,6 +152,8 @@ MAPS: dict[str, Rule] = {
     "bf16": _compute_dtype("bf16"),  # LLaMA-Factory loads the model in its compute dtype
     "fp16": _compute_dtype("fp16"),
     "pure_bf16": Maps(("dtype", "autocast"), _pure_bf16),
+    # model/model_utils/liger_kernel.py applies Liger's kernels, the fused linear cross-entropy among them
+    "enable_liger_kernel": Maps(("fused_cross_entropy",), hf.liger),
     "model_name_or_path": MODEL,
     "finetuning_type": Maps(("method",), _finetuning_type),
     "lora_rank": _lora("rank", as_int),
@@ -179,7 +181,6 @@ NOT_MODELLED: dict[str, Unmodelled] = {
     "neat_packing": Unmodelled("packing without cross-attention between the packed samples"),
     "additional_target": Unmodelled("full trainable copies of these modules (weights, gradients, states)"),
     "mixture_of_depths": Unmodelled("mixture-of-depths layers"),
-    **_unmodelled("enable_liger_kernel", why="Liger's fused kernels (linear cross-entropy, RMSNorm, SwiGLU) keep less"),
     **_unmodelled("use_unsloth", "use_unsloth_gc", why="Unsloth's kernels and offloaded checkpointing"),
     **_unmodelled("shift_attn", why="LongLoRA shifted sparse attention"),
     **_unmodelled("upcast_layernorm", "upcast_lmhead_output", why="fp32 copies of layer norms / lm_head output"),

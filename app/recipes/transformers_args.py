@@ -14,6 +14,7 @@ from app.recipes.common import (
     optimizer,
 )
 from app.recipes.rules import (
+    Approx,
     Ctx,
     Doc,
     Maps,
@@ -99,6 +100,20 @@ def autocast(dtype: str) -> Maps:
     return Maps(("dtype", "autocast"), convert)
 
 
+def liger(value: Any, ctx: Ctx) -> Outcome:
+    """use_liger_kernel: transformers applies Liger's kernels to the model (liger_kernel_config, each on by default):
+    the fused linear cross-entropy is planned, its RMSNorm / SwiGLU / RoPE kernels are not (they keep less)."""
+    if not as_bool(value):
+        return {}
+    config = ctx.root.get("liger_kernel_config")
+    fused = not isinstance(config, dict) or as_bool(config.get("fused_linear_cross_entropy", True))
+    return Approx(
+        {"fused_cross_entropy": True} if fused else {},
+        "Liger's RMSNorm, SwiGLU and RoPE kernels (applied with it) keep less than gpuplan counts; its fused "
+        "linear cross-entropy is planned (first principles)",
+    )
+
+
 def _adafactor_flag(value: Any, _ctx: Ctx) -> Outcome:
     return {"optimizer": "adafactor"} if as_bool(value) else {}
 
@@ -136,6 +151,7 @@ MAPS: dict[str, Rule] = {
     "bf16": autocast("bf16"),
     "fp16": autocast("fp16"),
     "optim": Maps(("optimizer",), optimizer),
+    "use_liger_kernel": Maps(("fused_cross_entropy",), liger),
     "adafactor": Maps(("optimizer",), _adafactor_flag),  # transformers 4: deprecated flag for optim="adafactor"
     "deepspeed": Maps(("sharding", "offload"), deepspeed),
     "fsdp": Maps(("sharding", "offload"), fsdp_options),
@@ -143,7 +159,6 @@ MAPS: dict[str, Rule] = {
 }
 NOT_MODELLED: dict[str, Unmodelled] = {
     "torch_compile": Unmodelled("torch.compile fuses kernels and changes which activations autograd keeps"),
-    "use_liger_kernel": Unmodelled("Liger's fused kernels (linear cross-entropy, RMSNorm, SwiGLU) keep less"),
     "label_smoothing_factor": Unmodelled(
         "label smoothing computes a second log-softmax over the logits", lambda v, _c: bool(v) and v != 0
     ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from app.core.activations import fused_cross_entropy_bytes
 from app.core.adapters import lora_key
 from app.core.estimate import estimate
 from app.core.plan import TrainingPlan
@@ -86,3 +87,23 @@ def test_checkpoint_offload_moves_the_checkpointed_inputs_to_host_memory_and_say
     term = offloaded.term("activation_bytes")
     assert term is not None and term.evidence == "first-principles"
     assert offloaded.peak_allocated_bytes < kept.peak_allocated_bytes
+
+
+def test_fused_cross_entropy_holds_one_chunk_of_logits_and_grad_input() -> None:
+    """Liger's chunk rule by hand for Llama 3.1 8B at T = 8192: ⌈128256/4096⌉ = 32, ⌈8192/32⌉ = 256 rows."""
+    model = spec("meta-llama/Llama-3.1-8B")
+    plan = TrainingPlan(method="lora", seq_len=8192, fused_cross_entropy=True, keep_logits=True)
+    est = estimate(model, plan)
+    t, v, h = 8192, model.arch.vocab_size, model.arch.hidden_size
+    assert (v, h) == (128256, 4096)
+    forward = t * h * 2 + t * 4 + t + 256 * (v + h) * 2
+    assert fused_cross_entropy_bytes(model, plan) == (forward, t * h * 2)
+    assert {p.name: p.bytes for p in est.phases}["forward"] >= forward
+    # full fine-tuning adds lm_head's weight gradient, made in the forward
+    full = plan.model_copy(update={"method": "full", "optimizer": "adamw", "quant": "none"})
+    assert fused_cross_entropy_bytes(model, full)[0] == forward + v * h * 2
+    assert _term(est, "kept_logits_bytes") == 0  # the fused loss returns no logits
+    plain = estimate(model, plan.model_copy(update={"fused_cross_entropy": False, "keep_logits": False}))
+    assert est.peak_allocated_bytes < plain.peak_allocated_bytes - 8 * t * v  # the whole-sequence logits are gone
+    term = est.term("logits_peak_bytes")
+    assert term is None or term.evidence == "first-principles"

@@ -16,7 +16,7 @@ AXOLOTL = "base_model: meta-llama/Llama-3.1-8B\nadapter: qlora\nload_in_4bit: tr
 def test_unsupported_memory_fields_are_reported_not_modelled_with_their_value() -> None:
     text = AXOLOTL + (
         "optimizer: lion_8bit\n"
-        "liger_fused_linear_cross_entropy: true\n"
+        "liger_cross_entropy: true\n"
         "gradient_checkpointing: offload\n"
         "deepspeed: configs/my_own_deepspeed.json\n"
         "lora_modules_to_save: [lm_head]\n"
@@ -27,7 +27,7 @@ def test_unsupported_memory_fields_are_reported_not_modelled_with_their_value() 
     assert (
         unmodelled["optimizer"].value == "lion_8bit" and "gpuplan models the optimizers" in unmodelled["optimizer"].why
     )
-    assert unmodelled["liger_fused_linear_cross_entropy"].value is True
+    assert unmodelled["liger_cross_entropy"].value is True
     assert unmodelled["deepspeed"].why.startswith("gpuplan cannot read the DeepSpeed file")
     assert unmodelled["lora_modules_to_save"].value == ["lm_head"]
     # offloaded checkpointing is honoured: checkpointing with the layer inputs in host memory
@@ -216,3 +216,22 @@ def test_offloaded_checkpointing_is_planned_with_the_layer_inputs_in_host_memory
     result = import_recipe([recipe("a.yml", AXOLOTL + "gradient_checkpointing: offload_disk\n")])
     assert result.plan.checkpoint_offload is True
     assert "disk" in {e.field: e for e in result.not_modelled}["gradient_checkpointing"].why
+
+
+def test_liger_fused_linear_cross_entropy_is_planned_where_the_recipe_enables_it() -> None:
+    plugin = "plugins: [axolotl.integrations.liger.LigerPlugin]\nliger_fused_linear_cross_entropy: true\n"
+    result = import_recipe([recipe("a.yml", AXOLOTL + plugin)])
+    assert result.plan.fused_cross_entropy is True
+    # without the plugin the flag does nothing
+    alone = import_recipe([recipe("a.yml", AXOLOTL + "liger_fused_linear_cross_entropy: true\n")])
+    assert alone.plan.fused_cross_entropy is False
+    # TrainingArguments / LLaMA-Factory apply every Liger kernel: the fused loss is planned, the rest reported
+    for name, text in (
+        ("args.json", json.dumps({"use_liger_kernel": True, "per_device_train_batch_size": 2})),
+        ("lf.yaml", "model_name_or_path: x/y\nstage: sft\nfinetuning_type: lora\nenable_liger_kernel: true\n"),
+    ):
+        result = import_recipe([recipe(name, text)])
+        assert result.plan.fused_cross_entropy is True, name
+        assert "RMSNorm, SwiGLU and RoPE" in " ".join(e.why for e in result.not_modelled), name
+    off = {"use_liger_kernel": True, "liger_kernel_config": {"fused_linear_cross_entropy": False}, "optim": "sgd"}
+    assert import_recipe([recipe("args.json", json.dumps(off))]).plan.fused_cross_entropy is False
