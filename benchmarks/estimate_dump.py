@@ -173,14 +173,14 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
 
     - issue 9: the 0-byte `offloaded_bytes` breakdown term, whose number sat in its note, became the typed
       `Estimate.offloaded_bytes` (host RAM) plus a note; both sides are mapped to (field, note) here.
-    - issue 10: the plan fields `autocast`, `checkpoint_offload` and `fused_cross_entropy` (default false) were added; a plan echoing
-      them false is the plan without them.
+    - issue 10: the plan fields `autocast`, `checkpoint_offload`, `fused_cross_entropy` and `packing` (default
+      false) were added; a plan echoing them false is the plan without them.
     """
     est = row.get("estimate")
     if est is None:
         return row
     est = dict(est)
-    added = ("autocast", "checkpoint_offload", "fused_cross_entropy")
+    added = ("autocast", "checkpoint_offload", "fused_cross_entropy", "packing")
     est["plan"] = {k: v for k, v in est.get("plan", {}).items() if not (k in added and v is False)}
     terms = [t for t in est["breakdown"] if t["term"] != "offloaded_bytes"]
     old = [t for t in est["breakdown"] if t["term"] == "offloaded_bytes"]

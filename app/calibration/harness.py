@@ -95,6 +95,8 @@ def check_plan(plan: TrainingPlan, steps: int, loop: Loop = "plain") -> None:
         raise CalibrationError(
             "transformers.Trainer drops the model's outputs before backward: keep_logits needs loop plain"
         )
+    if plan.packing:
+        raise CalibrationError("the harness's rows are single random sequences, not packed ones: turn packing off")
     if plan.fused_cross_entropy:
         raise CalibrationError(
             "fused_cross_entropy is Liger's Triton kernel, which the harness does not run: turn it off"

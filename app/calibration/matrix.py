@@ -108,6 +108,7 @@ _LATER_FIELDS = (
     "autocast",
     "checkpoint_offload",
     "fused_cross_entropy",
+    "packing",
 )
 
 

@@ -21,6 +21,7 @@ from app.core.attention import (
     attention_half_bytes,
     attention_masks_bytes,
     first_layer_discount,
+    packed_mask_bytes,
 )
 from app.core.experts import moe_combine_backward_bytes, moe_experts, routed_rows
 from app.core.mlp import GatedProduct, Mlp, dense_mlp, gated_mlp
@@ -235,6 +236,7 @@ def layer_activations(
     normed = normed_input_bytes(x, attention.keeps_input, layer_mlp.keeps_input)
     copies = autocast_weight_copies(model, plan, by_leaf)
     saved = attention.saved + second_norm + layer_mlp.saved + normed + qk_norms + sliding + branch_norms + copies.layer
+    saved += packed_mask_bytes(x)
     mlp_part = second_norm + layer_mlp.saved + branch_norms // 2
     core = attention.core
     return LayerActivations(

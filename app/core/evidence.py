@@ -36,6 +36,8 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
         return "first-principles"
     if term == "dequant_transient_bytes" and plan.quant == "int8":
         return "first-principles"  # bitsandbytes' int8 backward: an allowance no run has measured
+    if term in ("activation_bytes", "layer_transient_bytes") and plan.packing and plan.attn != "flash_attention_2":
+        return "first-principles"  # packed rows' masks: no packed run measured
     if term == "logits_peak_bytes" and plan.fused_cross_entropy:
         return "first-principles"  # Liger's Triton kernels: no CPU run measures them
     if term == "activation_bytes" and plan.checkpoint_offload:

@@ -101,6 +101,12 @@ class TrainingPlan(BaseModel):
         description="The loop keeps the model's outputs (and so the logits) alive through backward, as "
         "`out = model(...); out.loss.backward()` does; transformers.Trainer drops them.",
     )
+    packing: bool = Field(
+        False,
+        description="Several sequences packed into each row, told apart by position_ids (TRL packing / padding_free, "
+        "axolotl sample_packing, LLaMA-Factory packing): every row full; under sdpa or eager transformers "
+        "materialises a block-diagonal mask, flash_attention_2 runs varlen without one.",
+    )
     fused_cross_entropy: bool = Field(
         False,
         description="Liger's fused linear cross-entropy (axolotl liger_fused_linear_cross_entropy, Liger via "

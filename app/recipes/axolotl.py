@@ -155,6 +155,8 @@ MAPS: dict[str, Rule] = {
     "micro_batch_size": Maps(("batch_size",), lambda v, _ctx: {} if v is None else {"batch_size": as_int(v)}),
     "gradient_checkpointing": Maps(("gradient_checkpointing", "checkpoint_offload"), _checkpointing),
     "liger_fused_linear_cross_entropy": Maps(("fused_cross_entropy",), _liger_fused),
+    # multipack fills each row to sequence_len with several samples, told apart by position_ids
+    "sample_packing": Maps(("packing",), lambda v, _ctx: {"packing": True} if as_bool(v) else {}),
     "gradient_checkpointing_kwargs": Nested(hf.CHECKPOINT_KWARGS),
     "gradient_accumulation_steps": hf.GRAD_ACCUMULATION,
     "optimizer": Maps(("optimizer",), optimizer),
@@ -168,9 +170,6 @@ MAPS: dict[str, Rule] = {
     "fsdp_config": Nested(hf.FSDP_CONFIG, key=fsdp_key, implies={"sharding": "fsdp"}),
 }
 NOT_MODELLED: dict[str, Unmodelled] = {
-    "sample_packing": Unmodelled(
-        "multipack fills each row to sequence_len with several samples; its collator is not modelled"
-    ),
     **_unmodelled(
         "liger_rope",
         "liger_rms_norm",

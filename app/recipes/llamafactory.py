@@ -154,6 +154,9 @@ MAPS: dict[str, Rule] = {
     "pure_bf16": Maps(("dtype", "autocast"), _pure_bf16),
     # model/model_utils/liger_kernel.py applies Liger's kernels, the fused linear cross-entropy among them
     "enable_liger_kernel": Maps(("fused_cross_entropy",), hf.liger),
+    # rows filled to cutoff_len with several samples (neat_packing: no attention across them, a block mask)
+    "packing": Maps(("packing",), lambda v, _ctx: {"packing": True} if as_bool(v) else {}),
+    "neat_packing": Maps(("packing",), lambda v, _ctx: {"packing": True} if as_bool(v) else {}),
     "model_name_or_path": MODEL,
     "finetuning_type": Maps(("method",), _finetuning_type),
     "lora_rank": _lora("rank", as_int),
@@ -177,8 +180,6 @@ NOT_MODELLED: dict[str, Unmodelled] = {
         "rm / ppo / dpo / kto keep a reward or reference model and pairs of sequences",
         lambda v, _c: v not in (None, "sft", "pt"),
     ),
-    "packing": Unmodelled("packing fills every row to cutoff_len with several samples; its collator is not modelled"),
-    "neat_packing": Unmodelled("packing without cross-attention between the packed samples"),
     "additional_target": Unmodelled("full trainable copies of these modules (weights, gradients, states)"),
     "mixture_of_depths": Unmodelled("mixture-of-depths layers"),
     **_unmodelled("use_unsloth", "use_unsloth_gc", why="Unsloth's kernels and offloaded checkpointing"),

@@ -107,3 +107,16 @@ def test_fused_cross_entropy_holds_one_chunk_of_logits_and_grad_input() -> None:
     assert est.peak_allocated_bytes < plain.peak_allocated_bytes - 8 * t * v  # the whole-sequence logits are gone
     term = est.term("logits_peak_bytes")
     assert term is None or term.evidence == "first-principles"
+
+
+def test_packed_rows_make_every_sdpa_layer_keep_a_mask_and_flash_attention_none() -> None:
+    model = spec("meta-llama/Llama-2-7b-hf")
+    base = TrainingPlan(method="lora", gradient_checkpointing=False, seq_len=1024, batch_size=2)
+    square = 2 * 1024 * 1024
+    for attn, extra in (("sdpa", square + model.arch.num_layers * square * 2), ("flash_attention_2", 0)):
+        plain = estimate(model, base.model_copy(update={"attn": attn}))
+        packed = estimate(model, base.model_copy(update={"attn": attn, "packing": True}))
+        # sdpa: the bool block mask once and, per layer, torch's bf16 additive mask (Llama 2 7B has no grouped KV)
+        assert _term(packed, "activation_bytes") - _term(plain, "activation_bytes") == extra, attn
+    term = estimate(model, base.model_copy(update={"packing": True})).term("activation_bytes")
+    assert term is not None and term.evidence == "first-principles"

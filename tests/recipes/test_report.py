@@ -235,3 +235,14 @@ def test_liger_fused_linear_cross_entropy_is_planned_where_the_recipe_enables_it
         assert "RMSNorm, SwiGLU and RoPE" in " ".join(e.why for e in result.not_modelled), name
     off = {"use_liger_kernel": True, "liger_kernel_config": {"fused_linear_cross_entropy": False}, "optim": "sgd"}
     assert import_recipe([recipe("args.json", json.dumps(off))]).plan.fused_cross_entropy is False
+
+
+def test_packing_is_planned_as_full_rows_told_apart_by_position_ids() -> None:
+    sft = {"max_length": 2048, "packing": True, "per_device_train_batch_size": 4, "model_init_kwargs": {}}
+    result = import_recipe([recipe("sft.json", json.dumps(sft))])
+    assert result.plan.packing is True and not [e for e in result.not_modelled if e.field == "packing"]
+    flat = import_recipe([recipe("sft.json", json.dumps({"max_length": 2048, "padding_free": True}))])
+    assert flat.plan.packing is True  # one flattened row: reported as an approximation
+    assert "flattened row" in {e.field: e for e in flat.not_modelled}["padding_free"].why
+    lf = "model_name_or_path: x/y\nstage: sft\nfinetuning_type: lora\nneat_packing: true\n"
+    assert import_recipe([recipe("lf.yaml", lf)]).plan.packing is True
