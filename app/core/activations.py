@@ -285,6 +285,41 @@ def kept_layers(plan: TrainingPlan, num_layers: int) -> tuple[int, int]:
     return checkpointed_layers(plan, num_layers), 1
 
 
+def kind_layers(stack: LayerStack) -> tuple[tuple[int, ...], ...]:
+    """Each kind's layer indices: one kind holds them all; an MoE model's dense kind the rest of its MoE layers,
+    which follow the dense ones (DeepSeek's first_k_dense_replace) or interleave from the first MoE layer every
+    `L / moe layers` (Llama 4's interleave_moe_layer_step)."""
+    total = stack.layers
+    if len(stack.kinds) == 1:
+        return (tuple(range(total)),)
+    (dense, _), (moe, _) = stack.kinds[0], stack.kinds[1]
+    first = stack.firsts[1]
+    routed = range(first, total) if first == dense else range(first, total, max(1, total // max(1, moe)))
+    layers = set(routed)
+    return tuple(i for i in range(total) if i not in layers), tuple(sorted(layers))
+
+
+def checkpointed_by_kind(stack: LayerStack, plan: TrainingPlan) -> tuple[int, ...]:
+    """Each kind's checkpointed layers under `checkpoint_every` n (indices that are multiples of n): Llama 4's
+    every_n_layers=2 checkpoints only its dense layers 0, 2, …, so its MoE layers are never recomputed."""
+    n = plan.checkpoint_every
+    return tuple(sum(1 for i in indices if i % n == 0) for indices in kind_layers(stack))
+
+
+def unchecked_saved_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> int:
+    """checkpoint_every > 1: what the layers left unchecked keep, each kind's saved set times its unchecked layers
+    (scaled as `stack.saved` counts the extras only on the layers that have them); on a worst GPU running fewer
+    layers than the model's, the average layer's."""
+    if plan.checkpoint_every == 1:
+        return 0
+    if layers != stack.layers or len(stack.kinds) == 1:
+        return math.ceil(stack.saved * (layers - checkpointed_layers(plan, layers)) / stack.layers)
+    per_kind = [count * la.saved for count, la in stack.kinds]
+    checked = checkpointed_by_kind(stack, plan)
+    unchecked = sum((count - c) * la.saved for (count, la), c in zip(stack.kinds, checked, strict=True))
+    return math.ceil(unchecked * stack.saved / sum(per_kind))
+
+
 def checkpointed_layers(plan: TrainingPlan, num_layers: int) -> int:
     """transformers 5 `every_n_layers` = n checkpoints the decoder layers whose index is a multiple of n
     (modeling_utils._set_gradient_checkpointing: `layer_index % every_n_layers == 0`): ⌈L/n⌉ of them; the other

@@ -11,10 +11,12 @@ from app.core.activations import (
     LayerActivations,
     LayerStack,
     autocast_cache_bytes,
+    checkpointed_by_kind,
     kept_layers,
     kept_logits_bytes,
     layer_stack,
     logits_bytes,
+    unchecked_saved_bytes,
 )
 from app.core.adapters import accepted_plan, lora_key
 from app.core.capabilities import BNB_OPTIMIZERS
@@ -263,8 +265,7 @@ def activation_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> tupl
     first, masks = stack.first, stack.masks
     if plan.gradient_checkpointing:
         kept, _ = kept_layers(plan, layers)
-        # checkpoint_every > 1: the layers left unchecked keep their saved set (the average layer's)
-        unchecked = math.ceil(stack.saved * (layers - kept) / stack.layers) if plan.checkpoint_every > 1 else 0
+        unchecked = unchecked_saved_bytes(stack, plan, layers)  # checkpoint_every > 1: their saved sets, by kind
         on_device = kept - offloaded_checkpoints(plan, kept)
         return on_device * first.layer_input + unchecked + first.head_saved + masks, first.layer_input + masks
     saved = stack.saved if layers == stack.layers else math.ceil(stack.saved * layers / stack.layers)
@@ -283,12 +284,12 @@ def offloaded_checkpoints(plan: TrainingPlan, kept: int) -> int:
     return kept - 1 if plan.checkpoint_offload and kept > 1 else 0
 
 
-def kind_backward_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int) -> int:
+def kind_backward_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int, checkpointed: bool = True) -> int:
     """layer_transient_bytes in backward of one layer kind: with checkpointing the recomputed layers' saved set (their
     inputs are the checkpointed ones, counted once) plus the larger of the backward moments and the recompute's
     end; without, the backward moments alone.
     """
-    if not plan.gradient_checkpointing:
+    if not plan.gradient_checkpointing or not checkpointed:  # a kind none of whose layers is checkpointed
         return layer.backward_transient
     _, recomputed = kept_layers(plan, layers)
     return recomputed * (layer.saved - layer.input_in_saved) + max(layer.backward_transient, layer.recompute_transient)
@@ -296,7 +297,15 @@ def kind_backward_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int
 
 def backward_layer_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> int:
     """layer_transient_bytes in backward, the largest over the layer kinds (`kind_backward_bytes`)."""
-    return max(kind_backward_bytes(la, plan, layers) for _, la in stack.kinds)
+    checked = kind_checkpointed(stack, plan, layers)
+    return max(kind_backward_bytes(la, plan, layers, c) for (_, la), c in zip(stack.kinds, checked, strict=True))
+
+
+def kind_checkpointed(stack: LayerStack, plan: TrainingPlan, layers: int) -> tuple[bool, ...]:
+    """Whether any layer of each kind is checkpointed (`checkpointed_by_kind`; all are, but with checkpoint_every)."""
+    if plan.checkpoint_every == 1 or layers != stack.layers:
+        return tuple(True for _ in stack.kinds)
+    return tuple(c > 0 for c in checkpointed_by_kind(stack, plan))
 
 
 class KindMoment(NamedTuple):
@@ -314,14 +323,17 @@ def later_kind_moments(
     if len(stack.kinds) == 1:
         return ()
     first = stack.first
-    moments = []
-    for (_, la), index in list(zip(stack.kinds, stack.firsts, strict=True))[1:]:
+    moments: list[KindMoment] = []
+    checked = kind_checkpointed(stack, plan, share.layers)
+    for (_, la), index, ckpt in list(zip(stack.kinds, stack.firsts, checked, strict=True))[1:]:
         if plan.gradient_checkpointing:
-            acts = (index + 1) * first.layer_input + stack.masks
+            # an unchecked kind's first layer (checkpoint_every) keeps its saved set until its backward
+            own = first.layer_input if ckpt else la.saved
+            acts = index * first.layer_input + own + stack.masks
         else:  # the saved tensors of the layers up to it, at the average layer's bytes
             acts = math.ceil(stack.saved * (index + 1) / stack.layers) + stack.masks - first.first_layer_discount
         later = max(head_grads, grads - (index + 1) * layer_grads)  # lm_head's at least, whatever the layout
-        moments.append(KindMoment(acts, later, kind_backward_bytes(la, plan, share.layers)))
+        moments.append(KindMoment(acts, later, kind_backward_bytes(la, plan, share.layers, ckpt)))
     return tuple(moments)
 
 

@@ -43,7 +43,7 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
     if term == "activation_bytes" and plan.checkpoint_offload:
         return "first-principles"  # saved tensors in host memory: one address space on CPU, no tracker run sees it
     if term in ("activation_bytes", "layer_transient_bytes") and plan.checkpoint_every > 1:
-        return "first-principles"  # every_n_layers: up to +18 % in backward through the Trainer (not yet in bounds)
+        return "first-principles"  # every_n_layers: QLoRA up to +14 % through the Trainer (not yet in bounds)
     if plan.gpus > 1 or plan.sharding != "none" or plan.offload:
         accumulated = term == "gradient_bytes" and plan.grad_accum_steps > 1  # measured on one device only
         if plan.sharding in MEASURED_LAYOUTS and plan.gpus > 1 and not plan.offload and not accumulated:

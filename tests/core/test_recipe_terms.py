@@ -120,3 +120,27 @@ def test_packed_rows_make_every_sdpa_layer_keep_a_mask_and_flash_attention_none(
         assert _term(packed, "activation_bytes") - _term(plain, "activation_bytes") == extra, attn
     term = estimate(model, base.model_copy(update={"packing": True})).term("activation_bytes")
     assert term is not None and term.evidence == "first-principles"
+
+
+def test_checkpoint_every_treats_each_layer_kind_by_its_own_layers() -> None:
+    """Llama 4 Maverick interleaves dense and MoE layers (MoE at 1, 3, …): every_n_layers=2 checkpoints only the
+    dense ones, so the MoE layers keep their own (larger) saved sets and are never recomputed; DeepSeek-V3's dense
+    layers 0-2 come first."""
+    from app.core.activations import checkpointed_by_kind, kind_layers, layer_stack
+
+    for model_id, dense, moe in (
+        ("meta-llama/Llama-4-Maverick-17B-128E-Instruct", tuple(range(0, 48, 2)), tuple(range(1, 48, 2))),
+        ("deepseek-ai/DeepSeek-V3", (0, 1, 2), tuple(range(3, 61))),
+    ):
+        model = spec(model_id)
+        plan = TrainingPlan(method="lora", checkpoint_every=2, seq_len=512, targets="o_proj")
+        tensors = plan_tensors(model, base_key(plan), lora_key(plan))
+        stack = layer_stack(model, plan, tensors.by_leaf)
+        assert kind_layers(stack) == (dense, moe), model_id
+        checked = checkpointed_by_kind(stack, plan)
+        assert checked == (sum(1 for i in dense if i % 2 == 0), sum(1 for i in moe if i % 2 == 0)), model_id
+    # Maverick: no MoE layer is checkpointed; with every layer checkpointed the MoE kind's recompute counts again
+    maverick = spec("meta-llama/Llama-4-Maverick-17B-128E-Instruct")
+    lora = TrainingPlan(method="lora", seq_len=512, targets="o_proj")
+    every2 = estimate(maverick, lora.model_copy(update={"checkpoint_every": 2}))
+    assert every2.peak_allocated_bytes > estimate(maverick, lora).peak_allocated_bytes
