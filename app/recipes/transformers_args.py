@@ -19,6 +19,7 @@ from app.recipes.rules import (
     Doc,
     Maps,
     Nested,
+    NotModelledValue,
     Outcome,
     Rule,
     Unmodelled,
@@ -86,6 +87,14 @@ def weights_dtype(value: Any, ctx: Ctx) -> Outcome:
     return {"dtype": dtype}
 
 
+def _quantized(root: Doc) -> bool:
+    """The same file loads the base quantized (TRL ModelConfig load_in_4bit/8bit, model_init_kwargs'
+    quantization_config)."""
+    init = root.get("model_init_kwargs")
+    nested = isinstance(init, dict) and init.get("quantization_config") is not None
+    return nested or truthy_flag(root.get("load_in_4bit")) or truthy_flag(root.get("load_in_8bit"))
+
+
 def autocast(dtype: str) -> Maps:
     """bf16 / fp16 mixed precision: the plan dtype; over weights loaded in fp32 (dtype float32) the plan's autocast
     (accelerate wraps the forward in torch.autocast: fp32 weights, 16-bit matmuls)."""
@@ -94,6 +103,11 @@ def autocast(dtype: str) -> Maps:
         if not as_bool(value):
             return {}
         if _weights_dtype(ctx.root) == "fp32":
+            if _quantized(ctx.root):
+                raise NotModelledValue(
+                    f"{dtype} autocast over a quantized base (QLoRA under bf16/fp16 autocast): gpuplan models "
+                    "autocast for lora and full fine-tuning only"
+                )
             return {"dtype": dtype, "autocast": True}
         return {"dtype": dtype}
 

@@ -246,3 +246,11 @@ def test_packing_is_planned_as_full_rows_told_apart_by_position_ids() -> None:
     assert "flattened row" in {e.field: e for e in flat.not_modelled}["padding_free"].why
     lf = "model_name_or_path: x/y\nstage: sft\nfinetuning_type: lora\nneat_packing: true\n"
     assert import_recipe([recipe("lf.yaml", lf)]).plan.packing is True
+
+
+def test_trl_cli_qlora_over_fp32_weights_reports_the_autocast_not_modelled() -> None:
+    # ModelConfig's dtype defaults to float32; QLoRA under autocast is not modelled: reported, and no 422
+    text = "model_name_or_path: Qwen/Qwen2.5-0.5B\nuse_peft: true\nload_in_4bit: true\n"
+    result = import_recipe([recipe("sft.yaml", text)])
+    assert result.plan.method == "qlora" and result.plan.autocast is False
+    assert "quantized base" in {e.field: e for e in result.not_modelled}["bf16"].why
