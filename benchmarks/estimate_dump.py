@@ -174,13 +174,18 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
     - issue 9: the 0-byte `offloaded_bytes` breakdown term, whose number sat in its note, became the typed
       `Estimate.offloaded_bytes` (host RAM) plus a note; both sides are mapped to (field, note) here.
     - issue 11: the plan gained `stack`; its default, transformers-5, is what every earlier estimate modelled.
+    - issue 10: the plan fields `autocast`, `checkpoint_offload`, `fused_cross_entropy` and `packing` (default
+      false) were added; a plan echoing them false is the plan without them.
     """
     est = row.get("estimate")
     if est is None:
         return row
     est = dict(est)
-    if isinstance(est.get("plan"), dict) and est["plan"].get("stack") == "transformers-5":
-        est["plan"] = {k: v for k, v in est["plan"].items() if k != "stack"}
+    added = ("autocast", "checkpoint_offload", "fused_cross_entropy", "packing")
+    plan = {k: v for k, v in est.get("plan", {}).items() if not (k in added and v is False)}
+    if plan.get("stack") == "transformers-5":
+        plan.pop("stack")
+    est["plan"] = plan
     terms = [t for t in est["breakdown"] if t["term"] != "offloaded_bytes"]
     old = [t for t in est["breakdown"] if t["term"] == "offloaded_bytes"]
     if old:  # the old shape: the bytes in the note

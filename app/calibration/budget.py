@@ -3,7 +3,8 @@
 The core is chosen from the points alone (no clock): greedily, the point that covers the most not-yet-covered
 features per unit of work, until every feature of the subset is covered. A feature is a family, a method, a
 checkpointing setting, a target kind, a dropout setting, a split, and the pairs family x method,
-family x checkpointing and method x checkpointing, so every architecture is seen under every method and
+family x checkpointing and method x checkpointing (and, for autocast points, autocast x method and x
+checkpointing), so every architecture is seen under every method and
 checkpointing setting the subset has. The remaining points then run in their matrix order while the time
 they are predicted to take (a fixed + per-work fit of the points so far) fits in what is left.
 """
@@ -25,7 +26,9 @@ def point_features(point: Point) -> frozenset[str]:
     targets = "all-linear" if plan.targets == ALL_LINEAR else "attention"
     dropout = "dropout" if plan.dropout > 0 else "no-dropout"
     singles = (point.family, plan.method, ckpt, targets, dropout, point.split)
-    pairs = ((point.family, plan.method), (point.family, ckpt), (plan.method, ckpt))
+    pairs: tuple[tuple[str, str], ...] = ((point.family, plan.method), (point.family, ckpt), (plan.method, ckpt))
+    if plan.autocast:  # only autocast points carry these, so subsets without them choose their cores as before
+        pairs += (("autocast", plan.method), ("autocast", ckpt))
     return frozenset(singles) | frozenset("/".join(pair) for pair in pairs)
 
 

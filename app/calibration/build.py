@@ -80,10 +80,11 @@ def _truncate(cfg: Any, total: int, layers: int) -> None:
             raise CalibrationError(f"the config is invalid once cut to {layers} layers: {exc}") from exc
 
 
-def torch_dtype(plan: TrainingPlan) -> torch.dtype:
+def torch_dtype(plan: TrainingPlan, dtype: str | None = None) -> torch.dtype:
+    """The torch dtype of `dtype` (default: the plan's compute dtype)."""
     import torch
 
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[plan.dtype]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype or plan.dtype]
 
 
 def build_model(cfg: Any, plan: TrainingPlan) -> Any:
@@ -107,7 +108,10 @@ def build_model(cfg: Any, plan: TrainingPlan) -> Any:
 def _load(cfg: Any, plan: TrainingPlan) -> Any:
     transformers = _lib("transformers")
     dtype = torch_dtype(plan)
-    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=plan.attn)
+    # autocast: the weights are loaded in fp32 and only the step's matmuls run in the plan dtype
+    model = transformers.AutoModelForCausalLM.from_config(
+        cfg, dtype=torch_dtype(plan, plan.weight_dtype), attn_implementation=plan.attn
+    )
     if not plan.quantized:
         return model.to(plan.device)
     if plan.quant == "int8":

@@ -50,7 +50,7 @@ def run_measurement(
     """Run `steps` plain PyTorch (or transformers.Trainer: `loop`) training steps of `plan` on the model `config` describes and measure memory.
 
     Each step is forward (loss only), backward, optimizer step and zero_grad(set_to_none=True), in train mode
-    without autocast, on batch_size x seq_len random token ids. On cpu every live tensor storage is counted by
+    (the forward under torch.autocast with plan.autocast, over fp32 weights; else without), on batch_size x seq_len random token ids. On cpu every live tensor storage is counted by
     LiveTensorTracker (rounded to 512 bytes, as on CUDA) from the loaded model on; on cuda the caching
     allocator's counters are read, from before loading on. `fp32_matmuls` computes cpu 16-bit matmuls through
     fp32 (app/calibration/matmul.py: same tensors, same bytes, ~100x faster where bf16 GEMM is slow). Raises CalibrationError when the run cannot be
@@ -111,6 +111,17 @@ def check_plan(plan: TrainingPlan, steps: int, loop: Loop = "plain") -> None:
     if loop == "trainer" and plan.keep_logits:
         raise CalibrationError(
             "transformers.Trainer drops the model's outputs before backward: keep_logits needs loop plain"
+        )
+    if plan.packing:
+        raise CalibrationError("the harness's rows are single random sequences, not packed ones: turn packing off")
+    if plan.fused_cross_entropy:
+        raise CalibrationError(
+            "fused_cross_entropy is Liger's Triton kernel, which the harness does not run: turn it off"
+        )
+    if plan.checkpoint_offload:
+        raise CalibrationError(
+            "checkpoint_offload moves saved activations from the device to host memory: on cpu both are one address "
+            "space, so the tracker cannot see it; turn checkpoint_offload off"
         )
     if plan.gpus != 1 or plan.sharding != "none" or plan.offload:
         raise CalibrationError("the harness measures one process on one device: use gpus 1, sharding none, no offload")
@@ -246,7 +257,7 @@ def run_steps(
         held: list[Any] = [None]  # the model output a loop like `out = model(...); out.loss.backward()` holds
         for _ in range(steps):
             for _ in range(plan.grad_accum_steps):
-                _micro_batch(model, ids, probe, labels, held, plan.keep_logits)
+                _micro_batch(model, ids, probe, labels, held, plan)
             _optimizer_step(optimizer, probe, labels.optimizer())
         del optimizer, ids, held
     reserved = probe.peak_reserved if plan.device == "cuda" else None
@@ -268,17 +279,17 @@ def batch_mask(ids: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def _micro_batch(
-    model: Any, ids: torch.Tensor, probe: Probe, labels: StepLabels, held: list[Any], keep_logits: bool
+    model: Any, ids: torch.Tensor, probe: Probe, labels: StepLabels, held: list[Any], plan: TrainingPlan
 ) -> None:
     """Forward and backward of one micro-batch (its gradients add to those before it). With keep_logits the output
     replaces the one in `held` once the forward returns, as `out = model(...)` rebinds a loop's variable: the
     previous output lives through this forward, this one through backward, the optimizer step and the next forward.
     """
     phase = labels.forward()
-    with _failures(phase):
+    with _failures(phase), _autocast(plan):
         out = model(input_ids=ids, labels=ids, use_cache=False, **batch_mask(ids))
         # keep only the loss unless the plan says otherwise: holding the output keeps the logits through backward
-        loss, held[0] = out.loss, (out if keep_logits else None)
+        loss, held[0] = out.loss, (out if plan.keep_logits else None)
         del out
         probe.mark(phase)
     phase = labels.backward()
@@ -293,6 +304,18 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, probe: Probe, phase: str) 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         probe.mark(phase)
+
+
+def _autocast(plan: TrainingPlan) -> Any:
+    """The forward's autocast region (plan.autocast: 16-bit matmuls over fp32 weights, as `torch.autocast(device,
+    dtype)` around the forward only; backward runs outside it, as torch's AMP recipe says), else none."""
+    if not plan.autocast:
+        return nullcontext()
+    import torch
+
+    from app.calibration.build import torch_dtype
+
+    return torch.autocast(device_type=plan.device, dtype=torch_dtype(plan))
 
 
 @contextmanager

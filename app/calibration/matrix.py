@@ -100,7 +100,17 @@ def _supported(name: str, family: Family, plan: TrainingPlan) -> bool:
 _NOT_IN_ID = frozenset({"strict"})
 # Plan fields added after matrices were shipped: left out of a point's id while at their default, so that the
 # shipped points keep their ids
-_LATER_FIELDS = ("reentrant", "grad_accum_steps", "keep_logits", "checkpoint_every", "stack")
+_LATER_FIELDS = (
+    "reentrant",
+    "grad_accum_steps",
+    "keep_logits",
+    "checkpoint_every",
+    "autocast",
+    "checkpoint_offload",
+    "fused_cross_entropy",
+    "packing",
+    "stack",
+)
 
 
 def _identity(plan: TrainingPlan) -> str:
@@ -136,6 +146,7 @@ def expand(spec: MatrixSpec) -> list[Point]:
             # kinds of checkpointing: levels of those axes only when it is on
             fields.pop("reentrant", None)
             fields.pop("checkpoint_every", None)
+            fields.pop("checkpoint_offload", None)
         plan = TrainingPlan(**fields)
         if not _supported(name, family, plan):
             continue

@@ -12,7 +12,7 @@ What the Trainer does that the plain loop (harness._run_steps) does not, each of
 The model and the optimizer are the harness's own (build_model, build_optimizer: torch AdamW with foreach, as on
 CUDA; Trainer's `adamw_torch` would pick the per-tensor loop on CPU tensors), passed in through `optimizers=`.
 Weights are loaded in the plan's dtype and the Trainer runs without autocast (bf16=False, fp16=False), as the
-plain loop does. The synthetic dataset holds `input_ids` and `labels` of exactly `seq_len` random tokens.
+plain loop does; with plan.autocast they are loaded in fp32 and the Trainer gets bf16=True / fp16=True. The synthetic dataset holds `input_ids` and `labels` of exactly `seq_len` random tokens.
 
 Phases: micro-batch m < k of step s is `step<s>.micro<m>.forward/.backward`; the last micro-batch is
 `step<s>.forward/.backward` (from the second micro-batch on every gradient is alive, so the last one is the
@@ -36,7 +36,8 @@ MAX_GRAD_NORM = 1.0
 
 
 def trainer_arguments(plan: TrainingPlan, steps: int, seed: int, output_dir: str) -> Any:
-    """TrainingArguments for `steps` optimizer steps of the plan: no logging, saving, workers or autocast."""
+    """TrainingArguments for `steps` optimizer steps of the plan: no logging, saving or workers; autocast only
+    with plan.autocast."""
     import transformers
 
     return transformers.TrainingArguments(
@@ -49,8 +50,10 @@ def trainer_arguments(plan: TrainingPlan, steps: int, seed: int, output_dir: str
         gradient_checkpointing=plan.gradient_checkpointing,
         gradient_checkpointing_kwargs=checkpointing_kwargs(plan),
         use_cpu=plan.device == "cpu",
-        bf16=False,
-        fp16=False,
+        # autocast: accelerate wraps the model's forward in torch.autocast(device, dtype) and its outputs in
+        # convert_outputs_to_fp32 (Accelerator.prepare_model)
+        bf16=plan.autocast and plan.dtype == "bf16",
+        fp16=plan.autocast and plan.dtype == "fp16",
         report_to="none",
         save_strategy="no",
         logging_strategy="no",

@@ -21,10 +21,12 @@ from app.core.attention import (
     attention_half_bytes,
     attention_masks_bytes,
     first_layer_discount,
+    packed_mask_bytes,
 )
 from app.core.experts import expert_step, moe_combine_backward_bytes, moe_experts, one_expert_rows, routed_rows
 from app.core.mlp import GatedProduct, Mlp, dense_mlp, gated_mlp
 from app.core.plan import TrainingPlan
+from app.core.quant import rounded
 from app.core.spec import ModelSpec
 from app.core.step import (
     LayerKind,
@@ -38,7 +40,7 @@ from app.core.step import (
     residual_norm_bytes,
     step,
 )
-from app.core.units import FP32
+from app.core.units import DTYPE_BYTES, FP32
 
 
 class LayerActivations(NamedTuple):
@@ -195,6 +197,42 @@ def recompute_end_bytes(x: Step, tail: int) -> int:
 # --- one layer, the checkpointed layers, the logits --------------------------------------------------------------
 
 
+class WeightCopies(NamedTuple):
+    """Autocast's 16-bit copies of the weights the matmuls read (0 without autocast)."""
+
+    layer: int  # one decoder layer's: its linear weights and LoRA A/B, each saved by its matmul for backward
+    head: int  # lm_head's (the embedding's, when tied), saved by its matmul
+    cached: int  # the trainable ones of every decoder layer: autocast's cache holds them until the forward ends
+
+
+def autocast_weight_copies(model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adapted]) -> WeightCopies:
+    """Under torch.autocast each matmul casts its fp32 weight to the compute dtype `c` and saves the cast for
+    backward (the weight of a frozen projection too: its input needs a gradient); casts of leaf tensors that
+    require grad (the trainable weights) are also kept in autocast's cache until the outermost autocast region
+    exits (the end of the forward): one layer's `Σ numel·c` of its linear weights and LoRA A/B, lm_head's
+    `V·h·c`. Source: torch aten/src/ATen/autocast_mode.cpp `cached_cast` (`arg.requires_grad() && arg.is_leaf()`,
+    cleared by `clear_autocast_cache` when the nesting drops to 0), tracker dumps (saved-tensor hooks)."""
+    if not plan.autocast:
+        return WeightCopies(0, 0, 0)
+    c, layers = DTYPE_BYTES[plan.dtype], model.arch.num_layers
+    linear = [g for g in model.groups if g.kind == "linear"]
+    frozen = sum(g.count * rounded(g.in_features * g.out_features * c) for g in linear if g.in_layers)
+    head = sum(rounded(g.in_features * g.out_features * c) for g in linear if g.output_layer)
+    lora = sum(ad.group.count * sum(rounded(s[0] * s[1] * c) for s in ad.shapes[:2]) for ad in by_leaf.values())
+    trainable = frozen if plan.method == "full" else lora
+    return WeightCopies(layer=math.ceil((frozen + lora) / layers), head=head, cached=trainable)
+
+
+def autocast_cache_bytes(model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adapted], layers: int) -> int:
+    """autocast_cache_bytes: with checkpointing the checkpointed layers save nothing in forward, but autocast's cache
+    keeps the 16-bit copies of their trainable weights (`autocast_weight_copies`) until the forward ends; without
+    it those copies are the saved ones (in activation_bytes). Measured with the tracker."""
+    if not plan.autocast or not plan.gradient_checkpointing:
+        return 0
+    copies = autocast_weight_copies(model, plan, by_leaf)
+    return math.ceil(copies.cached * kept_layers(plan, layers)[0] / model.arch.num_layers)
+
+
 def layer_activations(
     model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adapted], kind: LayerKind | None = None
 ) -> LayerActivations:
@@ -210,7 +248,9 @@ def layer_activations(
     qk_norms, sliding = attention_extras(x)
     branch_norms = branch_norm_bytes(x)
     normed = normed_input_bytes(x, attention.keeps_input, layer_mlp.keeps_input)
-    saved = attention.saved + second_norm + layer_mlp.saved + normed + qk_norms + sliding + branch_norms
+    copies = autocast_weight_copies(model, plan, by_leaf)
+    saved = attention.saved + second_norm + layer_mlp.saved + normed + qk_norms + sliding + branch_norms + copies.layer
+    saved += packed_mask_bytes(x)
     mlp_part = second_norm + layer_mlp.saved + branch_norms // 2
     core = attention.core
     return LayerActivations(
@@ -228,7 +268,7 @@ def layer_activations(
             recompute_scores_bytes(x, core, mlp_part),
         ),
         layer_input=t * h * a_res,
-        head_saved=head_saved_bytes(x, norm),
+        head_saved=head_saved_bytes(x, norm) + copies.head,
         first_layer_discount=first_layer_discount(x, norm, attention),
         input_in_saved=t * h * a_res if norm_keeps_input(x, a_res) else 0,
         qk_norms=qk_norms,
@@ -259,6 +299,41 @@ def kept_layers(plan: TrainingPlan, num_layers: int) -> tuple[int, int]:
     return checkpointed_layers(plan, num_layers), 1
 
 
+def kind_layers(stack: LayerStack) -> tuple[tuple[int, ...], ...]:
+    """Each kind's layer indices: one kind holds them all; an MoE model's dense kind the rest of its MoE layers,
+    which follow the dense ones (DeepSeek's first_k_dense_replace) or interleave from the first MoE layer every
+    `L / moe layers` (Llama 4's interleave_moe_layer_step)."""
+    total = stack.layers
+    if len(stack.kinds) == 1:
+        return (tuple(range(total)),)
+    (dense, _), (moe, _) = stack.kinds[0], stack.kinds[1]
+    first = stack.firsts[1]
+    routed = range(first, total) if first == dense else range(first, total, max(1, total // max(1, moe)))
+    layers = set(routed)
+    return tuple(i for i in range(total) if i not in layers), tuple(sorted(layers))
+
+
+def checkpointed_by_kind(stack: LayerStack, plan: TrainingPlan) -> tuple[int, ...]:
+    """Each kind's checkpointed layers under `checkpoint_every` n (indices that are multiples of n): Llama 4's
+    every_n_layers=2 checkpoints only its dense layers 0, 2, …, so its MoE layers are never recomputed."""
+    n = plan.checkpoint_every
+    return tuple(sum(1 for i in indices if i % n == 0) for indices in kind_layers(stack))
+
+
+def unchecked_saved_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> int:
+    """checkpoint_every > 1: what the layers left unchecked keep, each kind's saved set times its unchecked layers
+    (scaled as `stack.saved` counts the extras only on the layers that have them); on a worst GPU running fewer
+    layers than the model's, the average layer's."""
+    if plan.checkpoint_every == 1:
+        return 0
+    if layers != stack.layers or len(stack.kinds) == 1:
+        return math.ceil(stack.saved * (layers - checkpointed_layers(plan, layers)) / stack.layers)
+    per_kind = [count * la.saved for count, la in stack.kinds]
+    checked = checkpointed_by_kind(stack, plan)
+    unchecked = sum((count - c) * la.saved for (count, la), c in zip(stack.kinds, checked, strict=True))
+    return math.ceil(unchecked * stack.saved / sum(per_kind))
+
+
 def checkpointed_layers(plan: TrainingPlan, num_layers: int) -> int:
     """transformers 5 `every_n_layers` = n checkpoints the decoder layers whose index is a multiple of n
     (modeling_utils._set_gradient_checkpointing: `layer_index % every_n_layers == 0`): ⌈L/n⌉ of them; the other
@@ -271,9 +346,24 @@ def kept_logits_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     hand-written loops and the HF course's do) keeps the logits, `T·V·a`, from its forward through backward, the
     optimizer step and the next forward, until the next output replaces it (transformers.Trainer drops it in
     compute_loss). Measured with the tracker."""
-    if not plan.keep_logits:
-        return 0
+    if not plan.keep_logits or plan.fused_cross_entropy:
+        return 0  # Liger's fused loss returns no logits
     return plan.batch_size * plan.seq_len * model.arch.vocab_size * precision(plan).logits
+
+
+def fused_cross_entropy_bytes(model: ModelSpec, plan: TrainingPlan) -> tuple[int, int]:
+    """logits_peak_bytes under Liger's fused linear cross-entropy, (forward, backward). The forward computes the
+    loss and both gradients chunk by chunk: `chunk = min(next_pow2(⌈T / ⌈V/h⌉⌉), T)` rows of logits `chunk·V·a`
+    (the kernel writes their gradient in place) and of `grad_logits @ W` `chunk·h·a`, beside grad_input `T·h·a`,
+    the fp32 loss `T·4` and the target mask `T`, and lm_head's weight gradient `V·h·w` when it is trained; backward
+    hands on grad_input `T·h·a`. First principles, not measured (Triton kernels: no CPU run). Source:
+    linkedin/Liger-Kernel src/liger_kernel/ops/fused_linear_cross_entropy.py `fused_linear_cross_entropy_forward`."""
+    t, v, h, a = plan.batch_size * plan.seq_len, model.arch.vocab_size, model.arch.hidden_size, precision(plan).logits
+    inc = -(-v // h)
+    chunk = min(1 << max(0, math.ceil(math.log2(-(-t // inc)))), t)
+    weight_grad = v * h * (FP32 if plan.autocast or plan.dtype != "bf16" else a) if plan.method == "full" else 0
+    grad_input = t * h * a
+    return grad_input + weight_grad + t * FP32 + t + chunk * (v + h) * a, grad_input
 
 
 def logits_bytes(model: ModelSpec, plan: TrainingPlan) -> tuple[int, int]:
@@ -284,6 +374,8 @@ def logits_bytes(model: ModelSpec, plan: TrainingPlan) -> tuple[int, int]:
     Backward: the saved log_softmax, its incoming gradient and the fp32 gradient of the logits: `12·T·V`.
     Source: transformers ForCausalLMLoss (logits.float()), torch cross_entropy; measured with the tracker.
     """
+    if plan.fused_cross_entropy:
+        return fused_cross_entropy_bytes(model, plan)
     p = precision(plan)
     tv = plan.batch_size * plan.seq_len * model.arch.vocab_size
     forward = tv * (p.logits + FP32 + (FP32 if p.logits != FP32 else 0))

@@ -94,9 +94,25 @@ def sliding_mask_bytes(x: Step) -> int:
     natively and eager computes the whole `s²` either way. Source: transformers masking_utils and
     integrations/sdpa_attention.py, torch sdpa's convert_boolean_attn_mask, tracker dumps.
     """
+    arch, plan = x.arch, x.plan
+    if plan.packing or plan.attn != "sdpa" or arch.sliding_window is None or plan.seq_len < arch.sliding_window:
+        return 0  # packed rows: every layer's mask is packed_mask_bytes'
+    return masked_sdpa_bytes(x)
+
+
+def packed_mask_bytes(x: Step) -> int:
+    """packing: transformers detects packed rows from position_ids (masking_utils find_packed_sequence_indices) and
+    then never lets sdpa skip the mask (allow_is_causal_skip = False), so every layer under sdpa reads a
+    block-diagonal bool mask and keeps what a sliding layer keeps (`masked_sdpa_bytes`: the additive mask `b·s²·a`
+    and grouped K/V repeated); flash_attention_2 runs varlen (cu_seqlens) without a mask, eager's float mask is
+    materialised anyway. First principles (no packed run measured). Source: transformers masking_utils
+    `_preprocess_mask_arguments`, `create_causal_mask`."""
+    return masked_sdpa_bytes(x) if x.plan.packing and x.plan.attn == "sdpa" else 0
+
+
+def masked_sdpa_bytes(x: Step) -> int:
+    """What an sdpa layer given a bool mask keeps: the additive mask `b·s²·a` and K/V repeated for every head."""
     arch, plan, a = x.arch, x.plan, x.p.act
-    if plan.attn != "sdpa" or arch.sliding_window is None or plan.seq_len < arch.sliding_window:
-        return 0
     saved = plan.batch_size * plan.seq_len * plan.seq_len * a
     if arch.num_kv_heads > 1 and arch.num_heads > arch.num_kv_heads:
         saved += 2 * x.t * (x.q - x.kv) * a
@@ -192,7 +208,7 @@ class AttentionHalf(NamedTuple):
 def attention_half_bytes(x: Step, first_norm: int) -> AttentionHalf:
     """The attention half's saved bytes (the first norm, the projections, attention), and whether the projections
     reading the normed input keep it."""
-    qkv = [lora_branch(x, leaf, width) for leaf, width in qkv_leaves(x)]
+    qkv = [lora_branch(x, leaf, width, normed=True) for leaf, width in qkv_leaves(x)]
     core = attention_core(x)
     o_proj = lora_branch(x, "o_proj", core.out_width)  # its input is the attention output
     kept_out = x.t * core.out_width * x.p.act if o_proj.keeps_input and not core.output_kept else 0
@@ -210,6 +226,8 @@ def attention_masks_bytes(x: Step) -> int:
     if plan.attn == "eager":
         kinds = (1 if arch.sliding_layers < arch.num_layers else 0) + (1 if arch.sliding_layers else 0)
         return kinds * square * x.p.residual
+    if plan.attn == "sdpa" and plan.packing:  # a packed causal mask, and a packed sliding one where layers slide
+        return square * (1 + (1 if arch.sliding_layers and arch.sliding_layers < arch.num_layers else 0))
     if plan.attn == "sdpa" and arch.sliding_window is not None and plan.seq_len >= arch.sliding_window:
         return square  # torch.bool
     return 0

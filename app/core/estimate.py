@@ -10,10 +10,13 @@ from typing import NamedTuple
 from app.core.activations import (
     LayerActivations,
     LayerStack,
+    autocast_cache_bytes,
+    checkpointed_by_kind,
     kept_layers,
     kept_logits_bytes,
     layer_stack,
     logits_bytes,
+    unchecked_saved_bytes,
 )
 from app.core.adapters import accepted_plan, lora_key
 from app.core.capabilities import BNB_OPTIMIZERS
@@ -54,6 +57,10 @@ NOTES: dict[str, tuple[Category, str]] = {
     "activation_bytes": ("activations", "tensors autograd keeps across layers"),
     "logits_peak_bytes": ("activations", "logits, fp32 upcast and cross-entropy (log_softmax and its gradient)"),
     "kept_logits_bytes": ("activations", "the logits of the model output the training loop holds (keep_logits)"),
+    "autocast_cache_bytes": (
+        "transient",
+        "autocast's cache of 16-bit copies of the trainable weights, held until the forward's autocast region exits",
+    ),
     "layer_transient_bytes": (
         "transient",
         "the running layer: intermediates (forward) or recomputed activations and gradient buffers (backward)",
@@ -104,8 +111,8 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
         double_quant_saving_bytes=inv.double_quant_saving
         if plan.quant in ("nf4", "fp4") and plan.double_quant
         else None,
-        offloaded_bytes=terms.resident.offloaded,
-        notes=tuple(_notes(model, plan, tensors, terms.resident.offloaded)),
+        offloaded_bytes=terms.resident.offloaded + terms.host_activations,
+        notes=tuple(_notes(model, plan, tensors, terms.resident.offloaded, terms.host_activations)),
         adjustments=adjustments,
     )
 
@@ -261,9 +268,9 @@ def activation_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> tupl
     first, masks = stack.first, stack.masks
     if plan.gradient_checkpointing:
         kept, _ = kept_layers(plan, layers)
-        # checkpoint_every > 1: the layers left unchecked keep their saved set (the average layer's)
-        unchecked = math.ceil(stack.saved * (layers - kept) / stack.layers) if plan.checkpoint_every > 1 else 0
-        return kept * first.layer_input + unchecked + first.head_saved + masks, first.layer_input + masks
+        unchecked = unchecked_saved_bytes(stack, plan, layers)  # checkpoint_every > 1: their saved sets, by kind
+        on_device = kept - offloaded_checkpoints(plan, kept)
+        return on_device * first.layer_input + unchecked + first.head_saved + masks, first.layer_input + masks
     saved = stack.saved if layers == stack.layers else math.ceil(stack.saved * layers / stack.layers)
     return (
         saved + first.head_saved - first.first_layer_discount + masks,
@@ -271,12 +278,21 @@ def activation_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> tupl
     )
 
 
-def kind_backward_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int) -> int:
+def offloaded_checkpoints(plan: TrainingPlan, kept: int) -> int:
+    """checkpoint_offload: the checkpointed layer inputs saved through torch.autograd.graph.save_on_cpu(pin_memory=
+    True) leave device memory; one stays, the running layer's input in forward or, in backward, the input copied
+    back for the layer being recomputed. First principles (one address space on CPU: no tracker run sees it).
+    Source: transformers 5 modeling_utils `_activation_checkpointing_enable` (offload wraps each checkpoint in
+    save_on_cpu), torch.utils.checkpoint `_NoopSaveInputs` (the inputs are saved under the outer hooks)."""
+    return kept - 1 if plan.checkpoint_offload and kept > 1 else 0
+
+
+def kind_backward_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int, checkpointed: bool = True) -> int:
     """layer_transient_bytes in backward of one layer kind: with checkpointing the recomputed layers' saved set (their
     inputs are the checkpointed ones, counted once) plus the larger of the backward moments and the recompute's
     end; without, the backward moments alone.
     """
-    if not plan.gradient_checkpointing:
+    if not plan.gradient_checkpointing or not checkpointed:  # a kind none of whose layers is checkpointed
         return layer.backward_transient
     _, recomputed = kept_layers(plan, layers)
     return recomputed * (layer.saved - layer.input_in_saved) + max(layer.backward_transient, layer.recompute_transient)
@@ -284,7 +300,15 @@ def kind_backward_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int
 
 def backward_layer_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> int:
     """layer_transient_bytes in backward, the largest over the layer kinds (`kind_backward_bytes`)."""
-    return max(kind_backward_bytes(la, plan, layers) for _, la in stack.kinds)
+    checked = kind_checkpointed(stack, plan, layers)
+    return max(kind_backward_bytes(la, plan, layers, c) for (_, la), c in zip(stack.kinds, checked, strict=True))
+
+
+def kind_checkpointed(stack: LayerStack, plan: TrainingPlan, layers: int) -> tuple[bool, ...]:
+    """Whether any layer of each kind is checkpointed (`checkpointed_by_kind`; all are, but with checkpoint_every)."""
+    if plan.checkpoint_every == 1 or layers != stack.layers:
+        return tuple(True for _ in stack.kinds)
+    return tuple(c > 0 for c in checkpointed_by_kind(stack, plan))
 
 
 class KindMoment(NamedTuple):
@@ -302,14 +326,17 @@ def later_kind_moments(
     if len(stack.kinds) == 1:
         return ()
     first = stack.first
-    moments = []
-    for (_, la), index in list(zip(stack.kinds, stack.firsts, strict=True))[1:]:
+    moments: list[KindMoment] = []
+    checked = kind_checkpointed(stack, plan, share.layers)
+    for (_, la), index, ckpt in list(zip(stack.kinds, stack.firsts, checked, strict=True))[1:]:
         if plan.gradient_checkpointing:
-            acts = (index + 1) * first.layer_input + stack.masks
+            # an unchecked kind's first layer (checkpoint_every) keeps its saved set until its backward
+            own = first.layer_input if ckpt else la.saved
+            acts = index * first.layer_input + own + stack.masks
         else:  # the saved tensors of the layers up to it, at the average layer's bytes
             acts = math.ceil(stack.saved * (index + 1) / stack.layers) + stack.masks - first.first_layer_discount
         later = max(head_grads, grads - (index + 1) * layer_grads)  # lm_head's at least, whatever the layout
-        moments.append(KindMoment(acts, later, kind_backward_bytes(la, plan, share.layers)))
+        moments.append(KindMoment(acts, later, kind_backward_bytes(la, plan, share.layers, ckpt)))
     return tuple(moments)
 
 
@@ -338,6 +365,8 @@ class StepTerms(NamedTuple):
     accumulated: int  # every gradient, alive from the second micro-batch on (0 without accumulation)
     kept_logits: int  # the logits a loop that holds the model's output keeps (0 unless keep_logits)
     optimizer_temp: int
+    autocast_cache: int = 0  # checkpointed layers' trainable weight copies in autocast's cache through the forward
+    host_activations: int = 0  # checkpoint_offload: the checkpointed layer inputs held in pinned host memory
 
 
 def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> StepTerms:
@@ -375,6 +404,10 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         accumulated=accumulated_gradient_bytes(plan, resident.grads),
         kept_logits=kept_logits_bytes(model, plan),
         optimizer_temp=optimizer_temp_bytes(inv, plan, share),
+        autocast_cache=autocast_cache_bytes(model, plan, tensors.by_leaf, share.layers),
+        host_activations=offloaded_checkpoints(plan, kept_layers(plan, share.layers)[0]) * stack.first.layer_input
+        if plan.gradient_checkpointing
+        else 0,
     )
 
 
@@ -413,7 +446,7 @@ def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     persistent terms); FSDP2 also the first gathers, before any activation. From the second micro-batch of an
     accumulating step, every gradient too (`accumulated_gradient_bytes`)."""
     held = {**held, "gradient_bytes": s.accumulated}
-    kept = {**held, "activation_bytes": s.activations}
+    kept = {**held, "activation_bytes": s.activations, "autocast_cache_bytes": s.autocast_cache}
     g = s.sharded
     return [
         {**kept, "logits_peak_bytes": s.logits_forward, "allgather_buffer_bytes": g.forward_logits + s.zero3_gathered},
@@ -516,17 +549,27 @@ def _note(term: str, plan: TrainingPlan) -> str:
         return f"{plan.optimizer} states kept in device memory"
     if term == "activation_bytes" and plan.gradient_checkpointing:
         return f"{note} (checkpointed layer inputs)"
+    if term == "logits_peak_bytes" and plan.fused_cross_entropy:
+        return "Liger fused linear cross-entropy: one chunk of logits, grad_input and the fp32 loss (first principles)"
     return note
 
 
-def _notes(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, offloaded: int) -> list[str]:
+def _notes(
+    model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, offloaded: int, host_activations: int = 0
+) -> list[str]:
     notes = [*model.notes, *tensors.notes, *_stack_notes(model, plan), *_sharded_optimizer_notes(plan)]
+    notes += _autocast_notes(model, plan)
     if model.published_params is not None and model.published_params != model.num_params:
         notes.append(
             f"the Hub reports {model.published_params:,} parameters; the inventory counts {model.num_params:,}"
         )
     if offloaded:
         notes.append(f"{offloaded:,} bytes of states/weights live in host RAM (offload); not on the GPU")
+    if host_activations:
+        notes.append(
+            f"{host_activations:,} bytes of checkpointed layer inputs live in pinned host RAM (checkpoint_offload; "
+            "first principles, not measured); not on the GPU"
+        )
     return notes
 
 
@@ -560,6 +603,17 @@ def _stack_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
             "type is exactly nn.Linear, so these stay in fp32 after prepare_model_for_kbit_training"
         )
     return notes
+
+
+def _autocast_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
+    """autocast was measured on dense families: the 16-bit copies of fused 3-D expert weights are not counted."""
+    fused = _unquantizable(model)[0] if plan.autocast else 0
+    if not fused:
+        return []
+    return [
+        f"autocast: the 16-bit copies autocast makes of the {fused:,} parameters in fused 3-D expert tensors are "
+        "not counted (autocast was measured on dense models only)"
+    ]
 
 
 def _sharded_optimizer_notes(plan: TrainingPlan) -> list[str]:

@@ -31,7 +31,7 @@ def dense_mlp(x: Step) -> Mlp:
     keeps its input; transient `2·T·i·a`. Source: torch GELU/Linear autograd, tracker dumps.
     """
     t, i, a = x.t, x.i, x.p.act
-    up = [lora_branch(x, leaf, x.h) for leaf in ("fc1", "dense_h_to_4h")]
+    up = [lora_branch(x, leaf, x.h, normed=True) for leaf in ("fc1", "dense_h_to_4h")]
     down = [lora_branch(x, leaf, i) for leaf in ("fc2", "dense_4h_to_h")]
     saved = sum(c.saved for c in up + down) + t * i * a  # fc1's output, kept by the activation
     if any(c.keeps_input for c in down):
@@ -45,7 +45,7 @@ def gated_mlp(x: Step) -> Mlp:
     """
     t, i, a = x.t, x.i, x.p.act
     leaves = ("gate_up_proj",) if x.arch.gate_up_fused else ("gate_proj", "up_proj")
-    up = [lora_branch(x, leaf, x.h) for leaf in leaves]
+    up = [lora_branch(x, leaf, x.h, normed=True) for leaf in leaves]
     down = lora_branch(x, "down_proj", i)
     down_saved = down.saved + (t * i * a if down.keeps_input else 0)  # the product, kept by a trained down
     keeps_input = any(c.keeps_input for c in up)

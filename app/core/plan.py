@@ -46,6 +46,11 @@ class TrainingPlan(BaseModel):
     )
     double_quant: bool = Field(True, description="bitsandbytes double quantization of the 4-bit absmax constants.")
     dtype: DType = Field("bf16", description="Compute dtype (and weight dtype of unquantized bases).")
+    autocast: bool = Field(
+        False,
+        description="Weights loaded in fp32 and the step run under torch.autocast in `dtype` (TrainingArguments "
+        "bf16=True / fp16=True over a float32 model): fp32 weights, gradients and optimizer states, 16-bit matmuls.",
+    )
     rank: int = Field(16, ge=1, le=MAX_RANK, description="LoRA rank r.")
     alpha: float = Field(
         32, gt=0, le=1_000_000, allow_inf_nan=False, description="LoRA alpha (scaling numerator); no effect on memory."
@@ -82,6 +87,11 @@ class TrainingPlan(BaseModel):
         description="Checkpoint only every n-th decoder layer (transformers 5 `every_n_layers`); the others keep "
         "their activations.",
     )
+    checkpoint_offload: bool = Field(
+        False,
+        description="The checkpointed layers' inputs are held in pinned host memory (transformers 5 "
+        "`activation_checkpointing_enable(offload=True)`: torch.autograd.graph.save_on_cpu around each checkpoint).",
+    )
     grad_accum_steps: int = Field(
         1,
         ge=1,
@@ -93,6 +103,18 @@ class TrainingPlan(BaseModel):
         False,
         description="The loop keeps the model's outputs (and so the logits) alive through backward, as "
         "`out = model(...); out.loss.backward()` does; transformers.Trainer drops them.",
+    )
+    packing: bool = Field(
+        False,
+        description="Several sequences packed into each row, told apart by position_ids (TRL packing / padding_free, "
+        "axolotl sample_packing, LLaMA-Factory packing): every row full; under sdpa or eager transformers "
+        "materialises a block-diagonal mask, flash_attention_2 runs varlen without one.",
+    )
+    fused_cross_entropy: bool = Field(
+        False,
+        description="Liger's fused linear cross-entropy (axolotl liger_fused_linear_cross_entropy, Liger via "
+        "use_liger_kernel / enable_liger_kernel): lm_head and the loss run chunk by chunk, the logits are never "
+        "materialised whole.",
     )
     optimizer: Optimizer = Field(
         "paged_adamw_32bit",
@@ -165,9 +187,15 @@ class TrainingPlan(BaseModel):
             raise ValueError("int8 bases cannot be sharded with fsdp/zero3: use nf4 or fp4, or ddp")
         if self.offload and self.sharding not in ("fsdp", "fsdp_grad_op", "zero2", "zero3"):
             raise ValueError("offload needs sharding fsdp, fsdp_grad_op, zero2 or zero3")
-        if (self.reentrant or self.checkpoint_every > 1) and not self.gradient_checkpointing:
+        if self.autocast and (self.dtype == "fp32" or self.method == "qlora"):
             raise ValueError(
-                "reentrant and checkpoint_every are kinds of gradient checkpointing: turn gradient_checkpointing on"
+                "autocast runs 16-bit matmuls over fp32 weights of a lora or full plan: use dtype bf16 or fp16 "
+                "and method lora or full"
+            )
+        if (self.reentrant or self.checkpoint_every > 1 or self.checkpoint_offload) and not self.gradient_checkpointing:
+            raise ValueError(
+                "reentrant, checkpoint_every and checkpoint_offload are kinds of gradient checkpointing: turn "
+                "gradient_checkpointing on"
             )
         if self.checkpoint_every > 1 and self.checkpointing != "every-layer":
             raise ValueError(
@@ -178,6 +206,11 @@ class TrainingPlan(BaseModel):
     @property
     def quantized(self) -> bool:
         return self.quant not in (None, "none")
+
+    @property
+    def weight_dtype(self) -> DType:
+        """The dtype the weights are loaded in: fp32 under autocast, else the plan dtype."""
+        return "fp32" if self.autocast else self.dtype
 
     @property
     def uses_lora(self) -> bool:

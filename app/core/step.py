@@ -45,6 +45,8 @@ def precision(plan: TrainingPlan) -> Precision:
     mask = BOOL if plan.device == "cuda" else FP32
     if plan.method == "qlora":
         return Precision(c, FP32, FP32, FP32, mask)  # compute, residual, act, logits, mask
+    if plan.autocast:  # the embedding is not autocast (fp32 stream); matmuls and their outputs are 16-bit
+        return Precision(c, FP32, c, c, mask)
     return Precision(c, c, c, c, mask)
 
 
@@ -125,8 +127,8 @@ def norm_bytes(x: Step, width: int, input_bytes: int, rows: int | None = None, w
     saved = rows * FP32  # rsqrt, one per row
     if input_bytes != FP32:
         saved += rows * width * FP32  # the fp32 copy pow/mul keep
-    if x.full and weighted:  # a trained weight keeps the normalized activation its gradient needs
-        saved += rows * width * (FP32 if kind == "gemma" else x.p.act)
+    if x.full and weighted:  # a trained weight keeps the normalized activation its gradient needs (stream dtype)
+        saved += rows * width * (FP32 if kind == "gemma" else x.p.residual)
     return saved
 
 
@@ -177,13 +179,16 @@ class Projection(NamedTuple):
     keeps_input: bool  # whether it keeps that input (then the caller counts it)
 
 
-def lora_branch(x: Step, leaf: str, in_features: int) -> Projection:
+def lora_branch(x: Step, leaf: str, in_features: int, normed: bool = False) -> Projection:
     """A frozen projection keeps nothing of its input, a trained one keeps it; a LoRA branch keeps its dropout output
     and mask `T·in·(4+m)` (`m` = 1 for CUDA's bool mask, 4 for the CPU path) or, without dropout, the fp32 cast
     of its input (an fp32 input is kept itself), plus lora_A's output `T·r·4`; DoRA also the base output.
+    Under autocast (`autocast_projection`) `normed`: the projection reads the fp32 norm output.
     Source: PEFT lora.Linear.forward (autocast_adapter_dtype), torch dropout, tracker dumps.
     """
     t, p, plan, ad = x.t, x.p, x.plan, x.by_leaf.get(leaf)
+    if plan.autocast:
+        return autocast_projection(x, leaf, in_features, normed)
     if ad is None:
         return Projection(0, x.full)
     saved = 0
@@ -198,3 +203,20 @@ def lora_branch(x: Step, leaf: str, in_features: int) -> Projection:
     if plan.dora:
         saved += t * ad.group.out_features * FP32  # DoRA keeps the base output to rescale it
     return Projection(saved, keeps_input)
+
+
+def autocast_projection(x: Step, leaf: str, in_features: int, normed: bool) -> Projection:
+    """Under torch.autocast every matmul saves the 16-bit cast of its input, made per op (autocast caches only leaf
+    tensors): a trained projection reading the fp32 norm output keeps its own cast `T·in·c` (q, k and v one each),
+    one reading a 16-bit input keeps that input; a LoRA branch keeps its dropout mask `T·in·m` (PEFT casts the input
+    to fp32 first) and lora_A's cast of its input `T·in·c`, and lora_A's output `T·r·c`. Source: torch
+    autocast_mode.cpp cached_cast, PEFT lora.Linear.forward, tracker dumps (saved-tensor hooks).
+    """
+    t, c, plan, ad = x.t, x.p.compute, x.plan, x.by_leaf.get(leaf)
+    if ad is None:
+        return Projection(t * in_features * c, False) if x.full and normed else Projection(0, x.full)
+    mask = t * in_features * x.p.mask if plan.dropout > 0 else 0
+    saved = mask + t * in_features * c + t * plan.rank * c
+    if plan.dora:
+        saved += t * ad.group.out_features * FP32  # DoRA keeps the base output to rescale it (not measured)
+    return Projection(saved, False)

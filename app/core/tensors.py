@@ -74,7 +74,7 @@ class BaseKey(NamedTuple):
 
 
 def base_key(plan: TrainingPlan) -> BaseKey:
-    return BaseKey(plan.method, plan.quant, plan.double_quant, plan.dtype, plan.optimizer, plan.device)
+    return BaseKey(plan.method, plan.quant, plan.double_quant, plan.weight_dtype, plan.optimizer, plan.device)
 
 
 class PlanTensors(NamedTuple):

@@ -108,9 +108,25 @@ def _dtype(row: str) -> Maps:
 
 
 def _checkpointing(value: Any, _ctx: Ctx) -> Outcome:
-    if value in ("offload", "offload_disk"):
-        return Approx({"gradient_checkpointing": True}, f"{value}: checkpointed layer inputs leave the GPU")
+    """`offload`: axolotl's CPU_Offloaded_Gradient_Checkpointer (Unsloth's) moves each checkpointed layer input to
+    host memory, as checkpoint_offload plans it; `offload_disk` (its Disco checkpointer) to disk, off the GPU
+    either way (src/axolotl/monkeypatch/gradient_checkpointing/)."""
+    if value == "offload":
+        return {"gradient_checkpointing": True, "checkpoint_offload": True}
+    if value == "offload_disk":
+        return Approx(
+            {"gradient_checkpointing": True, "checkpoint_offload": True},
+            "offload_disk: the checkpointed layer inputs go to disk, not host RAM (off the GPU either way)",
+        )
     return {"gradient_checkpointing": as_bool(value)}
+
+
+def _liger_fused(value: Any, ctx: Ctx) -> Outcome:
+    """The Liger plugin's fused linear cross-entropy (axolotl.integrations.liger); without the plugin listed in
+    `plugins` the flag does nothing."""
+    plugins = ctx.root.get("plugins")
+    listed = isinstance(plugins, list) and any("liger" in str(p).lower() for p in plugins)
+    return {"fused_cross_entropy": True} if as_bool(value) and listed else {}
 
 
 def _attention_flag(attn: str) -> Maps:
@@ -137,7 +153,10 @@ MAPS: dict[str, Rule] = {
     "peft_use_rslora": _lora("rslora", as_bool),
     "sequence_len": Maps(("seq_len",), lambda v, _ctx: {"seq_len": as_int(v)}),
     "micro_batch_size": Maps(("batch_size",), lambda v, _ctx: {} if v is None else {"batch_size": as_int(v)}),
-    "gradient_checkpointing": Maps(("gradient_checkpointing",), _checkpointing),
+    "gradient_checkpointing": Maps(("gradient_checkpointing", "checkpoint_offload"), _checkpointing),
+    "liger_fused_linear_cross_entropy": Maps(("fused_cross_entropy",), _liger_fused),
+    # multipack fills each row to sequence_len with several samples, told apart by position_ids
+    "sample_packing": Maps(("packing",), lambda v, _ctx: {"packing": True} if as_bool(v) else {}),
     "gradient_checkpointing_kwargs": Nested(hf.CHECKPOINT_KWARGS),
     "gradient_accumulation_steps": hf.GRAD_ACCUMULATION,
     "optimizer": Maps(("optimizer",), optimizer),
@@ -151,17 +170,13 @@ MAPS: dict[str, Rule] = {
     "fsdp_config": Nested(hf.FSDP_CONFIG, key=fsdp_key, implies={"sharding": "fsdp"}),
 }
 NOT_MODELLED: dict[str, Unmodelled] = {
-    "sample_packing": Unmodelled(
-        "multipack fills each row to sequence_len with several samples; its collator is not modelled"
-    ),
     **_unmodelled(
         "liger_rope",
         "liger_rms_norm",
         "liger_glu_activation",
         "liger_layer_norm",
         "liger_cross_entropy",
-        "liger_fused_linear_cross_entropy",
-        why="Liger's fused kernels keep less than gpuplan counts (fused linear cross-entropy: no full logits)",
+        why="Liger's fused kernels keep less than gpuplan counts",
     ),
     **_unmodelled("cut_cross_entropy", "chunked_cross_entropy", why="the loss never holds the full logits"),
     **_unmodelled(

@@ -126,15 +126,21 @@ def _zero3(root: Doc) -> bool:
 
 
 def _pure_bf16(value: Any, ctx: Ctx) -> Outcome:
+    """pure_bf16 false: model/adapter.py upcasts the trainable weights to fp32 (not with a quantized base or ZeRO-3)
+    and the Trainer's bf16 / fp16 runs them under autocast; full fine-tuning trains every weight, so that is the
+    plan's autocast. `freeze` trains some layers only: not modelled."""
     if as_bool(value):
         return {"dtype": "bf16"}
-    full = ctx.root.get("finetuning_type", "lora") in ("full", "freeze")
-    if full and ctx.root.get("quantization_bit") is None and not _zero3(ctx.root):
+    kind = ctx.root.get("finetuning_type", "lora")
+    if kind not in ("full", "freeze") or ctx.root.get("quantization_bit") is not None or _zero3(ctx.root):
+        return {}
+    if kind == "freeze":
         raise NotModelledValue(
-            "LLaMA-Factory upcasts the trainable weights to fp32 and trains under autocast (pure_bf16 false); "
-            "gpuplan counts them in the training dtype"
+            "LLaMA-Factory upcasts the trainable weights to fp32 (the unfrozen layers) and trains under autocast (pure_bf16 "
+            "false); gpuplan's freeze tuning is not modelled"
         )
-    return {}
+    mixed = as_bool(ctx.root.get("bf16", False)) or as_bool(ctx.root.get("fp16", False))
+    return {"autocast": True} if mixed else {}
 
 
 def _unmodelled(*names: str, why: str) -> dict[str, Unmodelled]:
@@ -145,7 +151,12 @@ MAPS: dict[str, Rule] = {
     **{k: v for k, v in hf.MAPS.items() if k not in ("bf16", "fp16")},
     "bf16": _compute_dtype("bf16"),  # LLaMA-Factory loads the model in its compute dtype
     "fp16": _compute_dtype("fp16"),
-    "pure_bf16": Maps(("dtype",), _pure_bf16),
+    "pure_bf16": Maps(("dtype", "autocast"), _pure_bf16),
+    # model/model_utils/liger_kernel.py applies Liger's kernels, the fused linear cross-entropy among them
+    "enable_liger_kernel": Maps(("fused_cross_entropy",), hf.liger),
+    # rows filled to cutoff_len with several samples (neat_packing: no attention across them, a block mask)
+    "packing": Maps(("packing",), lambda v, _ctx: {"packing": True} if as_bool(v) else {}),
+    "neat_packing": Maps(("packing",), lambda v, _ctx: {"packing": True} if as_bool(v) else {}),
     "model_name_or_path": MODEL,
     "finetuning_type": Maps(("method",), _finetuning_type),
     "lora_rank": _lora("rank", as_int),
@@ -169,11 +180,8 @@ NOT_MODELLED: dict[str, Unmodelled] = {
         "rm / ppo / dpo / kto keep a reward or reference model and pairs of sequences",
         lambda v, _c: v not in (None, "sft", "pt"),
     ),
-    "packing": Unmodelled("packing fills every row to cutoff_len with several samples; its collator is not modelled"),
-    "neat_packing": Unmodelled("packing without cross-attention between the packed samples"),
     "additional_target": Unmodelled("full trainable copies of these modules (weights, gradients, states)"),
     "mixture_of_depths": Unmodelled("mixture-of-depths layers"),
-    **_unmodelled("enable_liger_kernel", why="Liger's fused kernels (linear cross-entropy, RMSNorm, SwiGLU) keep less"),
     **_unmodelled("use_unsloth", "use_unsloth_gc", why="Unsloth's kernels and offloaded checkpointing"),
     **_unmodelled("shift_attn", why="LongLoRA shifted sparse attention"),
     **_unmodelled("upcast_layernorm", "upcast_lmhead_output", why="fp32 copies of layer norms / lm_head output"),

@@ -14,6 +14,7 @@ from app.recipes.common import (
     optimizer,
 )
 from app.recipes.rules import (
+    Approx,
     Ctx,
     Doc,
     Maps,
@@ -54,11 +55,17 @@ def every_n_layers(value: Any, ctx: Ctx) -> Outcome:
     return {"checkpoint_every": n} if n > 1 and checkpointing_on(ctx.root) else {}
 
 
+def offloaded(value: Any, ctx: Ctx) -> Outcome:
+    """offload=True holds the checkpointed layer inputs in pinned host memory, while checkpointing is on."""
+    return {"checkpoint_offload": True} if as_bool(value) and checkpointing_on(ctx.root) else {}
+
+
 # gradient_checkpointing_kwargs / activation_checkpointing_kwargs; any other key goes to torch.utils.checkpoint
 CHECKPOINT_KWARGS: dict[str, Rule] = {
     "use_reentrant": Maps(("reentrant",), reentrant),
     "every_n_layers": Maps(("checkpoint_every",), every_n_layers),
-    "offload": Unmodelled("checkpointed activations are held in pinned host memory, not on the GPU"),
+    # the Trainer pops it and passes activation_checkpointing_enable(offload=...): save_on_cpu around each checkpoint
+    "offload": Maps(("checkpoint_offload",), offloaded),
 }
 
 
@@ -80,20 +87,45 @@ def weights_dtype(value: Any, ctx: Ctx) -> Outcome:
     return {"dtype": dtype}
 
 
+def _quantized(root: Doc) -> bool:
+    """The same file loads the base quantized (TRL ModelConfig load_in_4bit/8bit, model_init_kwargs'
+    quantization_config)."""
+    init = root.get("model_init_kwargs")
+    nested = isinstance(init, dict) and init.get("quantization_config") is not None
+    return nested or truthy_flag(root.get("load_in_4bit")) or truthy_flag(root.get("load_in_8bit"))
+
+
 def autocast(dtype: str) -> Maps:
-    """bf16 / fp16 mixed precision: the plan dtype, unless the weights are loaded in fp32 under the autocast."""
+    """bf16 / fp16 mixed precision: the plan dtype; over weights loaded in fp32 (dtype float32) the plan's autocast
+    (accelerate wraps the forward in torch.autocast: fp32 weights, 16-bit matmuls)."""
 
     def convert(value: Any, ctx: Ctx) -> Outcome:
         if not as_bool(value):
             return {}
         if _weights_dtype(ctx.root) == "fp32":
-            raise NotModelledValue(
-                f"{dtype} autocast over fp32 weights (dtype float32): gpuplan plans weights and activations "
-                "in one dtype"
-            )
+            if _quantized(ctx.root):
+                raise NotModelledValue(
+                    f"{dtype} autocast over a quantized base (QLoRA under bf16/fp16 autocast): gpuplan models "
+                    "autocast for lora and full fine-tuning only"
+                )
+            return {"dtype": dtype, "autocast": True}
         return {"dtype": dtype}
 
-    return Maps(("dtype",), convert)
+    return Maps(("dtype", "autocast"), convert)
+
+
+def liger(value: Any, ctx: Ctx) -> Outcome:
+    """use_liger_kernel: transformers applies Liger's kernels to the model (liger_kernel_config, each on by default):
+    the fused linear cross-entropy is planned, its RMSNorm / SwiGLU / RoPE kernels are not (they keep less)."""
+    if not as_bool(value):
+        return {}
+    config = ctx.root.get("liger_kernel_config")
+    fused = not isinstance(config, dict) or as_bool(config.get("fused_linear_cross_entropy", True))
+    return Approx(
+        {"fused_cross_entropy": True} if fused else {},
+        "Liger's RMSNorm, SwiGLU and RoPE kernels (applied with it) keep less than gpuplan counts; its fused "
+        "linear cross-entropy is planned (first principles)",
+    )
 
 
 def _adafactor_flag(value: Any, _ctx: Ctx) -> Outcome:
@@ -133,6 +165,7 @@ MAPS: dict[str, Rule] = {
     "bf16": autocast("bf16"),
     "fp16": autocast("fp16"),
     "optim": Maps(("optimizer",), optimizer),
+    "use_liger_kernel": Maps(("fused_cross_entropy",), liger),
     "adafactor": Maps(("optimizer",), _adafactor_flag),  # transformers 4: deprecated flag for optim="adafactor"
     "deepspeed": Maps(("sharding", "offload"), deepspeed),
     "fsdp": Maps(("sharding", "offload"), fsdp_options),
@@ -140,7 +173,6 @@ MAPS: dict[str, Rule] = {
 }
 NOT_MODELLED: dict[str, Unmodelled] = {
     "torch_compile": Unmodelled("torch.compile fuses kernels and changes which activations autograd keeps"),
-    "use_liger_kernel": Unmodelled("Liger's fused kernels (linear cross-entropy, RMSNorm, SwiGLU) keep less"),
     "label_smoothing_factor": Unmodelled(
         "label smoothing computes a second log-softmax over the logits", lambda v, _c: bool(v) and v != 0
     ),

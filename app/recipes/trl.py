@@ -9,6 +9,7 @@ from app.recipes import transformers_args as hf
 from app.recipes.common import attention, lora_targets
 from app.recipes.rules import (
     MODEL,
+    Approx,
     Ctx,
     Doc,
     Maps,
@@ -20,6 +21,7 @@ from app.recipes.rules import (
     as_bool,
     as_float,
     as_int,
+    flag,
     is_set,
     names,
     table,
@@ -35,6 +37,17 @@ def _seq_len(value: Any, _ctx: Ctx) -> Outcome:
     if value is None:
         raise NotModelledValue("max_length null: sequences are not truncated, so gpuplan has no length to plan")
     return {"seq_len": as_int(value)}
+
+
+def _padding_free(value: Any, _ctx: Ctx) -> Outcome:
+    """padding_free flattens each batch into one row with position_ids (DataCollatorForLanguageModeling): packed."""
+    if not as_bool(value):
+        return {}
+    return Approx(
+        {"packing": True},
+        "padding-free batches are one flattened row of all the batch's tokens; planned as packed rows (the same "
+        "tokens; with sdpa the one row's mask is larger)",
+    )
 
 
 def _use_peft(value: Any, _ctx: Ctx) -> Outcome:
@@ -104,11 +117,12 @@ MAPS: dict[str, Rule] = {
     "load_in_8bit": Maps(("quant",), _load_8bit),
     "bnb_4bit_quant_type": _in_4bit("quant", bnb.quant_type),
     "use_bnb_nested_quant": _in_4bit("double_quant", as_bool),
+    # packed rows are full max_length rows told apart by position_ids (first principles: app/core/attention.py)
+    "packing": flag("packing"),
+    "padding_free": Maps(("packing",), _padding_free),
 }
 NOT_MODELLED: dict[str, Unmodelled] = {
     **hf.NOT_MODELLED,
-    "packing": Unmodelled("packing fills every row to max_length with several samples; its collator is not modelled"),
-    "padding_free": Unmodelled("padding-free batches are one flattened sequence per batch"),
     "activation_offloading": Unmodelled("activations are offloaded to the CPU between forward and backward"),
     "loss_type": Unmodelled(
         "chunked_nll computes the lm_head and cross-entropy in chunks over non-ignored tokens only; gpuplan counts "

@@ -24,6 +24,7 @@ LABELS: dict[str, str] = {
     "quant": "Base quantization",
     "double_quant": "Double quantization",
     "dtype": "Compute dtype",
+    "autocast": "Autocast over fp32 weights",
     "rank": "LoRA rank r",
     "alpha": "LoRA alpha α",
     "dropout": "LoRA dropout",
@@ -38,6 +39,9 @@ LABELS: dict[str, str] = {
     "checkpoint_every": "Checkpoint every n-th layer",
     "grad_accum_steps": "Gradient accumulation steps",
     "keep_logits": "Loop keeps the logits",
+    "checkpoint_offload": "Checkpoints in host memory",
+    "packing": "Packed rows",
+    "fused_cross_entropy": "Liger fused cross-entropy",
     "optimizer": "Optimizer",
     "attn": "Attention",
     "gpus": "GPUs",
@@ -48,7 +52,7 @@ LABELS: dict[str, str] = {
     "stack": "Software stack",
 }
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Method", ("method", "quant", "double_quant", "dtype")),
+    ("Method", ("method", "quant", "double_quant", "dtype", "autocast")),
     ("LoRA adapters", ("rank", "alpha", "dropout", "targets", "dora", "rslora")),
     (
         "Batch and activations",
@@ -60,8 +64,11 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "checkpointing",
             "reentrant",
             "checkpoint_every",
+            "checkpoint_offload",
             "attn",
+            "packing",
             "keep_logits",
+            "fused_cross_entropy",
         ),
     ),
     ("Optimizer and GPUs", ("optimizer", "gpus", "sharding", "offload", "device", "stack", "strict")),

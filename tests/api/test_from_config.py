@@ -27,7 +27,8 @@ def test_a_json_body_gives_the_estimate_of_the_equivalent_plan_and_the_import_re
     assert (plan.rank, plan.seq_len, plan.batch_size, plan.attn) == (32, 4096, 2, "flash_attention_2")
     recipe = body["recipe"]
     assert recipe["formats"] == [{"file": "q.yml", "format": "axolotl", "detected": True}]
-    assert "sample_packing" in {n["field"] for n in recipe["not_modelled"]}
+    assert "bf16" in {n["field"] for n in recipe["not_modelled"]}  # bf16: auto, bf16 only where the GPU has it
+    assert plan.packing and any(m["field"] == "sample_packing" for m in recipe["mapped"])
     assert plan.grad_accum_steps == 4 and plan.reentrant  # honoured: axolotl's accumulation and reentrant default
     assert any(m["field"] == "lora_r" and m["plan_field"] == "rank" for m in recipe["mapped"])
 

@@ -182,3 +182,27 @@ def test_a_tiny_cuda_run_reads_the_caching_allocator() -> None:
     assert measurement.peak_reserved_bytes is not None
     assert measurement.peak_reserved_bytes >= measurement.peak_allocated_bytes > 0
     assert measurement.env.total_memory_bytes is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "says"),
+    [
+        ("checkpoint_offload", "one address space"),
+        ("fused_cross_entropy", "Liger's Triton kernel"),
+        ("packing", "not packed ones"),
+    ],
+)
+def test_the_first_principles_recipe_fields_are_refused_by_the_harness_saying_why(field: str, says: str) -> None:
+    from app.calibration.harness import check_plan
+
+    plan = TrainingPlan(device="cpu", optimizer="adamw", **{field: True})
+    with pytest.raises(CalibrationError, match=says):
+        check_plan(plan, steps=2)
+
+
+def test_an_autocast_plan_loads_fp32_weights_and_is_measured() -> None:
+    plan = TrainingPlan(method="lora", device="cpu", optimizer="adamw", autocast=True, seq_len=32, rank=4)
+    model = build_model(build_config(TINY_LLAMA, 1), plan)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    measured = run_measurement(TINY_LLAMA, plan, layers=1)
+    assert measured.plan["autocast"] is True and measured.peak_allocated_bytes > 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,31 +27,43 @@ from tests.calibration.conftest import MachineProbe, report
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "calibration" / "cpu-matrix-trainer.toml"
+# bf16=True over fp32-loaded weights, kept apart so the 74 points of SPEC keep their draws
+AUTOCAST_SPEC = ROOT / "calibration" / "cpu-matrix-trainer-autocast.toml"
 BUDGET_S = float(os.environ.get("GPUPLAN_CALIBRATION_TRAINER_BUDGET_S", "150"))
 
 
 def variant(point: Point) -> tuple[str, int, str]:
     plan = point.plan
     ckpt = ("reentrant" if plan.reentrant else "non-reentrant") if plan.gradient_checkpointing else "off"
-    return plan.method, min(plan.grad_accum_steps, 4), ckpt
+    method = plan.method + ("+autocast" if plan.autocast else "")
+    return method, min(plan.grad_accum_steps, 4), ckpt
+
+
+def _cheapest(points: list[Point], key: Callable[[Point], tuple[object, ...]]) -> list[Point]:
+    by_key: dict[tuple[object, ...], Point] = {}
+    for point in points:
+        best = by_key.get(key(point))
+        if best is None or point_work(point) < point_work(best):
+            by_key[key(point)] = point
+    return [by_key[k] for k in sorted(by_key, key=str)]
 
 
 @pytest.fixture(scope="module")
 def cheap_points() -> list[Point]:
-    by_variant: dict[tuple[str, int, str], Point] = {}
-    for point in expand(load_spec(SPEC)):
-        best = by_variant.get(variant(point))
-        if best is None or point_work(point) < point_work(best):
-            by_variant[variant(point)] = point
-    return [by_variant[v] for v in sorted(by_variant)]
+    """The cheapest point of each variant of SPEC, and of each method x checkpointing on/off of AUTOCAST_SPEC."""
+    autocast = _cheapest(expand(load_spec(AUTOCAST_SPEC)), lambda p: (p.plan.method, p.plan.gradient_checkpointing))
+    return _cheapest(expand(load_spec(SPEC)), variant) + autocast
 
 
 def test_the_matrix_runs_through_the_trainer_and_covers_the_recipe_axes(cheap_points: list[Point]) -> None:
-    assert load_spec(SPEC).loop == "trainer"
+    assert load_spec(SPEC).loop == load_spec(AUTOCAST_SPEC).loop == "trainer"
     variants = {variant(p) for p in cheap_points}
-    assert {m for m, _, _ in variants} == {"qlora", "lora", "full"}
+    assert {m for m, _, _ in variants} == {"qlora", "lora", "full", "lora+autocast", "full+autocast"}
     assert {a for _, a, _ in variants} == {1, 4}
     assert {c for _, _, c in variants} == {"off", "non-reentrant", "reentrant"}
+    assert {(m, c == "off") for m, _, c in variants if "autocast" in m} == {
+        (m, off) for m in ("lora+autocast", "full+autocast") for off in (True, False)
+    }
 
 
 @pytest.mark.slow

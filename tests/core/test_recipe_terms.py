@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from app.core.activations import fused_cross_entropy_bytes
 from app.core.adapters import lora_key
 from app.core.estimate import estimate
 from app.core.plan import TrainingPlan
@@ -69,3 +70,77 @@ def test_checkpoint_every_keeps_the_unchecked_layers_saved_sets() -> None:
         TrainingPlan(checkpoint_every=2, gradient_checkpointing=False)
     with pytest.raises(ValueError, match="every-layer"):
         TrainingPlan(checkpoint_every=2, checkpointing="sqrt-n")
+
+
+def test_checkpoint_offload_moves_the_checkpointed_inputs_to_host_memory_and_says_it_is_unmeasured() -> None:
+    with pytest.raises(ValueError, match="turn gradient_checkpointing on"):
+        TrainingPlan(checkpoint_offload=True, gradient_checkpointing=False)
+    model = spec("meta-llama/Llama-2-7b-hf")
+    plan = TrainingPlan(method="lora", seq_len=4096)
+    kept, offloaded = estimate(model, plan), estimate(model, plan.model_copy(update={"checkpoint_offload": True}))
+    layer_input = 4096 * model.arch.hidden_size * 2  # one bf16 hidden state
+    layers = model.arch.num_layers
+    # all but one checkpointed input leave the device: the running (or recomputed) layer's stays
+    assert _term(kept, "activation_bytes") - _term(offloaded, "activation_bytes") == (layers - 1) * layer_input
+    assert offloaded.offloaded_bytes == (layers - 1) * layer_input and kept.offloaded_bytes == 0
+    assert any("pinned host RAM (checkpoint_offload" in n for n in offloaded.notes)
+    term = offloaded.term("activation_bytes")
+    assert term is not None and term.evidence == "first-principles"
+    assert offloaded.peak_allocated_bytes < kept.peak_allocated_bytes
+
+
+def test_fused_cross_entropy_holds_one_chunk_of_logits_and_grad_input() -> None:
+    """Liger's chunk rule by hand for Llama 3.1 8B at T = 8192: ⌈128256/4096⌉ = 32, ⌈8192/32⌉ = 256 rows."""
+    model = spec("meta-llama/Llama-3.1-8B")
+    plan = TrainingPlan(method="lora", seq_len=8192, fused_cross_entropy=True, keep_logits=True)
+    est = estimate(model, plan)
+    t, v, h = 8192, model.arch.vocab_size, model.arch.hidden_size
+    assert (v, h) == (128256, 4096)
+    forward = t * h * 2 + t * 4 + t + 256 * (v + h) * 2
+    assert fused_cross_entropy_bytes(model, plan) == (forward, t * h * 2)
+    assert {p.name: p.bytes for p in est.phases}["forward"] >= forward
+    # full fine-tuning adds lm_head's weight gradient, made in the forward
+    full = plan.model_copy(update={"method": "full", "optimizer": "adamw", "quant": "none"})
+    assert fused_cross_entropy_bytes(model, full)[0] == forward + v * h * 2
+    assert _term(est, "kept_logits_bytes") == 0  # the fused loss returns no logits
+    plain = estimate(model, plan.model_copy(update={"fused_cross_entropy": False, "keep_logits": False}))
+    assert est.peak_allocated_bytes < plain.peak_allocated_bytes - 8 * t * v  # the whole-sequence logits are gone
+    term = est.term("logits_peak_bytes")
+    assert term is None or term.evidence == "first-principles"
+
+
+def test_packed_rows_make_every_sdpa_layer_keep_a_mask_and_flash_attention_none() -> None:
+    model = spec("meta-llama/Llama-2-7b-hf")
+    base = TrainingPlan(method="lora", gradient_checkpointing=False, seq_len=1024, batch_size=2)
+    square = 2 * 1024 * 1024
+    for attn, extra in (("sdpa", square + model.arch.num_layers * square * 2), ("flash_attention_2", 0)):
+        plain = estimate(model, base.model_copy(update={"attn": attn}))
+        packed = estimate(model, base.model_copy(update={"attn": attn, "packing": True}))
+        # sdpa: the bool block mask once and, per layer, torch's bf16 additive mask (Llama 2 7B has no grouped KV)
+        assert _term(packed, "activation_bytes") - _term(plain, "activation_bytes") == extra, attn
+    term = estimate(model, base.model_copy(update={"packing": True})).term("activation_bytes")
+    assert term is not None and term.evidence == "first-principles"
+
+
+def test_checkpoint_every_treats_each_layer_kind_by_its_own_layers() -> None:
+    """Llama 4 Maverick interleaves dense and MoE layers (MoE at 1, 3, …): every_n_layers=2 checkpoints only the
+    dense ones, so the MoE layers keep their own (larger) saved sets and are never recomputed; DeepSeek-V3's dense
+    layers 0-2 come first."""
+    from app.core.activations import checkpointed_by_kind, kind_layers, layer_stack
+
+    for model_id, dense, moe in (
+        ("meta-llama/Llama-4-Maverick-17B-128E-Instruct", tuple(range(0, 48, 2)), tuple(range(1, 48, 2))),
+        ("deepseek-ai/DeepSeek-V3", (0, 1, 2), tuple(range(3, 61))),
+    ):
+        model = spec(model_id)
+        plan = TrainingPlan(method="lora", checkpoint_every=2, seq_len=512, targets="o_proj")
+        tensors = plan_tensors(model, base_key(plan), lora_key(plan))
+        stack = layer_stack(model, plan, tensors.by_leaf)
+        assert kind_layers(stack) == (dense, moe), model_id
+        checked = checkpointed_by_kind(stack, plan)
+        assert checked == (sum(1 for i in dense if i % 2 == 0), sum(1 for i in moe if i % 2 == 0)), model_id
+    # Maverick: no MoE layer is checkpointed; with every layer checkpointed the MoE kind's recompute counts again
+    maverick = spec("meta-llama/Llama-4-Maverick-17B-128E-Instruct")
+    lora = TrainingPlan(method="lora", seq_len=512, targets="o_proj")
+    every2 = estimate(maverick, lora.model_copy(update={"checkpoint_every": 2}))
+    assert every2.peak_allocated_bytes > estimate(maverick, lora).peak_allocated_bytes

@@ -31,14 +31,23 @@ def test_axolotl_llama3_qlora() -> None:
         reentrant=True,  # no gradient_checkpointing_kwargs: axolotl's normalize_config sets use_reentrant=True
         optimizer="paged_adamw_32bit",
         attn="flash_attention_2",  # attn_implementation
+        packing=True,  # sample_packing: true (with flash_attention_2: varlen, no mask)
     )
     assert result.plan == expected
     assert set(result.plan_fields) == {
         "method", "quant", "double_quant", "dtype", "rank", "alpha", "dropout", "targets", "seq_len",
-        "batch_size", "grad_accum_steps", "gradient_checkpointing", "reentrant", "optimizer", "attn",
+        "batch_size", "grad_accum_steps", "gradient_checkpointing", "reentrant", "optimizer", "attn", "packing",
     }  # fmt: skip
     unmodelled = not_modelled(result)
-    assert unmodelled["sample_packing"] is True
+    assert "sample_packing" not in unmodelled and mapped(result)[("sample_packing", "packing")] is True
+    # flash-attention varlen keeps no mask: packed or not, the estimate is the same
+    from app.catalog import load_spec
+    from app.core.estimate import estimate
+
+    spec = load_spec("meta-llama/Llama-3.1-8B")
+    assert spec is not None
+    unpacked = expected.model_copy(update={"packing": False})
+    assert estimate(spec, expected).peak_allocated_bytes == estimate(spec, unpacked).peak_allocated_bytes
     assert "gradient_accumulation_steps" not in unmodelled
     assert unmodelled["bf16"] == "auto"  # bf16 only where the GPU has it
     reentrant = next(e for e in result.mapped if e.field == "gradient_checkpointing_kwargs.use_reentrant")
@@ -66,6 +75,7 @@ def test_axolotl_llama3_lora_8bit() -> None:
         reentrant=True,
         optimizer="adamw_8bit",  # adamw_bnb_8bit
         attn="flash_attention_2",
+        packing=True,  # sample_packing: true
     )
     assert mapped(result)[("adapter", "method")] == "lora"
     assert not_modelled(result)["lora_modules_to_save"] == ["embed_tokens", "lm_head"]
@@ -83,6 +93,7 @@ def test_axolotl_llama3_full_fine_tune() -> None:
         gradient_checkpointing=True,  # gradient_checkpointing_kwargs.use_reentrant: false
         optimizer="paged_adamw_8bit",
         attn="flash_attention_2",
+        packing=True,  # sample_packing: true
     )
     method = next(e for e in result.mapped if e.plan_field == "method")
     assert method.field == "adapter" and method.default  # axolotl trains every weight when adapter is unset

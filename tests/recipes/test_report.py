@@ -16,7 +16,7 @@ AXOLOTL = "base_model: meta-llama/Llama-3.1-8B\nadapter: qlora\nload_in_4bit: tr
 def test_unsupported_memory_fields_are_reported_not_modelled_with_their_value() -> None:
     text = AXOLOTL + (
         "optimizer: lion_8bit\n"
-        "liger_fused_linear_cross_entropy: true\n"
+        "liger_cross_entropy: true\n"
         "gradient_checkpointing: offload\n"
         "deepspeed: configs/my_own_deepspeed.json\n"
         "lora_modules_to_save: [lm_head]\n"
@@ -27,11 +27,12 @@ def test_unsupported_memory_fields_are_reported_not_modelled_with_their_value() 
     assert (
         unmodelled["optimizer"].value == "lion_8bit" and "gpuplan models the optimizers" in unmodelled["optimizer"].why
     )
-    assert unmodelled["liger_fused_linear_cross_entropy"].value is True
+    assert unmodelled["liger_cross_entropy"].value is True
     assert unmodelled["deepspeed"].why.startswith("gpuplan cannot read the DeepSpeed file")
     assert unmodelled["lora_modules_to_save"].value == ["lm_head"]
-    # offloaded checkpointing is honoured as checkpointing, and its offload reported
-    assert result.plan.gradient_checkpointing is True and "leave the GPU" in unmodelled["gradient_checkpointing"].why
+    # offloaded checkpointing is honoured: checkpointing with the layer inputs in host memory
+    assert result.plan.gradient_checkpointing is True and result.plan.checkpoint_offload is True
+    assert "gradient_checkpointing" not in unmodelled
     assert "gradient_accumulation_steps" not in unmodelled
     assert "optimizer" not in result.plan_fields  # not modelled: the caller's optimizer stays
     assert result.plan.grad_accum_steps == 1 and result.plan_fields["grad_accum_steps"] == 1
@@ -141,8 +142,18 @@ def test_trl_cli_config_without_use_peft_is_full_fine_tuning_in_fp32_weights() -
     # ModelConfig defaults: use_peft false, dtype float32; SFTConfig: bf16 true -> bf16 autocast over fp32 weights
     result = import_recipe([recipe("sft.yaml", "model_name_or_path: Qwen/Qwen2.5-0.5B\nmax_length: 512\n")])
     assert result.plan.method == "full" and result.plan.seq_len == 512
-    assert "dtype" not in result.plan_fields
-    assert "autocast over fp32 weights" in not_modelled_why(result, "bf16")
+    assert (result.plan_fields["dtype"], result.plan_fields["autocast"]) == ("bf16", True)
+    assert (result.plan.weight_dtype, result.plan.autocast) == ("fp32", True)
+    assert not [e for e in result.not_modelled if e.field == "bf16"]
+    bf16 = [e for e in result.mapped if e.field == "bf16"]
+    assert {e.plan_field for e in bf16} == {"dtype", "autocast"}
+
+
+def test_trl_cli_bf16_over_bf16_weights_is_no_autocast() -> None:
+    # dtype bfloat16: the weights are loaded in 16 bits, the plan's dtype; autocast changes nothing gpuplan models
+    text = "model_name_or_path: Qwen/Qwen2.5-0.5B\ndtype: bfloat16\nuse_peft: true\n"
+    result = import_recipe([recipe("sft.yaml", text)])
+    assert (result.plan.dtype, result.plan.autocast) == ("bf16", False)
 
 
 def test_nested_quantization_configs_are_read_with_the_bitsandbytes_table() -> None:
@@ -176,9 +187,70 @@ def test_peft_regex_targets_and_llamafactory_freeze_are_not_modelled() -> None:
     assert "upcasts the trainable weights to fp32" in not_modelled_why(result, "pure_bf16")
 
 
-def test_llamafactory_full_without_pure_bf16_reports_the_fp32_upcast() -> None:
+def test_llamafactory_full_without_pure_bf16_is_autocast_over_fp32_weights() -> None:
+    # model/adapter.py upcasts every trainable weight to fp32 unless pure_bf16; bf16 then runs under autocast
     text = "model_name_or_path: x/y\nstage: dpo\nfinetuning_type: full\nbf16: true\n"
     result = import_recipe([recipe("full.yaml", text)])
     unmodelled = {e.field: e for e in result.not_modelled}
-    assert unmodelled["pure_bf16"].default and unmodelled["stage"].value == "dpo"
-    assert result.plan.method == "full" and result.plan.dtype == "bf16"
+    assert "pure_bf16" not in unmodelled and unmodelled["stage"].value == "dpo"
+    assert result.plan.method == "full" and (result.plan.dtype, result.plan.autocast) == ("bf16", True)
+    pure = [e for e in result.mapped if e.field == "pure_bf16"]
+    assert pure and pure[0].default and pure[0].plan_field == "autocast"
+    # pure_bf16 true keeps the weights in bf16; ZeRO-3 skips the upcast; without bf16/fp16 it trains in fp32
+    for extra in ("pure_bf16: true\n", "deepspeed: examples/deepspeed/ds_z3_config.json\n"):
+        assert import_recipe([recipe("full.yaml", text + extra)]).plan.autocast is False
+    fp32 = "model_name_or_path: x/y\nfinetuning_type: full\n"
+    assert import_recipe([recipe("full.yaml", fp32)]).plan.autocast is False
+
+
+def test_offloaded_checkpointing_is_planned_with_the_layer_inputs_in_host_memory() -> None:
+    # transformers 5: the Trainer pops `offload` from gradient_checkpointing_kwargs into activation_checkpointing_enable
+    args = {"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"offload": True, "use_reentrant": False}}
+    result = import_recipe([recipe("args.json", json.dumps(args))])
+    assert result.plan.checkpoint_offload is True and result.plan.reentrant is False
+    assert not [e for e in result.not_modelled if "offload" in e.field]
+    # without checkpointing the kwargs are inert
+    args["gradient_checkpointing"] = False
+    assert import_recipe([recipe("args.json", json.dumps(args))]).plan.checkpoint_offload is False
+    # axolotl's offload_disk: off the GPU too, reported as an approximation
+    result = import_recipe([recipe("a.yml", AXOLOTL + "gradient_checkpointing: offload_disk\n")])
+    assert result.plan.checkpoint_offload is True
+    assert "disk" in {e.field: e for e in result.not_modelled}["gradient_checkpointing"].why
+
+
+def test_liger_fused_linear_cross_entropy_is_planned_where_the_recipe_enables_it() -> None:
+    plugin = "plugins: [axolotl.integrations.liger.LigerPlugin]\nliger_fused_linear_cross_entropy: true\n"
+    result = import_recipe([recipe("a.yml", AXOLOTL + plugin)])
+    assert result.plan.fused_cross_entropy is True
+    # without the plugin the flag does nothing
+    alone = import_recipe([recipe("a.yml", AXOLOTL + "liger_fused_linear_cross_entropy: true\n")])
+    assert alone.plan.fused_cross_entropy is False
+    # TrainingArguments / LLaMA-Factory apply every Liger kernel: the fused loss is planned, the rest reported
+    for name, text in (
+        ("args.json", json.dumps({"use_liger_kernel": True, "per_device_train_batch_size": 2})),
+        ("lf.yaml", "model_name_or_path: x/y\nstage: sft\nfinetuning_type: lora\nenable_liger_kernel: true\n"),
+    ):
+        result = import_recipe([recipe(name, text)])
+        assert result.plan.fused_cross_entropy is True, name
+        assert "RMSNorm, SwiGLU and RoPE" in " ".join(e.why for e in result.not_modelled), name
+    off = {"use_liger_kernel": True, "liger_kernel_config": {"fused_linear_cross_entropy": False}, "optim": "sgd"}
+    assert import_recipe([recipe("args.json", json.dumps(off))]).plan.fused_cross_entropy is False
+
+
+def test_packing_is_planned_as_full_rows_told_apart_by_position_ids() -> None:
+    sft = {"max_length": 2048, "packing": True, "per_device_train_batch_size": 4, "model_init_kwargs": {}}
+    result = import_recipe([recipe("sft.json", json.dumps(sft))])
+    assert result.plan.packing is True and not [e for e in result.not_modelled if e.field == "packing"]
+    flat = import_recipe([recipe("sft.json", json.dumps({"max_length": 2048, "padding_free": True}))])
+    assert flat.plan.packing is True  # one flattened row: reported as an approximation
+    assert "flattened row" in {e.field: e for e in flat.not_modelled}["padding_free"].why
+    lf = "model_name_or_path: x/y\nstage: sft\nfinetuning_type: lora\nneat_packing: true\n"
+    assert import_recipe([recipe("lf.yaml", lf)]).plan.packing is True
+
+
+def test_trl_cli_qlora_over_fp32_weights_reports_the_autocast_not_modelled() -> None:
+    # ModelConfig's dtype defaults to float32; QLoRA under autocast is not modelled: reported, and no 422
+    text = "model_name_or_path: Qwen/Qwen2.5-0.5B\nuse_peft: true\nload_in_4bit: true\n"
+    result = import_recipe([recipe("sft.yaml", text)])
+    assert result.plan.method == "qlora" and result.plan.autocast is False
+    assert "quantized base" in {e.field: e for e in result.not_modelled}["bf16"].why

@@ -37,6 +37,7 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "quant": "",  # auto: nf4 for qlora
         "double_quant": "true",
         "dtype": "bf16",
+        "autocast": "false",
         "rank": "16",
         "alpha": "32",
         "dropout": "0.05",
@@ -49,8 +50,11 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "checkpointing": "every-layer",
         "reentrant": "false",
         "checkpoint_every": "1",
+        "checkpoint_offload": "false",
         "grad_accum_steps": "1",
+        "packing": "false",
         "keep_logits": "false",
+        "fused_cross_entropy": "false",
         "safe": "",  # the verdict option: the server's setting
         "optimizer": "",  # auto: adamw for full, paged_adamw_32bit for LoRA/QLoRA
         "attn": "sdpa",
