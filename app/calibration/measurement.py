@@ -53,6 +53,12 @@ class RankPeak(BaseModel):
     rank: int = Field(ge=0)
     peak_allocated_bytes: int = Field(ge=0)
     phases: list[Phase]
+    host_peak_bytes: int | None = Field(
+        None, ge=0, description="Offload: the peak of the storages a CUDA run keeps in host RAM; None without offload."
+    )
+    all_storages_peak_bytes: int | None = Field(
+        None, ge=0, description="Offload: the peak of every live storage, device and host together; None without."
+    )
 
 
 class Measurement(BaseModel):
@@ -79,6 +85,16 @@ class Measurement(BaseModel):
     )
     worst_rank: int | None = Field(
         None, ge=0, description="The rank whose peak (and phases) this measurement reports; None for one process."
+    )
+    host_peak_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Offload on CPU ranks: the worst rank's peak of the storages a CUDA run keeps in host RAM "
+        "(counted by placement, app/calibration/offload.py); peak_allocated_bytes is the rest, the device's. None "
+        "without offload.",
+    )
+    all_storages_peak_bytes: int | None = Field(
+        None, ge=0, description="Offload on CPU ranks: the worst rank's peak of every live storage, device and host."
     )
 
     def phase(self, label: str) -> Phase:
