@@ -55,10 +55,19 @@ def fsdp_backward_gradient_bytes(inv: Inventory, plan: TrainingPlan, num_layers:
     """gradient_bytes in FSDP2's backward: the root's gradients stay unsharded until the root's post-backward at
     the very end, the layers' are sharded as each layer's reduce-scatter ends; the input embeddings' gradient
     (`embed`, `input_embedding_gradient_bytes`) is made only after layer 0's backward:
-    (`G_r − embed` at the last layer; that + every other layer's shard at layer 0)."""
-    shard = math.ceil(inv.grads.layers / plan.gpus)
+    (`G_r − embed` at the last layer; that + every other layer's shard at layer 0). With offload the layers' shards
+    are host RAM (`fsdp_offload_host_bytes`): `G_r − embed` at both."""
+    shard = 0 if plan.offload else math.ceil(inv.grads.layers / plan.gpus)
     head = inv.grads.other - embed
     return head, head + shard - math.ceil(shard / max(1, num_layers))
+
+
+def fsdp_layer_shard_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:
+    """One decoder layer's gradient shard on the device, `⌈G_l/n⌉` once its reduce-scatter is done: 0 without FSDP,
+    and with offload (the shard is copied to host RAM)."""
+    if plan.sharding not in FSDP or plan.gpus < 2 or plan.offload:
+        return 0
+    return math.ceil(math.ceil(inv.grads.layers / plan.gpus) / max(1, num_layers))
 
 
 def input_embedding_gradient_bytes(model: ModelSpec, inv: Inventory, plan: TrainingPlan) -> int:
@@ -138,10 +147,12 @@ def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
         backward_last=backward[1],
         backward_first=backward[2],
         reduce_scatter_layer=reduce_scatter_bytes(inv, num_layers) // 2,
-        reduce_scatter_peak=reduce_scatter_bytes(inv, num_layers),
+        reduce_scatter_peak=offload_reduce_scatter_bytes(inv, plan, num_layers)
+        if plan.offload
+        else reduce_scatter_bytes(inv, num_layers),
         reduce_scatter_root=2 * inv.grads.other,
         root_grads=inv.grads.other,
-        end_grads=math.ceil(inv.grads.layers / plan.gpus) + inv.grads.other,
+        end_grads=(0 if plan.offload else math.ceil(inv.grads.layers / plan.gpus)) + inv.grads.other,
     )
 
 
@@ -150,6 +161,16 @@ def reduce_scatter_bytes(inv: Inventory, num_layers: int) -> int:
     them into a reduce-scatter input of `G_l` before freeing them: `2·G_l` then (the layer's transients gone).
     Source: torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py (foreach_reduce)."""
     return 2 * math.ceil(inv.grads.layers / max(1, num_layers))
+
+
+def offload_reduce_scatter_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:
+    """With CPU offload the worst moment of a layer's reduce-scatter is the collective itself: the reduce-scatter
+    input `G_l` and its output `⌈G_l/n⌉` (allocated before the call, copied to the host after it), the unsharded
+    gradients already freed by the copy-in. Measured on CPU ranks counted by placement (app/calibration/offload.py):
+    the copy-in's `2·G_l` (`reduce_scatter_bytes`) is not reached there, the call's `G_l + G_l/n` is (x2 and x4
+    alike). Source: torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py (foreach_reduce)."""
+    layer = math.ceil(inv.grads.layers / max(1, num_layers))
+    return layer + math.ceil(layer / plan.gpus)
 
 
 def zero3_gathered_bytes(inv: Inventory, plan: TrainingPlan) -> int:
