@@ -201,19 +201,31 @@ def resident_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> Resid
     gradient too (`fsdp_offload_host_bytes`). Source: DeepSpeed ZeRO / torch FSDP partitioning, DeepSpeed
     offload_optimizer/param.
     """
-    weights = share_bytes(inv.base, share, share.param_shards)
+    replicated = fsdp_quant_state_bytes(inv, plan)
+    weights = math.ceil((inv.base.layers * share.layer_fraction + inv.base.other - replicated) / share.param_shards)
     adapters = share_bytes(inv.adapters, share, share.param_shards)
     grads = share_bytes(inv.grads, share, share.state_shards)
     states = share_bytes(inv.states, share, share.state_shards)
     paged = math.ceil(inv.paged_states * share.layer_fraction / share.state_shards)
     master = master_weight_bytes(inv, plan, share)
     if not plan.offload:
-        return Resident(weights, adapters, grads, states, paged, master, offloaded=0)
+        return Resident(weights + replicated, adapters, grads, states, paged, master, offloaded=0)
     if plan.sharding in FSDP:
         host = fsdp_offload_host_bytes(weights, adapters, grads)
-        return Resident(0, 0, 0, 0, 0, 0, offloaded=host + states + master + paged)
+        return Resident(replicated, 0, 0, 0, 0, 0, offloaded=host + states + master + paged)
     host_weights = weights if plan.sharding == "zero3" else 0
     return Resident(weights - host_weights, adapters, grads, 0, 0, 0, offloaded=states + master + paged + host_weights)
+
+
+def fsdp_quant_state_bytes(inv: Inventory, plan: TrainingPlan) -> int:
+    """QLoRA under FSDP2: bitsandbytes' quantization states (absmax, the nested double-quant state, code maps) are
+    no parameters, so FSDP2 neither shards nor offloads them: every GPU keeps all of them (Linear4bit keeps a
+    module-level copy to restore on the gathered weight). Measured on CPU ranks (the offload runs' device bytes
+    between steps are these states). Source: bitsandbytes/nn/modules.py (Linear4bit `quant_state`,
+    `fix_4bit_weight_quant_state_from_module`)."""
+    if plan.sharding not in FSDP or plan.gpus < 2 or plan.method != "qlora":
+        return 0
+    return inv.quant_states
 
 
 def fsdp_offload_host_bytes(weights: int, adapters: int, grads: int) -> int:
@@ -508,7 +520,7 @@ def next_layer_moment(s: StepTerms, held: Moment) -> Moment:
     """FSDP2: the backward of the layer before the last. The last layer's reduce-scatter input stays alive through
     it (FSDP2 keeps `reduce_scatter_max_input_buffers` = 1 of them and frees the oldest only at the next layer's
     reduce-scatter), beside that layer's own growing gradients; the last layer's saved tensors are gone, its
-    gradient shard made (host RAM with offload). Measured on CPU ranks (full fine-tuning under offload, where
+    gradient shard made (host RAM with offload), and with reshard after forward off its parameters resharded. Measured on CPU ranks (full fine-tuning under offload, where
     the shards are off the device, peaks here). Source: torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py
     (post_backward, `reduce_scatter_states`)."""
     g = s.sharded
@@ -518,7 +530,7 @@ def next_layer_moment(s: StepTerms, held: Moment) -> Moment:
         "gradient_bytes": s.accumulated + s.next_layer_grads,
         "layer_transient_bytes": s.layer_backward,
         "dequant_transient_bytes": s.dequant,
-        "allgather_buffer_bytes": g.backward_last + s.zero3_gathered,
+        "allgather_buffer_bytes": g.backward_next + s.zero3_gathered,
         "reduce_scatter_bytes": g.reduce_scatter_layer,
     }
 

@@ -36,6 +36,7 @@ class ShardedMoments(NamedTuple):
     backward_loss: int
     backward_last: int  # the last decoder layer's backward
     backward_first: int  # layer 0's backward
+    backward_next: int  # the backward of the layer before the last (estimate:next_layer_moment)
     reduce_scatter_layer: int  # a layer's unsharded gradients while its backward runs
     reduce_scatter_peak: int  # the same gradients and the reduce-scatter input, once the layer's backward is done
     reduce_scatter_root: int  # the root's, at the end of backward
@@ -47,7 +48,7 @@ def sharded_moments(inv: Inventory, plan: TrainingPlan, num_layers: int, grads: 
     """DDP's terms (`ddp_bucket_bytes`, `ddp_broadcast_bytes`) or FSDP2's (`fsdp_gathered_bytes`); zero for others."""
     if plan.sharding in FSDP:
         return fsdp_gathered_bytes(inv, plan, num_layers)
-    none = ShardedMoments(*([0] * 14))
+    none = ShardedMoments(*([0] * 15))
     return none._replace(ddp_buckets=ddp_bucket_bytes(plan, grads), ddp_broadcast=ddp_broadcast_bytes(inv, plan))
 
 
@@ -123,7 +124,7 @@ def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
     _fsdp_param_group.py (pre_backward prefetch, post_backward reshard), _fsdp_state.py (the root's lazy init).
     """
     if plan.sharding not in FSDP or plan.gpus < 2:
-        return ShardedMoments(*([0] * 14))
+        return ShardedMoments(*([0] * 15))
     root, layer = root_param_bytes(inv), layer_param_bytes(inv, num_layers)
     if plan.sharding == "fsdp_grad_op":  # every layer stays gathered from its forward to its backward
         kept = root + num_layers * layer
@@ -132,10 +133,12 @@ def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
             kept + layer,
             kept + 2 * layer,
         )  # with the last gather's flat output, freed as the forward ends
-        backward = (kept, kept, root + layer)  # no gather in backward: no flat output, no prefetch
+        # no gather in backward: no flat output, no prefetch; each layer resharded once its backward is done
+        backward = (kept, kept, root + layer, kept - layer)
     else:
         forward = (root + 2 * layer, root + layer, root + 3 * layer)
-        backward = (root + layer, root + 2 * layer, root + 2 * layer)  # the loss's backward prefetches the last
+        # the loss's backward prefetches the last layer, every layer's backward the next
+        backward = (root + layer, root + 2 * layer, root + 2 * layer, root + 2 * layer)
     return ShardedMoments(
         ddp_buckets=0,
         ddp_broadcast=0,
@@ -146,6 +149,7 @@ def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
         backward_loss=backward[0],
         backward_last=backward[1],
         backward_first=backward[2],
+        backward_next=backward[3],
         reduce_scatter_layer=reduce_scatter_bytes(inv, num_layers) // 2,
         reduce_scatter_peak=offload_reduce_scatter_bytes(inv, plan, num_layers)
         if plan.offload

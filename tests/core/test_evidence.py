@@ -42,10 +42,11 @@ def test_ddp_and_fsdp2_terms_are_measured_on_cpu_ranks(sharding: str) -> None:
         {"sharding": "zero2", "gpus": 8},
         {"sharding": "zero3", "gpus": 8, "offload": True},
         {"sharding": "none", "gpus": 2},
+        {"sharding": "fsdp", "gpus": 8, "method": "qlora", "optimizer": "adamw"},
     ],
 )
 def test_zero_with_or_without_offload_and_layer_splitting_are_first_principles(fields: dict[str, Any]) -> None:
-    ev = _evidence(method="full", optimizer="adamw", **fields)
+    ev = _evidence(**{"method": "full", "optimizer": "adamw", **fields})
     assert set(ev.values()) == {"first-principles"}
 
 
