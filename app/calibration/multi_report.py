@@ -56,7 +56,8 @@ host RAM's own peak against the host's limits.
   9 points, `calibration/cpu-matrix-multi-qlora.toml`): with gradient checkpointing within bounds (5 points,
   -0.72 % to +3.00 %); without it the backward is under-estimated (llama and mistral: -6.94 %, -7.19 %, -9.02 %;
   mixtral +0.09 %): the root's gathered fp32 embeddings and lm_head are held twice there (its all-gather output
-  beside its copy-out), which the FSDP2 moments do not model yet. Those points are not shipped as store data (they
+  beside its copy-out: `reshard_after_forward` passed explicitly, as accelerate passes it, reshards the root after
+  forward too, so backward's start re-gathers it), which the FSDP2 moments do not model yet. Those points are not shipped as store data (they
   would break the ±5 % bound), and QLoRA's terms under FSDP stay first-principles. bitsandbytes' quantization
   states are no parameters: FSDP2 neither shards nor offloads them (`estimate:fsdp_quant_state_bytes`, measured).
 - **MixedPrecisionPolicy** (bf16 compute over fp32 shards): not run; the plan has no field for it (parameters stay
