@@ -122,6 +122,9 @@ def _load(cfg: Any, plan: TrainingPlan) -> Any:
             bnb_4bit_quant_type=plan.quant,
             bnb_4bit_use_double_quant=plan.double_quant,
             bnb_4bit_compute_dtype=dtype,
+            # PEFT's FSDP+QLoRA recipe (docs "FSDP", accelerate fsdp_qlora): the packed weights stored in the compute
+            # dtype, so FSDP shards them like every other parameter (same bytes: 2 nf4 values a byte either way)
+            **({"bnb_4bit_quant_storage": dtype} if plan.sharding in ("fsdp", "fsdp_grad_op") else {}),
         )
     # bitsandbytes quantizes while transformers loads: round-trip the random weights through safetensors
     with tempfile.TemporaryDirectory(prefix="gpuplan-calibration-") as tmp:

@@ -113,10 +113,16 @@ def to_record(
 
 
 def _env(measurement: Measurement) -> dict[str, Any]:
-    """The environment, and for a multi-rank run every rank's peak and which rank was the worst."""
+    """The environment, and for a multi-rank run every rank's peak and which rank was the worst; with offload the
+    host RAM's peak and every storage's (device + host), measured_peak_bytes being the device's."""
     env: dict[str, Any] = measurement.env.model_dump(mode="json")
     if measurement.ranks:
         env["rank_peak_bytes"] = [r.peak_allocated_bytes for r in measurement.ranks]
         env["worst_rank"] = measurement.worst_rank
         env["backend"] = "gloo"
+    if measurement.host_peak_bytes is not None:  # offload counted by placement: both figures, every rank's too
+        env["host_peak_bytes"] = measurement.host_peak_bytes
+        env["all_storages_peak_bytes"] = measurement.all_storages_peak_bytes
+        env["rank_host_peak_bytes"] = [r.host_peak_bytes for r in measurement.ranks]
+        env["placement"] = "offload counted by placement (app/calibration/offload.py)"
     return env

@@ -12,10 +12,13 @@ peak and phases are the worst rank's; every rank's peak and phases are kept in `
   reshard_after_forward True (fsdp) or False (fsdp_grad_op); parameters stay in the plan dtype (no
   MixedPrecisionPolicy: the model is built in that dtype already). Wrapped before tracking: the baseline is
   each rank's shard, as a run that loads shards (or from the meta device) starts.
-- offload: FSDP2's `CPUOffloadPolicy(pin_memory=False)` runs on CPU ranks, but on a CPU-only machine the
-  "offloaded" shards, gradients and states and the compute copies are all CPU tensors: placement cannot tell
-  host RAM from device memory, so a run's peak would be host + device together. `check_distributed_plan`
-  refuses offload rather than store a number no GPU would show (docs/accuracy-multi.md).
+- offload: FSDP2's `CPUOffloadPolicy(pin_memory=False)`. On a CPU-only machine the offloaded shards, gradients
+  and optimizer states and the device copies are all CPU tensors, so the tracker counts them by placement, as a
+  CUDA rank holds them (app/calibration/offload.py): the storages FSDP2 keeps on the host are named by identity
+  and counted apart; the measured peak is the device's, the host's and both together's peaks are kept too.
+- QLoRA under fsdp / fsdp_grad_op: PEFT's FSDP+QLoRA recipe, `bnb_4bit_quant_storage` = the compute dtype
+  (build.py), so FSDP2 shards the packed weights like any parameter; it runs (with offload too), but without
+  checkpointing its backward is not in bounds yet (docs/accuracy-multi.md).
 ZeRO-2/3 (DeepSpeed) are not run here: see `check_distributed_plan`. Sources: torch/nn/parallel/distributed.py,
 torch/distributed/fsdp/_fully_shard/ (torch 2.13), accelerate/utils/fsdp_utils.py (fsdp2_prepare_model).
 """
@@ -84,16 +87,6 @@ def check_distributed_plan(plan: TrainingPlan) -> None:
         raise CalibrationError("the multi-rank harness runs ddp, fsdp or fsdp_grad_op on at least 2 ranks (gpus >= 2)")
     if plan.device != "cpu":
         raise CalibrationError("the multi-rank harness runs CPU ranks over gloo: use device cpu")
-    if plan.offload:
-        raise CalibrationError(
-            "offload cannot be measured on CPU ranks: the offloaded shards and the device copies are all CPU "
-            "tensors, so a run cannot tell host RAM from device memory (docs/accuracy-multi.md); drop --offload"
-        )
-    if plan.method == "qlora" and plan.sharding != "ddp":
-        raise CalibrationError(
-            "QLoRA under FSDP needs bitsandbytes' FSDP path (bnb_4bit_quant_storage matching the dtype, FSDP1 "
-            "use_orig_params), which this CPU harness does not run: measure qlora with ddp"
-        )
 
 
 def run_distributed(
@@ -127,7 +120,13 @@ def run_distributed(
 def assemble(results: list[dict[str, Any]], plan: TrainingPlan) -> Measurement:
     """One Measurement from the ranks' own: the worst rank's peak and phases, every rank's kept."""
     ranks = tuple(
-        RankPeak(rank=n, peak_allocated_bytes=r["peak"], phases=[Phase(**p) for p in r["phases"]])
+        RankPeak(
+            rank=n,
+            peak_allocated_bytes=r["peak"],
+            phases=[Phase(**p) for p in r["phases"]],
+            host_peak_bytes=r["measurement"].get("host_peak_bytes"),
+            all_storages_peak_bytes=r["measurement"].get("all_storages_peak_bytes"),
+        )
         for n, r in enumerate(results)
     )
     worst = max(ranks, key=lambda r: r.peak_allocated_bytes)
@@ -176,12 +175,18 @@ def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any],
     from datetime import UTC, datetime
 
     from app.calibration.harness import environment, run_steps
+    from app.calibration.offload import HostPlacement, copy_shards_to_device
 
     if plan.sharding != "ddp":
         model = shard_fsdp2(model, plan)
         gc.collect()  # the unsharded originals go before tracking starts
     wrap = wrap_ddp if plan.sharding == "ddp" else None
-    phases, peak, _ = run_steps(model, int(cfg.vocab_size), plan, int(job["steps"]), int(job["seed"]), wrap=wrap)
+    place = HostPlacement() if plan.offload else None
+    if plan.offload:
+        copy_shards_to_device()
+    phases, peak, _ = run_steps(
+        model, int(cfg.vocab_size), plan, int(job["steps"]), int(job["seed"]), wrap=wrap, place=place
+    )
     del model
     return Measurement(
         model_type=str(cfg.model_type),
@@ -196,6 +201,8 @@ def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any],
         env=environment("cpu", matmul_compute="fp32" if job["fp32_matmuls"] else "native"),
         duration_s=time.perf_counter() - started,
         created_at=datetime.now(UTC),
+        host_peak_bytes=None if place is None else place.host_peak_bytes,
+        all_storages_peak_bytes=None if place is None else place.all_storages_peak_bytes,
     )
 
 
@@ -226,7 +233,8 @@ def shard_fsdp2(model: Any, plan: TrainingPlan) -> Any:
     kwargs: dict[str, Any] = {
         "mesh": mesh,
         "reshard_after_forward": plan.sharding == "fsdp",
-        "offload_policy": CPUOffloadPolicy(pin_memory=False) if plan.offload else OffloadPolicy(),  # refused for now
+        # pinned memory needs an accelerator; pin_memory only changes how the host copies are made, not their bytes
+        "offload_policy": CPUOffloadPolicy(pin_memory=False) if plan.offload else OffloadPolicy(),
     }
     for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)

@@ -239,10 +239,18 @@ def tracked(model: Any, plan: TrainingPlan) -> tuple[LiveTensorTracker | None, P
 
 
 def run_steps(
-    model: Any, vocab_size: int, plan: TrainingPlan, steps: int, seed: int, wrap: Callable[[Any], Any] | None = None
+    model: Any,
+    vocab_size: int,
+    plan: TrainingPlan,
+    steps: int,
+    seed: int,
+    wrap: Callable[[Any], Any] | None = None,
+    place: Callable[[Any, LiveTensorTracker], None] | None = None,
 ) -> tuple[list[Phase], int, int | None]:
     """The steps under the probe: (phases, peak allocated, peak reserved or None). `wrap` (DDP) runs inside the
-    tracker, after the model's own tensors are counted, so what it allocates (its buckets) counts too."""
+    tracker, after the model's own tensors are counted, so what it allocates (its buckets) counts too. `place`
+    (offload, app/calibration/offload.py) names the storages a CUDA run keeps in host RAM; with offload the
+    optimizer step runs on the host, so what it allocates is host RAM too."""
     import torch
 
     tracker, probe = tracked(model, plan)
@@ -251,6 +259,8 @@ def run_steps(
     with tracker if tracker is not None else nullcontext():
         if wrap is not None:
             model = wrap(model)
+        if place is not None and tracker is not None:
+            place(model, tracker)
         probe.mark("load")
         optimizer = build_optimizer(model, plan)
         ids = torch.randint(vocab_size, (plan.batch_size, plan.seq_len), generator=generator).to(plan.device)
@@ -258,7 +268,7 @@ def run_steps(
         for _ in range(steps):
             for _ in range(plan.grad_accum_steps):
                 _micro_batch(model, ids, probe, labels, held, plan)
-            _optimizer_step(optimizer, probe, labels.optimizer())
+            _optimizer_step(optimizer, probe, labels.optimizer(), on_host=plan.offload)
         del optimizer, ids, held
     reserved = probe.peak_reserved if plan.device == "cuda" else None
     return probe.phases, probe.peak_allocated, reserved
@@ -299,10 +309,12 @@ def _micro_batch(
         probe.mark(phase)
 
 
-def _optimizer_step(optimizer: torch.optim.Optimizer, probe: Probe, phase: str) -> None:
+def _optimizer_step(optimizer: torch.optim.Optimizer, probe: Probe, phase: str, on_host: bool = False) -> None:
+    host = probe.tracker.host_allocations() if on_host and probe.tracker is not None else nullcontext()
     with _failures(phase):
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with host:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         probe.mark(phase)
 
 

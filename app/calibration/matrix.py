@@ -45,6 +45,11 @@ class MatrixSpec(BaseModel):
     seed: int = Field(0, description="Seed of the per-point level draws.")
     steps: int = Field(2, ge=1)
     loop: Loop = Field("plain", description="The training loop of every point: plain, or transformers.Trainer.")
+    skip: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Plans left out: a point whose plan has every field of one entry is not measured (e.g. what a "
+        "matrix was drawn without, so its points stay those it shipped).",
+    )
 
 
 class Point(BaseModel):
@@ -93,6 +98,10 @@ def _supported(name: str, family: Family, plan: TrainingPlan) -> bool:
     except (PlanError, CalibrationError):
         return False
     return True
+
+
+def _skipped(plan: TrainingPlan, skip: list[dict[str, Any]]) -> bool:
+    return any(all(getattr(plan, k, None) == v for k, v in entry.items()) for entry in skip)
 
 
 # plan fields added after points were first measured, which change nothing a run measures: left out of a point's
@@ -148,7 +157,7 @@ def expand(spec: MatrixSpec) -> list[Point]:
             fields.pop("checkpoint_every", None)
             fields.pop("checkpoint_offload", None)
         plan = TrainingPlan(**fields)
-        if not _supported(name, family, plan):
+        if _skipped(plan, spec.skip) or not _supported(name, family, plan):
             continue
         point_id = name + "-" + hashlib.sha256(_identity(plan).encode()).hexdigest()[:8]
         if point_id in seen:

@@ -55,6 +55,12 @@ class RankPeak(BaseModel):
     rank: int = Field(ge=0)
     peak_allocated_bytes: int = Field(ge=0)
     phases: list[Phase]
+    host_peak_bytes: int | None = Field(
+        None, ge=0, description="Offload: the peak of the storages a CUDA run keeps in host RAM; None without offload."
+    )
+    all_storages_peak_bytes: int | None = Field(
+        None, ge=0, description="Offload: the peak of every live storage, device and host together; None without."
+    )
 
 
 class Measurement(BaseModel):
@@ -106,6 +112,16 @@ class Measurement(BaseModel):
         if not self.step_s or self.tokens_per_step is None:
             return None
         return self.tokens_per_step / self.step_s
+    host_peak_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Offload on CPU ranks: the worst rank's peak of the storages a CUDA run keeps in host RAM "
+        "(counted by placement, app/calibration/offload.py); peak_allocated_bytes is the rest, the device's. None "
+        "without offload.",
+    )
+    all_storages_peak_bytes: int | None = Field(
+        None, ge=0, description="Offload on CPU ranks: the worst rank's peak of every live storage, device and host."
+    )
 
     def phase(self, label: str) -> Phase:
         """The phase with this label (KeyError when the run has none)."""

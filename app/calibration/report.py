@@ -99,7 +99,11 @@ def accuracy_markdown(records: Sequence[MeasurementRecord], *, title: str, intro
 
 
 def _rank_cells(rec: MeasurementRecord) -> str:
-    """gpus, sharding and every rank's peak (the measured peak is the worst of them)."""
+    """gpus, sharding and every rank's peak (the measured peak is the worst of them); with offload the sharding says
+    so and the worst rank's host RAM peak follows the device peaks (counted by placement)."""
     peaks = rec.env.get("rank_peak_bytes") or []
     shown = " / ".join(f"{p / MIB:,.2f}" for p in peaks) or "-"
-    return f"{rec.plan.get('gpus', 1)} | {rec.plan.get('sharding', 'none')} | {shown} | "
+    sharding = str(rec.plan.get("sharding", "none")) + (" + offload" if rec.plan.get("offload") else "")
+    if rec.env.get("host_peak_bytes") is not None:
+        shown += f" (host {rec.env['host_peak_bytes'] / MIB:,.2f})"
+    return f"{rec.plan.get('gpus', 1)} | {sharding} | {shown} | "

@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -59,6 +60,7 @@ class _Entry:
     ref: weakref.ReferenceType[torch.UntypedStorage]
     nbytes: int
     counted: int
+    host: bool = False  # counted as host RAM (placement: see LiveTensorTracker.mark_host), not device memory
 
 
 # TorchDispatchMode is untyped, hence the no-untyped-call ignores on it and its super() calls.
@@ -68,6 +70,11 @@ class LiveTensorTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
     ``adopt_inputs``: a storage this tracker has not seen that an op reads (a tensor made before tracking
     started) is counted from then on, as the memory it really occupies. Set False to count only what is
     registered or allocated while tracking.
+
+    Placement. On a CPU-only machine host RAM and "device" memory are one address space, so a run that offloads
+    (FSDP2's CPUOffloadPolicy) makes CPU tensors for both. The caller names the storages a CUDA run would keep
+    on the host (``mark_host``, or everything allocated inside ``host_allocations()``); those count in
+    ``host_bytes`` instead of ``current_bytes``, and ``all_peak_bytes`` is the peak of both together.
     """
 
     def __init__(
@@ -87,6 +94,10 @@ class LiveTensorTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
         self._lock = threading.RLock()
         self._current = 0
         self._peak = 0
+        self._host = 0
+        self._host_peak = 0
+        self._all_peak = 0
+        self._host_scope = 0
         self._phase_peak = 0
         self._adopted = 0
         self._marks: list[Phase] = []
@@ -103,6 +114,21 @@ class LiveTensorTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def peak_bytes(self) -> int:
         """Highest current_bytes since the tracker was made or reset_peak() was called."""
         return self._peak
+
+    @property
+    def host_bytes(self) -> int:
+        """Bytes of live storages placed on the host (``mark_host``, ``host_allocations``), not in current_bytes."""
+        return self._host
+
+    @property
+    def host_peak_bytes(self) -> int:
+        """Highest host_bytes since the tracker was made or reset_peak() was called."""
+        return self._host_peak
+
+    @property
+    def all_peak_bytes(self) -> int:
+        """Highest current_bytes + host_bytes: every live storage, wherever it is placed."""
+        return self._all_peak
 
     @property
     def adopted_bytes(self) -> int:
@@ -122,6 +148,8 @@ class LiveTensorTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
         with self._lock:
             self._peak = self._current
             self._phase_peak = self._current
+            self._host_peak = self._host
+            self._all_peak = self._current + self._host
 
     def mark(self, label: str) -> Phase:
         """Close a phase: record the current bytes and the peak since the previous mark, then start a new phase."""
@@ -147,6 +175,36 @@ class LiveTensorTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def track_module(self, module: torch.nn.Module) -> int:
         """Count a module's parameters, buffers, other tensor attributes and bitsandbytes quantization states."""
         return self.track(*module_tensors(module))
+
+    # ---- placement: what a CUDA run would keep in host RAM ----------------------------------------------
+
+    def mark_host(self, *tensors: torch.Tensor) -> int:
+        """Count these tensors' storages as host RAM from now on (moved out of current_bytes if already counted,
+        added to host_bytes if not); returns the bytes newly placed on the host."""
+        with self._lock:
+            before = self._host
+            for tensor in tensors:
+                for storage in self._storages(tensor):
+                    entry = self._live.get(id(storage))
+                    if entry is None:
+                        self._add(storage, host=True)
+                    elif not entry.host:
+                        entry.host = True
+                        self._current -= entry.counted
+                        self._host += entry.counted
+                        self._bump_peak()
+            return self._host - before
+
+    @contextmanager
+    def host_allocations(self) -> Iterator[None]:
+        """Every storage allocated inside this block counts as host RAM (an optimizer step that runs on the host)."""
+        with self._lock:
+            self._host_scope += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._host_scope -= 1
 
     # ---- the dispatch mode ------------------------------------------------------------------------------
 
@@ -220,7 +278,7 @@ class LiveTensorTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def _on_device(self, device: torch.device) -> bool:
         return device.type == self.device.type and (self.device.index is None or device.index == self.device.index)
 
-    def _add(self, storage: torch.UntypedStorage, *, adopted: bool = False) -> None:
+    def _add(self, storage: torch.UntypedStorage, *, adopted: bool = False, host: bool = False) -> None:
         key = id(storage)
         nbytes = storage.nbytes()
         counted = rounded_bytes(nbytes, self.granularity)
@@ -231,8 +289,12 @@ class LiveTensorTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
             if tracker is not None:
                 tracker._release(key, ref)
 
-        self._live[key] = _Entry(weakref.ref(storage, release), nbytes, counted)
-        self._current += counted
+        entry = _Entry(weakref.ref(storage, release), nbytes, counted, host=host or self._host_scope > 0)
+        self._live[key] = entry
+        if entry.host:
+            self._host += counted
+        else:
+            self._current += counted
         if adopted:
             self._adopted += counted
         self._bump_peak()
@@ -242,11 +304,17 @@ class LiveTensorTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
             entry = self._live.get(key)
             if entry is not None and entry.ref is ref:
                 del self._live[key]
-                self._current -= entry.counted
+                if entry.host:
+                    self._host -= entry.counted
+                else:
+                    self._current -= entry.counted
 
     def _resize(self, entry: _Entry, nbytes: int) -> None:
         counted = rounded_bytes(nbytes, self.granularity)
-        self._current += counted - entry.counted
+        if entry.host:
+            self._host += counted - entry.counted
+        else:
+            self._current += counted - entry.counted
         entry.nbytes, entry.counted = nbytes, counted
         self._bump_peak()
 
@@ -261,6 +329,8 @@ class LiveTensorTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
             self._peak = self._current
         if self._current > self._phase_peak:
             self._phase_peak = self._current
+        self._host_peak = max(self._host_peak, self._host)
+        self._all_peak = max(self._all_peak, self._current + self._host)
 
     def _patch_storage_resize(self) -> None:
         # UntypedStorage.resize_ is not an aten op, so it never reaches the mode (FSDP frees parameters this

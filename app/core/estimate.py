@@ -33,6 +33,7 @@ from app.core.sharding import (
     FSDP,
     ShardedMoments,
     fsdp_backward_gradient_bytes,
+    fsdp_layer_shard_bytes,
     input_embedding_gradient_bytes,
     sharded_moments,
     zero3_gathered_bytes,
@@ -205,19 +206,45 @@ class Resident(NamedTuple):
 
 
 def resident_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> Resident:
-    """Weights, adapters, gradients and states on the worst GPU; `--offload` moves the states (and zero3/fsdp
-    weights) to host RAM. Source: DeepSpeed ZeRO / torch FSDP partitioning, DeepSpeed offload_optimizer/param.
+    """Weights, adapters, gradients and states on the worst GPU; `--offload` moves the states (and zero3 weights)
+    to host RAM, and under FSDP2 (`CPUOffloadPolicy`) every sharded parameter, adapters included, and its sharded
+    gradient too (`fsdp_offload_host_bytes`). Source: DeepSpeed ZeRO / torch FSDP partitioning, DeepSpeed
+    offload_optimizer/param.
     """
-    weights = share_bytes(inv.base, share, share.param_shards)
+    replicated = fsdp_quant_state_bytes(inv, plan)
+    weights = math.ceil((inv.base.layers * share.layer_fraction + inv.base.other - replicated) / share.param_shards)
     adapters = share_bytes(inv.adapters, share, share.param_shards)
     grads = share_bytes(inv.grads, share, share.state_shards)
     states = share_bytes(inv.states, share, share.state_shards)
     paged = math.ceil(inv.paged_states * share.layer_fraction / share.state_shards)
     master = master_weight_bytes(inv, plan, share)
     if not plan.offload:
-        return Resident(weights, adapters, grads, states, paged, master, offloaded=0)
-    host_weights = weights if plan.sharding in ("fsdp", "zero3") else 0
+        return Resident(weights + replicated, adapters, grads, states, paged, master, offloaded=0)
+    if plan.sharding in FSDP:
+        host = fsdp_offload_host_bytes(weights, adapters, grads)
+        return Resident(replicated, 0, 0, 0, 0, 0, offloaded=host + states + master + paged)
+    host_weights = weights if plan.sharding == "zero3" else 0
     return Resident(weights - host_weights, adapters, grads, 0, 0, 0, offloaded=states + master + paged + host_weights)
+
+
+def fsdp_quant_state_bytes(inv: Inventory, plan: TrainingPlan) -> int:
+    """QLoRA under FSDP2: bitsandbytes' quantization states (absmax, the nested double-quant state, code maps) are
+    no parameters, so FSDP2 neither shards nor offloads them: every GPU keeps all of them (Linear4bit keeps a
+    module-level copy to restore on the gathered weight). Measured on CPU ranks (the offload runs' device bytes
+    between steps are these states). Source: bitsandbytes/nn/modules.py (Linear4bit `quant_state`,
+    `fix_4bit_weight_quant_state_from_module`)."""
+    if plan.sharding not in FSDP or plan.gpus < 2 or plan.method != "qlora":
+        return 0
+    return inv.quant_states
+
+
+def fsdp_offload_host_bytes(weights: int, adapters: int, grads: int) -> int:
+    """FSDP2 `CPUOffloadPolicy`: the sharded parameters (frozen weights and adapters alike: `W/n`) live in host RAM,
+    each shard copied `.cpu()` when it is made, and so do their sharded gradients (`G/n`, copied `.to("cpu")` after
+    each reduce-scatter) and the optimizer states made from them; the device holds only what is gathered.
+    Measured on CPU ranks by placement (app/calibration/offload.py). Source: torch/distributed/fsdp/_fully_shard/
+    _fsdp_param.py (`_init_sharded_param`), _fsdp_collectives.py (`foreach_reduce`)."""
+    return weights + adapters + grads
 
 
 def master_weight_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> int:
@@ -246,6 +273,8 @@ def optimizer_temp_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) ->
     """foreach AdamW materialises `sqrt(exp_avg_sq)` for every parameter at once (not with offload: the step runs
     on the host); Adafactor: 3 fp32 copies of the largest parameter. Source: torch _multi_tensor_adamw."""
     foreach = math.ceil(inv.foreach_temp * share.layer_fraction / share.state_shards) if not plan.offload else 0
+    if plan.offload and plan.sharding in FSDP:
+        return 0  # FSDP2 offload: the optimizer steps host parameters, so all its temporaries are host RAM
     return max(foreach, inv.step_temp)
 
 
@@ -359,6 +388,7 @@ class StepTerms(NamedTuple):
     layer_backward: int
     first_layer_backward: int  # layer 0's kind
     kind_moments: tuple[KindMoment, ...]
+    next_layer_grads: int  # FSDP2: gradient_bytes in the backward of the layer before the last
     dequant: int
     head_grads: int
     late_grads: int
@@ -398,6 +428,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         if len(stack.kinds) == 1
         else kind_backward_bytes(stack.first, plan, share.layers),
         kind_moments=later_kind_moments(stack, plan, share, resident.grads, head_grads, layer_grads),
+        next_layer_grads=head_grads + fsdp_layer_shard_bytes(inv, plan, share.layers),
         dequant=dequant_transient_bytes(inv, plan),
         head_grads=head_grads,
         late_grads=late_grads,
@@ -496,7 +527,7 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             "gradient_bytes": acc,
             "allgather_buffer_bytes": g.backward_loss + z,
         },
-        {**held, **last, **layer, "allgather_buffer_bytes": g.backward_last + z},
+        {**held, **last, **layer, "allgather_buffer_bytes": g.backward_last + z, "reduce_scatter_bytes": 0},
         {  # FSDP2: the last layer's backward done (its saved tensors freed), its gradients copied for reduce-scatter
             **held,
             **last,
@@ -504,6 +535,7 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             "allgather_buffer_bytes": g.backward_last + z,
             "reduce_scatter_bytes": g.reduce_scatter_peak,
         },
+        *([next_layer_moment(s, held)] if g.reduce_scatter_layer else []),
         {
             **held,
             "activation_bytes": s.activations_at_end,
@@ -518,6 +550,25 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             else []
         ),
     ]
+
+
+def next_layer_moment(s: StepTerms, held: Moment) -> Moment:
+    """FSDP2: the backward of the layer before the last. The last layer's reduce-scatter input stays alive through
+    it (FSDP2 keeps `reduce_scatter_max_input_buffers` = 1 of them and frees the oldest only at the next layer's
+    reduce-scatter), beside that layer's own growing gradients; the last layer's saved tensors are gone, its
+    gradient shard made (host RAM with offload), and with reshard after forward off its parameters resharded. Measured on CPU ranks (full fine-tuning under offload, where
+    the shards are off the device, peaks here). Source: torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py
+    (post_backward, `reduce_scatter_states`)."""
+    g = s.sharded
+    return {
+        **held,
+        "activation_bytes": s.activations - s.head_saved - s.layer_saved,
+        "gradient_bytes": s.accumulated + s.next_layer_grads,
+        "layer_transient_bytes": s.layer_backward,
+        "dequant_transient_bytes": s.dequant,
+        "allgather_buffer_bytes": g.backward_next + s.zero3_gathered,
+        "reduce_scatter_bytes": g.reduce_scatter_layer,
+    }
 
 
 def optimizer_moments(s: StepTerms, held: Moment) -> list[Moment]:

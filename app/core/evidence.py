@@ -2,8 +2,10 @@
 
 The CPU reference tracker (one process) measured every single-device term of the CPU matrices
 (docs/accuracy-full.md); torch.distributed CPU ranks over gloo measured DDP's and FSDP2's per-GPU terms
-(docs/accuracy-multi.md). Nothing here is measured on CUDA yet: the CUDA-only overheads, ZeRO (DeepSpeed),
-CPU offload, layers split across GPUs and bitsandbytes' int8 and paged paths are first-principles.
+(docs/accuracy-multi.md), FSDP2's CPU offload included (counted by placement: app/calibration/offload.py).
+Nothing here is measured on CUDA yet: the CUDA-only overheads, ZeRO (DeepSpeed) with or without offload, QLoRA
+under FSDP2 (run on CPU ranks, not yet in bounds: docs/accuracy-multi.md), layers split across GPUs and
+bitsandbytes' int8 and paged paths are first-principles.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ MEASURED_LAYOUTS = ("ddp", "fsdp", "fsdp_grad_op")
 
 
 def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
-    """`measured-cpu-ranks` for a term of a DDP/FSDP2 plan (without offload) on several GPUs, `measured-cpu` for a
-    single-device term the CPU matrices measure, `first-principles` for the rest."""
+    """`measured-cpu-ranks` for a term of a DDP/FSDP2 plan (FSDP2 with or without CPU offload) on several GPUs,
+    `measured-cpu` for a single-device term the CPU matrices measure, `first-principles` for the rest."""
     if term in FIRST_PRINCIPLES_TERMS:
         return "first-principles"
     if term == "dequant_transient_bytes" and plan.quant == "int8":
@@ -46,7 +48,9 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
         return "first-principles"  # every_n_layers: QLoRA up to +14 % through the Trainer (not yet in bounds)
     if plan.gpus > 1 or plan.sharding != "none" or plan.offload:
         accumulated = term == "gradient_bytes" and plan.grad_accum_steps > 1  # measured on one device only
-        if plan.sharding in MEASURED_LAYOUTS and plan.gpus > 1 and not plan.offload and not accumulated:
-            return "measured-cpu-ranks"
-        return "first-principles"  # ZeRO-2/3, offload, layers split across GPUs
+        # QLoRA under FSDP2 runs on CPU ranks, but without checkpointing its backward is not in bounds yet
+        qlora_fsdp = plan.method == "qlora" and plan.sharding != "ddp"
+        if plan.sharding in MEASURED_LAYOUTS and plan.gpus > 1 and not accumulated and not qlora_fsdp:
+            return "measured-cpu-ranks"  # offload is FSDP2's only (TrainingPlan refuses it with ddp)
+        return "first-principles"  # ZeRO-2/3 (with or without offload), QLoRA under FSDP2, layers split across GPUs
     return "first-principles" if term in RANK_TERMS else "measured-cpu"

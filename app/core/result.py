@@ -29,8 +29,9 @@ class Term(BaseModel):
     evidence: Literal["measured-cpu", "measured-cpu-ranks", "first-principles"] = Field(
         "first-principles",
         description="What backs this term's formula: measured by the CPU live-tensor tracker (measured-cpu), by "
-        "torch.distributed CPU ranks (measured-cpu-ranks, DDP/FSDP2), or first-principles (not measured: CUDA-only "
-        "overheads, ZeRO, offload, layer splitting). app/core/evidence.py.",
+        "torch.distributed CPU ranks (measured-cpu-ranks, DDP/FSDP2, FSDP2's CPU offload counted by placement), or "
+        "first-principles (not measured: CUDA-only overheads, ZeRO with or without offload, layer splitting). "
+        "app/core/evidence.py.",
     )
 
 
@@ -84,7 +85,8 @@ class Estimate(BaseModel):
     offloaded_bytes: int = Field(
         0,
         ge=0,
-        description="Bytes kept in host RAM instead of on a GPU (offload: optimizer states, and zero3/fsdp weights); "
+        description="Bytes kept in host RAM instead of on a GPU (offload: optimizer states, zero3 weights; FSDP2's "
+        "sharded weights, adapters and gradients too), without the host optimizer step's temporaries; "
         "part of no device total.",
     )
     notes: tuple[str, ...] = ()

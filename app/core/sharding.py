@@ -36,6 +36,7 @@ class ShardedMoments(NamedTuple):
     backward_loss: int
     backward_last: int  # the last decoder layer's backward
     backward_first: int  # layer 0's backward
+    backward_next: int  # the backward of the layer before the last (estimate:next_layer_moment)
     reduce_scatter_layer: int  # a layer's unsharded gradients while its backward runs
     reduce_scatter_peak: int  # the same gradients and the reduce-scatter input, once the layer's backward is done
     reduce_scatter_root: int  # the root's, at the end of backward
@@ -47,7 +48,7 @@ def sharded_moments(inv: Inventory, plan: TrainingPlan, num_layers: int, grads: 
     """DDP's terms (`ddp_bucket_bytes`, `ddp_broadcast_bytes`) or FSDP2's (`fsdp_gathered_bytes`); zero for others."""
     if plan.sharding in FSDP:
         return fsdp_gathered_bytes(inv, plan, num_layers)
-    none = ShardedMoments(*([0] * 14))
+    none = ShardedMoments(*([0] * 15))
     return none._replace(ddp_buckets=ddp_bucket_bytes(plan, grads), ddp_broadcast=ddp_broadcast_bytes(inv, plan))
 
 
@@ -55,10 +56,19 @@ def fsdp_backward_gradient_bytes(inv: Inventory, plan: TrainingPlan, num_layers:
     """gradient_bytes in FSDP2's backward: the root's gradients stay unsharded until the root's post-backward at
     the very end, the layers' are sharded as each layer's reduce-scatter ends; the input embeddings' gradient
     (`embed`, `input_embedding_gradient_bytes`) is made only after layer 0's backward:
-    (`G_r − embed` at the last layer; that + every other layer's shard at layer 0)."""
-    shard = math.ceil(inv.grads.layers / plan.gpus)
+    (`G_r − embed` at the last layer; that + every other layer's shard at layer 0). With offload the layers' shards
+    are host RAM (`fsdp_offload_host_bytes`): `G_r − embed` at both."""
+    shard = 0 if plan.offload else math.ceil(inv.grads.layers / plan.gpus)
     head = inv.grads.other - embed
     return head, head + shard - math.ceil(shard / max(1, num_layers))
+
+
+def fsdp_layer_shard_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:
+    """One decoder layer's gradient shard on the device, `⌈G_l/n⌉` once its reduce-scatter is done: 0 without FSDP,
+    and with offload (the shard is copied to host RAM)."""
+    if plan.sharding not in FSDP or plan.gpus < 2 or plan.offload:
+        return 0
+    return math.ceil(math.ceil(inv.grads.layers / plan.gpus) / max(1, num_layers))
 
 
 def input_embedding_gradient_bytes(model: ModelSpec, inv: Inventory, plan: TrainingPlan) -> int:
@@ -114,7 +124,7 @@ def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
     _fsdp_param_group.py (pre_backward prefetch, post_backward reshard), _fsdp_state.py (the root's lazy init).
     """
     if plan.sharding not in FSDP or plan.gpus < 2:
-        return ShardedMoments(*([0] * 14))
+        return ShardedMoments(*([0] * 15))
     root, layer = root_param_bytes(inv), layer_param_bytes(inv, num_layers)
     if plan.sharding == "fsdp_grad_op":  # every layer stays gathered from its forward to its backward
         kept = root + num_layers * layer
@@ -123,10 +133,12 @@ def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
             kept + layer,
             kept + 2 * layer,
         )  # with the last gather's flat output, freed as the forward ends
-        backward = (kept, kept, root + layer)  # no gather in backward: no flat output, no prefetch
+        # no gather in backward: no flat output, no prefetch; each layer resharded once its backward is done
+        backward = (kept, kept, root + layer, kept - layer)
     else:
         forward = (root + 2 * layer, root + layer, root + 3 * layer)
-        backward = (root + layer, root + 2 * layer, root + 2 * layer)  # the loss's backward prefetches the last
+        # the loss's backward prefetches the last layer, every layer's backward the next
+        backward = (root + layer, root + 2 * layer, root + 2 * layer, root + 2 * layer)
     return ShardedMoments(
         ddp_buckets=0,
         ddp_broadcast=0,
@@ -137,11 +149,14 @@ def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
         backward_loss=backward[0],
         backward_last=backward[1],
         backward_first=backward[2],
+        backward_next=backward[3],
         reduce_scatter_layer=reduce_scatter_bytes(inv, num_layers) // 2,
-        reduce_scatter_peak=reduce_scatter_bytes(inv, num_layers),
+        reduce_scatter_peak=offload_reduce_scatter_bytes(inv, plan, num_layers)
+        if plan.offload
+        else reduce_scatter_bytes(inv, num_layers),
         reduce_scatter_root=2 * inv.grads.other,
         root_grads=inv.grads.other,
-        end_grads=math.ceil(inv.grads.layers / plan.gpus) + inv.grads.other,
+        end_grads=(0 if plan.offload else math.ceil(inv.grads.layers / plan.gpus)) + inv.grads.other,
     )
 
 
@@ -150,6 +165,16 @@ def reduce_scatter_bytes(inv: Inventory, num_layers: int) -> int:
     them into a reduce-scatter input of `G_l` before freeing them: `2·G_l` then (the layer's transients gone).
     Source: torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py (foreach_reduce)."""
     return 2 * math.ceil(inv.grads.layers / max(1, num_layers))
+
+
+def offload_reduce_scatter_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:
+    """With CPU offload the worst moment of a layer's reduce-scatter is the collective itself: the reduce-scatter
+    input `G_l` and its output `⌈G_l/n⌉` (allocated before the call, copied to the host after it), the unsharded
+    gradients already freed by the copy-in. Measured on CPU ranks counted by placement (app/calibration/offload.py):
+    the copy-in's `2·G_l` (`reduce_scatter_bytes`) is not reached there, the call's `G_l + G_l/n` is (x2 and x4
+    alike). Source: torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py (foreach_reduce)."""
+    layer = math.ceil(inv.grads.layers / max(1, num_layers))
+    return layer + math.ceil(layer / plan.gpus)
 
 
 def zero3_gathered_bytes(inv: Inventory, plan: TrainingPlan) -> int:

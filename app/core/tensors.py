@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from app.core.adapters import Adapted, LoraKey, adapted_modules
 from app.core.plan import Device, DType, Method, Optimizer, Quant, TrainingPlan
-from app.core.quant import quantized_weight_allocated, quantized_weight_bytes, rounded
+from app.core.quant import quantized_weight_allocated, quantized_weight_bytes, quantized_weight_tensors, rounded
 from app.core.spec import ModelSpec
 from app.core.step import adapted_by_leaf
 from app.core.units import DTYPE_BYTES, FP32, UINT8
@@ -57,6 +57,7 @@ class Inventory:
     largest_dequant: int = 0  # the widest quantized weight dequantized to compute dtype
     largest_layer_weights: int = 0  # one decoder layer's unsharded weights (ZeRO-3/FSDP all-gather)
     double_quant_saving: int = 0
+    quant_states: int = 0  # part of base_quantized that is not the packed data: absmax, nested states, code maps
     quantized: frozenset[str] = frozenset()
     trainable_params: int = 0
     trainable_dtype: int = FP32
@@ -183,9 +184,11 @@ def _quantized_weight(inv: Inventory, key: BaseKey, rows: int, numel: int, count
         saving = count * (
             quantized_weight_bytes(numel, rows, quant, False) - quantized_weight_bytes(numel, rows, quant, True)
         )
+    packed = rounded(quantized_weight_tensors(numel, rows, quant, key.double_quant)[0])  # type: ignore[arg-type]
     inv = replace(
         inv,
         base_quantized=inv.base_quantized + one * count,
+        quant_states=inv.quant_states + (one - packed) * count,
         largest_dequant=max(inv.largest_dequant, numel * DTYPE_BYTES[key.dtype]),
         double_quant_saving=inv.double_quant_saving + saving,
     )

@@ -34,6 +34,8 @@ POINTS: list[tuple[str, dict[str, Any]]] = [
     ("mistral", {"method": "lora", "sharding": "fsdp", "gradient_checkpointing": False, "rank": 8}),
     ("llama", {"method": "full", "sharding": "fsdp_grad_op", "gradient_checkpointing": True, "batch_size": 2}),
     ("mixtral", {"method": "qlora", "sharding": "ddp", "gradient_checkpointing": True, "rank": 8, "dropout": 0.0}),
+    # CPU offload, counted by placement (app/calibration/offload.py)
+    ("mistral", {"method": "lora", "sharding": "fsdp", "gradient_checkpointing": True, "rank": 8, "offload": True}),
 ]
 CI_INTRO = (
     "Every row is a real training step (2 optimizer steps) on 2 torch.distributed CPU ranks over gloo, each rank "
@@ -89,15 +91,32 @@ def test_every_rank_reports_its_own_peak_and_the_worst_is_the_measurement(
     ("fields", "words"),
     [
         ({"sharding": "zero2"}, "needs a DeepSpeed engine"),
-        ({"sharding": "fsdp", "method": "qlora"}, "QLoRA under FSDP"),
         ({"sharding": "fsdp", "gpus": 1}, "at least 2 ranks"),
         ({"sharding": "fsdp", "device": "cuda"}, "device cpu"),
-        ({"sharding": "fsdp", "offload": True}, "cannot tell host RAM from device memory"),
     ],
 )
 def test_plans_the_ranks_cannot_run_are_refused_before_any_rank_starts(fields: dict[str, Any], words: str) -> None:
     with pytest.raises(CalibrationError, match=words):
         check_distributed_plan(TrainingPlan(**{**BASE, "method": "full", **fields}))
+
+
+def test_an_offload_run_keeps_the_host_and_all_storage_peaks_beside_the_device_peak(
+    measured: list[MeasurementRecord],
+) -> None:
+    offloaded = [r for r in measured if r.plan["offload"]]
+    assert offloaded
+    for record in offloaded:
+        env = record.env
+        # the shards, their gradients and the optimizer states are host RAM: more than the device holds of them
+        assert env["host_peak_bytes"] > 0 and len(env["rank_host_peak_bytes"]) == 2
+        assert (
+            record.measured_peak_bytes
+            < env["all_storages_peak_bytes"]
+            <= record.measured_peak_bytes + max(env["rank_host_peak_bytes"])
+        )
+    for record in measured:
+        if not record.plan["offload"]:
+            assert "host_peak_bytes" not in record.env
 
 
 def test_reshard_after_forward_off_is_fsdp_grad_op() -> None:
@@ -115,3 +134,14 @@ def test_the_shipped_multi_rank_page_is_what_the_command_writes_now() -> None:
     text = multi_accuracy_markdown(load_records())
     assert (ROOT / "docs" / "accuracy-multi.md").read_text() == text
     assert "| cpu-validation-multi (held out: measured once, after the fit) | 12 |" in text
+
+
+@pytest.mark.parametrize("source", ["cpu-matrix-multi", "cpu-validation-multi", "cpu-matrix-multi-offload"])
+def test_each_multi_rank_spec_expands_to_exactly_the_points_it_shipped(source: str) -> None:
+    """A rerun of the spec measures what shipped: QLoRA under FSDP2, which runs now, is skipped by the matrices
+    drawn before it ran (their `skip`), and has its own spec (cpu-matrix-multi-qlora.toml)."""
+    from app.calibration.matrix import expand
+    from app.calibration.multi_report import _point_id, load_records
+
+    shipped = sorted(_point_id(r) for r in load_records((source,)))
+    assert shipped == sorted(p.id for p in expand(load_spec(ROOT / "calibration" / f"{source}.toml")))

@@ -60,6 +60,7 @@ def test_full_cpu_matrix_within_5_percent_and_median_within_2(records: list[Meas
         "cpu-matrix-multi",
         "cpu-validation-multi",
         "cpu-matrix-tf4",
+        "cpu-matrix-multi-offload",
     ],
 )
 def test_each_shipped_matrix_holds_the_bounds_on_its_own(records: list[MeasurementRecord], source: str) -> None:
@@ -122,6 +123,11 @@ def test_the_multi_rank_points_hold_the_bounds_against_their_worst_rank(records:
         assert abs(r.error_pct) <= 5.0, (r.model_id, r.plan["sharding"], r.error_pct)
     for split in ("tune", "holdout"):
         assert statistics.median(abs(r.error_pct) for r in multi if r.split == split) <= 2.0, split
+    offloaded = [r for r in multi if r.plan["offload"]]  # cpu-matrix-multi-offload: counted by placement
+    assert {r.plan["sharding"] for r in offloaded} == {"fsdp", "fsdp_grad_op"}
+    assert all(
+        r.env["host_peak_bytes"] > 0 and r.env["all_storages_peak_bytes"] > r.measured_peak_bytes for r in offloaded
+    )
 
 
 def test_the_second_stack_points_ran_on_transformers_4(records: list[MeasurementRecord]) -> None:

@@ -279,3 +279,29 @@ def test_gradients_made_in_backward_are_freed_when_they_die() -> None:
         assert tracker.current_bytes == 1024 + 1024  # w and w.grad; every other backward tensor died
         w.grad = None
         assert tracker.current_bytes == 1024
+
+
+def test_storages_marked_host_leave_the_device_count_and_keep_both_figures() -> None:
+    with LiveTensorTracker() as tracker:
+        shard = torch.empty(1024)  # 4096 bytes: an offloaded shard, made on the "device" first
+        gathered = torch.empty(2048)  # 8192 bytes: stays on the device
+        assert tracker.mark_host(shard[:10]) == 4096  # a view names its storage
+        assert (tracker.current_bytes, tracker.host_bytes) == (8192, 4096)
+        assert tracker.mark_host(shard) == 0  # placed once
+        tracker.reset_peak()
+        more = torch.empty(1024)
+        assert (tracker.peak_bytes, tracker.all_peak_bytes, tracker.host_peak_bytes) == (12288, 16384, 4096)
+        del shard
+        assert (tracker.current_bytes, tracker.host_bytes) == (12288, 0)  # a host storage freed leaves the host count
+        del gathered, more
+
+
+def test_what_a_host_block_allocates_is_host_ram_and_an_unseen_storage_is_added_as_host() -> None:
+    before = torch.empty(256)  # 1024 bytes, made before tracking
+    with LiveTensorTracker() as tracker:
+        with tracker.host_allocations():
+            state = torch.zeros(512)  # 2048 bytes: an optimizer state made on the host
+        device = torch.empty(128)
+        assert tracker.mark_host(before) == 1024
+        assert (tracker.current_bytes, tracker.host_bytes, tracker.peak_bytes) == (512, 3072, 512)
+        del state, device

@@ -40,10 +40,18 @@ def test_ddp_and_fsdp2_terms_are_measured_on_cpu_ranks(sharding: str) -> None:
     [
         {"sharding": "zero3", "gpus": 8},
         {"sharding": "zero2", "gpus": 8},
-        {"sharding": "fsdp", "gpus": 8, "offload": True},
+        {"sharding": "zero3", "gpus": 8, "offload": True},
         {"sharding": "none", "gpus": 2},
+        {"sharding": "fsdp", "gpus": 8, "method": "qlora", "optimizer": "adamw"},
     ],
 )
-def test_zero_offload_and_layer_splitting_are_first_principles(fields: dict[str, Any]) -> None:
-    ev = _evidence(method="full", optimizer="adamw", **fields)
+def test_zero_with_or_without_offload_and_layer_splitting_are_first_principles(fields: dict[str, Any]) -> None:
+    ev = _evidence(**{"method": "full", "optimizer": "adamw", **fields})
     assert set(ev.values()) == {"first-principles"}
+
+
+@pytest.mark.parametrize("sharding", ["fsdp", "fsdp_grad_op"])
+def test_fsdp2_offload_terms_are_measured_on_cpu_ranks_by_placement(sharding: str) -> None:
+    ev = _evidence(method="full", optimizer="adamw", sharding=sharding, gpus=8, offload=True)
+    assert ev["allgather_buffer_bytes"] == ev["activation_bytes"] == "measured-cpu-ranks"
+    assert all(v == "measured-cpu-ranks" for k, v in ev.items() if not k.startswith(("cu", "allocator")))
