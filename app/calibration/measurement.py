@@ -112,6 +112,7 @@ class Measurement(BaseModel):
         if not self.step_s or self.tokens_per_step is None:
             return None
         return self.tokens_per_step / self.step_s
+
     host_peak_bytes: int | None = Field(
         None,
         ge=0,
