@@ -69,7 +69,11 @@ async def estimate_from_config(request: Request, planner: PlannerDep) -> JSONRes
     from app.recipes import import_recipe
 
     body = await _read(request)
-    imported = import_recipe([_file(f) for f in body.files])
+    stack = body.plan.get("stack", "transformers-5")
+    if stack not in ("transformers-5", "transformers-4"):
+        message = "stack: give transformers-5 or transformers-4"
+        raise InputError(f"plan.{message}", errors=[{"field": "plan.stack", "message": message}])
+    imported = import_recipe([_file(f) for f in body.files], stack)
     plan = build_plan({**imported.plan_fields, **body.plan}) if body.plan else imported.plan
     name = body.model or imported.model
     if not name:

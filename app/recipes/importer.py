@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.core.plan import TrainingPlan
+from app.core.plan import Stack, TrainingPlan
 from app.errors import RecipeError
 from app.recipes.formats import choose
 from app.recipes.merge import Merged, Source, merge, ordered
@@ -21,9 +21,10 @@ MAX_FILES = 16
 _CROSS_FIELD = ("method", "quant", "sharding", "offload")
 
 
-def import_recipe(files: Sequence[RecipeFile]) -> RecipeImport:
+def import_recipe(files: Sequence[RecipeFile], stack: Stack = "transformers-5") -> RecipeImport:
     """Read, detect, map and merge `files`; RecipeError (422) when a file is unusable, two settings conflict, or
-    the merged fields do not make a valid plan. Pure: no I/O beyond the texts given."""
+    the merged fields do not make a valid plan. `stack`: the software stack the run uses, whose defaults fill the
+    fields a file leaves out (read.TF4_DEFAULTS). Pure: no I/O beyond the texts given."""
     if not files:
         raise RecipeError(f"no recipe file given; {EXPECTED}", errors=[{"field": "files", "message": "empty"}])
     if len(files) > MAX_FILES:
@@ -35,7 +36,7 @@ def import_recipe(files: Sequence[RecipeFile]) -> RecipeImport:
         doc = load_mapping(name, file.text)
         fmt, detected = choose(name, doc, file.format)
         formats.append(FileFormat(file=name, format=fmt.name, detected=detected))
-        reading = read_file(fmt, doc)
+        reading = read_file(fmt, doc, stack)
         errors += [
             {"field": f"{name}:{safe_key(f)}", "message": f"{message} (read as {fmt.title})"}
             for f, message in reading.errors
@@ -48,7 +49,7 @@ def import_recipe(files: Sequence[RecipeFile]) -> RecipeImport:
     merged = merge(sources)
     if merged.conflicts:
         raise _conflict_error(merged)
-    plan_fields = ordered(merged.values)
+    plan_fields = ordered(merged.values) | ({"stack": stack} if stack != "transformers-5" else {})
     return RecipeImport(
         model=shown(merged.values.get("model")),
         plan_fields=plan_fields,

@@ -43,9 +43,21 @@ class Reading:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (field, message)
 
 
-def read_file(fmt: Format, doc: Doc) -> Reading:
+# What a framework does when a field is absent, where the software stack (TrainingPlan.stack) changes it, per
+# format. transformers 4.57.6: `gradient_checkpointing_enable()` without kwargs uses {"use_reentrant": True}
+# (modeling_utils.py, line 3691; transformers 5 `_activation_checkpointing_enable` defaults to False); axolotl and
+# LLaMA-Factory set it themselves. (4.x `from_pretrained` without a dtype loads fp32, but a TrainingArguments file
+# does not say how the script loads the model: `--autocast` states it.)
+TF4_DEFAULTS: dict[str, dict[str, Any]] = {
+    "transformers": {"gradient_checkpointing_kwargs": {"use_reentrant": True}},
+    "trl": {"gradient_checkpointing_kwargs": {"use_reentrant": True}},
+}
+
+
+def read_file(fmt: Format, doc: Doc, stack: str = "transformers-5") -> Reading:
     reading = Reading()
-    defaults = _applicable_defaults(fmt, doc)
+    stacked = TF4_DEFAULTS.get(fmt.name, {}) if stack == "transformers-4" else {}
+    defaults = {**_applicable_defaults(fmt, doc), **_absent(stacked, fmt, doc)}
     effective = {**defaults, **doc}
     _read_level(fmt.fields, doc, effective, effective, "", list(defaults), reading, unlisted_silent=False)
     return reading
@@ -53,9 +65,13 @@ def read_file(fmt: Format, doc: Doc) -> Reading:
 
 def _applicable_defaults(fmt: Format, doc: Doc) -> dict[str, Any]:
     """The framework's defaults for fields absent from the file (and none of whose aliases is set either)."""
+    return _absent(fmt.defaults(doc), fmt, doc)
+
+
+def _absent(values: dict[str, Any], fmt: Format, doc: Doc) -> dict[str, Any]:
     return {
         key: value
-        for key, value in fmt.defaults(doc).items()
+        for key, value in values.items()
         if key not in doc and not any(alias in doc for alias in fmt.aliases.get(key, ()))
     }
 
