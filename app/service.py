@@ -38,6 +38,16 @@ class Counters(Protocol):
     def count_hub_fetch(self, outcome: str) -> None: ...
 
 
+class NoCounts:
+    """Counters that count nothing: the CLI's (the web service's Metrics counts)."""
+
+    def count_estimate(self) -> None:
+        return None
+
+    def count_hub_fetch(self, outcome: str) -> None:
+        return None
+
+
 ExportFormat = Literal["json", "md", "csv", "svg"]
 MEDIA_TYPES: dict[ExportFormat, str] = {
     "json": "application/json",

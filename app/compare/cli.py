@@ -23,16 +23,6 @@ FILE_HELP = (
 FORMATS = ("table", "json", "md", "svg", "pdf")
 
 
-class _NoCounts:
-    """The CLI counts nothing (the web service's Metrics does)."""
-
-    def count_estimate(self) -> None:
-        return None
-
-    def count_hub_fetch(self, outcome: str) -> None:
-        return None
-
-
 def add_parser(sub: Any) -> None:
     """The `compare` subcommand on the gpuplan parser's subparsers."""
     from app.cli import _add_run_flags
@@ -99,7 +89,7 @@ def run(ns: argparse.Namespace, pdf: PdfRenderer | None = None) -> int:
     from app.compare.compare import compare_sync
     from app.compare.entries import parse_entries
     from app.resolver import resolve_model_sync
-    from app.service import Planner
+    from app.service import NoCounts, Planner
     from app.settings import get_settings
 
     items: list[Any] = list(ns.plans)
@@ -112,7 +102,7 @@ def run(ns: argparse.Namespace, pdf: PdfRenderer | None = None) -> int:
         raise InputError("--format pdf writes a file: add --output report.pdf")
     entries = parse_entries(items)
     settings = get_settings()
-    planner = Planner(settings, hub=None, metrics=_NoCounts())
+    planner = Planner(settings, hub=None, metrics=NoCounts())
     comparison = compare_sync(
         entries, _run_size(ns, from_file), lambda name: resolve_model_sync(name, settings), planner
     )

@@ -29,16 +29,6 @@ FORMATS = ("md", "json", "pdf")
 PdfRenderer = Callable[[Any], bytes]
 
 
-class _NoCounts:
-    """The CLI counts nothing (the web service's Metrics does)."""
-
-    def count_estimate(self) -> None:
-        return None
-
-    def count_hub_fetch(self, outcome: str) -> None:
-        return None
-
-
 def add_parser(sub: Any) -> None:
     """The `report` subcommand on the gpuplan parser's subparsers."""
     cmd = sub.add_parser("report", help=REPORT_HELP, description=REPORT_HELP)
@@ -65,14 +55,14 @@ def run(ns: argparse.Namespace, pdf: PdfRenderer | None = None) -> int:
     from app.procurement.build import build_sync
     from app.procurement.halves import parse_report
     from app.resolver import resolve_model_sync
-    from app.service import Planner
+    from app.service import NoCounts, Planner
     from app.settings import get_settings
 
     if ns.format == "pdf" and ns.output is None:
         raise InputError("--format pdf writes a file: add --output report.pdf")
     ask = parse_report(ns.train, ns.serve, ns.serve_months)
     settings = get_settings()
-    planner = Planner(settings, hub=None, metrics=_NoCounts())
+    planner = Planner(settings, hub=None, metrics=NoCounts())
     proc = build_sync(ask, lambda name: resolve_model_sync(name, settings), planner)
     out = _render(proc, ns.format, pdf)
     if ns.output is not None:
