@@ -509,10 +509,10 @@ def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
 
 
 def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
-    """backward: the loss's backward, the last layer's (the final norm's saved tensors freed, lm_head's gradient
-    made), the first layer's (every other layer's gradient made, only layer 0's activations left), with layer
-    kinds the first layer of each later kind (`later_kind_moments`), and FSDP2's root reduce-scatter at the end.
-    With accumulation every gradient is alive and the one being made sits beside it (the current layer's)."""
+    """backward: the loss's backward, the last layer's (the final norm's saved tensors freed, lm_head's gradient made),
+    the first layer's (every other layer's gradient made, only layer 0's activations left), with layer kinds the first
+    layer of each later kind (`later_kind_moments`), and FSDP2's root reduce-scatter at the end. With accumulation
+    every gradient is alive and the one being made sits beside it (the current layer's)."""
     g, z = s.sharded, s.zero3_gathered
     rs = {"reduce_scatter_bytes": g.reduce_scatter_layer}
     layer = {"layer_transient_bytes": s.layer_backward, "dequant_transient_bytes": s.dequant, **rs}
@@ -532,11 +532,8 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
         }
         for k in s.kind_moments
     ]
-    last = {  # the final norm's saved tensors freed; every MoE layer's router-logit gradient waits for its layer
-        "activation_bytes": s.activations - s.head_saved,
-        "gradient_bytes": acc + s.head_grads,
-        "router_aux_loss_bytes": s.router_aux.kept,
-    }
+    last = {"activation_bytes": s.activations - s.head_saved, "gradient_bytes": acc + s.head_grads}  # final norm freed
+    last["router_aux_loss_bytes"] = s.router_aux.kept  # every MoE layer's router-logit gradient waits for its layer
     return [
         {
             **held,
