@@ -175,13 +175,13 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
       `Estimate.offloaded_bytes` (host RAM) plus a note; both sides are mapped to (field, note) here.
     - issue 11: the plan gained `stack`; its default, transformers-5, is what every earlier estimate modelled.
     - issue 10: the plan fields `autocast`, `checkpoint_offload`, `fused_cross_entropy` and `packing` (default
-      false) were added; a plan echoing them false is the plan without them.
+      false) were added; a plan echoing them false is the plan without them; so was issue 11's `router_aux_loss`.
     """
     est = row.get("estimate")
     if est is None:
         return row
     est = dict(est)
-    added = ("autocast", "checkpoint_offload", "fused_cross_entropy", "packing")
+    added = ("autocast", "checkpoint_offload", "fused_cross_entropy", "packing", "router_aux_loss")
     plan = {k: v for k, v in est.get("plan", {}).items() if not (k in added and v is False)}
     if plan.get("stack") == "transformers-5":
         plan.pop("stack")

@@ -69,6 +69,8 @@ def run_measurement(
     clock = _step_clock.set(step_times)
     with _threads(plan.device), quiet(), fp32_compute_matmuls(fp32_matmuls), _reset(clock):
         cfg = build_config(config, layers)
+        if plan.router_aux_loss:  # the MoE load-balancing loss: the CausalLM adds load_balancing_loss_func
+            cfg.output_router_logits = True
         progress.info("building the %d-layer model (%s) on %s", cfg.num_hidden_layers, plan.method, plan.device)
         torch.manual_seed(seed)
         if plan.device == "cuda":

@@ -119,6 +119,7 @@ _LATER_FIELDS = (
     "fused_cross_entropy",
     "packing",
     "stack",
+    "router_aux_loss",
 )
 
 

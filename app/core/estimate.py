@@ -21,6 +21,7 @@ from app.core.activations import (
 from app.core.adapters import accepted_plan, lora_key
 from app.core.capabilities import BNB_OPTIMIZERS
 from app.core.evidence import term_evidence
+from app.core.experts import RouterAux, router_aux_loss_bytes
 from app.core.overheads import ALLOCATOR_FRAGMENTATION as ALLOCATOR_FRAGMENTATION  # re-exported: serving reads them
 from app.core.overheads import CUBLAS_WORKSPACE_BYTES as CUBLAS_WORKSPACE_BYTES
 from app.core.overheads import CUDA_CONTEXT_BYTES as CUDA_CONTEXT_BYTES
@@ -58,6 +59,10 @@ NOTES: dict[str, tuple[Category, str]] = {
     "activation_bytes": ("activations", "tensors autograd keeps across layers"),
     "logits_peak_bytes": ("activations", "logits, fp32 upcast and cross-entropy (log_softmax and its gradient)"),
     "kept_logits_bytes": ("activations", "the logits of the model output the training loop holds (keep_logits)"),
+    "router_aux_loss_bytes": (
+        "activations",
+        "MoE router logits kept for the load-balancing loss (output_router_logits) and their gradients",
+    ),
     "autocast_cache_bytes": (
         "transient",
         "autocast's cache of 16-bit copies of the trainable weights, held until the forward's autocast region exits",
@@ -397,6 +402,7 @@ class StepTerms(NamedTuple):
     optimizer_temp: int
     autocast_cache: int = 0  # checkpointed layers' trainable weight copies in autocast's cache through the forward
     host_activations: int = 0  # checkpoint_offload: the checkpointed layer inputs held in pinned host memory
+    router_aux: RouterAux = RouterAux(0, 0)  # the load-balancing loss's router logits (router_aux_loss)
 
 
 def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> StepTerms:
@@ -439,6 +445,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         host_activations=offloaded_checkpoints(plan, kept_layers(plan, share.layers)[0]) * stack.first.layer_input
         if plan.gradient_checkpointing
         else 0,
+        router_aux=router_aux_loss_bytes(model, plan, share.layers),
     )
 
 
@@ -477,7 +484,12 @@ def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     persistent terms); FSDP2 also the first gathers, before any activation. From the second micro-batch of an
     accumulating step, every gradient too (`accumulated_gradient_bytes`)."""
     held = {**held, "gradient_bytes": s.accumulated}
-    kept = {**held, "activation_bytes": s.activations, "autocast_cache_bytes": s.autocast_cache}
+    kept = {
+        **held,
+        "activation_bytes": s.activations,
+        "autocast_cache_bytes": s.autocast_cache,
+        "router_aux_loss_bytes": s.router_aux.kept,
+    }
     g = s.sharded
     return [
         {**kept, "logits_peak_bytes": s.logits_forward, "allgather_buffer_bytes": g.forward_logits + s.zero3_gathered},
@@ -497,14 +509,15 @@ def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
 
 
 def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
-    """backward: the loss's backward, the last layer's (the final norm's saved tensors freed, lm_head's gradient
-    made), the first layer's (every other layer's gradient made, only layer 0's activations left), with layer
-    kinds the first layer of each later kind (`later_kind_moments`), and FSDP2's root reduce-scatter at the end.
-    With accumulation every gradient is alive and the one being made sits beside it (the current layer's)."""
+    """backward: the loss's backward, the last layer's (the final norm's saved tensors freed, lm_head's gradient made),
+    the first layer's (every other layer's gradient made, only layer 0's activations left), with layer kinds the first
+    layer of each later kind (`later_kind_moments`), and FSDP2's root reduce-scatter at the end. With accumulation
+    every gradient is alive and the one being made sits beside it (the current layer's)."""
     g, z = s.sharded, s.zero3_gathered
     rs = {"reduce_scatter_bytes": g.reduce_scatter_layer}
     layer = {"layer_transient_bytes": s.layer_backward, "dequant_transient_bytes": s.dequant, **rs}
     first = {"layer_transient_bytes": s.first_layer_backward, "dequant_transient_bytes": s.dequant, **rs}
+    first["router_aux_loss_bytes"] = s.router_aux.per_layer  # only layer 0's router-logit gradient is left
     acc, layer_grads = s.accumulated, s.resident.grads - s.late_grads
     kinds = [
         {
@@ -514,16 +527,19 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             "layer_transient_bytes": k.transient,
             "dequant_transient_bytes": s.dequant,
             "allgather_buffer_bytes": g.backward_first + z,
+            "router_aux_loss_bytes": s.router_aux.per_layer,
             **rs,
         }
         for k in s.kind_moments
     ]
     last = {"activation_bytes": s.activations - s.head_saved, "gradient_bytes": acc + s.head_grads}  # final norm freed
+    last["router_aux_loss_bytes"] = s.router_aux.kept  # every MoE layer's router-logit gradient waits for its layer
     return [
         {
             **held,
             "activation_bytes": s.activations,
             "logits_peak_bytes": s.logits_backward,
+            "router_aux_loss_bytes": s.router_aux.kept,
             "gradient_bytes": acc,
             "allgather_buffer_bytes": g.backward_loss + z,
         },

@@ -10,8 +10,10 @@ from typing import NamedTuple
 
 from app.core.adapters import Adapted
 from app.core.mlp import GatedProduct, Mlp, gated_mlp
+from app.core.plan import TrainingPlan
+from app.core.spec import ModelSpec
 from app.core.stack import TF4_EXPERTS
-from app.core.step import Step, lora_branch, norm_keeps_input
+from app.core.step import Step, lora_branch, norm_keeps_input, precision
 from app.core.units import FP32
 
 INDEX = 8  # int64 indices (topk, torch.where)
@@ -181,3 +183,37 @@ def moe_combine_backward_bytes(x: Step) -> int:
         return x.t * x.h * x.p.residual + routed_rows(x) * (2 * x.h + 2 * x.i) * x.p.act
     w = FP32 if x.arch.routing_fp32 else x.p.act
     return x.t * x.h * x.p.residual + 3 * x.t * x.k * x.h * w
+
+
+# transformers 5.24 models whose CausalLM adds `load_balancing_loss_func` when config.output_router_logits is set
+# (grep "load_balancing_loss_func(" transformers/models/*/modeling_*.py); DeepSeek-V3 and Llama 4 record router
+# logits but compute no auxiliary loss from them.
+AUX_LOSS_MODEL_TYPES = frozenset(
+    {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe", "granitemoeshared", "gpt_oss", "phimoe", "jetmoe"}
+    | {"dbrx", "jamba", "minimax", "ernie4_5_moe", "flex_olmo", "qwen3_next", "granitemoehybrid", "switch_transformers"}
+)
+
+
+class RouterAux(NamedTuple):
+    kept: int  # every MoE layer's share, alive from its forward to its backward
+    per_layer: int  # one MoE layer's share: what the backward of the first layer still holds
+
+
+def router_aux_loss_bytes(model: ModelSpec, plan: TrainingPlan, layers: int) -> RouterAux:
+    """The router auxiliary (load-balancing) loss, `output_router_logits=True`: every MoE layer's router logits
+    `T·E·a` are recorded (OutputRecorder) until the loss, whose per-layer `softmax(router_logits)` keeps its output
+    `T·E·a` for backward (topk's indices die with its unused values; histc and the sums keep nothing). The recorded
+    logits go with the model output once the loop drops it; the softmax outputs become, in the aux loss's backward
+    (run first: its nodes are the newest), the logits' gradients waiting for each layer's backward. So each of the
+    `L_moe` MoE layers (of the `layers` on this GPU) holds `T·E·a` from its forward to its backward:
+    `L_moe·T·E·a`, and layer 0's backward still `T·E·a`. `a` the router's output dtype (fp32 under QLoRA, whose
+    prepared router weights are fp32). Zero unless plan.router_aux_loss on a model whose CausalLM computes the loss.
+    Source: transformers 5.24 load_balancing_loss_func and MixtralForCausalLM.forward (modeling_mixtral.py),
+    tracker measurements (tests/calibration/test_router_aux_loss.py).
+    """
+    arch = model.arch
+    if not plan.router_aux_loss or arch.num_experts == 0 or arch.model_type not in AUX_LOSS_MODEL_TYPES:
+        return RouterAux(0, 0)
+    one = plan.batch_size * plan.seq_len * arch.num_experts * precision(plan).act
+    moe_layers = min(layers, arch.num_layers - arch.dense_layers)
+    return RouterAux(moe_layers * one, one if arch.first_moe_layer == 0 else 0)

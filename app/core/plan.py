@@ -116,6 +116,12 @@ class TrainingPlan(BaseModel):
         "use_liger_kernel / enable_liger_kernel): lm_head and the loss run chunk by chunk, the logits are never "
         "materialised whole.",
     )
+    router_aux_loss: bool = Field(
+        False,
+        description="MoE router auxiliary (load-balancing) loss: config output_router_logits=True (LLaMA-Factory "
+        "moe_aux_loss_coef, axolotl/TrainingArguments model_config output_router_logits); every MoE layer's router "
+        "logits and their softmax are kept until the loss's backward.",
+    )
     optimizer: Optimizer = Field(
         "paged_adamw_32bit",
         description="Optimizer whose states are kept per trainable parameter; when not given it follows the method: "

@@ -138,6 +138,7 @@ def _unmodelled(*names: str, why: str, matters: Any = None) -> dict[str, Unmodel
     return dict.fromkeys(names, rule)
 
 
+_MODEL_CONFIG: dict[str, Rule] = {"output_router_logits": hf.ROUTER_LOGITS}
 MAPS: dict[str, Rule] = {
     "base_model": MODEL,
     "adapter": Maps(("method",), _adapter),
@@ -158,6 +159,9 @@ MAPS: dict[str, Rule] = {
     # multipack fills each row to sequence_len with several samples, told apart by position_ids
     "sample_packing": Maps(("packing",), lambda v, _ctx: {"packing": True} if as_bool(v) else {}),
     "gradient_checkpointing_kwargs": Nested(hf.CHECKPOINT_KWARGS),
+    # set on the loaded config attribute by attribute (axolotl loaders/model.py load_model_config; `model_config` is
+    # its alias, utils/schemas/config.py RemappedParameters); output_router_logits turns the MoE aux loss on
+    **dict.fromkeys(("overrides_of_model_config", "model_config"), Nested(_MODEL_CONFIG, unlisted_silent=False)),
     "gradient_accumulation_steps": hf.GRAD_ACCUMULATION,
     "optimizer": Maps(("optimizer",), optimizer),
     **{row: _dtype(row) for row in ("bf16", "fp16", "bfloat16", "float16", "float32")},

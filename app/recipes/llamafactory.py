@@ -157,6 +157,11 @@ MAPS: dict[str, Rule] = {
     # rows filled to cutoff_len with several samples (neat_packing: no attention across them, a block mask)
     "packing": Maps(("packing",), lambda v, _ctx: {"packing": True} if as_bool(v) else {}),
     "neat_packing": Maps(("packing",), lambda v, _ctx: {"packing": True} if as_bool(v) else {}),
+    # model/model_utils/moe.py configure_moe: training with a non-zero moe_aux_loss_coef sets the config's
+    # output_router_logits (Mixtral, Qwen2/3-MoE, OLMoE, Granite MoE, ...), so the CausalLM adds the aux loss
+    "moe_aux_loss_coef": Maps(
+        ("router_aux_loss",), lambda v, _ctx: {"router_aux_loss": True} if as_float(v or 0) else {}
+    ),
     "model_name_or_path": MODEL,
     "finetuning_type": Maps(("method",), _finetuning_type),
     "lora_rank": _lora("rank", as_int),
@@ -198,7 +203,7 @@ SILENT = hf.SILENT | names(
     use_fast_tokenizer resize_vocab split_special_tokens add_tokens add_special_tokens new_special_tokens_config
     init_special_tokens low_cpu_mem_usage rope_scaling adapter_name_or_path adapter_folder hf_hub_token ms_hub_token
     om_hub_token print_param_status infer_backend offload_folder use_kv_cache infer_dtype use_v1_kernels
-    moe_aux_loss_coef train_from_scratch quantization_device_map loraplus_lr_ratio loraplus_lr_embedding pissa_init
+    train_from_scratch quantization_device_map loraplus_lr_ratio loraplus_lr_embedding pissa_init
     pissa_iter pissa_convert create_new_adapter freeze_trainable_layers freeze_trainable_modules
     freeze_extra_modules freeze_vision_tower freeze_multi_modal_projector freeze_language_model compute_accuracy
     disable_shuffling early_stopping_steps include_effective_tokens_per_second use_swanlab swanlab_project

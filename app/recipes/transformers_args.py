@@ -38,6 +38,10 @@ from app.recipes.rules import (
 # and src/transformers/modeling_utils.py `_activation_checkpointing_enable` (kwargs default {"use_reentrant": False}).
 
 GRAD_ACCUMULATION = to("grad_accum_steps", as_int)
+# A model config attribute a recipe overrides (axolotl overrides_of_model_config, TRL model_init_kwargs, which
+# from_pretrained hands to the config): output_router_logits makes an MoE CausalLM add load_balancing_loss_func
+# (transformers 5.24 modeling_mixtral.py MixtralForCausalLM.forward), kept router logits the plan's router_aux_loss.
+ROUTER_LOGITS = Maps(("router_aux_loss",), lambda v, _ctx: {} if v is None else {"router_aux_loss": as_bool(v)})
 
 
 def checkpointing_on(root: Doc) -> bool:

@@ -95,6 +95,7 @@ MODEL_INIT_KWARGS: dict[str, Rule] = {
     "torch_dtype": Maps(("dtype",), hf.weights_dtype),
     "attn_implementation": Maps(("attn",), attention),
     "quantization_config": bnb.QUANTIZATION_CONFIG,
+    "output_router_logits": hf.ROUTER_LOGITS,
 }
 MAPS: dict[str, Rule] = {
     **hf.MAPS,

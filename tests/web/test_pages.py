@@ -55,6 +55,7 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "packing": "false",
         "keep_logits": "false",
         "fused_cross_entropy": "false",
+        "router_aux_loss": "false",
         "safe": "",  # the verdict option: the server's setting
         "optimizer": "",  # auto: adamw for full, paged_adamw_32bit for LoRA/QLoRA
         "attn": "sdpa",
