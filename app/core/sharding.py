@@ -170,7 +170,8 @@ def root_regather_bytes(inv: Inventory, plan: TrainingPlan) -> int:
     done (in backward the result is freed right after the copy-out, not kept for overlap): `2R`, before the
     last layer is prefetched. It outweighs the loss's moment (`R + W_l` beside the logits' backward) when `R` is
     large against a layer, as under QLoRA (fp32 embeddings and lm_head, 4-bit layers). 0 for fsdp_grad_op (the
-    root stays gathered) and one GPU. Measured on CPU ranks (calibration/cpu-matrix-multi-qlora.toml).
+    root stays gathered) and one GPU. Measured on CPU ranks (calibration/cpu-matrix-multi-qlora.toml; LoRA with a
+    large vocabulary too: docs/accuracy-multi.md).
     Source: torch/distributed/fsdp/_fully_shard/_fsdp_state.py (`_lazy_init`: post_forward_mesh_info = None only
     when `_auto_reshard_after_forward`; `_pre_backward`), _fsdp_param_group.py (`pre_backward`,
     `wait_for_unshard`: `_all_gather_result = None` after the copy-out outside forward)."""

@@ -136,7 +136,9 @@ def test_the_shipped_multi_rank_page_is_what_the_command_writes_now() -> None:
     assert "| cpu-validation-multi (held out: measured once, after the fit) | 12 |" in text
 
 
-@pytest.mark.parametrize("source", ["cpu-matrix-multi", "cpu-validation-multi", "cpu-matrix-multi-offload"])
+@pytest.mark.parametrize(
+    "source", ["cpu-matrix-multi", "cpu-validation-multi", "cpu-matrix-multi-offload", "cpu-matrix-multi-qlora"]
+)
 def test_each_multi_rank_spec_expands_to_exactly_the_points_it_shipped(source: str) -> None:
     """A rerun of the spec measures what shipped: QLoRA under FSDP2, which runs now, is skipped by the matrices
     drawn before it ran (their `skip`), and has its own spec (cpu-matrix-multi-qlora.toml)."""
