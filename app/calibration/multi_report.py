@@ -81,8 +81,16 @@ offloads them (`estimate:fsdp_quant_state_bytes`, measured).
 
 ## Not measured here, and why
 
-- **MixedPrecisionPolicy** (bf16 compute over fp32 shards): not run; the plan has no field for it (parameters stay
-  in the plan dtype).
+- **MixedPrecisionPolicy** (`param_dtype=bf16, reduce_dtype=fp32` over fp32 shards) is not modelled: the plan
+  has no field for it, and its nearest plan, `autocast` (fp32 weights, bf16 compute under torch.autocast), is
+  another layout. Two probe runs (llama cut to 2 layers, fsdp, 2 ranks, seq 64, no checkpointing; the harness's
+  `shard_fsdp2` given the policy and its autocast region turned off, not shipped as data) measured 30,499,840
+  bytes (full) and 14,352,384 (LoRA), against which the autocast plan's estimate is +22.08 % and +59.80 %; the same
+  full plan run as autocast over fp32 FSDP2 (no policy) measured 35,743,232, estimate +4.17 %. What it would take:
+  a plan field for the policy; the root's and the layers' gathers (`R`, `W_l`) in the param dtype, beside the
+  shard's cast copy-in; no autocast cache; the unsharded gradients in the param dtype and the reduce-scatter input
+  in the reduce dtype; the sharded gradients, masters and states in fp32; and the harness passing
+  `mp_policy` (accelerate's `fsdp2_prepare_model` does) with its matrix measured as the others.
 - **ZeRO-2/3 (DeepSpeed)**: tried with DeepSpeed 0.19.8 (pip, then uninstalled: it is no dependency): its CPU
   accelerator picks gloo, and once it has JIT-built its `deepspeed_shm_comm` op (about 8 minutes of g++ on the
   shared 2-core machine) a tiny llama's ZeRO-2 and ZeRO-3 steps (`deepspeed.initialize`, bf16, torch AdamW with
