@@ -17,8 +17,10 @@ peak and phases are the worst rank's; every rank's peak and phases are kept in `
   CUDA rank holds them (app/calibration/offload.py): the storages FSDP2 keeps on the host are named by identity
   and counted apart; the measured peak is the device's, the host's and both together's peaks are kept too.
 - QLoRA under fsdp / fsdp_grad_op: PEFT's FSDP+QLoRA recipe, `bnb_4bit_quant_storage` = the compute dtype
-  (build.py), so FSDP2 shards the packed weights like any parameter; it runs (with offload too), but without
-  checkpointing its backward is not in bounds yet (docs/accuracy-multi.md).
+  (build.py), so FSDP2 shards the packed weights like any parameter; it runs, with offload too
+  (calibration/cpu-matrix-multi-qlora.toml, docs/accuracy-multi.md). reshard_after_forward is passed explicitly,
+  to the root too, as accelerate passes it: the root is resharded after forward and re-gathered at backward's start
+  (app/core/sharding.py root_regather_bytes), which torch's default (None) would skip.
 ZeRO-2/3 (DeepSpeed) are not run here: see `check_distributed_plan`. Sources: torch/nn/parallel/distributed.py,
 torch/distributed/fsdp/_fully_shard/ (torch 2.13), accelerate/utils/fsdp_utils.py (fsdp2_prepare_model).
 """

@@ -94,7 +94,7 @@ def _supported(name: str, family: Family, plan: TrainingPlan) -> bool:
     try:
         adapted_groups(cached_spec(family.config, model_id=name, source="file", cache_dir=None), plan)
         if plan.gpus > 1:
-            check_distributed_plan(plan)  # e.g. QLoRA under FSDP, which the CPU ranks cannot run
+            check_distributed_plan(plan)  # e.g. ZeRO, which the CPU ranks cannot run
     except (PlanError, CalibrationError):
         return False
     return True

@@ -1,9 +1,10 @@
 """docs/accuracy-multi.md from the shipped multi-rank runs: `python -m app.calibration.multi_report [--write PATH]`.
 
-Every shipped run of calibration/cpu-matrix-multi.toml, cpu-validation-multi.toml and cpu-matrix-multi-offload.toml
-is re-estimated now and reported by split: the matrix's tune points (in-sample), its holdout points (split by hash;
-the few looked at while the terms were fitted are named), the validation matrix (measured once, after the terms
-were fixed) and the offload matrix (in-sample as a whole: its points drove the offload terms).
+Every shipped run of calibration/cpu-matrix-multi.toml, cpu-validation-multi.toml, cpu-matrix-multi-offload.toml
+and cpu-matrix-multi-qlora.toml is re-estimated now and reported by split: the matrix's tune points (in-sample),
+its holdout points (split by hash; the few looked at while the terms were fitted are named), the validation matrix
+(measured once, after the terms were fixed), the offload and the QLoRA matrices (in-sample as a whole: their points
+drove the offload terms and the root's re-gather).
 """
 
 from __future__ import annotations
@@ -17,15 +18,21 @@ from app.calibration.report import _stats_line, accuracy_markdown
 from app.store.models import AccuracyStats, MeasurementRecord
 from app.store.seed import BUNDLED_RESULTS
 
-SOURCES = ("cpu-matrix-multi", "cpu-validation-multi", "cpu-matrix-multi-offload")
-# the later matrices (CPU offload counted by placement), reported whole: their points drove the terms they check
-LATER = {"cpu-matrix-multi-offload": "FSDP2 CPU offload, counted by placement"}
+SOURCES = ("cpu-matrix-multi", "cpu-validation-multi", "cpu-matrix-multi-offload", "cpu-matrix-multi-qlora")
+# the later matrices (CPU offload counted by placement; QLoRA under FSDP2), reported whole: their points drove the
+# terms they check (the offload terms; sharding:root_regather_bytes, from the QLoRA points without checkpointing)
+LATER = {
+    "cpu-matrix-multi-offload": "FSDP2 CPU offload, counted by placement",
+    "cpu-matrix-multi-qlora": "QLoRA under FSDP2, PEFT's recipe",
+}
 # holdout points of cpu-matrix-multi whose phases were looked at while app/core/sharding.py was fitted (the first
 # four measured, and the LoRA DDP point that showed the start-up broadcast of adapters): in-sample in effect
 SEEN_WHILE_FITTING = frozenset(
     {"llama-a872c4fb", "mistral-8defd24c", "mixtral-caa4d5dd", "llama-105f4663", "llama-b2811673"}
 )
-TITLE = "gpuplan accuracy: multi-GPU (DDP, FSDP2, FSDP2 offload) measured on torch.distributed CPU ranks"
+TITLE = (
+    "gpuplan accuracy: multi-GPU (DDP, FSDP2, FSDP2 offload, QLoRA under FSDP2) measured on torch.distributed CPU ranks"
+)
 INTRO = """Every row is a real training step (2 optimizer steps) on N torch.distributed CPU ranks over gloo on one
 machine (`app/calibration/distributed.py`: spawned processes, loopback, a bounded time that kills every rank),
 each rank running the same plan under its own live-tensor tracker. The measured peak is the **worst rank's**
@@ -49,19 +56,41 @@ all-gather, a no-op on CPU, is made a real copy so it counts as on CUDA. What a 
 timing of a CUDA rank's device-to-host gradient copies (counted when assigned), pinned-memory staging, and the
 host RAM's own peak against the host's limits.
 
+## QLoRA under FSDP2
+
+`calibration/cpu-matrix-multi-qlora.toml` runs PEFT's FSDP+QLoRA recipe (`bnb_4bit_quant_storage` = the compute
+dtype, bf16, so FSDP2 shards the packed 4-bit weights like any parameter) under `fully_shard`, reshard on and off,
+with and without offload, on 2 and 4 ranks (9 points). Its first run (kept as
+`calibration/results/cpu-matrix-multi-qlora.report.jsonl`) was -6.94 %, -7.19 % and -9.02 % without gradient
+checkpointing (llama, mistral; fsdp): `reshard_after_forward` passed explicitly, as accelerate's
+`fsdp2_prepare_model` passes it to the root too, reshards the root after forward (fully_shard leaves the root
+gathered only when the argument is None), so the root's pre-backward at backward's start re-gathers it, and its
+flat all-gather output sits beside its copy-out until the copy-out is done: `2R`, every activation and the loss's
+saved log_softmax alive (`sharding:root_regather_bytes`). Under QLoRA the root (fp32 embeddings and lm_head) is
+large against a 4-bit layer, so that moment is the backward's peak. Confirmed by one A/B run (mistral, fsdp, no
+checkpointing, 2 ranks): the root left at the default (None) peaks at 17,446,400 bytes in backward, resharded at
+19,838,976 (+2,392,576, forward unchanged). The shipped points are the matrix's second run, after the term was
+written (so in-sample as a whole). The moment is no QLoRA one: wherever the root is large against a layer it
+peaks. Two probe runs (llama cut to 2 layers with a 16,384-token vocabulary, LoRA, bf16, fsdp, no checkpointing,
+2 ranks; not shipped as data) measured 50,447,872 bytes (39,988,224 with offload) against 50,421,504 (39,974,912)
+estimated, -0.05 % (-0.03 %); without the moment -5.89 % (-7.39 %). No shipped point of the other matrices moves
+(their roots are small against their layers). Three points measured 184,320 to 534,528 bytes more in the second run than in
+the first (llama fsdp offload, llama fsdp with checkpointing, mistral fsdp): the CPU ranks' peaks are not
+byte-exact from run to run there. bitsandbytes' quantization states are no parameters: FSDP2 neither shards nor
+offloads them (`estimate:fsdp_quant_state_bytes`, measured).
+
 ## Not measured here, and why
 
-- **QLoRA under FSDP2** runs here: PEFT's recipe, `bnb_4bit_quant_storage` = the compute dtype (bf16), under
-  `fully_shard` with and without offload. Measured once (`calibration/results/cpu-matrix-multi-qlora.report.jsonl`,
-  9 points, `calibration/cpu-matrix-multi-qlora.toml`): with gradient checkpointing within bounds (5 points,
-  -0.72 % to +3.00 %); without it the backward is under-estimated (llama and mistral: -6.94 %, -7.19 %, -9.02 %;
-  mixtral +0.09 %): the root's gathered fp32 embeddings and lm_head are held twice there (its all-gather output
-  beside its copy-out: `reshard_after_forward` passed explicitly, as accelerate passes it, reshards the root after
-  forward too, so backward's start re-gathers it), which the FSDP2 moments do not model yet. Those points are not shipped as store data (they
-  would break the ±5 % bound), and QLoRA's terms under FSDP stay first-principles. bitsandbytes' quantization
-  states are no parameters: FSDP2 neither shards nor offloads them (`estimate:fsdp_quant_state_bytes`, measured).
-- **MixedPrecisionPolicy** (bf16 compute over fp32 shards): not run; the plan has no field for it (parameters stay
-  in the plan dtype).
+- **MixedPrecisionPolicy** (`param_dtype=bf16, reduce_dtype=fp32` over fp32 shards) is not modelled: the plan
+  has no field for it, and its nearest plan, `autocast` (fp32 weights, bf16 compute under torch.autocast), is
+  another layout. Two probe runs (llama cut to 2 layers, fsdp, 2 ranks, seq 64, no checkpointing; the harness's
+  `shard_fsdp2` given the policy and its autocast region turned off, not shipped as data) measured 30,499,840
+  bytes (full) and 14,352,384 (LoRA), against which the autocast plan's estimate is +22.08 % and +59.80 %; the same
+  full plan run as autocast over fp32 FSDP2 (no policy) measured 35,743,232, estimate +4.17 %. What it would take:
+  a plan field for the policy; the root's and the layers' gathers (`R`, `W_l`) in the param dtype, beside the
+  shard's cast copy-in; no autocast cache; the unsharded gradients in the param dtype and the reduce-scatter input
+  in the reduce dtype; the sharded gradients, masters and states in fp32; and the harness passing
+  `mp_policy` (accelerate's `fsdp2_prepare_model` does) with its matrix measured as the others.
 - **ZeRO-2/3 (DeepSpeed)**: tried with DeepSpeed 0.19.8 (pip, then uninstalled: it is no dependency): its CPU
   accelerator picks gloo, and once it has JIT-built its `deepspeed_shm_comm` op (about 8 minutes of g++ on the
   shared 2-core machine) a tiny llama's ZeRO-2 and ZeRO-3 steps (`deepspeed.initialize`, bf16, torch AdamW with

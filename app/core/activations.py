@@ -366,6 +366,16 @@ def fused_cross_entropy_bytes(model: ModelSpec, plan: TrainingPlan) -> tuple[int
     return grad_input + weight_grad + t * FP32 + t + chunk * (v + h) * a, grad_input
 
 
+def loss_saved_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
+    """What the loss keeps for backward once the forward is done (the logits themselves freed with the output):
+    log_softmax's fp32 output `4·T·V`, or under Liger's fused cross-entropy the grad_input it made in forward
+    (`fused_cross_entropy_bytes`' backward term). Source: torch cross_entropy (log_softmax saves its result,
+    nll_loss reads it), transformers ForCausalLMLoss."""
+    if plan.fused_cross_entropy:
+        return fused_cross_entropy_bytes(model, plan)[1]
+    return plan.batch_size * plan.seq_len * model.arch.vocab_size * FP32
+
+
 def logits_bytes(model: ModelSpec, plan: TrainingPlan) -> tuple[int, int]:
     """logits_peak_bytes, (forward, backward) at their peaks.
 

@@ -16,6 +16,7 @@ from app.core.activations import (
     kept_logits_bytes,
     layer_stack,
     logits_bytes,
+    loss_saved_bytes,
     unchecked_saved_bytes,
 )
 from app.core.adapters import accepted_plan, lora_key
@@ -389,6 +390,7 @@ class StepTerms(NamedTuple):
     head_saved: int
     logits_forward: int
     logits_backward: int
+    loss_saved: int  # what the loss keeps for backward once the forward is done (activations:loss_saved_bytes)
     layer_forward: int
     layer_backward: int
     first_layer_backward: int  # layer 0's kind
@@ -428,6 +430,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         head_saved=stack.first.head_saved,
         logits_forward=logits_forward,
         logits_backward=logits_backward,
+        loss_saved=loss_saved_bytes(model, plan),
         layer_forward=max(la.forward_transient for _, la in stack.kinds),
         layer_backward=layer_backward,
         first_layer_backward=layer_backward
@@ -552,6 +555,7 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             "reduce_scatter_bytes": g.reduce_scatter_peak,
         },
         *([next_layer_moment(s, held)] if g.reduce_scatter_layer else []),
+        *([root_regather_moment(s, held)] if g.root_regather else []),
         {
             **held,
             "activation_bytes": s.activations_at_end,
@@ -566,6 +570,20 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             else []
         ),
     ]
+
+
+def root_regather_moment(s: StepTerms, held: Moment) -> Moment:
+    """FSDP2 with reshard after forward on: backward's first hook re-gathers the root, its flat all-gather output
+    beside the copy-out (`sharding:root_regather_bytes`), every activation and what the loss saved still alive, no
+    gradient made yet (but an accumulating step's). Measured on CPU ranks (QLoRA, where the fp32 root outweighs a
+    4-bit layer). Source: torch/distributed/fsdp/_fully_shard/_fsdp_state.py (`_pre_backward`)."""
+    return {
+        **held,
+        "activation_bytes": s.activations,
+        "logits_peak_bytes": s.loss_saved,
+        "gradient_bytes": s.accumulated,
+        "allgather_buffer_bytes": s.sharded.root_regather + s.zero3_gathered,
+    }
 
 
 def next_layer_moment(s: StepTerms, held: Moment) -> Moment:

@@ -42,13 +42,14 @@ class ShardedMoments(NamedTuple):
     reduce_scatter_root: int  # the root's, at the end of backward
     root_grads: int  # the root's gradients, unsharded from lm_head's backward to the end of backward
     end_grads: int  # FSDP2's gradients at the root's reduce-scatter: every layer's shard and the root's unsharded
+    root_regather: int  # backward's start: the root re-gathered (reshard after forward on), flat output beside copy
 
 
 def sharded_moments(inv: Inventory, plan: TrainingPlan, num_layers: int, grads: int) -> ShardedMoments:
     """DDP's terms (`ddp_bucket_bytes`, `ddp_broadcast_bytes`) or FSDP2's (`fsdp_gathered_bytes`); zero for others."""
     if plan.sharding in FSDP:
         return fsdp_gathered_bytes(inv, plan, num_layers)
-    none = ShardedMoments(*([0] * 15))
+    none = ShardedMoments(*([0] * 16))
     return none._replace(ddp_buckets=ddp_bucket_bytes(plan, grads), ddp_broadcast=ddp_broadcast_bytes(inv, plan))
 
 
@@ -124,7 +125,7 @@ def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
     _fsdp_param_group.py (pre_backward prefetch, post_backward reshard), _fsdp_state.py (the root's lazy init).
     """
     if plan.sharding not in FSDP or plan.gpus < 2:
-        return ShardedMoments(*([0] * 15))
+        return ShardedMoments(*([0] * 16))
     root, layer = root_param_bytes(inv), layer_param_bytes(inv, num_layers)
     if plan.sharding == "fsdp_grad_op":  # every layer stays gathered from its forward to its backward
         kept = root + num_layers * layer
@@ -157,7 +158,26 @@ def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
         reduce_scatter_root=2 * inv.grads.other,
         root_grads=inv.grads.other,
         end_grads=(0 if plan.offload else math.ceil(inv.grads.layers / plan.gpus)) + inv.grads.other,
+        root_regather=root_regather_bytes(inv, plan),
     )
+
+
+def root_regather_bytes(inv: Inventory, plan: TrainingPlan) -> int:
+    """FSDP2 with reshard_after_forward passed explicitly (True, as accelerate's fsdp2_prepare_model and this
+    harness pass it) reshards the root after forward too: fully_shard leaves the root gathered only when the
+    argument is left None (`_auto_reshard_after_forward`). So backward's first hook, the root's pre-backward on
+    the loss, re-gathers it, and its flat all-gather output `R` sits beside the copy-out `R` until the copy-out is
+    done (in backward the result is freed right after the copy-out, not kept for overlap): `2R`, before the
+    last layer is prefetched. It outweighs the loss's moment (`R + W_l` beside the logits' backward) when `R` is
+    large against a layer, as under QLoRA (fp32 embeddings and lm_head, 4-bit layers). 0 for fsdp_grad_op (the
+    root stays gathered) and one GPU. Measured on CPU ranks (calibration/cpu-matrix-multi-qlora.toml; LoRA with a
+    large vocabulary too: docs/accuracy-multi.md).
+    Source: torch/distributed/fsdp/_fully_shard/_fsdp_state.py (`_lazy_init`: post_forward_mesh_info = None only
+    when `_auto_reshard_after_forward`; `_pre_backward`), _fsdp_param_group.py (`pre_backward`,
+    `wait_for_unshard`: `_all_gather_result = None` after the copy-out outside forward)."""
+    if plan.sharding != "fsdp" or plan.gpus < 2:
+        return 0
+    return 2 * root_param_bytes(inv)
 
 
 def reduce_scatter_bytes(inv: Inventory, num_layers: int) -> int:

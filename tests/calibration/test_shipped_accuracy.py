@@ -61,6 +61,7 @@ def test_full_cpu_matrix_within_5_percent_and_median_within_2(records: list[Meas
         "cpu-validation-multi",
         "cpu-matrix-tf4",
         "cpu-matrix-multi-offload",
+        "cpu-matrix-multi-qlora",
     ],
 )
 def test_each_shipped_matrix_holds_the_bounds_on_its_own(records: list[MeasurementRecord], source: str) -> None:
