@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from app.core.adapters import lora_key
 from app.core.plan import TrainingPlan
 from app.core.spec import ModelSpec
+from app.core.stack import stack_model
 from app.core.tensors import PlanTensors, base_key, plan_tensors
 from app.core.tiers import GpuTier
 from app.core.units import DTYPE_BYTES
@@ -123,11 +124,12 @@ def matmul_params(model: ModelSpec) -> MatmulParams:
 
 
 def adapter_params(model: ModelSpec, tensors: PlanTensors) -> MatmulParams:
-    """LoRA weights a token passes through (adapters of routed experts scaled by k/E)."""
+    """LoRA weights a token passes through (adapters of routed experts scaled by k/E: a fused 3-D expert weight, or
+    transformers 4's per-expert linears, `….experts.*.<name>`)."""
     arch = model.arch
     layers = head = 0.0
     for ad in tensors.adapted:
-        experts = any(len(p.shape) == 3 for p in ad.group.params)
+        experts = any(len(p.shape) == 3 for p in ad.group.params) or ".experts.*." in ad.group.name
         n = ad.params * (arch.experts_per_token / arch.num_experts if experts and arch.num_experts else 1.0)
         if ad.group.in_layers:
             layers += n
@@ -181,7 +183,8 @@ def token_flops(model: ModelSpec, plan: TrainingPlan) -> TokenFlops:
 
 
 def _tensors(model: ModelSpec, plan: TrainingPlan) -> PlanTensors:
-    return plan_tensors(model, base_key(plan), lora_key(plan))
+    """The plan's tensors on the model as its stack lays it out (app/core/stack.py), as estimate() counts them."""
+    return plan_tensors(stack_model(model, plan.stack), base_key(plan), lora_key(plan))
 
 
 def passes(plan: TrainingPlan) -> int:
@@ -203,8 +206,8 @@ def memory_floor_bytes(model: ModelSpec, plan: TrainingPlan, gpus: int) -> int:
 def dequant_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     """bitsandbytes dequantizes each quantized weight to the compute dtype before every matmul that reads it: a
     write and a read of `numel × c` bytes per pass."""
-    inv = _tensors(model, plan).inventory
-    numel = sum(g.count * g.weight.numel for g in model.groups if g.name in inv.quantized and g.weight is not None)
+    inv, laid_out = _tensors(model, plan).inventory, stack_model(model, plan.stack)
+    numel = sum(g.count * g.weight.numel for g in laid_out.groups if g.name in inv.quantized and g.weight is not None)
     return passes(plan) * numel * 2 * DTYPE_BYTES[plan.dtype]
 
 

@@ -91,3 +91,17 @@ def test_all_linear_wraps_the_experts_on_transformers_4_so_dropout_needs_no_chan
 def test_every_moe_model_answers_the_default_plan_on_both_stacks(model_id: str) -> None:
     for stack in ("transformers-4", "transformers-5"):
         assert estimate(spec(model_id), TrainingPlan(stack=stack)).peak_allocated_bytes > 0  # type: ignore[arg-type]
+
+
+def test_the_time_model_reads_the_stacks_layout() -> None:
+    """recommend()'s time model counts the same adapters estimate() does: on transformers 4 the default plan keeps
+    its dropout (no ParamWrapper to refuse it), and the per-expert adapters are routed k of E like fused ones."""
+    from app.core.gpus import recommend
+    from app.core.throughput import token_flops
+
+    model = spec(MIXTRAL)
+    four = TrainingPlan(stack="transformers-4", method="lora")
+    assert recommend(model, estimate(model, four)).options
+    per_expert = token_flops(model, four).adapters
+    fused = token_flops(model, TrainingPlan(method="lora", dropout=0.0)).adapters
+    assert 0.5 * fused < per_expert < 1.5 * fused
