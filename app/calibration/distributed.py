@@ -58,7 +58,7 @@ def measure(
 
     if plan.stack != installed_stack():
         job = {"config": config, "layers": layers, "steps": steps, "seed": seed, "fp32_matmuls": fp32_matmuls}
-        return measure_on_stack({**job, "loop": loop}, plan)
+        return measure_on_stack(job | {"loop": loop}, plan)
     if plan.gpus > 1 or plan.sharding != "none":
         if loop != "plain":
             raise CalibrationError("the CPU ranks run the plain loop: use loop plain with --gpus N")

@@ -50,10 +50,9 @@ def stack_python(stack: Stack) -> Path:
 
 
 def measure_on_stack(job: dict[str, Any], plan: TrainingPlan) -> Measurement:
-    """Run `job` (measure()'s arguments) in the virtualenv of `plan.stack`; its stderr (the progress) passes through."""
+    """Run `job` (measure()'s arguments) in the virtualenv of `plan.stack`; a failed run's stderr tail is shown."""
     python = stack_python(plan.stack)
-    root = ROOT
-    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         done = subprocess.run(
             [str(python), "-m", "app.calibration.stacks"],
@@ -61,14 +60,14 @@ def measure_on_stack(job: dict[str, Any], plan: TrainingPlan) -> Measurement:
             capture_output=True,
             text=True,
             env=env,
-            cwd=root,
+            cwd=ROOT,
             timeout=CHILD_TIMEOUT_S,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
         raise CalibrationError(f"the {plan.stack} run took over {CHILD_TIMEOUT_S:.0f} s: use fewer layers") from exc
-    sys.stderr.write(done.stderr[-4000:] if done.returncode else "")
     if done.returncode:
+        sys.stderr.write(done.stderr[-4000:])
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise CalibrationError(f"the {plan.stack} run failed ({python}): {last}")
     return Measurement.model_validate_json(done.stdout.strip().splitlines()[-1])

@@ -8,7 +8,7 @@ from importlib import resources
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.core.tiers import GPU_TIERS, GpuTier, find_tier
+from app.core.tiers import GpuTier, find_tier, tier_name
 
 MEMORY_TOLERANCE = 0.10
 """A reported total memory more than 10 % off the tier's usable memory is another board under the same name."""
@@ -26,10 +26,7 @@ class DeviceName(BaseModel):
     @field_validator("gpu")
     @classmethod
     def _known_tier(cls, value: str) -> str:
-        tier = find_tier(value)
-        if tier is None:
-            raise ValueError(f"unknown GPU tier {value!r}; known: {', '.join(t.name for t in GPU_TIERS)}")
-        return tier.name
+        return tier_name(value)
 
 
 def _key(name: str) -> str:

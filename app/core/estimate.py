@@ -127,7 +127,7 @@ def estimate(model: ModelSpec, plan: TrainingPlan) -> Estimate:
 def device_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     """`estimate(model, plan).device_bytes` without building the Estimate: the same moments and overheads, for
     the searches that need only the number (recommend()'s GPU counts)."""
-    plan, _, _, terms = _prepared(model, plan)
+    plan, _, _, terms = _prepared(stack_model(model, plan.stack), plan)
     _, totals, peak = peak_moments(terms)
     return totals[peak] + sum(t.bytes for t in overheads(plan, totals[peak], terms.resident.paged))
 
@@ -135,9 +135,9 @@ def device_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
 def _prepared(
     model: ModelSpec, plan: TrainingPlan
 ) -> tuple[TrainingPlan, tuple[Adjustment, ...], PlanTensors, StepTerms]:
-    """The plan the stack accepts, its adjustments, its tensors and every term of its step."""
+    """The plan the stack accepts, its adjustments, its tensors and every term of its step (`model` laid out as
+    plan.stack builds it: `stack_model`)."""
     _check(plan)
-    model = stack_model(model, plan.stack)
     plan, adjustments = accepted_plan(model, plan)
     tensors = plan_tensors(model, base_key(plan), lora_key(plan))
     return plan, adjustments, tensors, step_terms(model, plan, tensors)

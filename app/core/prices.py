@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.core.tiers import GPU_TIERS, find_tier
+from app.core.tiers import tier_name
 from app.errors import InputError
 
 PriceKind = Literal["on_demand", "list"]
@@ -39,10 +39,7 @@ class Price(BaseModel):
     @field_validator("gpu")
     @classmethod
     def _known_gpu(cls, value: str) -> str:
-        tier = find_tier(value)
-        if tier is None:
-            raise ValueError(f"unknown GPU {value!r}; known: {', '.join(t.name for t in GPU_TIERS)}")
-        return tier.name
+        return tier_name(value, "GPU")
 
     @property
     def label(self) -> str:

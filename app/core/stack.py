@@ -43,6 +43,12 @@ STACK_LABELS: dict[Stack, str] = {
 }
 
 
+def routed_expert(group: ModuleGroup) -> bool:
+    """A routed expert's weights (a token passes through k of E): fused 3-D parameters, or transformers 4's
+    per-expert linears as `stack_model` names them (`….experts.*.<name>`)."""
+    return any(len(p.shape) == 3 for p in group.params) or ".experts.*." in group.name
+
+
 @lru_cache(maxsize=256)
 def stack_model(model: ModelSpec, stack: Stack) -> ModelSpec:
     """The model as `stack` builds it: the same parameters, laid out in that stack's modules."""

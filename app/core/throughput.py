@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from app.core.adapters import lora_key
 from app.core.plan import TrainingPlan
 from app.core.spec import ModelSpec
-from app.core.stack import stack_model
+from app.core.stack import routed_expert, stack_model
 from app.core.tensors import PlanTensors, base_key, plan_tensors
 from app.core.tiers import GpuTier
 from app.core.units import DTYPE_BYTES
@@ -129,7 +129,7 @@ def adapter_params(model: ModelSpec, tensors: PlanTensors) -> MatmulParams:
     arch = model.arch
     layers = head = 0.0
     for ad in tensors.adapted:
-        experts = any(len(p.shape) == 3 for p in ad.group.params) or ".experts.*." in ad.group.name
+        experts = routed_expert(ad.group)
         n = ad.params * (arch.experts_per_token / arch.num_experts if experts and arch.num_experts else 1.0)
         if ad.group.in_layers:
             layers += n

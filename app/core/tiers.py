@@ -181,3 +181,11 @@ GPU_TIERS: tuple[GpuTier, ...] = (
 def find_tier(name: str) -> GpuTier | None:
     key = name.strip().lower().replace(" ", "")
     return next((t for t in GPU_TIERS if t.name.lower().replace(" ", "") == key), None)
+
+
+def tier_name(value: str, what: str = "GPU tier") -> str:
+    """The tier's own spelling of `value`, for a data row's validator; ValueError naming the known tiers."""
+    tier = find_tier(value)
+    if tier is None:
+        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(t.name for t in GPU_TIERS)}")
+    return tier.name
