@@ -129,6 +129,8 @@ def _add_calibration_parsers(sub: Any) -> None:
     acc.add_argument("--device", choices=["cpu", "cuda"])
     acc.add_argument("--source", help="only points of this source")
     acc.add_argument("--write", type=Path, help="also write the Markdown to this file (e.g. docs/accuracy.md)")
+    fields = sub.add_parser("recipe-fields", help="every config field the import honours, reports or ignores")
+    fields.add_argument("--write", type=Path, help="also write the Markdown to this file (docs/recipe-fields.md)")
     imp = sub.add_parser("import-calibrations", help="load a JSONL of measurements (GPU script output) into the store")
     imp.add_argument("path", type=Path)
     imp.add_argument("--source", help="source label to record (default: from the file)")
@@ -414,6 +416,16 @@ def _cmd_accuracy(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipe_fields(ns: argparse.Namespace) -> int:
+    from app.recipes.fields import fields_markdown
+
+    text = fields_markdown()
+    if ns.write is not None:
+        ns.write.write_text(text, encoding="utf-8")
+    print(text, end="")
+    return 0
+
+
 def _cmd_import(ns: argparse.Namespace) -> int:
     from app.calibration.commands import import_calibrations
     from app.settings import get_settings
@@ -472,6 +484,7 @@ COMMANDS = {
     "calibrate": _cmd_calibrate,
     "calibrate-matrix": _cmd_calibrate_matrix,
     "accuracy": _cmd_accuracy,
+    "recipe-fields": _cmd_recipe_fields,
     "import-calibrations": _cmd_import,
     "accept-calibrations": _cmd_accept,
     "serve": _cmd_serve,
