@@ -45,5 +45,62 @@ def test_the_api_imports_with_the_plans_stack(client: TestClient) -> None:
     assert response.status_code == 200, response.text
     plan = response.json()["plan"]
     assert plan["stack"] == "transformers-4" and plan["reentrant"] is True
+    assert plan["autocast"] is True  # no torch_dtype: 4.57 loads fp32, bf16 autocasts (the method lora is given)
     bad = client.post("/api/v1/estimate/from-config", json={**body, "plan": {"stack": "transformers-3"}})
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "plan.stack"
+
+
+ADAPTER = {"peft_type": "LORA", "r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+BNB = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"}
+
+
+def _recipe(stack: str, args: dict[str, object], *others: tuple[str, dict[str, object]], method: str | None = None):  # type: ignore[no-untyped-def]
+    files = [RecipeFile.from_bytes("training_args.json", json.dumps(args).encode())]
+    files += [RecipeFile.from_bytes(name, json.dumps(doc).encode()) for name, doc in others]
+    return import_recipe(files, stack, method)  # type: ignore[arg-type]
+
+
+def test_transformers_4_loads_fp32_without_a_dtype_so_bf16_is_autocast() -> None:
+    """4.57.6 from_pretrained without dtype/torch_dtype keeps torch's default fp32 (modeling_utils.py _get_dtype);
+    Trainer's bf16 then autocasts. transformers 5 loads the config's dtype: bf16 weights, no autocast."""
+    lora = ("adapter_config.json", ADAPTER)
+    four, five = _recipe("transformers-4", ARGS, lora), _recipe("transformers-5", ARGS, lora)
+    assert (four.plan.method, four.plan.dtype, four.plan.autocast, four.plan.weight_dtype) == (
+        "lora",
+        "bf16",
+        True,
+        "fp32",
+    )
+    assert (five.plan.dtype, five.plan.autocast, five.plan.weight_dtype) == ("bf16", False, "bf16")
+
+
+def test_transformers_4_without_bf16_or_fp16_trains_in_fp32() -> None:
+    plain = {k: v for k, v in ARGS.items() if k != "bf16"}
+    four = _recipe("transformers-4", plain, ("adapter_config.json", ADAPTER))
+    assert (four.plan.dtype, four.plan.autocast) == ("fp32", False)
+    torch_dtype = [m for m in four.mapped if m.field == "torch_dtype"]
+    assert torch_dtype and torch_dtype[0].default and torch_dtype[0].plan_value == "fp32"
+    assert _recipe("transformers-5", plain, ("adapter_config.json", ADAPTER)).plan.dtype == "bf16"
+
+
+def test_a_given_torch_dtype_wins_over_the_stack_default() -> None:
+    given = {**ARGS, "torch_dtype": "bfloat16"}
+    four = _recipe("transformers-4", given, ("adapter_config.json", ADAPTER))
+    assert (four.plan.dtype, four.plan.autocast) == ("bf16", False)
+
+
+def test_qlora_on_transformers_4_is_no_autocast_and_says_why() -> None:
+    """bitsandbytes' quantizer loads fp16 without a torch_dtype (4.57.6 quantizer_bnb_4bit.py update_dtype) and
+    prepare_model_for_kbit_training upcasts to fp32: the qlora plan; the autocast is reported, not planned."""
+    four = _recipe("transformers-4", ARGS, ("adapter_config.json", ADAPTER), ("bnb.json", BNB))
+    assert (four.plan.method, four.plan.autocast) == ("qlora", False)
+    why = {e.field: e.why for e in four.not_modelled}["bf16"]
+    assert "lora and full fine-tuning only" in why and "update_dtype" in why
+    alone = _recipe("transformers-4", ARGS)  # the method left to the default, qlora: no 422
+    assert alone.plan.method == "qlora" and alone.plan.autocast is False
+    assert "bf16" in {e.field for e in alone.not_modelled}
+
+
+def test_a_method_given_beside_the_files_keeps_the_autocast() -> None:
+    four = _recipe("transformers-4", ARGS, method="lora")
+    assert four.plan_fields["autocast"] is True and not [e for e in four.not_modelled if e.field == "bf16"]
