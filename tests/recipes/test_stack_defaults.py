@@ -104,3 +104,15 @@ def test_qlora_on_transformers_4_is_no_autocast_and_says_why() -> None:
 def test_a_method_given_beside_the_files_keeps_the_autocast() -> None:
     four = _recipe("transformers-4", ARGS, method="lora")
     assert four.plan_fields["autocast"] is True and not [e for e in four.not_modelled if e.field == "bf16"]
+
+
+def test_an_mxfp4_quantization_config_is_the_plans_mxfp4() -> None:
+    """Mxfp4Config's dequantize defaults to False (the experts stay MXFP4); the published gpt-oss config.json carries
+    {quant_method: mxfp4} only."""
+    published = {
+        "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}
+    }
+    kept = import_recipe([RecipeFile.from_bytes("config.json", json.dumps(published).encode())])
+    assert kept.plan.mxfp4 == "keep" and not kept.unknown and not kept.not_modelled
+    cookbook = {"quantization_config": {"quant_method": "mxfp4", "dequantize": True}}
+    assert import_recipe([RecipeFile.from_bytes("q.json", json.dumps(cookbook).encode())]).plan.mxfp4 == "dequantize"
