@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
+from app.errors import CalibrationError
 from app.recipes import RecipeFile, import_recipe
 from tests.webapp import app, client
 
@@ -116,3 +122,37 @@ def test_an_mxfp4_quantization_config_is_the_plans_mxfp4() -> None:
     assert kept.plan.mxfp4 == "keep" and not kept.unknown and not kept.not_modelled
     cookbook = {"quantization_config": {"quant_method": "mxfp4", "dequantize": True}}
     assert import_recipe([RecipeFile.from_bytes("q.json", json.dumps(cookbook).encode())]).plan.mxfp4 == "dequantize"
+
+
+# Saves a tiny bf16 Llama, then loads it back with from_pretrained and no dtype: prints the weights' dtype.
+LOAD_SCRIPT = """
+import sys, torch, transformers
+cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
+                               num_hidden_layers=1, vocab_size=64, dtype="bfloat16")
+transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(sys.argv[1])
+print(transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1]).model.layers[0].mlp.up_proj.weight.dtype)
+"""
+
+
+@pytest.mark.parametrize(
+    ("stack", "loaded"), [("transformers-4", "torch.float32"), ("transformers-5", "torch.bfloat16")]
+)
+def test_from_pretrained_without_a_dtype_loads_what_the_stack_default_says(
+    stack: str, loaded: str, tmp_path: Path
+) -> None:
+    """The default TF4_DEFAULTS states, run: a bf16 checkpoint loads fp32 on 4.57.6 and in its own dtype on 5.24."""
+    from app.calibration.stacks import stack_python
+
+    if stack == "transformers-4":
+        try:
+            python = str(stack_python("transformers-4"))
+        except CalibrationError as missing:
+            pytest.skip(str(missing))
+    else:
+        pytest.importorskip("torch")
+        python = sys.executable
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [python, "-c", LOAD_SCRIPT, str(tmp_path)], capture_output=True, text=True, check=True, env=env
+    )
+    assert out.stdout.strip().splitlines()[-1] == loaded
