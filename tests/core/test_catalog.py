@@ -65,6 +65,7 @@ CURRENT = {
     "microsoft/phi-4",
     "HuggingFaceTB/SmolLM3-3B",
     "allenai/OLMo-2-1124-7B-Instruct",
+    "allenai/OLMo-2-1124-13B",
     "ibm-granite/granite-3.3-8b-instruct",
     "ibm-granite/granite-3.1-1b-a400m-instruct",
     "mistralai/Mistral-Small-3.1-24B-Base-2503",
