@@ -88,7 +88,8 @@ def mxfp4_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
         )
     if plan.stack == "transformers-4" and plan.weight_dtype == "fp32":
         notes.append(
-            "transformers 4.57 dequantizes the MXFP4 experts to bf16 whatever the load dtype (integrations/mxfp4.py "
-            "dequantize: convert_moe_packed_tensors' default dtype); they are counted in fp32 here"
+            "transformers 4.57 loads a checkpoint published in MXFP4 in bf16 when no torch_dtype is given "
+            "(quantizers/quantizer_mxfp4.py update_dtype) and dequantizes its experts to bf16 whatever the dtype "
+            "(integrations/mxfp4.py dequantize: convert_moe_packed_tensors' default dtype); they are counted in fp32 here"
         )
     return notes
