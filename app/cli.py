@@ -204,7 +204,8 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
     from app.service import load_prices
     from app.settings import get_settings
 
-    imported = _import_recipes(ns.recipes, getattr(ns, "stack", None) or "transformers-5") if ns.recipes else None
+    stack = getattr(ns, "stack", None) or "transformers-5"
+    imported = _import_recipes(ns.recipes, stack, getattr(ns, "method", None)) if ns.recipes else None
     run = run_size(ns)
     plan = plan_from_args(ns, imported.plan_fields if imported else None)
     name = ns.model or (imported.model if imported else None)
@@ -263,9 +264,9 @@ def _cli_times(model: Any, est: Any, rec: Any, settings: Any) -> Any:
     return with_measured_times(planned, records).recommendation
 
 
-def _import_recipes(paths: list[Path], stack: Any) -> Any:
-    """The --from files, read and imported with `--stack`'s defaults (a missing or unreadable file is one InputError
-    line)."""
+def _import_recipes(paths: list[Path], stack: Any, method: Any) -> Any:
+    """The --from files, read and imported with `--stack`'s defaults and `--method` over theirs (a missing or
+    unreadable file is one InputError line)."""
     from app.recipes import RecipeFile, import_recipe
 
     files = []
@@ -274,7 +275,7 @@ def _import_recipes(paths: list[Path], stack: Any) -> Any:
             files.append(RecipeFile.from_bytes(path.name, path.read_bytes()))
         except OSError as exc:
             raise InputError(f"--from {path}: cannot read it ({exc.strerror or exc})") from None
-    return import_recipe(files, stack)
+    return import_recipe(files, stack, method)
 
 
 def _cmd_models(ns: argparse.Namespace) -> int:
