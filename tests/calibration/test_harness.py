@@ -187,7 +187,6 @@ def test_a_tiny_cuda_run_reads_the_caching_allocator() -> None:
 @pytest.mark.parametrize(
     ("field", "says"),
     [
-        ("checkpoint_offload", "one address space"),
         ("fused_cross_entropy", "Liger's Triton kernel"),
         ("packing", "not packed ones"),
     ],
