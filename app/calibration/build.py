@@ -150,10 +150,12 @@ def _prepare(model: Any, plan: TrainingPlan) -> Any:
             use_gradient_checkpointing=plan.gradient_checkpointing,
             gradient_checkpointing_kwargs=checkpointing,
         )
-        if plan.checkpoint_every > 1:  # PEFT has no every_n_layers: enable it again, as a Trainer would
-            _checkpoint_layers(model, checkpointing, plan.checkpoint_every)
+        if (
+            plan.checkpoint_every > 1 or plan.checkpoint_offload
+        ):  # PEFT has neither: enable it again, as a Trainer would
+            _checkpoint_layers(model, checkpointing, plan)
     elif plan.gradient_checkpointing:
-        _checkpoint_layers(model, checkpointing, plan.checkpoint_every)
+        _checkpoint_layers(model, checkpointing, plan)
         if plan.method == "lora":
             model.enable_input_require_grads()
     if plan.method == "full":
@@ -172,13 +174,19 @@ def _prepare(model: Any, plan: TrainingPlan) -> Any:
     return peft.get_peft_model(model, lora)
 
 
-def _checkpoint_layers(model: Any, kwargs: dict[str, Any], every: int) -> None:
-    """Checkpoint every `every`-th decoder layer (transformers 5's activation_checkpointing_enable; older
-    versions have only gradient_checkpointing_enable, which checkpoints every layer)."""
+def _checkpoint_layers(model: Any, kwargs: dict[str, Any], plan: TrainingPlan) -> None:
+    """Checkpoint every `checkpoint_every`-th decoder layer, its saved inputs in host memory with checkpoint_offload
+    (transformers 5's activation_checkpointing_enable; older versions have only gradient_checkpointing_enable,
+    which checkpoints every layer on the device)."""
+    every = plan.checkpoint_every
     if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every)
-    elif every > 1:
-        raise CalibrationError("checkpoint_every needs transformers 5 (activation_checkpointing_enable)")
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=kwargs, every_n_layers=every, offload=plan.checkpoint_offload
+        )
+    elif every > 1 or plan.checkpoint_offload:
+        raise CalibrationError(
+            "checkpoint_every and checkpoint_offload need transformers 5 (activation_checkpointing_enable)"
+        )
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 

@@ -90,7 +90,7 @@ def calibrate(
     model_id, config = model_config(name, settings)
     fast = fp32_matmuls(matmuls, plan.device)
     measurement = measure(config, plan, layers=layers, steps=steps, fp32_matmuls=fast, loop=loop)
-    comparison, _ = compare_to(measurement, spec_for(measurement, model_id))
+    comparison, est = compare_to(measurement, spec_for(measurement, model_id))
     stored_id = None
     if store:
         from app.store import Store
@@ -110,6 +110,9 @@ def calibrate(
         "error_pct": round(comparison.error_pct, 3),
         "phases": [p.model_dump(mode="json") for p in comparison.phases],
         "ranks": [{"rank": r.rank, "peak_allocated_bytes": r.peak_allocated_bytes} for r in measurement.ranks],
+        # offload counted by placement (FSDP2's, checkpoint_offload's): the host RAM peak and the estimate's
+        "host_peak_bytes": measurement.host_peak_bytes,
+        "estimated_offloaded_bytes": est.offloaded_bytes,
         "env": measurement.env.model_dump(mode="json"),
         "duration_s": round(measurement.duration_s, 2),
     }

@@ -123,6 +123,7 @@ def _env(measurement: Measurement) -> dict[str, Any]:
     if measurement.host_peak_bytes is not None:  # offload counted by placement: both figures, every rank's too
         env["host_peak_bytes"] = measurement.host_peak_bytes
         env["all_storages_peak_bytes"] = measurement.all_storages_peak_bytes
-        env["rank_host_peak_bytes"] = [r.host_peak_bytes for r in measurement.ranks]
+        if measurement.ranks:
+            env["rank_host_peak_bytes"] = [r.host_peak_bytes for r in measurement.ranks]
         env["placement"] = "offload counted by placement (app/calibration/offload.py)"
     return env

@@ -35,6 +35,9 @@ progress = logging.getLogger("app.calibration.progress")  # each phase as it end
 # Where the Probe of the run in progress appends each optimizer step's wall time: set by run_measurement, so both
 # loops (plain, Trainer) are timed by the probe that marks their phases without passing a list through them.
 _step_clock: ContextVar[list[float] | None] = ContextVar("gpuplan_step_clock", default=None)
+# Where `tracked` puts the tracker of a checkpoint_offload run, so run_measurement can read its host RAM peak
+# (the saved inputs counted by placement: app/calibration/offload.py host_saved_checkpoints).
+_placed: ContextVar[list[LiveTensorTracker] | None] = ContextVar("gpuplan_placed", default=None)
 
 
 def run_measurement(
@@ -47,16 +50,15 @@ def run_measurement(
     fp32_matmuls: bool = False,
     loop: Loop = "plain",
 ) -> Measurement:
-    """Run `steps` plain PyTorch (or transformers.Trainer: `loop`) training steps of `plan` on the model `config` describes and measure memory.
-
-    Each step is forward (loss only), backward, optimizer step and zero_grad(set_to_none=True), in train mode
-    (the forward under torch.autocast with plan.autocast, over fp32 weights; else without), on batch_size x seq_len random token ids. On cpu every live tensor storage is counted by
-    LiveTensorTracker (rounded to 512 bytes, as on CUDA) from the loaded model on; on cuda the caching
-    allocator's counters are read, from before loading on. `fp32_matmuls` computes cpu 16-bit matmuls through
-    fp32 (app/calibration/matmul.py: same tensors, same bytes, ~100x faster where bf16 GEMM is slow). Raises CalibrationError when the run cannot be
-    carried out, saying what to change. `loop="trainer"` runs the steps through transformers.Trainer
-    (app/calibration/trainer_loop.py); both loops honour grad_accum_steps, only the plain one keep_logits.
-    """
+    """Run `steps` plain PyTorch (or transformers.Trainer: `loop`) training steps of `plan` on the model `config`
+    describes and measure memory. Each step is forward (loss only; under torch.autocast with plan.autocast, over fp32
+    weights), backward, optimizer step and zero_grad(set_to_none=True), in train mode, on batch_size x seq_len random
+    token ids. On cpu every live tensor storage is counted by LiveTensorTracker (rounded to 512 bytes, as on CUDA)
+    from the loaded model on (checkpoint_offload's host copies apart: `host_peak_bytes`); on cuda the caching
+    allocator's counters are read, from before loading on. `fp32_matmuls` computes cpu 16-bit matmuls through fp32
+    (app/calibration/matmul.py: same bytes, ~100x faster where bf16 GEMM is slow). Raises CalibrationError when the
+    run cannot be carried out, saying what to change. `loop="trainer"` runs the steps through transformers.Trainer
+    (app/calibration/trainer_loop.py); both loops honour grad_accum_steps, only the plain one keep_logits."""
     check_plan(plan, steps, loop)
     if fp32_matmuls and plan.device != "cpu":
         raise CalibrationError("fp32_matmuls replaces cpu kernels only: use it with device cpu")
@@ -66,8 +68,9 @@ def run_measurement(
 
     started = time.perf_counter()
     step_times: list[float] = []
-    clock = _step_clock.set(step_times)
-    with _threads(plan.device), quiet(), fp32_compute_matmuls(fp32_matmuls), _reset(clock):
+    placed: list[LiveTensorTracker] = []  # `tracked` puts a checkpoint_offload run's tracker here
+    clock, placing = _step_clock.set(step_times), _placed.set(placed)
+    with _threads(plan.device), quiet(), fp32_compute_matmuls(fp32_matmuls), _reset(clock, placing):
         cfg = build_config(config, layers)
         if plan.router_aux_loss:  # the MoE load-balancing loss: the CausalLM adds load_balancing_loss_func
             cfg.output_router_logits = True
@@ -95,15 +98,26 @@ def run_measurement(
         step_times_s=tuple(step_times),
         step_s=median_step_s(step_times),
         tokens_per_step=plan.batch_size * plan.seq_len * plan.grad_accum_steps,
+        **_host_peaks(placed),
     )
 
 
+def _host_peaks(placed: list[LiveTensorTracker]) -> dict[str, int | None]:
+    """checkpoint_offload (counted by placement): the host RAM peak and every storage's; None without."""
+    tracker = placed[0] if placed else None
+    return {
+        "host_peak_bytes": None if tracker is None else tracker.host_peak_bytes,
+        "all_storages_peak_bytes": None if tracker is None else tracker.all_peak_bytes,
+    }
+
+
 @contextmanager
-def _reset(clock: Any) -> Iterator[None]:
+def _reset(clock: Any, placing: Any) -> Iterator[None]:
     try:
         yield
     finally:
         _step_clock.reset(clock)
+        _placed.reset(placing)
 
 
 def check_plan(plan: TrainingPlan, steps: int, loop: Loop = "plain") -> None:
@@ -119,11 +133,6 @@ def check_plan(plan: TrainingPlan, steps: int, loop: Loop = "plain") -> None:
     if plan.fused_cross_entropy:
         raise CalibrationError(
             "fused_cross_entropy is Liger's Triton kernel, which the harness does not run: turn it off"
-        )
-    if plan.checkpoint_offload:
-        raise CalibrationError(
-            "checkpoint_offload moves saved activations from the device to host memory: on cpu both are one address "
-            "space, so the tracker cannot see it; turn checkpoint_offload off"
         )
     if plan.gpus != 1 or plan.sharding != "none" or plan.offload:
         raise CalibrationError("the harness measures one process on one device: use gpus 1, sharding none, no offload")
@@ -237,6 +246,9 @@ def tracked(model: Any, plan: TrainingPlan) -> tuple[LiveTensorTracker | None, P
 
         tracker = LiveTensorTracker("cpu")
         tracker.track_module(model)
+        placed = _placed.get()
+        if plan.checkpoint_offload and placed is not None:
+            placed.append(tracker)
     return tracker, Probe(tracker)
 
 
@@ -252,13 +264,16 @@ def run_steps(
     """The steps under the probe: (phases, peak allocated, peak reserved or None). `wrap` (DDP) runs inside the
     tracker, after the model's own tensors are counted, so what it allocates (its buckets) counts too. `place`
     (offload, app/calibration/offload.py) names the storages a CUDA run keeps in host RAM; with offload the
-    optimizer step runs on the host, so what it allocates is host RAM too."""
+    optimizer step runs on the host, so what it allocates is host RAM too; checkpoint_offload's saved inputs are
+    placed on the host as a CUDA run holds them (offload.host_saved_checkpoints)."""
     import torch
+
+    from app.calibration.offload import host_saved_checkpoints
 
     tracker, probe = tracked(model, plan)
     labels = StepLabels(plan.grad_accum_steps)
     generator = torch.Generator().manual_seed(seed)
-    with tracker if tracker is not None else nullcontext():
+    with tracker if tracker is not None else nullcontext(), host_saved_checkpoints(plan, tracker):
         if wrap is not None:
             model = wrap(model)
         if place is not None and tracker is not None:

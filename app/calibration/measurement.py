@@ -116,12 +116,15 @@ class Measurement(BaseModel):
     host_peak_bytes: int | None = Field(
         None,
         ge=0,
-        description="Offload on CPU ranks: the worst rank's peak of the storages a CUDA run keeps in host RAM "
-        "(counted by placement, app/calibration/offload.py); peak_allocated_bytes is the rest, the device's. None "
-        "without offload.",
+        description="Offload on CPU ranks (or checkpoint_offload's saved inputs, in one process): the worst rank's "
+        "peak of the storages a CUDA run keeps in host RAM (counted by placement, app/calibration/offload.py); "
+        "peak_allocated_bytes is the rest, the device's. None without offload.",
     )
     all_storages_peak_bytes: int | None = Field(
-        None, ge=0, description="Offload on CPU ranks: the worst rank's peak of every live storage, device and host."
+        None,
+        ge=0,
+        description="Offload on CPU ranks (or checkpoint_offload): the worst rank's peak of every live storage, device "
+        "and host.",
     )
 
     def phase(self, label: str) -> Phase:

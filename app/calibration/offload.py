@@ -1,4 +1,5 @@
-"""HostPlacement: FSDP2 CPU offload counted by placement, the storages a CUDA rank keeps in host RAM named by identity.
+"""Offload counted by placement: the storages a CUDA run keeps in host RAM named by identity (FSDP2's CPU offload,
+HostPlacement; offloaded checkpointing, host_saved_checkpoints).
 
 On a CPU-only machine the offloaded tensors and the "device" ones are all CPU tensors, so the live-tensor tracker
 cannot tell them apart by device. It can by identity: FSDP2's `CPUOffloadPolicy` puts exactly these on the host
@@ -28,12 +29,15 @@ How the run counts it (what differs from a CUDA run, and by how much):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
 
     from app.calibration.tracker import LiveTensorTracker
+    from app.core.plan import TrainingPlan
 
 
 class HostPlacement:
@@ -84,3 +88,49 @@ def copy_shards_to_device() -> None:
 
     all_gather_inputs._gpuplan_copies = True  # type: ignore[attr-defined]
     FSDPParam.all_gather_inputs = property(all_gather_inputs)  # type: ignore[method-assign, assignment]
+
+
+@contextmanager
+def host_saved_checkpoints(plan: TrainingPlan, tracker: LiveTensorTracker | None) -> Iterator[None]:
+    """checkpoint_offload counted by placement. transformers 5 (5.24, modeling_utils
+    `_activation_checkpointing_enable`) with `offload=True` wraps every checkpoint in
+    `torch.autograd.graph.save_on_cpu(pin_memory=True, device_type=...)`, so what the checkpoint saves under the
+    outer hooks (its inputs: non-reentrant `_NoopSaveInputs`, reentrant `ctx.save_for_backward`) is packed into a
+    host tensor and, at the recompute, copied back to the device. torch 2.13 torch/autograd/graph.py `save_on_cpu`:
+    pack `torch.empty(tensor.size(), dtype, layout, pin_memory=...)` + `copy_` (a host copy; the device tensor is
+    freed once nothing else holds it), unpack `tensor.to(device, non_blocking=pin_memory)` (a new device tensor).
+    On CPU the host copy is a CPU tensor like the device ones and the unpack copies nothing, so while the run lasts
+    transformers' `save_on_cpu` is replaced by hooks that do what a CUDA run does, placed: the pack's copy is
+    allocated inside `tracker.host_allocations()` (host RAM, never device bytes), the unpack clones it (the device
+    copy a CUDA `.to(device)` makes). Without checkpoint_offload, or without a tracker (cuda), nothing changes."""
+    if not plan.checkpoint_offload or tracker is None:
+        yield
+        return
+    import importlib
+
+    modeling_utils: Any = importlib.import_module("transformers.modeling_utils")  # its save_on_cpu is a global
+    original = modeling_utils.save_on_cpu
+    modeling_utils.save_on_cpu = _placed_save_on_cpu(tracker)
+    try:
+        yield
+    finally:
+        modeling_utils.save_on_cpu = original
+
+
+def _placed_save_on_cpu(tracker: LiveTensorTracker) -> Callable[..., Any]:
+    """save_on_cpu's signature, its hooks placed on the tracker (`host_saved_checkpoints`)."""
+    import torch
+
+    def pack(tensor: torch.Tensor) -> tuple[torch.device, torch.Tensor]:
+        with tracker.host_allocations():
+            packed = torch.empty(tensor.size(), dtype=tensor.dtype, layout=tensor.layout)
+            packed.copy_(tensor)
+        return tensor.device, packed
+
+    def unpack(packed: tuple[torch.device, torch.Tensor]) -> torch.Tensor:
+        return packed[1].clone()  # CUDA: `.to(device)` of the host copy is a new device tensor
+
+    def save_on_cpu(pin_memory: bool = False, device_type: str = "cuda") -> Any:
+        return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+    return save_on_cpu

@@ -27,11 +27,12 @@ def _plan_cells(rec: MeasurementRecord) -> list[str]:
 
 
 def _checkpointing_cell(p: dict[str, object]) -> str:
-    """on / off, and the recipe's variant: reentrant, every n-th layer."""
+    """on / off, and the recipe's variant: reentrant, every n-th layer, offloaded to host memory."""
     if not p.get("gradient_checkpointing"):
         return "off"
     every = p.get("checkpoint_every", 1)
     variant = [*(["reentrant"] if p.get("reentrant") else []), *([f"every {every}"] if every != 1 else [])]
+    variant += ["offload"] if p.get("checkpoint_offload") else []
     return ", ".join(variant) or "on"
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from app.calibration.build import LEARNING_RATE, build_optimizer
 from app.calibration.harness import StepLabels, batch_mask, tracked
 from app.calibration.measurement import Phase
+from app.calibration.offload import host_saved_checkpoints
 from app.core.plan import TrainingPlan
 from app.errors import CalibrationError
 
@@ -69,12 +70,15 @@ def trainer_arguments(plan: TrainingPlan, steps: int, seed: int, output_dir: str
 
 def checkpointing_kwargs(plan: TrainingPlan) -> dict[str, Any] | None:
     """TrainingArguments.gradient_checkpointing_kwargs: none for transformers' default (non-reentrant, every layer);
-    the Trainer pops `every_n_layers` before the rest reaches torch.utils.checkpoint."""
+    the Trainer pops `every_n_layers` and `offload` before the rest reaches torch.utils.checkpoint (trainer.py,
+    "Activate activation checkpointing if needed")."""
     kwargs: dict[str, Any] = {}
     if plan.reentrant:
         kwargs["use_reentrant"] = True
     if plan.checkpoint_every > 1:
         kwargs["every_n_layers"] = plan.checkpoint_every
+    if plan.checkpoint_offload:  # the Trainer pops it too, for activation_checkpointing_enable(offload=True)
+        kwargs["offload"] = True
     return kwargs or None
 
 
@@ -116,7 +120,11 @@ def run_trainer_steps(
 
     hook = model.register_forward_hook(lambda *_: probe.mark(labels.forward()))
     rows = plan.batch_size * plan.grad_accum_steps * steps
-    with tempfile.TemporaryDirectory(prefix="gpuplan-trainer-") as out, tracker or nullcontext():
+    with (
+        tempfile.TemporaryDirectory(prefix="gpuplan-trainer-") as out,
+        tracker or nullcontext(),
+        host_saved_checkpoints(plan, tracker),
+    ):
         probe.mark("load")
         trainer = MeasuredTrainer(
             model=model,

@@ -55,6 +55,7 @@ class LayerActivations(NamedTuple):
     qk_norms: int = 0  # the q/k norms' bytes in `saved` (layers without them keep none)
     sliding: int = 0  # a sliding layer's mask and repeated K/V in `saved` (full-attention layers keep none)
     masks: int = 0  # the attention masks every layer reads (`attention_masks_bytes`), once per model
+    forward_unchecked: int = 0  # forward_transient of a layer that saves as it runs (checkpoint_every's others)
 
 
 class LayerStack(NamedTuple):
@@ -253,15 +254,16 @@ def layer_activations(
     saved += packed_mask_bytes(x)
     mlp_part = second_norm + layer_mlp.saved + branch_norms // 2
     core = attention.core
+    # checkpointed, the forward saves nothing: attention's tensors are alive while it runs; else they are saved
+    unchecked = max(
+        layer_mlp.forward_transient, core.forward_scores - core.scores_saved - mlp_part - attention.output_part
+    )
     return LayerActivations(
         saved=saved,
-        # checkpointed, the forward saves nothing: attention's tensors are alive while it runs; else they are saved
-        forward_transient=max(
-            layer_mlp.forward_transient,
-            attention_forward_bytes(x, attention)
-            if plan.gradient_checkpointing
-            else core.forward_scores - core.scores_saved - mlp_part - attention.output_part,
-        ),
+        forward_transient=max(layer_mlp.forward_transient, attention_forward_bytes(x, attention))
+        if plan.gradient_checkpointing
+        else unchecked,
+        forward_unchecked=unchecked,
         backward_transient=backward_transient_bytes(x, layer_mlp, attention, mlp_part),
         recompute_transient=max(
             recompute_end_bytes(x, layer_mlp.recompute_tail + expanded_output_gradient_bytes(x)),

@@ -8,7 +8,6 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from app.core.activations import (
-    LayerActivations,
     LayerStack,
     autocast_cache_bytes,
     checkpointed_by_kind,
@@ -23,6 +22,8 @@ from app.core.adapters import accepted_plan, lora_key
 from app.core.capabilities import BNB_OPTIMIZERS
 from app.core.evidence import term_evidence
 from app.core.experts import RouterAux, router_aux_loss_bytes
+from app.core.layer_walk import KindMoment, Walk, device_checkpoint_inputs, host_checkpoint_bytes, walk_moments
+from app.core.layer_walk import kind_backward_bytes as kind_backward_bytes  # re-exported: the README's row names it
 from app.core.mxfp4 import mxfp4_notes
 from app.core.overheads import ALLOCATOR_FRAGMENTATION as ALLOCATOR_FRAGMENTATION  # re-exported: serving reads them
 from app.core.overheads import CUBLAS_WORKSPACE_BYTES as CUBLAS_WORKSPACE_BYTES
@@ -305,33 +306,14 @@ def activation_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> tupl
     if plan.gradient_checkpointing:
         kept, _ = kept_layers(plan, layers)
         unchecked = unchecked_saved_bytes(stack, plan, layers)  # checkpoint_every > 1: their saved sets, by kind
-        on_device = kept - offloaded_checkpoints(plan, kept)
-        return on_device * first.layer_input + unchecked + first.head_saved + masks, first.layer_input + masks
+        on_device = device_checkpoint_inputs(plan, kept)  # checkpoint_offload: most of them in host RAM
+        through, at_end = on_device.through * first.layer_input, on_device.at_end * first.layer_input
+        return through + unchecked + first.head_saved + masks, at_end + masks
     saved = stack.saved if layers == stack.layers else math.ceil(stack.saved * layers / stack.layers)
     return (
         saved + first.head_saved - first.first_layer_discount + masks,
         first.saved - first.first_layer_discount + masks,
     )
-
-
-def offloaded_checkpoints(plan: TrainingPlan, kept: int) -> int:
-    """checkpoint_offload: the checkpointed layer inputs saved through torch.autograd.graph.save_on_cpu(pin_memory=
-    True) leave device memory; one stays, the running layer's input in forward or, in backward, the input copied
-    back for the layer being recomputed. First principles (one address space on CPU: no tracker run sees it).
-    Source: transformers 5 modeling_utils `_activation_checkpointing_enable` (offload wraps each checkpoint in
-    save_on_cpu), torch.utils.checkpoint `_NoopSaveInputs` (the inputs are saved under the outer hooks)."""
-    return kept - 1 if plan.checkpoint_offload and kept > 1 else 0
-
-
-def kind_backward_bytes(layer: LayerActivations, plan: TrainingPlan, layers: int, checkpointed: bool = True) -> int:
-    """layer_transient_bytes in backward of one layer kind: with checkpointing the recomputed layers' saved set (their
-    inputs are the checkpointed ones, counted once) plus the larger of the backward moments and the recompute's
-    end; without, the backward moments alone.
-    """
-    if not plan.gradient_checkpointing or not checkpointed:  # a kind none of whose layers is checkpointed
-        return layer.backward_transient
-    _, recomputed = kept_layers(plan, layers)
-    return recomputed * (layer.saved - layer.input_in_saved) + max(layer.backward_transient, layer.recompute_transient)
 
 
 def backward_layer_bytes(stack: LayerStack, plan: TrainingPlan, layers: int) -> int:
@@ -345,15 +327,6 @@ def kind_checkpointed(stack: LayerStack, plan: TrainingPlan, layers: int) -> tup
     if plan.checkpoint_every == 1 or layers != stack.layers:
         return tuple(True for _ in stack.kinds)
     return tuple(c > 0 for c in checkpointed_by_kind(stack, plan))
-
-
-class KindMoment(NamedTuple):
-    """The backward of the first layer of a kind after layer 0's (DeepSeek's first MoE layer, Llama 4's layer 1):
-    the layers before it have no gradient yet and, checkpointed, only their inputs are kept."""
-
-    activations: int
-    grads: int
-    transient: int
 
 
 def later_kind_moments(
@@ -376,6 +349,23 @@ def later_kind_moments(
     return tuple(moments)
 
 
+def backward_layers(
+    stack: LayerStack, plan: TrainingPlan, share: GpuShare, grads: int, made: tuple[int, int], acts: int
+) -> Walk:
+    """The decoder layers' forward and backward: the last layer's and layer 0's backward layer_transient_bytes and
+    the moments between, and the forward's layer moments; with every layer checkpointed (or none) the largest over
+    the kinds (every activation kept beside the largest forward transient, `acts`) and each later kind's first
+    layer (`later_kind_moments`), with `checkpoint_every` > 1 every layer its own (`layer_walk:walk_moments`).
+    `made`: lm_head's and one layer's gradient bytes."""
+    head_grads, layer_grads = made
+    if plan.gradient_checkpointing and plan.checkpoint_every > 1 and share.layers == stack.layers > 1:
+        return walk_moments(stack, plan, grads, head_grads, layer_grads, accumulated_gradient_bytes(plan, grads))
+    layer_backward = backward_layer_bytes(stack, plan, share.layers)
+    first = layer_backward if len(stack.kinds) == 1 else kind_backward_bytes(stack.first, plan, share.layers)
+    later = later_kind_moments(stack, plan, share, grads, head_grads, layer_grads)
+    return Walk(layer_backward, first, later, forward=((acts, max(la.forward_transient for _, la in stack.kinds)),))
+
+
 # --- the step's moments ----------------------------------------------------------------------------------------
 
 
@@ -392,7 +382,7 @@ class StepTerms(NamedTuple):
     logits_forward: int
     logits_backward: int
     loss_saved: int  # what the loss keeps for backward once the forward is done (activations:loss_saved_bytes)
-    layer_forward: int
+    layer_forward: tuple[tuple[int, int], ...]  # each forward layer moment: (activation_bytes, its transient)
     layer_backward: int
     first_layer_backward: int  # layer 0's kind
     kind_moments: tuple[KindMoment, ...]
@@ -420,7 +410,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         embed = input_embedding_gradient_bytes(model, inv, plan)
         head_grads, late_grads = fsdp_backward_gradient_bytes(inv, plan, share.layers, embed)
     layer_grads = resident.grads - late_grads
-    layer_backward = backward_layer_bytes(stack, plan, share.layers)
+    layers_backward = backward_layers(stack, plan, share, resident.grads, (head_grads, layer_grads), acts)
     return StepTerms(
         resident=resident,
         zero3_gathered=zero3_gathered_bytes(inv, plan),
@@ -432,12 +422,10 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         logits_forward=logits_forward,
         logits_backward=logits_backward,
         loss_saved=loss_saved_bytes(model, plan),
-        layer_forward=max(la.forward_transient for _, la in stack.kinds),
-        layer_backward=layer_backward,
-        first_layer_backward=layer_backward
-        if len(stack.kinds) == 1
-        else kind_backward_bytes(stack.first, plan, share.layers),
-        kind_moments=later_kind_moments(stack, plan, share, resident.grads, head_grads, layer_grads),
+        layer_forward=layers_backward.forward,
+        layer_backward=layers_backward.last,
+        first_layer_backward=layers_backward.first,
+        kind_moments=layers_backward.moments,
         next_layer_grads=head_grads + fsdp_layer_shard_bytes(inv, plan, share.layers),
         dequant=dequant_transient_bytes(inv, plan),
         head_grads=head_grads,
@@ -446,9 +434,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         kept_logits=kept_logits_bytes(model, plan),
         optimizer_temp=optimizer_temp_bytes(inv, plan, share),
         autocast_cache=autocast_cache_bytes(model, plan, tensors.by_leaf, share.layers),
-        host_activations=offloaded_checkpoints(plan, kept_layers(plan, share.layers)[0]) * stack.first.layer_input
-        if plan.gradient_checkpointing
-        else 0,
+        host_activations=host_checkpoint_bytes(plan, kept_layers(plan, share.layers)[0], stack.first.layer_input),
         router_aux=router_aux_loss_bytes(model, plan, share.layers),
     )
 
@@ -497,12 +483,16 @@ def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     g = s.sharded
     return [
         {**kept, "logits_peak_bytes": s.logits_forward, "allgather_buffer_bytes": g.forward_logits + s.zero3_gathered},
-        {
-            **kept,
-            "layer_transient_bytes": s.layer_forward,
-            "dequant_transient_bytes": s.dequant,
-            "allgather_buffer_bytes": g.forward_layer + s.zero3_gathered,
-        },
+        *(
+            {
+                **kept,
+                "activation_bytes": acts,
+                "layer_transient_bytes": transient,
+                "dequant_transient_bytes": s.dequant,
+                "allgather_buffer_bytes": g.forward_layer + s.zero3_gathered,
+            }
+            for acts, transient in s.layer_forward
+        ),
         {**held, "allgather_buffer_bytes": g.first_gather + s.zero3_gathered},
         {  # FSDP2: the last layer's gather, every layer before it run
             **held,
@@ -654,7 +644,7 @@ def _notes(
     if host_activations:
         notes.append(
             f"{host_activations:,} bytes of checkpointed layer inputs live in pinned host RAM (checkpoint_offload; "
-            "first principles, not measured); not on the GPU"
+            "measured on CPU by placement); not on the GPU"
         )
     return notes
 

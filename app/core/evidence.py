@@ -3,7 +3,10 @@
 The CPU reference tracker (one process) measured every single-device term of the CPU matrices
 (docs/accuracy-full.md); torch.distributed CPU ranks over gloo measured DDP's and FSDP2's per-GPU terms
 (docs/accuracy-multi.md), FSDP2's CPU offload included (counted by placement: app/calibration/offload.py), and
-QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml). Nothing here is measured on CUDA yet:
+QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml). Checkpointing every n-th layer
+(`checkpoint_every`, calibration/cpu-matrix-trainer-every2.toml) and offloaded checkpointing (`checkpoint_offload`,
+counted by placement: app/calibration/offload.py `host_saved_checkpoints`, calibration/cpu-matrix-trainer-offload.toml)
+are measured on the CPU tracker through transformers.Trainer. Nothing here is measured on CUDA yet:
 the CUDA-only overheads, ZeRO (DeepSpeed) with or without offload, layers split across GPUs and bitsandbytes'
 int8 and paged paths are first-principles.
 """
@@ -42,10 +45,6 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
         return "first-principles"  # packed rows' masks: no packed run measured
     if term == "logits_peak_bytes" and plan.fused_cross_entropy:
         return "first-principles"  # Liger's Triton kernels: no CPU run measures them
-    if term == "activation_bytes" and plan.checkpoint_offload:
-        return "first-principles"  # saved tensors in host memory: one address space on CPU, no tracker run sees it
-    if term in ("activation_bytes", "layer_transient_bytes") and plan.checkpoint_every > 1:
-        return "first-principles"  # every_n_layers: QLoRA up to +14 % through the Trainer (not yet in bounds)
     if plan.gpus > 1 or plan.sharding != "none" or plan.offload:
         accumulated = term == "gradient_bytes" and plan.grad_accum_steps > 1  # measured on one device only
         if plan.sharding in MEASURED_LAYOUTS and plan.gpus > 1 and not accumulated:

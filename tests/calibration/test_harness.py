@@ -187,7 +187,6 @@ def test_a_tiny_cuda_run_reads_the_caching_allocator() -> None:
 @pytest.mark.parametrize(
     ("field", "says"),
     [
-        ("checkpoint_offload", "one address space"),
         ("fused_cross_entropy", "Liger's Triton kernel"),
         ("packing", "not packed ones"),
     ],
@@ -206,3 +205,30 @@ def test_an_autocast_plan_loads_fp32_weights_and_is_measured() -> None:
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     measured = run_measurement(TINY_LLAMA, plan, layers=1)
     assert measured.plan["autocast"] is True and measured.peak_allocated_bytes > 0
+
+
+def test_offloaded_checkpoint_inputs_count_as_host_ram_and_come_back_as_new_device_tensors() -> None:
+    """host_saved_checkpoints replaces transformers' save_on_cpu for the run: what it packs is host RAM from its
+    first byte (the device peak never sees it), the unpack is a new device tensor, as `.to(device)` on CUDA."""
+    from transformers import modeling_utils
+
+    from app.calibration.offload import host_saved_checkpoints
+    from app.calibration.tracker import LiveTensorTracker
+
+    plan = TrainingPlan(device="cpu", optimizer="adamw", checkpoint_offload=True)
+    original = modeling_utils.save_on_cpu
+    x = torch.randn(256, 256, requires_grad=True)  # 256 KiB in fp32
+    tracker = LiveTensorTracker("cpu")
+    with tracker, host_saved_checkpoints(plan, tracker):
+        with modeling_utils.save_on_cpu(pin_memory=True, device_type="cpu"):
+            y = (x * 2).sin()  # sin saves its input: packed, and the device copy freed with it
+        assert tracker.host_bytes == 256 * 256 * 4
+        assert tracker.current_bytes == 2 * 256 * 256 * 4  # x and y only
+        device_peak = tracker.peak_bytes
+        y.sum().backward()
+        assert tracker.host_bytes == 0 and tracker.host_peak_bytes == 256 * 256 * 4
+        assert tracker.peak_bytes > device_peak  # the unpacked copy (and the gradients) are device tensors
+    assert modeling_utils.save_on_cpu is original
+    assert x.grad is not None and torch.allclose(x.grad, 2 * torch.cos(2 * x.detach()))
+    with host_saved_checkpoints(plan.model_copy(update={"checkpoint_offload": False}), tracker):
+        assert modeling_utils.save_on_cpu is original

@@ -14,6 +14,9 @@ import pytest
 
 from app.calibration.commands import re_estimate
 from app.cli import main
+from app.core.estimate import estimate
+from app.core.plan import TrainingPlan
+from app.inventory.cache import cached_spec
 from app.settings import get_settings
 from app.store import Store
 from app.store.models import MeasurementRecord
@@ -57,6 +60,8 @@ def test_full_cpu_matrix_within_5_percent_and_median_within_2(records: list[Meas
         "cpu-validation",
         "cpu-matrix-2025",
         "cpu-matrix-trainer",
+        "cpu-matrix-trainer-every2",
+        "cpu-matrix-trainer-offload",
         "cpu-matrix-multi",
         "cpu-validation-multi",
         "cpu-matrix-tf4",
@@ -110,6 +115,25 @@ def test_the_trainer_matrix_ran_through_the_trainer_across_the_recipe_axes(recor
     assert {r.plan["method"] for r in mine} == {"qlora", "lora", "full"}
     variants = {(r.plan["gradient_checkpointing"], r.plan["reentrant"]) for r in mine}
     assert variants == {(False, False), (True, False), (True, True)}
+
+
+def test_the_every_n_and_offload_matrices_cover_their_recipes_and_place_the_host_copies(
+    shipped: list[tuple[MeasurementRecord, MeasurementRecord]],
+) -> None:
+    """cpu-matrix-trainer-every2.toml: every family, every_n_layers=2; cpu-matrix-trainer-offload.toml: offloaded
+    checkpointing, its host RAM peak (counted by placement) the estimate's offloaded bytes."""
+    every2 = [fresh for _, fresh in shipped if fresh.source == "cpu-matrix-trainer-every2"]
+    assert {r.model_type for r in every2} == FAMILIES_2024 | FAMILIES_2025
+    assert {r.plan["checkpoint_every"] for r in every2} == {2}
+    offload = [fresh for _, fresh in shipped if fresh.source == "cpu-matrix-trainer-offload"]
+    assert len({r.model_type for r in offload}) >= 6 and all(r.plan["checkpoint_offload"] for r in offload)
+    for r in every2 + offload:
+        assert r.env["loop"] == "trainer" and {r.plan["method"] for r in every2} == {"qlora", "lora", "full"}
+    for r in offload:
+        model = cached_spec(r.config, model_id=r.model_id, source="file", cache_dir=None)
+        est = estimate(model, TrainingPlan.model_validate(r.plan))
+        assert r.env["host_peak_bytes"] == est.offloaded_bytes > 0, r.model_id
+        assert r.env["all_storages_peak_bytes"] >= r.measured_peak_bytes  # the host copies are freed by the step
 
 
 def test_the_multi_rank_points_hold_the_bounds_against_their_worst_rank(records: list[MeasurementRecord]) -> None:

@@ -64,3 +64,15 @@ def test_fsdp2_offload_terms_are_measured_on_cpu_ranks_by_placement(sharding: st
     ev = _evidence(method="full", optimizer="adamw", sharding=sharding, gpus=8, offload=True)
     assert ev["allgather_buffer_bytes"] == ev["activation_bytes"] == "measured-cpu-ranks"
     assert all(v == "measured-cpu-ranks" for k, v in ev.items() if not k.startswith(("cu", "allocator")))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"checkpoint_every": 2}, {"checkpoint_offload": True}, {"checkpoint_every": 2, "checkpoint_offload": True}],
+)
+def test_every_n_and_offloaded_checkpointing_are_measured_by_the_cpu_tracker(fields: dict[str, Any]) -> None:
+    """calibration/cpu-matrix-trainer-every2.toml and cpu-matrix-trainer-offload.toml (by placement), shipped."""
+    for method, seq_len in (("qlora", 4096), ("lora", 4096), ("full", 65536)):  # full: past its optimizer peak
+        ev = _evidence(method=method, optimizer="adamw", seq_len=seq_len, **fields)
+        assert ev["activation_bytes"] == "measured-cpu", (method, fields)
+        assert ev.get("layer_transient_bytes", "measured-cpu") == "measured-cpu"

@@ -7,6 +7,7 @@ import pytest
 from app.core.activations import fused_cross_entropy_bytes
 from app.core.adapters import lora_key
 from app.core.estimate import estimate
+from app.core.layer_walk import device_checkpoint_inputs
 from app.core.plan import TrainingPlan
 from app.core.result import Estimate
 from app.core.tensors import base_key, plan_tensors
@@ -72,21 +73,26 @@ def test_checkpoint_every_keeps_the_unchecked_layers_saved_sets() -> None:
         TrainingPlan(checkpoint_every=2, checkpointing="sqrt-n")
 
 
-def test_checkpoint_offload_moves_the_checkpointed_inputs_to_host_memory_and_says_it_is_unmeasured() -> None:
+def test_checkpoint_offload_moves_the_checkpointed_inputs_to_host_memory_measured_by_placement() -> None:
+    """save_on_cpu packs every checkpointed input into a host copy; the device keeps layer 0's (held by the forward
+    and, with a frozen embedding, by its leaf's AccumulateGrad) and the running layer's (forward) or its copy back
+    (backward): 2 inputs with LoRA, at layer 0's backward 1 with full fine-tuning (the tracker, by placement)."""
     with pytest.raises(ValueError, match="turn gradient_checkpointing on"):
         TrainingPlan(checkpoint_offload=True, gradient_checkpointing=False)
     model = spec("meta-llama/Llama-2-7b-hf")
-    plan = TrainingPlan(method="lora", seq_len=4096)
-    kept, offloaded = estimate(model, plan), estimate(model, plan.model_copy(update={"checkpoint_offload": True}))
     layer_input = 4096 * model.arch.hidden_size * 2  # one bf16 hidden state
     layers = model.arch.num_layers
-    # all but one checkpointed input leave the device: the running (or recomputed) layer's stays
-    assert _term(kept, "activation_bytes") - _term(offloaded, "activation_bytes") == (layers - 1) * layer_input
-    assert offloaded.offloaded_bytes == (layers - 1) * layer_input and kept.offloaded_bytes == 0
-    assert any("pinned host RAM (checkpoint_offload" in n for n in offloaded.notes)
+    plan = TrainingPlan(method="lora", seq_len=4096)
+    kept, offloaded = estimate(model, plan), estimate(model, plan.model_copy(update={"checkpoint_offload": True}))
+    assert _term(kept, "activation_bytes") - _term(offloaded, "activation_bytes") == (layers - 2) * layer_input
+    assert offloaded.offloaded_bytes == layers * layer_input and kept.offloaded_bytes == 0  # every input packed
+    assert any("pinned host RAM (checkpoint_offload; measured on CPU by placement" in n for n in offloaded.notes)
     term = offloaded.term("activation_bytes")
-    assert term is not None and term.evidence == "first-principles"
+    assert term is not None and term.evidence == "measured-cpu"
     assert offloaded.peak_allocated_bytes < kept.peak_allocated_bytes
+    full = TrainingPlan(method="full", checkpoint_offload=True)  # its embedding output is no leaf: 1 at the end
+    assert device_checkpoint_inputs(full, layers) == (2, 1) and device_checkpoint_inputs(plan, layers) == (layers, 1)
+    assert device_checkpoint_inputs(offloaded.plan, layers) == (2, 2)
 
 
 def test_fused_cross_entropy_holds_one_chunk_of_logits_and_grad_input() -> None:
