@@ -93,3 +93,17 @@ def test_the_policy_in_bf16_is_measured_on_cpu_ranks_fp16_and_offload_are_not() 
     for fields in ({"dtype": "fp16"}, {"offload": True}):
         ev = {t.term: t.evidence for t in _estimate(fsdp_mixed_precision=True, **fields).breakdown}
         assert set(ev.values()) == {"first-principles"}, fields
+
+
+def test_the_collectives_move_the_param_and_reduce_dtypes_not_the_fp32_shards() -> None:
+    """The time model's traffic: bf16 gathers and bf16 reduce-scatters move what the bf16 plan's do; an fp32
+    reduce-scatter moves twice the gradients."""
+    from app.core.throughput import communication_bytes
+
+    spec = load_spec(LLAMA)
+    assert spec is not None
+    plain = communication_bytes(spec, TrainingPlan(**FULL), 8)
+    mixed = communication_bytes(spec, TrainingPlan(**FULL, fsdp_mixed_precision=True), 8)
+    fp32 = communication_bytes(spec, TrainingPlan(**FULL, fsdp_mixed_precision=True, fsdp_reduce_dtype="fp32"), 8)
+    assert mixed == pytest.approx(plain, rel=1e-3)
+    assert fp32 == pytest.approx(plain * 4 / 3, rel=1e-3)  # 2·W + G against 2·W + 2·G, W = G for full fine-tuning
