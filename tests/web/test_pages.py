@@ -62,6 +62,8 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "gpus": "1",
         "sharding": "none",
         "offload": "false",
+        "fsdp_mixed_precision": "false",
+        "fsdp_reduce_dtype": "param",
         "device": "cuda",
         "stack": "transformers-5",
         "strict": "false",
