@@ -104,7 +104,7 @@ def in_param_dtype(plan: TrainingPlan, nbytes: int) -> int:
     """Bytes of fp32 tensors once cast to FSDP2's `param_dtype` (`plan.dtype`) under fsdp_mixed_precision: the
     all-gather input, its output and the unsharded parameters and gradients are all in that dtype (`c/4` of the
     fp32 shards); `nbytes` unchanged without the policy. Source: torch/distributed/fsdp/_fully_shard/_fsdp_param.py
-    (`init_all_gather_outputs`, `init_unsharded_param`: dtype `param_dtype`), _fsdp_collectives.py
+    (`init_dtype_attrs`, `init_all_gather_outputs`, `init_unsharded_param`: dtype `param_dtype`), _fsdp_collectives.py
     (`_get_param_all_gather_inputs`: the shard copied into a `param_dtype` buffer before the all-gather)."""
     if not plan.fsdp_mixed_precision:
         return nbytes
@@ -114,7 +114,8 @@ def in_param_dtype(plan: TrainingPlan, nbytes: int) -> int:
 def in_reduce_dtype(plan: TrainingPlan, nbytes: int) -> int:
     """Bytes of fp32 gradients in FSDP2's `reduce_dtype` under fsdp_mixed_precision: the reduce-scatter input and
     output (fp32, or the param dtype as accelerate's policy); `nbytes` unchanged without the policy. Source:
-    torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py (`foreach_reduce`: `reduce_dtype or grad_dtype`)."""
+    torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py (`foreach_reduce`: `reduce_dtype or grad_dtype`),
+    _fsdp_param.py (`init_dtype_attrs`: a reduce dtype equal to the param dtype is None, the gradients' own)."""
     if plan.fsdp_reduce_dtype == "fp32":
         return nbytes
     return in_param_dtype(plan, nbytes)
