@@ -107,3 +107,13 @@ def test_the_collectives_move_the_param_and_reduce_dtypes_not_the_fp32_shards() 
     fp32 = communication_bytes(spec, TrainingPlan(**FULL, fsdp_mixed_precision=True, fsdp_reduce_dtype="fp32"), 8)
     assert mixed == pytest.approx(plain, rel=1e-3)
     assert fp32 == pytest.approx(plain * 4 / 3, rel=1e-3)  # 2·W + G against 2·W + 2·G, W = G for full fine-tuning
+
+
+def test_the_breakdown_and_the_plan_line_say_the_shards_are_fp32() -> None:
+    from app.exports.report import plan_line
+
+    est = _estimate(fsdp_mixed_precision=True, fsdp_reduce_dtype="fp32")
+    note = {t.term: t.note for t in est.breakdown}["base_weight_bytes"]
+    assert note == "base model weights (fp32 shards, gathered in bf16 by FSDP2's MixedPrecisionPolicy)"
+    assert "fsdp (MixedPrecisionPolicy: fp32 shards, bf16 gathers, reduce fp32)" in plan_line(est)
+    assert "MixedPrecisionPolicy" not in plan_line(_estimate())
