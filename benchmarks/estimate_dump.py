@@ -177,13 +177,23 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
     - issue 10: the plan fields `autocast`, `checkpoint_offload`, `fused_cross_entropy` and `packing` (default
       false) were added; a plan echoing them false is the plan without them; so was issue 11's `router_aux_loss`,
       and its `mxfp4` (default dequantize, what every earlier estimate of gpt-oss modelled).
+    - issue 15: the plan fields `fsdp_mixed_precision` (default false) and `fsdp_reduce_dtype` (default param).
     """
     est = row.get("estimate")
     if est is None:
         return row
     est = dict(est)
-    added = ("autocast", "checkpoint_offload", "fused_cross_entropy", "packing", "router_aux_loss")
+    added = (
+        "autocast",
+        "checkpoint_offload",
+        "fused_cross_entropy",
+        "packing",
+        "router_aux_loss",
+        "fsdp_mixed_precision",
+    )
     plan = {k: v for k, v in est.get("plan", {}).items() if not (k in added and v is False)}
+    if plan.get("fsdp_reduce_dtype") == "param":
+        plan.pop("fsdp_reduce_dtype")
     if plan.get("stack") == "transformers-5":
         plan.pop("stack")
     if plan.get("mxfp4") == "dequantize":

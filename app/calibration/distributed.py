@@ -9,9 +9,11 @@ peak and phases are the worst rank's; every rank's peak and phases are kept in `
   parameters count (torch/nn/parallel/distributed.py `_sync_module_states`, `_DEFAULT_FIRST_BUCKET_BYTES`).
 - fsdp / fsdp_grad_op: FSDP2 `torch.distributed.fsdp.fully_shard` on every decoder layer (the model's
   `_no_split_modules` classes, as accelerate's `fsdp2_prepare_model` wraps them) and then on the root, with
-  reshard_after_forward True (fsdp) or False (fsdp_grad_op); parameters stay in the plan dtype (no
-  MixedPrecisionPolicy: the model is built in that dtype already). Wrapped before tracking: the baseline is
-  each rank's shard, as a run that loads shards (or from the meta device) starts.
+  reshard_after_forward True (fsdp) or False (fsdp_grad_op); parameters stay in the plan dtype (the model is
+  built in it; `mp_policy=MixedPrecisionPolicy()`), or with plan.fsdp_mixed_precision the model is built in fp32
+  and `mp_policy` is the 16-bit policy accelerate builds (`mixed_precision_policy`), with no autocast region.
+  Wrapped before tracking: the baseline is each rank's shard, as a run that loads shards (or from the meta
+  device) starts.
 - offload: FSDP2's `CPUOffloadPolicy(pin_memory=False)`. On a CPU-only machine the offloaded shards, gradients
   and optimizer states and the device copies are all CPU tensors, so the tracker counts them by placement, as a
   CUDA rank holds them (app/calibration/offload.py): the storages FSDP2 keeps on the host are named by identity
@@ -225,6 +227,25 @@ def decoder_layers(model: Any) -> list[Any]:
     return found
 
 
+def mixed_precision_policy(plan: TrainingPlan) -> Any:
+    """The `mp_policy` accelerate's fsdp2_prepare_model passes to fully_shard: with plan.fsdp_mixed_precision the one
+    `FullyShardedDataParallelPlugin.set_mixed_precision` builds for mixed_precision bf16/fp16 (param_dtype =
+    reduce_dtype = output_dtype = that dtype; cast_forward_inputs left True), reduce_dtype fp32 when the plan says
+    so; else `MixedPrecisionPolicy()` (every dtype None: parameters stay in their own dtype), as accelerate passes
+    when it has no policy. Source: accelerate 1.15 utils/dataclasses.py (set_mixed_precision), utils/fsdp_utils.py
+    (fsdp2_prepare_model: `fsdp2_plugin.mixed_precision_policy or MixedPrecisionPolicy()`)."""
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from app.calibration.build import torch_dtype
+
+    if not plan.fsdp_mixed_precision:
+        return MixedPrecisionPolicy()
+    dtype = torch_dtype(plan)
+    reduce = torch.float32 if plan.fsdp_reduce_dtype == "fp32" else dtype
+    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=reduce, output_dtype=dtype)
+
+
 def shard_fsdp2(model: Any, plan: TrainingPlan) -> Any:
     """fully_shard every decoder layer, then the root (embeddings, final norm, lm_head), as accelerate does."""
     import torch.distributed as dist
@@ -234,6 +255,7 @@ def shard_fsdp2(model: Any, plan: TrainingPlan) -> Any:
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     kwargs: dict[str, Any] = {
         "mesh": mesh,
+        "mp_policy": mixed_precision_policy(plan),
         "reshard_after_forward": plan.sharding == "fsdp",
         # pinned memory needs an accelerator; pin_memory only changes how the host copies are made, not their bytes
         "offload_policy": CPUOffloadPolicy(pin_memory=False) if plan.offload else OffloadPolicy(),

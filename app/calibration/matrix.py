@@ -120,6 +120,8 @@ _LATER_FIELDS = (
     "packing",
     "stack",
     "router_aux_loss",
+    "fsdp_mixed_precision",
+    "fsdp_reduce_dtype",
 )
 
 

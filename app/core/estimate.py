@@ -618,6 +618,8 @@ def _note(term: str, plan: TrainingPlan) -> str:
     if term == "base_weight_bytes":
         q = plan.quant if plan.method == "qlora" else plan.dtype
         rest = "fp32 after prepare_model_for_kbit_training" if plan.method == "qlora" else plan.dtype
+        if plan.fsdp_mixed_precision:  # FSDP2 MixedPrecisionPolicy: the shards stay fp32, the gathers are 16-bit
+            return f"{note} (fp32 shards, gathered in {plan.dtype} by FSDP2's MixedPrecisionPolicy)"
         return f"{note} ({q}; unquantized modules in {rest})"
     if term == "lora_adapter_bytes":
         return f"{note}, r={plan.rank}"

@@ -3,7 +3,9 @@
 The CPU reference tracker (one process) measured every single-device term of the CPU matrices
 (docs/accuracy-full.md); torch.distributed CPU ranks over gloo measured DDP's and FSDP2's per-GPU terms
 (docs/accuracy-multi.md), FSDP2's CPU offload included (counted by placement: app/calibration/offload.py), and
-QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml). Checkpointing every n-th layer
+QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml), and FSDP2's MixedPrecisionPolicy in
+bf16 over fp32 shards without offload (calibration/cpu-matrix-multi-mp.toml; in fp16 or with offload its terms are
+first-principles). Checkpointing every n-th layer
 (`checkpoint_every`, calibration/cpu-matrix-trainer-every2.toml) and offloaded checkpointing (`checkpoint_offload`,
 counted by placement: app/calibration/offload.py `host_saved_checkpoints`, calibration/cpu-matrix-trainer-offload.toml)
 are measured on the CPU tracker through transformers.Trainer. Nothing here is measured on CUDA yet:
@@ -34,6 +36,11 @@ RANK_TERMS = frozenset({"ddp_bucket_bytes", "ddp_broadcast_bytes", "reduce_scatt
 MEASURED_LAYOUTS = ("ddp", "fsdp", "fsdp_grad_op")
 
 
+def measured_policy(plan: TrainingPlan) -> bool:
+    """FSDP2's MixedPrecisionPolicy was measured in bf16 without offload (calibration/cpu-matrix-multi-mp.toml)."""
+    return not plan.fsdp_mixed_precision or (plan.dtype == "bf16" and not plan.offload)
+
+
 def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
     """`measured-cpu-ranks` for a term of a DDP/FSDP2 plan (FSDP2 with or without CPU offload) on several GPUs,
     `measured-cpu` for a single-device term the CPU matrices measure, `first-principles` for the rest."""
@@ -47,7 +54,7 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
         return "first-principles"  # Liger's Triton kernels: no CPU run measures them
     if plan.gpus > 1 or plan.sharding != "none" or plan.offload:
         accumulated = term == "gradient_bytes" and plan.grad_accum_steps > 1  # measured on one device only
-        if plan.sharding in MEASURED_LAYOUTS and plan.gpus > 1 and not accumulated:
+        if plan.sharding in MEASURED_LAYOUTS and plan.gpus > 1 and not accumulated and measured_policy(plan):
             return "measured-cpu-ranks"  # offload is FSDP2's only (TrainingPlan refuses it with ddp); QLoRA too
         return "first-principles"  # ZeRO-2/3 (with or without offload), layers split across GPUs
     return "first-principles" if term in RANK_TERMS else "measured-cpu"

@@ -62,11 +62,12 @@ def recompute_tail_in_down(x: Step, mlp_keeps: bool, down_keeps: bool) -> int:
     """A gated MLP's recompute ends inside the down projection: still referenced by the running forward are the
     block's residual (unless the norm keeps it: then it is saved), the MLP's input (unless kept), the product (unless
     down keeps it), the base output, and the fp32 cast of the input that dropout reads (without dropout lora_A saves
-    that cast, already counted; an fp32 input is not copied). Source: the tracker's recompute dumps.
+    that cast, already counted; an fp32 input is not copied; adapters gathered in the 16-bit param dtype under
+    fsdp_mixed_precision cast nothing). Source: the tracker's recompute dumps.
     """
     t, h, i, a, a_res = x.t, x.h, x.i, x.p.act, x.p.residual
     tail = (0 if norm_keeps_input(x, a_res) else t * h * a_res) + t * h * a + (0 if mlp_keeps else t * h * a)
     tail += 0 if down_keeps else t * i * a
-    if "down_proj" in x.by_leaf and x.plan.dropout > 0 and a != FP32:
-        tail += t * i * FP32
+    if "down_proj" in x.by_leaf and x.plan.dropout > 0 and a != FP32 and not x.plan.fsdp_mixed_precision:
+        tail += t * i * FP32  # under FSDP2's MixedPrecisionPolicy the adapters are 16-bit: no cast (step.py)
     return tail

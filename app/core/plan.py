@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Method = Literal["qlora", "lora", "full"]
 Quant = Literal["nf4", "fp4", "int8", "none"]
 DType = Literal["bf16", "fp16", "fp32"]
+# FSDP2 MixedPrecisionPolicy.reduce_dtype: the param dtype (accelerate's policy) or fp32
+ReduceDType = Literal["param", "fp32"]
 Checkpointing = Literal["every-layer", "sqrt-n"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit", "sgd", "adafactor"]
 Attn = Literal["sdpa", "flash_attention_2", "eager"]
@@ -52,6 +54,18 @@ class TrainingPlan(BaseModel):
         False,
         description="Weights loaded in fp32 and the step run under torch.autocast in `dtype` (TrainingArguments "
         "bf16=True / fp16=True over a float32 model): fp32 weights, gradients and optimizer states, 16-bit matmuls.",
+    )
+    fsdp_mixed_precision: bool = Field(
+        False,
+        description="FSDP2 MixedPrecisionPolicy(param_dtype=`dtype`) over fp32 weights (accelerate's fsdp2_prepare_model "
+        "with mixed_precision bf16/fp16, FSDP v2): the shards, their gradients and optimizer states are fp32, each "
+        "layer is gathered and run in `dtype`, its gradients reduce-scattered in `fsdp_reduce_dtype`. Sharding fsdp "
+        "or fsdp_grad_op only.",
+    )
+    fsdp_reduce_dtype: ReduceDType = Field(
+        "param",
+        description="The dtype FSDP2 reduce-scatters gradients in under fsdp_mixed_precision: param (= `dtype`, as "
+        "accelerate's set_mixed_precision builds the policy) or fp32 (MixedPrecisionPolicy(reduce_dtype=float32)).",
     )
     rank: int = Field(16, ge=1, le=MAX_RANK, description="LoRA rank r.")
     alpha: float = Field(
@@ -207,6 +221,7 @@ class TrainingPlan(BaseModel):
                 "autocast runs 16-bit matmuls over fp32 weights of a lora or full plan: use dtype bf16 or fp16 "
                 "and method lora or full"
             )
+        self._check_fsdp_mixed_precision()
         if (self.reentrant or self.checkpoint_every > 1 or self.checkpoint_offload) and not self.gradient_checkpointing:
             raise ValueError(
                 "reentrant, checkpoint_every and checkpoint_offload are kinds of gradient checkpointing: turn "
@@ -218,14 +233,34 @@ class TrainingPlan(BaseModel):
             )
         return self
 
+    def _check_fsdp_mixed_precision(self) -> None:
+        if self.fsdp_reduce_dtype != "param" and not self.fsdp_mixed_precision:
+            raise ValueError(
+                "fsdp_reduce_dtype is a part of FSDP2's mixed-precision policy: turn fsdp_mixed_precision on"
+            )
+        if not self.fsdp_mixed_precision:
+            return
+        if self.sharding not in ("fsdp", "fsdp_grad_op"):
+            raise ValueError("fsdp_mixed_precision is FSDP2's MixedPrecisionPolicy: use sharding fsdp or fsdp_grad_op")
+        if self.dtype == "fp32" or self.method == "qlora":
+            raise ValueError(
+                "fsdp_mixed_precision gathers fp32 weights of a lora or full plan in a 16-bit dtype: use dtype bf16 "
+                "or fp16 and method lora or full"
+            )
+        if self.autocast:
+            raise ValueError(
+                "fsdp_mixed_precision and autocast are two layouts of fp32 weights with 16-bit compute: choose one"
+            )
+
     @property
     def quantized(self) -> bool:
         return self.quant not in (None, "none")
 
     @property
     def weight_dtype(self) -> DType:
-        """The dtype the weights are loaded in: fp32 under autocast, else the plan dtype."""
-        return "fp32" if self.autocast else self.dtype
+        """The dtype the weights are loaded in: fp32 under autocast or FSDP2's mixed-precision policy, else the plan
+        dtype."""
+        return "fp32" if self.autocast or self.fsdp_mixed_precision else self.dtype
 
     @property
     def uses_lora(self) -> bool:

@@ -17,7 +17,7 @@ from app.core.plan import TrainingPlan
 from app.core.quant import rounded
 from app.core.spec import ModelSpec
 from app.core.tensors import Inventory
-from app.core.units import MIB
+from app.core.units import DTYPE_BYTES, FP32, MIB
 
 # torch/nn/parallel/distributed.py: `_sync_module_states(..., broadcast_bucket_size=int(250 * 1024 * 1024))`
 DDP_BROADCAST_BUCKET = 250 * MIB
@@ -60,7 +60,7 @@ def fsdp_backward_gradient_bytes(inv: Inventory, plan: TrainingPlan, num_layers:
     (`G_r − embed` at the last layer; that + every other layer's shard at layer 0). With offload the layers' shards
     are host RAM (`fsdp_offload_host_bytes`): `G_r − embed` at both."""
     shard = 0 if plan.offload else math.ceil(inv.grads.layers / plan.gpus)
-    head = inv.grads.other - embed
+    head = in_param_dtype(plan, inv.grads.other - embed)
     return head, head + shard - math.ceil(shard / max(1, num_layers))
 
 
@@ -100,14 +100,39 @@ def ddp_broadcast_bytes(inv: Inventory, plan: TrainingPlan) -> int:
     return min(inv.base.total + inv.adapters.total, 2 * DDP_BROADCAST_BUCKET)
 
 
-def root_param_bytes(inv: Inventory) -> int:
-    """`R`: the root's parameters, gathered unsharded: embeddings, final norm and lm_head (and their adapters)."""
-    return inv.base.other + inv.adapters.other
+def in_param_dtype(plan: TrainingPlan, nbytes: int) -> int:
+    """Bytes of fp32 tensors once cast to FSDP2's `param_dtype` (`plan.dtype`) under fsdp_mixed_precision: the
+    all-gather input, its output and the unsharded parameters and gradients are all in that dtype (`c/4` of the
+    fp32 shards); `nbytes` unchanged without the policy. Source: torch/distributed/fsdp/_fully_shard/_fsdp_param.py
+    (`init_dtype_attrs`, `init_all_gather_outputs`, `init_unsharded_param`: dtype `param_dtype`), _fsdp_collectives.py
+    (`_get_param_all_gather_inputs`: the shard copied into a `param_dtype` buffer before the all-gather)."""
+    if not plan.fsdp_mixed_precision:
+        return nbytes
+    return math.ceil(nbytes * DTYPE_BYTES[plan.dtype] / FP32)
 
 
-def layer_param_bytes(inv: Inventory, num_layers: int) -> int:
-    """`W_l`: one decoder layer's parameters, gathered unsharded (the largest layer's weights + its adapters)."""
-    return inv.largest_layer_weights + math.ceil(inv.adapters.layers / max(1, num_layers))
+def in_reduce_dtype(plan: TrainingPlan, nbytes: int) -> int:
+    """Bytes of fp32 gradients in FSDP2's `reduce_dtype` under fsdp_mixed_precision: the reduce-scatter input and
+    output (fp32, or the param dtype as accelerate's policy); `nbytes` unchanged without the policy. Source:
+    torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py (`foreach_reduce`: `reduce_dtype or grad_dtype`),
+    _fsdp_param.py (`init_dtype_attrs`: a reduce dtype equal to the param dtype is None, the gradients' own)."""
+    if plan.fsdp_reduce_dtype == "fp32":
+        return nbytes
+    return in_param_dtype(plan, nbytes)
+
+
+def root_param_bytes(inv: Inventory, plan: TrainingPlan | None = None) -> int:
+    """`R`: the root's parameters, gathered unsharded: embeddings, final norm and lm_head (and their adapters), in
+    the param dtype under fsdp_mixed_precision (`in_param_dtype`)."""
+    root = inv.base.other + inv.adapters.other
+    return root if plan is None else in_param_dtype(plan, root)
+
+
+def layer_param_bytes(inv: Inventory, num_layers: int, plan: TrainingPlan | None = None) -> int:
+    """`W_l`: one decoder layer's parameters, gathered unsharded (the largest layer's weights + its adapters), in the
+    param dtype under fsdp_mixed_precision (`in_param_dtype`)."""
+    layer = inv.largest_layer_weights + math.ceil(inv.adapters.layers / max(1, num_layers))
+    return layer if plan is None else in_param_dtype(plan, layer)
 
 
 def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> ShardedMoments:
@@ -126,7 +151,7 @@ def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
     """
     if plan.sharding not in FSDP or plan.gpus < 2:
         return ShardedMoments(*([0] * 16))
-    root, layer = root_param_bytes(inv), layer_param_bytes(inv, num_layers)
+    root, layer = root_param_bytes(inv, plan), layer_param_bytes(inv, num_layers, plan)
     if plan.sharding == "fsdp_grad_op":  # every layer stays gathered from its forward to its backward
         kept = root + num_layers * layer
         forward = (
@@ -151,13 +176,14 @@ def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
         backward_last=backward[1],
         backward_first=backward[2],
         backward_next=backward[3],
-        reduce_scatter_layer=reduce_scatter_bytes(inv, num_layers) // 2,
+        reduce_scatter_layer=reduce_scatter_kept_bytes(inv, plan, num_layers),
         reduce_scatter_peak=offload_reduce_scatter_bytes(inv, plan, num_layers)
         if plan.offload
-        else reduce_scatter_bytes(inv, num_layers),
-        reduce_scatter_root=2 * inv.grads.other,
-        root_grads=inv.grads.other,
-        end_grads=(0 if plan.offload else math.ceil(inv.grads.layers / plan.gpus)) + inv.grads.other,
+        else reduce_scatter_bytes(inv, num_layers, plan),
+        reduce_scatter_root=root_reduce_scatter_bytes(inv, plan, num_layers),
+        root_grads=in_param_dtype(plan, inv.grads.other),
+        end_grads=(0 if plan.offload else math.ceil(inv.grads.layers / plan.gpus))
+        + in_param_dtype(plan, inv.grads.other),
         root_regather=root_regather_bytes(inv, plan),
     )
 
@@ -177,14 +203,39 @@ def root_regather_bytes(inv: Inventory, plan: TrainingPlan) -> int:
     `wait_for_unshard`: `_all_gather_result = None` after the copy-out outside forward)."""
     if plan.sharding != "fsdp" or plan.gpus < 2:
         return 0
-    return 2 * root_param_bytes(inv)
+    return 2 * root_param_bytes(inv, plan)
 
 
-def reduce_scatter_bytes(inv: Inventory, num_layers: int) -> int:
+def reduce_scatter_bytes(inv: Inventory, num_layers: int, plan: TrainingPlan | None = None) -> int:
     """A layer's unsharded gradients `G_l` grow while its backward runs; once it is done, `foreach_reduce` copies
     them into a reduce-scatter input of `G_l` before freeing them: `2·G_l` then (the layer's transients gone).
+    Under fsdp_mixed_precision the gradients are in the param dtype and the input in the reduce dtype:
+    `G_l·c/4 + G_l·r/4` (`in_param_dtype`, `in_reduce_dtype`).
     Source: torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py (foreach_reduce)."""
-    return 2 * math.ceil(inv.grads.layers / max(1, num_layers))
+    layer = math.ceil(inv.grads.layers / max(1, num_layers))
+    if plan is None or not plan.fsdp_mixed_precision:
+        return 2 * layer
+    return in_param_dtype(plan, layer) + in_reduce_dtype(plan, layer)
+
+
+def reduce_scatter_kept_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:
+    """The reduce-scatter input FSDP2 keeps from one layer's post-backward to the next layer's reduce-scatter
+    (`reduce_scatter_max_input_buffers` = 1): `G_l`, in the reduce dtype under fsdp_mixed_precision
+    (`in_reduce_dtype`). Source: torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py (post_backward,
+    `reduce_scatter_states`), _fsdp_collectives.py (foreach_reduce returns its input)."""
+    return in_reduce_dtype(plan, math.ceil(inv.grads.layers / max(1, num_layers)))
+
+
+def root_reduce_scatter_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:
+    """The root's reduce-scatter at the end of backward, beside its unsharded gradients `G_r` (`end_grads`): `2·G_r`.
+    Under fsdp_mixed_precision the root's input `G_r·r/4` and output `⌈G_r·r/4/n⌉` in the reduce dtype, beside the
+    last layer's input kept (`reduce_scatter_kept_bytes`). Measured on CPU ranks
+    (calibration/cpu-matrix-multi-mp.toml). Source: torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py
+    (foreach_reduce)."""
+    if not plan.fsdp_mixed_precision:
+        return 2 * inv.grads.other
+    root = in_reduce_dtype(plan, inv.grads.other)
+    return root + math.ceil(root / plan.gpus) + reduce_scatter_kept_bytes(inv, plan, num_layers)
 
 
 def offload_reduce_scatter_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:
@@ -193,7 +244,7 @@ def offload_reduce_scatter_bytes(inv: Inventory, plan: TrainingPlan, num_layers:
     gradients already freed by the copy-in. Measured on CPU ranks counted by placement (app/calibration/offload.py):
     the copy-in's `2·G_l` (`reduce_scatter_bytes`) is not reached there, the call's `G_l + G_l/n` is (x2 and x4
     alike). Source: torch/distributed/fsdp/_fully_shard/_fsdp_collectives.py (foreach_reduce)."""
-    layer = math.ceil(inv.grads.layers / max(1, num_layers))
+    layer = in_reduce_dtype(plan, math.ceil(inv.grads.layers / max(1, num_layers)))
     return layer + math.ceil(layer / plan.gpus)
 
 

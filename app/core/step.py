@@ -47,6 +47,8 @@ def precision(plan: TrainingPlan) -> Precision:
         return Precision(c, FP32, FP32, FP32, mask)  # compute, residual, act, logits, mask
     if plan.autocast:  # the embedding is not autocast (fp32 stream); matmuls and their outputs are 16-bit
         return Precision(c, FP32, c, c, mask)
+    if plan.fsdp_mixed_precision and plan.device == "cpu":  # adapters gathered in `c`: dropout reads a 16-bit input
+        return Precision(c, c, c, c, c)
     return Precision(c, c, c, c, mask)
 
 
@@ -95,13 +97,14 @@ def step(model: ModelSpec, plan: TrainingPlan, by_leaf: Mapping[str, Adapted], k
     a, p, full = model.arch, precision(plan), plan.method == "full"
     kind = kind or layer_kinds(a)[-1]
     t, q, kv = plan.batch_size * plan.seq_len, a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim
-    k, g = max(1, a.experts_per_token), mlp_grad_bytes(p, full, by_leaf)
+    k, g = max(1, a.experts_per_token), mlp_grad_bytes(p, full or plan.fsdp_mixed_precision, by_leaf)
     return Step(a, plan, p, by_leaf, t, a.hidden_size, q, kv, kind.intermediate, k, full, g, kind.moe)
 
 
 def mlp_grad_bytes(p: Precision, full: bool, by_leaf: Mapping[str, Adapted]) -> int:
     """`g`: the MLP intermediate's gradient dtype, fp32 when an adapted down projection's LoRA branch carries it (a
-    fully trained down's is in the activation dtype: the tracker's full fine-tuning dumps)."""
+    fully trained down's is in the activation dtype: the tracker's full fine-tuning dumps; so is a branch whose
+    adapters FSDP2's MixedPrecisionPolicy gathers in the 16-bit param dtype, passed here as `full`)."""
     down_adapted = not full and any(leaf in by_leaf for leaf in DOWN_LEAVES)
     return max(p.act, FP32 if down_adapted else 0)
 
@@ -191,6 +194,8 @@ def lora_branch(x: Step, leaf: str, in_features: int, normed: bool = False) -> P
         return autocast_projection(x, leaf, in_features, normed)
     if ad is None:
         return Projection(0, x.full)
+    if plan.fsdp_mixed_precision:
+        return gathered_lora_branch(x, in_features)
     saved = 0
     keeps_input = x.full
     if plan.dropout > 0:
@@ -203,6 +208,17 @@ def lora_branch(x: Step, leaf: str, in_features: int, normed: bool = False) -> P
     if plan.dora:
         saved += t * ad.group.out_features * FP32  # DoRA keeps the base output to rescale it
     return Projection(saved, keeps_input)
+
+
+def gathered_lora_branch(x: Step, in_features: int) -> Projection:
+    """Under FSDP2's MixedPrecisionPolicy the adapters are gathered in the param dtype `c`, so PEFT's cast of the
+    input to lora_A's dtype is a no-op: with dropout its output and mask `T·in·(c+m)` are kept (`m` = 1 on CUDA,
+    `c` on the CPU path), without it lora_A keeps the input itself (counted once by the caller), and lora_A's output
+    `T·r·c`. Source: PEFT lora.Linear.forward (`_cast_input_dtype` to `lora_A.weight.dtype`), torch dropout,
+    CPU-rank runs (calibration/cpu-matrix-multi-mp.toml)."""
+    t, c, plan = x.t, x.p.compute, x.plan
+    saved = t * in_features * (c + x.p.mask) if plan.dropout > 0 else 0
+    return Projection(saved + t * plan.rank * c, x.full or plan.dropout == 0)
 
 
 def autocast_projection(x: Step, leaf: str, in_features: int, normed: bool) -> Projection:

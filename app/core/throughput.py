@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from app.core.adapters import lora_key
 from app.core.plan import TrainingPlan
+from app.core.sharding import in_param_dtype, in_reduce_dtype
 from app.core.spec import ModelSpec
 from app.core.stack import routed_expert, stack_model
 from app.core.tensors import PlanTensors, base_key, plan_tensors
@@ -215,12 +216,14 @@ def communication_bytes(model: ModelSpec, plan: TrainingPlan, gpus: int) -> int:
     """Per GPU and step, ring collectives (n−1)/n of: DDP/ZeRO-2 2·G (all-reduce, or reduce-scatter + all-gather);
     ZeRO-3/FSDP 2·W + G (weights gathered for forward and backward, gradients reduce-scattered) — ZeRO, Rajbhandari
     et al. 2020, §7; FSDP2 without resharding after forward (fsdp_grad_op) W + G, its layers gathered once a step
-    (measured on CPU ranks: no gather in backward). Layers split across GPUs (sharding none): none counted."""
+    (measured on CPU ranks: no gather in backward). Layers split across GPUs (sharding none): none counted. Under
+    FSDP2's MixedPrecisionPolicy the gathers move the param dtype and the reduce-scatters the reduce dtype
+    (sharding:in_param_dtype, in_reduce_dtype), not the fp32 shards."""
     if gpus < 2 or plan.sharding not in DATA_PARALLEL:
         return 0
     inv = _tensors(model, plan).inventory
-    grads = inv.grads.total
-    weights = inv.base.total + inv.adapters.total
+    grads = in_reduce_dtype(plan, inv.grads.total)
+    weights = in_param_dtype(plan, inv.base.total + inv.adapters.total)
     gathers = {"zero3": 2, "fsdp": 2, "fsdp_grad_op": 1}.get(plan.sharding, 0)
     volume = gathers * weights + grads if gathers else 2 * grads
     return volume * (gpus - 1) // gpus

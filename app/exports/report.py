@@ -151,10 +151,13 @@ def plan_line(est: Estimate) -> str:
         else ""
     )
     ckpt = f"checkpointing {p.checkpointing}" if p.gradient_checkpointing else "no checkpointing"
+    sharding = f", {p.sharding}" if p.sharding != "none" else ""
+    if p.fsdp_mixed_precision:  # FSDP2 MixedPrecisionPolicy: fp32 shards gathered in the plan dtype
+        reduce = p.dtype if p.fsdp_reduce_dtype == "param" else p.fsdp_reduce_dtype
+        sharding += f" (MixedPrecisionPolicy: fp32 shards, {p.dtype} gathers, reduce {reduce})"
     return (
         f"{what}{lora}, {p.dtype}, seq {p.seq_len} x batch {p.batch_size}, {ckpt}, {p.optimizer}, {p.attn}, "
-        f"{p.gpus} GPU{'s' if p.gpus > 1 else ''}{', ' + p.sharding if p.sharding != 'none' else ''}, {p.device}, "
-        f"{p.stack}"
+        f"{p.gpus} GPU{'s' if p.gpus > 1 else ''}{sharding}, {p.device}, {p.stack}"
     )
 
 

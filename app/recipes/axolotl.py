@@ -7,7 +7,16 @@ from typing import Any
 from app.core.plan import ALL_LINEAR
 from app.recipes import bnb
 from app.recipes import transformers_args as hf
-from app.recipes.common import attention, deepspeed, fsdp_key, fsdp_options, lora_targets, optimizer
+from app.recipes.common import (
+    FSDP2_MIXED_PRECISION,
+    attention,
+    deepspeed,
+    fsdp_key,
+    fsdp_options,
+    fsdp_version,
+    lora_targets,
+    optimizer,
+)
 from app.recipes.rules import (
     MODEL,
     Approx,
@@ -107,6 +116,17 @@ def _dtype(row: str) -> Maps:
     return Maps(("dtype",), convert)
 
 
+def _fsdp2_mixed_precision(value: Any, ctx: Ctx) -> Outcome:
+    """fsdp_version 2 with bf16/fp16 and no adapter (full fine-tuning): accelerate's fsdp2_prepare_model upcasts the
+    trainable parameters (all of them) to fp32 and passes a 16-bit MixedPrecisionPolicy to fully_shard. With an
+    adapter the frozen base stays in its loaded dtype (not fsdp_mixed_precision's fp32 weights): left unmapped."""
+    sharded = ctx.root.get("fsdp") not in (None, False, "", []) or isinstance(ctx.root.get("fsdp_config"), dict)
+    full = ctx.root.get("adapter") in (None, "")
+    if fsdp_version(ctx.root) != 2 or not sharded or not full or _torch_dtype(ctx.root) == "fp32":
+        return {}
+    return Approx({"fsdp_mixed_precision": True}, FSDP2_MIXED_PRECISION)
+
+
 def _checkpointing(value: Any, _ctx: Ctx) -> Outcome:
     """`offload`: axolotl's CPU_Offloaded_Gradient_Checkpointer (Unsloth's) moves each checkpointed layer input to
     host memory, as checkpoint_offload plans it; `offload_disk` (its Disco checkpointer) to disk, off the GPU
@@ -171,7 +191,12 @@ MAPS: dict[str, Rule] = {
     "eager_attention": _attention_flag("eager"),
     "deepspeed": Maps(("sharding", "offload"), deepspeed),
     "fsdp": Maps(("sharding", "offload"), fsdp_options),
-    "fsdp_config": Nested(hf.FSDP_CONFIG, key=fsdp_key, implies={"sharding": "fsdp"}),
+    "fsdp_config": Nested(
+        {**hf.FSDP_CONFIG, "version": Maps(("fsdp_mixed_precision",), _fsdp2_mixed_precision)},
+        key=fsdp_key,
+        implies={"sharding": "fsdp"},
+    ),
+    "fsdp_version": Maps(("fsdp_mixed_precision",), _fsdp2_mixed_precision),
 }
 NOT_MODELLED: dict[str, Unmodelled] = {
     **_unmodelled(
@@ -254,7 +279,7 @@ SILENT = names(
     resume_from_checkpoint auto_resume_from_checkpoints early_stopping_patience load_best_model_at_end
     metric_for_best_model greater_is_better seed strict chat_template chat_template_jinja default_system_message
     eot_tokens eval_sample_packing eval_sequence_len eval_batch_size eval_table_size eval_max_new_tokens
-    do_causal_lm_eval eval_causal_lm_metrics loss_watchdog_threshold loss_watchdog_patience tf32 fsdp_version
+    do_causal_lm_eval eval_causal_lm_metrics loss_watchdog_threshold loss_watchdog_patience tf32
     dataloader_pin_memory dataloader_num_workers dataloader_prefetch_factor dataloader_drop_last ddp_timeout
     ddp_bucket_cap_mb ddp_broadcast_buffers ddp_find_unused_parameters local_rank world_size device device_map
     debug include_tokens_per_second profiler_steps torch_empty_cache_steps gc_steps pad_to_sequence_len

@@ -222,6 +222,29 @@ def fsdp_sharding_strategy(value: Any, _ctx: Ctx) -> Outcome:
     return fsdp_strategy(as_str(value))
 
 
+def fsdp_version(root: Doc) -> int | None:
+    """The FSDP version a file asks for: axolotl's top-level `fsdp_version`, or fsdp_config's `version` /
+    `fsdp_version` (accelerate's FullyShardedDataParallelPlugin.fsdp_version; 1 when unset)."""
+    config = root.get("fsdp_config")
+    nested = first_of(config, "fsdp_version", "version") if isinstance(config, dict) else None
+    value = first_of(root, "fsdp_version") if nested is None else nested
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# accelerate 1.15 utils/dataclasses.py FullyShardedDataParallelPlugin.set_mixed_precision (FSDP v2, bf16/fp16):
+# MixedPrecisionPolicy(param_dtype=d, reduce_dtype=d, output_dtype=d); utils/fsdp_utils.py fsdp2_prepare_model
+# upcasts every trainable parameter to fp32 first (mixed_precision != "no") and passes the policy to fully_shard;
+# Accelerator.prepare_model also wraps the forward in torch.autocast (native_amp), which gpuplan does not add
+FSDP2_MIXED_PRECISION = (
+    "FSDP2 with bf16/fp16: accelerate's fsdp2_prepare_model gathers the fp32 shards in the 16-bit dtype "
+    "(MixedPrecisionPolicy, fsdp_mixed_precision, measured on CPU ranks); the torch.autocast region accelerate also "
+    "wraps the forward in (its fp32 ops) is not counted"
+)
+
+
 def fsdp_key(key: str) -> str:
     """fsdp_config keys come with (accelerate, FSDP1) or without (FSDP2, axolotl) the `fsdp_` prefix."""
     return key.removeprefix("fsdp_")

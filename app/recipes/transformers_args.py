@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from app.recipes.common import (
+    FSDP2_MIXED_PRECISION,
     deepspeed,
     dtype_name,
     first_of,
     fsdp_key,
     fsdp_options,
     fsdp_sharding_strategy,
+    fsdp_version,
     optimizer,
 )
 from app.recipes.rules import (
@@ -101,7 +103,8 @@ def _quantized(root: Doc) -> bool:
 
 def autocast(dtype: str) -> Maps:
     """bf16 / fp16 mixed precision: the plan dtype; over weights loaded in fp32 (dtype float32) the plan's autocast
-    (accelerate wraps the forward in torch.autocast: fp32 weights, 16-bit matmuls)."""
+    (accelerate wraps the forward in torch.autocast: fp32 weights, 16-bit matmuls), or under FSDP2 (fsdp_config
+    version 2) FSDP2's MixedPrecisionPolicy (`fsdp_mixed_precision`: accelerate's fsdp2_prepare_model)."""
 
     def convert(value: Any, ctx: Ctx) -> Outcome:
         if not as_bool(value):
@@ -112,10 +115,12 @@ def autocast(dtype: str) -> Maps:
                     f"{dtype} autocast over a quantized base (QLoRA under bf16/fp16 autocast): gpuplan models "
                     "autocast for lora and full fine-tuning only"
                 )
+            if _fsdp_on(ctx) and fsdp_version(ctx.root) == 2:
+                return Approx({"dtype": dtype, "fsdp_mixed_precision": True}, FSDP2_MIXED_PRECISION)
             return {"dtype": dtype, "autocast": True}
         return {"dtype": dtype}
 
-    return Maps(("dtype", "autocast"), convert)
+    return Maps(("dtype", "autocast", "fsdp_mixed_precision"), convert)
 
 
 def liger(value: Any, ctx: Ctx) -> Outcome:

@@ -49,6 +49,8 @@ LABELS: dict[str, str] = {
     "gpus": "GPUs",
     "sharding": "Sharding",
     "offload": "CPU offload",
+    "fsdp_mixed_precision": "FSDP2 mixed precision (fp32 shards)",
+    "fsdp_reduce_dtype": "FSDP2 reduce dtype",
     "device": "Device",
     "strict": "Strict",
     "stack": "Software stack",
@@ -74,7 +76,20 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "router_aux_loss",
         ),
     ),
-    ("Optimizer and GPUs", ("optimizer", "gpus", "sharding", "offload", "device", "stack", "strict")),
+    (
+        "Optimizer and GPUs",
+        (
+            "optimizer",
+            "gpus",
+            "sharding",
+            "offload",
+            "fsdp_mixed_precision",
+            "fsdp_reduce_dtype",
+            "device",
+            "stack",
+            "strict",
+        ),
+    ),
 )
 
 

@@ -62,6 +62,8 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "gpus": "1",
         "sharding": "none",
         "offload": "false",
+        "fsdp_mixed_precision": "false",
+        "fsdp_reduce_dtype": "param",
         "device": "cuda",
         "mxfp4": "dequantize",  # gpt-oss's experts as the fine-tuning cookbook loads them
         "stack": "transformers-5",
