@@ -636,6 +636,10 @@ def _note(term: str, plan: TrainingPlan) -> str:
         return f"{note} (checkpointed layer inputs)"
     if term == "logits_peak_bytes" and plan.fused_cross_entropy:
         return "Liger fused linear cross-entropy: one chunk of logits, grad_input and the fp32 loss (first principles)"
+    if term == "logits_peak_bytes" and plan.loop == "sft":
+        return (
+            "TRL SFTTrainer's fused LM head: one 4096 x 32768 tile buffer and its folds, fp32 grad_hidden (no logits)"
+        )
     return note
 
 

@@ -42,6 +42,8 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
         return "first-principles"  # packed rows' masks: no packed run measured
     if term == "logits_peak_bytes" and plan.fused_cross_entropy:
         return "first-principles"  # Liger's Triton kernels: no CPU run measures them
+    if term == "logits_peak_bytes" and plan.loop == "sft" and plan.device == "cuda":
+        return "first-principles"  # TRL's Triton folds of the fused LM head: the CPU runs measure its torch folds
     if term == "activation_bytes" and plan.checkpoint_offload:
         return "first-principles"  # saved tensors in host memory: one address space on CPU, no tracker run sees it
     if term in ("activation_bytes", "layer_transient_bytes") and plan.checkpoint_every > 1:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from app.core.adapters import Adapted
 from app.core.plan import TrainingPlan
 from app.core.spec import ArchSummary, ModelSpec
-from app.core.units import BOOL, DTYPE_BYTES, FP32
+from app.core.units import BF16, BOOL, DTYPE_BYTES, FP32
 
 DOWN_LEAVES = ("down_proj", "fc2", "dense_4h_to_h")
 
@@ -48,6 +48,13 @@ def precision(plan: TrainingPlan) -> Precision:
     if plan.autocast:  # the embedding is not autocast (fp32 stream); matmuls and their outputs are 16-bit
         return Precision(c, FP32, c, c, mask)
     return Precision(c, c, c, c, mask)
+
+
+def adapter_dtype_bytes(plan: TrainingPlan) -> int:
+    """LoRA A/B's dtype: fp32 (PEFT's autocast_adapter_dtype), but bf16 under SFTTrainer with a quantized base, which
+    casts every trainable parameter except DoRA's magnitudes to bfloat16 after wrapping (trl 1.16.0
+    trl/trainer/sft_trainer.py l. 907-910, the QLoRA paper's recipe); their gradients and AdamW states follow."""
+    return BF16 if plan.loop == "sft" and plan.quantized and plan.uses_lora else FP32
 
 
 class LayerKind(NamedTuple):
@@ -193,13 +200,14 @@ def lora_branch(x: Step, leaf: str, in_features: int, normed: bool = False) -> P
         return Projection(0, x.full)
     saved = 0
     keeps_input = x.full
-    if plan.dropout > 0:
-        saved += t * in_features * (FP32 + p.mask)  # dropout output and mask (the fp32 cast is freed)
-    elif p.act != FP32:
-        saved += t * in_features * FP32  # lora_A keeps the fp32 cast of the input
+    lora = adapter_dtype_bytes(plan)  # PEFT casts the input to lora_A's dtype (`_cast_input_dtype`)
+    if plan.dropout > 0:  # dropout output and mask (the cast is freed); the CPU mask is in the input's dtype
+        saved += t * in_features * (lora + (min(p.mask, lora) if lora != FP32 else p.mask))
+    elif p.act != lora:
+        saved += t * in_features * lora  # lora_A keeps the cast of the input
     else:
-        keeps_input = True  # lora_A keeps the fp32 input itself
-    saved += t * plan.rank * FP32  # lora_A's output, kept by lora_B
+        keeps_input = True  # lora_A keeps the input itself
+    saved += t * plan.rank * lora  # lora_A's output, kept by lora_B
     if plan.dora:
         saved += t * ad.group.out_features * FP32  # DoRA keeps the base output to rescale it
     return Projection(saved, keeps_input)
