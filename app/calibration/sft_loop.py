@@ -11,6 +11,9 @@ What SFTTrainer (trl 1.16.0, trl/trainer/sft_trainer.py) does on top of transfor
   entropy and top-1 flags its metrics log: the (batch, seq, vocab) logits are never made;
 - its collator (`DataCollatorForLanguageModeling`, l. 87): `input_ids`, `labels` (the ids: every token counts)
   and an all-ones `attention_mask`, each row exactly seq_len (`max_length`, l. 1451 truncation);
+- for an MoE config with a `router_aux_loss_coef` it turns the load-balancing loss on (l. 1199-1211), computed in
+  the fused forward with the collator's attention mask; SFTConfig's router_aux_loss_coef follows plan.router_aux_loss
+  (trl 1.16.0 cannot run it on GraniteMoE under transformers 5.24: `text_config.num_experts`, utils.py l. 1683);
 - on transformers 5 it leaves `gradient_checkpointing_kwargs` alone (l. 1080: it defaults use_reentrant=False only
   below 5.0), so the Trainer's own non-reentrant default applies.
 
@@ -59,6 +62,9 @@ def sft_config(plan: TrainingPlan, steps: int, seed: int, output_dir: str) -> An
         bf16=plan.autocast and plan.dtype == "bf16",  # SFTConfig defaults bf16=True: say what the plan runs
         fp16=plan.autocast and plan.dtype == "fp16",
         max_length=plan.seq_len,
+        # MoE: SFTTrainer enables the load-balancing loss whenever the config has a router_aux_loss_coef (l. 1199-1211);
+        # the plan's router_aux_loss says whether it runs (0.0 turns it off)
+        router_aux_loss_coef=None if plan.router_aux_loss else 0.0,
         packing=False,
         padding_free=False,
         report_to="none",
