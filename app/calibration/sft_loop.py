@@ -2,25 +2,25 @@
 
 What SFTTrainer (trl 1.16.0, trl/trainer/sft_trainer.py) does on top of transformers.Trainer
 (app/calibration/trainer_loop.py), each of which the tracker sees:
-- `peft_config=`: it wraps the model itself (`get_peft_model`, l. 864), then, with checkpointing on,
+- `peft_config=`: it wraps the model itself (`get_peft_model`, l. 870), then, with checkpointing on,
   `model.enable_input_require_grads()` (l. 899-900), and for a quantized model casts every trainable parameter but
-  DoRA's magnitudes to bfloat16 (l. 907-910: LoRA A/B, their gradients and their AdamW states in bf16);
-- its fused LM head (`add_fused_lm_head`, trl/trainer/utils.py l. 1548; l. 1134 here): `compute_loss` (l. 1560)
-  calls `model(**inputs, fused_lm_head=True)`, which runs the backbone and scores each position's label through
-  `ChunkedLogProbFunction` (trl/kernels/chunked_logprob.py) in [4096 tokens x 32768 vocabulary] tiles, with the
-  entropy and top-1 flags its metrics log: the (batch, seq, vocab) logits are never made;
+  DoRA's magnitudes to bfloat16 (l. 907-911: LoRA A/B, their gradients and their AdamW states in bf16);
+- its fused LM head (`add_fused_lm_head`, trl/trainer/utils.py l. 1548, called at l. 1144): `compute_loss`
+  (l. 1560, 1611) calls `model(**inputs, fused_lm_head=True)`, which runs the backbone and scores each position's
+  label through `ChunkedLogProbFunction` (trl/kernels/chunked_logprob.py) in [4096 tokens x 32768 vocabulary]
+  tiles, with the entropy and top-1 flags its metrics log: the (batch, seq, vocab) logits are never made;
 - its collator (`DataCollatorForLanguageModeling`, l. 87): `input_ids`, `labels` (the ids: every token counts)
   and an all-ones `attention_mask`, each row exactly seq_len (`max_length`, l. 1451 truncation);
-- for an MoE config with a `router_aux_loss_coef` it turns the load-balancing loss on (l. 1199-1211), computed in
+- for an MoE config with a `router_aux_loss_coef` it turns the load-balancing loss on (l. 1203-1211), computed in
   the fused forward with the collator's attention mask; SFTConfig's router_aux_loss_coef follows plan.router_aux_loss
-  (trl 1.16.0 cannot run it on GraniteMoE under transformers 5.24: `text_config.num_experts`, utils.py l. 1683);
-- on transformers 5 it leaves `gradient_checkpointing_kwargs` alone (l. 1080: it defaults use_reentrant=False only
+  (trl 1.16.0 cannot run it on GraniteMoE under transformers 5.24: `text_config.num_experts`, utils.py l. 1679);
+- on transformers 5 it leaves `gradient_checkpointing_kwargs` alone (l. 1080-1081: it defaults use_reentrant=False only
   below 5.0), so the Trainer's own non-reentrant default applies.
 
 The model is loaded as the other loops load it (app/calibration/build.py `build_base`: bitsandbytes quantization
 and prepare_model_for_kbit_training for QLoRA) but not LoRA-wrapped: SFTTrainer gets it with the plan's LoraConfig.
 The dataset is pre-tokenized (`input_ids` of exactly seq_len random tokens, so `_prepare_dataset` skips tokenizing,
-l. 1246); the tokenizer SFTTrainer insists on is a two-token one built offline (only its pad token is read). The
+l. 1248); the tokenizer SFTTrainer insists on is a two-token one built offline (only its pad token is read). The
 optimizer is the harness's (build.optimizer_class, through `optimizer_cls_and_kwargs`); bf16/fp16 only with
 plan.autocast (SFTConfig's own default bf16=True is overridden), no logging, saving, evaluation or telemetry.
 The tracker starts once SFTTrainer is built (its adapters are the model's, as in the other loops).
@@ -62,10 +62,10 @@ def sft_config(plan: TrainingPlan, steps: int, seed: int, output_dir: str) -> An
         bf16=plan.autocast and plan.dtype == "bf16",  # SFTConfig defaults bf16=True: say what the plan runs
         fp16=plan.autocast and plan.dtype == "fp16",
         max_length=plan.seq_len,
-        # MoE: SFTTrainer enables the load-balancing loss whenever the config has a router_aux_loss_coef (l. 1199-1211);
+        # MoE: SFTTrainer enables the load-balancing loss whenever the config has a router_aux_loss_coef (l. 1203-1211);
         # the plan's router_aux_loss says whether it runs (0.0 turns it off)
         router_aux_loss_coef=None if plan.router_aux_loss else 0.0,
-        packing=False,
+        packing=plan.packing,  # the harness refuses packed plans (check_plan): its rows are single sequences
         padding_free=False,
         report_to="none",
         save_strategy="no",

@@ -1,8 +1,8 @@
 """TRL SFTTrainer's fused LM head (loop sft): the loss scored tile by tile, never the whole logits.
 
 Source (trl 1.16.0): trl/trainer/sft_trainer.py calls `add_fused_lm_head(model, outputs=("log_probs", "entropy",
-"is_top1"))` (l. 1134) and `compute_loss` runs `model(**inputs, fused_lm_head=True)` (l. 1617); trl/trainer/utils.py
-`_fused_forward` (l. 1595) hands `ChunkedLogProbFunction` (trl/kernels/chunked_logprob.py) the final hidden states of
+"is_top1"))` (l. 1144) and `compute_loss` runs `model(**inputs, fused_lm_head=True)` (l. 1611); trl/trainer/utils.py
+`_fused_forward` (l. 1599) hands `ChunkedLogProbFunction` (trl/kernels/chunked_logprob.py) the final hidden states of
 the `N = B·(T-1)` positions that have a next-token label and lm_head's weight. It projects `n = min(N, 4096)` tokens
 at a time into one buffer of `n × 32768` columns (`mm_buf`, allocated whole whatever the vocabulary), folding each
 tile into per-token online-logsumexp statistics; its backward recomputes each tile, turns it into the logits'

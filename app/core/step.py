@@ -53,7 +53,7 @@ def precision(plan: TrainingPlan) -> Precision:
 def adapter_dtype_bytes(plan: TrainingPlan) -> int:
     """LoRA A/B's dtype: fp32 (PEFT's autocast_adapter_dtype), but bf16 under SFTTrainer with a quantized base, which
     casts every trainable parameter except DoRA's magnitudes to bfloat16 after wrapping (trl 1.16.0
-    trl/trainer/sft_trainer.py l. 907-910, the QLoRA paper's recipe); their gradients and AdamW states follow."""
+    trl/trainer/sft_trainer.py l. 907-911, the QLoRA paper's recipe); their gradients and AdamW states follow."""
     return BF16 if plan.loop == "sft" and plan.quantized and plan.uses_lora else FP32
 
 
@@ -189,7 +189,9 @@ class Projection(NamedTuple):
 def lora_branch(x: Step, leaf: str, in_features: int, normed: bool = False) -> Projection:
     """A frozen projection keeps nothing of its input, a trained one keeps it; a LoRA branch keeps its dropout output
     and mask `T·in·(4+m)` (`m` = 1 for CUDA's bool mask, 4 for the CPU path) or, without dropout, the fp32 cast
-    of its input (an fp32 input is kept itself), plus lora_A's output `T·r·4`; DoRA also the base output.
+    of its input (an fp32 input is kept itself), plus lora_A's output `T·r·4`; DoRA also the base output. With bf16
+    LoRA weights (loop sft over a quantized base, `adapter_dtype_bytes`) the casts, the CPU mask and lora_A's output
+    are bf16 (tracker-measured through SFTTrainer).
     Under autocast (`autocast_projection`) `normed`: the projection reads the fp32 norm output.
     Source: PEFT lora.Linear.forward (autocast_adapter_dtype), torch dropout, tracker dumps.
     """

@@ -31,8 +31,8 @@ from app.recipes.rules import (
 # defaults it changes from TrainingArguments: gradient_checkpointing=True, bf16=True unless fp16; trl 1.16.0's
 # loss_type defaults to nll, chunked_nll its deprecated alias), trl/trainer/model_config.py (ModelConfig) and
 # trl/trainer/utils.py get_quantization_config / get_peft_config (how ModelConfig becomes a BitsAndBytesConfig and a
-# LoraConfig); trl 1.16.0 trl/trainer/sft_trainer.py (the fused LM head that computes every loss_type, l. 1134 and
-# 1560; use_liger_kernel with its fused linear cross-entropy turned off, l. 1122-1131).
+# LoraConfig); trl 1.16.0 trl/trainer/sft_trainer.py (the fused LM head that computes every loss_type, l. 1144 and
+# 1560; use_liger_kernel with its fused linear cross-entropy turned off, l. 1127-1140).
 
 
 def _seq_len(value: Any, _ctx: Ctx) -> Outcome:
@@ -90,7 +90,7 @@ def _load_8bit(value: Any, ctx: Ctx) -> Outcome:
 
 def _loss_type(value: Any, ctx: Ctx) -> Outcome:
     """SFTTrainer's loss: nll (chunked_nll its alias) and dft run through its fused LM head, the plan's loop sft;
-    label smoothing needs the full logits (sft_trainer.py l. 1608-1615: the Trainer's loss, plus a no-grad fused
+    label smoothing needs the full logits (sft_trainer.py l. 1601-1609: the Trainer's loss, plus a no-grad fused
     forward for the metrics)."""
     if value not in (None, "nll", "chunked_nll", "dft"):
         raise NotModelledValue(f"{value}: not a loss_type trl 1.16 has (nll, dft)")
@@ -106,7 +106,7 @@ def _loss_type(value: Any, ctx: Ctx) -> Outcome:
 
 def _router_coef(value: Any, _ctx: Ctx) -> Outcome:
     """router_aux_loss_coef: SFTTrainer keeps an MoE config's output_router_logits in step with it (0.0 turns the
-    load-balancing loss off, any other value on; sft_trainer.py l. 1199-1211)."""
+    load-balancing loss off, any other value on; sft_trainer.py l. 1203-1211)."""
     return {} if value is None else {"router_aux_loss": as_float(value) != 0}
 
 
