@@ -101,16 +101,19 @@ def _dataset(vocab_size: int, plan: TrainingPlan, rows: int, seed: int) -> Any:
 
 @contextmanager
 def _offline() -> Iterator[None]:
-    """No Hub telemetry from SFTTrainer's constructor (base_trainer._send_telemetry honours HF_HUB_DISABLE_TELEMETRY)
-    and no progress bars from its dataset preparation (datasets' map and filter)."""
-    datasets = _lib("datasets")
-    bars = datasets.is_progress_bar_enabled()
+    """No Hub telemetry from SFTTrainer's constructor (base_trainer._send_telemetry honours HF_HUB_DISABLE_TELEMETRY),
+    no progress bars from its dataset preparation (datasets' map and filter), and transformers' notice that the
+    two-token tokenizer's eos differs from the config's (Trainer aligns the config: no tensor changes) kept out."""
+    datasets, hf_logging = _lib("datasets"), _lib("transformers.utils.logging")
+    bars, verbosity = datasets.is_progress_bar_enabled(), hf_logging.get_verbosity()
     datasets.disable_progress_bars()
+    hf_logging.set_verbosity_error()
     before = os.environ.get("HF_HUB_DISABLE_TELEMETRY")
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bars:
             datasets.enable_progress_bars()
         if before is None:
@@ -166,7 +169,7 @@ def run_sft_steps(
         del model
         tracker, first = tracked(trainer.model, plan)
         probe.append(first)
-        with tracker or nullcontext():
+        with tracker or nullcontext(), _offline():
             first.mark("load")
             try:
                 trainer.train()
