@@ -42,6 +42,7 @@ from app.core.sharding import (
 )
 from app.core.spec import ModelSpec
 from app.core.stack import stack_model
+from app.core.step import adapter_dtype_bytes
 from app.core.tensors import Inventory, LayerSplit, PlanTensors, base_key, plan_tensors
 from app.core.units import BF16, FP16, FP32
 from app.errors import PlanError
@@ -629,6 +630,10 @@ def _note(term: str, plan: TrainingPlan) -> str:
         rest = "fp32 after prepare_model_for_kbit_training" if plan.method == "qlora" else plan.dtype
         return f"{note} ({q}; unquantized modules in {rest})"
     if term == "lora_adapter_bytes":
+        if adapter_dtype_bytes(plan) != FP32:
+            return (
+                f"LoRA A/B in bf16 (SFTTrainer casts them over a quantized base; DoRA magnitudes fp32), r={plan.rank}"
+            )
         return f"{note}, r={plan.rank}"
     if term == "optimizer_state_bytes":
         return f"{plan.optimizer} states kept in device memory"
