@@ -131,6 +131,8 @@ def _add_calibration_parsers(sub: Any) -> None:
     acc.add_argument("--device", choices=["cpu", "cuda"])
     acc.add_argument("--source", help="only points of this source")
     acc.add_argument("--write", type=Path, help="also write the Markdown to this file (e.g. docs/accuracy.md)")
+    fields = sub.add_parser("recipe-fields", help="every config field the import honours, reports or ignores")
+    fields.add_argument("--write", type=Path, help="also write the Markdown to this file (docs/recipe-fields.md)")
     imp = sub.add_parser("import-calibrations", help="load a JSONL of measurements (GPU script output) into the store")
     imp.add_argument("path", type=Path)
     imp.add_argument("--source", help="source label to record (default: from the file)")
@@ -204,7 +206,8 @@ def _cmd_estimate(ns: argparse.Namespace) -> int:
     from app.service import load_prices
     from app.settings import get_settings
 
-    imported = _import_recipes(ns.recipes, getattr(ns, "stack", None) or "transformers-5") if ns.recipes else None
+    stack = getattr(ns, "stack", None) or "transformers-5"
+    imported = _import_recipes(ns.recipes, stack, getattr(ns, "method", None)) if ns.recipes else None
     run = run_size(ns)
     plan = plan_from_args(ns, imported.plan_fields if imported else None)
     name = ns.model or (imported.model if imported else None)
@@ -263,9 +266,9 @@ def _cli_times(model: Any, est: Any, rec: Any, settings: Any) -> Any:
     return with_measured_times(planned, records).recommendation
 
 
-def _import_recipes(paths: list[Path], stack: Any) -> Any:
-    """The --from files, read and imported with `--stack`'s defaults (a missing or unreadable file is one InputError
-    line)."""
+def _import_recipes(paths: list[Path], stack: Any, method: Any) -> Any:
+    """The --from files, read and imported with `--stack`'s defaults and `--method` over theirs (a missing or
+    unreadable file is one InputError line)."""
     from app.recipes import RecipeFile, import_recipe
 
     files = []
@@ -274,7 +277,7 @@ def _import_recipes(paths: list[Path], stack: Any) -> Any:
             files.append(RecipeFile.from_bytes(path.name, path.read_bytes()))
         except OSError as exc:
             raise InputError(f"--from {path}: cannot read it ({exc.strerror or exc})") from None
-    return import_recipe(files, stack)
+    return import_recipe(files, stack, method)
 
 
 def _cmd_models(ns: argparse.Namespace) -> int:
@@ -417,6 +420,16 @@ def _cmd_accuracy(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipe_fields(ns: argparse.Namespace) -> int:
+    from app.recipes.fields import fields_markdown
+
+    text = fields_markdown()
+    if ns.write is not None:
+        ns.write.write_text(text, encoding="utf-8")
+    print(text, end="")
+    return 0
+
+
 def _cmd_import(ns: argparse.Namespace) -> int:
     from app.calibration.commands import import_calibrations
     from app.settings import get_settings
@@ -475,6 +488,7 @@ COMMANDS = {
     "calibrate": _cmd_calibrate,
     "calibrate-matrix": _cmd_calibrate_matrix,
     "accuracy": _cmd_accuracy,
+    "recipe-fields": _cmd_recipe_fields,
     "import-calibrations": _cmd_import,
     "accept-calibrations": _cmd_accept,
     "serve": _cmd_serve,

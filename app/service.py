@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -56,6 +57,11 @@ MEDIA_TYPES: dict[ExportFormat, str] = {
     "svg": "image/svg+xml",
 }
 EXPORTS_KEPT = 8  # rendered exports one Planned keeps (formats x bands)
+# An uncached plan of a model whose last uncached plan took at most this long is answered on the event loop: a
+# worker thread costs more than the plan itself (the hand-over, and the event loop then waiting on the GIL for each
+# socket it serves while the worker computes: 13.8 vs 8.3 ms of CPU per unique-plan request measured in-process,
+# benchmarks/bench_web.py). Longer ones (and a model's first) still go to a thread, so the loop is never held long.
+INLINE_PLAN_S = 0.025
 CacheKey = tuple[str, str | None, str, TrainingPlan, float, RunSize, PriceTable, float]
 
 
@@ -113,6 +119,10 @@ class Planned:
         return report.payload_json(self.model, self.estimate, self.recommendation, band)
 
 
+def _model_key(model: ModelSpec) -> tuple[str, str | None, str]:
+    return model.id, model.revision, model.config_hash
+
+
 class Planner:
     """Resolves models (catalog or Hub, counting Hub outcomes) and keeps the latest estimates in an LRU."""
 
@@ -131,6 +141,7 @@ class Planner:
         self._cache: OrderedDict[CacheKey, Planned] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._took: dict[tuple[str, str | None, str], float] = {}  # model -> seconds of its last uncached plan
 
     async def resolve(self, name: str) -> ModelSpec:
         """A catalog id, Hub id `org/name[@revision]` or uploaded `config:<hash>` as a ModelSpec; never a local file."""
@@ -149,7 +160,7 @@ class Planner:
     def _key(
         self, model: ModelSpec, plan: TrainingPlan, run: RunSize, prices: PriceTable, safety: float = 1.0
     ) -> CacheKey:
-        return (model.id, model.revision, model.config_hash, plan, self.settings.headroom, run, prices, safety)
+        return (*_model_key(model), plan, self.settings.headroom, run, prices, safety)
 
     def _cached(self, key: CacheKey) -> Planned | None:
         with self._lock:
@@ -167,6 +178,7 @@ class Planner:
         hit = self._cached(key)
         if hit is not None:
             return hit
+        started = time.perf_counter()
         est = estimate(model, plan)
         rec = (
             recommend(model, est, headroom, prices=prices, run=run, safety_factor=safety)
@@ -174,6 +186,7 @@ class Planner:
             else None
         )
         planned = Planned(model=model, estimate=est, recommendation=rec, run=run)
+        self._took[_model_key(model)] = time.perf_counter() - started
         with self._lock:
             self._cache[key] = planned
             while len(self._cache) > self._cache_size:
@@ -187,10 +200,15 @@ class Planner:
     async def plan_async(
         self, model: ModelSpec, plan: TrainingPlan, run: RunSize | None = None, safety: float = 1.0
     ) -> Planned:
-        """plan(): a cache hit at once, a miss in a worker thread (a recommendation may take many estimates)."""
+        """plan(): a cache hit at once; a miss on the event loop when this model's last one took at most
+        INLINE_PLAN_S, else (and for a model's first) in a worker thread (a recommendation may take many estimates)."""
         run = run or RunSize()
-        hit = self._cached(self._key(model, plan, run, load_prices(self.settings), safety))
+        key = self._key(model, plan, run, load_prices(self.settings), safety)
+        hit = self._cached(key)
         if hit is not None:
             self.metrics.count_estimate()
             return hit
+        took = self._took.get(_model_key(model))
+        if took is not None and took <= INLINE_PLAN_S:
+            return self.plan(model, plan, run, safety)
         return await asyncio.to_thread(self.plan, model, plan, run, safety)

@@ -175,7 +175,8 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
       `Estimate.offloaded_bytes` (host RAM) plus a note; both sides are mapped to (field, note) here.
     - issue 11: the plan gained `stack`; its default, transformers-5, is what every earlier estimate modelled.
     - issue 10: the plan fields `autocast`, `checkpoint_offload`, `fused_cross_entropy` and `packing` (default
-      false) were added; a plan echoing them false is the plan without them; so was issue 11's `router_aux_loss`.
+      false) were added; a plan echoing them false is the plan without them; so was issue 11's `router_aux_loss`,
+      and its `mxfp4` (default dequantize, what every earlier estimate of gpt-oss modelled).
     - issue 10: the plan gained `loop`; its default, trainer, is what every earlier estimate modelled.
     """
     est = row.get("estimate")
@@ -188,6 +189,8 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
         plan.pop("stack")
     if plan.get("loop") == "trainer":
         plan.pop("loop")
+    if plan.get("mxfp4") == "dequantize":
+        plan.pop("mxfp4")
     est["plan"] = plan
     terms = [t for t in est["breakdown"] if t["term"] != "offloaded_bytes"]
     old = [t for t in est["breakdown"] if t["term"] == "offloaded_bytes"]

@@ -122,6 +122,7 @@ def test_models_and_gpus(capsys: pytest.CaptureFixture[str]) -> None:
     assert [line.split()[0] for line in lines[1:]] == [
         "google/gemma-3-1b-it",
         "google/gemma-3-4b-it",
+        "google/gemma-3-12b-it",
         "google/gemma-3-27b-it",
     ]
     code, out, _ = run(capsys, "models", "--moe", "--since", "2025-08", "--json")

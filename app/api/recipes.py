@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from app.api.responses import HUB_PROBLEMS, problems
+from app.core.plan import Method
 from app.errors import InputError
 from app.http.deps import PlannerDep
 from app.http.problems import from_validation
 from app.http.schemas import MAX_MODEL_CHARS
 from app.plan_input import build_plan
+
+METHODS = get_args(Method)  # another value is build_plan's 422
 
 router = APIRouter(tags=["estimate"])
 
@@ -73,7 +76,8 @@ async def estimate_from_config(request: Request, planner: PlannerDep) -> JSONRes
     if stack not in ("transformers-5", "transformers-4"):
         message = "stack: give transformers-5 or transformers-4"
         raise InputError(f"plan.{message}", errors=[{"field": "plan.stack", "message": message}])
-    imported = import_recipe([_file(f) for f in body.files], stack)
+    method = body.plan.get("method")
+    imported = import_recipe([_file(f) for f in body.files], stack, method if method in METHODS else None)
     plan = build_plan({**imported.plan_fields, **body.plan}) if body.plan else imported.plan
     name = body.model or imported.model
     if not name:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
-from app.core.plan import ALL_LINEAR, Attn, TrainingPlan
+from app.core.mxfp4 import check_mxfp4
+from app.core.plan import ALL_LINEAR, Attn, Mxfp4, TrainingPlan
 from app.core.result import Adjustment
 from app.core.spec import ModelSpec, ModuleGroup
 from app.errors import PlanError, StackRefusal
@@ -37,7 +38,7 @@ MOE_PARAM_TARGETS: dict[str, dict[str, str]] = {
 # fused gate_up gets rank_pattern 2r so gate and up keep rank r each
 FUSED_PARAMS = {"gate_up_proj"}
 # plan fields PEFT may refuse for a model (StackRefusal), each replaced by the value it accepts
-REFUSABLE = ("dropout", "dora", "targets", "attn")
+REFUSABLE = ("dropout", "dora", "targets", "attn", "mxfp4")
 
 
 class LoraKey(NamedTuple):
@@ -217,7 +218,7 @@ def check_attention(model: ModelSpec, attn: Attn) -> None:
 def _needs_check(model: ModelSpec, plan: TrainingPlan) -> bool:
     arch = model.arch
     lora = plan.uses_lora and (plan.dropout > 0 or plan.dora or bool(arch.lora_unsafe))
-    return lora or not (arch.sdpa and arch.flash_attention)
+    return lora or not (arch.sdpa and arch.flash_attention) or plan.mxfp4 != "dequantize"
 
 
 def accepted_plan(model: ModelSpec, plan: TrainingPlan) -> tuple[TrainingPlan, tuple[Adjustment, ...]]:
@@ -228,7 +229,7 @@ def accepted_plan(model: ModelSpec, plan: TrainingPlan) -> tuple[TrainingPlan, t
         return plan, ()  # none of the settings the stack refuses here (REFUSABLE) applies: nothing to check
     adjustments: list[Adjustment] = []
     for _ in range(len(REFUSABLE) + 1):
-        refusal = _refusal(model, plan.attn, lora_key(plan))
+        refusal = _refusal(model, plan.attn, lora_key(plan), plan.mxfp4)
         if refusal is not None:
             if plan.strict:
                 raise StackRefusal(
@@ -248,10 +249,11 @@ def accepted_plan(model: ModelSpec, plan: TrainingPlan) -> tuple[TrainingPlan, t
 
 
 @lru_cache(maxsize=1024)
-def _refusal(model: ModelSpec, attn: Attn, lora: LoraKey) -> StackRefusal | None:
+def _refusal(model: ModelSpec, attn: Attn, lora: LoraKey, mxfp4: Mxfp4) -> StackRefusal | None:
     """The first setting transformers or PEFT refuses for these plan fields, or None (cached: estimate() is called in
     loops, and a refusal is the same every time)."""
     try:
+        check_mxfp4(model, mxfp4)
         check_attention(model, attn)
         adapted_modules(model, lora)
     except StackRefusal as refusal:

@@ -23,6 +23,7 @@ from app.core.adapters import accepted_plan, lora_key
 from app.core.capabilities import BNB_OPTIMIZERS
 from app.core.evidence import term_evidence
 from app.core.experts import RouterAux, router_aux_loss_bytes
+from app.core.mxfp4 import mxfp4_notes
 from app.core.overheads import ALLOCATOR_FRAGMENTATION as ALLOCATOR_FRAGMENTATION  # re-exported: serving reads them
 from app.core.overheads import CUBLAS_WORKSPACE_BYTES as CUBLAS_WORKSPACE_BYTES
 from app.core.overheads import CUDA_CONTEXT_BYTES as CUDA_CONTEXT_BYTES
@@ -652,7 +653,7 @@ def _notes(
     model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, offloaded: int, host_activations: int = 0
 ) -> list[str]:
     notes = [*model.notes, *tensors.notes, *_stack_notes(model, plan), *_sharded_optimizer_notes(plan)]
-    notes += _autocast_notes(model, plan)
+    notes += _autocast_notes(model, plan) + mxfp4_notes(model, plan)
     if model.published_params is not None and model.published_params != model.num_params:
         notes.append(
             f"the Hub reports {model.published_params:,} parameters; the inventory counts {model.num_params:,}"

@@ -199,6 +199,7 @@ class _Judge:
         self._per_gpu: dict[int, int] = {est.plan.gpus: est.device_bytes} if est.plan.gpus == 1 else {}
         self._fixed: dict[TrainingPlan, int] = {}
         self._work: dict[int, tuple[TrainingPlan, StepWork]] = {}
+        self._fixes: dict[tuple[object, ...], tuple[TrainingPlan | None, dict[str, str] | None]] = {}
 
     def per_gpu(self, n: int) -> int:
         if n not in self._per_gpu:
@@ -209,6 +210,14 @@ class _Judge:
         if plan not in self._fixed:
             self._fixed[plan] = device_bytes(self.model, plan)
         return judged(self._fixed[plan], self.safety)
+
+    def fixed(self, found: tuple[Blocker, ...]) -> tuple[TrainingPlan | None, dict[str, str] | None]:
+        """fixed_plan and its changes, once per set of blockers' fixes (most tiers share none, or bf16's)."""
+        key = tuple((b.fact, None if b.fix is None else tuple(sorted(b.fix.items()))) for b in found)
+        if key not in self._fixes:
+            plan = fixed_plan(self.est.plan, found)
+            self._fixes[key] = plan, _changes(self.est.plan, plan)
+        return self._fixes[key]
 
     def work(self, gpus: int) -> tuple[TrainingPlan, StepWork]:
         """The plan on `gpus` GPUs and its tier-independent step work, once per count."""
@@ -248,7 +257,7 @@ class _Judge:
                 else "does not fit even split across the maximum number of GPUs"
             )
         found = blockers(tier, plan, self.model.arch.head_dim)
-        fixed = fixed_plan(plan, found)
+        fixed, changes = self.fixed(found)
         mine = judged(self.est.device_bytes, self.safety)
         fits = mine <= budget
         count = plan.gpus if fits else needed
@@ -265,7 +274,7 @@ class _Judge:
             runs=not found,
             cannot_run=cannot_run(found),
             blockers=found,
-            runs_with=_changes(plan, fixed),
+            runs_with=changes,
             runs_with_fits=self.fixed_bytes(fixed) <= budget if fixed is not None else None,
             option=self.option(tier, count) if count is not None and not found else None,
             time_check=time_check(tier.name, (), self.mfu),

@@ -20,8 +20,10 @@ Device = Literal["cuda", "cpu"]
 # or transformers 4.4x-4.57 with the peft/bitsandbytes that pair with it
 Stack = Literal["transformers-5", "transformers-4"]
 # the training loop whose loss is modelled: transformers.Trainer (or a hand-written loop calling model(labels=...)), or
-# TRL's SFTTrainer, whose fused LM head never makes the logits (app/core/activations.py sft_fused_head_bytes)
+# TRL's SFTTrainer, whose fused LM head never makes the logits (app/core/fused_head.py)
 Loop = Literal["trainer", "sft"]
+# a checkpoint published in MXFP4 (gpt-oss's experts): dequantized at load, or kept (app/core/mxfp4.py)
+Mxfp4 = Literal["dequantize", "keep"]
 
 ALL_LINEAR = "all-linear"
 FOLLOWS_METHOD = frozenset({"quant", "optimizer"})
@@ -145,6 +147,13 @@ class TrainingPlan(BaseModel):
     )
     offload: bool = Field(False, description="Offload optimizer states (and ZeRO-3/FSDP parameters) to CPU memory.")
     device: Device = Field("cuda", description="cuda, or cpu for the calibration reference tracker.")
+    mxfp4: Mxfp4 = Field(
+        "dequantize",
+        description="A checkpoint published in MXFP4 (gpt-oss's experts): dequantize them at load "
+        "(Mxfp4Config(dequantize=True), the gpt-oss fine-tuning cookbook's load) or keep them in MXFP4 "
+        "(dequantize=False, the Mxfp4Config default); transformers cannot train a kept model, so keep is answered "
+        "dequantized, with the reason and the bytes keeping would have saved.",
+    )
     stack: Stack = Field(
         "transformers-5",
         description="The software stack modelled: transformers-5 (5.x with peft 0.18+, the calibration stack) or "

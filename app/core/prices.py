@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from typing import Literal
 
@@ -68,12 +68,22 @@ class PriceTable(BaseModel):
 
     def hourly(self, gpu: str) -> Price | None:
         """The cheapest on-demand $/GPU-hour quoted for `gpu` (ties: the latest quote)."""
-        rows = [p for p in self.prices if p.gpu == gpu and p.kind == "on_demand"]
-        return min(rows, key=lambda p: (p.usd, -p.as_of.toordinal())) if rows else None
+        return self._cheapest.get((gpu, "on_demand"))
 
     def list_price(self, gpu: str) -> Price | None:
-        rows = [p for p in self.prices if p.gpu == gpu and p.kind == "list"]
-        return min(rows, key=lambda p: (p.usd, -p.as_of.toordinal())) if rows else None
+        """The cheapest list (purchase) price quoted for `gpu` (ties: the latest quote)."""
+        return self._cheapest.get((gpu, "list"))
+
+    # cached_property: the table is frozen, so the cheapest quote per (tier, kind) is found once, not per tier of
+    # every recommendation (a scan of every row each time)
+    @cached_property
+    def _cheapest(self) -> dict[tuple[str, str], Price]:
+        best: dict[tuple[str, str], Price] = {}
+        for p in self.prices:
+            key = (p.gpu, p.kind)
+            if key not in best or (p.usd, -p.as_of.toordinal()) < (best[key].usd, -best[key].as_of.toordinal()):
+                best[key] = p
+        return best
 
 
 def parse_price_file(text: str, origin: str) -> PriceFile:

@@ -152,6 +152,11 @@ class ArchSummary(BaseModel):
         "and clamped SwiGLU; dense: Llama 4's bmm of every expert over every token; linear: transformers 4's loop "
         "over per-expert nn.Linear MLPs (app/core/stack.py).",
     )
+    mxfp4_experts: bool = Field(
+        False,
+        description="The checkpoint is published with its experts in MXFP4 (config quantization_config quant_method "
+        "mxfp4: gpt-oss); the inventory counts them unquantized.",
+    )
     fp32_params: tuple[str, ...] = Field(
         (), description="Parameters kept in fp32 whatever the load dtype (_keep_in_fp32_modules_strict)."
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
@@ -113,11 +114,17 @@ def _pct(value: float) -> str:
     return f"{value * 100:+.0f} %".replace("-", "\u2212")
 
 
+@lru_cache(maxsize=256)
+def _unmeasured(gpu: str, model_mfu: float) -> TimeCheck:
+    """The check of a tier with no measured runs (one per tier and MFU: every recommendation asks for it)."""
+    text = f"no measured step times yet for {gpu}: the time is the model at {model_mfu:.0%} MFU"
+    return TimeCheck(gpu=gpu, runs=0, model_mfu=model_mfu, text=text)
+
+
 def time_check(gpu: str, runs: Sequence[TimedRun], model_mfu: float, scope: str = "") -> TimeCheck:
     """'time model vs N measured runs on H200: median −12 %', or plainly that there are none."""
     if not runs:
-        text = f"no measured step times yet for {gpu}: the time is the model at {model_mfu:.0%} MFU"
-        return TimeCheck(gpu=gpu, runs=0, model_mfu=model_mfu, text=text)
+        return _unmeasured(gpu, model_mfu)
     errors = sorted(r.error for r in runs)
     mfu = statistics.median(r.mfu for r in runs)
     median = statistics.median(errors)

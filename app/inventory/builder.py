@@ -365,6 +365,13 @@ def _arch(cfg: Any, groups: tuple[ModuleGroup, ...], model: Any) -> ArchSummary:
     )
 
 
+def _published_mxfp4(config: dict[str, Any]) -> bool:
+    """The checkpoint stores its experts in MXFP4: `quantization_config.quant_method` is mxfp4 (gpt-oss's config);
+    from_config does not apply it, so the inventory counts them unquantized (app/core/mxfp4.py)."""
+    quantization = config.get("quantization_config")
+    return isinstance(quantization, dict) and quantization.get("quant_method") == "mxfp4"
+
+
 def build_spec(
     config: dict[str, Any],
     *,
@@ -392,7 +399,7 @@ def build_spec(
         revision=revision,
         config_hash=config_hash(config),
         transformers_version=transformers.__version__,
-        arch=_arch(cfg, groups, model),
+        arch=_arch(cfg, groups, model).model_copy(update={"mxfp4_experts": _published_mxfp4(config)}),
         groups=groups,
         published_params=published_params,
     )

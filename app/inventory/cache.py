@@ -12,6 +12,8 @@ from app.core.spec import ModelSource, ModelSpec
 from app.inventory.builder import build_spec, config_hash
 
 _memory: dict[str, ModelSpec] = {}
+# bumped when build_spec records a new fact, so inventories cached without it are rebuilt (2: mxfp4_experts)
+FORMAT = 2
 _lock = threading.Lock()
 
 
@@ -19,7 +21,7 @@ def cache_key(config: dict[str, Any]) -> str:
     import transformers
 
     # an inventory is a fact about (config, transformers version): a new transformers may build other modules
-    return f"{config_hash(config)[:32]}-{transformers.__version__}"
+    return f"{config_hash(config)[:32]}-{transformers.__version__}-f{FORMAT}"
 
 
 def lookup(key: str, cache_dir: Path | None) -> ModelSpec | None:

@@ -74,9 +74,13 @@ def _compute_dtype(value: Any, ctx: Ctx) -> Outcome:
     return {} if dtype is None else {"dtype": dtype}
 
 
-def _quant_method(value: Any, _ctx: Ctx) -> Outcome:
+def _quant_method(value: Any, ctx: Ctx) -> Outcome:
+    """bitsandbytes, or an MXFP4 checkpoint's Mxfp4Config (gpt-oss): `dequantize` (default False: the experts stay
+    MXFP4, transformers 5.24 utils/quantization_config.py Mxfp4Config.__init__) is the plan's mxfp4."""
+    if value == "mxfp4":
+        return {"mxfp4": "dequantize" if as_bool(ctx.doc.get("dequantize", False)) else "keep"}
     if value not in (None, "bitsandbytes"):
-        raise NotModelledValue(f"a base pre-quantized with {value} is not modelled (gpuplan: bitsandbytes)")
+        raise NotModelledValue(f"a base pre-quantized with {value} is not modelled (gpuplan: bitsandbytes, mxfp4)")
     return {}
 
 
@@ -88,17 +92,23 @@ MAPS: dict[str, Rule] = {
     "bnb_4bit_quant_type": Maps(("quant",), _quant_type_field),
     "bnb_4bit_use_double_quant": Maps(("double_quant",), _double_quant),
     "bnb_4bit_compute_dtype": Maps(("dtype",), _compute_dtype),
-    "quant_method": Maps((), _quant_method),
+    "quant_method": Maps(("mxfp4",), _quant_method),
 }
 NOT_MODELLED: dict[str, Unmodelled] = {
     "llm_int8_skip_modules": Unmodelled("these modules stay unquantized in 16 bits", is_set),
     "llm_int8_enable_fp32_cpu_offload": Unmodelled("modules dispatched to the CPU stay in fp32 there"),
     "llm_int8_has_fp16_weight": Unmodelled("int8 layers keep an fp16 copy of their weights (int8 training)"),
+    # Mxfp4Config's (attention, router, embeddings, lm_head: 16-bit, as planned); any other config's: not modelled
+    "modules_to_not_convert": Unmodelled(
+        "these modules stay unquantized in 16 bits",
+        lambda v, ctx: is_set(v, ctx) and ctx.doc.get("quant_method") != "mxfp4",
+    ),
 }
 SILENT = frozenset(
     {
         "llm_int8_threshold",  # outlier threshold: compute only
         "bnb_4bit_quant_storage",  # the same packed 4-bit bytes in a wider storage dtype (for FSDP)
+        "dequantize",  # Mxfp4Config's, read with its quant_method
     }
 )
 # What BitsAndBytesConfig() does when a field is absent: fp4 (not nf4) and no double quantization.

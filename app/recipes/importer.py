@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.core.plan import Stack, TrainingPlan
+from app.core.plan import Method, Stack, TrainingPlan
 from app.errors import RecipeError
 from app.recipes.formats import choose
-from app.recipes.merge import Merged, Source, merge, ordered
+from app.recipes.merge import AUTOCAST_NEEDS_16BIT_BASE, Merged, Source, merge, ordered
 from app.recipes.parse import EXPECTED, load_mapping
 from app.recipes.read import read_file
 from app.recipes.result import FileField, FileFormat, MappedField, NotModelledField, RecipeFile, RecipeImport
@@ -21,10 +21,13 @@ MAX_FILES = 16
 _CROSS_FIELD = ("method", "quant", "sharding", "offload")
 
 
-def import_recipe(files: Sequence[RecipeFile], stack: Stack = "transformers-5") -> RecipeImport:
+def import_recipe(
+    files: Sequence[RecipeFile], stack: Stack = "transformers-5", method: Method | None = None
+) -> RecipeImport:
     """Read, detect, map and merge `files`; RecipeError (422) when a file is unusable, two settings conflict, or
     the merged fields do not make a valid plan. `stack`: the software stack the run uses, whose defaults fill the
-    fields a file leaves out (read.TF4_DEFAULTS). Pure: no I/O beyond the texts given."""
+    fields a file leaves out (read.TF4_DEFAULTS); `method`: the method the caller's own plan fields set over the
+    files' (merge.AUTOCAST_NEEDS_16BIT_BASE). Pure: no I/O beyond the texts given."""
     if not files:
         raise RecipeError(f"no recipe file given; {EXPECTED}", errors=[{"field": "files", "message": "empty"}])
     if len(files) > MAX_FILES:
@@ -46,14 +49,14 @@ def import_recipe(files: Sequence[RecipeFile], stack: Stack = "transformers-5") 
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise RecipeError(f"{first['field']}: {first['message']}{more}", errors=errors)
-    merged = merge(sources)
+    merged = merge(sources, method)
     if merged.conflicts:
         raise _conflict_error(merged)
     plan_fields = ordered(merged.values) | ({"stack": stack} if stack != "transformers-5" else {})
     return RecipeImport(
         model=shown(merged.values.get("model")),
         plan_fields=plan_fields,
-        plan=_plan(plan_fields, merged),
+        plan=_plan(plan_fields | ({"method": method} if method else {}), merged),
         formats=tuple(formats),
         **_report(sources, merged),
     )
@@ -118,6 +121,15 @@ def _report(sources: list[Source], merged: Merged) -> dict[str, Any]:
         if id(s) in used
     ]
     not_modelled: dict[tuple[str, str, str], NotModelledField] = {}
+    for s in merged.dropped:
+        key = (s.file, s.entry.field, AUTOCAST_NEEDS_16BIT_BASE)
+        not_modelled[key] = NotModelledField(
+            file=s.file,
+            field=safe_key(s.entry.field),
+            value=shown(s.entry.value, s.entry.field),
+            why=AUTOCAST_NEEDS_16BIT_BASE,
+            default=s.entry.default,
+        )
     for s in sources:
         approximated = s.entry.kind == "mapped" and s.entry.why and id(s) in used
         if s.entry.kind == "not_modelled" or approximated:

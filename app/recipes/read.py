@@ -46,10 +46,14 @@ class Reading:
 # What a framework does when a field is absent, where the software stack (TrainingPlan.stack) changes it, per
 # format. transformers 4.57.6: `gradient_checkpointing_enable()` without kwargs uses {"use_reentrant": True}
 # (modeling_utils.py, line 3691; transformers 5 `_activation_checkpointing_enable` defaults to False); axolotl and
-# LLaMA-Factory set it themselves. (4.x `from_pretrained` without a dtype loads fp32, but a TrainingArguments file
-# does not say how the script loads the model: `--autocast` states it.)
+# LLaMA-Factory set it themselves. A TrainingArguments file that gives no torch_dtype / dtype is loaded by a script
+# that passes none (the examples' ModelArguments.torch_dtype defaults to None): 4.57.6 `from_pretrained` pops
+# `dtype`/`torch_dtype` with default None (modeling_utils.py, lines 4628-4629) and `_get_dtype` then keeps
+# torch.get_default_dtype(), fp32 "for BC" (lines 1287-1292), so bf16 / fp16 train under autocast over fp32 weights
+# (transformers 5 loads the config's dtype instead: `dtype="auto"`). A bitsandbytes-quantized base is the exception:
+# its quantizer loads fp16 (quantizer_bnb_4bit.py / quantizer_bnb_8bit.py `update_dtype`), see merge.py.
 TF4_DEFAULTS: dict[str, dict[str, Any]] = {
-    "transformers": {"gradient_checkpointing_kwargs": {"use_reentrant": True}},
+    "transformers": {"gradient_checkpointing_kwargs": {"use_reentrant": True}, "torch_dtype": "float32"},
     "trl": {"gradient_checkpointing_kwargs": {"use_reentrant": True}},
 }
 

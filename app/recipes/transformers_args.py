@@ -168,6 +168,10 @@ MAPS: dict[str, Rule] = {
     "gradient_checkpointing_kwargs": Nested(CHECKPOINT_KWARGS),
     "bf16": autocast("bf16"),
     "fp16": autocast("fp16"),
+    # from_pretrained's dtype where the file also carries the script's model arguments (HfArgumentParser scripts'
+    # ModelArguments torch_dtype); transformers 4 loads fp32 without one (read.TF4_DEFAULTS)
+    "torch_dtype": Maps(("dtype",), weights_dtype),
+    "dtype": Maps(("dtype",), weights_dtype),
     "optim": Maps(("optimizer",), optimizer),
     "use_liger_kernel": Maps(("fused_cross_entropy",), liger),
     "adafactor": Maps(("optimizer",), _adafactor_flag),  # transformers 4: deprecated flag for optim="adafactor"
@@ -222,6 +226,7 @@ ALIASES = {
     "gradient_checkpointing_kwargs": ("activation_checkpointing_kwargs",),
     "per_device_train_batch_size": ("per_gpu_train_batch_size",),
     "optim": ("adafactor",),
+    "torch_dtype": ("dtype",),
 }
 FIELDS = table(MAPS, NOT_MODELLED, SILENT)
 # keys a TrainingArguments file has and the other formats' files do not

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from app.core.adapters import Adapted, LoraKey, adapted_modules
+from app.core.mxfp4 import MXFP4_GROUP
 from app.core.quant import ceil_div, quantized_weight_allocated, rounded
 from app.core.spec import ModelSpec, ModuleGroup, ParamShape
 from app.core.units import BF16, FP32, UINT8
@@ -16,9 +17,8 @@ VOCAB_PADDING = 64
 # FP8 checkpoints (DeepSeek-V3's quantization_config weight_block_size; vLLM/transformers FineGrainedFP8):
 # e4m3 weights with one fp32 scale (weight_scale_inv) per 128 x 128 block
 FP8_BLOCK = 128
-# MXFP4 (gpt-oss quantization_config; transformers integrations/mxfp4.py): fused experts stored as e2m1 pairs
-# packed in uint8 `*_blocks` plus one uint8 e8m0 scale per 32 values `*_scales`; every other tensor 16-bit
-MXFP4_GROUP = 32
+# MXFP4 (gpt-oss quantization_config; transformers integrations/mxfp4.py, app/core/mxfp4.py): fused experts stored as
+# e2m1 pairs packed in uint8 `*_blocks` plus one uint8 e8m0 scale per MXFP4_GROUP values `*_scales`; the rest 16-bit
 # Row-parallel projections in vLLM (input split across ranks); every other decoder linear is column-parallel.
 ROW_PARALLEL = frozenset({"o_proj", "down_proj", "dense", "fc2", "out_proj", "w2", "c_proj", "dense_4h_to_h"})
 

@@ -22,6 +22,7 @@ Kind = Literal["text", "number", "select"]
 LABELS: dict[str, str] = {
     "method": "Method",
     "quant": "Base quantization",
+    "mxfp4": "MXFP4 experts (gpt-oss)",
     "double_quant": "Double quantization",
     "dtype": "Compute dtype",
     "autocast": "Autocast over fp32 weights",
@@ -54,7 +55,7 @@ LABELS: dict[str, str] = {
     "stack": "Software stack",
 }
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Method", ("method", "quant", "double_quant", "dtype", "autocast")),
+    ("Method", ("method", "quant", "double_quant", "mxfp4", "dtype", "autocast")),
     ("LoRA adapters", ("rank", "alpha", "dropout", "targets", "dora", "rslora")),
     (
         "Batch and activations",

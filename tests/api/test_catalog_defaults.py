@@ -27,3 +27,15 @@ def test_the_result_page_says_what_was_changed_at_the_top(client: TestClient) ->
 def test_repeated_targets_in_the_page_query_are_all_kept(client: TestClient) -> None:
     page = client.get("/plan?model=meta-llama/Llama-2-7b-hf&method=lora&targets=q_proj&targets=v_proj").text
     assert "targets q_proj,v_proj" in page
+
+
+def test_kept_mxfp4_experts_are_answered_dequantized_and_strict_is_a_problem(client: TestClient) -> None:
+    plan = {"model": "openai/gpt-oss-20b", "method": "lora", "dropout": 0, "attn": "eager", "mxfp4": "keep"}
+    body = client.get("/api/v1/estimate", params=plan).json()
+    assert [(a["field"], a["used"]) for a in body["adjustments"]] == [("mxfp4", "dequantize")]
+    assert "is_trainable" in body["adjustments"][0]["why"]
+    refused = client.get("/api/v1/estimate", params={**plan, "strict": "true"})
+    assert refused.status_code == 422 and refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["errors"][0]["field"] == "mxfp4"
+    dense = client.get("/api/v1/estimate", params={"model": "meta-llama/Llama-3.1-8B", "mxfp4": "keep"})
+    assert dense.status_code == 422 and "leave mxfp4 at dequantize" in dense.json()["detail"]

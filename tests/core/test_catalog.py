@@ -43,7 +43,7 @@ REQUIRED = {
 }
 
 # Issue 11, "a current catalog": models released since the first catalog. Multimodal checkpoints
-# (Llama 4, Gemma 3 4B/27B) are catalogued as their text model: the entry's config is the published text_config.
+# (Llama 4, Gemma 3 4B/12B/27B, Mistral Small 3.1) are catalogued as their text model: the entry's config is the published text_config.
 CURRENT = {
     "Qwen/Qwen3-0.6B",
     "Qwen/Qwen3-1.7B",
@@ -57,6 +57,7 @@ CURRENT = {
     "meta-llama/Llama-4-Maverick-17B-128E-Instruct",
     "google/gemma-3-1b-it",
     "google/gemma-3-4b-it",
+    "google/gemma-3-12b-it",
     "google/gemma-3-27b-it",
     "openai/gpt-oss-20b",
     "openai/gpt-oss-120b",
@@ -64,18 +65,20 @@ CURRENT = {
     "microsoft/phi-4",
     "HuggingFaceTB/SmolLM3-3B",
     "allenai/OLMo-2-1124-7B-Instruct",
+    "allenai/OLMo-2-1124-13B",
     "ibm-granite/granite-3.3-8b-instruct",
     "ibm-granite/granite-3.1-1b-a400m-instruct",
+    "mistralai/Mistral-Small-3.1-24B-Base-2503",
 }
 
 # Where a published total is not the inventory, why, and by exactly how much (published - inventory).
 # Qwen3-0.6B/1.7B: the Hub safetensors store lm_head.weight materialized although the embedding is tied,
 # so the Hub total counts the tied matrix twice.
 LM_HEAD_STORED_TWICE = {"Qwen/Qwen3-0.6B", "Qwen/Qwen3-1.7B"}
-# Gemma 3 4B/27B: the published total is the multimodal checkpoint's, SigLIP vision tower and projector included;
+# Gemma 3 4B/12B/27B: the published total is the multimodal checkpoint's, SigLIP vision tower and projector included;
 # rebuilding the whole Gemma3ForConditionalGeneration from the entry's text_config and this published
 # vision_config (the same in all three multimodal sizes) must give it exactly.
-GEMMA3_MULTIMODAL = {"google/gemma-3-4b-it", "google/gemma-3-27b-it"}
+GEMMA3_MULTIMODAL = {"google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it"}
 GEMMA3_VISION_CONFIG = {
     "hidden_size": 1152,
     "image_size": 896,
@@ -85,6 +88,32 @@ GEMMA3_VISION_CONFIG = {
     "num_hidden_layers": 27,
     "patch_size": 14,
     "vision_use_head": False,
+}
+# Mistral Small 3.1: the published total is the Mistral3ForConditionalGeneration checkpoint's, Pixtral vision tower
+# and projector included; rebuilding it from the entry's text_config and the vision_config and projector settings of
+# NVIDIA/TensorRT-LLM's mistral_small_3_1_24b_config fixture (embeddings untied, as MistralConfig has them) gives it.
+MISTRAL3_MULTIMODAL = {
+    "mistralai/Mistral-Small-3.1-24B-Base-2503": {
+        "multimodal_projector_bias": False,
+        "projector_hidden_act": "gelu",
+        "spatial_merge_size": 2,
+        "image_token_index": 10,
+        "vision_feature_layer": -1,
+        "tie_word_embeddings": False,
+        "vision_config": {
+            "head_dim": 64,
+            "hidden_act": "silu",
+            "hidden_size": 1024,
+            "image_size": 1540,
+            "intermediate_size": 4096,
+            "model_type": "pixtral",
+            "num_attention_heads": 16,
+            "num_channels": 3,
+            "num_hidden_layers": 24,
+            "patch_size": 14,
+            "rope_theta": 10000.0,
+        },
+    }
 }
 # DeepSeek-V3: transformers builds the 61 main layers, not the multi-token-prediction module, and the Hub total also
 # counts the FP8 weight_scale_inv tensors. The card: "685B, which includes 671B of the Main Model weights and 14B
@@ -145,6 +174,10 @@ def test_current_models_match_their_published_count(model_id: str) -> None:
         assert published - spec.num_params == spec.arch.vocab_size * spec.arch.hidden_size
     elif model_id in GEMMA3_MULTIMODAL:
         multimodal = {"model_type": "gemma3", "text_config": entry.config, "vision_config": GEMMA3_VISION_CONFIG}
+        assert published == _meta_device_params(multimodal, "AutoModelForImageTextToText")
+        assert published > spec.num_params
+    elif model_id in MISTRAL3_MULTIMODAL:
+        multimodal = {"model_type": "mistral3", "text_config": entry.config, **MISTRAL3_MULTIMODAL[model_id]}
         assert published == _meta_device_params(multimodal, "AutoModelForImageTextToText")
         assert published > spec.num_params
     elif model_id in MTP_AND_FP8_SCALES_UPPER_BOUND:

@@ -189,3 +189,43 @@ def test_past_the_deadline_a_request_answers_504_naming_what_it_waited_for(
         assert "the inventory build of acme/tiny" in body["detail"] and seconds < 1.5
         page, _ = timed(client, "/plan", model="acme/tiny")
         assert page.status_code == 504 and page.headers["content-type"].startswith("text/html")
+
+
+def _planner() -> Any:
+    from app.service import NoCounts, Planner
+    from app.settings import Settings
+
+    return Planner(Settings(), hub=None, metrics=NoCounts())
+
+
+def test_a_models_cheap_uncached_plans_run_on_the_event_loop_and_its_first_in_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker-thread hand-over costs more than a cheap plan: after a model's first uncached plan (a thread)
+    showed it cheap, its others run inline; one that took longer than INLINE_PLAN_S sends the next to a thread."""
+    import app.service as service
+    from app.core.plan import TrainingPlan
+
+    hops: list[int] = []
+    real = asyncio.to_thread
+
+    async def counting(func: Callable[..., Any], /, *args: Any) -> Any:
+        hops.append(threading.get_ident())
+        return await real(func, *args)
+
+    monkeypatch.setattr(service.asyncio, "to_thread", counting)
+    planner, model = _planner(), load_spec("meta-llama/Llama-2-7b-hf")
+    assert model is not None
+
+    async def plans(*ranks: int) -> None:
+        for rank in ranks:
+            planned = await planner.plan_async(model, TrainingPlan(rank=rank))
+            assert planned.estimate.plan.rank == rank
+
+    asyncio.run(plans(8, 9, 10))
+    assert len(hops) == 1
+    monkeypatch.setattr(service, "INLINE_PLAN_S", 0.0)  # every plan now "took too long"
+    asyncio.run(plans(11, 12))
+    assert len(hops) == 3
+    asyncio.run(plans(11))  # a cache hit needs no thread either way
+    assert len(hops) == 3
