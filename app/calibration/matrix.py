@@ -123,6 +123,7 @@ _LATER_FIELDS = (
     "stack",
     "router_aux_loss",
     "loop",
+    "mxfp4",
 )
 
 
