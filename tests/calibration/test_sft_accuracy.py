@@ -2,7 +2,7 @@
 
 For every method, one point of each checkpointing variant (off, non-reentrant, reentrant), some with gradient
 accumulation 1 and some with 4, the choice of least work (`point_work`, which counts every micro-batch), runs
-through trl.SFTTrainer: nine small points (~60 s on this 2-core machine shared six ways). Every point must be within +-5 % and the median
+through trl.SFTTrainer: nine small points (27 s of training on an idle 2-core CPU, 38-64 s under load). Every point must be within +-5 % and the median
 within +-2 %. The table goes to artifacts/accuracy-sft-ci.md, and to docs/accuracy-sft-ci.md when GPUPLAN_WRITE_DOCS=1;
 the full matrix ships as data (test_shipped_accuracy.py re-estimates it).
 """
