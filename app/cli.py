@@ -20,11 +20,11 @@ class _Parser(argparse.ArgumentParser):
 MATMULS_HELP = "cpu 16-bit matmuls: native, fp32 (same bytes, fast on CPUs without bf16 GEMM), auto (fp32 if slow)"
 
 
-def add_plan_flags(p: argparse.ArgumentParser) -> None:
+def add_plan_flags(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """The plan flags shared by estimate and calibrate, generated from TrainingPlan (app/plan_input.py)."""
     from app.plan_input import add_plan_flags as generated
 
-    generated(p)
+    generated(p, exclude)
 
 
 def plan_from_args(ns: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
@@ -91,16 +91,18 @@ def _add_calibration_parsers(sub: Any) -> None:
     """calibrate, calibrate-matrix, accuracy, import-calibrations and accept-calibrations."""
     cal = sub.add_parser("calibrate", help="measure one real training step, store it, print measured vs estimated")
     cal.add_argument("model", help="catalog id, Hub id or path to config.json (weights are random)")
-    add_plan_flags(cal)
+    add_plan_flags(cal, exclude=("loop",))  # --loop below names the harness's loop, and sft sets the plan's
     cal.add_argument("--layers", type=int, help="truncate depth to N layers (the estimate uses the same depth)")
     cal.add_argument("--steps", type=int, default=2, help="optimizer steps (default 2)")
     cal.add_argument("--no-store", dest="store", action="store_false", help="do not store the measurement")
     cal.add_argument("--matmuls", choices=["auto", "native", "fp32"], default="auto", help=MATMULS_HELP)
     cal.add_argument(
         "--loop",
-        choices=["plain", "trainer"],
+        dest="harness_loop",
+        choices=["plain", "trainer", "sft"],
         default="plain",
-        help="plain (forward, backward, step, zero_grad) or trainer (the steps through transformers.Trainer)",
+        help="plain (forward, backward, step, zero_grad), trainer (the steps through transformers.Trainer) or sft "
+        "(through trl.SFTTrainer; the plan's loop is then sft)",
     )
     cal.add_argument(
         "--reshard-after-forward",
@@ -358,7 +360,8 @@ def _cmd_calibrate(ns: argparse.Namespace) -> int:
     from app.calibration.progress import expected_seconds, stderr_progress
     from app.settings import get_settings
 
-    plan, settings = with_reshard(plan_from_args(ns), ns.reshard_after_forward), get_settings()
+    sft = {"loop": "sft"} if ns.harness_loop == "sft" else {}  # SFTTrainer's fused LM head is the plan's loop sft
+    plan, settings = with_reshard(plan_from_args(ns, sft), ns.reshard_after_forward), get_settings()
     on_cpu = plan.device == "cpu"
     expected = expected_seconds(model_config(ns.model, settings)[1], plan, ns.layers, ns.steps) if on_cpu else None
     with stderr_progress(expected):
@@ -370,7 +373,7 @@ def _cmd_calibrate(ns: argparse.Namespace) -> int:
             steps=ns.steps,
             store=ns.store,
             matmuls=ns.matmuls,
-            loop=ns.loop,
+            loop=ns.harness_loop,
         )
     if ns.json:
         print(json.dumps(out, indent=2))

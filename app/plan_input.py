@@ -112,9 +112,10 @@ def add_flags(parser: argparse.ArgumentParser, fields: Iterable[PlanField]) -> N
         parser.add_argument(field.flag, dest=field.name, type=kind, choices=choices, default=None, help=help_text)
 
 
-def add_plan_flags(parser: argparse.ArgumentParser) -> None:
-    """The TrainingPlan flags of `gpuplan estimate` and `gpuplan calibrate`."""
-    add_flags(parser, plan_fields())
+def add_plan_flags(parser: argparse.ArgumentParser, exclude: Iterable[str] = ()) -> None:
+    """The TrainingPlan flags of `gpuplan estimate` and `gpuplan calibrate` (but those in `exclude`)."""
+    left_out = set(exclude)
+    add_flags(parser, (f for f in plan_fields() if f.name not in left_out))
 
 
 def read_values(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:

@@ -178,6 +178,7 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
       false) were added; a plan echoing them false is the plan without them; so was issue 11's `router_aux_loss`,
       and its `mxfp4` (default dequantize, what every earlier estimate of gpt-oss modelled).
     - issue 15: the plan fields `fsdp_mixed_precision` (default false) and `fsdp_reduce_dtype` (default param).
+    - issue 10: the plan gained `loop`; its default, trainer, is what every earlier estimate modelled.
     """
     est = row.get("estimate")
     if est is None:
@@ -196,6 +197,8 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
         plan.pop("fsdp_reduce_dtype")
     if plan.get("stack") == "transformers-5":
         plan.pop("stack")
+    if plan.get("loop") == "trainer":
+        plan.pop("loop")
     if plan.get("mxfp4") == "dequantize":
         plan.pop("mxfp4")
     est["plan"] = plan

@@ -140,6 +140,15 @@ def _load(cfg: Any, plan: TrainingPlan) -> Any:
 
 
 def _prepare(model: Any, plan: TrainingPlan) -> Any:
+    model = prepare_base(model, plan)
+    if plan.method == "full":
+        return model
+    return _lib("peft").get_peft_model(model, lora_config(plan))
+
+
+def prepare_base(model: Any, plan: TrainingPlan) -> Any:
+    """The loaded model before PEFT wraps it: QLoRA through prepare_model_for_kbit_training, checkpointing as the
+    plan says, every weight trainable for full fine-tuning (the SFTTrainer loop wraps it itself: peft_config=)."""
     peft = _lib("peft")
     # explicit either way: torch 2.13 warns without use_reentrant and then falls back to reentrant
     checkpointing = {"use_reentrant": plan.reentrant}
@@ -161,8 +170,12 @@ def _prepare(model: Any, plan: TrainingPlan) -> Any:
     if plan.method == "full":
         for param in model.parameters():
             param.requires_grad_(True)
-        return model
-    lora = peft.LoraConfig(
+    return model
+
+
+def lora_config(plan: TrainingPlan) -> Any:
+    """PEFT's LoraConfig of the plan."""
+    return _lib("peft").LoraConfig(
         r=plan.rank,
         lora_alpha=plan.alpha,
         lora_dropout=plan.dropout,
@@ -171,7 +184,19 @@ def _prepare(model: Any, plan: TrainingPlan) -> Any:
         use_rslora=plan.rslora,
         task_type="CAUSAL_LM",
     )
-    return peft.get_peft_model(model, lora)
+
+
+def build_base(cfg: Any, plan: TrainingPlan) -> Any:
+    """`build_model` without the LoRA wrapping (`prepare_base`), in train mode; failures as CalibrationError."""
+    try:
+        with quiet():
+            model = prepare_base(_load(cfg, plan), plan)
+    except CalibrationError:
+        raise
+    except Exception as exc:
+        raise CalibrationError(f"building the {plan.method} model failed: {type(exc).__name__}: {exc}") from exc
+    model.train()
+    return model
 
 
 def _checkpoint_layers(model: Any, kwargs: dict[str, Any], plan: TrainingPlan) -> None:
@@ -193,29 +218,32 @@ def _checkpoint_layers(model: Any, kwargs: dict[str, Any], plan: TrainingPlan) -
 
 def build_optimizer(model: Any, plan: TrainingPlan) -> torch.optim.Optimizer:
     """The plan's optimizer over the model's trainable parameters (bitsandbytes ones need cuda)."""
-    import torch
-
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise CalibrationError("the plan leaves no trainable parameter: check the LoRA targets")
+    cls, kwargs = optimizer_class(plan)
+    optimizer: torch.optim.Optimizer = cls(trainable, **kwargs)
+    return optimizer
+
+
+def optimizer_class(plan: TrainingPlan) -> tuple[Any, dict[str, Any]]:
+    """The plan's optimizer class and its keyword arguments (what Trainer's `optimizer_cls_and_kwargs` takes): torch
+    AdamW with foreach, as on CUDA; SGD; transformers' Adafactor without its relative step; bitsandbytes' on cuda."""
+    import torch
+
     if plan.optimizer == "adamw":
-        return torch.optim.AdamW(trainable, lr=LEARNING_RATE, foreach=True)
+        return torch.optim.AdamW, {"lr": LEARNING_RATE, "foreach": True}
     if plan.optimizer == "sgd":
-        return torch.optim.SGD(trainable, lr=LEARNING_RATE)
+        return torch.optim.SGD, {"lr": LEARNING_RATE}
     if plan.optimizer == "adafactor":
         adafactor = _lib("transformers.optimization").Adafactor
-        optimizer: torch.optim.Optimizer = adafactor(
-            trainable, lr=LEARNING_RATE, scale_parameter=False, relative_step=False
-        )
-        return optimizer
+        return adafactor, {"lr": LEARNING_RATE, "scale_parameter": False, "relative_step": False}
     if plan.device != "cuda":
         raise CalibrationError(
             f"optimizer {plan.optimizer} needs bitsandbytes on cuda; the cpu reference supports "
             f"{', '.join(CPU_OPTIMIZERS)}"
         )
-    bnb_class = getattr(_lib("bitsandbytes.optim"), BNB_OPTIMIZERS[plan.optimizer])
-    bnb_optimizer: torch.optim.Optimizer = bnb_class(trainable, lr=LEARNING_RATE)
-    return bnb_optimizer
+    return getattr(_lib("bitsandbytes.optim"), BNB_OPTIMIZERS[plan.optimizer]), {"lr": LEARNING_RATE}
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
 
-from app.calibration.build import CPU_OPTIMIZERS, build_config, build_model, build_optimizer, quiet
+from app.calibration.build import CPU_OPTIMIZERS, build_base, build_config, build_model, build_optimizer, quiet
 from app.calibration.measurement import Environment, Loop, Measurement, Phase, median_step_s
 from app.core.plan import TrainingPlan
 from app.errors import CalibrationError
@@ -50,15 +50,17 @@ def run_measurement(
     fp32_matmuls: bool = False,
     loop: Loop = "plain",
 ) -> Measurement:
-    """Run `steps` plain PyTorch (or transformers.Trainer: `loop`) training steps of `plan` on the model `config`
-    describes and measure memory. Each step is forward (loss only; under torch.autocast with plan.autocast, over fp32
-    weights), backward, optimizer step and zero_grad(set_to_none=True), in train mode, on batch_size x seq_len random
-    token ids. On cpu every live tensor storage is counted by LiveTensorTracker (rounded to 512 bytes, as on CUDA)
-    from the loaded model on (checkpoint_offload's host copies apart: `host_peak_bytes`); on cuda the caching
-    allocator's counters are read, from before loading on. `fp32_matmuls` computes cpu 16-bit matmuls through fp32
-    (app/calibration/matmul.py: same bytes, ~100x faster where bf16 GEMM is slow). Raises CalibrationError when the
-    run cannot be carried out, saying what to change. `loop="trainer"` runs the steps through transformers.Trainer
-    (app/calibration/trainer_loop.py); both loops honour grad_accum_steps, only the plain one keep_logits."""
+    """Run `steps` plain PyTorch (or transformers.Trainer / trl.SFTTrainer: `loop`) training steps of `plan` on the
+    model `config` describes and measure memory. Each step is forward (loss only; under torch.autocast with
+    plan.autocast, over fp32 weights), backward, optimizer step and zero_grad(set_to_none=True), in train mode, on
+    batch_size x seq_len random token ids. On cpu every live tensor storage is counted by LiveTensorTracker (rounded
+    to 512 bytes, as on CUDA) from the loaded model on (checkpoint_offload's host copies apart: `host_peak_bytes`); on
+    cuda the caching allocator's counters are read, from before loading on. `fp32_matmuls` computes cpu 16-bit matmuls
+    through fp32 (app/calibration/matmul.py: same bytes, ~100x faster where bf16 GEMM is slow). Raises
+    CalibrationError when the run cannot be carried out, saying what to change. `loop="trainer"` runs the steps
+    through transformers.Trainer (app/calibration/trainer_loop.py), `loop="sft"` through trl.SFTTrainer
+    (app/calibration/sft_loop.py: the model is built without LoRA, which SFTTrainer adds); all honour
+    grad_accum_steps, only the plain one keep_logits."""
     check_plan(plan, steps, loop)
     if fp32_matmuls and plan.device != "cpu":
         raise CalibrationError("fp32_matmuls replaces cpu kernels only: use it with device cpu")
@@ -78,8 +80,8 @@ def run_measurement(
         torch.manual_seed(seed)
         if plan.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        model = build_model(cfg, plan)
-        run = run_steps if loop == "plain" else _trainer_steps
+        model = build_base(cfg, plan) if loop == "sft" else build_model(cfg, plan)  # SFTTrainer wraps it in LoRA
+        run = {"plain": run_steps, "trainer": _trainer_steps, "sft": _sft_steps}[loop]
         phases, peak, reserved = run(model, int(cfg.vocab_size), plan, steps, seed)
         del model
     return Measurement(
@@ -124,9 +126,18 @@ def check_plan(plan: TrainingPlan, steps: int, loop: Loop = "plain") -> None:
     """Refuse plans this single-process harness cannot run, saying what to change."""
     if steps < 1:
         raise CalibrationError(f"steps must be at least 1 (got {steps}); use 2 so a step runs with optimizer state")
-    if loop == "trainer" and plan.keep_logits:
+    if loop != "plain" and plan.keep_logits:
         raise CalibrationError(
-            "transformers.Trainer drops the model's outputs before backward: keep_logits needs loop plain"
+            "transformers.Trainer and SFTTrainer drop the model's outputs before backward: keep_logits needs loop plain"
+        )
+    if (loop == "sft") != (plan.loop == "sft"):
+        raise CalibrationError(
+            f"loop {loop} with a plan of loop {plan.loop}: trl.SFTTrainer's fused LM head is the plan's loop sft, the "
+            "plain and Trainer loops' full logits its loop trainer; run loop sft with loop sft plans only"
+        )
+    if loop == "sft" and plan.checkpoint_offload:
+        raise CalibrationError(
+            "checkpoint_offload is counted by placement through the plain and Trainer loops only: use loop trainer"
         )
     if plan.packing:
         raise CalibrationError("the harness's rows are single random sequences, not packed ones: turn packing off")
@@ -235,6 +246,14 @@ def _trainer_steps(
     from app.calibration.trainer_loop import run_trainer_steps
 
     return run_trainer_steps(model, vocab_size, plan, steps, seed)
+
+
+def _sft_steps(
+    model: Any, vocab_size: int, plan: TrainingPlan, steps: int, seed: int
+) -> tuple[list[Phase], int, int | None]:
+    from app.calibration.sft_loop import run_sft_steps
+
+    return run_sft_steps(model, vocab_size, plan, steps, seed)
 
 
 def tracked(model: Any, plan: TrainingPlan) -> tuple[LiveTensorTracker | None, Probe]:

@@ -44,7 +44,9 @@ class MatrixSpec(BaseModel):
     holdout: float = Field(0.25, ge=0, lt=1, description="Share of points held out of tuning.")
     seed: int = Field(0, description="Seed of the per-point level draws.")
     steps: int = Field(2, ge=1)
-    loop: Loop = Field("plain", description="The training loop of every point: plain, or transformers.Trainer.")
+    loop: Loop = Field(
+        "plain", description="The training loop of every point: plain, transformers.Trainer or trl.SFTTrainer."
+    )
     skip: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Plans left out: a point whose plan has every field of one entry is not measured (e.g. what a "
@@ -122,6 +124,8 @@ _LATER_FIELDS = (
     "router_aux_loss",
     "fsdp_mixed_precision",
     "fsdp_reduce_dtype",
+    "loop",
+    "mxfp4",
 )
 
 

@@ -20,7 +20,7 @@ class Phase(BaseModel):
     peak_bytes: int = Field(ge=0, description="Highest bytes allocated at any time during the phase.")
 
 
-Loop = Literal["plain", "trainer"]
+Loop = Literal["plain", "trainer", "sft"]
 
 
 class Environment(BaseModel):
@@ -43,7 +43,7 @@ class Environment(BaseModel):
     loop: Loop = Field(
         "plain",
         description="The training loop that ran the steps: 'plain' (forward, backward, step, zero_grad) or 'trainer' "
-        "(transformers.Trainer, app/calibration/trainer_loop.py).",
+        "(transformers.Trainer, app/calibration/trainer_loop.py) or 'sft' (trl.SFTTrainer, app/calibration/sft_loop.py).",
     )
 
 

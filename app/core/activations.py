@@ -24,6 +24,7 @@ from app.core.attention import (
     packed_mask_bytes,
 )
 from app.core.experts import expert_step, moe_combine_backward_bytes, moe_experts, one_expert_rows, routed_rows
+from app.core.fused_head import sft_fused_head_bytes, sft_hidden_saved_bytes, sft_loss_saved_bytes
 from app.core.mlp import GatedProduct, Mlp, dense_mlp, gated_mlp
 from app.core.plan import TrainingPlan
 from app.core.quant import rounded
@@ -270,7 +271,7 @@ def layer_activations(
             recompute_scores_bytes(x, core, mlp_part),
         ),
         layer_input=t * h * a_res,
-        head_saved=head_saved_bytes(x, norm) + copies.head,
+        head_saved=head_saved_bytes(x, norm) + copies.head + sft_hidden_saved_bytes(model, plan),
         first_layer_discount=first_layer_discount(x, norm, attention),
         input_in_saved=t * h * a_res if norm_keeps_input(x, a_res) else 0,
         qk_norms=qk_norms,
@@ -375,6 +376,8 @@ def loss_saved_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     nll_loss reads it), transformers ForCausalLMLoss."""
     if plan.fused_cross_entropy:
         return fused_cross_entropy_bytes(model, plan)[1]
+    if plan.loop == "sft":
+        return sft_loss_saved_bytes(model, plan)
     return plan.batch_size * plan.seq_len * model.arch.vocab_size * FP32
 
 
@@ -388,6 +391,8 @@ def logits_bytes(model: ModelSpec, plan: TrainingPlan) -> tuple[int, int]:
     """
     if plan.fused_cross_entropy:
         return fused_cross_entropy_bytes(model, plan)
+    if plan.loop == "sft":  # TRL's fused LM head: no logits (app/core/fused_head.py)
+        return sft_fused_head_bytes(model, plan)
     p = precision(plan)
     tv = plan.batch_size * plan.seq_len * model.arch.vocab_size
     forward = tv * (p.logits + FP32 + (FP32 if p.logits != FP32 else 0))

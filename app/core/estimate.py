@@ -44,6 +44,7 @@ from app.core.sharding import (
 )
 from app.core.spec import ModelSpec
 from app.core.stack import stack_model
+from app.core.step import adapter_dtype_bytes
 from app.core.tensors import Inventory, LayerSplit, PlanTensors, base_key, plan_tensors
 from app.core.units import BF16, FP16, FP32
 from app.errors import PlanError
@@ -622,6 +623,10 @@ def _note(term: str, plan: TrainingPlan) -> str:
             return f"{note} (fp32 shards, gathered in {plan.dtype} by FSDP2's MixedPrecisionPolicy)"
         return f"{note} ({q}; unquantized modules in {rest})"
     if term == "lora_adapter_bytes":
+        if adapter_dtype_bytes(plan) != FP32:
+            return (
+                f"LoRA A/B in bf16 (SFTTrainer casts them over a quantized base; DoRA magnitudes fp32), r={plan.rank}"
+            )
         return f"{note}, r={plan.rank}"
     if term == "optimizer_state_bytes":
         return f"{plan.optimizer} states kept in device memory"
@@ -629,6 +634,10 @@ def _note(term: str, plan: TrainingPlan) -> str:
         return f"{note} (checkpointed layer inputs)"
     if term == "logits_peak_bytes" and plan.fused_cross_entropy:
         return "Liger fused linear cross-entropy: one chunk of logits, grad_input and the fp32 loss (first principles)"
+    if term == "logits_peak_bytes" and plan.loop == "sft":
+        return (
+            "TRL SFTTrainer's fused LM head: one 4096 x 32768 tile buffer and its folds, fp32 grad_hidden (no logits)"
+        )
     return note
 
 

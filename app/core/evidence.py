@@ -52,6 +52,8 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
         return "first-principles"  # packed rows' masks: no packed run measured
     if term == "logits_peak_bytes" and plan.fused_cross_entropy:
         return "first-principles"  # Liger's Triton kernels: no CPU run measures them
+    if term == "logits_peak_bytes" and plan.loop == "sft" and plan.device == "cuda":
+        return "first-principles"  # TRL's Triton folds of the fused LM head: the CPU runs measure its torch folds
     if plan.gpus > 1 or plan.sharding != "none" or plan.offload:
         accumulated = term == "gradient_bytes" and plan.grad_accum_steps > 1  # measured on one device only
         if plan.sharding in MEASURED_LAYOUTS and plan.gpus > 1 and not accumulated and measured_policy(plan):

@@ -21,6 +21,9 @@ Device = Literal["cuda", "cpu"]
 # the software stack whose semantics are modelled (app/core/stack.py): transformers 5 (the installed calibration stack)
 # or transformers 4.4x-4.57 with the peft/bitsandbytes that pair with it
 Stack = Literal["transformers-5", "transformers-4"]
+# the training loop whose loss is modelled: transformers.Trainer (or a hand-written loop calling model(labels=...)), or
+# TRL's SFTTrainer, whose fused LM head never makes the logits (app/core/fused_head.py)
+Loop = Literal["trainer", "sft"]
 # a checkpoint published in MXFP4 (gpt-oss's experts): dequantized at load, or kept (app/core/mxfp4.py)
 Mxfp4 = Literal["dequantize", "keep"]
 
@@ -138,6 +141,12 @@ class TrainingPlan(BaseModel):
         "moe_aux_loss_coef, axolotl/TrainingArguments model_config output_router_logits); every MoE layer's router "
         "logits and their softmax are kept until the loss's backward.",
     )
+    loop: Loop = Field(
+        "trainer",
+        description="The training loop: trainer (transformers.Trainer, or a loop calling model(labels=...): full "
+        "logits and their cross-entropy) or sft (TRL 1.x SFTTrainer: its fused LM head scores each position's label "
+        "in 4096 x 32768 tiles, never the whole logits; with a quantized base it casts the LoRA weights to bf16).",
+    )
     optimizer: Optimizer = Field(
         "paged_adamw_32bit",
         description="Optimizer whose states are kept per trainable parameter; when not given it follows the method: "
@@ -226,6 +235,11 @@ class TrainingPlan(BaseModel):
             raise ValueError(
                 "reentrant, checkpoint_every and checkpoint_offload are kinds of gradient checkpointing: turn "
                 "gradient_checkpointing on"
+            )
+        if self.loop == "sft" and (self.keep_logits or self.fused_cross_entropy):
+            raise ValueError(
+                "SFTTrainer computes the loss in its fused LM head: it keeps no model output (keep_logits) and refuses "
+                "Liger's fused cross-entropy; turn keep_logits and fused_cross_entropy off, or use loop trainer"
             )
         if self.checkpoint_every > 1 and self.checkpointing != "every-layer":
             raise ValueError(

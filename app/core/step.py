@@ -24,7 +24,7 @@ from typing import NamedTuple
 from app.core.adapters import Adapted
 from app.core.plan import TrainingPlan
 from app.core.spec import ArchSummary, ModelSpec
-from app.core.units import BOOL, DTYPE_BYTES, FP32
+from app.core.units import BF16, BOOL, DTYPE_BYTES, FP32
 
 DOWN_LEAVES = ("down_proj", "fc2", "dense_4h_to_h")
 
@@ -50,6 +50,13 @@ def precision(plan: TrainingPlan) -> Precision:
     if plan.fsdp_mixed_precision and plan.device == "cpu":  # adapters gathered in `c`: dropout reads a 16-bit input
         return Precision(c, c, c, c, c)
     return Precision(c, c, c, c, mask)
+
+
+def adapter_dtype_bytes(plan: TrainingPlan) -> int:
+    """LoRA A/B's dtype: fp32 (PEFT's autocast_adapter_dtype), but bf16 under SFTTrainer with a quantized base, which
+    casts every trainable parameter except DoRA's magnitudes to bfloat16 after wrapping (trl 1.16.0
+    trl/trainer/sft_trainer.py l. 907-911, the QLoRA paper's recipe); their gradients and AdamW states follow."""
+    return BF16 if plan.loop == "sft" and plan.quantized and plan.uses_lora else FP32
 
 
 class LayerKind(NamedTuple):
@@ -185,7 +192,9 @@ class Projection(NamedTuple):
 def lora_branch(x: Step, leaf: str, in_features: int, normed: bool = False) -> Projection:
     """A frozen projection keeps nothing of its input, a trained one keeps it; a LoRA branch keeps its dropout output
     and mask `T·in·(4+m)` (`m` = 1 for CUDA's bool mask, 4 for the CPU path) or, without dropout, the fp32 cast
-    of its input (an fp32 input is kept itself), plus lora_A's output `T·r·4`; DoRA also the base output.
+    of its input (an fp32 input is kept itself), plus lora_A's output `T·r·4`; DoRA also the base output. With bf16
+    LoRA weights (loop sft over a quantized base, `adapter_dtype_bytes`) the casts, the CPU mask and lora_A's output
+    are bf16 (tracker-measured through SFTTrainer).
     Under autocast (`autocast_projection`) `normed`: the projection reads the fp32 norm output.
     Source: PEFT lora.Linear.forward (autocast_adapter_dtype), torch dropout, tracker dumps.
     """
@@ -198,13 +207,14 @@ def lora_branch(x: Step, leaf: str, in_features: int, normed: bool = False) -> P
         return gathered_lora_branch(x, in_features)
     saved = 0
     keeps_input = x.full
-    if plan.dropout > 0:
-        saved += t * in_features * (FP32 + p.mask)  # dropout output and mask (the fp32 cast is freed)
-    elif p.act != FP32:
-        saved += t * in_features * FP32  # lora_A keeps the fp32 cast of the input
+    lora = adapter_dtype_bytes(plan)  # PEFT casts the input to lora_A's dtype (`_cast_input_dtype`)
+    if plan.dropout > 0:  # dropout output and mask (the cast is freed); the CPU mask is in the input's dtype
+        saved += t * in_features * (lora + (min(p.mask, lora) if lora != FP32 else p.mask))
+    elif p.act != lora:
+        saved += t * in_features * lora  # lora_A keeps the cast of the input
     else:
-        keeps_input = True  # lora_A keeps the fp32 input itself
-    saved += t * plan.rank * FP32  # lora_A's output, kept by lora_B
+        keeps_input = True  # lora_A keeps the input itself
+    saved += t * plan.rank * lora  # lora_A's output, kept by lora_B
     if plan.dora:
         saved += t * ad.group.out_features * FP32  # DoRA keeps the base output to rescale it
     return Projection(saved, keeps_input)

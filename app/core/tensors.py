@@ -11,7 +11,7 @@ from app.core.adapters import Adapted, LoraKey, adapted_modules
 from app.core.plan import Device, DType, Method, Optimizer, Quant, TrainingPlan
 from app.core.quant import quantized_weight_allocated, quantized_weight_bytes, quantized_weight_tensors, rounded
 from app.core.spec import ModelSpec
-from app.core.step import adapted_by_leaf
+from app.core.step import adapted_by_leaf, adapter_dtype_bytes
 from app.core.units import DTYPE_BYTES, FP32, UINT8
 
 # bitsandbytes 8-bit optimizers keep tensors under 4096 elements in 32-bit (min_8bit_size)
@@ -72,10 +72,19 @@ class BaseKey(NamedTuple):
     dtype: DType
     optimizer: Optimizer
     device: Device
+    adapter_bytes: int = FP32  # bytes per LoRA A/B element (`adapter_dtype_bytes`)
 
 
 def base_key(plan: TrainingPlan) -> BaseKey:
-    return BaseKey(plan.method, plan.quant, plan.double_quant, plan.weight_dtype, plan.optimizer, plan.device)
+    return BaseKey(
+        plan.method,
+        plan.quant,
+        plan.double_quant,
+        plan.weight_dtype,
+        plan.optimizer,
+        plan.device,
+        adapter_dtype_bytes(plan),
+    )
 
 
 class PlanTensors(NamedTuple):
@@ -228,7 +237,8 @@ def _trainable(
 
 
 def _with_adapters(base: Inventory, key: BaseKey, adapted: tuple[Adapted, ...]) -> Inventory:
-    """lora_adapter_bytes: PEFT keeps adapter weights in fp32 (autocast_adapter_dtype), each trained as above.
+    """lora_adapter_bytes: PEFT keeps adapter weights in fp32 (autocast_adapter_dtype; `adapter_dtype_bytes`), each
+    trained as above.
 
     Sums in plain ints and builds the Inventory once (a `replace` per tensor was most of a fresh estimate's time).
     """
@@ -239,8 +249,9 @@ def _with_adapters(base: Inventory, key: BaseKey, adapted: tuple[Adapted, ...]) 
         g, side = ad.group, 0 if ad.group.in_layers else 1
         for shape in ad.shapes:
             n = shape[0] * (shape[1] if len(shape) == 2 else 1)
-            weights[side] += rounded(n * FP32) * g.count
-            t = trained_bytes(key, shape, FP32)
+            dtype = key.adapter_bytes if len(shape) == 2 else FP32  # DoRA's magnitude vector stays fp32
+            weights[side] += rounded(n * dtype) * g.count
+            t = trained_bytes(key, shape, dtype)
             grads[side] += t.grad * g.count
             states[side] += t.state.allocated * g.count
             paged += t.state.paged * g.count

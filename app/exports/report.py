@@ -158,6 +158,7 @@ def plan_line(est: Estimate) -> str:
     return (
         f"{what}{lora}, {p.dtype}, seq {p.seq_len} x batch {p.batch_size}, {ckpt}, {p.optimizer}, {p.attn}, "
         f"{p.gpus} GPU{'s' if p.gpus > 1 else ''}{sharding}, {p.device}, {p.stack}"
+        + (", trl SFTTrainer" if p.loop == "sft" else "")
     )
 
 

@@ -28,9 +28,11 @@ from app.recipes.rules import (
 )
 
 # Sources: huggingface/trl trl/trainer/sft_config.py and trl/trainer/base_config.py (SFTConfig fields and the
-# defaults it changes from TrainingArguments: gradient_checkpointing=True, bf16=True unless fp16, loss_type
-# chunked_nll unless use_liger_kernel), trl/trainer/model_config.py (ModelConfig) and trl/trainer/utils.py
-# get_quantization_config / get_peft_config (how ModelConfig becomes a BitsAndBytesConfig and a LoraConfig).
+# defaults it changes from TrainingArguments: gradient_checkpointing=True, bf16=True unless fp16; trl 1.16.0's
+# loss_type defaults to nll, chunked_nll its deprecated alias), trl/trainer/model_config.py (ModelConfig) and
+# trl/trainer/utils.py get_quantization_config / get_peft_config (how ModelConfig becomes a BitsAndBytesConfig and a
+# LoraConfig); trl 1.16.0 trl/trainer/sft_trainer.py (the fused LM head that computes every loss_type, l. 1144 and
+# 1560; use_liger_kernel with its fused linear cross-entropy turned off, l. 1127-1140).
 
 
 def _seq_len(value: Any, _ctx: Ctx) -> Outcome:
@@ -86,8 +88,38 @@ def _load_8bit(value: Any, ctx: Ctx) -> Outcome:
     return {"quant": "int8"} if as_bool(value) and not as_bool(ctx.root.get("load_in_4bit")) else {}
 
 
-def _chunked(value: Any, _ctx: Ctx) -> bool:
-    return value in (None, "chunked_nll")
+def _loss_type(value: Any, ctx: Ctx) -> Outcome:
+    """SFTTrainer's loss: nll (chunked_nll its alias) and dft run through its fused LM head, the plan's loop sft;
+    label smoothing needs the full logits (sft_trainer.py l. 1601-1609: the Trainer's loss, plus a no-grad fused
+    forward for the metrics)."""
+    if value not in (None, "nll", "chunked_nll", "dft"):
+        raise NotModelledValue(f"{value}: not a loss_type trl 1.16 has (nll, dft)")
+    smoothing = ctx.root.get("label_smoothing_factor")
+    if smoothing is not None and as_float(smoothing) > 0:
+        return Approx(
+            {"loop": "trainer"},
+            "label smoothing: SFTTrainer computes the loss from the full logits; the no-grad fused forward it adds "
+            "for its metrics is not counted",
+        )
+    return {"loop": "sft"}
+
+
+def _router_coef(value: Any, _ctx: Ctx) -> Outcome:
+    """router_aux_loss_coef: SFTTrainer keeps an MoE config's output_router_logits in step with it (0.0 turns the
+    load-balancing loss off, any other value on; sft_trainer.py l. 1203-1211)."""
+    return {} if value is None else {"router_aux_loss": as_float(value) != 0}
+
+
+def _liger(value: Any, _ctx: Ctx) -> Outcome:
+    """use_liger_kernel under SFTTrainer: Liger's layer kernels only (it turns the fused linear cross-entropy off,
+    its own fused LM head computes the loss)."""
+    if not as_bool(value):
+        return {}
+    return Approx(
+        {"fused_cross_entropy": False},
+        "Liger's RMSNorm, SwiGLU and RoPE kernels keep less than gpuplan counts; SFTTrainer turns Liger's fused "
+        "linear cross-entropy off (its fused LM head computes the loss)",
+    )
 
 
 MODEL_INIT_KWARGS: dict[str, Rule] = {
@@ -100,6 +132,9 @@ MODEL_INIT_KWARGS: dict[str, Rule] = {
 MAPS: dict[str, Rule] = {
     **hf.MAPS,
     "max_length": Maps(("seq_len",), _seq_len),
+    "loss_type": Maps(("loop",), _loss_type),
+    "router_aux_loss_coef": Maps(("router_aux_loss",), _router_coef),
+    "use_liger_kernel": Maps(("fused_cross_entropy",), _liger),
     "max_seq_length": Maps(("seq_len",), _seq_len),  # its name before TRL 0.20 (alignment-handbook recipes)
     "model_init_kwargs": Nested(MODEL_INIT_KWARGS),
     # ModelConfig
@@ -125,11 +160,6 @@ MAPS: dict[str, Rule] = {
 NOT_MODELLED: dict[str, Unmodelled] = {
     **hf.NOT_MODELLED,
     "activation_offloading": Unmodelled("activations are offloaded to the CPU between forward and backward"),
-    "loss_type": Unmodelled(
-        "chunked_nll computes the lm_head and cross-entropy in chunks over non-ignored tokens only; gpuplan counts "
-        "full-sequence logits (an overestimate)",
-        _chunked,
-    ),
     "lora_target_parameters": Unmodelled("adapts parameters (MoE experts) directly", is_set),
     "lora_modules_to_save": Unmodelled("full trainable copies of these modules (weights, gradients, states)", is_set),
 }
@@ -137,7 +167,7 @@ SILENT = hf.SILENT | names(
     """
     dataset_text_field dataset_kwargs dataset_num_proc eos_token pad_token truncation_mode shuffle_dataset
     packing_strategy pad_to_multiple_of eval_packing completion_only_loss assistant_only_loss chat_template_path
-    trust_remote_code router_aux_loss_coef model_revision lora_task_type bnb_4bit_quant_storage dataset_name
+    trust_remote_code model_revision lora_task_type bnb_4bit_quant_storage dataset_name
     dataset_config dataset_train_split dataset_test_split dataset_streaming chat_template dataset_mixture
     ignore_bias_buffers
     """
@@ -159,7 +189,7 @@ def defaults(doc: Doc) -> dict[str, Any]:
         **hf.DEFAULTS,
         "gradient_checkpointing": True,
         "max_length": 1024,
-        "loss_type": "nll" if as_bool(doc.get("use_liger_kernel")) else "chunked_nll",
+        "loss_type": "nll",
     }
     if not as_bool(doc.get("fp16")):
         out["bf16"] = True

@@ -68,6 +68,7 @@ def test_full_cpu_matrix_within_5_percent_and_median_within_2(records: list[Meas
         "cpu-matrix-multi-offload",
         "cpu-matrix-multi-qlora",
         "cpu-matrix-multi-mp",
+        "cpu-matrix-sft",
     ],
 )
 def test_each_shipped_matrix_holds_the_bounds_on_its_own(records: list[MeasurementRecord], source: str) -> None:
@@ -135,6 +136,19 @@ def test_the_every_n_and_offload_matrices_cover_their_recipes_and_place_the_host
         est = estimate(model, TrainingPlan.model_validate(r.plan))
         assert r.env["host_peak_bytes"] == est.offloaded_bytes > 0, r.model_id
         assert r.env["all_storages_peak_bytes"] >= r.measured_peak_bytes  # the host copies are freed by the step
+
+
+def test_the_sft_matrix_ran_through_sft_trainer_across_the_recipe_axes(records: list[MeasurementRecord]) -> None:
+    """calibration/cpu-matrix-sft.toml: trl.SFTTrainer (its fused LM head), plans of loop sft, every variant."""
+    mine = [r for r in records if r.source == "cpu-matrix-sft"]
+    assert {r.env["loop"] for r in mine} == {"sft"}
+    assert {r.plan["loop"] for r in mine} == {"sft"}
+    assert len({r.model_type for r in mine}) >= 8 and {"qwen2", "gemma"} <= {r.model_type for r in mine}
+    assert {r.plan["grad_accum_steps"] for r in mine} == {1, 4}
+    assert {r.plan["method"] for r in mine} == {"qlora", "lora", "full"}
+    variants = {(r.plan["gradient_checkpointing"], r.plan["reentrant"]) for r in mine}
+    assert variants == {(False, False), (True, False), (True, True)}
+    assert {r.split for r in mine} == {"tune", "holdout"}
 
 
 def test_the_multi_rank_points_hold_the_bounds_against_their_worst_rank(records: list[MeasurementRecord]) -> None:

@@ -25,6 +25,7 @@ PLANS = st.fixed_dictionaries(
         "dropout": st.sampled_from([0.0, 0.05]),
         "dora": st.booleans(),
         "targets": st.sampled_from(["all-linear", "q_proj,v_proj", "o_proj,down_proj"]),
+        "loop": st.sampled_from(["trainer", "sft"]),
     }
 )
 

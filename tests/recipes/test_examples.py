@@ -187,10 +187,12 @@ def test_trl_zephyr_qlora() -> None:
         gradient_checkpointing=True,
         optimizer="adamw",  # optim defaults to adamw_torch_fused
         attn="flash_attention_2",
+        loop="sft",  # loss_type's default (nll): SFTTrainer's fused LM head, no logits
     )
     unmodelled = not_modelled(result)
     assert "gradient_accumulation_steps" not in unmodelled
-    assert unmodelled["loss_type"] == "chunked_nll"  # SFTConfig's default loss
+    assert "loss_type" not in unmodelled  # trl 1.16 computes every loss_type through the fused LM head
+    assert [e.plan_field for e in result.mapped if e.field == "loss_type"] == ["loop"]
     assert "gradient_checkpointing_kwargs.use_reentrant" not in unmodelled  # use_reentrant: false
     assert result.unknown == ()
 

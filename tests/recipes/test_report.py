@@ -254,3 +254,22 @@ def test_trl_cli_qlora_over_fp32_weights_reports_the_autocast_not_modelled() -> 
     result = import_recipe([recipe("sft.yaml", text)])
     assert result.plan.method == "qlora" and result.plan.autocast is False
     assert "quantized base" in {e.field: e for e in result.not_modelled}["bf16"].why
+
+
+def test_trl_sft_config_selects_the_sft_loop_and_its_loss_variants() -> None:
+    # trl 1.16.0 sft_trainer.py: every loss_type (nll, its alias chunked_nll, dft) runs through the fused LM head
+    for loss in ({}, {"loss_type": "nll"}, {"loss_type": "chunked_nll"}, {"loss_type": "dft"}):
+        result = import_recipe([recipe("sft.json", json.dumps({"max_length": 512, **loss}))])
+        assert result.plan.loop == "sft", loss
+    # label smoothing needs the full logits: the Trainer's loss, said so
+    smoothed = import_recipe([recipe("sft.json", json.dumps({"max_length": 512, "label_smoothing_factor": 0.1}))])
+    assert smoothed.plan.loop == "trainer"
+    assert "loss_type" in not_modelled(smoothed)
+    # SFTTrainer turns Liger's fused linear cross-entropy off; its layer kernels are reported
+    liger = import_recipe([recipe("sft.json", json.dumps({"max_length": 512, "use_liger_kernel": True}))])
+    assert (liger.plan.loop, liger.plan.fused_cross_entropy) == ("sft", False)
+    assert "use_liger_kernel" in not_modelled(liger)
+    # router_aux_loss_coef 0.0 turns the MoE load-balancing loss off, another value on
+    for coef, on in ((0.0, False), (0.02, True)):
+        moe = import_recipe([recipe("sft.json", json.dumps({"max_length": 512, "router_aux_loss_coef": coef}))])
+        assert moe.plan.router_aux_loss is on

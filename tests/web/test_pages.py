@@ -54,6 +54,7 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "grad_accum_steps": "1",
         "packing": "false",
         "keep_logits": "false",
+        "loop": "trainer",
         "fused_cross_entropy": "false",
         "router_aux_loss": "false",
         "safe": "",  # the verdict option: the server's setting
