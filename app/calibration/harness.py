@@ -50,17 +50,15 @@ def run_measurement(
     fp32_matmuls: bool = False,
     loop: Loop = "plain",
 ) -> Measurement:
-    """Run `steps` plain PyTorch (or transformers.Trainer / trl.SFTTrainer: `loop`) training steps of `plan` on the
-    model `config` describes and measure memory. Each step is forward (loss only; under torch.autocast with
-    plan.autocast, over fp32 weights), backward, optimizer step and zero_grad(set_to_none=True), in train mode, on
-    batch_size x seq_len random token ids. On cpu every live tensor storage is counted by LiveTensorTracker (rounded
-    to 512 bytes, as on CUDA) from the loaded model on (checkpoint_offload's host copies apart: `host_peak_bytes`); on
-    cuda the caching allocator's counters are read, from before loading on. `fp32_matmuls` computes cpu 16-bit matmuls
-    through fp32 (app/calibration/matmul.py: same bytes, ~100x faster where bf16 GEMM is slow). Raises
-    CalibrationError when the run cannot be carried out, saying what to change. `loop="trainer"` runs the steps
-    through transformers.Trainer (app/calibration/trainer_loop.py), `loop="sft"` through trl.SFTTrainer
-    (app/calibration/sft_loop.py: the model is built without LoRA, which SFTTrainer adds); all honour
-    grad_accum_steps, only the plain one keep_logits."""
+    """Run `steps` training steps of `plan` (plain PyTorch; `loop` trainer: transformers.Trainer, trainer_loop.py;
+    sft: trl.SFTTrainer, sft_loop.py, which adds the LoRA itself) on the model `config` describes; measure memory.
+    Each step: forward (loss only; torch.autocast over fp32 weights with plan.autocast), backward, optimizer step,
+    zero_grad(set_to_none=True), in train mode, on batch_size x seq_len random token ids. On cpu LiveTensorTracker
+    counts every live storage (rounded to 512 bytes, as on CUDA) from the loaded model on (checkpoint_offload's host
+    copies apart: `host_peak_bytes`); on cuda the caching allocator's counters, from before loading on.
+    `fp32_matmuls`: cpu 16-bit matmuls through fp32 (matmul.py: same bytes, ~100x faster where bf16 GEMM is slow).
+    Raises CalibrationError, saying what to change, when the run cannot be carried out. Every loop honours
+    grad_accum_steps; only the plain one keep_logits."""
     check_plan(plan, steps, loop)
     if fp32_matmuls and plan.device != "cpu":
         raise CalibrationError("fp32_matmuls replaces cpu kernels only: use it with device cpu")
