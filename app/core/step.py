@@ -37,6 +37,7 @@ class Precision(NamedTuple):
     act: int  # norm outputs, projection outputs, attention, MLP intermediates
     logits: int  # lm_head output
     mask: int  # LoRA dropout mask element
+    adapter: int = FP32  # LoRA weights and the casts PEFT makes for them (the compute dtype under DeepSpeed ZeRO)
 
 
 def precision(plan: TrainingPlan) -> Precision:
@@ -47,6 +48,10 @@ def precision(plan: TrainingPlan) -> Precision:
         return Precision(c, FP32, FP32, FP32, mask)  # compute, residual, act, logits, mask
     if plan.autocast:  # the embedding is not autocast (fp32 stream); matmuls and their outputs are 16-bit
         return Precision(c, FP32, c, c, mask)
+    if plan.sharding in ("zero2", "zero3") and plan.gpus > 1 and not plan.offload:
+        # DeepSpeed casts every parameter to the model dtype (engine.py `_cast_module_mixed_precision`), the LoRA
+        # weights too: PEFT's cast of the input to lora_A's dtype is then a no-op (measured on CPU ranks)
+        return Precision(c, c, c, c, mask if plan.device == "cuda" else c, adapter=c)
     return Precision(c, c, c, c, mask)
 
 
@@ -103,7 +108,7 @@ def mlp_grad_bytes(p: Precision, full: bool, by_leaf: Mapping[str, Adapted]) -> 
     """`g`: the MLP intermediate's gradient dtype, fp32 when an adapted down projection's LoRA branch carries it (a
     fully trained down's is in the activation dtype: the tracker's full fine-tuning dumps)."""
     down_adapted = not full and any(leaf in by_leaf for leaf in DOWN_LEAVES)
-    return max(p.act, FP32 if down_adapted else 0)
+    return max(p.act, p.adapter if down_adapted else 0)
 
 
 def adapted_by_leaf(adapted: Iterable[Adapted]) -> dict[str, Adapted]:
@@ -194,14 +199,14 @@ def lora_branch(x: Step, leaf: str, in_features: int, normed: bool = False) -> P
     saved = 0
     keeps_input = x.full
     if plan.dropout > 0:
-        saved += t * in_features * (FP32 + p.mask)  # dropout output and mask (the fp32 cast is freed)
-    elif p.act != FP32:
-        saved += t * in_features * FP32  # lora_A keeps the fp32 cast of the input
+        saved += t * in_features * (p.adapter + p.mask)  # dropout output and mask (the fp32 cast is freed)
+    elif p.act != p.adapter:
+        saved += t * in_features * p.adapter  # lora_A keeps the fp32 cast of the input
     else:
-        keeps_input = True  # lora_A keeps the fp32 input itself
-    saved += t * plan.rank * FP32  # lora_A's output, kept by lora_B
+        keeps_input = True  # lora_A keeps the (fp32) input itself
+    saved += t * plan.rank * p.adapter  # lora_A's output, kept by lora_B
     if plan.dora:
-        saved += t * ad.group.out_features * FP32  # DoRA keeps the base output to rescale it
+        saved += t * ad.group.out_features * p.adapter  # DoRA keeps the base output to rescale it
     return Projection(saved, keeps_input)
 
 
