@@ -55,6 +55,7 @@ class LayerActivations(NamedTuple):
     qk_norms: int = 0  # the q/k norms' bytes in `saved` (layers without them keep none)
     sliding: int = 0  # a sliding layer's mask and repeated K/V in `saved` (full-attention layers keep none)
     masks: int = 0  # the attention masks every layer reads (`attention_masks_bytes`), once per model
+    mlp_part: int = 0  # the MLP half's share of `saved` (its norm, its saved tensors)
 
 
 class LayerStack(NamedTuple):
@@ -274,6 +275,7 @@ def layer_activations(
         qk_norms=qk_norms,
         sliding=sliding,
         masks=attention_masks_bytes(x),
+        mlp_part=mlp_part,
     )
 
 

@@ -406,6 +406,7 @@ class StepTerms(NamedTuple):
     activations: int
     activations_at_end: int
     layer_saved: int  # what one decoder layer keeps for its backward (an average layer's share)
+    mlp_saved: int  # the MLP half of one layer's saved tensors (the first kind's)
     head_saved: int
     logits_forward: int
     logits_backward: int
@@ -447,6 +448,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         activations=acts,
         activations_at_end=acts_at_end,
         layer_saved=math.ceil((acts - stack.first.head_saved - acts_at_end) / max(1, share.layers - 1)),
+        mlp_saved=0 if plan.gradient_checkpointing else stack.first.mlp_part,
         head_saved=stack.first.head_saved,
         logits_forward=logits_forward,
         logits_backward=logits_backward,
@@ -485,6 +487,8 @@ def step_activations(s: StepTerms) -> StepActivations:
         dequant=s.dequant,
         kept_logits=s.kept_logits,
         head_saved=s.head_saved,
+        layer_saved=s.layer_saved,
+        mlp_saved=s.mlp_saved,
     )
 
 

@@ -33,6 +33,8 @@ PERSISTENCE_THRESHOLD = 100_000  # stage3_param_persistence_threshold: smaller p
 MAX_REUSE_DISTANCE = 1_000_000_000  # stage3_max_reuse_distance
 # stage_1_and_2.py: `nccl_start_alignment_factor = 2`; the flat buffer is padded to a multiple of 2·n elements
 ALIGNMENT = 2
+# the MLP projections of the dense families (llama/mistral/qwen gated MLPs, GPT-style fc1/fc2)
+MLP_LEAVES = frozenset({"gate_proj", "up_proj", "down_proj", "fc1", "fc2", "dense_h_to_4h", "dense_4h_to_h"})
 
 
 class ZeroTerms(NamedTuple):
@@ -53,6 +55,8 @@ class ZeroTerms(NamedTuple):
     gathered: int  # ZeRO-3: the other parameters gathered at the forward's end (trace complete, kept for reuse)
     prefetch: int  # ZeRO-3: the coalesced all-gather output of the prefetch, beside the gathered copies
     end_gather: int  # ZeRO-3: the input embedding, gathered for its backward while the reduction runs
+    head_hook: int = 0  # full fine-tuning: lm_head's gradient and its input's, at the first gradient hook
+    mlp_adapted: bool = True  # LoRA on an MLP projection: the first gradient hook comes before the MLP's backward
 
 
 def param_numels(model: ModelSpec, adapted: Iterable[Adapted], method: str) -> tuple[list[int], list[int]]:
@@ -126,14 +130,15 @@ def zero3_terms(plan: TrainingPlan, trainable: list[int], frozen: list[int], emb
     start-up and kept. Parameters under the persistence threshold (`numel < 1e5`: norms, small projections, LoRA
     adapters of small rank) are gathered once and never released. Once the first step has recorded the trace,
     a parameter whose next use is within `max_reuse_distance` (1e9 elements) is not released after its forward,
-    so at the forward's end the other parameters stay gathered (the last `MAX_REUSE_DISTANCE / 2` elements of the
-    model: the traversal to a parameter's backward covers everything after it twice), beside the prefetch's
-    coalesced all-gather output (`min(·, stage3_prefetch_bucket_size)`). At backward's end the bucket's gradients
+    so at the forward's end the other parameters a backward runs through stay gathered (the last
+    `MAX_REUSE_DISTANCE / 2` elements of the model: the traversal to a parameter's backward covers everything after
+    it twice; a frozen input embedding has none), beside the prefetch's coalesced all-gather output of all of them
+    (`min(·, stage3_prefetch_bucket_size)`). At backward's end the bucket's gradients
     are flattened for the reduce-scatter (`d·min(P, B)`), and torch's gloo backend makes an input-sized working
     copy (measured on CPU ranks; NCCL reduces into the input's own chunk), while the input embedding (`embedding`
     elements) is gathered for its backward when one runs (full fine-tuning; LoRA with checkpointing, whose
     `enable_input_require_grads` makes the embedding's output need a gradient). Start-up gathers the largest
-    parameter once. Source: stage3.py (`_create_fp16_partitions_with_defragmentation`, `_create_fp32_partitions`,
+    trainable parameter once. The step releases the persistent parameters and gathers them again after it. Source: stage3.py (`_create_fp16_partitions_with_defragmentation`, `_create_fp32_partitions`,
     `_setup_for_real_optimizer`), partitioned_param_coordinator.py (`__params_to_release`), coalesced_collectives.py
     (`reduce_scatter_coalesced`), 0.19.8."""
     d, n, p = DTYPE_BYTES[plan.dtype], plan.gpus, sum(trainable)
@@ -143,11 +148,14 @@ def zero3_terms(plan: TrainingPlan, trainable: list[int], frozen: list[int], emb
     every = trainable + frozen
     persistent = sum(rounded(d * x) for x in every if x < PERSISTENCE_THRESHOLD)
     others = [x for x in every if x >= PERSISTENCE_THRESHOLD]
-    kept = min(sum(others), MAX_REUSE_DISTANCE // 2)
+    backprop_embedding = plan.method == "full" or plan.gradient_checkpointing
+    reused = list(others)
+    if not backprop_embedding and embedding in reused:  # no backward runs through it: released after its forward
+        reused.remove(embedding)
+    kept = min(sum(reused), MAX_REUSE_DISTANCE // 2)
     reduced = rounded(d * min(p, REDUCE_BUCKET_ELEMENTS))
     flat = rounded(d * partition)
     full = plan.method == "full"
-    backprop_embedding = full or plan.gradient_checkpointing
     return ZeroTerms(
         stage=3,
         weights=flat if full else frozen_parts,
@@ -157,14 +165,25 @@ def zero3_terms(plan: TrainingPlan, trainable: list[int], frozen: list[int], emb
         grad_partition=flat,
         bucket=rounded(d * REDUCE_BUCKET_ELEMENTS),
         reduce=reduced + (reduced if plan.device == "cpu" else 0),
-        init=rounded(d * max(every, default=0)),
+        init=rounded(d * max(trainable, default=0)),
         fp32_grad=rounded(FP32 * partition),
         step_temp=temp,
         persistent=persistent,
-        gathered=sum(rounded(d * x) for x in others) if kept == sum(others) else rounded(d * kept),
-        prefetch=rounded(d * min(kept, PREFETCH_BUCKET_ELEMENTS)),
+        gathered=sum(rounded(d * x) for x in reused) if kept == sum(reused) else rounded(d * kept),
+        prefetch=rounded(d * min(sum(others), MAX_REUSE_DISTANCE // 2, PREFETCH_BUCKET_ELEMENTS)),
         end_gather=rounded(d * embedding) if embedding >= PERSISTENCE_THRESHOLD and backprop_embedding else 0,
     )
+
+
+def head_hook_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
+    """Full fine-tuning: the first gradient hook is lm_head's, right after its backward made its weight's gradient
+    `d·V·h` and its input's `d·T·h`; every activation is still alive (the final norm's backward is next), and ZeRO-2
+    makes its bucket there. Measured on CPU ranks (tracker dumps of the backward's peak, llama, no checkpointing).
+    Source: stage_1_and_2.py (`grad_handling_hook` → `setup_buckets`)."""
+    if plan.method != "full":
+        return 0
+    d, h = DTYPE_BYTES[plan.dtype], model.arch.hidden_size
+    return rounded(d * model.arch.vocab_size * h) + rounded(d * plan.batch_size * plan.seq_len * h)
 
 
 def zero_terms(model: ModelSpec, plan: TrainingPlan, adapted: Iterable[Adapted]) -> ZeroTerms | None:
@@ -174,9 +193,12 @@ def zero_terms(model: ModelSpec, plan: TrainingPlan, adapted: Iterable[Adapted])
         return None
     trainable, frozen = param_numels(model, adapted, plan.method)
     if plan.sharding == "zero2":
-        return zero2_terms(plan, trainable, frozen)
-    embedding = [p.numel for g in model.groups if g.kind == "embedding" and not g.in_layers for p in g.params]
-    return zero3_terms(plan, trainable, frozen, embedding[0] if embedding else 0)
+        terms = zero2_terms(plan, trainable, frozen)
+    else:
+        embedding = [p.numel for g in model.groups if g.kind == "embedding" and not g.in_layers for p in g.params]
+        terms = zero3_terms(plan, trainable, frozen, embedding[0] if embedding else 0)
+    mlp = plan.method == "full" or any(a.group.leaf in MLP_LEAVES for a in adapted)
+    return terms._replace(head_hook=head_hook_bytes(model, plan), mlp_adapted=mlp)
 
 
 class StepActivations(NamedTuple):
@@ -191,6 +213,8 @@ class StepActivations(NamedTuple):
     dequant: int
     kept_logits: int
     head_saved: int  # what the final norm saves, freed by its backward
+    layer_saved: int  # what one decoder layer saves (the last one's is still being made while it runs)
+    mlp_saved: int  # the MLP half's share of it
 
 
 Moment = dict[str, int]
@@ -221,6 +245,7 @@ def zero_moments(z: ZeroTerms, a: StepActivations) -> dict[str, list[Moment]]:
     gathered = z.persistent + z.gathered
     backward = {**held, "zero_bucket_bytes": z.bucket, "allgather_buffer_bytes": z.persistent}
     layer = {"layer_transient_bytes": a.layer_backward, "dequant_transient_bytes": a.dequant}
+    forward_layer = {"layer_transient_bytes": a.layer_forward, "dequant_transient_bytes": a.dequant}
     return {
         "load": [{**load, "zero_init_bytes": z.init}],
         "forward": [
@@ -230,12 +255,16 @@ def zero_moments(z: ZeroTerms, a: StepActivations) -> dict[str, list[Moment]]:
                 "activation_bytes": a.activations,
                 "logits_peak_bytes": a.logits_forward,
             },
-            {
+            {  # the final norm done, lm_head not yet run: the prefetch's output still beside the gathered parameters
                 **held,
                 "allgather_buffer_bytes": gathered + z.prefetch,
                 "activation_bytes": a.activations,
-                "layer_transient_bytes": a.layer_forward,
-                "dequant_transient_bytes": a.dequant,
+            },
+            {  # the last layer running, the prefetch's output beside the gathered parameters
+                **held,
+                "allgather_buffer_bytes": gathered + z.prefetch,
+                "activation_bytes": a.activations - a.head_saved,
+                **forward_layer,
             },
         ],
         "backward": [
@@ -245,10 +274,16 @@ def zero_moments(z: ZeroTerms, a: StepActivations) -> dict[str, list[Moment]]:
                 "activation_bytes": a.activations,
                 "logits_peak_bytes": a.logits_backward,
             },
-            {**backward, **layer, "activation_bytes": a.activations - a.head_saved},
+            {**backward, "activation_bytes": a.activations, "gradient_bytes": z.grad_partition + z.head_hook},
+            {  # the first gradient hook in the last layer: its MLP's saved tensors gone first when no adapter is there
+                **backward,
+                **layer,
+                "activation_bytes": a.activations - a.head_saved - (0 if z.mlp_adapted else a.mlp_saved),
+            },
             {**backward, "zero_reduce_bytes": z.reduce + z.end_gather},
         ],
         "optimizer": [
             {**held, "gradient_bytes": z.grad_partition + z.fp32_grad, "optimizer_temp_bytes": z.step_temp},
+            {**held, "allgather_buffer_bytes": z.persistent},  # after the step: the persistent ones gathered again
         ],
     }

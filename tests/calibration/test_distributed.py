@@ -143,7 +143,14 @@ def test_the_shipped_multi_rank_page_is_what_the_command_writes_now() -> None:
 
 
 @pytest.mark.parametrize(
-    "source", ["cpu-matrix-multi", "cpu-validation-multi", "cpu-matrix-multi-offload", "cpu-matrix-multi-qlora"]
+    "source",
+    [
+        "cpu-matrix-multi",
+        "cpu-validation-multi",
+        "cpu-matrix-multi-offload",
+        "cpu-matrix-multi-qlora",
+        "cpu-matrix-zero",
+    ],
 )
 def test_each_multi_rank_spec_expands_to_exactly_the_points_it_shipped(source: str) -> None:
     """A rerun of the spec measures what shipped: QLoRA under FSDP2, which runs now, is skipped by the matrices
