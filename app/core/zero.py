@@ -274,7 +274,11 @@ def zero_moments(z: ZeroTerms, a: StepActivations) -> dict[str, list[Moment]]:
                 "activation_bytes": a.activations,
                 "logits_peak_bytes": a.logits_backward,
             },
-            {**backward, "activation_bytes": a.activations, "gradient_bytes": z.grad_partition + z.head_hook},
+            *(
+                [{**backward, "activation_bytes": a.activations, "gradient_bytes": z.grad_partition + z.head_hook}]
+                if z.head_hook
+                else []
+            ),
             {  # the first gradient hook in the last layer: its MLP's saved tensors gone first when no adapter is there
                 **backward,
                 **layer,

@@ -148,8 +148,7 @@ def test_the_second_stack_points_ran_on_transformers_4(records: list[Measurement
 def test_the_zero_points_hold_the_bounds_net_of_deepspeeds_bucket(records: list[MeasurementRecord]) -> None:
     """calibration/cpu-matrix-zero.toml: DeepSpeed ZeRO-2/3 engines on 2 and 4 CPU ranks. The 1e9-byte gradient
     bucket (reduce_bucket_size 5e8 bf16 elements) is most of each peak at these widths, so the rest of the peak
-    is held too: the median within 2 % per split, every point within 6 % (the worst, +5.88 %, is the tune point
-    llama LoRA on attention only, ZeRO-2 x4: docs/accuracy-multi.md says why)."""
+    is held too: every point within 5 % of it, the median within 2 %, per split."""
     from app.calibration.multi_report import bucket_bytes, net_error_pct
 
     zero = [r for r in records if r.source == "cpu-matrix-zero"]
@@ -159,7 +158,7 @@ def test_the_zero_points_hold_the_bounds_net_of_deepspeeds_bucket(records: list[
     }
     assert {int(r.plan["gpus"]) for r in zero} == {2, 4} and {r.env["deepspeed"] for r in zero} == {"0.19.8"}
     assert all(r.measured_peak_bytes > bucket_bytes(r) == 1_000_000_000 for r in zero)
-    assert max(abs(net_error_pct(r)) for r in zero) <= 6.0
+    assert max(abs(net_error_pct(r)) for r in zero) <= 5.0
     for split in ("tune", "holdout"):
         errors = [net_error_pct(r) for r in zero if r.split == split]
         assert errors and statistics.median(abs(e) for e in errors) <= 2.0, split
