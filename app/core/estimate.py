@@ -479,7 +479,6 @@ def step_activations(s: StepTerms) -> StepActivations:
     """The activations and transients a ZeRO step shares with the one-GPU step."""
     return StepActivations(
         activations=s.activations,
-        activations_at_end=s.activations_at_end,
         logits_forward=s.logits_forward,
         logits_backward=s.logits_backward,
         layer_forward=s.layer_forward,

@@ -205,7 +205,6 @@ class StepActivations(NamedTuple):
     """What a ZeRO step shares with a one-GPU step (app/core/estimate.py's terms): activations and transients."""
 
     activations: int
-    activations_at_end: int
     logits_forward: int
     logits_backward: int
     layer_forward: int
