@@ -7,7 +7,8 @@
     │   ├── ModelIdError                a model name that is not a valid Hub id or path
     │   ├── MalformedBody               a request body that is not (UTF-8) JSON (400)
     │   ├── UntrustedHost               a Host header not in GPUPLAN_TRUSTED_HOSTS (400)
-    │   └── RecipeError                 an imported training config: unknown format, conflict, bad plan (422)
+    │   ├── RecipeError                 an imported training config: unknown format, conflict, bad plan (422)
+    │   └── MissingExtra                an optional extra the command needs is not installed (422; exit 2)
     ├── ConfigError                     a config.json that cannot become an inventory (422)
     │   ├── MalformedConfig             not JSON, not an object, too large, missing fields
     │   ├── UnsupportedArchitecture     model_type transformers cannot build
@@ -95,6 +96,13 @@ class UntrustedHost(InputError):
 class RecipeError(InputError):
     title = "Unusable training config"
     slug = "invalid-recipe"
+
+
+class MissingExtra(InputError):
+    """An optional extra (a pyproject extra such as `deepspeed`) that the command needs is not installed."""
+
+    title = "Missing optional dependency"
+    slug = "missing-extra"
 
 
 class ConfigError(GpuplanError):

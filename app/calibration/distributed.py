@@ -23,7 +23,7 @@ peak and phases are the worst rank's; every rank's peak and phases are kept in `
   (calibration/cpu-matrix-multi-qlora.toml, docs/accuracy-multi.md). reshard_after_forward is passed explicitly,
   to the root too, as accelerate passes it: the root is resharded after forward and re-gathered at backward's start
   (app/core/sharding.py root_regather_bytes), which torch's default (None) would skip.
-ZeRO-2/3 (DeepSpeed) are not run here: see `check_distributed_plan`. Sources: torch/nn/parallel/distributed.py,
+ZeRO-2/3 run a DeepSpeed engine in each rank (app/calibration/zero.py, the `deepspeed` extra). Sources: torch/nn/parallel/distributed.py,
 torch/distributed/fsdp/_fully_shard/ (torch 2.13), accelerate/utils/fsdp_utils.py (fsdp2_prepare_model).
 """
 
@@ -64,6 +64,18 @@ def measure(
     if plan.gpus > 1 or plan.sharding != "none":
         if loop != "plain":
             raise CalibrationError("the CPU ranks run the plain loop: use loop plain with --gpus N")
+        if plan.sharding in ("zero2", "zero3"):
+            from app.calibration.zero import run_zero
+
+            return run_zero(
+                config,
+                plan,
+                layers=layers,
+                steps=steps,
+                seed=seed,
+                fp32_matmuls=fp32_matmuls,
+                timeout_s=DEFAULT_TIMEOUT_S,
+            )
         return run_distributed(config, plan, layers=layers, steps=steps, seed=seed, fp32_matmuls=fp32_matmuls)
     from app.calibration.harness import run_measurement
 
@@ -80,13 +92,13 @@ def with_reshard(plan: TrainingPlan, reshard_after_forward: str) -> TrainingPlan
 
 
 def check_distributed_plan(plan: TrainingPlan) -> None:
-    """Refuse plans the multi-rank CPU harness cannot run, saying what to change."""
-    if plan.sharding in ("zero2", "zero3"):
-        raise CalibrationError(
-            f"{plan.sharding} needs a DeepSpeed engine, which this harness does not drive yet (DeepSpeed's ZeRO does "
-            "run on CPU ranks here: see docs/accuracy-multi.md); the zero2/zero3 terms are first-principles: "
-            "measure ddp, fsdp or fsdp_grad_op instead"
-        )
+    """Refuse plans the multi-rank CPU harness cannot run (ddp/fsdp here, zero2/zero3 in zero.py), saying what to
+    change."""
+    if plan.sharding in ("zero2", "zero3"):  # a DeepSpeed engine per rank (app/calibration/zero.py)
+        from app.calibration.zero import check_zero_plan
+
+        check_zero_plan(plan)
+        return
     if plan.sharding not in DISTRIBUTED or plan.gpus < 2:
         raise CalibrationError("the multi-rank harness runs ddp, fsdp or fsdp_grad_op on at least 2 ranks (gpus >= 2)")
     if plan.device != "cpu":

@@ -330,14 +330,14 @@ def _micro_batch(
     previous output lives through this forward, this one through backward, the optimizer step and the next forward.
     """
     phase = labels.forward()
-    with _failures(phase), _autocast(plan):
+    with failures(phase), _autocast(plan):
         out = model(input_ids=ids, labels=ids, use_cache=False, **batch_mask(ids))
         # keep only the loss unless the plan says otherwise: holding the output keeps the logits through backward
         loss, held[0] = out.loss, (out if plan.keep_logits else None)
         del out
         probe.mark(phase)
     phase = labels.backward()
-    with _failures(phase):
+    with failures(phase):
         loss.backward()
         del loss
         probe.mark(phase)
@@ -345,7 +345,7 @@ def _micro_batch(
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, probe: Probe, phase: str, on_host: bool = False) -> None:
     host = probe.tracker.host_allocations() if on_host and probe.tracker is not None else nullcontext()
-    with _failures(phase):
+    with failures(phase):
         with host:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -365,7 +365,7 @@ def _autocast(plan: TrainingPlan) -> Any:
 
 
 @contextmanager
-def _failures(phase: str) -> Iterator[None]:
+def failures(phase: str) -> Iterator[None]:
     """A failed step as a CalibrationError naming its phase (out of device memory: what to lower)."""
     import torch
 

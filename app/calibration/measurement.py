@@ -45,6 +45,9 @@ class Environment(BaseModel):
         description="The training loop that ran the steps: 'plain' (forward, backward, step, zero_grad) or 'trainer' "
         "(transformers.Trainer, app/calibration/trainer_loop.py) or 'sft' (trl.SFTTrainer, app/calibration/sft_loop.py).",
     )
+    deepspeed: str | None = Field(
+        None, description="DeepSpeed's version for a zero2/zero3 run (app/calibration/zero.py); None otherwise."
+    )
 
 
 class RankPeak(BaseModel):

@@ -24,6 +24,7 @@ SOURCES = (
     "cpu-matrix-multi-offload",
     "cpu-matrix-multi-qlora",
     "cpu-matrix-multi-mp",
+    "cpu-matrix-zero",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -31,6 +32,7 @@ SOURCES = (
 # mlp_grad_bytes and mlp.py recompute_tail_in_down) counts in-sample
 MIXED_PRECISION = "cpu-matrix-multi-mp"
 MIXED_PRECISION_SEEN = frozenset({"mistral-7a6b40cc"})
+ZERO_SOURCE = "cpu-matrix-zero"
 # the later matrices (CPU offload counted by placement; QLoRA under FSDP2), reported whole: their points drove the
 # terms they check (the offload terms; sharding:root_regather_bytes, from the QLoRA points without checkpointing)
 LATER = {
@@ -43,7 +45,7 @@ SEEN_WHILE_FITTING = frozenset(
     {"llama-a872c4fb", "mistral-8defd24c", "mixtral-caa4d5dd", "llama-105f4663", "llama-b2811673"}
 )
 TITLE = (
-    "gpuplan accuracy: multi-GPU (DDP, FSDP2, FSDP2 offload, QLoRA under FSDP2, FSDP2 MixedPrecisionPolicy) measured on "
+    "gpuplan accuracy: multi-GPU (DDP, FSDP2, FSDP2 offload, QLoRA under FSDP2, FSDP2 MixedPrecisionPolicy, DeepSpeed ZeRO-2/3) measured on "
     "torch.distributed CPU ranks"
 )
 INTRO = """Every row is a real training step (2 optimizer steps) on N torch.distributed CPU ranks over gloo on one
@@ -122,15 +124,51 @@ byte-exact from run to run. Not run: fp16 (no fp16 GEMM worth running on these C
 QLoRA (refused with the policy: PEFT's FSDP+QLoRA recipe keeps the packed weights in their storage dtype, which
 accelerate does not upcast); their terms are first-principles in the output (`evidence`).
 
+## DeepSpeed ZeRO-2/3
+
+`calibration/cpu-matrix-zero.toml` drives a DeepSpeed 0.19.8 engine in each rank (`app/calibration/zero.py`:
+`deepspeed.initialize` inside the rank's tracker, then `engine(...)`, `engine.backward(loss)`, `engine.step()`),
+bf16, the plan's torch AdamW as the client optimizer (`zero_allow_untested_optimizer`, as transformers' Trainer
+passes its own when the DeepSpeed config has no `optimizer` section) and DeepSpeed's ZeRO defaults, passed
+explicitly (deepspeed/runtime/zero/config.py: `contiguous_gradients` True, `reduce_bucket_size` and
+`allgather_bucket_size` 5e8 elements, `overlap_comm` True for stage 3 only, `stage3_prefetch_bucket_size` 5e7,
+`stage3_param_persistence_threshold` 1e5). No DeepSpeed op is built: its TorchBackend JIT-builds
+`deepspeed_shm_comm` (about 8 minutes of g++ here) whenever `deepspeed.ops.__compatible_ops__` says it can, and
+that op serves only `inference_all_reduce` (tensor-parallel inference), so the harness marks it not compatible
+first and ZeRO runs over plain gloo (deepspeed/comm/torch.py `build_shm_op`). The `deepspeed` extra is not
+installed by CI; without it `gpuplan calibrate --sharding zero2|zero3` exits 2 saying what to install.
+
+What the ranks hold, read off the tracker's storages at each phase's peak by allocation site (`app/core/zero.py`):
+the bucket is `reduce_bucket_size` elements of the model dtype, **1e9 bytes in bf16 whatever the model's size**
+(ZeRO-2 makes it at the first gradient hook and frees it at backward's end; ZeRO-3 makes it at start-up and keeps
+it), so on these narrow models it is almost all of the peak: the summary above is within bounds by construction,
+and the table below holds the rest of the peak (the error net of the bucket) to the same bounds. Beside it:
+ZeRO-2 keeps every parameter in the model dtype (DeepSpeed casts LoRA adapters to bf16 too, so PEFT's fp32 casts
+of each adapted input disappear), the trainable ones as one flat buffer, the partition's fp32 master and AdamW's
+fp32 states over it (`2 × 4·Pn`, not the bf16 states `/n` the first-principles terms had), and at backward's end
+a flat copy of the bucket's gradients for the all-reduce; ZeRO-3 keeps its bf16 and gradient partitions, the
+master, the states and the bucket, gathers parameters under the persistence threshold for good, and, once the
+first step has recorded the trace, keeps every parameter a backward runs through gathered from its forward to its
+backward (`stage3_max_reuse_distance` 1e9 elements), with the prefetch's coalesced all-gather output beside the
+gathered copies until the logits; at backward's end torch's gloo reduce-scatter makes an input-sized working
+copy (a CPU-rank cost: NCCL reduces into the input's own chunk, so `device cuda` does not count it).
+The model's moments were read from probe runs (llama of the matrix, 2 ranks, seq 64 and 128, no checkpointing;
+not shipped as data) and the matrix's tune points; its holdout points were not looked at until the terms were
+fixed. The worst point net of the bucket is a tune point: llama, LoRA on the attention projections only, ZeRO-2,
+4 ranks, no checkpointing (+3.90 % net, +0.08 % of the peak): its first gradient hook (where ZeRO-2 makes the
+bucket) comes after the last layer's MLP backward, and the MLP's share of what that layer saved is the estimate's
+own split (`activations:layer_activations` `mlp_part`), not read off a dump of that moment. (lm_head's gradient
+hook is a moment of full fine-tuning only: counting it for LoRA too, as a first version did, had this point at
++5.88 %; no other point moved when it was dropped, the holdout points included.)
+
 ## Not measured here, and why
 
-- **ZeRO-2/3 (DeepSpeed)**: tried with DeepSpeed 0.19.8 (pip, then uninstalled: it is no dependency): its CPU
-  accelerator picks gloo, and once it has JIT-built its `deepspeed_shm_comm` op (about 8 minutes of g++ on the
-  shared 2-core machine) a tiny llama's ZeRO-2 and ZeRO-3 steps (`deepspeed.initialize`, bf16, torch AdamW with
-  `zero_allow_untested_optimizer`) ran on 2 CPU ranks. The harness does not drive a DeepSpeed engine yet (its step
-  is `engine.backward` / `engine.step`), so no ZeRO point is measured: `master_weight_bytes`,
-  ZeRO-2's sharded states and `zero3_gathered_bytes` stay first-principles, and `gpuplan calibrate --sharding
-  zero2|zero3` says so.
+- **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-Offload (DeepSpeedCPUAdam is a C++ op the harness
+  does not build), QLoRA under ZeRO, fp16, fp32, other optimizers than torch's AdamW, gradient accumulation, and
+  configs other than DeepSpeed's ZeRO defaults (transformers' `auto` values, e.g. `reduce_bucket_size` =
+  hidden², are not modelled: the plan has no field for them). Those plans keep first-principles terms and say so
+  per term. ZeRO-3's reuse window (the last 5e8 elements stay gathered at the forward's end) is measured only
+  where the whole model fits in it (these widths); above it, it is the source's reading, unmeasured.
 - **Layers split across GPUs** (`--sharding none --gpus N`) and FSDP1 are not run.
 """
 
@@ -168,12 +206,52 @@ def groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[Measure
     label = f"{MIXED_PRECISION} (FSDP2 MixedPrecisionPolicy, bf16 over fp32 shards)"
     out.append((f"{label} tune (in-sample)", seen_mp))
     out.append((f"{label} holdout, not fitted on", [r for r in mixed if r not in seen_mp]))
-    for sharding in ("ddp", "fsdp", "fsdp_grad_op"):
+    zero = [r for r in records if r.source == ZERO_SOURCE]
+    out.append(("cpu-matrix-zero tune (DeepSpeed ZeRO-2/3; in-sample)", [r for r in zero if r.split == "tune"]))
+    out.append(("cpu-matrix-zero holdout, not fitted on", [r for r in zero if r.split == "holdout"]))
+    for sharding in ("ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"):
         out.append((f"sharding {sharding}", [r for r in records if r.plan.get("sharding") == sharding]))
     out.append(("offload (fsdp, fsdp_grad_op)", [r for r in records if r.plan.get("offload")]))
     for gpus in (2, 4):
         out.append((f"{gpus} ranks", [r for r in records if int(r.plan.get("gpus", 1)) == gpus]))
     return out
+
+
+def bucket_bytes(record: MeasurementRecord) -> int:
+    """DeepSpeed's gradient bucket in a ZeRO run's peak (reduce_bucket_size elements of the model dtype), else 0."""
+    from app.core.quant import rounded
+    from app.core.units import DTYPE_BYTES
+    from app.core.zero import REDUCE_BUCKET_ELEMENTS
+
+    if record.plan.get("sharding") not in ("zero2", "zero3"):
+        return 0
+    return rounded(REDUCE_BUCKET_ELEMENTS * DTYPE_BYTES[str(record.plan.get("dtype", "bf16"))])
+
+
+def net_error_pct(record: MeasurementRecord) -> float:
+    """The error net of DeepSpeed's bucket: (estimated - measured) / (measured - bucket). The bucket (1e9 bytes in
+    bf16) outweighs everything else at the matrix's widths, so the plain error alone would hide the rest."""
+    net = record.measured_peak_bytes - bucket_bytes(record)
+    return (record.estimated_peak_bytes - record.measured_peak_bytes) / net * 100
+
+
+def zero_net_table(records: Sequence[MeasurementRecord]) -> list[str]:
+    """The ZeRO points' summary net of the bucket, by split and stage."""
+    zero = [r for r in records if r.source == ZERO_SOURCE]
+    lines = [
+        "| ZeRO points, error net of the 5e8-element bucket | n | median abs error | p90 abs error | max abs error "
+        "| median signed error |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, group in (
+        ("tune (in-sample)", [r for r in zero if r.split == "tune"]),
+        ("holdout, not fitted on", [r for r in zero if r.split == "holdout"]),
+        ("zero2", [r for r in zero if r.plan.get("sharding") == "zero2"]),
+        ("zero3", [r for r in zero if r.plan.get("sharding") == "zero3"]),
+    ):
+        stats = AccuracyStats.from_errors([net_error_pct(r) for r in group]) if group else None
+        lines.append(_stats_line(label, stats))
+    return lines
 
 
 def _point_id(record: MeasurementRecord) -> str:
@@ -207,6 +285,8 @@ def multi_accuracy_markdown(records: Sequence[MeasurementRecord]) -> str:
         f"Worst point: {worst.model_id} {worst.plan['method']} {worst.plan['sharding']} x{worst.plan['gpus']}"
         f" ({worst.error_pct:+.2f} %); median |error| of all {len(records)} points "
         f"{statistics.median(abs(r.error_pct) for r in records):.2f} %.",
+        "",
+        *zero_net_table(records),
         "",
         NOT_MEASURED,
     ]

@@ -57,6 +57,7 @@ class LayerActivations(NamedTuple):
     sliding: int = 0  # a sliding layer's mask and repeated K/V in `saved` (full-attention layers keep none)
     masks: int = 0  # the attention masks every layer reads (`attention_masks_bytes`), once per model
     forward_unchecked: int = 0  # forward_transient of a layer that saves as it runs (checkpoint_every's others)
+    mlp_part: int = 0  # the MLP half's share of `saved` (its norm, its saved tensors)
 
 
 class LayerStack(NamedTuple):
@@ -277,6 +278,7 @@ def layer_activations(
         qk_norms=qk_norms,
         sliding=sliding,
         masks=attention_masks_bytes(x),
+        mlp_part=mlp_part,
     )
 
 

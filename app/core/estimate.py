@@ -47,6 +47,7 @@ from app.core.stack import stack_model
 from app.core.step import adapter_dtype_bytes
 from app.core.tensors import Inventory, LayerSplit, PlanTensors, base_key, plan_tensors
 from app.core.units import BF16, FP16, FP32
+from app.core.zero import StepActivations, ZeroTerms, zero_moments, zero_terms
 from app.errors import PlanError
 
 # One line per memory term: (category, note); a term's unit is always bytes.
@@ -89,6 +90,20 @@ NOTES: dict[str, tuple[Category, str]] = {
     "optimizer_temp_bytes": (
         "transient",
         "optimizer-step temporaries (foreach AdamW: sqrt(exp_avg_sq) of every state at once)",
+    ),
+    "zero_bucket_bytes": (
+        "gradients",
+        "DeepSpeed's contiguous gradient bucket: reduce_bucket_size elements of the model dtype (ZeRO-2: in backward; "
+        "ZeRO-3: from the start)",
+    ),
+    "zero_reduce_bytes": (
+        "transient",
+        "DeepSpeed at backward's end: the bucket's gradients flattened for the reduction (and gloo's working copy on CPU)",
+    ),
+    "zero_init_bytes": (
+        "transient",
+        "DeepSpeed's start-up: ZeRO-2's zero fp32 gradient for the optimizer states, ZeRO-3's gather of the largest "
+        "parameter",
     ),
 }
 
@@ -147,10 +162,14 @@ def _prepared(
 
 
 def peak_moments(terms: StepTerms) -> tuple[Moment, dict[str, int], str]:
-    """Each phase's largest moment (`PHASES`): the peak phase's moment, every phase's total, and the peak's name
-    (the first of the largest, in phase order)."""
-    held = persistent_terms(terms)
-    chosen = {name: max(moments(terms, held), key=lambda m: sum(m.values())) for name, moments in PHASES.items()}
+    """Each phase's largest moment (`PHASES`; DeepSpeed ZeRO's own: `zero:zero_moments`): the peak phase's moment,
+    every phase's total, and the peak's name (the first of the largest, in phase order)."""
+    if terms.zero is not None:
+        candidates = zero_moments(terms.zero, step_activations(terms))
+    else:
+        held = persistent_terms(terms)
+        candidates = {name: moments(terms, held) for name, moments in PHASES.items()}
+    chosen = {name: max(moments, key=lambda m: sum(m.values())) for name, moments in candidates.items()}
     totals = {name: sum(m.values()) for name, m in chosen.items()}
     peak = max(totals, key=lambda name: totals[name])
     return chosen[peak], totals, peak
@@ -164,10 +183,10 @@ def _check(plan: TrainingPlan) -> None:
             )
         if plan.attn == "flash_attention_2":
             raise PlanError("flash_attention_2 needs CUDA: use sdpa or eager with device cpu")
-        if plan.gpus != 1 and plan.sharding not in ("ddp", "fsdp", "fsdp_grad_op"):
+        if plan.gpus != 1 and plan.sharding == "none":
             raise PlanError(
-                "the CPU reference models one device, or CPU ranks under ddp/fsdp/fsdp_grad_op: set gpus to 1 "
-                "or sharding to ddp, fsdp or fsdp_grad_op"
+                "the CPU reference models one device, or CPU ranks under ddp/fsdp/fsdp_grad_op/zero2/zero3: set gpus "
+                "to 1 or a sharding"
             )
 
 
@@ -379,6 +398,7 @@ class StepTerms(NamedTuple):
     activations: int
     activations_at_end: int
     layer_saved: int  # what one decoder layer keeps for its backward (an average layer's share)
+    mlp_saved: int  # the MLP half of one layer's saved tensors (the first kind's)
     head_saved: int
     logits_forward: int
     logits_backward: int
@@ -397,6 +417,7 @@ class StepTerms(NamedTuple):
     autocast_cache: int = 0  # checkpointed layers' trainable weight copies in autocast's cache through the forward
     host_activations: int = 0  # checkpoint_offload: the checkpointed layer inputs held in pinned host memory
     router_aux: RouterAux = RouterAux(0, 0)  # the load-balancing loss's router logits (router_aux_loss)
+    zero: ZeroTerms | None = None  # DeepSpeed ZeRO's own tensors (app/core/zero.py), for the plans it models
 
 
 def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> StepTerms:
@@ -419,6 +440,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         activations=acts,
         activations_at_end=acts_at_end,
         layer_saved=math.ceil((acts - stack.first.head_saved - acts_at_end) / max(1, share.layers - 1)),
+        mlp_saved=0 if plan.gradient_checkpointing else stack.first.mlp_part,
         head_saved=stack.first.head_saved,
         logits_forward=logits_forward,
         logits_backward=logits_backward,
@@ -437,6 +459,25 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         autocast_cache=autocast_cache_bytes(model, plan, tensors.by_leaf, share.layers),
         host_activations=host_checkpoint_bytes(plan, kept_layers(plan, share.layers)[0], stack.first.layer_input),
         router_aux=router_aux_loss_bytes(model, plan, share.layers),
+        zero=zero_terms(model, plan, tensors.adapted),
+    )
+
+
+def step_activations(s: StepTerms) -> StepActivations:
+    """The activations and transients a ZeRO step shares with the one-GPU step."""
+    return StepActivations(
+        activations=s.activations,
+        logits_forward=s.logits_forward,
+        logits_backward=s.logits_backward,
+        layer_forward=max(
+            transient for _, transient in s.layer_forward
+        ),  # ZeRO takes the largest (not checkpoint_every's walk)
+        layer_backward=s.layer_backward,
+        dequant=s.dequant,
+        kept_logits=s.kept_logits,
+        head_saved=s.head_saved,
+        layer_saved=s.layer_saved,
+        mlp_saved=s.mlp_saved,
     )
 
 

@@ -2,15 +2,16 @@
 
 The CPU reference tracker (one process) measured every single-device term of the CPU matrices
 (docs/accuracy-full.md); torch.distributed CPU ranks over gloo measured DDP's and FSDP2's per-GPU terms
-(docs/accuracy-multi.md), FSDP2's CPU offload included (counted by placement: app/calibration/offload.py), and
-QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml), and FSDP2's MixedPrecisionPolicy in
-bf16 over fp32 shards without offload (calibration/cpu-matrix-multi-mp.toml; in fp16 or with offload its terms are
-first-principles). Checkpointing every n-th layer
-(`checkpoint_every`, calibration/cpu-matrix-trainer-every2.toml) and offloaded checkpointing (`checkpoint_offload`,
-counted by placement: app/calibration/offload.py `host_saved_checkpoints`, calibration/cpu-matrix-trainer-offload.toml)
-are measured on the CPU tracker through transformers.Trainer. Nothing here is measured on CUDA yet:
-the CUDA-only overheads, ZeRO (DeepSpeed) with or without offload, layers split across GPUs and bitsandbytes'
-int8 and paged paths are first-principles.
+(docs/accuracy-multi.md), FSDP2's CPU offload included (counted by placement: app/calibration/offload.py),
+QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml), FSDP2's MixedPrecisionPolicy in bf16
+over fp32 shards without offload (calibration/cpu-matrix-multi-mp.toml; in fp16 or with offload its terms are
+first-principles), and DeepSpeed ZeRO-2/3 engines (bf16, torch AdamW, full and LoRA: calibration/cpu-matrix-zero.toml,
+app/core/zero.py). Checkpointing every n-th layer (`checkpoint_every`, calibration/cpu-matrix-trainer-every2.toml)
+and offloaded checkpointing (`checkpoint_offload`, counted by placement: app/calibration/offload.py
+`host_saved_checkpoints`, calibration/cpu-matrix-trainer-offload.toml) are measured on the CPU tracker through
+transformers.Trainer. Nothing here is measured on CUDA yet: the CUDA-only overheads, ZeRO-Offload, ZeRO in
+fp16/fp32, with other optimizers or with gradient accumulation, QLoRA under ZeRO, layers split across GPUs and
+bitsandbytes' int8 and paged paths are first-principles.
 """
 
 from __future__ import annotations
@@ -34,6 +35,22 @@ FIRST_PRINCIPLES_TERMS = frozenset(
 # the terms only data parallelism adds, measured on CPU ranks (app/core/sharding.py)
 RANK_TERMS = frozenset({"ddp_bucket_bytes", "ddp_broadcast_bytes", "reduce_scatter_bytes", "allgather_buffer_bytes"})
 MEASURED_LAYOUTS = ("ddp", "fsdp", "fsdp_grad_op")
+# DeepSpeed ZeRO plans the CPU ranks measured (app/calibration/zero.py): their terms, the fp32 master included
+ZERO_TERMS = frozenset({"master_weight_bytes", "zero_bucket_bytes", "zero_reduce_bytes", "zero_init_bytes"})
+
+
+def zero_measured(plan: TrainingPlan) -> bool:
+    """A ZeRO-2/3 plan of the kind the CPU ranks ran: full or LoRA, bf16, torch AdamW, no offload or accumulation."""
+    return (
+        plan.sharding in ("zero2", "zero3")
+        and plan.gpus > 1
+        and plan.method in ("full", "lora")
+        and plan.dtype == "bf16"
+        and not plan.autocast
+        and plan.optimizer == "adamw"
+        and not plan.offload
+        and plan.grad_accum_steps == 1
+    )
 
 
 def measured_policy(plan: TrainingPlan) -> bool:
@@ -42,9 +59,10 @@ def measured_policy(plan: TrainingPlan) -> bool:
 
 
 def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
-    """`measured-cpu-ranks` for a term of a DDP/FSDP2 plan (FSDP2 with or without CPU offload) on several GPUs,
-    `measured-cpu` for a single-device term the CPU matrices measure, `first-principles` for the rest."""
-    if term in FIRST_PRINCIPLES_TERMS:
+    """`measured-cpu-ranks` for a term of a DDP/FSDP2 plan (FSDP2 with or without CPU offload) or of a ZeRO plan
+    the CPU ranks ran (`zero_measured`) on several GPUs, `measured-cpu` for a single-device term the CPU matrices
+    measure, `first-principles` for the rest."""
+    if term in FIRST_PRINCIPLES_TERMS and not (term in ZERO_TERMS and zero_measured(plan)):
         return "first-principles"
     if term == "dequant_transient_bytes" and plan.quant == "int8":
         return "first-principles"  # bitsandbytes' int8 backward: an allowance no run has measured
@@ -56,7 +74,12 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
         return "first-principles"  # TRL's Triton folds of the fused LM head: the CPU runs measure its torch folds
     if plan.gpus > 1 or plan.sharding != "none" or plan.offload:
         accumulated = term == "gradient_bytes" and plan.grad_accum_steps > 1  # measured on one device only
-        if plan.sharding in MEASURED_LAYOUTS and plan.gpus > 1 and not accumulated and measured_policy(plan):
+        if (
+            (plan.sharding in MEASURED_LAYOUTS or zero_measured(plan))
+            and plan.gpus > 1
+            and not accumulated
+            and measured_policy(plan)
+        ):
             return "measured-cpu-ranks"  # offload is FSDP2's only (TrainingPlan refuses it with ddp); QLoRA too
-        return "first-principles"  # ZeRO-2/3 (with or without offload), layers split across GPUs
+        return "first-principles"  # ZeRO-Offload and the ZeRO plans not run, layers split across GPUs
     return "first-principles" if term in RANK_TERMS else "measured-cpu"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from app.core.step import Step, lora_branch, norm_keeps_input
-from app.core.units import FP32
 
 
 class GatedProduct(NamedTuple):
@@ -68,6 +67,6 @@ def recompute_tail_in_down(x: Step, mlp_keeps: bool, down_keeps: bool) -> int:
     t, h, i, a, a_res = x.t, x.h, x.i, x.p.act, x.p.residual
     tail = (0 if norm_keeps_input(x, a_res) else t * h * a_res) + t * h * a + (0 if mlp_keeps else t * h * a)
     tail += 0 if down_keeps else t * i * a
-    if "down_proj" in x.by_leaf and x.plan.dropout > 0 and a != FP32 and not x.plan.fsdp_mixed_precision:
-        tail += t * i * FP32  # under FSDP2's MixedPrecisionPolicy the adapters are 16-bit: no cast (step.py)
+    if "down_proj" in x.by_leaf and x.plan.dropout > 0 and a != x.p.adapter and not x.plan.fsdp_mixed_precision:
+        tail += t * i * x.p.adapter  # the cast to the adapters' dtype (none under FSDP2's MixedPrecisionPolicy)
     return tail

@@ -2,8 +2,8 @@
 
 Each formula was measured on torch.distributed CPU ranks over gloo (app/calibration/distributed.py, every rank
 tracked by its own LiveTensorTracker; calibration/cpu-matrix-multi.toml, docs/accuracy-multi.md) with torch 2.13;
-the sources are torch's own files, named per function. ZeRO-2/3 (DeepSpeed) are not measured here (see
-`zero3_gathered_bytes`). Notation: `R` the root's parameters (embeddings, final norm, lm_head: everything outside
+the sources are torch's own files, named per function. DeepSpeed ZeRO-2/3 are app/core/zero.py's (measured);
+`zero3_gathered_bytes` is the first-principles remainder. Notation: `R` the root's parameters (embeddings, final norm, lm_head: everything outside
 the decoder layers), `W_l` one decoder layer's parameters (weights and adapters), both unsharded; `G_l`, `G_r` the
 gradients of one layer's and of the root's trainable parameters, unsharded; `L` decoder layers.
 """
@@ -249,6 +249,6 @@ def offload_reduce_scatter_bytes(inv: Inventory, plan: TrainingPlan, num_layers:
 
 
 def zero3_gathered_bytes(inv: Inventory, plan: TrainingPlan) -> int:
-    """ZeRO-3 (DeepSpeed): two decoder layers gathered unsharded (current + prefetch). First-principles: the
-    multi-rank harness does not drive a DeepSpeed engine yet (docs/accuracy-multi.md), so no run has measured it."""
+    """ZeRO-3 (DeepSpeed) under ZeRO-Offload or QLoRA: two decoder layers gathered unsharded (current + prefetch).
+    First-principles: the plans the CPU ranks ran are modelled by app/core/zero.py (measured), these are not."""
     return 2 * inv.largest_layer_weights if plan.sharding == "zero3" else 0

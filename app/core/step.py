@@ -37,19 +37,25 @@ class Precision(NamedTuple):
     act: int  # norm outputs, projection outputs, attention, MLP intermediates
     logits: int  # lm_head output
     mask: int  # LoRA dropout mask element
+    adapter: int = FP32  # LoRA weights and the casts PEFT makes for them (the compute dtype under DeepSpeed ZeRO)
 
 
 def precision(plan: TrainingPlan) -> Precision:
     c = DTYPE_BYTES[plan.dtype]
     # torch's fused dropout (CUDA) keeps a bool mask; the CPU path multiplies by a mask in the input dtype (fp32)
     mask = BOOL if plan.device == "cuda" else FP32
+    lora = adapter_dtype_bytes(plan)
     if plan.method == "qlora":
-        return Precision(c, FP32, FP32, FP32, mask)  # compute, residual, act, logits, mask
+        return Precision(c, FP32, FP32, FP32, mask, lora)  # compute, residual, act, logits, mask, adapter
     if plan.autocast:  # the embedding is not autocast (fp32 stream); matmuls and their outputs are 16-bit
-        return Precision(c, FP32, c, c, mask)
+        return Precision(c, FP32, c, c, mask, lora)
     if plan.fsdp_mixed_precision and plan.device == "cpu":  # adapters gathered in `c`: dropout reads a 16-bit input
-        return Precision(c, c, c, c, c)
-    return Precision(c, c, c, c, mask)
+        return Precision(c, c, c, c, c, lora)
+    if plan.sharding in ("zero2", "zero3") and plan.gpus > 1 and not plan.offload:
+        # DeepSpeed casts every parameter to the model dtype (engine.py `_cast_module_mixed_precision`), the LoRA
+        # weights too: PEFT's cast of the input to lora_A's dtype is then a no-op (measured on CPU ranks)
+        return Precision(c, c, c, c, mask if plan.device == "cuda" else c, adapter=c)
+    return Precision(c, c, c, c, mask, lora)
 
 
 def adapter_dtype_bytes(plan: TrainingPlan) -> int:
@@ -113,7 +119,7 @@ def mlp_grad_bytes(p: Precision, full: bool, by_leaf: Mapping[str, Adapted]) -> 
     fully trained down's is in the activation dtype: the tracker's full fine-tuning dumps; so is a branch whose
     adapters FSDP2's MixedPrecisionPolicy gathers in the 16-bit param dtype, passed here as `full`)."""
     down_adapted = not full and any(leaf in by_leaf for leaf in DOWN_LEAVES)
-    return max(p.act, FP32 if down_adapted else 0)
+    return max(p.act, p.adapter if down_adapted else 0)
 
 
 def adapted_by_leaf(adapted: Iterable[Adapted]) -> dict[str, Adapted]:
@@ -207,7 +213,7 @@ def lora_branch(x: Step, leaf: str, in_features: int, normed: bool = False) -> P
         return gathered_lora_branch(x, in_features)
     saved = 0
     keeps_input = x.full
-    lora = adapter_dtype_bytes(plan)  # PEFT casts the input to lora_A's dtype (`_cast_input_dtype`)
+    lora = p.adapter  # PEFT casts the input to lora_A's dtype (`_cast_input_dtype`)
     if plan.dropout > 0:  # dropout output and mask (the cast is freed); the CPU mask is in the input's dtype
         saved += t * in_features * (lora + (min(p.mask, lora) if lora != FP32 else p.mask))
     elif p.act != lora:
@@ -216,7 +222,7 @@ def lora_branch(x: Step, leaf: str, in_features: int, normed: bool = False) -> P
         keeps_input = True  # lora_A keeps the input itself
     saved += t * plan.rank * lora  # lora_A's output, kept by lora_B
     if plan.dora:
-        saved += t * ad.group.out_features * FP32  # DoRA keeps the base output to rescale it
+        saved += t * ad.group.out_features * p.adapter  # DoRA keeps the base output to rescale it
     return Projection(saved, keeps_input)
 
 

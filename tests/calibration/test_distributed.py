@@ -96,7 +96,7 @@ def test_every_rank_reports_its_own_peak_and_the_worst_is_the_measurement(
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
-        ({"sharding": "zero2"}, "needs a DeepSpeed engine"),
+        ({"sharding": "zero2", "offload": True}, "ZeRO-Offload"),
         ({"sharding": "fsdp", "gpus": 1}, "at least 2 ranks"),
         ({"sharding": "fsdp", "device": "cuda"}, "device cpu"),
     ],
@@ -150,6 +150,7 @@ def test_the_shipped_multi_rank_page_is_what_the_command_writes_now() -> None:
         "cpu-matrix-multi-offload",
         "cpu-matrix-multi-qlora",
         "cpu-matrix-multi-mp",
+        "cpu-matrix-zero",
     ],
 )
 def test_each_multi_rank_spec_expands_to_exactly_the_points_it_shipped(source: str) -> None:

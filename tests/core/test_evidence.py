@@ -38,15 +38,27 @@ def test_ddp_and_fsdp2_terms_are_measured_on_cpu_ranks(sharding: str) -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        {"sharding": "zero3", "gpus": 8},
-        {"sharding": "zero2", "gpus": 8},
         {"sharding": "zero3", "gpus": 8, "offload": True},
+        {"sharding": "zero2", "gpus": 8, "offload": True},
+        {"sharding": "zero3", "gpus": 8, "optimizer": "sgd"},
+        {"sharding": "zero2", "gpus": 8, "grad_accum_steps": 4},
         {"sharding": "none", "gpus": 2},
     ],
 )
-def test_zero_with_or_without_offload_and_layer_splitting_are_first_principles(fields: dict[str, Any]) -> None:
+def test_zero_offload_zero_plans_not_run_and_layer_splitting_are_first_principles(fields: dict[str, Any]) -> None:
     ev = _evidence(**{"method": "full", "optimizer": "adamw", **fields})
-    assert set(ev.values()) == {"first-principles"}
+    assert ev["cuda_context_bytes"] == "first-principles"
+    assert "measured-cpu-ranks" not in set(ev.values())
+
+
+@pytest.mark.parametrize("sharding", ["zero2", "zero3"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_zero_terms_the_cpu_ranks_ran_are_measured(sharding: str, method: str) -> None:
+    """calibration/cpu-matrix-zero.toml: DeepSpeed engines, bf16, torch AdamW, full and LoRA."""
+    ev = _evidence(method=method, optimizer="adamw", sharding=sharding, gpus=8)
+    assert ev["master_weight_bytes"] == ev["optimizer_state_bytes"] == ev["base_weight_bytes"] == "measured-cpu-ranks"
+    assert all(v == "measured-cpu-ranks" for k, v in ev.items() if not k.startswith(("cu", "allocator")))
+    assert ev["cuda_context_bytes"] == "first-principles"
 
 
 @pytest.mark.parametrize("offload", [False, True])

@@ -1,0 +1,228 @@
+"""run_zero: a zero2/zero3 plan's steps on N CPU ranks, each driving a DeepSpeed engine under its own tracker.
+
+DeepSpeed is an optional extra (`pip install 'gpuplan[deepspeed]'`): its CPU accelerator runs ZeRO over
+torch.distributed's gloo backend. Each rank builds the same random-weight model (build.py), joins the gloo group,
+and, inside its LiveTensorTracker (the model's own tensors counted first, as for DDP), calls
+`deepspeed.initialize(model, optimizer=<the plan's torch optimizer>, config=deepspeed_config(plan))`, so the flat
+partitions, the fp32 masters and the gradient buffers DeepSpeed makes count from the load on. A step is
+`engine(...)`, `engine.backward(loss)`, `engine.step()` per micro-batch (the engine steps the optimizer at the
+accumulation boundary and zeroes the gradients itself). The measurement is the worst rank's (distributed.assemble).
+
+The optimizer is the plan's torch one (`zero_allow_untested_optimizer`), as transformers' Trainer passes its own
+optimizer when the DeepSpeed config has no `optimizer` section (transformers integrations/deepspeed.py
+`deepspeed_optim_sched`); DeepSpeed's own (DeepSpeedCPUAdam, FusedAdam) would JIT-build C++ ops.
+
+No op is built. DeepSpeed's TorchBackend loads its `deepspeed_shm_comm` op (about 8 minutes of g++ on a 2-core
+machine) whenever `deepspeed.ops.__compatible_ops__` says it can be built (deepspeed/comm/torch.py `build_shm_op`,
+0.19.8); that op serves only `inference_all_reduce` (tensor-parallel inference, deepspeed/module_inject), never
+ZeRO's reduce-scatter, all-reduce and all-gather, which go to torch.distributed. The dict is computed once and
+kept ("edits to it persist": deepspeed/ops/__init__.py), so `skip_shm_op` marks the op not compatible first and
+ZeRO runs over plain gloo.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from datetime import timedelta
+from typing import Any
+
+from app.calibration.measurement import Measurement, Phase
+from app.core.plan import TrainingPlan
+from app.errors import CalibrationError, MissingExtra
+
+ZERO = ("zero2", "zero3")
+DEEPSPEED_VERSION = "0.19.8"  # the version the zero points were measured with (pyproject's `deepspeed` extra)
+# DeepSpeed's ZeRO defaults, passed explicitly so a run says what it ran with (deepspeed/runtime/zero/config.py,
+# DeepSpeedZeroConfig, 0.19.8): contiguous_gradients True; reduce_bucket_size 5e8 and allgather_bucket_size 5e8
+# elements; overlap_comm None, which its validator `overlap_comm_valid` makes True for stage 3 only;
+# stage3_prefetch_bucket_size 5e7 elements; stage3_param_persistence_threshold 1e5 elements.
+ZERO_DEFAULTS: dict[str, Any] = {
+    "contiguous_gradients": True,
+    "reduce_bucket_size": 500_000_000,
+    "allgather_bucket_size": 500_000_000,
+    "stage3_prefetch_bucket_size": 50_000_000,
+    "stage3_param_persistence_threshold": 100_000,
+}
+
+
+def require_deepspeed() -> None:
+    """MissingExtra (exit 2) unless DeepSpeed can be imported, saying what to install."""
+    if importlib.util.find_spec("deepspeed") is None:
+        raise MissingExtra(
+            "zero2/zero3 runs drive a DeepSpeed engine, and deepspeed is not installed: "
+            f"pip install 'gpuplan[deepspeed]' (deepspeed=={DEEPSPEED_VERSION}, into the same environment as torch), "
+            "or measure ddp, fsdp or fsdp_grad_op"
+        )
+
+
+def check_zero_plan(plan: TrainingPlan) -> None:
+    """Refuse zero plans the CPU ranks cannot run, saying what to change."""
+    if plan.gpus < 2:
+        raise CalibrationError("a ZeRO run shards over at least 2 ranks: use gpus >= 2")
+    if plan.device != "cpu":
+        raise CalibrationError("the multi-rank harness runs CPU ranks over gloo: use device cpu")
+    if plan.offload:
+        raise CalibrationError(
+            "ZeRO-Offload steps DeepSpeedCPUAdam, a C++ op this harness does not build: turn offload off"
+        )
+    if plan.method == "qlora":
+        raise CalibrationError("QLoRA under DeepSpeed ZeRO is not run on the CPU ranks: use full or lora")
+    if plan.autocast or plan.dtype == "fp16":
+        raise CalibrationError("the ZeRO runs cover bf16 and fp32 weights: use dtype bf16 or fp32, no autocast")
+    if plan.optimizer != "adamw":
+        raise CalibrationError("the ZeRO runs step torch's AdamW: use optimizer adamw")
+
+
+def deepspeed_config(plan: TrainingPlan) -> dict[str, Any]:
+    """The DeepSpeed config of a plan: its ZeRO stage at DeepSpeed's defaults, bf16 when the plan trains in bf16,
+    its micro-batch and accumulation, and the client optimizer allowed (no `optimizer` section)."""
+    return {
+        "train_micro_batch_size_per_gpu": plan.batch_size,
+        "gradient_accumulation_steps": plan.grad_accum_steps,
+        "zero_optimization": {"stage": 3 if plan.sharding == "zero3" else 2, **ZERO_DEFAULTS},
+        "bf16": {"enabled": plan.dtype == "bf16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1_000_000,
+    }
+
+
+def run_zero(
+    config: dict[str, Any],
+    plan: TrainingPlan,
+    *,
+    layers: int | None,
+    steps: int,
+    seed: int,
+    fp32_matmuls: bool,
+    timeout_s: float,
+) -> Measurement:
+    """Measure a zero2/zero3 `plan` on plan.gpus CPU ranks; the measurement's peak and phases are the worst rank's."""
+    from app.calibration.distributed import assemble
+    from app.calibration.harness import check_plan
+    from app.calibration.ranks import run_ranks
+
+    require_deepspeed()
+    check_zero_plan(plan)
+    check_plan(plan.model_copy(update={"gpus": 1, "sharding": "none"}), steps)
+    job = {
+        "config": config,
+        "plan": plan.model_dump(mode="json"),
+        "layers": layers,
+        "steps": steps,
+        "seed": seed,
+        "fp32_matmuls": fp32_matmuls,
+    }
+    return assemble(run_ranks(zero_rank_main, plan.gpus, job, timeout_s=timeout_s), plan)
+
+
+def skip_shm_op() -> None:
+    """Mark DeepSpeed's `deepspeed_shm_comm` op not buildable, so its TorchBackend uses gloo without building it."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def zero_rank_main(rank: int, world: int, job: dict[str, Any]) -> dict[str, Any]:
+    """One rank: build the model, join the gloo group, run the engine's steps tracked; return its measurement."""
+    import os
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    from app.calibration.build import build_config, build_model, quiet
+    from app.calibration.distributed import COLLECTIVE_TIMEOUT_S
+    from app.calibration.matmul import fp32_compute_matmuls
+
+    os.environ["DS_ACCELERATOR"] = "cpu"  # deepspeed/accelerator/real_accelerator.py: no probing for a GPU
+    torch.set_num_threads(1)
+    plan = TrainingPlan.model_validate(job["plan"])
+    started = time.perf_counter()
+    with quiet(), fp32_compute_matmuls(bool(job["fp32_matmuls"])):
+        skip_shm_op()
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        cfg = build_config(job["config"], job["layers"])
+        torch.manual_seed(int(job["seed"]))
+        model = build_model(cfg, plan)
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+        try:
+            measurement = _measure_rank(model, cfg, plan, job, started)
+        finally:
+            dist.destroy_process_group()
+    return {
+        "peak": measurement.peak_allocated_bytes,
+        "phases": [p.model_dump(mode="json") for p in measurement.phases],
+        "measurement": measurement.model_dump(mode="json"),
+    }
+
+
+def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any], started: float) -> Measurement:
+    import time
+    from datetime import UTC, datetime
+
+    from app.calibration.harness import environment
+
+    phases, peak = engine_steps(model, int(cfg.vocab_size), plan, int(job["steps"]), int(job["seed"]))
+    del model
+    env = environment("cpu", matmul_compute="fp32" if job["fp32_matmuls"] else "native")
+    return Measurement(
+        model_type=str(cfg.model_type),
+        config=cfg.to_diff_dict(),
+        plan=plan.model_dump(mode="json"),
+        layers=int(cfg.num_hidden_layers),
+        steps=int(job["steps"]),
+        device="cpu",
+        peak_allocated_bytes=peak,
+        peak_reserved_bytes=None,
+        phases=phases,
+        env=env.model_copy(update={"deepspeed": _deepspeed_version()}),
+        duration_s=time.perf_counter() - started,
+        created_at=datetime.now(UTC),
+    )
+
+
+def _deepspeed_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("deepspeed")
+
+
+def engine_steps(model: Any, vocab_size: int, plan: TrainingPlan, steps: int, seed: int) -> tuple[list[Phase], int]:
+    """The engine's steps under the probe: deepspeed.initialize inside the tracker (marked `load`), then per
+    micro-batch forward (the loss only kept), `engine.backward`, `engine.step` (the optimizer at the boundary)."""
+    import deepspeed
+    import torch
+
+    from app.calibration.build import build_optimizer
+    from app.calibration.harness import StepLabels, failures, tracked
+
+    tracker, probe = tracked(model, plan)
+    labels = StepLabels(plan.grad_accum_steps)
+    generator = torch.Generator().manual_seed(seed)
+    assert tracker is not None  # device cpu: check_zero_plan
+    with tracker:
+        with failures("load"):
+            engine, *_ = deepspeed.initialize(
+                model=model, optimizer=build_optimizer(model, plan), config=deepspeed_config(plan)
+            )
+        probe.mark("load")
+        ids = torch.randint(vocab_size, (plan.batch_size, plan.seq_len), generator=generator)
+        for _ in range(steps * plan.grad_accum_steps):
+            last = labels.micro % plan.grad_accum_steps == plan.grad_accum_steps - 1
+            phase = labels.forward()
+            with failures(phase):
+                loss = engine(input_ids=ids, labels=ids, use_cache=False).loss
+                probe.mark(phase)
+            phase = labels.backward()
+            with failures(phase):
+                engine.backward(loss)
+                del loss
+                probe.mark(phase)
+            with failures("optimizer"):
+                engine.step()
+            if last:
+                probe.mark(labels.optimizer())
+        engine.destroy()
+        del engine, ids
+    return probe.phases, probe.peak_allocated

@@ -1,0 +1,292 @@
+"""DeepSpeed ZeRO-2/3 on one GPU: flat partitions, fp32 masters, the gradient bucket, ZeRO-3's gathered parameters.
+
+Measured on torch.distributed CPU ranks over gloo, each rank driving a DeepSpeed 0.19.8 engine under its own
+live-tensor tracker (app/calibration/zero.py; calibration/cpu-matrix-zero.toml, docs/accuracy-multi.md), bf16,
+torch AdamW (`zero_allow_untested_optimizer`), DeepSpeed's ZeRO defaults. Notation: `P` trainable parameters
+(elements), `n` GPUs, `d` the model dtype's bytes (DeepSpeed casts every parameter to bf16/fp16 when that is
+enabled, LoRA adapters too: deepspeed/runtime/engine.py `_cast_module_mixed_precision`), `Pn` one GPU's partition
+of them, `B` reduce_bucket_size. Sources: deepspeed/runtime/zero/stage_1_and_2.py (ZeRO-2), stage3.py,
+partition_parameters.py and partitioned_param_coordinator.py (ZeRO-3), config.py (the defaults), 0.19.8.
+
+Known limitations: ZeRO-Offload, QLoRA under ZeRO, fp16 and gradient accumulation are not measured (they keep
+the first-principles terms of app/core/estimate.py, or these formulas unmeasured); ZeRO-3's reuse window for
+models above `MAX_REUSE_DISTANCE / 2` parameters is first-principles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from app.core.adapters import Adapted
+from app.core.plan import TrainingPlan
+from app.core.quant import ceil_div, rounded
+from app.core.spec import ModelSpec
+from app.core.units import DTYPE_BYTES, FP32
+
+ZERO = ("zero2", "zero3")
+# DeepSpeedZeroConfig defaults (deepspeed/runtime/zero/config.py, 0.19.8), all in elements
+REDUCE_BUCKET_ELEMENTS = 500_000_000  # reduce_bucket_size
+PREFETCH_BUCKET_ELEMENTS = 50_000_000  # stage3_prefetch_bucket_size
+PERSISTENCE_THRESHOLD = 100_000  # stage3_param_persistence_threshold: smaller parameters are never released
+MAX_REUSE_DISTANCE = 1_000_000_000  # stage3_max_reuse_distance
+# stage_1_and_2.py: `nccl_start_alignment_factor = 2`; the flat buffer is padded to a multiple of 2·n elements
+ALIGNMENT = 2
+# the MLP projections of the dense families (llama/mistral/qwen gated MLPs, GPT-style fc1/fc2)
+MLP_LEAVES = frozenset({"gate_proj", "up_proj", "down_proj", "fc1", "fc2", "dense_h_to_4h", "dense_4h_to_h"})
+
+
+class ZeroTerms(NamedTuple):
+    """One GPU's ZeRO tensors (bytes), before the phases pick their moments."""
+
+    stage: int  # 2 or 3
+    weights: int  # frozen base weights (ZeRO-3: their partitions) and, for full fine-tuning, the trainable flat
+    adapters: int  # LoRA: the trainable flat (ZeRO-2) or partition (ZeRO-3), in the model dtype
+    master: int  # the fp32 partition
+    states: int  # the optimizer's states over the fp32 partition
+    grad_partition: int  # ZeRO-3: the gradient partitions' flat buffer, from the start on
+    bucket: int  # the contiguous gradient bucket (ZeRO-2: through backward; ZeRO-3: from the start on)
+    reduce: int  # backward's end: the flat copy of the bucket's gradients (and gloo's working copy)
+    init: int  # the start-up temporary (load)
+    fp32_grad: int  # the optimizer step: the fp32 gradient of the partition
+    step_temp: int  # the optimizer step's own temporaries (foreach AdamW)
+    persistent: int  # ZeRO-3: parameters under the persistence threshold, gathered for good from the forward on
+    gathered: int  # ZeRO-3: the other parameters gathered at the forward's end (trace complete, kept for reuse)
+    prefetch: int  # ZeRO-3: the coalesced all-gather output of the prefetch, beside the gathered copies
+    end_gather: int  # ZeRO-3: the input embedding, gathered for its backward while the reduction runs
+    head_hook: int = 0  # full fine-tuning: lm_head's gradient and its input's, at the first gradient hook
+    mlp_adapted: bool = True  # LoRA on an MLP projection: the first gradient hook comes before the MLP's backward
+
+
+def param_numels(model: ModelSpec, adapted: Iterable[Adapted], method: str) -> tuple[list[int], list[int]]:
+    """(trainable, frozen) parameter sizes in elements, one entry per parameter: full fine-tuning trains every
+    base parameter, LoRA only the adapters (the base is frozen)."""
+    base = [p.numel for g in model.groups for _ in range(g.count) for p in g.params]
+    adapters = [math.prod(s) for a in adapted for _ in range(a.group.count) for s in a.shapes]
+    return (base, []) if method == "full" else (adapters, base)
+
+
+def zero2_partition(trainable: int, gpus: int) -> int:
+    """ZeRO-2's partition `Pn`: the trainable parameters flattened into one buffer padded to a multiple of
+    `2·n` elements (`nccl_start_alignment_factor × world`), split in n. Source: stage_1_and_2.py
+    (`flatten_dense_tensors_aligned`, `get_data_parallel_partitions`)."""
+    return ceil_div(trainable, ALIGNMENT * gpus) * ALIGNMENT
+
+
+def optimizer_partition_bytes(plan: TrainingPlan, partition: int) -> tuple[int, int]:
+    """(states, step temporaries) of the plan's optimizer over the fp32 partition, one flat tensor: AdamW keeps
+    `exp_avg` and `exp_avg_sq` (`2 × 4·Pn`) and foreach AdamW's step makes `sqrt(exp_avg_sq)` (`4·Pn`); SGD keeps
+    none; Adafactor over a 1-D tensor keeps the unfactored `exp_avg_sq` (first-principles); bitsandbytes' 8-bit
+    optimizers 1 byte a state element (first-principles). Source: torch/optim/adamw.py (`_multi_tensor_adamw`)."""
+    fp32 = rounded(partition * FP32)
+    if plan.optimizer in ("adamw", "paged_adamw_32bit"):
+        return 2 * fp32, fp32
+    if plan.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
+        return 2 * rounded(partition), fp32
+    if plan.optimizer == "adafactor":
+        return fp32, fp32
+    return 0, 0
+
+
+def zero2_terms(plan: TrainingPlan, trainable: list[int], frozen: list[int]) -> ZeroTerms:
+    """ZeRO-2: every GPU keeps the whole model, the trainable parameters as one flat buffer in the model dtype
+    (`d·P`, the parameters views of it); its partition's fp32 master `4·Pn` (a clone, even in fp32) and the
+    optimizer's states over it. At start-up the optimizer states are initialised with a zero fp32 gradient
+    `4·Pn` beside the master. Backward copies each gradient into the bucket (`B·d`, made at the first gradient
+    hook, freed at backward's end); at the end its gradients are flattened again for the all-reduce
+    (`use_multi_rank_bucket_allreduce`, default True): `d·min(P, B)`. The step casts the partition's gradient to
+    fp32 (`4·Pn`) beside the optimizer's temporaries. Source: stage_1_and_2.py (`__init__`,
+    `initialize_optimizer_states`, `setup_buckets`, `allreduce_bucket`, `step`), 0.19.8."""
+    d, p = DTYPE_BYTES[plan.dtype], sum(trainable)
+    partition = zero2_partition(p, plan.gpus)
+    flat = rounded(d * partition * plan.gpus)
+    states, temp = optimizer_partition_bytes(plan, partition)
+    base = sum(rounded(d * x) for x in frozen)
+    full = plan.method == "full"
+    return ZeroTerms(
+        stage=2,
+        weights=flat if full else base,
+        adapters=0 if full else flat,
+        master=rounded(FP32 * partition),
+        states=states,
+        grad_partition=0,
+        bucket=rounded(d * REDUCE_BUCKET_ELEMENTS),
+        reduce=rounded(d * min(p, REDUCE_BUCKET_ELEMENTS)),
+        init=rounded(FP32 * partition),
+        fp32_grad=rounded(FP32 * partition),
+        step_temp=temp,
+        persistent=0,
+        gathered=0,
+        prefetch=0,
+        end_gather=0,
+    )
+
+
+def zero3_terms(plan: TrainingPlan, trainable: list[int], frozen: list[int], embedding: int = 0) -> ZeroTerms:
+    """ZeRO-3: every parameter is partitioned (`⌈numel/n⌉` each); the trainable partitions are one flat buffer in
+    the model dtype (`d·Pn`), the gradient partitions another (`d·Pn`, grad_accum_dtype = the model dtype), the
+    fp32 master `4·Pn` (none in fp32: the partition is shared) and the states; the bucket `B·d` is made at
+    start-up and kept. Parameters under the persistence threshold (`numel < 1e5`: norms, small projections, LoRA
+    adapters of small rank) are gathered once and never released. Once the first step has recorded the trace,
+    a parameter whose next use is within `max_reuse_distance` (1e9 elements) is not released after its forward,
+    so at the forward's end the other parameters a backward runs through stay gathered (the last
+    `MAX_REUSE_DISTANCE / 2` elements of the model: the traversal to a parameter's backward covers everything after
+    it twice; a frozen input embedding has none), beside the prefetch's coalesced all-gather output of all of them
+    (`min(·, stage3_prefetch_bucket_size)`). At backward's end the bucket's gradients
+    are flattened for the reduce-scatter (`d·min(P, B)`), and torch's gloo backend makes an input-sized working
+    copy (measured on CPU ranks; NCCL reduces into the input's own chunk), while the input embedding (`embedding`
+    elements) is gathered for its backward when one runs (full fine-tuning; LoRA with checkpointing, whose
+    `enable_input_require_grads` makes the embedding's output need a gradient). Start-up gathers the largest
+    trainable parameter once. The step releases the persistent parameters and gathers them again after it. Source: stage3.py (`_create_fp16_partitions_with_defragmentation`, `_create_fp32_partitions`,
+    `_setup_for_real_optimizer`), partitioned_param_coordinator.py (`__params_to_release`), coalesced_collectives.py
+    (`reduce_scatter_coalesced`), 0.19.8."""
+    d, n, p = DTYPE_BYTES[plan.dtype], plan.gpus, sum(trainable)
+    partition = sum(ceil_div(x, n) for x in trainable)
+    states, temp = optimizer_partition_bytes(plan, partition)
+    frozen_parts = sum(rounded(d * ceil_div(x, n)) for x in frozen)
+    every = trainable + frozen
+    persistent = sum(rounded(d * x) for x in every if x < PERSISTENCE_THRESHOLD)
+    others = [x for x in every if x >= PERSISTENCE_THRESHOLD]
+    backprop_embedding = plan.method == "full" or plan.gradient_checkpointing
+    reused = list(others)
+    if not backprop_embedding and embedding in reused:  # no backward runs through it: released after its forward
+        reused.remove(embedding)
+    kept = min(sum(reused), MAX_REUSE_DISTANCE // 2)
+    reduced = rounded(d * min(p, REDUCE_BUCKET_ELEMENTS))
+    flat = rounded(d * partition)
+    full = plan.method == "full"
+    return ZeroTerms(
+        stage=3,
+        weights=flat if full else frozen_parts,
+        adapters=0 if full else flat,
+        master=0 if d == FP32 else rounded(FP32 * partition),
+        states=states,
+        grad_partition=flat,
+        bucket=rounded(d * REDUCE_BUCKET_ELEMENTS),
+        reduce=reduced + (reduced if plan.device == "cpu" else 0),
+        init=rounded(d * max(trainable, default=0)),
+        fp32_grad=rounded(FP32 * partition),
+        step_temp=temp,
+        persistent=persistent,
+        gathered=sum(rounded(d * x) for x in reused) if kept == sum(reused) else rounded(d * kept),
+        prefetch=rounded(d * min(sum(others), MAX_REUSE_DISTANCE // 2, PREFETCH_BUCKET_ELEMENTS)),
+        end_gather=rounded(d * embedding) if embedding >= PERSISTENCE_THRESHOLD and backprop_embedding else 0,
+    )
+
+
+def head_hook_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
+    """Full fine-tuning: the first gradient hook is lm_head's, right after its backward made its weight's gradient
+    `d·V·h` and its input's `d·T·h`; every activation is still alive (the final norm's backward is next), and ZeRO-2
+    makes its bucket there. Measured on CPU ranks (tracker dumps of the backward's peak, llama, no checkpointing).
+    Source: stage_1_and_2.py (`grad_handling_hook` → `setup_buckets`)."""
+    if plan.method != "full":
+        return 0
+    d, h = DTYPE_BYTES[plan.dtype], model.arch.hidden_size
+    return rounded(d * model.arch.vocab_size * h) + rounded(d * plan.batch_size * plan.seq_len * h)
+
+
+def zero_terms(model: ModelSpec, plan: TrainingPlan, adapted: Iterable[Adapted]) -> ZeroTerms | None:
+    """The ZeRO terms of a zero2/zero3 plan that DeepSpeed's own tensors model (full or LoRA, 16/32-bit, no
+    offload); None for other plans (they keep estimate's terms)."""
+    if plan.sharding not in ZERO or plan.gpus < 2 or plan.offload or plan.method == "qlora" or plan.autocast:
+        return None
+    trainable, frozen = param_numels(model, adapted, plan.method)
+    if plan.sharding == "zero2":
+        terms = zero2_terms(plan, trainable, frozen)
+    else:
+        embedding = [p.numel for g in model.groups if g.kind == "embedding" and not g.in_layers for p in g.params]
+        terms = zero3_terms(plan, trainable, frozen, embedding[0] if embedding else 0)
+    mlp = plan.method == "full" or any(a.group.leaf in MLP_LEAVES for a in adapted)
+    return terms._replace(head_hook=head_hook_bytes(model, plan), mlp_adapted=mlp)
+
+
+class StepActivations(NamedTuple):
+    """What a ZeRO step shares with a one-GPU step (app/core/estimate.py's terms): activations and transients."""
+
+    activations: int
+    logits_forward: int
+    logits_backward: int
+    layer_forward: int
+    layer_backward: int
+    dequant: int
+    kept_logits: int
+    head_saved: int  # what the final norm saves, freed by its backward
+    layer_saved: int  # what one decoder layer saves (the last one's is still being made while it runs)
+    mlp_saved: int  # the MLP half's share of it
+
+
+Moment = dict[str, int]
+
+
+def zero_held(z: ZeroTerms) -> Moment:
+    """What every moment from the load on holds: weights, adapters, the fp32 master; ZeRO-3 also its gradient
+    partitions and its bucket."""
+    return {
+        "base_weight_bytes": z.weights,
+        "lora_adapter_bytes": z.adapters,
+        "master_weight_bytes": z.master,
+        "gradient_bytes": z.grad_partition,
+        "zero_bucket_bytes": z.bucket if z.stage == 3 else 0,
+    }
+
+
+def zero_moments(z: ZeroTerms, a: StepActivations) -> dict[str, list[Moment]]:
+    """Each phase's candidate moments under ZeRO (the states exist from the first step on, so every moment after
+    the load holds them, as the second step's do): load with its start-up temporary; forward at the logits and in a
+    layer (ZeRO-3: every parameter still gathered, and until the logits the prefetch's output beside them);
+    backward at the loss, at the first gradient hook in the last layer (ZeRO-2 makes its bucket there: the final
+    norm's saved tensors and the logits freed) and at its end (the bucket's gradients flattened for the
+    reduction); the optimizer step with the fp32 gradient and the step's temporaries (`zero2_terms`,
+    `zero3_terms`). Measured on CPU ranks (the tracker's storages at each peak, by allocation site)."""
+    load = zero_held(z)
+    held = {**load, "optimizer_state_bytes": z.states, "kept_logits_bytes": a.kept_logits}
+    gathered = z.persistent + z.gathered
+    backward = {**held, "zero_bucket_bytes": z.bucket, "allgather_buffer_bytes": z.persistent}
+    layer = {"layer_transient_bytes": a.layer_backward, "dequant_transient_bytes": a.dequant}
+    forward_layer = {"layer_transient_bytes": a.layer_forward, "dequant_transient_bytes": a.dequant}
+    return {
+        "load": [{**load, "zero_init_bytes": z.init}],
+        "forward": [
+            {
+                **held,
+                "allgather_buffer_bytes": gathered,
+                "activation_bytes": a.activations,
+                "logits_peak_bytes": a.logits_forward,
+            },
+            {  # the final norm done, lm_head not yet run: the prefetch's output still beside the gathered parameters
+                **held,
+                "allgather_buffer_bytes": gathered + z.prefetch,
+                "activation_bytes": a.activations,
+            },
+            {  # the last layer running, the prefetch's output beside the gathered parameters
+                **held,
+                "allgather_buffer_bytes": gathered + z.prefetch,
+                "activation_bytes": a.activations - a.head_saved,
+                **forward_layer,
+            },
+        ],
+        "backward": [
+            {
+                **held,
+                "allgather_buffer_bytes": gathered,
+                "activation_bytes": a.activations,
+                "logits_peak_bytes": a.logits_backward,
+            },
+            *(
+                [{**backward, "activation_bytes": a.activations, "gradient_bytes": z.grad_partition + z.head_hook}]
+                if z.head_hook
+                else []
+            ),
+            {  # the first gradient hook in the last layer: its MLP's saved tensors gone first when no adapter is there
+                **backward,
+                **layer,
+                "activation_bytes": a.activations - a.head_saved - (0 if z.mlp_adapted else a.mlp_saved),
+            },
+            {**backward, "zero_reduce_bytes": z.reduce + z.end_gather},
+        ],
+        "optimizer": [
+            {**held, "gradient_bytes": z.grad_partition + z.fp32_grad, "optimizer_temp_bytes": z.step_temp},
+            {**held, "allgather_buffer_bytes": z.persistent},  # after the step: the persistent ones gathered again
+        ],
+    }
