@@ -180,7 +180,7 @@ def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any],
     from app.calibration.offload import HostPlacement, copy_shards_to_device
 
     if plan.sharding != "ddp":
-        model = shard_fsdp2(model, plan)
+        model = shard_fsdp1(model, plan) if plan.fsdp_version == 1 else shard_fsdp2(model, plan)
         gc.collect()  # the unsharded originals go before tracking starts
     wrap = wrap_ddp if plan.sharding == "ddp" else None
     place = HostPlacement() if plan.offload else None
@@ -223,6 +223,13 @@ def decoder_layers(model: Any) -> list[Any]:
     if not found:
         raise CalibrationError(f"{type(inner).__name__} names no decoder layer class in _no_split_modules to shard")
     return found
+
+
+def shard_fsdp1(model: Any, plan: TrainingPlan) -> Any:
+    """FSDP1 as accelerate wraps it (app/calibration/fsdp1.py): one unit per decoder layer class, the root."""
+    from app.calibration.fsdp1 import shard_fsdp1 as wrap
+
+    return wrap(model, plan, {type(layer) for layer in decoder_layers(model)})
 
 
 def shard_fsdp2(model: Any, plan: TrainingPlan) -> Any:

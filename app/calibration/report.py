@@ -104,6 +104,7 @@ def _rank_cells(rec: MeasurementRecord) -> str:
     peaks = rec.env.get("rank_peak_bytes") or []
     shown = " / ".join(f"{p / MIB:,.2f}" for p in peaks) or "-"
     sharding = str(rec.plan.get("sharding", "none")) + (" + offload" if rec.plan.get("offload") else "")
+    sharding += " (FSDP1)" if rec.plan.get("fsdp_version") == 1 else ""
     if rec.env.get("host_peak_bytes") is not None:
         shown += f" (host {rec.env['host_peak_bytes'] / MIB:,.2f})"
     return f"{rec.plan.get('gpus', 1)} | {sharding} | {shown} | "

@@ -153,7 +153,8 @@ def plan_line(est: Estimate) -> str:
     ckpt = f"checkpointing {p.checkpointing}" if p.gradient_checkpointing else "no checkpointing"
     return (
         f"{what}{lora}, {p.dtype}, seq {p.seq_len} x batch {p.batch_size}, {ckpt}, {p.optimizer}, {p.attn}, "
-        f"{p.gpus} GPU{'s' if p.gpus > 1 else ''}{', ' + p.sharding if p.sharding != 'none' else ''}, {p.device}, "
+        f"{p.gpus} GPU{'s' if p.gpus > 1 else ''}{', ' + p.sharding if p.sharding != 'none' else ''}"
+        f"{' (FSDP1)' if p.fsdp_version == 1 else ''}, {p.device}, "
         f"{p.stack}"
     )
 

@@ -7,7 +7,7 @@ from typing import Any
 from app.core.plan import ALL_LINEAR
 from app.recipes import bnb
 from app.recipes import transformers_args as hf
-from app.recipes.common import attention, deepspeed, fsdp_key, fsdp_options, lora_targets, optimizer
+from app.recipes.common import attention, deepspeed, fsdp_key, fsdp_options, fsdp_version, lora_targets, optimizer
 from app.recipes.rules import (
     MODEL,
     Approx,
@@ -172,6 +172,7 @@ MAPS: dict[str, Rule] = {
     "deepspeed": Maps(("sharding", "offload"), deepspeed),
     "fsdp": Maps(("sharding", "offload"), fsdp_options),
     "fsdp_config": Nested(hf.FSDP_CONFIG, key=fsdp_key, implies={"sharding": "fsdp"}),
+    "fsdp_version": Maps(("fsdp_version",), fsdp_version),  # axolotl schemas/fsdp.py: int | None, default None
 }
 NOT_MODELLED: dict[str, Unmodelled] = {
     **_unmodelled(
@@ -254,7 +255,7 @@ SILENT = names(
     resume_from_checkpoint auto_resume_from_checkpoints early_stopping_patience load_best_model_at_end
     metric_for_best_model greater_is_better seed strict chat_template chat_template_jinja default_system_message
     eot_tokens eval_sample_packing eval_sequence_len eval_batch_size eval_table_size eval_max_new_tokens
-    do_causal_lm_eval eval_causal_lm_metrics loss_watchdog_threshold loss_watchdog_patience tf32 fsdp_version
+    do_causal_lm_eval eval_causal_lm_metrics loss_watchdog_threshold loss_watchdog_patience tf32
     dataloader_pin_memory dataloader_num_workers dataloader_prefetch_factor dataloader_drop_last ddp_timeout
     ddp_bucket_cap_mb ddp_broadcast_buffers ddp_find_unused_parameters local_rank world_size device device_map
     debug include_tokens_per_second profiler_steps torch_empty_cache_steps gc_steps pad_to_sequence_len

@@ -222,6 +222,27 @@ def fsdp_sharding_strategy(value: Any, _ctx: Ctx) -> Outcome:
     return fsdp_strategy(as_str(value))
 
 
+# transformers 5 TrainingArguments: `int(self.fsdp_config.get("version", 2))` (training_args.py
+# `_process_fsdp_args`), so an fsdp_config without a version is FSDP2, the plan's default. accelerate's own plugin
+# defaults to 1 (accelerate/utils/dataclasses.py FullyShardedDataParallelPlugin.__post_init__:
+# `int(os.environ.get("FSDP_VERSION", "1"))`), but a Trainer run always passes the version it read.
+FSDP_DEFAULT_VERSION = 2
+
+
+def fsdp_version(value: Any, _ctx: Ctx) -> Outcome:
+    """`fsdp_config.version` / `fsdp_version` (transformers, accelerate, axolotl): 1 is FSDP1
+    (FullyShardedDataParallel), 2 FSDP2 (fully_shard); absent: FSDP_DEFAULT_VERSION."""
+    if value is None:
+        return {}
+    try:
+        version = int(as_str(value) if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise BadValue(f"{value!r} is not an FSDP version: give 1 or 2") from None
+    if version not in (1, 2):
+        raise BadValue(f"FSDP version {version} does not exist: give 1 or 2")
+    return {"fsdp_version": version}
+
+
 def fsdp_key(key: str) -> str:
     """fsdp_config keys come with (accelerate, FSDP1) or without (FSDP2, axolotl) the `fsdp_` prefix."""
     return key.removeprefix("fsdp_")

@@ -11,6 +11,7 @@ from app.recipes.common import (
     fsdp_key,
     fsdp_options,
     fsdp_sharding_strategy,
+    fsdp_version,
     optimizer,
 )
 from app.recipes.rules import (
@@ -156,6 +157,7 @@ FSDP_CONFIG: dict[str, Rule] = {
     "sharding_strategy": Maps(("sharding",), fsdp_sharding_strategy),
     "reshard_after_forward": Maps(("sharding",), _reshard),
     "activation_checkpointing": _true_sets("gradient_checkpointing", True),
+    "version": Maps(("fsdp_version",), fsdp_version),  # `version`, or accelerate's / axolotl's `fsdp_version`
 }
 
 MAPS: dict[str, Rule] = {

@@ -47,6 +47,7 @@ LABELS: dict[str, str] = {
     "attn": "Attention",
     "gpus": "GPUs",
     "sharding": "Sharding",
+    "fsdp_version": "FSDP version",
     "offload": "CPU offload",
     "device": "Device",
     "strict": "Strict",
@@ -73,7 +74,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "router_aux_loss",
         ),
     ),
-    ("Optimizer and GPUs", ("optimizer", "gpus", "sharding", "offload", "device", "stack", "strict")),
+    ("Optimizer and GPUs", ("optimizer", "gpus", "sharding", "fsdp_version", "offload", "device", "stack", "strict")),
 )
 
 
