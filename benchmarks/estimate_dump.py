@@ -176,6 +176,7 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
     - issue 11: the plan gained `stack`; its default, transformers-5, is what every earlier estimate modelled.
     - issue 10: the plan fields `autocast`, `checkpoint_offload`, `fused_cross_entropy` and `packing` (default
       false) were added; a plan echoing them false is the plan without them; so was issue 11's `router_aux_loss`.
+    - issue 15: the plan gained `fsdp_version`; its default, 2 (FSDP2), is what every earlier estimate modelled.
     """
     est = row.get("estimate")
     if est is None:
@@ -185,6 +186,8 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
     plan = {k: v for k, v in est.get("plan", {}).items() if not (k in added and v is False)}
     if plan.get("stack") == "transformers-5":
         plan.pop("stack")
+    if plan.get("fsdp_version") == 2:
+        plan.pop("fsdp_version")
     est["plan"] = plan
     terms = [t for t in est["breakdown"] if t["term"] != "offloaded_bytes"]
     old = [t for t in est["breakdown"] if t["term"] == "offloaded_bytes"]

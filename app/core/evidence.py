@@ -3,7 +3,8 @@
 The CPU reference tracker (one process) measured every single-device term of the CPU matrices
 (docs/accuracy-full.md); torch.distributed CPU ranks over gloo measured DDP's and FSDP2's per-GPU terms
 (docs/accuracy-multi.md), FSDP2's CPU offload included (counted by placement: app/calibration/offload.py), and
-QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml). Nothing here is measured on CUDA yet:
+QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml), and FSDP1 full and LoRA
+(calibration/cpu-matrix-multi-fsdp1.toml; QLoRA under FSDP1 is not run: first-principles). Nothing here is measured on CUDA yet:
 the CUDA-only overheads, ZeRO (DeepSpeed) with or without offload, layers split across GPUs and bitsandbytes'
 int8 and paged paths are first-principles.
 """
@@ -48,7 +49,8 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
         return "first-principles"  # every_n_layers: QLoRA up to +14 % through the Trainer (not yet in bounds)
     if plan.gpus > 1 or plan.sharding != "none" or plan.offload:
         accumulated = term == "gradient_bytes" and plan.grad_accum_steps > 1  # measured on one device only
-        if plan.sharding in MEASURED_LAYOUTS and plan.gpus > 1 and not accumulated:
+        fsdp1_qlora = plan.fsdp_version == 1 and plan.method == "qlora"  # not run on the CPU ranks
+        if plan.sharding in MEASURED_LAYOUTS and plan.gpus > 1 and not accumulated and not fsdp1_qlora:
             return "measured-cpu-ranks"  # offload is FSDP2's only (TrainingPlan refuses it with ddp); QLoRA too
         return "first-principles"  # ZeRO-2/3 (with or without offload), layers split across GPUs
     return "first-principles" if term in RANK_TERMS else "measured-cpu"
