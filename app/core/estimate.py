@@ -648,6 +648,8 @@ def _note(term: str, plan: TrainingPlan) -> str:
         return f"{plan.optimizer} states kept in device memory"
     if term == "activation_bytes" and plan.gradient_checkpointing:
         return f"{note} (checkpointed layer inputs)"
+    if term == "reduce_scatter_bytes" and plan.fsdp_version == 1:
+        return "FSDP1: a unit's gradient pieces, the flat gradient they are concatenated into, its new shard"
     if term == "allgather_buffer_bytes" and plan.fsdp_version == 1:
         return "parameters gathered unsharded: FSDP1's root (kept from forward to backward) and its running and prefetched layers' FlatParameters"
     if term == "logits_peak_bytes" and plan.fused_cross_entropy:

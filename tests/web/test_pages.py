@@ -61,6 +61,7 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "attn": "sdpa",
         "gpus": "1",
         "sharding": "none",
+        "fsdp_version": "2",
         "offload": "false",
         "device": "cuda",
         "stack": "transformers-5",
