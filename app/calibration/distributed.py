@@ -89,6 +89,10 @@ def check_distributed_plan(plan: TrainingPlan) -> None:
         raise CalibrationError("the multi-rank harness runs ddp, fsdp or fsdp_grad_op on at least 2 ranks (gpus >= 2)")
     if plan.device != "cpu":
         raise CalibrationError("the multi-rank harness runs CPU ranks over gloo: use device cpu")
+    if plan.fsdp_version == 1 and plan.method == "qlora":
+        raise CalibrationError(
+            "QLoRA under FSDP1 is not run here (its terms are first-principles): use fsdp_version 2, or lora/full"
+        )
 
 
 def run_distributed(

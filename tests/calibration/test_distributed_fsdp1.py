@@ -102,3 +102,11 @@ def test_fsdp1_terms_are_measured_on_cpu_ranks_but_qlora_under_fsdp1_is_first_pr
     assert term_evidence("allgather_buffer_bytes", plan) == "measured-cpu-ranks"
     qlora = TrainingPlan(**{**BASE, "method": "qlora", "sharding": "fsdp"})
     assert term_evidence("allgather_buffer_bytes", qlora) == "first-principles"
+
+
+def test_qlora_under_fsdp1_is_refused_before_any_rank_starts() -> None:
+    from app.calibration.distributed import check_distributed_plan
+    from app.errors import CalibrationError
+
+    with pytest.raises(CalibrationError, match="QLoRA under FSDP1 is not run"):
+        check_distributed_plan(TrainingPlan(**{**BASE, "method": "qlora", "sharding": "fsdp"}))
