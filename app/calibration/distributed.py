@@ -21,6 +21,9 @@ peak and phases are the worst rank's; every rank's peak and phases are kept in `
   (calibration/cpu-matrix-multi-qlora.toml, docs/accuracy-multi.md). reshard_after_forward is passed explicitly,
   to the root too, as accelerate passes it: the root is resharded after forward and re-gathered at backward's start
   (app/core/sharding.py root_regather_bytes), which torch's default (None) would skip.
+- fsdp_version 1: FSDP1 `FullyShardedDataParallel` as accelerate's prepare_model wraps it (app/calibration/
+  fsdp1.py: a unit per decoder layer and the root, PEFT's per-adapter units under LoRA, BACKWARD_PRE), wrapped
+  before tracking as FSDP2 is; full and LoRA (calibration/cpu-matrix-multi-fsdp1.toml), not QLoRA or offload.
 ZeRO-2/3 (DeepSpeed) are not run here: see `check_distributed_plan`. Sources: torch/nn/parallel/distributed.py,
 torch/distributed/fsdp/_fully_shard/ (torch 2.13), accelerate/utils/fsdp_utils.py (fsdp2_prepare_model).
 """

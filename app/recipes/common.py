@@ -172,8 +172,8 @@ def _zero(stage: int, optimizer_off: bool, params_off: bool, *, source: str) -> 
 # -- FSDP: transformers `fsdp` options and fsdp_config, axolotl fsdp / fsdp_config -------------------------
 
 _FSDP1_GRAD_OP = (
-    "FSDP1 SHARD_GRAD_OP is estimated as FSDP2 with reshard_after_forward=False (sharding fsdp_grad_op, measured "
-    "on FSDP2; torch's fully_shard docs name it the SHARD_GRAD_OP equivalent)"
+    "FSDP1 SHARD_GRAD_OP is sharding fsdp_grad_op: FSDP2 with reshard_after_forward=False unless the config's "
+    "fsdp_version is 1 (then FSDP1's own terms, measured on CPU ranks)"
 )
 # torch.distributed.fsdp.ShardingStrategy names (and transformers' lowercase option names)
 FSDP_STRATEGIES: dict[str, str | None] = {
