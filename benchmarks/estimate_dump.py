@@ -179,6 +179,8 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
       and its `mxfp4` (default dequantize, what every earlier estimate of gpt-oss modelled).
     - issue 15: the plan fields `fsdp_mixed_precision` (default false) and `fsdp_reduce_dtype` (default param).
     - issue 10: the plan gained `loop`; its default, trainer, is what every earlier estimate modelled.
+      false) were added; a plan echoing them false is the plan without them; so was issue 11's `router_aux_loss`.
+    - issue 15: the plan gained `fsdp_version`; its default, 2 (FSDP2), is what every earlier estimate modelled.
     """
     est = row.get("estimate")
     if est is None:
@@ -201,6 +203,8 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
         plan.pop("loop")
     if plan.get("mxfp4") == "dequantize":
         plan.pop("mxfp4")
+    if plan.get("fsdp_version") == 2:
+        plan.pop("fsdp_version")
     est["plan"] = plan
     terms = [t for t in est["breakdown"] if t["term"] != "offloaded_bytes"]
     old = [t for t in est["breakdown"] if t["term"] == "offloaded_bytes"]

@@ -23,6 +23,9 @@ peak and phases are the worst rank's; every rank's peak and phases are kept in `
   (calibration/cpu-matrix-multi-qlora.toml, docs/accuracy-multi.md). reshard_after_forward is passed explicitly,
   to the root too, as accelerate passes it: the root is resharded after forward and re-gathered at backward's start
   (app/core/sharding.py root_regather_bytes), which torch's default (None) would skip.
+- fsdp_version 1: FSDP1 `FullyShardedDataParallel` as accelerate's prepare_model wraps it (app/calibration/
+  fsdp1.py: a unit per decoder layer and the root, PEFT's per-adapter units under LoRA, BACKWARD_PRE), wrapped
+  before tracking as FSDP2 is; full and LoRA (calibration/cpu-matrix-multi-fsdp1.toml), not QLoRA or offload.
 ZeRO-2/3 run a DeepSpeed engine in each rank (app/calibration/zero.py, the `deepspeed` extra). Sources: torch/nn/parallel/distributed.py,
 torch/distributed/fsdp/_fully_shard/ (torch 2.13), accelerate/utils/fsdp_utils.py (fsdp2_prepare_model).
 """
@@ -103,6 +106,10 @@ def check_distributed_plan(plan: TrainingPlan) -> None:
         raise CalibrationError("the multi-rank harness runs ddp, fsdp or fsdp_grad_op on at least 2 ranks (gpus >= 2)")
     if plan.device != "cpu":
         raise CalibrationError("the multi-rank harness runs CPU ranks over gloo: use device cpu")
+    if plan.fsdp_version == 1 and plan.method == "qlora":
+        raise CalibrationError(
+            "QLoRA under FSDP1 is not run here (its terms are first-principles): use fsdp_version 2, or lora/full"
+        )
 
 
 def run_distributed(
@@ -194,7 +201,7 @@ def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any],
     from app.calibration.offload import HostPlacement, copy_shards_to_device
 
     if plan.sharding != "ddp":
-        model = shard_fsdp2(model, plan)
+        model = shard_fsdp1(model, plan) if plan.fsdp_version == 1 else shard_fsdp2(model, plan)
         gc.collect()  # the unsharded originals go before tracking starts
     wrap = wrap_ddp if plan.sharding == "ddp" else None
     place = HostPlacement() if plan.offload else None
@@ -256,6 +263,13 @@ def mixed_precision_policy(plan: TrainingPlan) -> Any:
     dtype = torch_dtype(plan)
     reduce = torch.float32 if plan.fsdp_reduce_dtype == "fp32" else dtype
     return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=reduce, output_dtype=dtype)
+
+
+def shard_fsdp1(model: Any, plan: TrainingPlan) -> Any:
+    """FSDP1 as accelerate wraps it (app/calibration/fsdp1.py): one unit per decoder layer class, the root."""
+    from app.calibration.fsdp1 import shard_fsdp1 as wrap
+
+    return wrap(model, plan, {type(layer) for layer in decoder_layers(model)})
 
 
 def shard_fsdp2(model: Any, plan: TrainingPlan) -> Any:

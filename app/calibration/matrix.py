@@ -120,6 +120,7 @@ _LATER_FIELDS = (
     "checkpoint_offload",
     "fused_cross_entropy",
     "packing",
+    "fsdp_version",
     "stack",
     "router_aux_loss",
     "fsdp_mixed_precision",

@@ -1,7 +1,8 @@
 """docs/accuracy-multi.md from the shipped multi-rank runs: `python -m app.calibration.multi_report [--write PATH]`.
 
 Every shipped run of calibration/cpu-matrix-multi.toml, cpu-validation-multi.toml, cpu-matrix-multi-offload.toml,
-cpu-matrix-multi-qlora.toml and cpu-matrix-multi-mp.toml is re-estimated now and reported by split: the matrix's tune points (in-sample),
+cpu-matrix-multi-qlora.toml, cpu-matrix-multi-mp.toml, cpu-matrix-zero.toml and the FSDP1 matrices
+(cpu-matrix-multi-fsdp1.toml, cpu-validation-multi-fsdp1.toml) is re-estimated now and reported by split: the matrix's tune points (in-sample),
 its holdout points (split by hash; the few looked at while the terms were fitted are named), the validation matrix
 (measured once, after the terms were fixed), the offload and the QLoRA matrices (in-sample as a whole: their points
 drove the offload terms and the root's re-gather), and the MixedPrecisionPolicy matrix by split.
@@ -25,6 +26,8 @@ SOURCES = (
     "cpu-matrix-multi-qlora",
     "cpu-matrix-multi-mp",
     "cpu-matrix-zero",
+    "cpu-matrix-multi-fsdp1",
+    "cpu-validation-multi-fsdp1",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -33,6 +36,10 @@ SOURCES = (
 MIXED_PRECISION = "cpu-matrix-multi-mp"
 MIXED_PRECISION_SEEN = frozenset({"mistral-7a6b40cc"})
 ZERO_SOURCE = "cpu-matrix-zero"
+# FSDP1's matrix (tune / holdout by hash) and its validation matrix (measured once, after app/core/fsdp1.py)
+FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
+# the one holdout point of the FSDP1 matrix looked at while its LoRA terms were fixed (PEFT's adapter units)
+FSDP1_SEEN = frozenset({"llama-73689e66"})
 # the later matrices (CPU offload counted by placement; QLoRA under FSDP2), reported whole: their points drove the
 # terms they check (the offload terms; sharding:root_regather_bytes, from the QLoRA points without checkpointing)
 LATER = {
@@ -45,8 +52,8 @@ SEEN_WHILE_FITTING = frozenset(
     {"llama-a872c4fb", "mistral-8defd24c", "mixtral-caa4d5dd", "llama-105f4663", "llama-b2811673"}
 )
 TITLE = (
-    "gpuplan accuracy: multi-GPU (DDP, FSDP2, FSDP2 offload, QLoRA under FSDP2, FSDP2 MixedPrecisionPolicy, DeepSpeed ZeRO-2/3) measured on "
-    "torch.distributed CPU ranks"
+    "gpuplan accuracy: multi-GPU (DDP, FSDP2, FSDP2 offload, QLoRA under FSDP2, FSDP2 MixedPrecisionPolicy, FSDP1, "
+    "DeepSpeed ZeRO-2/3) measured on torch.distributed CPU ranks"
 )
 INTRO = """Every row is a real training step (2 optimizer steps) on N torch.distributed CPU ranks over gloo on one
 machine (`app/calibration/distributed.py`: spawned processes, loopback, a bounded time that kills every rank),
@@ -55,8 +62,9 @@ each rank running the same plan under its own live-tensor tracker. The measured 
 which gives the per-GPU peak. DDP is `DistributedDataParallel` with torch's defaults; fsdp is FSDP2
 `fully_shard` on every decoder layer and on the root, as accelerate wraps it, resharding after forward;
 fsdp_grad_op the same with `reshard_after_forward=False`; `+ offload` adds FSDP2's `CPUOffloadPolicy`, counted by
-placement (below); `+ mp` is FSDP2's MixedPrecisionPolicy over fp32 shards (below). Parameters stay in the plan dtype
-elsewhere. Error = (estimated - measured) / measured."""
+placement (below); `+ mp` is FSDP2's MixedPrecisionPolicy over fp32 shards (below); `(FSDP1)` is
+FullyShardedDataParallel as accelerate wraps it (below). Parameters stay in the plan dtype elsewhere. Error =
+(estimated - measured) / measured."""
 NOT_MEASURED = """## CPU offload, counted by placement
 
 `calibration/cpu-matrix-multi-offload.toml` runs FSDP2 with `CPUOffloadPolicy(pin_memory=False)` (full and
@@ -161,6 +169,25 @@ own split (`activations:layer_activations` `mlp_part`), not read off a dump of t
 hook is a moment of full fine-tuning only: counting it for LoRA too, as a first version did, had this point at
 +5.88 %; no other point moved when it was dropped, the holdout points included.)
 
+## FSDP1
+
+`calibration/cpu-matrix-multi-fsdp1.toml` (11 points) and `cpu-validation-multi-fsdp1.toml` (held out, measured
+once after the terms were written) run the plan's `fsdp_version: 1`: `FullyShardedDataParallel` as accelerate's
+`prepare_model` builds it (`app/calibration/fsdp1.py`): TRANSFORMER_BASED_WRAP on the decoder layer class (under
+LoRA PEFT's `fsdp_auto_wrap_policy`, which transformers' Trainer installs: every lora_A / lora_B its own unit, one
+dtype per FlatParameter), FULL_SHARD (fsdp) or SHARD_GRAD_OP (fsdp_grad_op), BACKWARD_PRE, forward_prefetch off,
+limit_all_gathers, use_orig_params; sync_module_states off (torch refuses it for CPU parameters; it broadcasts at
+wrap time, before tracking). What the ranks showed against FSDP2 (`app/core/fsdp1.py`): a gathered unit is its
+padded FlatParameter alone (the parameters are views of it: no copy-out beside it, so FSDP1's forward holds
+`R + W_l` where FSDP2's holds up to `R + 3W_l`); the root stays gathered from its forward to the end of backward
+(no re-gather at backward's start); BACKWARD_PRE holds two layers in a layer's backward, but under LoRA the next
+handle in backward order is an adapter's unit, so one; SHARD_GRAD_OP keeps every adapter unit gathered too; the
+flat gradient of a layer is its pieces concatenated (`2·G_l`, as FSDP2's copy-in), reduce-scattered into a new
+shard, the layer before the last peaking at that concatenation with the last layer's shard alive. Before those
+terms the matrix's LoRA points were +12.43 % (llama, FULL_SHARD, checkpointing: the prefetch counted) and
+-4.03 % (mistral, SHARD_GRAD_OP: the adapter units), and llama full FULL_SHARD x4 -3.01 % (the concatenation).
+Not run: FSDP1's `CPUOffload` (the plan refuses fsdp_version 1 with offload), QLoRA under FSDP1, mixed precision.
+
 ## Not measured here, and why
 
 - **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-Offload (DeepSpeedCPUAdam is a C++ op the harness
@@ -169,7 +196,7 @@ hook is a moment of full fine-tuning only: counting it for LoRA too, as a first 
   hidden², are not modelled: the plan has no field for them). Those plans keep first-principles terms and say so
   per term. ZeRO-3's reuse window (the last 5e8 elements stay gathered at the forward's end) is measured only
   where the whole model fits in it (these widths); above it, it is the source's reading, unmeasured.
-- **Layers split across GPUs** (`--sharding none --gpus N`) and FSDP1 are not run.
+- **Layers split across GPUs** (`--sharding none --gpus N`) are not run; nor FSDP1 with CPU offload, QLoRA or mixed precision.
 """
 
 
@@ -209,8 +236,10 @@ def groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[Measure
     zero = [r for r in records if r.source == ZERO_SOURCE]
     out.append(("cpu-matrix-zero tune (DeepSpeed ZeRO-2/3; in-sample)", [r for r in zero if r.split == "tune"]))
     out.append(("cpu-matrix-zero holdout, not fitted on", [r for r in zero if r.split == "holdout"]))
+    out += fsdp1_groups(records)
+    fsdp2 = [r for r in records if r.plan.get("fsdp_version", 2) != 1]
     for sharding in ("ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"):
-        out.append((f"sharding {sharding}", [r for r in records if r.plan.get("sharding") == sharding]))
+        out.append((f"sharding {sharding}", [r for r in fsdp2 if r.plan.get("sharding") == sharding]))
     out.append(("offload (fsdp, fsdp_grad_op)", [r for r in records if r.plan.get("offload")]))
     for gpus in (2, 4):
         out.append((f"{gpus} ranks", [r for r in records if int(r.plan.get("gpus", 1)) == gpus]))
@@ -252,6 +281,22 @@ def zero_net_table(records: Sequence[MeasurementRecord]) -> list[str]:
         stats = AccuracyStats.from_errors([net_error_pct(r) for r in group]) if group else None
         lines.append(_stats_line(label, stats))
     return lines
+
+
+def fsdp1_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[MeasurementRecord]]]:
+    """FSDP1's matrix by split (the point looked at while its terms were fixed counted in-sample), its validation
+    matrix, and every FSDP1 point."""
+    matrix = [r for r in records if r.source == FSDP1_MATRIX]
+    seen = [r for r in matrix if r.split == "tune" or _point_id(r) in FSDP1_SEEN]
+    return [
+        (f"{FSDP1_MATRIX} tune (in-sample)", seen),
+        (f"{FSDP1_MATRIX} holdout, not fitted on", [r for r in matrix if r not in seen]),
+        (
+            f"{FSDP1_VALIDATION} (held out: measured once, after the FSDP1 terms)",
+            [r for r in records if r.source == FSDP1_VALIDATION],
+        ),
+        ("FSDP1 (fsdp, fsdp_grad_op)", [r for r in records if r.plan.get("fsdp_version") == 1]),
+    ]
 
 
 def _point_id(record: MeasurementRecord) -> str:

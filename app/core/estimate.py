@@ -589,6 +589,7 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
         },
         *([next_layer_moment(s, held)] if g.reduce_scatter_layer else []),
         *([root_regather_moment(s, held)] if g.root_regather else []),
+        *([flat_grad_cat_moment(s, held)] if g.flat_grad_cat else []),
         {
             **held,
             "activation_bytes": s.activations_at_end,
@@ -616,6 +617,19 @@ def root_regather_moment(s: StepTerms, held: Moment) -> Moment:
         "logits_peak_bytes": s.loss_saved,
         "gradient_bytes": s.accumulated,
         "allgather_buffer_bytes": s.sharded.root_regather + s.zero3_gathered,
+    }
+
+
+def flat_grad_cat_moment(s: StepTerms, held: Moment) -> Moment:
+    """FSDP1: the layer before the last concatenates its flat gradient (`fsdp1:flat_grad_cat_bytes`: its `2·G_l`
+    and the last layer's shard), its saved tensors and transients gone, the lm_head's gradient waiting, two layers
+    gathered under FULL_SHARD. Source: torch/distributed/fsdp/_runtime_utils.py (`_post_backward_hook`)."""
+    return {
+        **held,
+        "activation_bytes": s.activations - s.head_saved - 2 * s.layer_saved,
+        "gradient_bytes": s.accumulated + s.head_grads,
+        "allgather_buffer_bytes": s.sharded.backward_next + s.zero3_gathered,
+        "reduce_scatter_bytes": s.sharded.flat_grad_cat,
     }
 
 
@@ -673,6 +687,10 @@ def _note(term: str, plan: TrainingPlan) -> str:
         return f"{plan.optimizer} states kept in device memory"
     if term == "activation_bytes" and plan.gradient_checkpointing:
         return f"{note} (checkpointed layer inputs)"
+    if term == "reduce_scatter_bytes" and plan.fsdp_version == 1:
+        return "FSDP1: a unit's gradient pieces, the flat gradient they are concatenated into, its new shard"
+    if term == "allgather_buffer_bytes" and plan.fsdp_version == 1:
+        return "parameters gathered unsharded: FSDP1's root (kept from forward to backward) and its running and prefetched layers' FlatParameters"
     if term == "logits_peak_bytes" and plan.fused_cross_entropy:
         return "Liger fused linear cross-entropy: one chunk of logits, grad_input and the fp32 loss (first principles)"
     if term == "logits_peak_bytes" and plan.loop == "sft":

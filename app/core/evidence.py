@@ -5,7 +5,8 @@ The CPU reference tracker (one process) measured every single-device term of the
 (docs/accuracy-multi.md), FSDP2's CPU offload included (counted by placement: app/calibration/offload.py),
 QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml), FSDP2's MixedPrecisionPolicy in bf16
 over fp32 shards without offload (calibration/cpu-matrix-multi-mp.toml; in fp16 or with offload its terms are
-first-principles), and DeepSpeed ZeRO-2/3 engines (bf16, torch AdamW, full and LoRA: calibration/cpu-matrix-zero.toml,
+first-principles), FSDP1 full and LoRA (calibration/cpu-matrix-multi-fsdp1.toml; QLoRA under FSDP1 is not
+run: first-principles), and DeepSpeed ZeRO-2/3 engines (bf16, torch AdamW, full and LoRA: calibration/cpu-matrix-zero.toml,
 app/core/zero.py). Checkpointing every n-th layer (`checkpoint_every`, calibration/cpu-matrix-trainer-every2.toml)
 and offloaded checkpointing (`checkpoint_offload`, counted by placement: app/calibration/offload.py
 `host_saved_checkpoints`, calibration/cpu-matrix-trainer-offload.toml) are measured on the CPU tracker through
@@ -74,11 +75,13 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
         return "first-principles"  # TRL's Triton folds of the fused LM head: the CPU runs measure its torch folds
     if plan.gpus > 1 or plan.sharding != "none" or plan.offload:
         accumulated = term == "gradient_bytes" and plan.grad_accum_steps > 1  # measured on one device only
+        fsdp1_qlora = plan.fsdp_version == 1 and plan.method == "qlora"  # not run on the CPU ranks
         if (
             (plan.sharding in MEASURED_LAYOUTS or zero_measured(plan))
             and plan.gpus > 1
             and not accumulated
             and measured_policy(plan)
+            and not fsdp1_qlora
         ):
             return "measured-cpu-ranks"  # offload is FSDP2's only (TrainingPlan refuses it with ddp); QLoRA too
         return "first-principles"  # ZeRO-Offload and the ZeRO plans not run, layers split across GPUs

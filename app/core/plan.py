@@ -17,6 +17,8 @@ Attn = Literal["sdpa", "flash_attention_2", "eager"]
 # fsdp: FSDP2 fully_shard with reshard_after_forward=True (FSDP1 FULL_SHARD); fsdp_grad_op: reshard_after_forward=False
 # (FSDP1 SHARD_GRAD_OP): each layer's gathered weights stay from its forward to its backward
 Sharding = Literal["none", "ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"]
+# FSDP1 (torch.distributed.fsdp.FullyShardedDataParallel, FlatParameter per wrapped unit) or FSDP2 (fully_shard)
+FsdpVersion = Literal[1, 2]
 Device = Literal["cuda", "cpu"]
 # the software stack whose semantics are modelled (app/core/stack.py): transformers 5 (the installed calibration stack)
 # or transformers 4.4x-4.57 with the peft/bitsandbytes that pair with it
@@ -159,6 +161,12 @@ class TrainingPlan(BaseModel):
         description="none (one GPU, or layers split across GPUs), ddp, fsdp (FSDP2, resharding after forward), "
         "fsdp_grad_op (FSDP2 reshard_after_forward=False, FSDP1 SHARD_GRAD_OP), zero2, zero3.",
     )
+    fsdp_version: FsdpVersion = Field(
+        2,
+        description="FSDP implementation under sharding fsdp/fsdp_grad_op: 2 (fully_shard, transformers' default) or "
+        "1 (FullyShardedDataParallel as accelerate wraps it: FULL_SHARD / SHARD_GRAD_OP, one FlatParameter per "
+        "decoder layer and one for the root, BACKWARD_PRE prefetch).",
+    )
     offload: bool = Field(False, description="Offload optimizer states (and ZeRO-3/FSDP parameters) to CPU memory.")
     device: Device = Field("cuda", description="cuda, or cpu for the calibration reference tracker.")
     mxfp4: Mxfp4 = Field(
@@ -188,6 +196,12 @@ class TrainingPlan(BaseModel):
         if isinstance(data, dict) and data.get("optimizer") is None and data.get("method") == "full":
             return {**data, "optimizer": "adamw"}
         return data
+
+    @field_validator("fsdp_version", mode="before")
+    @classmethod
+    def _version_number(cls, value: object) -> object:
+        """`1` or `2` from a flag, a form or a query string."""
+        return int(value) if isinstance(value, str) and value.strip() in ("1", "2") else value
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -223,6 +237,12 @@ class TrainingPlan(BaseModel):
             raise ValueError(f"method {self.method} trains a 16-bit base: use method qlora for quant {quant}")
         if self.method == "qlora" and self.sharding in ("fsdp", "fsdp_grad_op", "zero3") and self.quant == "int8":
             raise ValueError("int8 bases cannot be sharded with fsdp/zero3: use nf4 or fp4, or ddp")
+        if self.fsdp_version == 1 and self.sharding not in ("fsdp", "fsdp_grad_op"):
+            raise ValueError(
+                "fsdp_version 1 selects FSDP1 for sharding fsdp or fsdp_grad_op: set one, or fsdp_version 2"
+            )
+        if self.fsdp_version == 1 and self.offload:
+            raise ValueError("FSDP1's CPU offload is not modelled: use fsdp_version 2 for offload, or turn offload off")
         if self.offload and self.sharding not in ("fsdp", "fsdp_grad_op", "zero2", "zero3"):
             raise ValueError("offload needs sharding fsdp, fsdp_grad_op, zero2 or zero3")
         if self.autocast and (self.dtype == "fp32" or self.method == "qlora"):

@@ -43,10 +43,17 @@ class ShardedMoments(NamedTuple):
     root_grads: int  # the root's gradients, unsharded from lm_head's backward to the end of backward
     end_grads: int  # FSDP2's gradients at the root's reduce-scatter: every layer's shard and the root's unsharded
     root_regather: int  # backward's start: the root re-gathered (reshard after forward on), flat output beside copy
+    # FSDP1 (fsdp1.py): the flat gradient of the layer before the last concatenated, the last layer's shard alive
+    flat_grad_cat: int = 0
 
 
 def sharded_moments(inv: Inventory, plan: TrainingPlan, num_layers: int, grads: int) -> ShardedMoments:
-    """DDP's terms (`ddp_bucket_bytes`, `ddp_broadcast_bytes`) or FSDP2's (`fsdp_gathered_bytes`); zero for others."""
+    """DDP's terms (`ddp_bucket_bytes`, `ddp_broadcast_bytes`), FSDP2's (`fsdp_gathered_bytes`) or FSDP1's
+    (`fsdp1.fsdp1_gathered_bytes`, plan.fsdp_version 1); zero for others."""
+    if plan.sharding in FSDP and plan.fsdp_version == 1 and plan.gpus > 1:
+        from app.core.fsdp1 import fsdp1_gathered_bytes  # imports this module
+
+        return fsdp1_gathered_bytes(inv, plan, num_layers)
     if plan.sharding in FSDP:
         return fsdp_gathered_bytes(inv, plan, num_layers)
     none = ShardedMoments(*([0] * 16))

@@ -157,7 +157,7 @@ def plan_line(est: Estimate) -> str:
         sharding += f" (MixedPrecisionPolicy: fp32 shards, {p.dtype} gathers, reduce {reduce})"
     return (
         f"{what}{lora}, {p.dtype}, seq {p.seq_len} x batch {p.batch_size}, {ckpt}, {p.optimizer}, {p.attn}, "
-        f"{p.gpus} GPU{'s' if p.gpus > 1 else ''}{sharding}, {p.device}, {p.stack}"
+        f"{p.gpus} GPU{'s' if p.gpus > 1 else ''}{sharding}{' (FSDP1)' if p.fsdp_version == 1 else ''}, {p.device}, {p.stack}"
         + (", trl SFTTrainer" if p.loop == "sft" else "")
     )
 

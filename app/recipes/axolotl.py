@@ -14,6 +14,7 @@ from app.recipes.common import (
     fsdp_key,
     fsdp_options,
     fsdp_version,
+    fsdp_version_of,
     lora_targets,
     optimizer,
 )
@@ -122,9 +123,18 @@ def _fsdp2_mixed_precision(value: Any, ctx: Ctx) -> Outcome:
     adapter the frozen base stays in its loaded dtype (not fsdp_mixed_precision's fp32 weights): left unmapped."""
     sharded = ctx.root.get("fsdp") not in (None, False, "", []) or isinstance(ctx.root.get("fsdp_config"), dict)
     full = ctx.root.get("adapter") in (None, "")
-    if fsdp_version(ctx.root) != 2 or not sharded or not full or _torch_dtype(ctx.root) == "fp32":
+    if fsdp_version_of(ctx.root) != 2 or not sharded or not full or _torch_dtype(ctx.root) == "fp32":
         return {}
     return Approx({"fsdp_mixed_precision": True}, FSDP2_MIXED_PRECISION)
+
+
+def _fsdp_version_and_precision(value: Any, ctx: Ctx) -> Outcome:
+    """axolotl's `fsdp_version`: FSDP1 or FSDP2 (`fsdp_version`) and, for FSDP2 full fine-tuning in 16 bits, its
+    MixedPrecisionPolicy (`_fsdp2_mixed_precision`)."""
+    version, mixed = fsdp_version(value, ctx), _fsdp2_mixed_precision(value, ctx)
+    values = {**(version.values if isinstance(version, Approx) else version)}
+    values.update(mixed.values if isinstance(mixed, Approx) else mixed)
+    return Approx(values, mixed.why) if isinstance(mixed, Approx) else values
 
 
 def _checkpointing(value: Any, _ctx: Ctx) -> Outcome:
@@ -192,11 +202,12 @@ MAPS: dict[str, Rule] = {
     "deepspeed": Maps(("sharding", "offload"), deepspeed),
     "fsdp": Maps(("sharding", "offload"), fsdp_options),
     "fsdp_config": Nested(
-        {**hf.FSDP_CONFIG, "version": Maps(("fsdp_mixed_precision",), _fsdp2_mixed_precision)},
+        {**hf.FSDP_CONFIG, "version": Maps(("fsdp_version", "fsdp_mixed_precision"), _fsdp_version_and_precision)},
         key=fsdp_key,
         implies={"sharding": "fsdp"},
     ),
-    "fsdp_version": Maps(("fsdp_mixed_precision",), _fsdp2_mixed_precision),
+    # axolotl schemas/fsdp.py: int | None, default None
+    "fsdp_version": Maps(("fsdp_version", "fsdp_mixed_precision"), _fsdp_version_and_precision),
 }
 NOT_MODELLED: dict[str, Unmodelled] = {
     **_unmodelled(

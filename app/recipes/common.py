@@ -172,8 +172,8 @@ def _zero(stage: int, optimizer_off: bool, params_off: bool, *, source: str) -> 
 # -- FSDP: transformers `fsdp` options and fsdp_config, axolotl fsdp / fsdp_config -------------------------
 
 _FSDP1_GRAD_OP = (
-    "FSDP1 SHARD_GRAD_OP is estimated as FSDP2 with reshard_after_forward=False (sharding fsdp_grad_op, measured "
-    "on FSDP2; torch's fully_shard docs name it the SHARD_GRAD_OP equivalent)"
+    "FSDP1 SHARD_GRAD_OP is sharding fsdp_grad_op: FSDP2 with reshard_after_forward=False unless the config's "
+    "fsdp_version is 1 (then FSDP1's own terms, measured on CPU ranks)"
 )
 # torch.distributed.fsdp.ShardingStrategy names (and transformers' lowercase option names)
 FSDP_STRATEGIES: dict[str, str | None] = {
@@ -222,7 +222,7 @@ def fsdp_sharding_strategy(value: Any, _ctx: Ctx) -> Outcome:
     return fsdp_strategy(as_str(value))
 
 
-def fsdp_version(root: Doc) -> int | None:
+def fsdp_version_of(root: Doc) -> int | None:
     """The FSDP version a file asks for: axolotl's top-level `fsdp_version`, or fsdp_config's `version` /
     `fsdp_version` (accelerate's FullyShardedDataParallelPlugin.fsdp_version; 1 when unset)."""
     config = root.get("fsdp_config")
@@ -243,6 +243,27 @@ FSDP2_MIXED_PRECISION = (
     "(MixedPrecisionPolicy, fsdp_mixed_precision, measured on CPU ranks); the torch.autocast region accelerate also "
     "wraps the forward in (its fp32 ops) is not counted"
 )
+
+
+# transformers 5 TrainingArguments: `int(self.fsdp_config.get("version", 2))` (training_args.py
+# `_process_fsdp_args`), so an fsdp_config without a version is FSDP2, the plan's default. accelerate's own plugin
+# defaults to 1 (accelerate/utils/dataclasses.py FullyShardedDataParallelPlugin.__post_init__:
+# `int(os.environ.get("FSDP_VERSION", "1"))`), but a Trainer run always passes the version it read.
+FSDP_DEFAULT_VERSION = 2
+
+
+def fsdp_version(value: Any, _ctx: Ctx) -> Outcome:
+    """`fsdp_config.version` / `fsdp_version` (transformers, accelerate, axolotl): 1 is FSDP1
+    (FullyShardedDataParallel), 2 FSDP2 (fully_shard); absent: FSDP_DEFAULT_VERSION."""
+    if value is None:
+        return {}
+    try:
+        version = int(as_str(value) if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise BadValue(f"{value!r} is not an FSDP version: give 1 or 2") from None
+    if version not in (1, 2):
+        raise BadValue(f"FSDP version {version} does not exist: give 1 or 2")
+    return {"fsdp_version": version}
 
 
 def fsdp_key(key: str) -> str:

@@ -13,6 +13,7 @@ from app.recipes.common import (
     fsdp_options,
     fsdp_sharding_strategy,
     fsdp_version,
+    fsdp_version_of,
     optimizer,
 )
 from app.recipes.rules import (
@@ -115,7 +116,7 @@ def autocast(dtype: str) -> Maps:
                     f"{dtype} autocast over a quantized base (QLoRA under bf16/fp16 autocast): gpuplan models "
                     "autocast for lora and full fine-tuning only"
                 )
-            if _fsdp_on(ctx) and fsdp_version(ctx.root) == 2:
+            if _fsdp_on(ctx) and fsdp_version_of(ctx.root) == 2:
                 return Approx({"dtype": dtype, "fsdp_mixed_precision": True}, FSDP2_MIXED_PRECISION)
             return {"dtype": dtype, "autocast": True}
         return {"dtype": dtype}
@@ -161,6 +162,7 @@ FSDP_CONFIG: dict[str, Rule] = {
     "sharding_strategy": Maps(("sharding",), fsdp_sharding_strategy),
     "reshard_after_forward": Maps(("sharding",), _reshard),
     "activation_checkpointing": _true_sets("gradient_checkpointing", True),
+    "version": Maps(("fsdp_version",), fsdp_version),  # `version`, or accelerate's / axolotl's `fsdp_version`
 }
 
 MAPS: dict[str, Rule] = {

@@ -70,6 +70,8 @@ def test_full_cpu_matrix_within_5_percent_and_median_within_2(records: list[Meas
         "cpu-matrix-multi-mp",
         "cpu-matrix-sft",
         "cpu-matrix-zero",
+        "cpu-matrix-multi-fsdp1",
+        "cpu-validation-multi-fsdp1",
     ],
 )
 def test_each_shipped_matrix_holds_the_bounds_on_its_own(records: list[MeasurementRecord], source: str) -> None:

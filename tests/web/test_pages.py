@@ -62,6 +62,7 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "attn": "sdpa",
         "gpus": "1",
         "sharding": "none",
+        "fsdp_version": "2",
         "offload": "false",
         "fsdp_mixed_precision": "false",
         "fsdp_reduce_dtype": "param",

@@ -1,0 +1,54 @@
+"""shard_fsdp1: wrap a model in FSDP1 (`FullyShardedDataParallel`) on a CPU rank as accelerate wraps it.
+
+accelerate's `Accelerator.prepare_model` (accelerate 1.15, accelerate/accelerator.py) builds
+`FSDP(model, sharding_strategy, cpu_offload, auto_wrap_policy, mixed_precision, sync_module_states,
+backward_prefetch, forward_prefetch, use_orig_params, param_init_fn, ignored_modules, limit_all_gathers,
+device_id)` with `auto_wrap_policy` = `transformer_auto_wrap_policy` on the model's `_no_split_modules` classes
+(`FullyShardedDataParallelPlugin.set_auto_wrap_policy`, accelerate/utils/dataclasses.py: TRANSFORMER_BASED_WRAP,
+the first of `FSDP_AUTO_WRAP_POLICY`). The flags are those transformers' TrainingArguments passes for
+`fsdp_config.version = 1` (transformers/training_args.py `_process_fsdp_args`): use_orig_params true,
+sync_module_states true, forward_prefetch false, limit_all_gathers accelerate's default True; backward_prefetch
+BACKWARD_PRE, torch's own FSDP default and accelerate's `accelerate config` answer (TrainingArguments alone
+passes NO_PREFETCH). sync_module_states is off here: torch refuses it for CPU parameters; its broadcast of rank
+0's states runs at wrap time, before the tracker starts, so it changes no tracked moment. No mixed precision (the model is built in the plan dtype), no CPU offload. Under LoRA transformers' Trainer swaps
+the policy for PEFT's `fsdp_auto_wrap_policy` (transformers/distributed/fsdp.py `update_fsdp_plugin_peft`,
+peft/utils/other.py): the decoder layers and every leaf module with a trainable weight (each lora_A / lora_B)
+are units, so a FlatParameter never mixes the frozen 16-bit weights with the fp32 adapters (FSDP1 flattens one
+dtype per unit: torch/distributed/fsdp/_flat_param.py `_validate_tensors_to_flatten`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.core.plan import TrainingPlan
+
+
+def shard_fsdp1(model: Any, plan: TrainingPlan, layer_classes: set[type]) -> Any:
+    """FSDP1 around the model, one FSDP unit per decoder layer (`layer_classes`) and the root for the rest
+    (embeddings, final norm, lm_head); FULL_SHARD for fsdp, SHARD_GRAD_OP for fsdp_grad_op."""
+    import functools
+
+    import torch
+    from torch.distributed.fsdp import BackwardPrefetch, ShardingStrategy
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+    policy: Any = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls=layer_classes)
+    if plan.uses_lora:  # transformers' update_fsdp_plugin_peft: PEFT's policy, every trainable leaf its own unit
+        from peft.utils.other import fsdp_auto_wrap_policy
+
+        policy = fsdp_auto_wrap_policy(model)  # type: ignore[no-untyped-call]
+    strategy = ShardingStrategy.FULL_SHARD if plan.sharding == "fsdp" else ShardingStrategy.SHARD_GRAD_OP
+    return FSDP(
+        model,
+        sharding_strategy=strategy,
+        auto_wrap_policy=policy,
+        # torch refuses sync_module_states on CPU parameters (_init_utils._check_module_states_for_sync_module_states)
+        sync_module_states=False,
+        backward_prefetch=BackwardPrefetch.BACKWARD_PRE,
+        forward_prefetch=False,
+        use_orig_params=True,
+        limit_all_gathers=True,
+        device_id=torch.device("cpu"),
+    )

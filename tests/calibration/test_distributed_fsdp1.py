@@ -1,0 +1,112 @@
+"""FSDP1 on real gloo ranks: a world-size-2 subset of calibration/cpu-matrix-multi-fsdp1.toml, run here.
+
+Each point spawns 2 CPU ranks that wrap the model in FullyShardedDataParallel as accelerate does
+(app/calibration/fsdp1.py) and run 2 training steps; estimate() for the same plan (fsdp_version 1, gpus=2) must be
+within ±5 % of the worst rank's peak, the median within 2 %. The FSDP1 units' memory is
+app/core/fsdp1.py's; its differences from FSDP2 are checked on the estimate alone below.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.calibration.compare import compare_to, spec_for, to_record
+from app.calibration.matrix import expand, load_spec
+from app.core.estimate import estimate
+from app.core.plan import TrainingPlan
+from app.inventory.cache import cached_spec
+from app.store.models import MeasurementRecord
+from tests.calibration.conftest import MachineProbe, report
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "calibration" / "cpu-matrix-multi-fsdp1.toml"
+FAMILIES = load_spec(SPEC).families
+BASE = {"device": "cpu", "optimizer": "adamw", "dtype": "bf16", "gpus": 2, "seq_len": 32, "fsdp_version": 1}
+# FULL_SHARD full fine-tuning with checkpointing (MHA); SHARD_GRAD_OP LoRA without (GQA, PEFT's wrap policy)
+POINTS: list[tuple[str, dict[str, Any]]] = [
+    ("llama", {"method": "full", "sharding": "fsdp", "gradient_checkpointing": True}),
+    ("mistral", {"method": "lora", "sharding": "fsdp_grad_op", "gradient_checkpointing": False, "rank": 8}),
+]
+
+
+@pytest.fixture(scope="module")
+def measured(request: pytest.FixtureRequest, machine: MachineProbe) -> list[MeasurementRecord]:
+    from app.calibration.distributed import run_distributed
+
+    records = []
+    for family, fields in POINTS:
+        config = {**FAMILIES[family].config, "num_hidden_layers": 2}
+        plan = TrainingPlan(**{**BASE, **fields})
+        started = time.perf_counter()
+        measurement = run_distributed(config, plan, steps=2, fp32_matmuls=machine.fp32_matmuls, timeout_s=240)
+        comparison, _ = compare_to(measurement, spec_for(measurement, family))
+        records.append(to_record(measurement, comparison, model_id=family, source="ci-multi-fsdp1", split="holdout"))
+        report(
+            request.config,
+            f"FSDP1 {family} {plan.method} {plan.sharding} x2: error {comparison.error_pct:+.2f} % "
+            f"in {time.perf_counter() - started:.0f} s",
+        )
+    return records
+
+
+def test_fsdp1_estimate_holds_the_worst_rank_within_5_percent(measured: list[MeasurementRecord]) -> None:
+    errors = [r.error_pct for r in measured]
+    assert max(abs(e) for e in errors) <= 5.0, errors
+    assert statistics.median(abs(e) for e in errors) <= 2.0, errors
+    for record in measured:
+        assert record.plan["fsdp_version"] == 1
+        assert record.measured_peak_bytes == max(record.env["rank_peak_bytes"])
+
+
+def _tiny(**fields: Any) -> tuple[int, dict[str, int]]:
+    spec = cached_spec(FAMILIES["llama"].config, model_id="llama", source="file", cache_dir=None)
+    est = estimate(spec, TrainingPlan(**{**BASE, "method": "full", "gradient_checkpointing": False, **fields}))
+    return est.peak_allocated_bytes, {p.name: p.bytes for p in est.phases}
+
+
+def test_fsdp1_gathers_no_copy_out_and_keeps_the_root_so_its_forward_is_below_fsdp2s() -> None:
+    """FSDP1's all-gather writes into the FlatParameter the views read (no copy-out beside it) and the root stays
+    gathered: its forward holds `R + W_l` where FSDP2's holds `R + 3W_l` at a layer's copy-out."""
+    for sharding in ("fsdp", "fsdp_grad_op"):
+        _, one = _tiny(sharding=sharding)
+        _, two = _tiny(sharding=sharding, fsdp_version=2)
+        assert one["forward"] < two["forward"], sharding
+        assert one["load"] == two["load"] and one["optimizer"] == two["optimizer"]
+
+
+def test_fsdp_version_is_a_plan_field_of_fsdp_only() -> None:
+    assert TrainingPlan().fsdp_version == 2
+    with pytest.raises(ValueError, match="fsdp_version 1 selects FSDP1"):
+        TrainingPlan(sharding="ddp", gpus=2, fsdp_version=1)
+    with pytest.raises(ValueError, match="FSDP1's CPU offload is not modelled"):
+        TrainingPlan(sharding="fsdp", gpus=2, fsdp_version=1, offload=True)
+
+
+def test_the_fsdp1_spec_expands_to_exactly_the_points_it_shipped() -> None:
+    from app.calibration.multi_report import _point_id, load_records
+
+    shipped = sorted(_point_id(r) for r in load_records(("cpu-matrix-multi-fsdp1",)))
+    assert shipped == sorted(p.id for p in expand(load_spec(SPEC)))
+    assert {r.plan["fsdp_version"] for r in load_records(("cpu-matrix-multi-fsdp1",))} == {1}
+
+
+def test_fsdp1_terms_are_measured_on_cpu_ranks_but_qlora_under_fsdp1_is_first_principles() -> None:
+    from app.core.evidence import term_evidence
+
+    plan = TrainingPlan(**{**BASE, "method": "lora", "sharding": "fsdp"})
+    assert term_evidence("allgather_buffer_bytes", plan) == "measured-cpu-ranks"
+    qlora = TrainingPlan(**{**BASE, "method": "qlora", "sharding": "fsdp"})
+    assert term_evidence("allgather_buffer_bytes", qlora) == "first-principles"
+
+
+def test_qlora_under_fsdp1_is_refused_before_any_rank_starts() -> None:
+    from app.calibration.distributed import check_distributed_plan
+    from app.errors import CalibrationError
+
+    with pytest.raises(CalibrationError, match="QLoRA under FSDP1 is not run"):
+        check_distributed_plan(TrainingPlan(**{**BASE, "method": "qlora", "sharding": "fsdp"}))
