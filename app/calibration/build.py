@@ -12,7 +12,7 @@ import logging
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -94,9 +94,14 @@ def build_model(cfg: Any, plan: TrainingPlan) -> Any:
     peft.prepare_model_for_kbit_training, checkpointed every layer, LoRA/DoRA-wrapped unless method is full.
     Any failure of the libraries becomes a CalibrationError that keeps their message.
     """
+    return _built(cfg, plan, _prepare)
+
+
+def _built(cfg: Any, plan: TrainingPlan, prepare: Callable[[Any, TrainingPlan], Any]) -> Any:
+    """`prepare(loaded model, plan)` quietly, in train mode; a library's failure as a CalibrationError."""
     try:
         with quiet():
-            model = _prepare(_load(cfg, plan), plan)
+            model = prepare(_load(cfg, plan), plan)
     except CalibrationError:
         raise
     except Exception as exc:
@@ -188,15 +193,7 @@ def lora_config(plan: TrainingPlan) -> Any:
 
 def build_base(cfg: Any, plan: TrainingPlan) -> Any:
     """`build_model` without the LoRA wrapping (`prepare_base`), in train mode; failures as CalibrationError."""
-    try:
-        with quiet():
-            model = prepare_base(_load(cfg, plan), plan)
-    except CalibrationError:
-        raise
-    except Exception as exc:
-        raise CalibrationError(f"building the {plan.method} model failed: {type(exc).__name__}: {exc}") from exc
-    model.train()
-    return model
+    return _built(cfg, plan, prepare_base)
 
 
 def _checkpoint_layers(model: Any, kwargs: dict[str, Any], plan: TrainingPlan) -> None:

@@ -33,6 +33,7 @@ torch/distributed/fsdp/_fully_shard/ (torch 2.13), accelerate/utils/fsdp_utils.p
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -166,6 +167,17 @@ def rank_main(rank: int, world: int, job: dict[str, Any]) -> dict[str, Any]:
     The model is built before the group exists: transformers' save_pretrained (the QLoRA round trip through
     safetensors) writes its files on the main process only once torch.distributed is initialized.
     """
+    return run_rank(rank, world, job, _measure_rank)
+
+
+MeasureRank = Callable[[Any, Any, TrainingPlan, dict[str, Any], float], Measurement]
+
+
+def run_rank(
+    rank: int, world: int, job: dict[str, Any], measure: MeasureRank, prepare: Callable[[], None] | None = None
+) -> dict[str, Any]:
+    """A rank's life: one thread, the model built from the job, the gloo group joined, `measure(model, cfg, plan, job,
+    started)`, the group left; its measurement as JSON. `prepare` runs first, quietly (DeepSpeed's set-up)."""
     import time
 
     import torch
@@ -178,12 +190,14 @@ def rank_main(rank: int, world: int, job: dict[str, Any]) -> dict[str, Any]:
     plan = TrainingPlan.model_validate(job["plan"])
     started = time.perf_counter()
     with quiet(), fp32_compute_matmuls(bool(job["fp32_matmuls"])):
+        if prepare is not None:
+            prepare()
         cfg = build_config(job["config"], job["layers"])
         torch.manual_seed(int(job["seed"]))
         model = build_model(cfg, plan)
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
         try:
-            measurement = _measure_rank(model, cfg, plan, job, started)
+            measurement = measure(model, cfg, plan, job, started)
         finally:
             dist.destroy_process_group()
     return {
@@ -193,11 +207,37 @@ def rank_main(rank: int, world: int, job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any], started: float) -> Measurement:
+def rank_measurement(
+    cfg: Any, plan: TrainingPlan, job: dict[str, Any], started: float, phases: list[Phase], peak: int, **extra: Any
+) -> Measurement:
+    """The Measurement of one rank's run (`extra`: env, host peaks) from its job, config and tracked steps."""
     import time
     from datetime import UTC, datetime
 
-    from app.calibration.harness import environment, run_steps
+    from app.calibration.harness import environment
+
+    fields: dict[str, Any] = {
+        "env": environment("cpu", matmul_compute="fp32" if job["fp32_matmuls"] else "native"),
+        **extra,
+    }
+    return Measurement(
+        model_type=str(cfg.model_type),
+        config=cfg.to_diff_dict(),
+        plan=plan.model_dump(mode="json"),
+        layers=int(cfg.num_hidden_layers),
+        steps=int(job["steps"]),
+        device="cpu",
+        peak_allocated_bytes=peak,
+        peak_reserved_bytes=None,
+        phases=phases,
+        duration_s=time.perf_counter() - started,
+        created_at=datetime.now(UTC),
+        **fields,
+    )
+
+
+def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any], started: float) -> Measurement:
+    from app.calibration.harness import run_steps
     from app.calibration.offload import HostPlacement, copy_shards_to_device
 
     if plan.sharding != "ddp":
@@ -211,19 +251,13 @@ def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any],
         model, int(cfg.vocab_size), plan, int(job["steps"]), int(job["seed"]), wrap=wrap, place=place
     )
     del model
-    return Measurement(
-        model_type=str(cfg.model_type),
-        config=cfg.to_diff_dict(),
-        plan=plan.model_dump(mode="json"),
-        layers=int(cfg.num_hidden_layers),
-        steps=int(job["steps"]),
-        device="cpu",
-        peak_allocated_bytes=peak,
-        peak_reserved_bytes=None,
-        phases=phases,
-        env=environment("cpu", matmul_compute="fp32" if job["fp32_matmuls"] else "native"),
-        duration_s=time.perf_counter() - started,
-        created_at=datetime.now(UTC),
+    return rank_measurement(
+        cfg,
+        plan,
+        job,
+        started,
+        phases,
+        peak,
         host_peak_bytes=None if place is None else place.host_peak_bytes,
         all_storages_peak_bytes=None if place is None else place.all_storages_peak_bytes,
     )

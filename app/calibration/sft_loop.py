@@ -35,10 +35,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from app.calibration.build import LEARNING_RATE, lora_config, optimizer_class
+from app.calibration.build import lora_config, optimizer_class
 from app.calibration.harness import Probe, StepLabels, tracked
 from app.calibration.measurement import Phase
-from app.calibration.trainer_loop import MAX_GRAD_NORM, checkpointing_kwargs
+from app.calibration.trainer_loop import argument_fields
 from app.core.plan import TrainingPlan
 from app.errors import CalibrationError
 
@@ -50,32 +50,13 @@ def _lib(name: str) -> Any:
 def sft_config(plan: TrainingPlan, steps: int, seed: int, output_dir: str) -> Any:
     """SFTConfig for `steps` optimizer steps of the plan: max_length = seq_len, no packing, no side effects."""
     return _lib("trl").SFTConfig(
-        output_dir=output_dir,
-        per_device_train_batch_size=plan.batch_size,
-        gradient_accumulation_steps=plan.grad_accum_steps,
-        max_steps=steps,
-        learning_rate=LEARNING_RATE,
-        max_grad_norm=MAX_GRAD_NORM,
-        gradient_checkpointing=plan.gradient_checkpointing,
-        gradient_checkpointing_kwargs=checkpointing_kwargs(plan),
-        use_cpu=plan.device == "cpu",
-        bf16=plan.autocast and plan.dtype == "bf16",  # SFTConfig defaults bf16=True: say what the plan runs
-        fp16=plan.autocast and plan.dtype == "fp16",
+        **argument_fields(plan, steps, seed, output_dir),
         max_length=plan.seq_len,
         # MoE: SFTTrainer enables the load-balancing loss whenever the config has a router_aux_loss_coef (l. 1203-1211);
         # the plan's router_aux_loss says whether it runs (0.0 turns it off)
         router_aux_loss_coef=None if plan.router_aux_loss else 0.0,
         packing=plan.packing,  # the harness refuses packed plans (check_plan): its rows are single sequences
         padding_free=False,
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="no",
-        eval_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        seed=seed,
-        data_seed=seed,
     )
 
 

@@ -41,31 +41,35 @@ def trainer_arguments(plan: TrainingPlan, steps: int, seed: int, output_dir: str
     with plan.autocast."""
     import transformers
 
-    return transformers.TrainingArguments(
-        output_dir=output_dir,
-        per_device_train_batch_size=plan.batch_size,
-        gradient_accumulation_steps=plan.grad_accum_steps,
-        max_steps=steps,
-        learning_rate=LEARNING_RATE,
-        max_grad_norm=MAX_GRAD_NORM,
-        gradient_checkpointing=plan.gradient_checkpointing,
-        gradient_checkpointing_kwargs=checkpointing_kwargs(plan),
-        use_cpu=plan.device == "cpu",
+    return transformers.TrainingArguments(**argument_fields(plan, steps, seed, output_dir), remove_unused_columns=False)
+
+
+def argument_fields(plan: TrainingPlan, steps: int, seed: int, output_dir: str) -> dict[str, Any]:
+    """The TrainingArguments fields both Trainer loops set (SFTConfig extends TrainingArguments)."""
+    return {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": plan.batch_size,
+        "gradient_accumulation_steps": plan.grad_accum_steps,
+        "max_steps": steps,
+        "learning_rate": LEARNING_RATE,
+        "max_grad_norm": MAX_GRAD_NORM,
+        "gradient_checkpointing": plan.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": checkpointing_kwargs(plan),
+        "use_cpu": plan.device == "cpu",
         # autocast: accelerate wraps the model's forward in torch.autocast(device, dtype) and its outputs in
-        # convert_outputs_to_fp32 (Accelerator.prepare_model)
-        bf16=plan.autocast and plan.dtype == "bf16",
-        fp16=plan.autocast and plan.dtype == "fp16",
-        report_to="none",
-        save_strategy="no",
-        logging_strategy="no",
-        eval_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        remove_unused_columns=False,
-        seed=seed,
-        data_seed=seed,
-    )
+        # convert_outputs_to_fp32 (Accelerator.prepare_model); SFTConfig defaults bf16=True: say what the plan runs
+        "bf16": plan.autocast and plan.dtype == "bf16",
+        "fp16": plan.autocast and plan.dtype == "fp16",
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_strategy": "no",
+        "eval_strategy": "no",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": False,
+        "seed": seed,
+        "data_seed": seed,
+    }
 
 
 def checkpointing_kwargs(plan: TrainingPlan) -> dict[str, Any] | None:

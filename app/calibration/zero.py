@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from datetime import timedelta
 from typing import Any
 
 from app.calibration.measurement import Measurement, Phase
@@ -126,59 +125,27 @@ def skip_shm_op() -> None:
 def zero_rank_main(rank: int, world: int, job: dict[str, Any]) -> dict[str, Any]:
     """One rank: build the model, join the gloo group, run the engine's steps tracked; return its measurement."""
     import os
-    import time
 
-    import torch
-    import torch.distributed as dist
-
-    from app.calibration.build import build_config, build_model, quiet
-    from app.calibration.distributed import COLLECTIVE_TIMEOUT_S
-    from app.calibration.matmul import fp32_compute_matmuls
+    from app.calibration.distributed import run_rank
 
     os.environ["DS_ACCELERATOR"] = "cpu"  # deepspeed/accelerator/real_accelerator.py: no probing for a GPU
-    torch.set_num_threads(1)
-    plan = TrainingPlan.model_validate(job["plan"])
-    started = time.perf_counter()
-    with quiet(), fp32_compute_matmuls(bool(job["fp32_matmuls"])):
-        skip_shm_op()
-        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-        cfg = build_config(job["config"], job["layers"])
-        torch.manual_seed(int(job["seed"]))
-        model = build_model(cfg, plan)
-        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-        try:
-            measurement = _measure_rank(model, cfg, plan, job, started)
-        finally:
-            dist.destroy_process_group()
-    return {
-        "peak": measurement.peak_allocated_bytes,
-        "phases": [p.model_dump(mode="json") for p in measurement.phases],
-        "measurement": measurement.model_dump(mode="json"),
-    }
+    return run_rank(rank, world, job, _measure_rank, prepare=_quiet_deepspeed)
+
+
+def _quiet_deepspeed() -> None:
+    skip_shm_op()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 
 def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any], started: float) -> Measurement:
-    import time
-    from datetime import UTC, datetime
-
+    from app.calibration.distributed import rank_measurement
     from app.calibration.harness import environment
 
     phases, peak = engine_steps(model, int(cfg.vocab_size), plan, int(job["steps"]), int(job["seed"]))
     del model
     env = environment("cpu", matmul_compute="fp32" if job["fp32_matmuls"] else "native")
-    return Measurement(
-        model_type=str(cfg.model_type),
-        config=cfg.to_diff_dict(),
-        plan=plan.model_dump(mode="json"),
-        layers=int(cfg.num_hidden_layers),
-        steps=int(job["steps"]),
-        device="cpu",
-        peak_allocated_bytes=peak,
-        peak_reserved_bytes=None,
-        phases=phases,
-        env=env.model_copy(update={"deepspeed": _deepspeed_version()}),
-        duration_s=time.perf_counter() - started,
-        created_at=datetime.now(UTC),
+    return rank_measurement(
+        cfg, plan, job, started, phases, peak, env=env.model_copy(update={"deepspeed": _deepspeed_version()})
     )
 
 
