@@ -17,9 +17,9 @@ ENV GPUPLAN_TRUSTED_HOSTS="*"
 WORKDIR /srv/gpuplan
 
 # WeasyPrint's system libraries for the PDF reports (its docs, Debian >= 11, installing from wheels: Pango and
-# Pango-FT2; HarfBuzz comes with them) and a font, since the slim image has none.
+# Pango-FT2; HarfBuzz-Subset, which WeasyPrint >= 70 asks for) and a font, since the slim image has none.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b fonts-dejavu-core \
+    && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b libharfbuzz-subset0 fonts-dejavu-core \
     && rm -rf /var/lib/apt/lists/*
 
 # The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
