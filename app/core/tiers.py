@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -178,9 +179,19 @@ GPU_TIERS: tuple[GpuTier, ...] = (
 # fmt: on
 
 
+def _tier_key(name: str) -> str:
+    return name.strip().lower().replace(" ", "")
+
+
+@functools.cache
+def _tiers_by_key() -> dict[str, GpuTier]:
+    """Each tier under its spelling-insensitive key, made on first use (nothing at import time)."""
+    return {_tier_key(t.name): t for t in reversed(GPU_TIERS)}  # reversed: the first tier of a key wins
+
+
 def find_tier(name: str) -> GpuTier | None:
-    key = name.strip().lower().replace(" ", "")
-    return next((t for t in GPU_TIERS if t.name.lower().replace(" ", "") == key), None)
+    """The tier named `name` (case and spaces ignored); a dict lookup, since a recommendation asks once per tier."""
+    return _tiers_by_key().get(_tier_key(name))
 
 
 def tier_name(value: str, what: str = "GPU tier") -> str:
