@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Literal
@@ -165,11 +167,12 @@ def first_passing(passes: Callable[[int], bool], failing: int, passing: int) -> 
     return passing
 
 
-def split_counts(num_layers: int, limit: int) -> list[int]:
+@functools.cache  # pure in its two ints, and asked once per tier of every recommendation
+def split_counts(num_layers: int, limit: int) -> tuple[int, ...]:
     """The GPU counts worth trying when layers are split (sharding none), ascending: the worst GPU holds ⌈L/n⌉
     layers (estimate.gpu_share) and nothing else of the estimate depends on n, so only the fewest GPUs for each
     layers-per-GPU value k, ⌈L/k⌉, can be the answer (16 to 31 GPUs all hold 2 of 32 layers)."""
-    return sorted({n for k in range(1, num_layers + 1) if (n := ceil_div(num_layers, k)) <= limit})
+    return tuple(sorted({n for k in range(1, num_layers + 1) if (n := ceil_div(num_layers, k)) <= limit}))
 
 
 def _gpus_needed(plan: TrainingPlan, model: ModelSpec, budget: int, per_gpu: Callable[[int], int]) -> int | None:
@@ -184,9 +187,13 @@ def _gpus_needed(plan: TrainingPlan, model: ModelSpec, budget: int, per_gpu: Cal
         return None  # every DDP replica holds the whole model
     layers = model.arch.num_layers
     counts = split_counts(layers, min(MAX_GPUS, layers)) if plan.sharding == "none" else range(1, MAX_GPUS + 1)
+    # the plan's own GPU count (its bytes are known) halves the search: the answer is at most it when it fits
+    own = bisect.bisect_right(counts, plan.gpus) - 1
+    if own > 0 and fits_on(counts[own]):
+        return counts[first_passing(lambda i: fits_on(counts[i]), 0, own)]
     if not fits_on(counts[-1]):
         return None
-    return counts[first_passing(lambda i: fits_on(counts[i]), 0, len(counts) - 1)]
+    return counts[first_passing(lambda i: fits_on(counts[i]), max(0, own), len(counts) - 1)]
 
 
 class _Judge:
@@ -196,27 +203,22 @@ class _Judge:
         self, model: ModelSpec, est: Estimate, prices: PriceTable, run: RunSize, mfu: float, safety: float = 1.0
     ) -> None:
         self.model, self.est, self.prices, self.run, self.mfu, self.safety = model, est, prices, run, mfu, safety
-        self._per_gpu: dict[int, int] = {est.plan.gpus: est.device_bytes} if est.plan.gpus == 1 else {}
-        self._fixed: dict[TrainingPlan, int] = {}
+        self._per_gpu: dict[int, int] = {est.plan.gpus: est.device_bytes}  # device_bytes(est.plan), known
         self._work: dict[int, tuple[TrainingPlan, StepWork]] = {}
-        self._fixes: dict[tuple[object, ...], tuple[TrainingPlan | None, dict[str, str] | None]] = {}
+        self._fixes: dict[tuple[object, ...], tuple[dict[str, str] | None, int | None]] = {}
 
     def per_gpu(self, n: int) -> int:
         if n not in self._per_gpu:
             self._per_gpu[n] = device_bytes(self.model, self.est.plan.model_copy(update={"gpus": n}))
         return judged(self._per_gpu[n], self.safety)
 
-    def fixed_bytes(self, plan: TrainingPlan) -> int:
-        if plan not in self._fixed:
-            self._fixed[plan] = device_bytes(self.model, plan)
-        return judged(self._fixed[plan], self.safety)
-
-    def fixed(self, found: tuple[Blocker, ...]) -> tuple[TrainingPlan | None, dict[str, str] | None]:
-        """fixed_plan and its changes, once per set of blockers' fixes (most tiers share none, or bf16's)."""
+    def fixed(self, found: tuple[Blocker, ...]) -> tuple[dict[str, str] | None, int | None]:
+        """The changes fixed_plan makes and the fixed plan's device bytes (None when nothing fixes it), once per
+        set of blockers' fixes (most tiers share none, or bf16's): keyed by the fixes, not by the plan's hash."""
         key = tuple((b.fact, None if b.fix is None else tuple(sorted(b.fix.items()))) for b in found)
         if key not in self._fixes:
             plan = fixed_plan(self.est.plan, found)
-            self._fixes[key] = plan, _changes(self.est.plan, plan)
+            self._fixes[key] = _changes(self.est.plan, plan), None if plan is None else device_bytes(self.model, plan)
         return self._fixes[key]
 
     def work(self, gpus: int) -> tuple[TrainingPlan, StepWork]:
@@ -257,7 +259,7 @@ class _Judge:
                 else "does not fit even split across the maximum number of GPUs"
             )
         found = blockers(tier, plan, self.model.arch.head_dim)
-        fixed, changes = self.fixed(found)
+        changes, fixed_bytes = self.fixed(found)
         mine = judged(self.est.device_bytes, self.safety)
         fits = mine <= budget
         count = plan.gpus if fits else needed
@@ -275,7 +277,7 @@ class _Judge:
             cannot_run=cannot_run(found),
             blockers=found,
             runs_with=changes,
-            runs_with_fits=self.fixed_bytes(fixed) <= budget if fixed is not None else None,
+            runs_with_fits=judged(fixed_bytes, self.safety) <= budget if fixed_bytes is not None else None,
             option=self.option(tier, count) if count is not None and not found else None,
             time_check=time_check(tier.name, (), self.mfu),
         )

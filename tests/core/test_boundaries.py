@@ -131,10 +131,18 @@ def test_split_counts_are_the_fewest_gpus_for_each_layers_per_gpu_value(layers: 
     by_share: dict[int, int] = {}
     for n in range(1, limit + 1):
         by_share.setdefault(-(-layers // n), n)  # the first (fewest) n for each ⌈L/n⌉
-    assert counts == sorted(by_share.values()) and counts[0] == 1
+    assert counts == tuple(sorted(by_share.values())) and counts[0] == 1
 
 
-@pytest.mark.parametrize("plan", [TrainingPlan(rank=2048, seq_len=8192), TrainingPlan(method="lora", seq_len=4096)])
+@pytest.mark.parametrize(
+    "plan",
+    [
+        TrainingPlan(rank=2048, seq_len=8192),
+        TrainingPlan(method="lora", seq_len=4096),
+        TrainingPlan(method="full", seq_len=2048, gpus=4),  # the plan's own count splits the search
+        TrainingPlan(method="full", seq_len=2048, gpus=9),  # between two split counts (8 and 11 of 32 layers)
+    ],
+)
 def test_layer_split_gpu_counts_match_a_linear_scan(plan: TrainingPlan) -> None:
     """recommend() bisects only the split counts: its answer is the first of 1..L that fits, and the per-GPU bytes
     depend on n only through ⌈L/n⌉ (the law split_counts stands on)."""
@@ -167,3 +175,26 @@ def test_device_bytes_is_the_estimates_device_bytes(plan: TrainingPlan) -> None:
     for name in ("meta-llama/Llama-2-7b-hf", "mistralai/Mixtral-8x7B-v0.1"):
         model = spec(name)
         assert device_bytes(model, plan) == estimate(model, plan).device_bytes
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        TrainingPlan(method="full", optimizer="adamw", gpus=8, sharding="fsdp"),
+        TrainingPlan(method="full", optimizer="adamw", gpus=2, sharding="zero3", seq_len=4096),
+        TrainingPlan(method="lora", gpus=16, sharding="zero2"),
+    ],
+)
+def test_sharded_gpu_counts_match_a_linear_scan(plan: TrainingPlan) -> None:
+    """With sharding the search starts from the plan's own count (at most it when it fits, else above it): the
+    answer is still the first count that fits, scanned one by one up to 64."""
+    model = spec("meta-llama/Llama-2-7b-hf")
+    per_gpu = {n: estimate(model, plan.model_copy(update={"gpus": n})).device_bytes for n in range(1, 65)}
+    rec = recommend(model, estimate(model, plan))
+    for tier_fit in rec.tiers:
+        budget = budget_bytes(find_tier(tier_fit.gpu) or GPU_TIERS[0], rec.headroom)
+        fitting = [n for n, nbytes in per_gpu.items() if nbytes <= budget]
+        if fitting:
+            assert tier_fit.gpus_needed == min(fitting), tier_fit.gpu
+        else:  # zero2 keeps whole weights: some small tiers never fit
+            assert tier_fit.gpus_needed is None or tier_fit.gpus_needed > 64, tier_fit.gpu
