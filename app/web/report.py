@@ -41,6 +41,7 @@ def report_context(proc: Procurement) -> dict[str, Any]:
         "train": proc.train,
         "serve": proc.serve,
         "stack": stack_versions(),
+        "add_training_link": "",  # a serving half's context sets it (the template reads it whatever the halves)
     }
     if proc.train is not None:
         est = proc.train.planned.estimate

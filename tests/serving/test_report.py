@@ -294,3 +294,17 @@ def test_the_serving_result_link_keeps_the_training_plan_and_comes_back(client: 
     assert "train" not in dict(parse_qsl(urlsplit(alone.context["serve_link"]).query))  # type: ignore[attr-defined]
     assert alone.context["add_training_link"] == "/plan?" + urlencode({"model": MODEL})  # type: ignore[attr-defined]
     assert 'id="add-training"' in alone.text and 'id="add-training"' not in report.text
+
+
+@pytest.mark.parametrize("fmt", ["html", "pdf"])
+def test_a_training_only_report_renders_as_a_page_and_a_pdf(client: TestClient, fmt: str) -> None:
+    """The page's links line reads the serving half's 'add the training plan' link whatever the halves: a report
+    of the training half alone (no serve=) renders without it, as the page and as its PDF (once a 500)."""
+    path = "/api/v1/report?" if fmt == "pdf" else "/report?"
+    response = client.get(path + urlencode([("train", TRAIN), ("format", fmt)]))
+    assert response.status_code == 200, response.text[:300]
+    if fmt == "pdf":
+        pages, text = _pdf_text(response.content)
+        assert pages >= 1 and "Llama-3.1-8B" in text
+    else:
+        assert 'id="train-link"' in response.text and 'id="add-training"' not in response.text
