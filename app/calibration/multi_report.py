@@ -25,6 +25,7 @@ SOURCES = (
     "cpu-matrix-multi-offload",
     "cpu-matrix-multi-qlora",
     "cpu-matrix-multi-mp",
+    "cpu-matrix-multi-mp2",
     "cpu-matrix-zero",
     "cpu-matrix-multi-fsdp1",
     "cpu-validation-multi-fsdp1",
@@ -35,6 +36,7 @@ SOURCES = (
 # mlp_grad_bytes and mlp.py recompute_tail_in_down) counts in-sample
 MIXED_PRECISION = "cpu-matrix-multi-mp"
 MIXED_PRECISION_SEEN = frozenset({"mistral-7a6b40cc"})
+MIXED_PRECISION_2 = "cpu-matrix-multi-mp2"  # fp16 and with CPU offload (calibration/cpu-matrix-multi-mp2.toml)
 ZERO_SOURCE = "cpu-matrix-zero"
 # FSDP1's matrix (tune / holdout by hash) and its validation matrix (measured once, after app/core/fsdp1.py)
 FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
@@ -62,7 +64,7 @@ each rank running the same plan under its own live-tensor tracker. The measured 
 which gives the per-GPU peak. DDP is `DistributedDataParallel` with torch's defaults; fsdp is FSDP2
 `fully_shard` on every decoder layer and on the root, as accelerate wraps it, resharding after forward;
 fsdp_grad_op the same with `reshard_after_forward=False`; `+ offload` adds FSDP2's `CPUOffloadPolicy`, counted by
-placement (below); `+ mp` is FSDP2's MixedPrecisionPolicy over fp32 shards (below); `(FSDP1)` is
+placement (below); `+ mp bf16` is FSDP2's MixedPrecisionPolicy over fp32 shards, gathered in bf16 (below); `(FSDP1)` is
 FullyShardedDataParallel as accelerate wraps it (below). Parameters stay in the plan dtype elsewhere. Error =
 (estimated - measured) / measured."""
 NOT_MEASURED = """## CPU offload, counted by placement
@@ -128,9 +130,12 @@ of this layout (llama cut to 2 layers, fsdp, 2 ranks, seq 64, no checkpointing, 
 nearest plan (`autocast`, +22.08 % and +59.80 %), are now estimated at +0.03 % (full, 30,499,840 bytes) and +0.80 %
 (LoRA, 14,352,384 bytes). One point (mistral full fsdp x2, reduce fp32, no checkpointing) measured 40,040,960 bytes in
 the matrix and 38,430,720 in a rerun (estimate 38,560,768: -3.70 % and +0.34 %): the CPU ranks' backward peaks are not
-byte-exact from run to run. Not run: fp16 (no fp16 GEMM worth running on these CPUs), the policy with CPU offload, and
-QLoRA (refused with the policy: PEFT's FSDP+QLoRA recipe keeps the packed weights in their storage dtype, which
-accelerate does not upcast); their terms are first-principles in the output (`evidence`).
+byte-exact from run to run. `calibration/cpu-matrix-multi-mp2.toml` then ran the policy in fp16 and with CPU
+offload (12 points: llama and mistral, full and LoRA, reshard on and off, reduce in the param dtype and fp32, 2 and
+4 ranks, offload on half), measured once with no formula written or changed for them (every point held out): the
+policy's terms take the param dtype's width and offload's the host placement, unchanged. Not run: QLoRA (refused
+with the policy: PEFT's FSDP+QLoRA recipe keeps the packed weights in their storage dtype, which accelerate does not
+upcast); its terms are first-principles in the output (`evidence`).
 
 ## DeepSpeed ZeRO-2/3
 
@@ -233,6 +238,12 @@ def groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[Measure
     label = f"{MIXED_PRECISION} (FSDP2 MixedPrecisionPolicy, bf16 over fp32 shards)"
     out.append((f"{label} tune (in-sample)", seen_mp))
     out.append((f"{label} holdout, not fitted on", [r for r in mixed if r not in seen_mp]))
+    out.append(
+        (
+            f"{MIXED_PRECISION_2} (the policy in fp16 and with offload; held out: measured once, no term changed)",
+            [r for r in records if r.source == MIXED_PRECISION_2],
+        )
+    )
     zero = [r for r in records if r.source == ZERO_SOURCE]
     out.append(("cpu-matrix-zero tune (DeepSpeed ZeRO-2/3; in-sample)", [r for r in zero if r.split == "tune"]))
     out.append(("cpu-matrix-zero holdout, not fitted on", [r for r in zero if r.split == "holdout"]))

@@ -106,7 +106,8 @@ def _rank_cells(rec: MeasurementRecord) -> str:
     shown = " / ".join(f"{p / MIB:,.2f}" for p in peaks) or "-"
     sharding = str(rec.plan.get("sharding", "none")) + (" + offload" if rec.plan.get("offload") else "")
     if rec.plan.get("fsdp_mixed_precision"):  # FSDP2 MixedPrecisionPolicy: gathered in dtype
-        sharding += f" + mp (reduce {rec.plan['dtype'] if rec.plan.get('fsdp_reduce_dtype') == 'param' else 'fp32'})"
+        dtype = rec.plan.get("dtype", "bf16")
+        sharding += f" + mp {dtype} (reduce {dtype if rec.plan.get('fsdp_reduce_dtype') == 'param' else 'fp32'})"
     sharding += " (FSDP1)" if rec.plan.get("fsdp_version") == 1 else ""
     if rec.env.get("host_peak_bytes") is not None:
         shown += f" (host {rec.env['host_peak_bytes'] / MIB:,.2f})"

@@ -4,8 +4,8 @@ The CPU reference tracker (one process) measured every single-device term of the
 (docs/accuracy-full.md); torch.distributed CPU ranks over gloo measured DDP's and FSDP2's per-GPU terms
 (docs/accuracy-multi.md), FSDP2's CPU offload included (counted by placement: app/calibration/offload.py),
 QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml), FSDP2's MixedPrecisionPolicy in bf16
-over fp32 shards without offload (calibration/cpu-matrix-multi-mp.toml; in fp16 or with offload its terms are
-first-principles), FSDP1 full and LoRA (calibration/cpu-matrix-multi-fsdp1.toml; QLoRA under FSDP1 is not
+and fp16 over fp32 shards, with and without offload (calibration/cpu-matrix-multi-mp.toml, cpu-matrix-multi-mp2.toml),
+FSDP1 full and LoRA (calibration/cpu-matrix-multi-fsdp1.toml; QLoRA under FSDP1 is not
 run: first-principles), and DeepSpeed ZeRO-2/3 engines (bf16, torch AdamW, full and LoRA: calibration/cpu-matrix-zero.toml,
 app/core/zero.py). Checkpointing every n-th layer (`checkpoint_every`, calibration/cpu-matrix-trainer-every2.toml)
 and offloaded checkpointing (`checkpoint_offload`, counted by placement: app/calibration/offload.py
@@ -55,8 +55,9 @@ def zero_measured(plan: TrainingPlan) -> bool:
 
 
 def measured_policy(plan: TrainingPlan) -> bool:
-    """FSDP2's MixedPrecisionPolicy was measured in bf16 without offload (calibration/cpu-matrix-multi-mp.toml)."""
-    return not plan.fsdp_mixed_precision or (plan.dtype == "bf16" and not plan.offload)
+    """FSDP2's MixedPrecisionPolicy was measured in bf16 (calibration/cpu-matrix-multi-mp.toml) and in fp16 and with
+    CPU offload (cpu-matrix-multi-mp2.toml), under FSDP2: not under FSDP1, nor with QLoRA (refused with it)."""
+    return not plan.fsdp_mixed_precision or (plan.dtype in ("bf16", "fp16") and plan.fsdp_version == 2)
 
 
 def term_evidence(term: str, plan: TrainingPlan) -> Evidence:

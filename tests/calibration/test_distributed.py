@@ -150,6 +150,7 @@ def test_the_shipped_multi_rank_page_is_what_the_command_writes_now() -> None:
         "cpu-matrix-multi-offload",
         "cpu-matrix-multi-qlora",
         "cpu-matrix-multi-mp",
+        "cpu-matrix-multi-mp2",
         "cpu-matrix-zero",
     ],
 )

@@ -68,6 +68,7 @@ def test_full_cpu_matrix_within_5_percent_and_median_within_2(records: list[Meas
         "cpu-matrix-multi-offload",
         "cpu-matrix-multi-qlora",
         "cpu-matrix-multi-mp",
+        "cpu-matrix-multi-mp2",
         "cpu-matrix-sft",
         "cpu-matrix-zero",
         "cpu-matrix-multi-fsdp1",
