@@ -86,13 +86,15 @@ def test_the_policy_costs_more_per_gpu_than_bf16_shards_and_less_than_fp32_compu
     assert bf16 < mixed < fp32
 
 
-def test_the_policy_in_bf16_is_measured_on_cpu_ranks_fp16_and_offload_are_not() -> None:
-    ev = {t.term: t.evidence for t in _estimate(fsdp_mixed_precision=True).breakdown}
-    assert ev["base_weight_bytes"] == ev["optimizer_state_bytes"] == "measured-cpu-ranks"
-    assert all(v == "measured-cpu-ranks" for k, v in ev.items() if not k.startswith(("cu", "allocator")))
-    for fields in ({"dtype": "fp16"}, {"offload": True}):
+def test_the_policy_is_measured_on_cpu_ranks_under_fsdp2_and_not_under_fsdp1() -> None:
+    """bf16 (cpu-matrix-multi-mp), fp16 and CPU offload (cpu-matrix-multi-mp2) ran on CPU ranks under FSDP2; no run
+    of the policy exists under FSDP1, so its terms there stay first-principles."""
+    for fields in ({}, {"dtype": "fp16"}, {"offload": True}):
         ev = {t.term: t.evidence for t in _estimate(fsdp_mixed_precision=True, **fields).breakdown}
-        assert set(ev.values()) == {"first-principles"}, fields
+        assert ev["gradient_bytes"] == "measured-cpu-ranks", fields  # offload moves the weights and states off
+        assert all(v == "measured-cpu-ranks" for k, v in ev.items() if not k.startswith(("cu", "allocator"))), fields
+    ev = {t.term: t.evidence for t in _estimate(fsdp_mixed_precision=True, fsdp_version=1).breakdown}
+    assert set(ev.values()) == {"first-principles"}
 
 
 def test_the_collectives_move_the_param_and_reduce_dtypes_not_the_fp32_shards() -> None:
