@@ -102,8 +102,10 @@ DEEPSPEED_FILES: dict[str, tuple[int, bool, bool]] = {
     "ds_z3_offload_config.json": (3, True, True),
     "zero1.json": (1, False, False),
     "zero1_torch_compile.json": (1, False, False),
-    "zero2.json": (2, False, False),
-    "zero2_torch_compile.json": (2, False, False),
+    # axolotl's zero2 files offload the optimizer ("offload_optimizer": {"device": "cpu"}: deepspeed_configs/zero2.json
+    # at 58b1d3a, zero2_torch_compile.json at 1377ccc)
+    "zero2.json": (2, True, False),
+    "zero2_torch_compile.json": (2, True, False),
     "zero3.json": (3, False, False),
     "zero3_bf16.json": (3, False, False),
     "zero3_bf16_cpuoffload_all.json": (3, True, True),
