@@ -181,6 +181,7 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
     - issue 10: the plan gained `loop`; its default, trainer, is what every earlier estimate modelled.
       false) were added; a plan echoing them false is the plan without them; so was issue 11's `router_aux_loss`.
     - issue 15: the plan gained `fsdp_version`; its default, 2 (FSDP2), is what every earlier estimate modelled.
+    - issue 15: the plan gained `fsdp_backward_prefetch` (default none; FSDP1 only, so no FSDP2 estimate reads it).
     """
     est = row.get("estimate")
     if est is None:
@@ -203,6 +204,8 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
         plan.pop("loop")
     if plan.get("mxfp4") == "dequantize":
         plan.pop("mxfp4")
+    if plan.get("fsdp_backward_prefetch") == "none":
+        plan.pop("fsdp_backward_prefetch")
     if plan.get("fsdp_version") == 2:
         plan.pop("fsdp_version")
     est["plan"] = plan

@@ -8,8 +8,9 @@ device_id)` with `auto_wrap_policy` = `transformer_auto_wrap_policy` on the mode
 the first of `FSDP_AUTO_WRAP_POLICY`). The flags are those transformers' TrainingArguments passes for
 `fsdp_config.version = 1` (transformers/training_args.py `_process_fsdp_args`): use_orig_params true,
 sync_module_states true, forward_prefetch false, limit_all_gathers accelerate's default True; backward_prefetch
-BACKWARD_PRE, torch's own FSDP default and accelerate's `accelerate config` answer (TrainingArguments alone
-passes NO_PREFETCH). sync_module_states is off here: torch refuses it for CPU parameters; its broadcast of rank
+the plan's `fsdp_backward_prefetch`: TrainingArguments passes `fsdp_config.get("backward_prefetch",
+"NOprefetch")` (transformers 5.24), which accelerate 1.15's plugin turns into None (no prefetch); BACKWARD_PRE
+is torch's own FSDP default and accelerate's `accelerate config` answer. sync_module_states is off here: torch refuses it for CPU parameters; its broadcast of rank
 0's states runs at wrap time, before the tracker starts, so it changes no tracked moment. No mixed precision (the model is built in the plan dtype), no CPU offload. Under LoRA transformers' Trainer swaps
 the policy for PEFT's `fsdp_auto_wrap_policy` (transformers/distributed/fsdp.py `update_fsdp_plugin_peft`,
 peft/utils/other.py): the decoder layers and every leaf module with a trainable weight (each lora_A / lora_B)
@@ -39,6 +40,8 @@ def shard_fsdp1(model: Any, plan: TrainingPlan, layer_classes: set[type]) -> Any
         from peft.utils.other import fsdp_auto_wrap_policy
 
         policy = fsdp_auto_wrap_policy(model)  # type: ignore[no-untyped-call]
+    # accelerate 1.15 FullyShardedDataParallelPlugin.__post_init__: "NOprefetch" becomes None
+    prefetch = {"none": None, "pre": BackwardPrefetch.BACKWARD_PRE, "post": BackwardPrefetch.BACKWARD_POST}
     strategy = ShardingStrategy.FULL_SHARD if plan.sharding == "fsdp" else ShardingStrategy.SHARD_GRAD_OP
     return FSDP(
         model,
@@ -46,7 +49,7 @@ def shard_fsdp1(model: Any, plan: TrainingPlan, layer_classes: set[type]) -> Any
         auto_wrap_policy=policy,
         # torch refuses sync_module_states on CPU parameters (_init_utils._check_module_states_for_sync_module_states)
         sync_module_states=False,
-        backward_prefetch=BackwardPrefetch.BACKWARD_PRE,
+        backward_prefetch=prefetch[plan.fsdp_backward_prefetch],
         forward_prefetch=False,
         use_orig_params=True,
         limit_all_gathers=True,

@@ -127,6 +127,7 @@ _LATER_FIELDS = (
     "fsdp_reduce_dtype",
     "loop",
     "mxfp4",
+    "fsdp_backward_prefetch",
 )
 
 

@@ -584,7 +584,7 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             **held,
             **last,
             "activation_bytes": s.activations - s.head_saved - s.layer_saved,
-            "allgather_buffer_bytes": g.backward_last + z,
+            "allgather_buffer_bytes": (g.backward_last if g.backward_last_done is None else g.backward_last_done) + z,
             "reduce_scatter_bytes": g.reduce_scatter_peak,
         },
         *([next_layer_moment(s, held)] if g.reduce_scatter_layer else []),

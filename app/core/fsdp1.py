@@ -1,7 +1,7 @@
 """FSDP1 (`FullyShardedDataParallel`, one FlatParameter per wrapped unit): what it has gathered at each moment.
 
 The plan's `fsdp_version: 1` under sharding fsdp (FULL_SHARD) or fsdp_grad_op (SHARD_GRAD_OP), wrapped as
-accelerate wraps it (app/calibration/fsdp1.py: a unit per decoder layer and the root; BACKWARD_PRE prefetch,
+accelerate wraps it (app/calibration/fsdp1.py: a unit per decoder layer and the root; the plan's backward prefetch,
 limit_all_gathers, use_orig_params). Measured on torch.distributed CPU ranks over gloo (calibration/
 cpu-matrix-multi-fsdp1.toml, docs/accuracy-multi.md). Notation as app/core/sharding.py: `R` the root's
 parameters, `W_l` one decoder layer's, `L` layers. Where FSDP1 differs from FSDP2 (`sharding.fsdp_gathered_bytes`):
@@ -11,8 +11,9 @@ parameters, `W_l` one decoder layer's, `L` layers. Where FSDP1 differs from FSDP
 - the root is left unsharded from its forward to the end of backward (`_runtime_utils._post_forward_reshard`:
   `free_unsharded_flat_param = not state._is_root and ...`), so there is no root re-gather at backward's start;
 - no forward prefetch (forward_prefetch False): a layer's post-forward frees it before the next one gathers;
-  in backward BACKWARD_PRE gathers the next unit before the current one's gradients are computed
-  (`_runtime_utils._pre_backward_hook` → `_prefetch_handle`): two layers at once, as FSDP2's backward prefetch;
+  in backward BACKWARD_PRE (`fsdp_backward_prefetch: pre`) gathers the next unit before the current one's
+  gradients are computed (`_runtime_utils._pre_backward_hook` → `_prefetch_handle`): two layers at once, as
+  FSDP2's backward prefetch; BACKWARD_POST and no prefetch (transformers' default) one (`prefetches_next_layer`);
 - the unsharded flat gradient: autograd's view backward concatenates the layer's pieces into one flat gradient
   `G_l` (pieces and result both alive: `2·G_l`, FSDP2's copy-in), and `_reduce_grad` reduce-scatters it into a
   new shard `⌈G_l/n⌉` (padding: the FlatParameter is padded to a multiple of the world size,
@@ -47,8 +48,7 @@ def fsdp1_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) ->
     `_reduce_grad`), _limiter_utils.py (`_FreeEventQueue`: at most 2 in-flight all-gathers, a CUDA-event limit
     that changes nothing here with one gather in flight in forward)."""
     root, layer = fsdp1_unit_bytes(inv)
-    # BACKWARD_PRE gathers the next handle in backward order: the next layer, but under LoRA an adapter's unit
-    prefetched = 0 if plan.uses_lora else layer
+    prefetched = layer if prefetches_next_layer(plan) else 0
     before_last = layer + prefetched if num_layers > 2 else layer  # with 2 layers the one before the last is layer 0
     if plan.sharding == "fsdp_grad_op":  # every unit stays gathered from its forward to its backward
         # the adapters' own units too (LoRA): each layer's adapters unsharded beside its weights
@@ -59,7 +59,7 @@ def fsdp1_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) ->
         backward = (kept, kept, root + layer + adapters, kept - layer - adapters)
     else:
         forward = (root + layer, root, root + layer)
-        backward = (root + layer, root + layer + prefetched, root + layer, root + before_last)
+        backward = (root + loss_prefetch(inv, plan), root + layer + prefetched, root + layer, root + before_last)
     return ShardedMoments(
         ddp_buckets=0,
         ddp_broadcast=0,
@@ -78,7 +78,39 @@ def fsdp1_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) ->
         end_grads=-(-inv.grads.layers // plan.gpus) + inv.grads.other,
         root_regather=0,  # the root stays unsharded through forward: nothing to re-gather
         flat_grad_cat=flat_grad_cat_bytes(inv, plan, num_layers),
+        # BACKWARD_PRE keeps backward_last (the shipped fit); without prefetch or BACKWARD_POST one layer at most
+        backward_last_done=None
+        if plan.sharding == "fsdp_grad_op" or plan.fsdp_backward_prefetch == "pre"
+        else root + reduce_scatter_gathered(inv, plan),
     )
+
+
+def loss_prefetch(inv: Inventory, plan: TrainingPlan) -> int:
+    """FULL_SHARD at the loss's backward: BACKWARD_PRE has gathered the last layer (the root's pre-backward hook
+    prefetches the next handle in backward order), BACKWARD_POST and no prefetch nothing yet (the last layer is
+    gathered by its own pre-backward hook; the root's post-backward runs at the end of backward). Measured on CPU
+    ranks (mistral, fsdp_backward_prefetch none and post: the peak at the loss). Source:
+    torch/distributed/fsdp/_runtime_utils.py (`_pre_backward_hook`, `_get_handle_to_prefetch`)."""
+    return fsdp1_unit_bytes(inv)[1] if plan.fsdp_backward_prefetch == "pre" else 0
+
+
+def reduce_scatter_gathered(inv: Inventory, plan: TrainingPlan) -> int:
+    """FULL_SHARD, the last layer's reduce-scatter: `_post_backward_hook` reshards the layer first
+    (`_post_backward_reshard`), then reduce-scatters its flat gradient (`_reduce_grad`); the layer before it is
+    gathered by then under BACKWARD_PRE (prefetched in the last layer's pre-backward) and BACKWARD_POST (prefetched
+    in `_post_backward_reshard`, right after the reshard), not without prefetch. Source:
+    torch/distributed/fsdp/_runtime_utils.py."""
+    return 0 if plan.fsdp_backward_prefetch == "none" else fsdp1_unit_bytes(inv)[1]
+
+
+def prefetches_next_layer(plan: TrainingPlan) -> bool:
+    """FULL_SHARD backward holds the next layer beside the current one only under BACKWARD_PRE (`_pre_backward_hook`
+    → `_prefetch_handle` before the current unit's gradients are computed) and without LoRA (the next handle in
+    backward order is then one of the adapters' units, tiny). BACKWARD_POST prefetches in `_post_backward_reshard`,
+    after the current unit is resharded: one layer at a time, as no prefetch (`fsdp_backward_prefetch: none`,
+    transformers' default). Source: torch/distributed/fsdp/_runtime_utils.py (`_get_handle_to_prefetch`,
+    `_post_backward_reshard`)."""
+    return plan.fsdp_backward_prefetch == "pre" and not plan.uses_lora
 
 
 def flat_grad_cat_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:

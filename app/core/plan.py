@@ -19,6 +19,7 @@ Attn = Literal["sdpa", "flash_attention_2", "eager"]
 Sharding = Literal["none", "ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"]
 # FSDP1 (torch.distributed.fsdp.FullyShardedDataParallel, FlatParameter per wrapped unit) or FSDP2 (fully_shard)
 FsdpVersion = Literal[1, 2]
+BackwardPrefetch = Literal["none", "pre", "post"]
 Device = Literal["cuda", "cpu"]
 # the software stack whose semantics are modelled (app/core/stack.py): transformers 5 (the installed calibration stack)
 # or transformers 4.4x-4.57 with the peft/bitsandbytes that pair with it
@@ -167,6 +168,14 @@ class TrainingPlan(BaseModel):
         "1 (FullyShardedDataParallel as accelerate wraps it: FULL_SHARD / SHARD_GRAD_OP, one FlatParameter per "
         "decoder layer and one for the root, BACKWARD_PRE prefetch).",
     )
+    fsdp_backward_prefetch: BackwardPrefetch = Field(
+        "none",
+        description="FSDP1's backward_prefetch (fsdp_config.backward_prefetch): none (NO_PREFETCH, what transformers' "
+        "TrainingArguments passes when fsdp_config names none: training_args.py `_process_fsdp_args`, "
+        "transformers 5.24; accelerate 1.15's FullyShardedDataParallelPlugin turns it into None), pre "
+        "(BACKWARD_PRE: the next unit gathered before the current one's gradients) or post (BACKWARD_POST: after "
+        "the current one is resharded). FSDP2 has no such option (accelerate drops it).",
+    )
     offload: bool = Field(False, description="Offload optimizer states (and ZeRO-3/FSDP parameters) to CPU memory.")
     device: Device = Field("cuda", description="cuda, or cpu for the calibration reference tracker.")
     mxfp4: Mxfp4 = Field(
@@ -240,6 +249,10 @@ class TrainingPlan(BaseModel):
         if self.fsdp_version == 1 and self.sharding not in ("fsdp", "fsdp_grad_op"):
             raise ValueError(
                 "fsdp_version 1 selects FSDP1 for sharding fsdp or fsdp_grad_op: set one, or fsdp_version 2"
+            )
+        if self.fsdp_backward_prefetch != "none" and self.fsdp_version != 1:
+            raise ValueError(
+                "fsdp_backward_prefetch is FSDP1's (accelerate drops it under FSDP2): set fsdp_version 1, or none"
             )
         if self.fsdp_version == 1 and self.offload:
             raise ValueError("FSDP1's CPU offload is not modelled: use fsdp_version 2 for offload, or turn offload off")

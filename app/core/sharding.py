@@ -45,6 +45,8 @@ class ShardedMoments(NamedTuple):
     root_regather: int  # backward's start: the root re-gathered (reshard after forward on), flat output beside copy
     # FSDP1 (fsdp1.py): the flat gradient of the layer before the last concatenated, the last layer's shard alive
     flat_grad_cat: int = 0
+    # FSDP1 (fsdp1.py): gathered once the last layer's backward is done, at its reduce-scatter; None: backward_last
+    backward_last_done: int | None = None
 
 
 def sharded_moments(inv: Inventory, plan: TrainingPlan, num_layers: int, grads: int) -> ShardedMoments:

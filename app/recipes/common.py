@@ -268,6 +268,23 @@ def fsdp_version(value: Any, _ctx: Ctx) -> Outcome:
     return {"fsdp_version": version}
 
 
+# accelerate 1.15 constants.FSDP_BACKWARD_PREFETCH (the plugin also takes their 1-based index, or torch's
+# BackwardPrefetch values BACKWARD_PRE=1, BACKWARD_POST=2): FullyShardedDataParallelPlugin.__post_init__
+_BACKWARD_PREFETCH = {"BACKWARD_PRE": "pre", "BACKWARD_POST": "post", "NO_PREFETCH": "none", "1": "pre", "2": "post"}
+
+
+def fsdp_backward_prefetch(value: Any, ctx: Ctx) -> Outcome:
+    """`fsdp_config.backward_prefetch` / `fsdp_backward_prefetch` (transformers, accelerate, axolotl): FSDP1's
+    prefetch; absent, transformers passes NO_PREFETCH (training_args.py `_process_fsdp_args`, 5.24), the plan's
+    default. FSDP2 has none: accelerate drops it there (`backward_prefetch is not supported in FSDP2`)."""
+    if value is None or fsdp_version_of(ctx.root) != 1:
+        return {}
+    name = as_str(value).upper() if isinstance(value, str) else str(value)
+    if name not in _BACKWARD_PREFETCH:
+        raise BadValue(f"{value!r} is not an FSDP backward prefetch: give BACKWARD_PRE, BACKWARD_POST or NO_PREFETCH")
+    return {"fsdp_backward_prefetch": _BACKWARD_PREFETCH[name]}
+
+
 def fsdp_key(key: str) -> str:
     """fsdp_config keys come with (accelerate, FSDP1) or without (FSDP2, axolotl) the `fsdp_` prefix."""
     return key.removeprefix("fsdp_")

@@ -9,6 +9,7 @@ from app.recipes.common import (
     deepspeed,
     dtype_name,
     first_of,
+    fsdp_backward_prefetch,
     fsdp_key,
     fsdp_options,
     fsdp_sharding_strategy,
@@ -163,6 +164,7 @@ FSDP_CONFIG: dict[str, Rule] = {
     "reshard_after_forward": Maps(("sharding",), _reshard),
     "activation_checkpointing": _true_sets("gradient_checkpointing", True),
     "version": Maps(("fsdp_version",), fsdp_version),  # `version`, or accelerate's / axolotl's `fsdp_version`
+    "backward_prefetch": Maps(("fsdp_backward_prefetch",), fsdp_backward_prefetch),  # FSDP1 only
 }
 
 MAPS: dict[str, Rule] = {

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "calibration" / "cpu-matrix-multi-fsdp1.toml"
 FAMILIES = load_spec(SPEC).families
 BASE = {"device": "cpu", "optimizer": "adamw", "dtype": "bf16", "gpus": 2, "seq_len": 32, "fsdp_version": 1}
+PRE = {"fsdp_backward_prefetch": "pre"}  # the shipped matrix's prefetch
 # FULL_SHARD full fine-tuning with checkpointing (MHA); SHARD_GRAD_OP LoRA without (GQA, PEFT's wrap policy)
 POINTS: list[tuple[str, dict[str, Any]]] = [
     ("llama", {"method": "full", "sharding": "fsdp", "gradient_checkpointing": True}),
@@ -41,7 +42,7 @@ def measured(request: pytest.FixtureRequest, machine: MachineProbe) -> list[Meas
     records = []
     for family, fields in POINTS:
         config = {**FAMILIES[family].config, "num_hidden_layers": 2}
-        plan = TrainingPlan(**{**BASE, **fields})
+        plan = TrainingPlan(**{**BASE, **PRE, **fields})
         started = time.perf_counter()
         measurement = run_distributed(config, plan, steps=2, fp32_matmuls=machine.fp32_matmuls, timeout_s=240)
         comparison, _ = compare_to(measurement, spec_for(measurement, family))
