@@ -590,6 +590,20 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
         *([next_layer_moment(s, held)] if g.reduce_scatter_layer else []),
         *([root_regather_moment(s, held)] if g.root_regather else []),
         *([flat_grad_cat_moment(s, held)] if g.flat_grad_cat else []),
+        *([reduce_scatter_next_moment(s, held)] if g.reduce_scatter_next[1] else []),
+        *(
+            [
+                {
+                    **held,
+                    **last,
+                    **layer,
+                    "activation_bytes": late_activations(s),
+                    "allgather_buffer_bytes": g.late_prefetch + z,
+                }
+            ]
+            if g.late_prefetch
+            else []
+        ),
         {
             **held,
             "activation_bytes": s.activations_at_end,
@@ -630,6 +644,27 @@ def flat_grad_cat_moment(s: StepTerms, held: Moment) -> Moment:
         "gradient_bytes": s.accumulated + s.head_grads,
         "allgather_buffer_bytes": s.sharded.backward_next + s.zero3_gathered,
         "reduce_scatter_bytes": s.sharded.flat_grad_cat,
+    }
+
+
+def late_activations(s: StepTerms) -> int:
+    """Late in the last layer's backward (FSDP1 LoRA under BACKWARD_POST, `fsdp1:lora_late_prefetch_bytes`): its
+    own saved tensors mostly freed, the earlier layers' alive."""
+    return s.activations - s.head_saved - s.layer_saved
+
+
+def reduce_scatter_next_moment(s: StepTerms, held: Moment) -> Moment:
+    """FSDP1 FULL_SHARD: the layer before the last reduce-scatters its flat gradient, resharded itself, the layer
+    before it gathered under a backward prefetch (`fsdp1:reduce_scatter_next_bytes`), its saved tensors and the last
+    layer's gone, the lm_head's gradient waiting. Measured on CPU ranks (llama, full, BACKWARD_POST: the peak at
+    `_reduce_grad`). Source: torch/distributed/fsdp/_runtime_utils.py (`_post_backward_hook`)."""
+    gathered, reduce_scatter = s.sharded.reduce_scatter_next
+    return {
+        **held,
+        "activation_bytes": s.activations - s.head_saved - 2 * s.layer_saved,
+        "gradient_bytes": s.accumulated + s.head_grads,
+        "allgather_buffer_bytes": gathered + s.zero3_gathered,
+        "reduce_scatter_bytes": reduce_scatter,
     }
 
 

@@ -22,6 +22,8 @@ parameters, `W_l` one decoder layer's, `L` layers. Where FSDP1 differs from FSDP
 
 from __future__ import annotations
 
+import math
+
 from app.core.plan import TrainingPlan
 from app.core.sharding import ShardedMoments, reduce_scatter_bytes
 from app.core.tensors import Inventory
@@ -78,6 +80,8 @@ def fsdp1_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) ->
         end_grads=-(-inv.grads.layers // plan.gpus) + inv.grads.other,
         root_regather=0,  # the root stays unsharded through forward: nothing to re-gather
         flat_grad_cat=flat_grad_cat_bytes(inv, plan, num_layers),
+        reduce_scatter_next=reduce_scatter_next_bytes(inv, plan, num_layers),
+        late_prefetch=lora_late_prefetch_bytes(inv, plan, num_layers),
         # BACKWARD_PRE keeps backward_last (the shipped fit); without prefetch or BACKWARD_POST one layer at most
         backward_last_done=None
         if plan.sharding == "fsdp_grad_op" or plan.fsdp_backward_prefetch == "pre"
@@ -104,13 +108,47 @@ def reduce_scatter_gathered(inv: Inventory, plan: TrainingPlan) -> int:
 
 
 def prefetches_next_layer(plan: TrainingPlan) -> bool:
-    """FULL_SHARD backward holds the next layer beside the current one only under BACKWARD_PRE (`_pre_backward_hook`
-    → `_prefetch_handle` before the current unit's gradients are computed) and without LoRA (the next handle in
-    backward order is then one of the adapters' units, tiny). BACKWARD_POST prefetches in `_post_backward_reshard`,
-    after the current unit is resharded: one layer at a time, as no prefetch (`fsdp_backward_prefetch: none`,
-    transformers' default). Source: torch/distributed/fsdp/_runtime_utils.py (`_get_handle_to_prefetch`,
-    `_post_backward_reshard`)."""
+    """FULL_SHARD backward holds the layer before the current one gathered beside it for the whole of the current
+    one's backward only under BACKWARD_PRE and without LoRA. FSDP1 prefetches the handle before the current one in
+    the forward's post-forward order (`_exec_order_utils.get_handle_to_backward_prefetch`); BACKWARD_PRE fetches it
+    in the current handle's pre-backward: for full fine-tuning the layer before, under LoRA the layer's last adapter
+    unit (each lora_A / lora_B is a unit, PEFT's `fsdp_auto_wrap_policy`, finished forward just before its layer),
+    tiny. BACKWARD_POST fetches it in a handle's post-backward, after its reshard: for full fine-tuning once the
+    layer is done (one layer at a time, as without prefetch); under LoRA late in the layer's backward
+    (`lora_late_prefetch_bytes`). Source: torch/distributed/fsdp/_runtime_utils.py (`_get_handle_to_prefetch`,
+    `_pre_backward_hook`, `_post_backward_reshard`)."""
     return plan.fsdp_backward_prefetch == "pre" and not plan.uses_lora
+
+
+def lora_late_prefetch_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:
+    """LoRA under FULL_SHARD and BACKWARD_POST: gathered once the last layer's first adapter unit (q_proj's lora_A,
+    whose predecessor in the post-forward order is the layer before) has its gradient, `R + 2·W_l`: the layer
+    before prefetched while the layer's backward still runs (its attention input's gradient), most of its saved
+    tensors freed. 0 otherwise, and with fewer than 2 layers. Measured on CPU ranks (mistral, LoRA, BACKWARD_POST, no
+    checkpointing: two layers gathered, two layers' saved tensors alive). Source:
+    torch/distributed/fsdp/_runtime_utils.py (`_post_backward_reshard` → `_prefetch_handle`),
+    _exec_order_utils.py (`get_handle_to_backward_prefetch`)."""
+    if not (plan.uses_lora and plan.fsdp_backward_prefetch == "post" and plan.sharding == "fsdp") or num_layers < 2:
+        return 0
+    root, layer = fsdp1_unit_bytes(inv)
+    return root + 2 * layer
+
+
+def reduce_scatter_next_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> tuple[int, int]:
+    """FULL_SHARD, the layer before the last at its reduce-scatter: `(R + prefetched, 2·G_l + 2·⌈G_l/n⌉)`. The layer
+    is resharded first (`_post_backward_reshard`), the one before it gathered under BACKWARD_PRE (prefetched in the
+    layer's pre-backward) and BACKWARD_POST (right after the reshard), not without prefetch; its flat gradient `G_l`
+    beside the reduce-scatter's working copy of it (`reduce_scatter_bytes`), the new shard and the last layer's
+    (`_saved_grad_shard`, kept to the end of backward). Under BACKWARD_PRE the concatenation before it holds more
+    (`flat_grad_cat_bytes`, the layer itself still gathered). (0, 0) with fewer than 3 layers (that layer is layer 0,
+    nothing to prefetch: the estimate's layer-0 moment), under SHARD_GRAD_OP and without trained layer weights.
+    Measured on CPU ranks (llama, full, BACKWARD_POST: the peak at `_reduce_grad`). Source:
+    torch/distributed/fsdp/_runtime_utils.py (`_post_backward_hook`, `_reduce_grad`)."""
+    if num_layers < 3 or plan.uses_lora or plan.sharding != "fsdp":
+        return (0, 0)
+    root, _ = fsdp1_unit_bytes(inv)
+    shard = math.ceil(math.ceil(inv.grads.layers / num_layers) / plan.gpus)
+    return (root + reduce_scatter_gathered(inv, plan), reduce_scatter_bytes(inv, num_layers) + 2 * shard)
 
 
 def flat_grad_cat_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:

@@ -47,6 +47,10 @@ class ShardedMoments(NamedTuple):
     flat_grad_cat: int = 0
     # FSDP1 (fsdp1.py): gathered once the last layer's backward is done, at its reduce-scatter; None: backward_last
     backward_last_done: int | None = None
+    # FSDP1 FULL_SHARD (fsdp1.py): the layer before the last at its reduce-scatter, `(gathered, reduce-scatter)`; 0: none
+    reduce_scatter_next: tuple[int, int] = (0, 0)
+    # FSDP1 LoRA under BACKWARD_POST (fsdp1.py): gathered late in the last layer's backward; 0: no such moment
+    late_prefetch: int = 0
 
 
 def sharded_moments(inv: Inventory, plan: TrainingPlan, num_layers: int, grads: int) -> ShardedMoments:
