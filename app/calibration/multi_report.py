@@ -29,6 +29,8 @@ SOURCES = (
     "cpu-matrix-zero",
     "cpu-matrix-multi-fsdp1",
     "cpu-validation-multi-fsdp1",
+    "cpu-matrix-multi-fsdp1-prefetch",
+    "cpu-validation-multi-fsdp1-prefetch",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -42,6 +44,21 @@ ZERO_SOURCE = "cpu-matrix-zero"
 FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
 # the one holdout point of the FSDP1 matrix looked at while its LoRA terms were fixed (PEFT's adapter units)
 FSDP1_SEEN = frozenset({"llama-73689e66"})
+# FSDP1's backward prefetch (none / BACKWARD_POST): its matrix (the holdout point whose dump showed the layer before
+# the last at its reduce-scatter counts in-sample) and its validation matrix, whose two LoRA points with checkpointing
+# were looked at (the late-prefetch moment counted the recomputed set: +11.41 %, +15.67 %; now without it)
+PREFETCH_MATRIX, PREFETCH_VALIDATION = "cpu-matrix-multi-fsdp1-prefetch", "cpu-validation-multi-fsdp1-prefetch"
+PREFETCH_SEEN = frozenset({"llama-145d9e09", "llama-3baca40a", "mistral-e4a47d8b"})
+# measured points outside ±5 % that no term explains yet, each with the bound it is held to (tests fail if it grows or
+# turns into an under-estimate) and why: reported in every table, never dropped from a summary
+KNOWN_MISSES: dict[tuple[str, str], tuple[float, str]] = {
+    (PREFETCH_VALIDATION, "mistral-9b4fdf4e"): (
+        9.0,
+        "FSDP1 FULL_SHARD full fine-tuning on 4 ranks with checkpointing (mistral, batch 2 x 48): over-estimated under "
+        "every prefetch (measured again: BACKWARD_PRE +7.22 %, none +7.48 %) where FSDP2 on the same plan reads "
+        "-1.24 %; a likely cause, not yet checked on a dump: the layer's backward moment counts its whole gradient beside the recompute's transient",
+    ),
+}
 # the later matrices (CPU offload counted by placement; QLoRA under FSDP2), reported whole: their points drove the
 # terms they check (the offload terms; sharding:root_regather_bytes, from the QLoRA points without checkpointing)
 LATER = {
@@ -193,6 +210,20 @@ terms the matrix's LoRA points were +12.43 % (llama, FULL_SHARD, checkpointing: 
 -4.03 % (mistral, SHARD_GRAD_OP: the adapter units), and llama full FULL_SHARD x4 -3.01 % (the concatenation).
 Not run: FSDP1's `CPUOffload` (the plan refuses fsdp_version 1 with offload), QLoRA under FSDP1, mixed precision.
 
+Those matrices ran BACKWARD_PRE. transformers' TrainingArguments passes `fsdp_config.get("backward_prefetch",
+"NO_PREFETCH")` (training_args.py `_process_fsdp_args`, 5.24), which accelerate 1.15's plugin turns into no
+prefetch, so a Trainer run prefetches nothing unless its fsdp_config says so: the plan's `fsdp_backward_prefetch`
+(none, the default; pre; post), read from `fsdp_config.backward_prefetch`. `cpu-matrix-multi-fsdp1-prefetch.toml`
+(8 points, none and BACKWARD_POST) and `cpu-validation-multi-fsdp1-prefetch.toml` (8 points, measured once after the
+prefetch terms) run them. What the ranks showed: without prefetch one layer is gathered in a layer's backward
+(BACKWARD_PRE's estimate was 11 % high on such a run); BACKWARD_POST fetches the layer before only after a layer is
+resharded, so full fine-tuning holds one layer too, and peaks at the reduce-scatter of the layer before the last
+(the layer before it prefetched, two gradient shards: -3.48 % before that moment); under LoRA the post-backward of
+a layer's first adapter unit (q_proj's lora_A, whose predecessor in FSDP1's post-forward order is the layer before)
+prefetches the layer before while the layer's backward still runs (-4.93 % before). Counting the recomputed set in
+that late moment had the validation matrix's two LoRA points with checkpointing at +11.41 % and +15.67 %; the moment
+now holds the backward's own transients, and those two points count in-sample.
+
 ## Not measured here, and why
 
 - **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-Offload (DeepSpeedCPUAdam is a C++ op the harness
@@ -299,6 +330,9 @@ def fsdp1_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[M
     matrix, and every FSDP1 point."""
     matrix = [r for r in records if r.source == FSDP1_MATRIX]
     seen = [r for r in matrix if r.split == "tune" or _point_id(r) in FSDP1_SEEN]
+    prefetch = [r for r in records if r.source == PREFETCH_MATRIX]
+    looked_at = [r for r in records if r.source == PREFETCH_VALIDATION and _point_id(r) in PREFETCH_SEEN]
+    prefetch_seen = [r for r in prefetch if r.split == "tune" or _point_id(r) in PREFETCH_SEEN] + looked_at
     return [
         (f"{FSDP1_MATRIX} tune (in-sample)", seen),
         (f"{FSDP1_MATRIX} holdout, not fitted on", [r for r in matrix if r not in seen]),
@@ -306,8 +340,19 @@ def fsdp1_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[M
             f"{FSDP1_VALIDATION} (held out: measured once, after the FSDP1 terms)",
             [r for r in records if r.source == FSDP1_VALIDATION],
         ),
+        (f"{PREFETCH_MATRIX} (none / BACKWARD_POST) tune (in-sample)", prefetch_seen),
+        (f"{PREFETCH_MATRIX} holdout, not fitted on", [r for r in prefetch if r not in prefetch_seen]),
+        (
+            f"{PREFETCH_VALIDATION} (held out: measured once, after the prefetch terms)",
+            [r for r in records if r.source == PREFETCH_VALIDATION and _point_id(r) not in PREFETCH_SEEN],
+        ),
         ("FSDP1 (fsdp, fsdp_grad_op)", [r for r in records if r.plan.get("fsdp_version") == 1]),
     ]
+
+
+def is_known_miss(record: MeasurementRecord) -> bool:
+    """Whether the record is one of KNOWN_MISSES (a measured point outside ±5 %, named with its reason)."""
+    return (record.source or "", _point_id(record)) in KNOWN_MISSES
 
 
 def _point_id(record: MeasurementRecord) -> str:
@@ -319,6 +364,16 @@ def _point_id(record: MeasurementRecord) -> str:
 
     plan = TrainingPlan.model_validate(record.plan)
     return record.model_id + "-" + hashlib.sha256(_identity(plan).encode()).hexdigest()[:8]
+
+
+def known_misses(records: Sequence[MeasurementRecord]) -> list[str]:
+    """KNOWN_MISSES as a section: each point's error now and why (they stay in every summary above)."""
+    lines = ["## Points outside ±5 %", ""]
+    for record in records:
+        entry = KNOWN_MISSES.get((record.source or "", _point_id(record)))
+        if entry is not None:
+            lines.append(f"- {record.source} {_point_id(record)} ({record.error_pct:+.2f} %): {entry[1]}.")
+    return [*lines, ""] if len(lines) > 2 else []
 
 
 def multi_accuracy_markdown(records: Sequence[MeasurementRecord]) -> str:
@@ -344,6 +399,7 @@ def multi_accuracy_markdown(records: Sequence[MeasurementRecord]) -> str:
         "",
         *zero_net_table(records),
         "",
+        *known_misses(records),
         NOT_MEASURED,
     ]
     points = accuracy_markdown(records, title="x", intro="x").split("## Points\n", 1)[1]

@@ -53,6 +53,12 @@ class ShardedMoments(NamedTuple):
     late_prefetch: int = 0
 
 
+def no_sharding() -> ShardedMoments:
+    """Nothing gathered, bucketed or reduce-scattered at any moment (one GPU, DDP before its own terms)."""
+    ints = ShardedMoments._fields[: ShardedMoments._fields.index("flat_grad_cat")]
+    return ShardedMoments._make([0] * len(ints) + [0, None, (0, 0), 0])
+
+
 def sharded_moments(inv: Inventory, plan: TrainingPlan, num_layers: int, grads: int) -> ShardedMoments:
     """DDP's terms (`ddp_bucket_bytes`, `ddp_broadcast_bytes`), FSDP2's (`fsdp_gathered_bytes`) or FSDP1's
     (`fsdp1.fsdp1_gathered_bytes`, plan.fsdp_version 1); zero for others."""
@@ -62,7 +68,7 @@ def sharded_moments(inv: Inventory, plan: TrainingPlan, num_layers: int, grads: 
         return fsdp1_gathered_bytes(inv, plan, num_layers)
     if plan.sharding in FSDP:
         return fsdp_gathered_bytes(inv, plan, num_layers)
-    none = ShardedMoments(*([0] * 16))
+    none = no_sharding()
     return none._replace(ddp_buckets=ddp_bucket_bytes(plan, grads), ddp_broadcast=ddp_broadcast_bytes(inv, plan))
 
 
@@ -163,7 +169,7 @@ def fsdp_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
     _fsdp_param_group.py (pre_backward prefetch, post_backward reshard), _fsdp_state.py (the root's lazy init).
     """
     if plan.sharding not in FSDP or plan.gpus < 2:
-        return ShardedMoments(*([0] * 16))
+        return no_sharding()
     root, layer = root_param_bytes(inv, plan), layer_param_bytes(inv, num_layers, plan)
     if plan.sharding == "fsdp_grad_op":  # every layer stays gathered from its forward to its backward
         kept = root + num_layers * layer

@@ -28,10 +28,19 @@ SPEC = ROOT / "calibration" / "cpu-matrix-multi-fsdp1.toml"
 FAMILIES = load_spec(SPEC).families
 BASE = {"device": "cpu", "optimizer": "adamw", "dtype": "bf16", "gpus": 2, "seq_len": 32, "fsdp_version": 1}
 PRE = {"fsdp_backward_prefetch": "pre"}  # the shipped matrix's prefetch
-# FULL_SHARD full fine-tuning with checkpointing (MHA); SHARD_GRAD_OP LoRA without (GQA, PEFT's wrap policy)
+# FULL_SHARD full fine-tuning with checkpointing (MHA); SHARD_GRAD_OP LoRA without (GQA, PEFT's wrap policy), both
+# under BACKWARD_PRE; then calibration/cpu-matrix-multi-fsdp1-prefetch.toml's moments at 3 layers: full fine-tuning
+# without prefetch (transformers' default: the layer before the last at its reduce-scatter) and LoRA under
+# BACKWARD_POST (the layer before prefetched late in the last layer's backward)
 POINTS: list[tuple[str, dict[str, Any]]] = [
-    ("llama", {"method": "full", "sharding": "fsdp", "gradient_checkpointing": True}),
-    ("mistral", {"method": "lora", "sharding": "fsdp_grad_op", "gradient_checkpointing": False, "rank": 8}),
+    ("llama", {**PRE, "method": "full", "sharding": "fsdp", "gradient_checkpointing": True}),
+    ("mistral", {**PRE, "method": "lora", "sharding": "fsdp_grad_op", "gradient_checkpointing": False, "rank": 8}),
+    ("llama", {"method": "full", "sharding": "fsdp", "gradient_checkpointing": True, "layers": 3}),
+    (
+        "mistral",
+        {"method": "lora", "sharding": "fsdp", "gradient_checkpointing": False, "rank": 8, "layers": 3}
+        | {"fsdp_backward_prefetch": "post", "targets": "all-linear"},
+    ),
 ]
 
 
@@ -40,16 +49,17 @@ def measured(request: pytest.FixtureRequest, machine: MachineProbe) -> list[Meas
     from app.calibration.distributed import run_distributed
 
     records = []
-    for family, fields in POINTS:
-        config = {**FAMILIES[family].config, "num_hidden_layers": 2}
-        plan = TrainingPlan(**{**BASE, **PRE, **fields})
+    for family, point in POINTS:
+        fields = dict(point)
+        config = {**FAMILIES[family].config, "num_hidden_layers": fields.pop("layers", 2)}
+        plan = TrainingPlan(**{**BASE, **fields})
         started = time.perf_counter()
         measurement = run_distributed(config, plan, steps=2, fp32_matmuls=machine.fp32_matmuls, timeout_s=240)
         comparison, _ = compare_to(measurement, spec_for(measurement, family))
         records.append(to_record(measurement, comparison, model_id=family, source="ci-multi-fsdp1", split="holdout"))
         report(
             request.config,
-            f"FSDP1 {family} {plan.method} {plan.sharding} x2: error {comparison.error_pct:+.2f} % "
+            f"FSDP1 {family} {plan.method} {plan.sharding} prefetch {plan.fsdp_backward_prefetch} x2: error {comparison.error_pct:+.2f} % "
             f"in {time.perf_counter() - started:.0f} s",
         )
     return records
@@ -78,6 +88,39 @@ def test_fsdp1_gathers_no_copy_out_and_keeps_the_root_so_its_forward_is_below_fs
         _, two = _tiny(sharding=sharding, fsdp_version=2)
         assert one["forward"] < two["forward"], sharding
         assert one["load"] == two["load"] and one["optimizer"] == two["optimizer"]
+
+
+def test_without_prefetch_a_full_fsdp1_backward_holds_one_layer_where_backward_pre_holds_two() -> None:
+    """transformers' Trainer passes no prefetch (`fsdp_config.backward_prefetch` absent): one layer gathered in a
+    layer's backward, so the estimate is below BACKWARD_PRE's by about a layer's FlatParameter; BACKWARD_POST
+    prefetches only once a layer is done, so full fine-tuning under it is no higher than BACKWARD_PRE."""
+    config = {**FAMILIES["llama"].config, "num_hidden_layers": 4}
+    spec = cached_spec(config, model_id="llama", source="file", cache_dir=None)
+    peaks = {}
+    for prefetch in ("none", "pre", "post"):
+        plan = TrainingPlan(**{**BASE, "method": "full", "sharding": "fsdp", "fsdp_backward_prefetch": prefetch})
+        peaks[prefetch] = estimate(spec, plan).peak_allocated_bytes
+    h, i = config["hidden_size"], config["intermediate_size"]
+    layer_bytes = 2 * (4 * h * h + 3 * h * i)  # one MHA layer's projections in bf16, unsharded
+    assert 0 < peaks["pre"] - peaks["none"] <= layer_bytes
+    assert peaks["none"] <= peaks["post"] <= peaks["pre"]
+
+
+def test_lora_under_backward_post_holds_two_layers_late_in_the_last_layers_backward() -> None:
+    """Under LoRA BACKWARD_PRE prefetches an adapter's unit (tiny), BACKWARD_POST the layer before, from the last
+    layer's first adapter unit's post-backward on: its estimate is above the other two."""
+    spec = cached_spec(FAMILIES["mistral"].config, model_id="mistral", source="file", cache_dir=None)
+    peaks = {}
+    for prefetch in ("none", "pre", "post"):
+        fields = {"method": "lora", "sharding": "fsdp", "fsdp_backward_prefetch": prefetch}
+        peaks[prefetch] = estimate(spec, TrainingPlan(**{**BASE, **fields})).peak_allocated_bytes
+    assert peaks["post"] > peaks["pre"] == peaks["none"]
+
+
+def test_backward_prefetch_is_fsdp1s_only() -> None:
+    assert TrainingPlan().fsdp_backward_prefetch == "none"
+    with pytest.raises(ValueError, match="fsdp_backward_prefetch is FSDP1's"):
+        TrainingPlan(sharding="fsdp", gpus=2, fsdp_backward_prefetch="pre")
 
 
 def test_fsdp_version_is_a_plan_field_of_fsdp_only() -> None:

@@ -37,3 +37,23 @@ def test_axolotl_top_level_fsdp_version() -> None:
 def test_a_version_that_does_not_exist_is_refused_naming_the_field() -> None:
     with pytest.raises(RecipeError, match="1 or 2"):
         import_recipe([recipe("args.json", _args({"version": 3}))])
+
+
+@pytest.mark.parametrize(
+    ("fsdp_config", "expected"),
+    [
+        ({"version": 1}, "none"),  # transformers passes NO_PREFETCH when fsdp_config names none
+        ({"version": 1, "backward_prefetch": "backward_post"}, "post"),
+        ({"fsdp_version": 1, "fsdp_backward_prefetch": "BACKWARD_PRE"}, "pre"),
+        ({"fsdp_version": 1, "fsdp_backward_prefetch": "NO_PREFETCH"}, "none"),
+        ({"version": 2, "backward_prefetch": "BACKWARD_PRE"}, "none"),  # accelerate drops it under FSDP2
+    ],
+)
+def test_fsdp1_backward_prefetch_is_read_from_fsdp_config(fsdp_config: dict[str, object], expected: str) -> None:
+    result = import_recipe([recipe("args.json", _args(fsdp_config))])
+    assert result.plan.fsdp_backward_prefetch == expected
+
+
+def test_a_backward_prefetch_that_does_not_exist_is_refused_naming_the_choices() -> None:
+    with pytest.raises(RecipeError, match="BACKWARD_PRE, BACKWARD_POST or NO_PREFETCH"):
+        import_recipe([recipe("args.json", _args({"version": 1, "backward_prefetch": "sideways"}))])
