@@ -166,7 +166,7 @@ class TrainingPlan(BaseModel):
         2,
         description="FSDP implementation under sharding fsdp/fsdp_grad_op: 2 (fully_shard, transformers' default) or "
         "1 (FullyShardedDataParallel as accelerate wraps it: FULL_SHARD / SHARD_GRAD_OP, one FlatParameter per "
-        "decoder layer and one for the root, BACKWARD_PRE prefetch).",
+        "decoder layer and one for the root, its backward prefetch: fsdp_backward_prefetch).",
     )
     fsdp_backward_prefetch: BackwardPrefetch = Field(
         "none",
