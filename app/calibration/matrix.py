@@ -89,12 +89,15 @@ def _split(point_id: str, holdout: float) -> Split:
 def _supported(name: str, family: Family, plan: TrainingPlan) -> bool:
     """Points the stack itself refuses (e.g. PEFT's ParamWrapper with dropout) are not measured."""
     from app.calibration.distributed import check_distributed_plan
-    from app.core.adapters import adapted_groups
+    from app.core.adapters import adapted_groups, fsdp1_refusal
     from app.errors import CalibrationError, PlanError
     from app.inventory.cache import cached_spec
 
     try:
-        adapted_groups(cached_spec(family.config, model_id=name, source="file", cache_dir=None), plan)
+        spec = cached_spec(family.config, model_id=name, source="file", cache_dir=None)
+        adapted_groups(spec, plan)
+        if fsdp1_refusal(spec, plan) is not None:  # ParamWrapper under FSDP1: the first forward fails
+            return False
         if plan.gpus > 1:
             check_distributed_plan(plan)  # e.g. ZeRO, which the CPU ranks cannot run
     except (PlanError, CalibrationError):

@@ -38,7 +38,7 @@ MOE_PARAM_TARGETS: dict[str, dict[str, str]] = {
 # fused gate_up gets rank_pattern 2r so gate and up keep rank r each
 FUSED_PARAMS = {"gate_up_proj"}
 # plan fields PEFT may refuse for a model (StackRefusal), each replaced by the value it accepts
-REFUSABLE = ("dropout", "dora", "targets", "attn", "mxfp4")
+REFUSABLE = ("dropout", "dora", "targets", "attn", "mxfp4", "fsdp_version")
 
 
 class LoraKey(NamedTuple):
@@ -217,8 +217,35 @@ def check_attention(model: ModelSpec, attn: Attn) -> None:
 
 def _needs_check(model: ModelSpec, plan: TrainingPlan) -> bool:
     arch = model.arch
-    lora = plan.uses_lora and (plan.dropout > 0 or plan.dora or bool(arch.lora_unsafe))
+    lora = plan.uses_lora and (plan.dropout > 0 or plan.dora or bool(arch.lora_unsafe) or _fsdp1(plan))
     return lora or not (arch.sdpa and arch.flash_attention) or plan.mxfp4 != "dequantize"
+
+
+def _fsdp1(plan: TrainingPlan) -> bool:
+    return plan.fsdp_version == 1 and plan.sharding in ("fsdp", "fsdp_grad_op") and plan.gpus > 1
+
+
+def fsdp1_refusal(model: ModelSpec, plan: TrainingPlan) -> StackRefusal | None:
+    """LoRA on fused MoE expert parameters (PEFT's ParamWrapper) under FSDP1: the wrapper adapts the parameter in
+    place, and FSDP1's FlatParameter (use_orig_params: the parameters become views into its shard) hands it a
+    piece of another size: the first forward fails ("inconsistent tensor size, expected tensor [16] and src [512]"),
+    measured on CPU ranks (mixtral, all-linear, FULL_SHARD and SHARD_GRAD_OP, with and without checkpointing, every
+    backward prefetch). FSDP2 (fully_shard, a DTensor per parameter) runs it (+0.47 % on the same plan)."""
+    if not (plan.uses_lora and _fsdp1(plan)):
+        return None
+    try:
+        adapted, _ = adapted_modules(model, lora_key(plan))
+    except StackRefusal:
+        return None  # the adapters' own refusal comes first (_refusal)
+    wrapped = sorted({a.group.name for a in adapted if a.wrapped_params})
+    if not wrapped:
+        return None
+    return StackRefusal(
+        f"PEFT's ParamWrapper ({', '.join(wrapped)}: LoRA on fused expert parameters) fails under FSDP1's flat "
+        "parameters: use fsdp_version 2, or target the attention projections only",
+        field="fsdp_version",
+        accepted=2,
+    )
 
 
 def accepted_plan(model: ModelSpec, plan: TrainingPlan) -> tuple[TrainingPlan, tuple[Adjustment, ...]]:
@@ -229,7 +256,7 @@ def accepted_plan(model: ModelSpec, plan: TrainingPlan) -> tuple[TrainingPlan, t
         return plan, ()  # none of the settings the stack refuses here (REFUSABLE) applies: nothing to check
     adjustments: list[Adjustment] = []
     for _ in range(len(REFUSABLE) + 1):
-        refusal = _refusal(model, plan.attn, lora_key(plan), plan.mxfp4)
+        refusal = _refusal(model, plan.attn, lora_key(plan), plan.mxfp4) or fsdp1_refusal(model, plan)
         if refusal is not None:
             if plan.strict:
                 raise StackRefusal(
@@ -239,7 +266,10 @@ def accepted_plan(model: ModelSpec, plan: TrainingPlan) -> tuple[TrainingPlan, t
                     accepted=refusal.accepted,
                 ) from None
             requested = getattr(plan, refusal.field)
-            plan = plan.model_copy(update={refusal.field: refusal.accepted})
+            update = {refusal.field: refusal.accepted}
+            if refusal.field == "fsdp_version":  # FSDP2 has no backward prefetch option (TrainingPlan's rule)
+                update["fsdp_backward_prefetch"] = "none"
+            plan = plan.model_copy(update=update)
             adjustments.append(
                 Adjustment(field=refusal.field, requested=requested, used=refusal.accepted, why=refusal.detail)
             )

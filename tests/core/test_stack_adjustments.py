@@ -82,3 +82,20 @@ def test_converted_moe_families_wrap_their_experts_so_dropout_is_answered_at_zer
     """transformers' conversion table maps qwen3_moe and deepseek_v3 to the qwen2_moe pattern, so PEFT wraps them."""
     est = estimate(spec(model_id), TrainingPlan())
     assert [(a.field, a.used) for a in est.adjustments] == [("dropout", 0.0)]
+
+
+def test_lora_on_fused_experts_under_fsdp1_is_answered_under_fsdp2() -> None:
+    """PEFT's ParamWrapper fails under FSDP1's flat parameters (measured on CPU ranks: app/core/adapters.py
+    fsdp1_refusal): the nearest plan is FSDP2, its backward prefetch dropped with it."""
+    model = spec("mistralai/Mixtral-8x7B-v0.1")
+    fsdp1 = {"dropout": 0.0, "sharding": "fsdp", "gpus": 8, "fsdp_version": 1, "fsdp_backward_prefetch": "pre"}
+    adjusted = estimate(model, TrainingPlan(**fsdp1))
+    assert [(a.field, a.requested, a.used) for a in adjusted.adjustments] == [("fsdp_version", 1, 2)]
+    assert "ParamWrapper" in adjusted.adjustments[0].why
+    assert adjusted.plan.fsdp_version == 2 and adjusted.plan.fsdp_backward_prefetch == "none"
+    fsdp2 = {**fsdp1, "fsdp_version": 2, "fsdp_backward_prefetch": "none"}
+    assert adjusted.peak_allocated_bytes == estimate(model, TrainingPlan(**fsdp2)).peak_allocated_bytes
+    with pytest.raises(StackRefusal, match="use fsdp_version 2"):
+        estimate(model, TrainingPlan(**fsdp1, strict=True))
+    attention = estimate(model, TrainingPlan(**{**fsdp1, "targets": "q_proj,v_proj"}, strict=True))
+    assert attention.adjustments == () and attention.plan.fsdp_version == 1

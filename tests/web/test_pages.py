@@ -63,6 +63,7 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "gpus": "1",
         "sharding": "none",
         "fsdp_version": "2",
+        "fsdp_backward_prefetch": "none",  # FSDP1 only: what TrainingArguments passes
         "offload": "false",
         "fsdp_mixed_precision": "false",
         "fsdp_reduce_dtype": "param",
