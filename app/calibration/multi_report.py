@@ -31,6 +31,7 @@ SOURCES = (
     "cpu-validation-multi-fsdp1",
     "cpu-matrix-multi-fsdp1-prefetch",
     "cpu-validation-multi-fsdp1-prefetch",
+    "cpu-validation-multi-fsdp1-2",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -46,10 +47,24 @@ FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi
 FSDP1_SEEN = frozenset({"llama-73689e66"})
 # FSDP1's backward prefetch (none / BACKWARD_POST): its matrix (the holdout point whose dump showed the layer before
 # the last at its reduce-scatter counts in-sample) and its validation matrix, whose two LoRA points with checkpointing
-# were looked at (the late-prefetch moment counted the recomputed set: +11.41 %, +15.67 %; now without it) and one
-# full point (+7.85 % under every prefetch: a layer's backward counted its whole gradient; fsdp1.py)
+# were looked at (the late-prefetch moment counted the recomputed set: +11.41 %, +15.67 %; now without it)
 PREFETCH_MATRIX, PREFETCH_VALIDATION = "cpu-matrix-multi-fsdp1-prefetch", "cpu-validation-multi-fsdp1-prefetch"
-PREFETCH_SEEN = frozenset({"llama-145d9e09", "llama-3baca40a", "mistral-e4a47d8b", "mistral-9b4fdf4e"})
+PREFETCH_SEEN = frozenset({"llama-145d9e09", "llama-3baca40a", "mistral-e4a47d8b"})
+# FSDP1 held out once more (every prefetch, FULL_SHARD and SHARD_GRAD_OP, the MoE family), after the prefetch terms
+FSDP1_VALIDATION_2 = "cpu-validation-multi-fsdp1-2"
+# measured points outside ±5 % that no term explains yet, each with the bound it is held to (tests fail if it grows or
+# turns into an under-estimate) and why: reported in every table, never dropped from a summary
+KNOWN_MISSES: dict[tuple[str, str], tuple[float, str]] = {
+    (PREFETCH_VALIDATION, "mistral-9b4fdf4e"): (
+        9.0,
+        "FSDP1 FULL_SHARD full fine-tuning on 4 ranks with checkpointing (mistral, batch 2 x 48): over-estimated under "
+        "every prefetch (measured again: BACKWARD_PRE +7.22 %, none +7.48 %) where FSDP2 on the same plan reads "
+        "-1.24 %. Its layer-backward moments count the layer's whole gradient beside the transient peak; counting "
+        "none of it reads -1.90 % here but put two points of cpu-validation-multi-fsdp1-2 below -5 % (llama, "
+        "-6.79 % and -5.53 %, from -4.84 % and -3.32 %): the gradient pieces made by that peak are neither whole "
+        "nor none, and are not modelled yet",
+    ),
+}
 # the later matrices (CPU offload counted by placement; QLoRA under FSDP2), reported whole: their points drove the
 # terms they check (the offload terms; sharding:root_regather_bytes, from the QLoRA points without checkpointing)
 LATER = {
@@ -213,12 +228,12 @@ resharded, so full fine-tuning holds one layer too, and peaks at the reduce-scat
 a layer's first adapter unit (q_proj's lora_A, whose predecessor in FSDP1's post-forward order is the layer before)
 prefetches the layer before while the layer's backward still runs (-4.93 % before). Counting the recomputed set in
 that late moment had the validation matrix's two LoRA points with checkpointing at +11.41 % and +15.67 %; the moment
-now holds the backward's own transients, and those two points count in-sample. The validation matrix also showed
-mistral full FULL_SHARD x4 with checkpointing at +7.85 % under every prefetch (measured again: BACKWARD_PRE +7.22 %,
-none +7.48 %; FSDP2 on the same plan -1.24 %): FSDP1's layer-backward moments counted the layer's whole gradient
-beside its transient peak, as FSDP2 keeps the previous layer's reduce-scatter input there; FSDP1 keeps none, and a
-layer's gradient pieces are made as its tensors are freed (counted whole at their concatenation). Without it that
-point reads -1.90 % and counts in-sample, and no shipped FSDP1 point is beyond ±3.3 %.
+now holds the backward's own transients, and those two points count in-sample. `cpu-validation-multi-fsdp1-2.toml`
+(7 points: every prefetch, both strategies, the MoE family, 4 ranks and batch 2 more often) was measured once after
+that. Its draw also held mixtral LoRA on all linears under FSDP1, which fails in its first forward under every
+FSDP1 strategy, prefetch and checkpointing (PEFT's ParamWrapper adapts the fused expert parameters in place, and
+FSDP1's flat parameters hand it a piece of another size) while FSDP2 runs it: the estimate answers such a plan
+under FSDP2 and says so (a strict plan is refused), and the matrices skip it.
 
 ## Not measured here, and why
 
@@ -342,8 +357,17 @@ def fsdp1_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[M
             f"{PREFETCH_VALIDATION} (held out: measured once, after the prefetch terms)",
             [r for r in records if r.source == PREFETCH_VALIDATION and _point_id(r) not in PREFETCH_SEEN],
         ),
+        (
+            f"{FSDP1_VALIDATION_2} (held out: measured once, after the prefetch terms)",
+            [r for r in records if r.source == FSDP1_VALIDATION_2],
+        ),
         ("FSDP1 (fsdp, fsdp_grad_op)", [r for r in records if r.plan.get("fsdp_version") == 1]),
     ]
+
+
+def is_known_miss(record: MeasurementRecord) -> bool:
+    """Whether the record is one of KNOWN_MISSES (a measured point outside ±5 %, named with its reason)."""
+    return (record.source or "", _point_id(record)) in KNOWN_MISSES
 
 
 def _point_id(record: MeasurementRecord) -> str:
@@ -355,6 +379,16 @@ def _point_id(record: MeasurementRecord) -> str:
 
     plan = TrainingPlan.model_validate(record.plan)
     return record.model_id + "-" + hashlib.sha256(_identity(plan).encode()).hexdigest()[:8]
+
+
+def known_misses(records: Sequence[MeasurementRecord]) -> list[str]:
+    """KNOWN_MISSES as a section: each point's error now and why (they stay in every summary above)."""
+    lines = ["## Points outside ±5 %", ""]
+    for record in records:
+        entry = KNOWN_MISSES.get((record.source or "", _point_id(record)))
+        if entry is not None:
+            lines.append(f"- {record.source} {_point_id(record)} ({record.error_pct:+.2f} %): {entry[1]}.")
+    return [*lines, ""] if len(lines) > 2 else []
 
 
 def multi_accuracy_markdown(records: Sequence[MeasurementRecord]) -> str:
@@ -380,6 +414,7 @@ def multi_accuracy_markdown(records: Sequence[MeasurementRecord]) -> str:
         "",
         *zero_net_table(records),
         "",
+        *known_misses(records),
         NOT_MEASURED,
     ]
     points = accuracy_markdown(records, title="x", intro="x").split("## Points\n", 1)[1]

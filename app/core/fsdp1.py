@@ -14,11 +14,6 @@ parameters, `W_l` one decoder layer's, `L` layers. Where FSDP1 differs from FSDP
   in backward BACKWARD_PRE (`fsdp_backward_prefetch: pre`) gathers the next unit before the current one's
   gradients are computed (`_runtime_utils._pre_backward_hook` → `_prefetch_handle`): two layers at once, as
   FSDP2's backward prefetch; BACKWARD_POST and no prefetch (transformers' default) one (`prefetches_next_layer`);
-- no reduce-scatter input kept from one layer to the next (FSDP2 keeps one, `reduce_scatter_max_input_buffers`):
-  `_reduce_grad` drops the padded gradient once its shard is made, and a layer's own gradient pieces are made as
-  its backward frees its saved (or recomputed) tensors, none at the layer's transient peak at its start; they are
-  counted whole at their concatenation and reduce-scatter below (`reduce_scatter_layer` 0: counting them whole
-  beside that peak had mistral full FULL_SHARD x4 with checkpointing at +7.85 %, cpu-validation-multi-fsdp1-prefetch);
 - the unsharded flat gradient: autograd's view backward concatenates the layer's pieces into one flat gradient
   `G_l` (pieces and result both alive: `2·G_l`, FSDP2's copy-in), and `_reduce_grad` reduce-scatters it into a
   new shard `⌈G_l/n⌉` (padding: the FlatParameter is padded to a multiple of the world size,
@@ -78,7 +73,7 @@ def fsdp1_gathered_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) ->
         backward_last=backward[1],
         backward_first=backward[2],
         backward_next=backward[3],
-        reduce_scatter_layer=0,  # nothing kept between layers, and a layer's own pieces grow as its tensors go
+        reduce_scatter_layer=reduce_scatter_bytes(inv, num_layers) // 2,
         reduce_scatter_peak=reduce_scatter_bytes(inv, num_layers),
         reduce_scatter_root=2 * inv.grads.other,
         root_grads=inv.grads.other,

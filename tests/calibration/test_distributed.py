@@ -154,6 +154,7 @@ def test_the_shipped_multi_rank_page_is_what_the_command_writes_now() -> None:
         "cpu-matrix-zero",
         "cpu-matrix-multi-fsdp1-prefetch",
         "cpu-validation-multi-fsdp1-prefetch",
+        "cpu-validation-multi-fsdp1-2",
     ],
 )
 def test_each_multi_rank_spec_expands_to_exactly_the_points_it_shipped(source: str) -> None:
