@@ -182,6 +182,8 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
       false) were added; a plan echoing them false is the plan without them; so was issue 11's `router_aux_loss`.
     - issue 15: the plan gained `fsdp_version`; its default, 2 (FSDP2), is what every earlier estimate modelled.
     - issue 15: the plan gained `fsdp_backward_prefetch` (default none; FSDP1 only, so no FSDP2 estimate reads it).
+    - issue 15: the plan gained `zero_buckets`; its default, deepspeed (DeepSpeed's ZeRO defaults), is what every
+      earlier estimate modelled.
     """
     est = row.get("estimate")
     if est is None:
@@ -208,6 +210,8 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
         plan.pop("fsdp_backward_prefetch")
     if plan.get("fsdp_version") == 2:
         plan.pop("fsdp_version")
+    if plan.get("zero_buckets") == "deepspeed":
+        plan.pop("zero_buckets")
     est["plan"] = plan
     terms = [t for t in est["breakdown"] if t["term"] != "offloaded_bytes"]
     old = [t for t in est["breakdown"] if t["term"] == "offloaded_bytes"]

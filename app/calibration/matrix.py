@@ -131,6 +131,7 @@ _LATER_FIELDS = (
     "loop",
     "mxfp4",
     "fsdp_backward_prefetch",
+    "zero_buckets",
 )
 
 

@@ -73,13 +73,30 @@ def check_zero_plan(plan: TrainingPlan) -> None:
         raise CalibrationError("the ZeRO runs step torch's AdamW: use optimizer adamw")
 
 
-def deepspeed_config(plan: TrainingPlan) -> dict[str, Any]:
-    """The DeepSpeed config of a plan: its ZeRO stage at DeepSpeed's defaults, bf16 when the plan trains in bf16,
-    its micro-batch and accumulation, and the client optimizer allowed (no `optimizer` section)."""
+def zero_buckets(plan: TrainingPlan, hidden_size: int) -> dict[str, Any]:
+    """The plan's bucket settings as DeepSpeed reads them: its defaults, or the `"auto"` values filled as
+    transformers fills them (app/core/zero.py `bucket_sizes`); allgather_bucket_size keeps its default (transformers
+    leaves it)."""
+    if plan.zero_buckets == "deepspeed":
+        return dict(ZERO_DEFAULTS)
+    if hidden_size <= 0:
+        raise CalibrationError("zero_buckets auto is filled from the model's hidden size: pass it")
+    h = hidden_size
+    return {
+        **ZERO_DEFAULTS,
+        "reduce_bucket_size": h * h,
+        "stage3_prefetch_bucket_size": int(0.9 * h * h),
+        "stage3_param_persistence_threshold": 10 * h,
+    }
+
+
+def deepspeed_config(plan: TrainingPlan, hidden_size: int = 0) -> dict[str, Any]:
+    """The DeepSpeed config of a plan: its ZeRO stage with the plan's bucket sizes, bf16 when the plan trains in
+    bf16, its micro-batch and accumulation, and the client optimizer allowed (no `optimizer` section)."""
     return {
         "train_micro_batch_size_per_gpu": plan.batch_size,
         "gradient_accumulation_steps": plan.grad_accum_steps,
-        "zero_optimization": {"stage": 3 if plan.sharding == "zero3" else 2, **ZERO_DEFAULTS},
+        "zero_optimization": {"stage": 3 if plan.sharding == "zero3" else 2, **zero_buckets(plan, hidden_size)},
         "bf16": {"enabled": plan.dtype == "bf16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1_000_000,
@@ -141,7 +158,7 @@ def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any],
     from app.calibration.distributed import rank_measurement
     from app.calibration.harness import environment
 
-    phases, peak = engine_steps(model, int(cfg.vocab_size), plan, int(job["steps"]), int(job["seed"]))
+    phases, peak = engine_steps(model, cfg, plan, int(job["steps"]), int(job["seed"]))
     del model
     env = environment("cpu", matmul_compute="fp32" if job["fp32_matmuls"] else "native")
     return rank_measurement(
@@ -155,7 +172,7 @@ def _deepspeed_version() -> str:
     return metadata.version("deepspeed")
 
 
-def engine_steps(model: Any, vocab_size: int, plan: TrainingPlan, steps: int, seed: int) -> tuple[list[Phase], int]:
+def engine_steps(model: Any, cfg: Any, plan: TrainingPlan, steps: int, seed: int) -> tuple[list[Phase], int]:
     """The engine's steps under the probe: deepspeed.initialize inside the tracker (marked `load`), then per
     micro-batch forward (the loss only kept), `engine.backward`, `engine.step` (the optimizer at the boundary)."""
     import deepspeed
@@ -171,10 +188,12 @@ def engine_steps(model: Any, vocab_size: int, plan: TrainingPlan, steps: int, se
     with tracker:
         with failures("load"):
             engine, *_ = deepspeed.initialize(
-                model=model, optimizer=build_optimizer(model, plan), config=deepspeed_config(plan)
+                model=model,
+                optimizer=build_optimizer(model, plan),
+                config=deepspeed_config(plan, int(cfg.hidden_size)),
             )
         probe.mark("load")
-        ids = torch.randint(vocab_size, (plan.batch_size, plan.seq_len), generator=generator)
+        ids = torch.randint(int(cfg.vocab_size), (plan.batch_size, plan.seq_len), generator=generator)
         for _ in range(steps * plan.grad_accum_steps):
             last = labels.micro % plan.grad_accum_steps == plan.grad_accum_steps - 1
             phase = labels.forward()

@@ -20,6 +20,9 @@ Sharding = Literal["none", "ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"]
 # FSDP1 (torch.distributed.fsdp.FullyShardedDataParallel, FlatParameter per wrapped unit) or FSDP2 (fully_shard)
 FsdpVersion = Literal[1, 2]
 BackwardPrefetch = Literal["none", "pre", "post"]
+# DeepSpeed ZeRO's reduce_bucket_size / stage3_prefetch_bucket_size / stage3_param_persistence_threshold: DeepSpeed's
+# own defaults, or transformers' `auto` fill from the model's hidden size (app/core/zero.py `bucket_sizes`)
+ZeroBuckets = Literal["deepspeed", "auto"]
 Device = Literal["cuda", "cpu"]
 # the software stack whose semantics are modelled (app/core/stack.py): transformers 5 (the installed calibration stack)
 # or transformers 4.4x-4.57 with the peft/bitsandbytes that pair with it
@@ -176,6 +179,12 @@ class TrainingPlan(BaseModel):
         "(BACKWARD_PRE: the next unit gathered before the current one's gradients) or post (BACKWARD_POST: after "
         "the current one is resharded). FSDP2 has no such option (accelerate drops it).",
     )
+    zero_buckets: ZeroBuckets = Field(
+        "deepspeed",
+        description="DeepSpeed ZeRO's bucket sizes (zero2/zero3): deepspeed (DeepSpeed's defaults: reduce_bucket_size "
+        "5e8, stage3_prefetch_bucket_size 5e7, stage3_param_persistence_threshold 1e5 elements) or auto (the "
+        'DeepSpeed configs\' "auto", filled by transformers/accelerate from the hidden size h: h·h, 0.9·h·h, 10·h).',
+    )
     offload: bool = Field(False, description="Offload optimizer states (and ZeRO-3/FSDP parameters) to CPU memory.")
     device: Device = Field("cuda", description="cuda, or cpu for the calibration reference tracker.")
     mxfp4: Mxfp4 = Field(
@@ -264,6 +273,8 @@ class TrainingPlan(BaseModel):
                 "and method lora or full"
             )
         self._check_fsdp_mixed_precision()
+        if self.zero_buckets != "deepspeed" and self.sharding not in ("zero2", "zero3"):
+            raise ValueError("zero_buckets sizes DeepSpeed ZeRO's buckets: use sharding zero2 or zero3")
         if (self.reentrant or self.checkpoint_every > 1 or self.checkpoint_offload) and not self.gradient_checkpointing:
             raise ValueError(
                 "reentrant, checkpoint_every and checkpoint_offload are kinds of gradient checkpointing: turn "

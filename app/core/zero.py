@@ -37,6 +37,29 @@ ALIGNMENT = 2
 MLP_LEAVES = frozenset({"gate_proj", "up_proj", "down_proj", "fc1", "fc2", "dense_h_to_4h", "dense_4h_to_h"})
 
 
+class Buckets(NamedTuple):
+    """DeepSpeed ZeRO's bucket settings, in elements."""
+
+    reduce: int  # reduce_bucket_size
+    prefetch: int  # stage3_prefetch_bucket_size
+    persistence: int  # stage3_param_persistence_threshold
+
+
+DEEPSPEED_BUCKETS = Buckets(REDUCE_BUCKET_ELEMENTS, PREFETCH_BUCKET_ELEMENTS, PERSISTENCE_THRESHOLD)
+
+
+def bucket_sizes(model: ModelSpec, plan: TrainingPlan) -> Buckets:
+    """The plan's ZeRO bucket sizes: DeepSpeed's defaults, or the DeepSpeed config's `"auto"` as transformers fills
+    it from the hidden size `h`: reduce_bucket_size `h·h`, stage3_prefetch_bucket_size `int(0.9·h·h)`,
+    stage3_param_persistence_threshold `10·h` (the last two under ZeRO-3 only; ZeRO-2 does not read them). Source:
+    transformers 5.24.0 integrations/deepspeed.py `HfTrainerDeepSpeedConfig.trainer_config_finalize`, and the same
+    formulas in accelerate's accelerator.py `_prepare_deepspeed`."""
+    if plan.zero_buckets == "deepspeed":
+        return DEEPSPEED_BUCKETS
+    h = model.arch.hidden_size
+    return Buckets(reduce=h * h, prefetch=int(0.9 * h * h), persistence=10 * h)
+
+
 class ZeroTerms(NamedTuple):
     """One GPU's ZeRO tensors (bytes), before the phases pick their moments."""
 
@@ -89,7 +112,9 @@ def optimizer_partition_bytes(plan: TrainingPlan, partition: int) -> tuple[int, 
     return 0, 0
 
 
-def zero2_terms(plan: TrainingPlan, trainable: list[int], frozen: list[int]) -> ZeroTerms:
+def zero2_terms(
+    plan: TrainingPlan, trainable: list[int], frozen: list[int], buckets: Buckets = DEEPSPEED_BUCKETS
+) -> ZeroTerms:
     """ZeRO-2: every GPU keeps the whole model, the trainable parameters as one flat buffer in the model dtype
     (`d·P`, the parameters views of it); its partition's fp32 master `4·Pn` (a clone, even in fp32) and the
     optimizer's states over it. At start-up the optimizer states are initialised with a zero fp32 gradient
@@ -111,8 +136,8 @@ def zero2_terms(plan: TrainingPlan, trainable: list[int], frozen: list[int]) -> 
         master=rounded(FP32 * partition),
         states=states,
         grad_partition=0,
-        bucket=rounded(d * REDUCE_BUCKET_ELEMENTS),
-        reduce=rounded(d * min(p, REDUCE_BUCKET_ELEMENTS)),
+        bucket=rounded(d * buckets.reduce),
+        reduce=rounded(d * min(p, buckets.reduce)),
         init=rounded(FP32 * partition),
         fp32_grad=rounded(FP32 * partition),
         step_temp=temp,
@@ -123,7 +148,13 @@ def zero2_terms(plan: TrainingPlan, trainable: list[int], frozen: list[int]) -> 
     )
 
 
-def zero3_terms(plan: TrainingPlan, trainable: list[int], frozen: list[int], embedding: int = 0) -> ZeroTerms:
+def zero3_terms(
+    plan: TrainingPlan,
+    trainable: list[int],
+    frozen: list[int],
+    embedding: int = 0,
+    buckets: Buckets = DEEPSPEED_BUCKETS,
+) -> ZeroTerms:
     """ZeRO-3: every parameter is partitioned (`⌈numel/n⌉` each); the trainable partitions are one flat buffer in
     the model dtype (`d·Pn`), the gradient partitions another (`d·Pn`, grad_accum_dtype = the model dtype), the
     fp32 master `4·Pn` (none in fp32: the partition is shared) and the states; the bucket `B·d` is made at
@@ -146,14 +177,14 @@ def zero3_terms(plan: TrainingPlan, trainable: list[int], frozen: list[int], emb
     states, temp = optimizer_partition_bytes(plan, partition)
     frozen_parts = sum(rounded(d * ceil_div(x, n)) for x in frozen)
     every = trainable + frozen
-    persistent = sum(rounded(d * x) for x in every if x < PERSISTENCE_THRESHOLD)
-    others = [x for x in every if x >= PERSISTENCE_THRESHOLD]
+    persistent = sum(rounded(d * x) for x in every if x < buckets.persistence)
+    others = [x for x in every if x >= buckets.persistence]
     backprop_embedding = plan.method == "full" or plan.gradient_checkpointing
     reused = list(others)
     if not backprop_embedding and embedding in reused:  # no backward runs through it: released after its forward
         reused.remove(embedding)
     kept = min(sum(reused), MAX_REUSE_DISTANCE // 2)
-    reduced = rounded(d * min(p, REDUCE_BUCKET_ELEMENTS))
+    reduced = rounded(d * min(p, buckets.reduce))
     flat = rounded(d * partition)
     full = plan.method == "full"
     return ZeroTerms(
@@ -163,15 +194,15 @@ def zero3_terms(plan: TrainingPlan, trainable: list[int], frozen: list[int], emb
         master=0 if d == FP32 else rounded(FP32 * partition),
         states=states,
         grad_partition=flat,
-        bucket=rounded(d * REDUCE_BUCKET_ELEMENTS),
+        bucket=rounded(d * buckets.reduce),
         reduce=reduced + (reduced if plan.device == "cpu" else 0),
         init=rounded(d * max(trainable, default=0)),
         fp32_grad=rounded(FP32 * partition),
         step_temp=temp,
         persistent=persistent,
         gathered=sum(rounded(d * x) for x in reused) if kept == sum(reused) else rounded(d * kept),
-        prefetch=rounded(d * min(sum(others), MAX_REUSE_DISTANCE // 2, PREFETCH_BUCKET_ELEMENTS)),
-        end_gather=rounded(d * embedding) if embedding >= PERSISTENCE_THRESHOLD and backprop_embedding else 0,
+        prefetch=rounded(d * min(sum(others), MAX_REUSE_DISTANCE // 2, buckets.prefetch)),
+        end_gather=rounded(d * embedding) if embedding >= buckets.persistence and backprop_embedding else 0,
     )
 
 
@@ -192,11 +223,12 @@ def zero_terms(model: ModelSpec, plan: TrainingPlan, adapted: Iterable[Adapted])
     if plan.sharding not in ZERO or plan.gpus < 2 or plan.offload or plan.method == "qlora" or plan.autocast:
         return None
     trainable, frozen = param_numels(model, adapted, plan.method)
+    buckets = bucket_sizes(model, plan)
     if plan.sharding == "zero2":
-        terms = zero2_terms(plan, trainable, frozen)
+        terms = zero2_terms(plan, trainable, frozen, buckets)
     else:
         embedding = [p.numel for g in model.groups if g.kind == "embedding" and not g.in_layers for p in g.params]
-        terms = zero3_terms(plan, trainable, frozen, embedding[0] if embedding else 0)
+        terms = zero3_terms(plan, trainable, frozen, embedding[0] if embedding else 0, buckets)
     mlp = plan.method == "full" or any(a.group.leaf in MLP_LEAVES for a in adapted)
     return terms._replace(head_hook=head_hook_bytes(model, plan), mlp_adapted=mlp)
 
