@@ -32,6 +32,10 @@ SOURCES = (
     "cpu-matrix-multi-fsdp1-prefetch",
     "cpu-validation-multi-fsdp1-prefetch",
     "cpu-validation-multi-fsdp1-2",
+    "cpu-matrix-zero-auto",
+    "cpu-validation-zero-auto",
+    "cpu-matrix-zero-accum",
+    "cpu-matrix-zero-fp32",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -41,6 +45,13 @@ MIXED_PRECISION = "cpu-matrix-multi-mp"
 MIXED_PRECISION_SEEN = frozenset({"mistral-7a6b40cc"})
 MIXED_PRECISION_2 = "cpu-matrix-multi-mp2"  # fp16 and with CPU offload (calibration/cpu-matrix-multi-mp2.toml)
 ZERO_SOURCE = "cpu-matrix-zero"
+# ZeRO at the DeepSpeed configs' "auto" bucket sizes (plan zero_buckets auto): the matrix, whose three ZeRO-3 LoRA
+# points without checkpointing drove app/core/step.py's ZeRO-3 linear rule (in-sample), its validation and the
+# accumulation and fp32 matrices (measured once, after that rule)
+ZERO_AUTO, ZERO_AUTO_VALIDATION = "cpu-matrix-zero-auto", "cpu-validation-zero-auto"
+ZERO_AUTO_SEEN = frozenset({"llama-99c1298c", "mistral-3f69e068", "mistral-ed321b67"})
+ZERO_LATER = {"cpu-matrix-zero-accum": "gradient accumulation", "cpu-matrix-zero-fp32": "fp32"}
+ZERO_SOURCES = (ZERO_SOURCE, ZERO_AUTO, ZERO_AUTO_VALIDATION, *ZERO_LATER)
 # FSDP1's matrix (tune / holdout by hash) and its validation matrix (measured once, after app/core/fsdp1.py)
 FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
 # the one holdout point of the FSDP1 matrix looked at while its LoRA terms were fixed (PEFT's adapter units)
@@ -289,6 +300,20 @@ def groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[Measure
     zero = [r for r in records if r.source == ZERO_SOURCE]
     out.append(("cpu-matrix-zero tune (DeepSpeed ZeRO-2/3; in-sample)", [r for r in zero if r.split == "tune"]))
     out.append(("cpu-matrix-zero holdout, not fitted on", [r for r in zero if r.split == "holdout"]))
+    auto = [r for r in records if r.source == ZERO_AUTO]
+    seen = [r for r in auto if r.split == "tune" or _point_id(r) in ZERO_AUTO_SEEN]
+    out.append((f"{ZERO_AUTO} tune (auto buckets; in-sample)", seen))
+    out.append((f"{ZERO_AUTO} holdout, not fitted on", [r for r in auto if r not in seen]))
+    out.append(
+        (
+            f"{ZERO_AUTO_VALIDATION} (held out: measured once, after the ZeRO-3 linear rule)",
+            [r for r in records if r.source == ZERO_AUTO_VALIDATION],
+        )
+    )
+    for source, label in ZERO_LATER.items():
+        out.append(
+            (f"{source} ({label}, auto buckets; measured once, after it)", [r for r in records if r.source == source])
+        )
     out += fsdp1_groups(records)
     fsdp2 = [r for r in records if r.plan.get("fsdp_version", 2) != 1]
     for sharding in ("ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"):
@@ -300,14 +325,17 @@ def groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[Measure
 
 
 def bucket_bytes(record: MeasurementRecord) -> int:
-    """DeepSpeed's gradient bucket in a ZeRO run's peak (reduce_bucket_size elements of the model dtype), else 0."""
+    """DeepSpeed's gradient bucket in a ZeRO run's peak (reduce_bucket_size elements of the model dtype: DeepSpeed's
+    5e8, or `hidden²` at the configs' "auto", `zero:bucket_sizes`), else 0."""
     from app.core.quant import rounded
     from app.core.units import DTYPE_BYTES
     from app.core.zero import REDUCE_BUCKET_ELEMENTS
 
     if record.plan.get("sharding") not in ("zero2", "zero3"):
         return 0
-    return rounded(REDUCE_BUCKET_ELEMENTS * DTYPE_BYTES[str(record.plan.get("dtype", "bf16"))])
+    h = int(record.config.get("hidden_size", 0))
+    elements = h * h if record.plan.get("zero_buckets") == "auto" else REDUCE_BUCKET_ELEMENTS
+    return rounded(elements * DTYPE_BYTES[str(record.plan.get("dtype", "bf16"))])
 
 
 def net_error_pct(record: MeasurementRecord) -> float:
@@ -318,7 +346,8 @@ def net_error_pct(record: MeasurementRecord) -> float:
 
 
 def zero_net_table(records: Sequence[MeasurementRecord]) -> list[str]:
-    """The ZeRO points' summary net of the bucket, by split and stage."""
+    """The ZeRO points' summary net of the bucket, by split and stage (DeepSpeed's default bucket only: at the
+    "auto" sizes the bucket is a small part of the peak and the plain error says it all)."""
     zero = [r for r in records if r.source == ZERO_SOURCE]
     lines = [
         "| ZeRO points, error net of the 5e8-element bucket | n | median abs error | p90 abs error | max abs error "

@@ -199,7 +199,7 @@ MAPS: dict[str, Rule] = {
     "flash_attention": _attention_flag("flash_attention_2"),
     "sdp_attention": _attention_flag("sdpa"),
     "eager_attention": _attention_flag("eager"),
-    "deepspeed": Maps(("sharding", "offload"), deepspeed),
+    "deepspeed": Maps(("sharding", "offload", "zero_buckets"), deepspeed),
     "fsdp": Maps(("sharding", "offload"), fsdp_options),
     "fsdp_config": Nested(
         {**hf.FSDP_CONFIG, "version": Maps(("fsdp_version", "fsdp_mixed_precision"), _fsdp_version_and_precision)},

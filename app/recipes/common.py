@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from app.core.plan import ALL_LINEAR
 from app.recipes.rules import Approx, BadValue, Ctx, Doc, NotModelledValue, Outcome, as_str
@@ -94,24 +94,44 @@ def lora_targets(value: Any) -> tuple[str, ...] | str:
 
 # LLaMA-Factory examples/deepspeed/*.json and axolotl deepspeed_configs/*.json, read once: (stage, optimizer
 # offload, parameter offload)
-DEEPSPEED_FILES: dict[str, tuple[int, bool, bool]] = {
-    "ds_z0_config.json": (0, False, False),
-    "ds_z2_config.json": (2, False, False),
-    "ds_z2_offload_config.json": (2, True, False),
-    "ds_z3_config.json": (3, False, False),
-    "ds_z3_offload_config.json": (3, True, True),
-    "zero1.json": (1, False, False),
-    "zero1_torch_compile.json": (1, False, False),
+# (stage, optimizer offloaded, parameters offloaded, bucket sizes): LLaMA-Factory examples/deepspeed (ds_z3*: every
+# bucket "auto"; ds_z2*: reduce_bucket_size 5e8, DeepSpeed's default; at 1d6e8b2) and axolotl deepspeed_configs
+# (zero3.json, zero3_bf16.json: "auto"; zero1/zero2: none given, DeepSpeed's defaults; at 2341b2c / b371df7 / 58b1d3a)
+DEEPSPEED_FILES: dict[str, tuple[int, bool, bool, str]] = {
+    "ds_z0_config.json": (0, False, False, "deepspeed"),
+    "ds_z2_config.json": (2, False, False, "deepspeed"),
+    "ds_z2_offload_config.json": (2, True, False, "deepspeed"),
+    "ds_z3_config.json": (3, False, False, "auto"),
+    "ds_z3_offload_config.json": (3, True, True, "auto"),
+    "zero1.json": (1, False, False, "deepspeed"),
+    "zero1_torch_compile.json": (1, False, False, "deepspeed"),
     # axolotl's zero2 files offload the optimizer ("offload_optimizer": {"device": "cpu"}: deepspeed_configs/zero2.json
     # at 58b1d3a, zero2_torch_compile.json at 1377ccc)
-    "zero2.json": (2, True, False),
-    "zero2_torch_compile.json": (2, True, False),
-    "zero3.json": (3, False, False),
-    "zero3_bf16.json": (3, False, False),
-    "zero3_bf16_cpuoffload_all.json": (3, True, True),
-    "zero3_bf16_cpuoffload_params.json": (3, False, True),
+    "zero2.json": (2, True, False, "deepspeed"),
+    "zero2_torch_compile.json": (2, True, False, "deepspeed"),
+    "zero3.json": (3, False, False, "auto"),
+    "zero3_bf16.json": (3, False, False, "auto"),
+    "zero3_bf16_cpuoffload_all.json": (3, True, True, "auto"),
+    "zero3_bf16_cpuoffload_params.json": (3, False, True, "auto"),
 }
+# axolotl's zero3.json and zero3_bf16.json set stage3_max_live_parameters and stage3_max_reuse_distance to 0
+_NO_REUSE_FILES = frozenset({"zero3.json", "zero3_bf16.json"})
 _STAGE_IN_NAME = re.compile(r"(?:^|[^a-z0-9])(?:ds_)?z(?:ero)?[_-]?([0-3])(?:[^0-9]|$)")
+_REDUCE_BUCKET_DEFAULT = 500_000_000  # DeepSpeed's reduce_bucket_size (runtime/zero/config.py)
+_NO_REUSE = (
+    "stage3_max_reuse_distance / max_live_parameters 0 (gathered parameters released at once) is not modelled: the "
+    "estimate keeps DeepSpeed's 1e9, which holds more gathered parameters"
+)
+
+
+class ZeroConfig(NamedTuple):
+    """What a DeepSpeed config says of ZeRO that the plan models, and what it says that the plan does not."""
+
+    stage: int
+    optimizer_off: bool
+    params_off: bool
+    buckets: str = "deepspeed"  # the plan's zero_buckets
+    unmodelled: str = ""
 
 
 def deepspeed(value: Any, _ctx: Ctx) -> Outcome:
@@ -123,11 +143,11 @@ def deepspeed(value: Any, _ctx: Ctx) -> Outcome:
         except ValueError:
             raise BadValue("an inline DeepSpeed config must be a JSON object") from None
     if isinstance(value, dict):
-        return _zero(*_inline_zero(value), source="the inline config")
-    return _zero(*_named_zero(as_str(value)), source="the file name")
+        return _zero(_inline_zero(value), source="the inline config")
+    return _zero(_named_zero(as_str(value)), source="the file name")
 
 
-def _inline_zero(config: dict[str, Any]) -> tuple[int, bool, bool]:
+def _inline_zero(config: dict[str, Any]) -> ZeroConfig:
     zero = config.get("zero_optimization") or {}
     if not isinstance(zero, dict):
         raise BadValue("zero_optimization must be a mapping")
@@ -139,13 +159,34 @@ def _inline_zero(config: dict[str, Any]) -> tuple[int, bool, bool]:
         part = zero.get(key) or {}
         return isinstance(part, dict) and part.get("device") in ("cpu", "nvme")
 
-    return stage, offloaded("offload_optimizer"), offloaded("offload_param")
+    buckets, unmodelled = _buckets(zero)
+    return ZeroConfig(stage, offloaded("offload_optimizer"), offloaded("offload_param"), buckets, unmodelled)
 
 
-def _named_zero(path: str) -> tuple[int, bool, bool]:
+def _buckets(zero: dict[str, Any]) -> tuple[str, str]:
+    """zero_buckets from zero_optimization: `"auto"` (transformers fills it from the hidden size), DeepSpeed's
+    defaults when absent or 5e8; another size is planned at the defaults and said. Reuse distance 0 is said too."""
+    reduce = zero.get("reduce_bucket_size", _REDUCE_BUCKET_DEFAULT)
+    notes = []
+    if reduce == "auto":
+        buckets = "auto"
+    else:
+        buckets = "deepspeed"
+        if reduce != _REDUCE_BUCKET_DEFAULT:
+            notes.append(
+                f"reduce_bucket_size {reduce!r}: gpuplan models DeepSpeed's 5e8 or transformers' auto (hidden²); "
+                "planned at 5e8"
+            )
+    reuse = [zero.get(k) for k in ("stage3_max_reuse_distance", "max_reuse_distance", "stage3_max_live_parameters")]
+    if any(v == 0 for v in reuse):
+        notes.append(_NO_REUSE)
+    return buckets, "; ".join(notes)
+
+
+def _named_zero(path: str) -> ZeroConfig:
     base = path.replace("\\", "/").rsplit("/", 1)[-1].lower()
     if base in DEEPSPEED_FILES:
-        return DEEPSPEED_FILES[base]
+        return ZeroConfig(*DEEPSPEED_FILES[base], unmodelled=_NO_REUSE if base in _NO_REUSE_FILES else "")
     match = _STAGE_IN_NAME.search(base)
     if not match:
         raise NotModelledValue(
@@ -153,22 +194,28 @@ def _named_zero(path: str) -> tuple[int, bool, bool]:
         )
     stage, offload = int(match.group(1)), "offload" in base
     if offload and stage == 3 and ("param" in base) != ("optim" in base):
-        return stage, "optim" in base, "param" in base
-    return stage, offload, offload and stage == 3
+        return ZeroConfig(stage, "optim" in base, "param" in base)
+    return ZeroConfig(stage, offload, offload and stage == 3)
 
 
-def _zero(stage: int, optimizer_off: bool, params_off: bool, *, source: str) -> Outcome:
-    """DeepSpeed ZeRO stage and offload as gpuplan sharding: 0 is plain data parallel, 2 and 3 are zero2/zero3."""
+def _zero(config: ZeroConfig, *, source: str) -> Outcome:
+    """DeepSpeed ZeRO stage, offload and bucket sizes as gpuplan sharding: 0 is plain data parallel, 2 and 3 are
+    zero2/zero3."""
+    stage, optimizer_off, params_off = config.stage, config.optimizer_off, config.params_off
     if stage == 1:
         raise NotModelledValue("ZeRO-1 shards only optimizer states; gpuplan has zero2 (states and gradients)")
     sharding = {0: "ddp", 2: "zero2", 3: "zero3"}[stage]
+    values: dict[str, Any] = {"sharding": sharding, "offload": optimizer_off and stage > 0}
+    if stage > 0:
+        values["zero_buckets"] = config.buckets
+    notes = [config.unmodelled] if config.unmodelled and stage > 0 else []
     if stage == 3 and optimizer_off != params_off:
         which = "optimizer states" if optimizer_off else "parameters"
-        return Approx(
-            {"sharding": sharding, "offload": False},
-            f"ZeRO-3 offloads only {which} ({source}); gpuplan's offload moves both, so it is planned without",
+        values["offload"] = False
+        notes.insert(
+            0, f"ZeRO-3 offloads only {which} ({source}); gpuplan's offload moves both, so it is planned without"
         )
-    return {"sharding": sharding, "offload": optimizer_off and stage > 0}
+    return Approx(values, "; ".join(notes)) if notes else values
 
 
 # -- FSDP: transformers `fsdp` options and fsdp_config, axolotl fsdp / fsdp_config -------------------------

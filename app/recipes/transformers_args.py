@@ -184,7 +184,7 @@ MAPS: dict[str, Rule] = {
     "optim": Maps(("optimizer",), optimizer),
     "use_liger_kernel": Maps(("fused_cross_entropy",), liger),
     "adafactor": Maps(("optimizer",), _adafactor_flag),  # transformers 4: deprecated flag for optim="adafactor"
-    "deepspeed": Maps(("sharding", "offload"), deepspeed),
+    "deepspeed": Maps(("sharding", "offload", "zero_buckets"), deepspeed),
     "fsdp": Maps(("sharding", "offload"), fsdp_options),
     "fsdp_config": Nested(FSDP_CONFIG, key=fsdp_key, active=_fsdp_on),
 }

@@ -5,9 +5,13 @@ Sources of the examples: tests/recipes/examples/SOURCES.md (each YAML names its 
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from app.core.plan import TrainingPlan
 from app.recipes import import_recipe
-from tests.recipes.helpers import example, mapped, not_modelled
+from tests.recipes.helpers import example, mapped, not_modelled, recipe
 
 
 def test_axolotl_llama3_qlora() -> None:
@@ -162,6 +166,7 @@ def test_llamafactory_qwen3_full_with_deepspeed_zero3() -> None:
         attn="sdpa",
         sharding="zero3",  # recognised from the file name
         offload=False,
+        zero_buckets="auto",  # ds_z3_config.json's reduce/prefetch/persistence sizes are "auto"
     )
     assert "rank" not in result.plan_fields  # LoRA defaults do not apply to full fine-tuning
     assert "pure_bf16" not in not_modelled(result)  # under ZeRO-3 the fp32 master copy is what gpuplan counts
@@ -256,3 +261,32 @@ def test_bitsandbytes_defaults_are_fp4_without_double_quant() -> None:
     assert result.plan == TrainingPlan(method="qlora", quant="fp4", double_quant=True)
     quant = next(e for e in result.mapped if e.field == "bnb_4bit_quant_type")
     assert quant.default and quant.plan_value == "fp4"
+
+
+@pytest.mark.parametrize(
+    ("zero", "buckets", "note"),
+    [
+        ({"stage": 3, "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto"}, "auto", None),
+        ({"stage": 2, "reduce_bucket_size": 5e8}, "deepspeed", None),  # LLaMA-Factory's ds_z2_config.json
+        ({"stage": 2}, "deepspeed", None),  # axolotl's zero2.json: DeepSpeed's defaults
+        ({"stage": 3, "reduce_bucket_size": 2e8}, "deepspeed", "planned at 5e8"),
+        ({"stage": 3, "reduce_bucket_size": "auto", "stage3_max_reuse_distance": 0}, "auto", "not modelled"),
+    ],
+)
+def test_an_inline_deepspeed_config_sets_the_zero_bucket_sizes(
+    zero: dict[str, object], buckets: str, note: str | None
+) -> None:
+    text = json.dumps({"per_device_train_batch_size": 1, "deepspeed": {"zero_optimization": zero}})
+    result = import_recipe([recipe("args.json", text)])
+    assert result.plan.zero_buckets == buckets
+    said = " ".join(e.why for e in result.not_modelled)
+    assert (note in said) if note else "bucket" not in said, said
+
+
+@pytest.mark.parametrize(
+    ("name", "buckets"),
+    [("ds_z3_config.json", "auto"), ("ds_z2_config.json", "deepspeed"), ("zero3_bf16.json", "auto")],
+)
+def test_a_named_deepspeed_file_sets_its_known_bucket_sizes(name: str, buckets: str) -> None:
+    text = json.dumps({"per_device_train_batch_size": 1, "deepspeed": f"examples/deepspeed/{name}"})
+    assert import_recipe([recipe("args.json", text)]).plan.zero_buckets == buckets
