@@ -46,12 +46,15 @@ MIXED_PRECISION_SEEN = frozenset({"mistral-7a6b40cc"})
 MIXED_PRECISION_2 = "cpu-matrix-multi-mp2"  # fp16 and with CPU offload (calibration/cpu-matrix-multi-mp2.toml)
 ZERO_SOURCE = "cpu-matrix-zero"
 # ZeRO at the DeepSpeed configs' "auto" bucket sizes (plan zero_buckets auto): the matrix, whose three ZeRO-3 LoRA
-# points without checkpointing drove app/core/step.py's ZeRO-3 linear rule (in-sample), its validation and the
-# accumulation and fp32 matrices (measured once, after that rule)
+# points without checkpointing drove app/core/step.py's ZeRO-3 linear rule (in-sample), its validation (measured
+# once, after that rule), and the accumulation and fp32 matrices, measured after it too, whose misses then drove
+# app/core/zero.py's accumulated gradient partition and fp32 master (in-sample as a whole)
 ZERO_AUTO, ZERO_AUTO_VALIDATION = "cpu-matrix-zero-auto", "cpu-validation-zero-auto"
 ZERO_AUTO_SEEN = frozenset({"llama-99c1298c", "mistral-3f69e068", "mistral-ed321b67"})
-ZERO_LATER = {"cpu-matrix-zero-accum": "gradient accumulation", "cpu-matrix-zero-fp32": "fp32"}
-ZERO_SOURCES = (ZERO_SOURCE, ZERO_AUTO, ZERO_AUTO_VALIDATION, *ZERO_LATER)
+ZERO_LATER = {
+    "cpu-matrix-zero-accum": "gradient accumulation; its two ZeRO-2 points, -8.18 % and -7.53 %, drove the kept partition",
+    "cpu-matrix-zero-fp32": "fp32; its two full fine-tuning points, -11.50 % and -10.22 %, drove the cloned master",
+}
 # FSDP1's matrix (tune / holdout by hash) and its validation matrix (measured once, after app/core/fsdp1.py)
 FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
 # the one holdout point of the FSDP1 matrix looked at while its LoRA terms were fixed (PEFT's adapter units)
@@ -208,6 +211,27 @@ own split (`activations:layer_activations` `mlp_part`), not read off a dump of t
 hook is a moment of full fine-tuning only: counting it for LoRA too, as a first version did, had this point at
 +5.88 %; no other point moved when it was dropped, the holdout points included.)
 
+## ZeRO at the configs' `auto` bucket sizes, with accumulation and in fp32
+
+Most DeepSpeed configs people run leave the bucket sizes to transformers: LLaMA-Factory's `ds_z3_config.json` and
+axolotl's `zero3*.json` say `"auto"`, which transformers fills from the hidden size `h` (`reduce_bucket_size` h·h,
+`stage3_prefetch_bucket_size` 0.9·h·h, `stage3_param_persistence_threshold` 10·h; integrations/deepspeed.py
+`trainer_config_finalize`). The plan's `zero_buckets` (deepspeed, the default, or auto) says which, and the import
+reads it from the config or the file's name. `cpu-matrix-zero-auto.toml` (10 points) runs the auto sizes, where at
+h 256 the bucket is 65,536 elements and no longer hides the rest of the peak, and the layers' weights are
+partitioned (above 10·h elements) rather than kept whole. Its three ZeRO-3 LoRA points without checkpointing were
+-6.83 % to -6.97 %: DeepSpeed's stage-3 `zero.Init` replaces `torch.nn.functional.linear` with
+`LinearFunctionForZeroStage3` (`memory_efficient_linear`, on by default), which saves every call's input, so a
+frozen base projection keeps its input as a trained one does (app/core/step.py `zero3_linear_saves_input`; with
+DeepSpeed's default persistence threshold these widths' weights were never partitioned, and the 1e9-byte bucket
+hid the rest). After that rule `cpu-validation-zero-auto.toml` (6 points, held out) reads within 2.21 % (its LoRA
+points without checkpointing +1.1 % to +2.2 %: a small over-estimate left). Gradient accumulation
+(`cpu-matrix-zero-accum.toml`) showed ZeRO-2's contiguous gradient partition (`grads_in_partition`, `d·Pn`) kept
+from the first reduction to the step, beside every later micro-batch (-8.18 %, -7.53 % before); fp32
+(`cpu-matrix-zero-fp32.toml`) showed ZeRO-3 cloning its fp32 master even in fp32: DeepSpeed shares the partition
+only when `partition.device == self.device`, a torch.device against a device-name string, which torch compares
+unequal (-11.50 %, -10.22 % before). Both matrices count in-sample.
+
 ## FSDP1
 
 `calibration/cpu-matrix-multi-fsdp1.toml` (11 points) and `cpu-validation-multi-fsdp1.toml` (held out, measured
@@ -249,11 +273,11 @@ under FSDP2 and says so (a strict plan is refused), and the matrices skip it.
 ## Not measured here, and why
 
 - **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-Offload (DeepSpeedCPUAdam is a C++ op the harness
-  does not build), QLoRA under ZeRO, fp16, fp32, other optimizers than torch's AdamW, gradient accumulation, and
-  configs other than DeepSpeed's ZeRO defaults (transformers' `auto` values, e.g. `reduce_bucket_size` =
-  hidden², are not modelled: the plan has no field for them). Those plans keep first-principles terms and say so
-  per term. ZeRO-3's reuse window (the last 5e8 elements stay gathered at the forward's end) is measured only
-  where the whole model fits in it (these widths); above it, it is the source's reading, unmeasured.
+  does not build), QLoRA under ZeRO, fp16, other optimizers than torch's AdamW, bucket sizes other than DeepSpeed's
+  defaults and the configs' `auto`, and `stage3_max_reuse_distance` / `max_live_parameters` 0 (axolotl's
+  zero3.json and zero3_bf16.json; the import says so). Those plans keep first-principles terms and say so per term.
+  ZeRO-3's reuse window (the last 5e8 elements stay gathered at the forward's end) is measured only where the whole
+  model fits in it (these widths); above it, it is the source's reading, unmeasured.
 - **Layers split across GPUs** (`--sharding none --gpus N`) are not run; nor FSDP1 with CPU offload, QLoRA or mixed precision.
 """
 

@@ -155,6 +155,10 @@ def test_the_shipped_multi_rank_page_is_what_the_command_writes_now() -> None:
         "cpu-matrix-multi-fsdp1-prefetch",
         "cpu-validation-multi-fsdp1-prefetch",
         "cpu-validation-multi-fsdp1-2",
+        "cpu-matrix-zero-auto",
+        "cpu-validation-zero-auto",
+        "cpu-matrix-zero-accum",
+        "cpu-matrix-zero-fp32",
     ],
 )
 def test_each_multi_rank_spec_expands_to_exactly_the_points_it_shipped(source: str) -> None:
