@@ -64,6 +64,7 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "sharding": "none",
         "fsdp_version": "2",
         "fsdp_backward_prefetch": "none",  # FSDP1 only: what TrainingArguments passes
+        "zero_buckets": "deepspeed",  # DeepSpeed's own defaults (a config's "auto" is read on import)
         "offload": "false",
         "fsdp_mixed_precision": "false",
         "fsdp_reduce_dtype": "param",
