@@ -72,3 +72,12 @@ def test_inverse_planning_gives_common_values_that_still_fit() -> None:
         assert estimate(llama(), rounded).device_bytes <= budget, limit.field
     assert result.seq_len.common_value % 256 == 0  # type: ignore[operator]
     assert result.rank.common_value & (result.rank.common_value - 1) == 0  # type: ignore[operator]
+
+
+def test_sgd_and_adafactor_under_zero_say_what_the_probe_runs_measured() -> None:
+    for optimizer, sharding in (("sgd", "zero2"), ("adafactor", "zero3")):
+        plan = TrainingPlan(method="full", optimizer=optimizer, gpus=8, sharding=sharding)
+        (note,) = [n for n in estimate(llama(), plan).notes if "probe runs" in n]
+        assert optimizer in note and sharding in note and "margin" in note
+    adamw = TrainingPlan(method="full", optimizer="adamw", gpus=8, sharding="zero2")
+    assert not any("probe runs" in n for n in estimate(llama(), adamw).notes)
