@@ -19,6 +19,7 @@ import pytest
 from app.calibration.compare import compare_to, spec_for, to_record
 from app.calibration.distributed import check_distributed_plan, run_distributed, with_reshard
 from app.calibration.matrix import load_spec
+from app.calibration.multi_report import SOURCES as MULTI_SOURCES
 from app.calibration.report import accuracy_markdown
 from app.core.plan import TrainingPlan
 from app.errors import CalibrationError
@@ -142,25 +143,7 @@ def test_the_shipped_multi_rank_page_is_what_the_command_writes_now() -> None:
     assert "| cpu-validation-multi (held out: measured once, after the fit) | 12 |" in text
 
 
-@pytest.mark.parametrize(
-    "source",
-    [
-        "cpu-matrix-multi",
-        "cpu-validation-multi",
-        "cpu-matrix-multi-offload",
-        "cpu-matrix-multi-qlora",
-        "cpu-matrix-multi-mp",
-        "cpu-matrix-multi-mp2",
-        "cpu-matrix-zero",
-        "cpu-matrix-multi-fsdp1-prefetch",
-        "cpu-validation-multi-fsdp1-prefetch",
-        "cpu-validation-multi-fsdp1-2",
-        "cpu-matrix-zero-auto",
-        "cpu-validation-zero-auto",
-        "cpu-matrix-zero-accum",
-        "cpu-matrix-zero-fp32",
-    ],
-)
+@pytest.mark.parametrize("source", MULTI_SOURCES)
 def test_each_multi_rank_spec_expands_to_exactly_the_points_it_shipped(source: str) -> None:
     """A rerun of the spec measures what shipped: QLoRA under FSDP2, which runs now, is skipped by the matrices
     drawn before it ran (their `skip`), and has its own spec (cpu-matrix-multi-qlora.toml)."""
