@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.recipes import axolotl, bnb, llamafactory, peft, trl
+from app.recipes import deepspeed as ds
 from app.recipes import transformers_args as hf
 from app.recipes.parse import refuse
 from app.recipes.rules import Doc, Rule
@@ -63,6 +64,7 @@ FORMATS: dict[str, Format] = {
         Format("axolotl", "axolotl YAML", axolotl.FIELDS, axolotl.defaults, axolotl.DISTINCTIVE, axolotl.ALIASES),
         TRANSFORMERS,
         Format("peft", "PEFT adapter_config.json / LoraConfig", peft.FIELDS, _static(peft.DEFAULTS), peft.DISTINCTIVE),
+        Format("deepspeed", "DeepSpeed config JSON (ds_config.json)", ds.FIELDS, _static({}), ds.DISTINCTIVE),
         Format(
             "bitsandbytes",
             "bitsandbytes BitsAndBytesConfig (or a config holding quantization_config)",

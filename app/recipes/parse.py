@@ -17,7 +17,7 @@ MAX_DEPTH = 64  # nesting of mappings and lists; real configs stay under 6
 EXPECTED = (
     "expected one of: axolotl YAML, LLaMA-Factory YAML, TRL SFTConfig / trl CLI YAML, "
     "transformers TrainingArguments (JSON or YAML), PEFT adapter_config.json / LoraConfig, "
-    "bitsandbytes BitsAndBytesConfig (or a config holding quantization_config)"
+    "DeepSpeed config JSON (ds_config.json), bitsandbytes BitsAndBytesConfig (or a config holding quantization_config)"
 )
 
 

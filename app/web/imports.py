@@ -30,7 +30,7 @@ async def read_configs(request: Request) -> tuple[list[Any], str | None]:
     if not files:
         raise InputError(
             "paste a training config or choose a file: an axolotl or LLaMA-Factory YAML, TrainingArguments / "
-            "SFTConfig, adapter_config.json or a BitsAndBytesConfig",
+            "SFTConfig, adapter_config.json, a DeepSpeed config or a BitsAndBytesConfig",
             errors=[{"field": "config_text", "message": "nothing to import"}],
         )
     return files, model.strip() if isinstance(model, str) and model.strip() else None
