@@ -595,9 +595,7 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
         },
         *([next_layer_moment(s, held)] if g.reduce_scatter_layer else []),
         *([root_regather_moment(s, held)] if g.root_regather else []),
-        *([flat_grad_cat_moment(s, held)] if g.flat_grad_cat else []),
-        *([reduce_scatter_next_moment(s, held)] if g.reduce_scatter_next[1] else []),
-        *([late_prefetch_moment(s, held)] if g.late_prefetch else []),
+        *fsdp1_backward_moments(s, held),
         {
             **held,
             "activation_bytes": s.activations_at_end,
@@ -639,6 +637,17 @@ def flat_grad_cat_moment(s: StepTerms, held: Moment) -> Moment:
         "allgather_buffer_bytes": s.sharded.backward_next + s.zero3_gathered,
         "reduce_scatter_bytes": s.sharded.flat_grad_cat,
     }
+
+
+def fsdp1_backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
+    """FSDP1's own backward moments (app/core/fsdp1.py), each where its term is non-zero: the flat gradient's
+    concatenation, the reduce-scatter of the layer before the last, LoRA's late prefetch under BACKWARD_POST."""
+    g = s.sharded
+    return [
+        *([flat_grad_cat_moment(s, held)] if g.flat_grad_cat else []),
+        *([reduce_scatter_next_moment(s, held)] if g.reduce_scatter_next[1] else []),
+        *([late_prefetch_moment(s, held)] if g.late_prefetch else []),
+    ]
 
 
 def late_prefetch_moment(s: StepTerms, held: Moment) -> Moment:

@@ -298,8 +298,6 @@ def zero_moments(z: ZeroTerms, a: StepActivations) -> dict[str, list[Moment]]:
     step_held = {**load, "optimizer_state_bytes": z.states, "kept_logits_bytes": a.kept_logits}
     held = {**step_held, "gradient_bytes": z.grad_partition + z.accumulated}  # forward and backward
     gathered = z.persistent + z.gathered
-    backward = {**held, "zero_bucket_bytes": z.bucket, "allgather_buffer_bytes": z.persistent}
-    layer = {"layer_transient_bytes": a.layer_backward, "dequant_transient_bytes": a.dequant}
     forward_layer = {"layer_transient_bytes": a.layer_forward, "dequant_transient_bytes": a.dequant}
     return {
         "load": [{**load, "zero_init_bytes": z.init}],
@@ -322,33 +320,42 @@ def zero_moments(z: ZeroTerms, a: StepActivations) -> dict[str, list[Moment]]:
                 **forward_layer,
             },
         ],
-        "backward": [
-            {
-                **held,
-                "allgather_buffer_bytes": gathered,
-                "activation_bytes": a.activations,
-                "logits_peak_bytes": a.logits_backward,
-            },
-            *(
-                [
-                    {
-                        **backward,
-                        "activation_bytes": a.activations,
-                        "gradient_bytes": z.grad_partition + z.accumulated + z.head_hook,
-                    }
-                ]
-                if z.head_hook
-                else []
-            ),
-            {  # the first gradient hook in the last layer: its MLP's saved tensors gone first when no adapter is there
-                **backward,
-                **layer,
-                "activation_bytes": a.activations - a.head_saved - (0 if z.mlp_adapted else a.mlp_saved),
-            },
-            {**backward, "zero_reduce_bytes": z.reduce + z.end_gather},
-        ],
+        "backward": zero_backward_moments(z, a, held, gathered),
         "optimizer": [
             {**step_held, "gradient_bytes": z.grad_partition + z.fp32_grad, "optimizer_temp_bytes": z.step_temp},
             {**step_held, "allgather_buffer_bytes": z.persistent},  # after the step: the persistent ones gathered again
         ],
     }
+
+
+def zero_backward_moments(z: ZeroTerms, a: StepActivations, held: Moment, gathered: int) -> list[Moment]:
+    """ZeRO's backward (`zero_moments`): at the loss; at lm_head's gradient hook under full fine-tuning; at the first
+    gradient hook in the last layer (ZeRO-2 makes its bucket there: the final norm's saved tensors and the logits
+    freed); at its end, the bucket's gradients flattened for the reduction."""
+    backward = {**held, "zero_bucket_bytes": z.bucket, "allgather_buffer_bytes": z.persistent}
+    layer = {"layer_transient_bytes": a.layer_backward, "dequant_transient_bytes": a.dequant}
+    return [
+        {
+            **held,
+            "allgather_buffer_bytes": gathered,
+            "activation_bytes": a.activations,
+            "logits_peak_bytes": a.logits_backward,
+        },
+        *(
+            [
+                {
+                    **backward,
+                    "activation_bytes": a.activations,
+                    "gradient_bytes": z.grad_partition + z.accumulated + z.head_hook,
+                }
+            ]
+            if z.head_hook
+            else []
+        ),
+        {  # the first gradient hook in the last layer: its MLP's saved tensors gone first when no adapter is there
+            **backward,
+            **layer,
+            "activation_bytes": a.activations - a.head_saved - (0 if z.mlp_adapted else a.mlp_saved),
+        },
+        {**backward, "zero_reduce_bytes": z.reduce + z.end_gather},
+    ]
