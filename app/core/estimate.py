@@ -38,6 +38,7 @@ from app.core.sharding import (
     ShardedMoments,
     fsdp_backward_gradient_bytes,
     fsdp_layer_shard_bytes,
+    in_param_dtype,
     input_embedding_gradient_bytes,
     sharded_moments,
     zero3_gathered_bytes,
@@ -407,6 +408,7 @@ class StepTerms(NamedTuple):
     layer_backward: int
     layer_backward_own: int  # the largest kind's backward moments alone, without the recompute's saved set
     late_freed: int  # late in a layer's backward, what it saved and has freed (checkpointing: its input kept)
+    layer_end: tuple[int, int]  # FSDP2 full fine-tuning: a layer's unsharded gradient, its recomputed attention half
     first_layer_backward: int  # layer 0's kind
     kind_moments: tuple[KindMoment, ...]
     next_layer_grads: int  # FSDP2: gradient_bytes in the backward of the layer before the last
@@ -450,6 +452,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         layer_forward=layers_backward.forward,
         layer_backward=layers_backward.last,
         layer_backward_own=max(la.backward_transient for _, la in stack.kinds),
+        layer_end=layer_end_bytes(inv, plan, stack, share.layers),
         late_freed=0
         if plan.gradient_checkpointing
         else math.ceil((acts - stack.first.head_saved - acts_at_end) / max(1, share.layers - 1)),
@@ -593,7 +596,7 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             "allgather_buffer_bytes": (g.backward_last if g.backward_last_done is None else g.backward_last_done) + z,
             "reduce_scatter_bytes": g.reduce_scatter_peak,
         },
-        *([next_layer_moment(s, held)] if g.reduce_scatter_layer else []),
+        *next_layer_moments(s, held),
         *([root_regather_moment(s, held)] if g.root_regather else []),
         *fsdp1_backward_moments(s, held),
         {
@@ -699,6 +702,46 @@ def next_layer_moment(s: StepTerms, held: Moment) -> Moment:
         "dequant_transient_bytes": s.dequant,
         "allgather_buffer_bytes": g.backward_next + s.zero3_gathered,
         "reduce_scatter_bytes": g.reduce_scatter_layer,
+    }
+
+
+def next_layer_moments(s: StepTerms, held: Moment) -> list[Moment]:
+    """The layer before the last: its backward beside the last layer's kept reduce-scatter input
+    (`next_layer_moment`) and, for FSDP2 full fine-tuning, the end of that backward (`layer_end_moment`)."""
+    return [
+        *([next_layer_moment(s, held)] if s.sharded.reduce_scatter_layer else []),
+        *([layer_end_moment(s, held)] if s.layer_end[0] else []),
+    ]
+
+
+def layer_end_bytes(inv: Inventory, plan: TrainingPlan, stack: LayerStack, layers: int) -> tuple[int, int]:
+    """FSDP2 full fine-tuning, the end of the backward of the layer before the last: `(G_l, attention half)`, its
+    whole unsharded gradient (every projection's, q/k/v/o included, in the param dtype) and, with checkpointing, the
+    attention half of its recomputed set (`saved − mlp_part`, still read by the last projections' backward); (0, 0)
+    otherwise. Measured on CPU ranks (llama, full, fsdp with offload, checkpointing: the peak with all seven
+    projections' gradients and the attention's recomputed tensors alive, 512 KiB above the moment before it).
+    Source: torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py (`post_backward` runs once the layer's
+    gradients are all made)."""
+    if plan.sharding not in FSDP or plan.fsdp_version != 2 or plan.gpus < 2 or plan.method != "full" or layers < 2:
+        return (0, 0)
+    grads = in_param_dtype(plan, math.ceil(inv.grads.layers / max(1, layers)))
+    la = stack.first
+    attention = max(0, la.saved - la.input_in_saved - la.mlp_part) if plan.gradient_checkpointing else 0
+    return (grads, attention)
+
+
+def layer_end_moment(s: StepTerms, held: Moment) -> Moment:
+    """FSDP2 full fine-tuning: the layer before the last at the end of its backward (`layer_end_bytes`): its MLP's
+    saved tensors freed, its gradient whole beside the last layer's kept reduce-scatter input, the attention half
+    of its recomputed set (checkpointing) still alive, two layers' worth gathered as in `next_layer_moment`."""
+    grads, attention = s.layer_end
+    return {
+        **held,
+        "activation_bytes": s.activations - s.head_saved - s.layer_saved - s.mlp_saved,
+        "gradient_bytes": s.accumulated + s.next_layer_grads,
+        "layer_transient_bytes": attention,
+        "allgather_buffer_bytes": s.sharded.backward_next + s.zero3_gathered,
+        "reduce_scatter_bytes": s.sharded.reduce_scatter_layer + grads,
     }
 
 
