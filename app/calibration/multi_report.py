@@ -335,9 +335,7 @@ def groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[Measure
         )
     )
     for source, label in ZERO_LATER.items():
-        out.append(
-            (f"{source} ({label}, auto buckets; measured once, after it)", [r for r in records if r.source == source])
-        )
+        out.append((f"{source} (auto buckets, {label}: in-sample)", [r for r in records if r.source == source]))
     out += fsdp1_groups(records)
     fsdp2 = [r for r in records if r.plan.get("fsdp_version", 2) != 1]
     for sharding in ("ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"):
@@ -353,12 +351,12 @@ def bucket_bytes(record: MeasurementRecord) -> int:
     5e8, or `hidden²` at the configs' "auto", `zero:bucket_sizes`), else 0."""
     from app.core.quant import rounded
     from app.core.units import DTYPE_BYTES
-    from app.core.zero import REDUCE_BUCKET_ELEMENTS
+    from app.core.zero import REDUCE_BUCKET_ELEMENTS, auto_buckets
 
     if record.plan.get("sharding") not in ("zero2", "zero3"):
         return 0
-    h = int(record.config.get("hidden_size", 0))
-    elements = h * h if record.plan.get("zero_buckets") == "auto" else REDUCE_BUCKET_ELEMENTS
+    auto = record.plan.get("zero_buckets") == "auto"
+    elements = auto_buckets(int(record.config.get("hidden_size", 0))).reduce if auto else REDUCE_BUCKET_ELEMENTS
     return rounded(elements * DTYPE_BYTES[str(record.plan.get("dtype", "bf16"))])
 
 
@@ -416,11 +414,6 @@ def fsdp1_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[M
         ),
         ("FSDP1 (fsdp, fsdp_grad_op)", [r for r in records if r.plan.get("fsdp_version") == 1]),
     ]
-
-
-def is_known_miss(record: MeasurementRecord) -> bool:
-    """Whether the record is one of KNOWN_MISSES (a measured point outside ±5 %, named with its reason)."""
-    return (record.source or "", _point_id(record)) in KNOWN_MISSES
 
 
 def _point_id(record: MeasurementRecord) -> str:

@@ -81,12 +81,14 @@ def zero_buckets(plan: TrainingPlan, hidden_size: int) -> dict[str, Any]:
         return dict(ZERO_DEFAULTS)
     if hidden_size <= 0:
         raise CalibrationError("zero_buckets auto is filled from the model's hidden size: pass it")
-    h = hidden_size
+    from app.core.zero import auto_buckets
+
+    auto = auto_buckets(hidden_size)
     return {
         **ZERO_DEFAULTS,
-        "reduce_bucket_size": h * h,
-        "stage3_prefetch_bucket_size": int(0.9 * h * h),
-        "stage3_param_persistence_threshold": 10 * h,
+        "reduce_bucket_size": auto.reduce,
+        "stage3_prefetch_bucket_size": auto.prefetch,
+        "stage3_param_persistence_threshold": auto.persistence,
     }
 
 

@@ -437,13 +437,14 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         head_grads, late_grads = fsdp_backward_gradient_bytes(inv, plan, share.layers, embed)
     layer_grads = resident.grads - late_grads
     layers_backward = backward_layers(stack, plan, share, resident.grads, (head_grads, layer_grads), acts)
+    layer_saved = math.ceil((acts - stack.first.head_saved - acts_at_end) / max(1, share.layers - 1))
     return StepTerms(
         resident=resident,
         zero3_gathered=zero3_gathered_bytes(inv, plan),
         sharded=sharded_moments(inv, plan, share.layers, resident.grads),
         activations=acts,
         activations_at_end=acts_at_end,
-        layer_saved=math.ceil((acts - stack.first.head_saved - acts_at_end) / max(1, share.layers - 1)),
+        layer_saved=layer_saved,
         mlp_saved=0 if plan.gradient_checkpointing else stack.first.mlp_part,
         head_saved=stack.first.head_saved,
         logits_forward=logits_forward,
@@ -453,9 +454,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         layer_backward=layers_backward.last,
         layer_backward_own=max(la.backward_transient for _, la in stack.kinds),
         layer_end=layer_end_bytes(inv, plan, stack, share.layers),
-        late_freed=0
-        if plan.gradient_checkpointing
-        else math.ceil((acts - stack.first.head_saved - acts_at_end) / max(1, share.layers - 1)),
+        late_freed=0 if plan.gradient_checkpointing else layer_saved,
         first_layer_backward=layers_backward.first,
         kind_moments=layers_backward.moments,
         next_layer_grads=head_grads + fsdp_layer_shard_bytes(inv, plan, share.layers),

@@ -55,8 +55,7 @@ class ShardedMoments(NamedTuple):
 
 def no_sharding() -> ShardedMoments:
     """Nothing gathered, bucketed or reduce-scattered at any moment (one GPU, DDP before its own terms)."""
-    ints = ShardedMoments._fields[: ShardedMoments._fields.index("flat_grad_cat")]
-    return ShardedMoments._make([0] * len(ints) + [0, None, (0, 0), 0])
+    return ShardedMoments._make([0] * 17 + [None, (0, 0), 0])  # the FSDP1 fields after flat_grad_cat: their "none"
 
 
 def sharded_moments(inv: Inventory, plan: TrainingPlan, num_layers: int, grads: int) -> ShardedMoments:

@@ -55,9 +55,11 @@ def bucket_sizes(model: ModelSpec, plan: TrainingPlan) -> Buckets:
     stage3_param_persistence_threshold `10·h` (the last two under ZeRO-3 only; ZeRO-2 does not read them). Source:
     transformers 5.24.0 integrations/deepspeed.py `HfTrainerDeepSpeedConfig.trainer_config_finalize`, and the same
     formulas in accelerate's accelerator.py `_prepare_deepspeed`."""
-    if plan.zero_buckets == "deepspeed":
-        return DEEPSPEED_BUCKETS
-    h = model.arch.hidden_size
+    return DEEPSPEED_BUCKETS if plan.zero_buckets == "deepspeed" else auto_buckets(model.arch.hidden_size)
+
+
+def auto_buckets(h: int) -> Buckets:
+    """The DeepSpeed config's `"auto"` bucket sizes for hidden size `h` (`bucket_sizes`)."""
     return Buckets(reduce=h * h, prefetch=int(0.9 * h * h), persistence=10 * h)
 
 
