@@ -22,6 +22,7 @@ from app.core.adapters import accepted_plan, lora_key
 from app.core.capabilities import BNB_OPTIMIZERS
 from app.core.evidence import term_evidence
 from app.core.experts import RouterAux, router_aux_loss_bytes
+from app.core.fsdp1 import layer_grad_pieces
 from app.core.layer_walk import KindMoment, Walk, device_checkpoint_inputs, host_checkpoint_bytes, walk_moments
 from app.core.layer_walk import kind_backward_bytes as kind_backward_bytes  # re-exported: the README's row names it
 from app.core.mxfp4 import mxfp4_notes
@@ -441,7 +442,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
     return StepTerms(
         resident=resident,
         zero3_gathered=zero3_gathered_bytes(inv, plan),
-        sharded=sharded_moments(inv, plan, share.layers, resident.grads),
+        sharded=sharded_moments(inv, plan, share.layers, resident.grads, layer_grad_pieces(model, plan)),
         activations=acts,
         activations_at_end=acts_at_end,
         layer_saved=layer_saved,
@@ -643,13 +644,28 @@ def flat_grad_cat_moment(s: StepTerms, held: Moment) -> Moment:
 
 def fsdp1_backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     """FSDP1's own backward moments (app/core/fsdp1.py), each where its term is non-zero: the flat gradient's
-    concatenation, the reduce-scatter of the layer before the last, LoRA's late prefetch under BACKWARD_POST."""
+    concatenation (the layer before the last's, layer 0's), the reduce-scatter of the layer before the last, LoRA's
+    late prefetch under BACKWARD_POST."""
     g = s.sharded
     return [
         *([flat_grad_cat_moment(s, held)] if g.flat_grad_cat else []),
+        *([first_cat_moment(s, held)] if g.first_cat else []),
         *([reduce_scatter_next_moment(s, held)] if g.reduce_scatter_next[1] else []),
         *([late_prefetch_moment(s, held)] if g.late_prefetch else []),
     ]
+
+
+def first_cat_moment(s: StepTerms, held: Moment) -> Moment:
+    """FSDP1 full fine-tuning: layer 0 concatenates its flat gradient (`fsdp1:first_cat_bytes`), still gathered, its
+    recomputed and saved tensors freed (what the step keeps to its end alive), every later layer's gradient shard
+    and the root's gradients made."""
+    return {
+        **held,
+        "activation_bytes": s.activations_at_end,
+        "gradient_bytes": s.accumulated + s.resident.grads - s.late_grads if s.accumulated else s.late_grads,
+        "allgather_buffer_bytes": s.sharded.backward_first + s.zero3_gathered,
+        "reduce_scatter_bytes": s.sharded.first_cat,
+    }
 
 
 def late_prefetch_moment(s: StepTerms, held: Moment) -> Moment:

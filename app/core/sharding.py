@@ -51,20 +51,24 @@ class ShardedMoments(NamedTuple):
     reduce_scatter_next: tuple[int, int] = (0, 0)
     # FSDP1 LoRA under BACKWARD_POST (fsdp1.py): gathered late in the last layer's backward; 0: no such moment
     late_prefetch: int = 0
+    # FSDP1 full fine-tuning (fsdp1.py): layer 0's gradient pieces and their concatenation; 0: no such moment
+    first_cat: int = 0
 
 
 def no_sharding() -> ShardedMoments:
     """Nothing gathered, bucketed or reduce-scattered at any moment (one GPU, DDP before its own terms)."""
-    return ShardedMoments._make([0] * 17 + [None, (0, 0), 0])  # the FSDP1 fields after flat_grad_cat: their "none"
+    return ShardedMoments._make([0] * 17 + [None, (0, 0), 0, 0])  # the FSDP1 fields after flat_grad_cat: their "none"
 
 
-def sharded_moments(inv: Inventory, plan: TrainingPlan, num_layers: int, grads: int) -> ShardedMoments:
+def sharded_moments(
+    inv: Inventory, plan: TrainingPlan, num_layers: int, grads: int, pieces: tuple[int, int] = (1, 1)
+) -> ShardedMoments:
     """DDP's terms (`ddp_bucket_bytes`, `ddp_broadcast_bytes`), FSDP2's (`fsdp_gathered_bytes`) or FSDP1's
-    (`fsdp1.fsdp1_gathered_bytes`, plan.fsdp_version 1); zero for others."""
+    (`fsdp1.fsdp1_gathered_bytes`, plan.fsdp_version 1, `pieces` its `layer_grad_pieces`); zero for others."""
     if plan.sharding in FSDP and plan.fsdp_version == 1 and plan.gpus > 1:
         from app.core.fsdp1 import fsdp1_gathered_bytes  # imports this module
 
-        return fsdp1_gathered_bytes(inv, plan, num_layers)
+        return fsdp1_gathered_bytes(inv, plan, num_layers, pieces)
     if plan.sharding in FSDP:
         return fsdp_gathered_bytes(inv, plan, num_layers)
     none = no_sharding()
