@@ -300,12 +300,35 @@ def run_steps(
         ids = torch.randint(vocab_size, (plan.batch_size, plan.seq_len), generator=generator).to(plan.device)
         held: list[Any] = [None]  # the model output a loop like `out = model(...); out.loss.backward()` holds
         for _ in range(steps):
-            for _ in range(plan.grad_accum_steps):
-                _micro_batch(model, ids, probe, labels, held, plan)
+            for micro in range(plan.grad_accum_steps):
+                with gradient_sync(model, plan, last=micro == plan.grad_accum_steps - 1):
+                    _micro_batch(model, ids, probe, labels, held, plan)
             _optimizer_step(optimizer, probe, labels.optimizer(), on_host=plan.offload)
         del optimizer, ids, held
     reserved = probe.peak_reserved if plan.device == "cuda" else None
     return probe.phases, probe.peak_allocated, reserved
+
+
+@contextmanager
+def gradient_sync(model: Any, plan: TrainingPlan, *, last: bool) -> Iterator[None]:
+    """A micro-batch before the last of an accumulation window skips the gradient sync, as transformers' Trainer runs
+    it (`accelerator.no_sync` unless accelerate's `sync_each_batch`): DDP's and FSDP1's `no_sync()`, FSDP2's
+    `set_requires_gradient_sync(False)`, so each rank accumulates unsharded gradients and the last micro-batch
+    reduces them. Nothing for one device, for the last micro-batch, and under DeepSpeed (its engine accumulates).
+    Source: transformers 5.24 trainer.py (`_inner_training_loop`: `sync_context`), accelerate 1.15
+    accelerator.py (`no_sync`: `model.set_requires_gradient_sync(False)` for FSDP2, else `model.no_sync`)."""
+    if last or plan.gpus < 2 or plan.sharding not in ("ddp", "fsdp", "fsdp_grad_op"):
+        yield
+        return
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2's FSDPModule
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+        return
+    with model.no_sync():  # DistributedDataParallel, FullyShardedDataParallel
+        yield
 
 
 def batch_mask(ids: torch.Tensor) -> dict[str, torch.Tensor]:

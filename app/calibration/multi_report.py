@@ -38,6 +38,7 @@ SOURCES = (
     "cpu-validation-zero-auto",
     "cpu-matrix-zero-accum",
     "cpu-matrix-zero-fp32",
+    "cpu-matrix-multi-accum",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -57,6 +58,11 @@ ZERO_LATER = {
     "cpu-matrix-zero-accum": "gradient accumulation; its two ZeRO-2 points, -8.18 % and -7.53 %, drove the kept partition",
     "cpu-matrix-zero-fp32": "fp32; its two full fine-tuning points, -11.50 % and -10.22 %, drove the cloned master",
 }
+# gradient accumulation under DDP / FSDP1 / FSDP2 as the Trainer runs it (no sync before a window's last micro-batch):
+# measured once, after its terms were written from probe runs (not shipped); then FSDP2's new shard at the last
+# reduce-scatter was added from a CI point's dump (three of its points moved: -3.65 to -2.45, -2.55 to -0.42, +0.24 to
+# +1.10 %), so it counts in-sample
+ACCUMULATION = "cpu-matrix-multi-accum"
 # FSDP1's matrix (tune / holdout by hash) and its validation matrix (measured once, after app/core/fsdp1.py)
 FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
 # the one holdout point of the FSDP1 matrix looked at while its LoRA terms were fixed (PEFT's adapter units)
@@ -286,6 +292,24 @@ and those three count in-sample. `cpu-validation-multi-fsdp1-3.toml` (15 points,
 biases, new widths) and `cpu-validation-multi-fsdp1-4.toml` (FULL_SHARD full fine-tuning on 4 ranks, the old
 miss's layout) were measured once after that.
 
+## Gradient accumulation under DDP and FSDP
+
+transformers' Trainer runs every micro-batch of an accumulation window but the last under accelerate's `no_sync`
+(DDP's and FSDP1's `no_sync()`, FSDP2's `set_requires_gradient_sync(False)`; trainer.py `sync_context`, unless
+accelerate's `sync_each_batch`), and the harness does the same (`app/calibration/harness.py` `gradient_sync`). Under
+FSDP each rank then keeps every unit's gradient unsharded from the first micro-batch's backward to the last one's
+reduce-scatter: the whole model's gradients on every GPU (`sharding:no_sync_gradient_bytes`; in the reduce dtype
+under MixedPrecisionPolicy; on the device with CPU offload too), so an accumulating FSDP step needs far more than a
+synced one (a 7B full fine-tune on 8 GPUs: +11 GiB per GPU). Before the term, probe runs read -9.11 % (FSDP2) and
+-12.59 % (FSDP1) on llama; the estimate keeps the backward's own gradient terms inside the accumulated ones
+(`estimate:no_sync_terms`: FSDP2 adds each new gradient into the unsharded one, its reduce-scatter copies the
+layer's; FSDP1 concatenates new pieces beside the accumulated flat gradient, lm_head's a piece of the root's until
+the root's own concatenation). `cpu-matrix-multi-accum.toml` (23 points: DDP, FSDP1 and FSDP2, reshard on and off,
+CPU offload, MixedPrecisionPolicy; full, LoRA and QLoRA under DDP; 2 and 4 ranks, 2 and 4 micro-batches) was
+measured once after that; FSDP2's new shard beside the last reduce-scatter's input was added after it, from the dump
+of a CI point (`sharding:no_sync_reduce_scatter_bytes`; three of the matrix's points moved, the largest -3.65 % to
+-2.45 %), so the matrix counts in-sample. accelerate's `sync_each_batch` is not a plan field: the import reports it as not modelled.
+
 ## Not measured here, and why
 
 - **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-Offload (DeepSpeedCPUAdam is a C++ op the harness
@@ -352,6 +376,13 @@ def groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[Measure
     )
     for source, label in ZERO_LATER.items():
         out.append((f"{source} (auto buckets, {label}: in-sample)", [r for r in records if r.source == source]))
+    out.append(
+        (
+            f"{ACCUMULATION} (accumulation as the Trainer runs it; measured once after its terms, one term added "
+            "after: in-sample)",
+            [r for r in records if r.source == ACCUMULATION],
+        )
+    )
     out += fsdp1_groups(records)
     fsdp2 = [r for r in records if r.plan.get("fsdp_version", 2) != 1]
     for sharding in ("ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"):

@@ -41,6 +41,8 @@ from app.core.sharding import (
     fsdp_layer_shard_bytes,
     in_param_dtype,
     input_embedding_gradient_bytes,
+    no_sync_gradient_bytes,
+    no_sync_reduce_scatter_bytes,
     sharded_moments,
     zero3_gathered_bytes,
 )
@@ -439,7 +441,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
     layer_grads = resident.grads - late_grads
     layers_backward = backward_layers(stack, plan, share, resident.grads, (head_grads, layer_grads), acts)
     layer_saved = math.ceil((acts - stack.first.head_saved - acts_at_end) / max(1, share.layers - 1))
-    return StepTerms(
+    terms = StepTerms(
         resident=resident,
         zero3_gathered=zero3_gathered_bytes(inv, plan),
         sharded=sharded_moments(inv, plan, share.layers, resident.grads, layer_grad_pieces(model, plan)),
@@ -469,6 +471,34 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         host_activations=host_checkpoint_bytes(plan, kept_layers(plan, share.layers)[0], stack.first.layer_input),
         router_aux=router_aux_loss_bytes(model, plan, share.layers),
         zero=zero_terms(model, plan, tensors.adapted),
+    )
+    return no_sync_terms(terms, inv, plan, share.layers)
+
+
+def no_sync_terms(s: StepTerms, inv: Inventory, plan: TrainingPlan, layers: int) -> StepTerms:
+    """FSDP accumulating without a sync before the last micro-batch (`sharding:no_sync_gradient_bytes`): every
+    unit's unsharded gradient is the accumulated gradient from the first backward on, so the backward's own gradient
+    terms (the shards made, a layer's new ones) are inside it. FSDP2 adds each new gradient into the unsharded one
+    one parameter at a time (lm_head's too), and its reduce-scatter adds an input copy of the layer's accumulated
+    gradient and the new shard (`sharding:no_sync_reduce_scatter_bytes`). FSDP1's new pieces and their concatenation
+    are made beside the accumulated flat gradient before autograd adds them in (kept), and lm_head's new gradient is
+    a piece of the root's until the root's concatenation at the end (kept). The end-of-backward root reduce-scatter,
+    every layer sharded by then, never outweighs them (dropped). `s` unchanged otherwise. Measured on CPU ranks
+    (calibration/cpu-matrix-multi-accum.toml: the FSDP1 peak at the last layer's concatenation, lm_head's piece
+    beside the accumulated flat gradients)."""
+    unsharded = no_sync_gradient_bytes(inv, plan)
+    if not unsharded:
+        return s
+    g = s.sharded
+    if plan.fsdp_version == 2:
+        g = g._replace(reduce_scatter_peak=no_sync_reduce_scatter_bytes(inv, plan, layers))
+    return s._replace(
+        accumulated=unsharded,
+        head_grads=s.head_grads if plan.fsdp_version == 1 else 0,
+        late_grads=s.resident.grads,  # no layer gradient made beside the accumulated ones
+        next_layer_grads=0,
+        layer_end=(0, s.layer_end[1]),
+        sharded=g._replace(end_grads=0),
     )
 
 
@@ -817,6 +847,7 @@ def _notes(
         notes.append(
             f"the Hub reports {model.published_params:,} parameters; the inventory counts {model.num_params:,}"
         )
+    notes += _no_sync_notes(tensors.inventory, plan)
     if offloaded:
         notes.append(f"{offloaded:,} bytes of states/weights live in host RAM (offload); not on the GPU")
     if host_activations:
@@ -825,6 +856,19 @@ def _notes(
             "measured on CPU by placement); not on the GPU"
         )
     return notes
+
+
+def _no_sync_notes(inv: Inventory, plan: TrainingPlan) -> list[str]:
+    """FSDP accumulating as the Trainer does (`sharding:no_sync_gradient_bytes`): what it holds, and the switch."""
+    unsharded = no_sync_gradient_bytes(inv, plan)
+    if not unsharded:
+        return []
+    return [
+        f"gradient accumulation under FSDP: transformers' Trainer skips the gradient sync before each window's last "
+        f"micro-batch (accelerate's no_sync), so every GPU holds the whole model's gradients unsharded "
+        f"({unsharded:,} bytes) through the window; accelerate's sync_each_batch (TrainingArguments "
+        "accelerator_config) keeps them sharded at the cost of a reduce-scatter per micro-batch"
+    ]
 
 
 @lru_cache(maxsize=256)

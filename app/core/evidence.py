@@ -7,7 +7,8 @@ QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml), FSDP
 and fp16 over fp32 shards, with and without offload (calibration/cpu-matrix-multi-mp.toml, cpu-matrix-multi-mp2.toml),
 FSDP1 full and LoRA (calibration/cpu-matrix-multi-fsdp1.toml; QLoRA under FSDP1 is not
 run: first-principles), and DeepSpeed ZeRO-2/3 engines (bf16 and fp32, torch AdamW, full and LoRA, with and without accumulation, at
-DeepSpeed's bucket sizes and the configs' auto: calibration/cpu-matrix-zero*.toml, app/core/zero.py). Checkpointing every n-th layer (`checkpoint_every`, calibration/cpu-matrix-trainer-every2.toml)
+DeepSpeed's bucket sizes and the configs' auto: calibration/cpu-matrix-zero*.toml, app/core/zero.py), and gradient
+accumulation under DDP, FSDP1 and FSDP2 as transformers' Trainer runs it (calibration/cpu-matrix-multi-accum.toml). Checkpointing every n-th layer (`checkpoint_every`, calibration/cpu-matrix-trainer-every2.toml)
 and offloaded checkpointing (`checkpoint_offload`, counted by placement: app/calibration/offload.py
 `host_saved_checkpoints`, calibration/cpu-matrix-trainer-offload.toml) are measured on the CPU tracker through
 transformers.Trainer. Nothing here is measured on CUDA yet: the CUDA-only overheads, ZeRO-Offload, ZeRO in
@@ -75,13 +76,12 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
     if term == "logits_peak_bytes" and plan.loop == "sft" and plan.device == "cuda":
         return "first-principles"  # TRL's Triton folds of the fused LM head: the CPU runs measure its torch folds
     if plan.gpus > 1 or plan.sharding != "none" or plan.offload:
-        # accumulated gradients: measured on one device and under ZeRO (cpu-matrix-zero-accum), not under DDP/FSDP
-        accumulated = term == "gradient_bytes" and plan.grad_accum_steps > 1 and not zero_measured(plan)
+        # accumulated gradients are measured on one device, under ZeRO (cpu-matrix-zero-accum) and under DDP/FSDP as
+        # the Trainer accumulates (no sync before a window's last micro-batch: cpu-matrix-multi-accum)
         fsdp1_qlora = plan.fsdp_version == 1 and plan.method == "qlora"  # not run on the CPU ranks
         if (
             (plan.sharding in MEASURED_LAYOUTS or zero_measured(plan))
             and plan.gpus > 1
-            and not accumulated
             and measured_policy(plan)
             and not fsdp1_qlora
         ):

@@ -122,6 +122,31 @@ def ddp_broadcast_bytes(inv: Inventory, plan: TrainingPlan) -> int:
     return min(inv.base.total + inv.adapters.total, 2 * DDP_BROADCAST_BUCKET)
 
 
+def no_sync_gradient_bytes(inv: Inventory, plan: TrainingPlan) -> int:
+    """FSDP with gradient accumulation, as transformers' Trainer runs it: every micro-batch before the last skips the
+    gradient sync (accelerate's `no_sync`: FSDP2's `set_requires_gradient_sync(False)`, FSDP1's `no_sync()`), so
+    each rank keeps every unit's gradient unsharded from the first micro-batch's backward to the last one's
+    reduce-scatter: `G_layers + G_root`, in the reduce dtype under FSDP2's MixedPrecisionPolicy (`in_reduce_dtype`:
+    FSDP2 casts the accumulated gradient to it), on the device with CPU offload too. 0 otherwise. Measured on CPU
+    ranks (calibration/cpu-matrix-multi-accum.toml). Source: transformers 5.24 trainer.py (`sync_context`),
+    accelerate 1.15 accelerator.py (`no_sync`), torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py
+    (`post_backward`: `to_accumulated_grad_if_needed` when not reducing), fsdp/_flat_param.py
+    (`prepare_gradient_for_backward`: an unsharded gradient is kept to accumulate into)."""
+    if plan.sharding not in FSDP or plan.gpus < 2 or plan.grad_accum_steps < 2:
+        return 0
+    return in_reduce_dtype(plan, inv.grads.layers + inv.grads.other)
+
+
+def no_sync_reduce_scatter_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:
+    """FSDP2's reduce-scatter of a layer's accumulated gradient in the window's last micro-batch: its input copy
+    `G_l` and the new shard `⌈G_l/n⌉` beside the accumulated gradient (in the accumulated gradient already), both in
+    the reduce dtype. Measured on CPU ranks (llama, full, 2 ranks: the peak at the last layer's `foreach_reduce`
+    with both buffers and the next layer's all-gather alive). Source: torch/distributed/fsdp/_fully_shard/
+    _fsdp_collectives.py (`foreach_reduce`)."""
+    layer = in_reduce_dtype(plan, math.ceil(inv.grads.layers / max(1, num_layers)))
+    return layer + math.ceil(layer / plan.gpus)
+
+
 def in_param_dtype(plan: TrainingPlan, nbytes: int) -> int:
     """Bytes of fp32 tensors once cast to FSDP2's `param_dtype` (`plan.dtype`) under fsdp_mixed_precision: the
     all-gather input, its output and the unsharded parameters and gradients are all in that dtype (`c/4` of the

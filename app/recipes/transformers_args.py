@@ -194,6 +194,12 @@ NOT_MODELLED: dict[str, Unmodelled] = {
         "label smoothing computes a second log-softmax over the logits", lambda v, _c: bool(v) and v != 0
     ),
     "auto_find_batch_size": Unmodelled("the batch size is found at run time, halving it after each OOM"),
+    "accelerator_config": Unmodelled(
+        "gradient_accumulation_kwargs.sync_each_batch: every micro-batch reduces its gradients; gpuplan models the "
+        "Trainer's default, no sync before an accumulation window's last micro-batch (under FSDP every gradient "
+        "unsharded through the window: an over-estimate here)",
+        lambda value, _ctx: syncs_each_batch(value),
+    ),
     "optim_target_modules": Unmodelled("GaLore/APOLLO-style low-rank projection of these modules' gradients", is_set),
     "parallelism_config": Unmodelled("tensor / context / sequence parallelism", is_set),
     "use_cpu": Unmodelled("training on the CPU: gpuplan plans GPU memory"),
@@ -213,7 +219,7 @@ SILENT = names(
     dataloader_drop_last eval_steps dataloader_num_workers dataloader_prefetch_factor dataloader_persistent_workers
     dataloader_pin_memory dataloader_multiprocessing_context dataloader_in_order past_index run_name disable_tqdm
     remove_unused_columns label_names load_best_model_at_end metric_for_best_model greater_is_better
-    ignore_data_skip fsdp_min_num_params fsdp_transformer_layer_cls_to_wrap accelerator_config
+    ignore_data_skip fsdp_min_num_params fsdp_transformer_layer_cls_to_wrap
     length_column_name report_to project trackio_space_id trackio_bucket_id trackio_static_space_id
     ddp_find_unused_parameters ddp_bucket_cap_mb ddp_broadcast_buffers ddp_static_graph ddp_timeout
     skip_memory_metrics use_legacy_prediction_loop push_to_hub resume_from_checkpoint hub_model_id hub_strategy
@@ -247,3 +253,11 @@ DISTINCTIVE = names(
     gradient_checkpointing_kwargs save_strategy half_precision_backend ddp_timeout
     """
 )
+
+
+def syncs_each_batch(value: Any) -> bool:
+    """`accelerator_config` turns on accelerate's `sync_each_batch` (`{"gradient_accumulation_kwargs":
+    {"sync_each_batch": true}}`). Source: transformers 5.24 trainer_pt_utils.py `AcceleratorConfig`, accelerate 1.15
+    `GradientAccumulationPlugin.sync_each_batch`."""
+    kwargs = value.get("gradient_accumulation_kwargs") if isinstance(value, dict) else None
+    return isinstance(kwargs, dict) and kwargs.get("sync_each_batch") is True

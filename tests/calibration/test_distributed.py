@@ -40,6 +40,12 @@ POINTS: list[tuple[str, dict[str, Any]]] = [
     # the root large against a layer (a 16,384-token vocabulary): its re-gather at backward's start is the peak
     # (sharding:root_regather_bytes, written from the QLoRA matrix; without it this point is -5.89 %)
     ("llama", {"method": "lora", "sharding": "fsdp", "gradient_checkpointing": False, "rank": 8, "dropout": 0.0}),
+    # accumulation as the Trainer runs it (no sync before the last micro-batch): every gradient unsharded per rank.
+    # With checkpointing: without it FSDP2's last reduce-scatter buffers are freed before or after the next layer's
+    # all-gather as gloo's timing falls, and the ranks read 21,596,160 or 20,837,376 B (3.5 % apart; the estimate
+    # counts the overlap: -0.25 % / +3.39 %)
+    ("llama", {"method": "full", "sharding": "fsdp", "gradient_checkpointing": True, "grad_accum_steps": 2}),
+    ("mistral", {"method": "full", "sharding": "fsdp", "fsdp_version": 1, "grad_accum_steps": 2}),
 ]
 # config changes per point index, beyond the 2-layer cut
 CONFIGS = {5: {"vocab_size": 16384}}
@@ -90,8 +96,9 @@ def test_every_rank_reports_its_own_peak_and_the_worst_is_the_measurement(
         assert len(peaks) == 2 and record.measured_peak_bytes == max(peaks)
         assert peaks[record.env["worst_rank"]] == record.measured_peak_bytes
         # the same plan on every rank: the ranks differ by the shards' padding and by when gloo's collectives free
-        # their buffers (mistral lora fsdp x2 measured ranks 13,122,048 and 13,304,320 B: 1.4 % apart on a busy host)
-        assert min(peaks) >= 0.97 * max(peaks)
+        # their buffers (mistral lora fsdp x2 measured ranks 13,122,048 and 13,304,320 B: 1.4 % apart on a busy host;
+        # the llama lora fsdp point with a 16,384-token vocabulary once 50,447,872 and 52,186,112 B: 3.3 %)
+        assert min(peaks) >= 0.95 * max(peaks)
 
 
 @pytest.mark.parametrize(

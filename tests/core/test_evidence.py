@@ -90,3 +90,19 @@ def test_every_n_and_offloaded_checkpointing_are_measured_by_the_cpu_tracker(fie
         ev = _evidence(method=method, optimizer="adamw", seq_len=seq_len, **fields)
         assert ev["activation_bytes"] == "measured-cpu", (method, fields)
         assert ev.get("layer_transient_bytes", "measured-cpu") == "measured-cpu"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"sharding": "ddp"},
+        {"sharding": "fsdp"},
+        {"sharding": "fsdp", "fsdp_version": 1},
+        {"sharding": "fsdp_grad_op", "offload": True},
+    ],
+)
+def test_accumulation_under_ddp_and_fsdp_is_measured_on_cpu_ranks(fields: dict[str, Any]) -> None:
+    """calibration/cpu-matrix-multi-accum.toml: the Trainer's accumulation (no sync before a window's last
+    micro-batch) on DDP, FSDP1 and FSDP2 ranks, the accumulated unsharded gradients counted."""
+    ev = _evidence(method="full", optimizer="adamw", gpus=8, grad_accum_steps=4, **fields)
+    assert ev["gradient_bytes"] == "measured-cpu-ranks"
