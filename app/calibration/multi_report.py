@@ -39,6 +39,7 @@ SOURCES = (
     "cpu-matrix-zero-accum",
     "cpu-matrix-zero-fp32",
     "cpu-matrix-multi-accum",
+    "cpu-matrix-zero-optim",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -63,6 +64,8 @@ ZERO_LATER = {
 # reduce-scatter was added from a CI point's dump (three of its points moved: -3.65 to -2.45, -2.55 to -0.42, +0.24 to
 # +1.10 %), so it counts in-sample
 ACCUMULATION = "cpu-matrix-multi-accum"
+# SGD and transformers' Adafactor under ZeRO-2/3: measured once, after their terms (from probe runs, not shipped)
+ZERO_OPTIM = "cpu-matrix-zero-optim"
 # FSDP1's matrix (tune / holdout by hash) and its validation matrix (measured once, after app/core/fsdp1.py)
 FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
 # the one holdout point of the FSDP1 matrix looked at while its LoRA terms were fixed (PEFT's adapter units)
@@ -292,6 +295,18 @@ and those three count in-sample. `cpu-validation-multi-fsdp1-3.toml` (15 points,
 biases, new widths) and `cpu-validation-multi-fsdp1-4.toml` (FULL_SHARD full fine-tuning on 4 ranks, the old
 miss's layout) were measured once after that.
 
+## SGD and Adafactor under ZeRO
+
+With no `optimizer` section in the DeepSpeed config the Trainer's own optimizer runs inside the engine
+(`zero_allow_untested_optimizer`). Probe runs (llama, 2 layers, full fine-tuning, 2 ranks; not shipped) read SGD
+under ZeRO-2 -25.5 % and Adafactor under ZeRO-2 and ZeRO-3 -16.7 %, in the optimizer step: the step casts the
+gradient partition to fp32 with its 16-bit copies alive beside it (ZeRO-2's contiguous partition and its flattened
+copy, ZeRO-3's concatenation: the peak of an optimizer without temporaries), and transformers' Adafactor makes each
+update beside the one before (two fp32 partitions at once; `zero:optimizer_partition_bytes`). ZeRO-2's contiguous
+gradient partition is made at the bucket's first flush, inside backward at the configs' auto bucket sizes (the
+backward phase of the SGD probe -17.5 % without it). `cpu-matrix-zero-optim.toml` (14 points: SGD and Adafactor,
+ZeRO-2 and ZeRO-3, full and LoRA, auto and DeepSpeed's buckets, 2 and 4 ranks) was measured once after those terms.
+
 ## Gradient accumulation under DDP and FSDP
 
 transformers' Trainer runs every micro-batch of an accumulation window but the last under accelerate's `no_sync`
@@ -313,7 +328,8 @@ of a CI point (`sharding:no_sync_reduce_scatter_bytes`; three of the matrix's po
 ## Not measured here, and why
 
 - **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-Offload (DeepSpeedCPUAdam is a C++ op the harness
-  does not build), QLoRA under ZeRO, fp16, other optimizers than torch's AdamW, bucket sizes other than DeepSpeed's
+  does not build), QLoRA under ZeRO, fp16, bitsandbytes' optimizers (CUDA kernels: no CPU rank runs them), bucket
+  sizes other than DeepSpeed's
   defaults and the configs' `auto`, and `stage3_max_reuse_distance` / `max_live_parameters` 0 (axolotl's
   zero3.json and zero3_bf16.json; the import says so). Those plans keep first-principles terms and say so per term.
   ZeRO-3's reuse window (the last 5e8 elements stay gathered at the forward's end) is measured only where the whole
@@ -376,14 +392,7 @@ def groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[Measure
     )
     for source, label in ZERO_LATER.items():
         out.append((f"{source} (auto buckets, {label}: in-sample)", [r for r in records if r.source == source]))
-    out.append(
-        (
-            f"{ACCUMULATION} (accumulation as the Trainer runs it; measured once after its terms, one term added "
-            "after: in-sample)",
-            [r for r in records if r.source == ACCUMULATION],
-        )
-    )
-    out += fsdp1_groups(records)
+    out += optimizer_and_accumulation_groups(records) + fsdp1_groups(records)
     fsdp2 = [r for r in records if r.plan.get("fsdp_version", 2) != 1]
     for sharding in ("ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"):
         out.append((f"sharding {sharding}", [r for r in fsdp2 if r.plan.get("sharding") == sharding]))
@@ -432,6 +441,23 @@ def zero_net_table(records: Sequence[MeasurementRecord]) -> list[str]:
         stats = AccuracyStats.from_errors([net_error_pct(r) for r in group]) if group else None
         lines.append(_stats_line(label, stats))
     return lines
+
+
+def optimizer_and_accumulation_groups(
+    records: Sequence[MeasurementRecord],
+) -> list[tuple[str, list[MeasurementRecord]]]:
+    """SGD and Adafactor under ZeRO (held out), and accumulation under DDP / FSDP as the Trainer runs it."""
+    return [
+        (
+            f"{ZERO_OPTIM} (SGD and Adafactor under ZeRO; held out: measured once, after their terms)",
+            [r for r in records if r.source == ZERO_OPTIM],
+        ),
+        (
+            f"{ACCUMULATION} (accumulation as the Trainer runs it; measured once after its terms, one term added "
+            "after: in-sample)",
+            [r for r in records if r.source == ACCUMULATION],
+        ),
+    ]
 
 
 def fsdp1_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[MeasurementRecord]]]:

@@ -69,8 +69,8 @@ def check_zero_plan(plan: TrainingPlan) -> None:
         raise CalibrationError("QLoRA under DeepSpeed ZeRO is not run on the CPU ranks: use full or lora")
     if plan.autocast or plan.dtype == "fp16":
         raise CalibrationError("the ZeRO runs cover bf16 and fp32 weights: use dtype bf16 or fp32, no autocast")
-    if plan.optimizer != "adamw":
-        raise CalibrationError("the ZeRO runs step torch's AdamW: use optimizer adamw")
+    if plan.optimizer not in ("adamw", "sgd", "adafactor"):
+        raise CalibrationError("the ZeRO runs step torch's AdamW or SGD, or transformers' Adafactor: use one of them")
 
 
 def zero_buckets(plan: TrainingPlan, hidden_size: int) -> dict[str, Any]:

@@ -915,18 +915,11 @@ def _autocast_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
 
 
 def _sharded_optimizer_notes(plan: TrainingPlan) -> list[str]:
-    """SGD or Adafactor under DeepSpeed ZeRO: what probe runs measured against it (not a term: not run as a matrix).
-    A bitsandbytes optimizer under DeepSpeed ZeRO: run, not refused, with two conditions. Source: transformers
+    """A bitsandbytes optimizer under DeepSpeed ZeRO: run, not refused, with two conditions (SGD and Adafactor are
+    measured: app/core/zero.py). Source: transformers
     integrations/deepspeed.py `deepspeed_optim_sched`: an `optimizer` section in the DeepSpeed config wins (a
     DummyOptim stands in, the Trainer's `optim` is unused); without one the Trainer's optimizer runs under ZeRO
     (`zero_allow_untested_optimizer = True`), and with offload only if it has a CPU implementation."""
-    if plan.sharding in ("zero2", "zero3") and plan.optimizer in ("sgd", "adafactor") and not plan.offload:
-        return [
-            f"{plan.optimizer} under DeepSpeed {plan.sharding} is not modelled from measurement: probe runs on CPU "
-            "ranks (llama, 4 layers of width 256, full fine-tuning, 2 ranks) peaked above this estimate (sgd under "
-            "zero2 by 25 %, adafactor under zero2 and zero3 by 17 %; sgd under zero3 matched), a partition-sized "
-            "buffer of DeepSpeed's step this estimate does not count: plan with that margin"
-        ]
     if plan.sharding not in ("zero2", "zero3") or plan.optimizer not in BNB_OPTIMIZERS:
         return []
     note = (

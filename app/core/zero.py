@@ -8,10 +8,11 @@ enabled, LoRA adapters too: deepspeed/runtime/engine.py `_cast_module_mixed_prec
 of them, `B` reduce_bucket_size. Sources: deepspeed/runtime/zero/stage_1_and_2.py (ZeRO-2), stage3.py,
 partition_parameters.py and partitioned_param_coordinator.py (ZeRO-3), config.py (the defaults), 0.19.8.
 
-Known limitations: ZeRO-Offload, QLoRA under ZeRO, fp16 and optimizers other than torch's AdamW are not measured
-(they keep the first-principles terms of app/core/estimate.py, or these formulas unmeasured); bf16 and fp32, with
-and without accumulation, at DeepSpeed's bucket sizes and the configs' `auto` are (calibration/cpu-matrix-zero*.toml); ZeRO-3's reuse window for
-models above `MAX_REUSE_DISTANCE / 2` parameters is first-principles.
+Known limitations: ZeRO-Offload, QLoRA under ZeRO, fp16 and bitsandbytes' optimizers are not measured (they keep
+the first-principles terms of app/core/estimate.py, or these formulas unmeasured); bf16 and fp32, torch AdamW and
+SGD and transformers' Adafactor, with and without accumulation, at DeepSpeed's bucket sizes and the configs' `auto`
+are (calibration/cpu-matrix-zero*.toml); ZeRO-3's reuse window for models above `MAX_REUSE_DISTANCE / 2`
+parameters is first-principles.
 """
 
 from __future__ import annotations
@@ -84,6 +85,12 @@ class ZeroTerms(NamedTuple):
     head_hook: int = 0  # full fine-tuning: lm_head's gradient and its input's, at the first gradient hook
     mlp_adapted: bool = True  # LoRA on an MLP projection: the first gradient hook comes before the MLP's backward
     accumulated: int = 0  # ZeRO-2 with accumulation: the gradient partition kept from micro-batch to micro-batch
+    # the step's cast of the gradient partition to fp32: what 16-bit copies sit beside the fp32 gradient (ZeRO-2: the
+    # contiguous partition and its flattened copy; ZeRO-3: the partitions' concatenation, the partitions being held)
+    cast: int = 0
+    # ZeRO-2: the contiguous gradient partition, made at the bucket's first flush: inside backward when the bucket
+    # holds fewer elements than the trainable parameters (`zero2_terms`); 0 otherwise
+    partition_in_backward: int = 0
 
 
 def param_numels(model: ModelSpec, adapted: Iterable[Adapted], method: str) -> tuple[list[int], list[int]]:
@@ -104,15 +111,19 @@ def zero2_partition(trainable: int, gpus: int) -> int:
 def optimizer_partition_bytes(plan: TrainingPlan, partition: int) -> tuple[int, int]:
     """(states, step temporaries) of the plan's optimizer over the fp32 partition, one flat tensor: AdamW keeps
     `exp_avg` and `exp_avg_sq` (`2 × 4·Pn`) and foreach AdamW's step makes `sqrt(exp_avg_sq)` (`4·Pn`); SGD keeps
-    none; Adafactor over a 1-D tensor keeps the unfactored `exp_avg_sq` (first-principles); bitsandbytes' 8-bit
-    optimizers 1 byte a state element (first-principles). Source: torch/optim/adamw.py (`_multi_tensor_adamw`)."""
+    none and steps in place; transformers' Adafactor over a 1-D tensor keeps the unfactored `exp_avg_sq` (`4·Pn`)
+    and makes each update beside the one before (`update = exp_avg_sq.rsqrt().mul_(grad)`, `p.add_(-update)`:
+    `2 × 4·Pn`); bitsandbytes' 8-bit optimizers 1 byte a state element (first-principles). Measured on CPU ranks
+    (llama, full, ZeRO-2 and ZeRO-3, 2 ranks: Adafactor -16.7 % with one update counted). Source:
+    torch/optim/adamw.py (`_multi_tensor_adamw`), torch/optim/sgd.py, transformers 5.24 optimization.py
+    (`Adafactor.step`)."""
     fp32 = rounded(partition * FP32)
     if plan.optimizer in ("adamw", "paged_adamw_32bit"):
         return 2 * fp32, fp32
     if plan.optimizer in ("adamw_8bit", "paged_adamw_8bit"):
         return 2 * rounded(partition), fp32
     if plan.optimizer == "adafactor":
-        return fp32, fp32
+        return fp32, 2 * fp32
     return 0, 0
 
 
@@ -125,8 +136,13 @@ def zero2_terms(
     `4·Pn` beside the master. Backward copies each gradient into the bucket (`B·d`, made at the first gradient
     hook, freed at backward's end); at the end its gradients are flattened again for the all-reduce
     (`use_multi_rank_bucket_allreduce`, default True): `d·min(P, B)`. The step casts the partition's gradient to
-    fp32 (`4·Pn`) beside the optimizer's temporaries. Source: stage_1_and_2.py (`__init__`,
-    `initialize_optimizer_states`, `setup_buckets`, `allreduce_bucket`, `step`), 0.19.8."""
+    fp32 (`4·Pn`) beside the optimizer's temporaries; at that cast the contiguous gradient partition
+    (`grads_in_partition`) and its flattened copy are alive beside it (`2·d·Pn`, freed before the step runs: the
+    peak of an optimizer without temporaries, SGD's). That partition is made at the bucket's first flush
+    (`copy_grads_in_partition`): within backward when the bucket holds fewer elements than the trainable parameters
+    (the configs' auto sizes), so the backward's later moments hold it. Measured on CPU ranks (llama, full, SGD, 2
+    ranks: -25.5 % without the cast; the backward phase -17.5 % without the partition). Source: stage_1_and_2.py (`__init__`, `initialize_optimizer_states`, `setup_buckets`,
+    `allreduce_bucket`, `copy_grads_in_partition`, `step`: `flat_grad_partition.to(fp32)`), 0.19.8."""
     d, p = DTYPE_BYTES[plan.dtype], sum(trainable)
     partition = zero2_partition(p, plan.gpus)
     flat = rounded(d * partition * plan.gpus)
@@ -145,6 +161,8 @@ def zero2_terms(
         init=rounded(FP32 * partition),
         fp32_grad=rounded(FP32 * partition),
         step_temp=temp,
+        cast=2 * rounded(d * partition),
+        partition_in_backward=rounded(d * partition) if buckets.reduce < p else 0,
         persistent=0,
         gathered=0,
         prefetch=0,
@@ -203,6 +221,7 @@ def zero3_terms(
         init=rounded(d * max(trainable, default=0)),
         fp32_grad=rounded(FP32 * partition),
         step_temp=temp,
+        cast=flat,  # the step concatenates the gradient partitions (`d·Pn`) before casting them to fp32
         persistent=persistent,
         gathered=sum(rounded(d * x) for x in reused) if kept == sum(reused) else rounded(d * kept),
         prefetch=rounded(d * min(sum(others), MAX_REUSE_DISTANCE // 2, buckets.prefetch)),
@@ -325,6 +344,8 @@ def zero_moments(z: ZeroTerms, a: StepActivations) -> dict[str, list[Moment]]:
         "backward": zero_backward_moments(z, a, held, gathered),
         "optimizer": [
             {**step_held, "gradient_bytes": z.grad_partition + z.fp32_grad, "optimizer_temp_bytes": z.step_temp},
+            # the cast to fp32 before the step (`zero2_terms`, `zero3_terms`): an optimizer without temporaries peaks here
+            {**step_held, "gradient_bytes": z.grad_partition + z.cast + z.fp32_grad},
             {**step_held, "allgather_buffer_bytes": z.persistent},  # after the step: the persistent ones gathered again
         ],
     }
@@ -334,7 +355,13 @@ def zero_backward_moments(z: ZeroTerms, a: StepActivations, held: Moment, gather
     """ZeRO's backward (`zero_moments`): at the loss; at lm_head's gradient hook under full fine-tuning; at the first
     gradient hook in the last layer (ZeRO-2 makes its bucket there: the final norm's saved tensors and the logits
     freed); at its end, the bucket's gradients flattened for the reduction."""
-    backward = {**held, "zero_bucket_bytes": z.bucket, "allgather_buffer_bytes": z.persistent}
+    partition = z.grad_partition + max(z.accumulated, z.partition_in_backward)  # ZeRO-2's: one buffer, kept or made
+    backward = {
+        **held,
+        "gradient_bytes": partition,
+        "zero_bucket_bytes": z.bucket,
+        "allgather_buffer_bytes": z.persistent,
+    }
     layer = {"layer_transient_bytes": a.layer_backward, "dequant_transient_bytes": a.dequant}
     return [
         {
@@ -348,7 +375,7 @@ def zero_backward_moments(z: ZeroTerms, a: StepActivations, held: Moment, gather
                 {
                     **backward,
                     "activation_bytes": a.activations,
-                    "gradient_bytes": z.grad_partition + z.accumulated + z.head_hook,
+                    "gradient_bytes": partition + z.head_hook,
                 }
             ]
             if z.head_hook

@@ -76,7 +76,7 @@ def test_the_config_is_the_plans_stage_and_dtype_at_deepspeeds_zero_defaults() -
     [
         ({"offload": True}, "ZeRO-Offload"),
         ({"method": "qlora", "quant": "nf4"}, "QLoRA"),
-        ({"optimizer": "sgd"}, "AdamW"),
+        ({"optimizer": "adamw_8bit"}, "AdamW or SGD"),
         ({"gpus": 1}, "at least 2 ranks"),
         ({"device": "cuda"}, "device cpu"),
     ],
