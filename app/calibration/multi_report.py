@@ -40,6 +40,7 @@ SOURCES = (
     "cpu-matrix-zero-fp32",
     "cpu-matrix-multi-accum",
     "cpu-matrix-zero-optim",
+    "cpu-matrix-zero-fp16",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -66,6 +67,8 @@ ZERO_LATER = {
 ACCUMULATION = "cpu-matrix-multi-accum"
 # SGD and transformers' Adafactor under ZeRO-2/3: measured once, after their terms (from probe runs, not shipped)
 ZERO_OPTIM = "cpu-matrix-zero-optim"
+# ZeRO-2/3 in fp16 (DeepSpeed's `fp16` section): measured once, after probes showed the bf16 terms hold
+ZERO_FP16 = "cpu-matrix-zero-fp16"
 # FSDP1's matrix (tune / holdout by hash) and its validation matrix (measured once, after app/core/fsdp1.py)
 FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
 # the one holdout point of the FSDP1 matrix looked at while its LoRA terms were fixed (PEFT's adapter units)
@@ -306,6 +309,16 @@ update beside the one before (two fp32 partitions at once; `zero:optimizer_parti
 gradient partition is made at the bucket's first flush, inside backward at the configs' auto bucket sizes (the
 backward phase of the SGD probe -17.5 % without it). `cpu-matrix-zero-optim.toml` (14 points: SGD and Adafactor,
 ZeRO-2 and ZeRO-3, full and LoRA, auto and DeepSpeed's buckets, 2 and 4 ranks) was measured once after those terms.
+One of its points at DeepSpeed's bucket (mistral-e602ac89, ZeRO-2 SGD full fine-tuning) reads -0.36 % plain but
+-14.53 % net of the bucket: its second step's backward held 3,672,576 bytes (about one 16-bit gradient partition)
+more than a rerun of the same plan, which the estimate matches to 5,120 bytes (1,021,642,752 measured); the CPU
+ranks' frees of DeepSpeed's buffers are not always at the same moment (the rank peaks of cpu-matrix-multi-offload
+and the real-rank tests vary the same way), and the shipped value is the first run's.
+
+ZeRO in fp16 (DeepSpeed's `fp16` section: dynamic loss scaling over the fp32 masters) runs on CPU ranks where the
+CPU has fp16 kernels (DeepSpeed's CPU accelerator enables it where `torch.ops.mkldnn` reports fp16 support; this
+machine has avx512_fp16). Four probe runs held the bf16 terms unchanged (-0.42 % to +0.79 %), and
+`cpu-matrix-zero-fp16.toml` (AdamW, SGD, Adafactor; ZeRO-2 and ZeRO-3; full and LoRA) was measured once after them.
 
 ## Gradient accumulation under DDP and FSDP
 
@@ -328,7 +341,7 @@ of a CI point (`sharding:no_sync_reduce_scatter_bytes`; three of the matrix's po
 ## Not measured here, and why
 
 - **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-Offload (DeepSpeedCPUAdam is a C++ op the harness
-  does not build), QLoRA under ZeRO, fp16, bitsandbytes' optimizers (CUDA kernels: no CPU rank runs them), bucket
+  does not build), QLoRA under ZeRO, bitsandbytes' optimizers (CUDA kernels: no CPU rank runs them), bucket
   sizes other than DeepSpeed's
   defaults and the configs' `auto`, and `stage3_max_reuse_distance` / `max_live_parameters` 0 (axolotl's
   zero3.json and zero3_bf16.json; the import says so). Those plans keep first-principles terms and say so per term.
@@ -437,6 +450,14 @@ def zero_net_table(records: Sequence[MeasurementRecord]) -> list[str]:
         ("holdout, not fitted on", [r for r in zero if r.split == "holdout"]),
         ("zero2", [r for r in zero if r.plan.get("sharding") == "zero2"]),
         ("zero3", [r for r in zero if r.plan.get("sharding") == "zero3"]),
+        (  # the later ZeRO matrices' points at DeepSpeed's bucket (SGD / Adafactor, fp16)
+            "cpu-matrix-zero-optim and -fp16 at DeepSpeed's bucket",
+            [
+                r
+                for r in records
+                if r.source in (ZERO_OPTIM, ZERO_FP16) and r.plan.get("zero_buckets", "deepspeed") == "deepspeed"
+            ],
+        ),
     ):
         stats = AccuracyStats.from_errors([net_error_pct(r) for r in group]) if group else None
         lines.append(_stats_line(label, stats))
@@ -451,6 +472,10 @@ def optimizer_and_accumulation_groups(
         (
             f"{ZERO_OPTIM} (SGD and Adafactor under ZeRO; held out: measured once, after their terms)",
             [r for r in records if r.source == ZERO_OPTIM],
+        ),
+        (
+            f"{ZERO_FP16} (ZeRO in fp16; held out: measured once, no term changed)",
+            [r for r in records if r.source == ZERO_FP16],
         ),
         (
             f"{ACCUMULATION} (accumulation as the Trainer runs it; measured once after its terms, one term added "

@@ -67,8 +67,8 @@ def check_zero_plan(plan: TrainingPlan) -> None:
         )
     if plan.method == "qlora":
         raise CalibrationError("QLoRA under DeepSpeed ZeRO is not run on the CPU ranks: use full or lora")
-    if plan.autocast or plan.dtype == "fp16":
-        raise CalibrationError("the ZeRO runs cover bf16 and fp32 weights: use dtype bf16 or fp32, no autocast")
+    if plan.autocast:
+        raise CalibrationError("the ZeRO runs cover bf16, fp16 and fp32 weights without autocast: turn autocast off")
     if plan.optimizer not in ("adamw", "sgd", "adafactor"):
         raise CalibrationError("the ZeRO runs step torch's AdamW or SGD, or transformers' Adafactor: use one of them")
 
@@ -100,6 +100,7 @@ def deepspeed_config(plan: TrainingPlan, hidden_size: int = 0) -> dict[str, Any]
         "gradient_accumulation_steps": plan.grad_accum_steps,
         "zero_optimization": {"stage": 3 if plan.sharding == "zero3" else 2, **zero_buckets(plan, hidden_size)},
         "bf16": {"enabled": plan.dtype == "bf16"},
+        "fp16": {"enabled": plan.dtype == "fp16"},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1_000_000,
     }

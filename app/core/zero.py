@@ -8,8 +8,8 @@ enabled, LoRA adapters too: deepspeed/runtime/engine.py `_cast_module_mixed_prec
 of them, `B` reduce_bucket_size. Sources: deepspeed/runtime/zero/stage_1_and_2.py (ZeRO-2), stage3.py,
 partition_parameters.py and partitioned_param_coordinator.py (ZeRO-3), config.py (the defaults), 0.19.8.
 
-Known limitations: ZeRO-Offload, QLoRA under ZeRO, fp16 and bitsandbytes' optimizers are not measured (they keep
-the first-principles terms of app/core/estimate.py, or these formulas unmeasured); bf16 and fp32, torch AdamW and
+Known limitations: ZeRO-Offload, QLoRA under ZeRO and bitsandbytes' optimizers are not measured (they keep the
+first-principles terms of app/core/estimate.py, or these formulas unmeasured); bf16, fp16 and fp32, torch AdamW and
 SGD and transformers' Adafactor, with and without accumulation, at DeepSpeed's bucket sizes and the configs' `auto`
 are (calibration/cpu-matrix-zero*.toml); ZeRO-3's reuse window for models above `MAX_REUSE_DISTANCE / 2`
 parameters is first-principles.

@@ -41,7 +41,7 @@ def test_ddp_and_fsdp2_terms_are_measured_on_cpu_ranks(sharding: str) -> None:
         {"sharding": "zero3", "gpus": 8, "offload": True},
         {"sharding": "zero2", "gpus": 8, "offload": True},
         {"sharding": "zero3", "gpus": 8, "optimizer": "adamw_8bit"},
-        {"sharding": "zero2", "gpus": 8, "dtype": "fp16"},
+        {"sharding": "zero2", "gpus": 8, "dtype": "fp16", "autocast": True},
         {"sharding": "none", "gpus": 2},
     ],
 )
