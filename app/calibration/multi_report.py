@@ -341,7 +341,10 @@ of a CI point (`sharding:no_sync_reduce_scatter_bytes`; three of the matrix's po
 ## Not measured here, and why
 
 - **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-Offload (DeepSpeedCPUAdam is a C++ op the harness
-  does not build), QLoRA under ZeRO, bitsandbytes' optimizers (CUDA kernels: no CPU rank runs them), bucket
+  does not build), QLoRA under ZeRO (it runs on the CPU ranks: two probes, llama 2 layers on 2 ranks, read the
+  first-principles estimate +39 % under ZeRO-2 and -6 % under ZeRO-3; DeepSpeed casts the modules
+  prepare_model_for_kbit_training upcast to fp32, and the adapters, to the model dtype at initialize and the load
+  peaks at that cast, which no term models yet; the estimate says so in a note), bitsandbytes' optimizers (CUDA kernels: no CPU rank runs them), bucket
   sizes other than DeepSpeed's
   defaults and the configs' `auto`, and `stage3_max_reuse_distance` / `max_live_parameters` 0 (axolotl's
   zero3.json and zero3_bf16.json; the import says so). Those plans keep first-principles terms and say so per term.

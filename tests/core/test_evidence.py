@@ -117,3 +117,12 @@ def test_accumulation_under_ddp_and_fsdp_is_measured_on_cpu_ranks(fields: dict[s
     micro-batch) on DDP, FSDP1 and FSDP2 ranks, the accumulated unsharded gradients counted."""
     ev = _evidence(method="full", optimizer="adamw", gpus=8, grad_accum_steps=4, **fields)
     assert ev["gradient_bytes"] == "measured-cpu-ranks"
+
+
+@pytest.mark.parametrize("sharding", ["zero2", "zero3"])
+def test_qlora_under_zero_says_what_the_probes_measured(sharding: str) -> None:
+    model = load_spec(LLAMA)
+    assert model is not None
+    plan = TrainingPlan(method="qlora", optimizer="adamw", sharding=sharding, gpus=8)
+    (note,) = [n for n in estimate(model, plan).notes if "QLoRA under DeepSpeed" in n]
+    assert sharding in note and "first-principles" in note and "margin" in note
