@@ -109,7 +109,9 @@ def check_distributed_plan(plan: TrainingPlan) -> None:
         raise CalibrationError("the multi-rank harness runs CPU ranks over gloo: use device cpu")
     if plan.fsdp_version == 1 and plan.method == "qlora":
         raise CalibrationError(
-            "QLoRA under FSDP1 is not run here (its terms are first-principles): use fsdp_version 2, or lora/full"
+            "QLoRA under FSDP1 is not run here (its terms are first-principles): prepare_model_for_kbit_training's "
+            "fp32 norms beside the bf16-stored 4-bit weights fail FSDP1's uniform-dtype FlatParameter; use "
+            "fsdp_version 2, or lora/full"
         )
 
 

@@ -350,7 +350,15 @@ of a CI point (`sharding:no_sync_reduce_scatter_bytes`; three of the matrix's po
   zero3.json and zero3_bf16.json; the import says so). Those plans keep first-principles terms and say so per term.
   ZeRO-3's reuse window (the last 5e8 elements stay gathered at the forward's end) is measured only where the whole
   model fits in it (these widths); above it, it is the source's reading, unmeasured.
-- **Layers split across GPUs** (`--sharding none --gpus N`) are not run; nor FSDP1 with CPU offload, QLoRA or mixed precision.
+- **Layers split across GPUs** (`--sharding none --gpus N`, device_map over several CUDA devices in one process) are
+  not measurable on CPU ranks: a CPU process has one device, so no run here places a layer's tensors on another
+  GPU's memory; their terms (each GPU's `⌈L/n⌉` layers) are first-principles.
+- **FSDP1 with QLoRA** fails on the CPU ranks as this harness builds QLoRA: prepare_model_for_kbit_training upcasts
+  the norms and embeddings to fp32 beside the bf16-stored 4-bit weights, and FSDP1's FlatParameter refuses mixed
+  dtypes in a unit ("Must flatten tensors with uniform dtype but got torch.bfloat16 and torch.float32"); PEFT's
+  FSDP-QLoRA recipe leaves that upcast out, and the harness does not build that variant yet (FSDP2, which flattens
+  nothing, runs it: the QLoRA matrix). FSDP1's CPU offload is refused by the plan; FSDP1's MixedPrecision is not
+  run (the harness wraps it without one). Their terms stay first-principles.
 """
 
 
