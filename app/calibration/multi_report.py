@@ -41,6 +41,7 @@ SOURCES = (
     "cpu-matrix-multi-accum",
     "cpu-matrix-zero-optim",
     "cpu-matrix-zero-fp16",
+    "cpu-matrix-zero-qlora",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -69,6 +70,8 @@ ACCUMULATION = "cpu-matrix-multi-accum"
 ZERO_OPTIM = "cpu-matrix-zero-optim"
 # ZeRO-2/3 in fp16 (DeepSpeed's `fp16` section): measured once, after probes showed the bf16 terms hold
 ZERO_FP16 = "cpu-matrix-zero-fp16"
+# QLoRA under ZeRO-2: measured once, after the engine's cast was modelled from probes
+ZERO_QLORA = "cpu-matrix-zero-qlora"
 # FSDP1's matrix (tune / holdout by hash) and its validation matrix (measured once, after app/core/fsdp1.py)
 FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
 # the one holdout point of the FSDP1 matrix looked at while its LoRA terms were fixed (PEFT's adapter units)
@@ -320,6 +323,19 @@ CPU has fp16 kernels (DeepSpeed's CPU accelerator enables it where `torch.ops.mk
 machine has avx512_fp16). Four probe runs held the bf16 terms unchanged (-0.42 % to +0.79 %), and
 `cpu-matrix-zero-fp16.toml` (AdamW, SGD, Adafactor; ZeRO-2 and ZeRO-3; full and LoRA) was measured once after them.
 
+## QLoRA under ZeRO-2
+
+The Trainer's QLoRA model (4-bit linears, prepare_model_for_kbit_training's fp32 embeddings, norms and lm_head, fp32
+adapters) meets DeepSpeed's `_cast_module_mixed_precision` at initialize: every parameter but the packed 4-bit ones is
+cast to the model dtype, one copy at a time beside the fp32 originals. The generic terms read +39 % on a probe; the
+engine's cast (`zero:qlora_zero2_terms`: the base at its quantized bytes plus `d/4` of the rest, the load's cast
+moment) and the activations in the model dtype (`step:precision`: the residual stream and the logits no longer fp32)
+read -0.01 % and -0.17 % on two probes (llama, 2 layers, 2 ranks, with and without checkpointing; not shipped), and
+`cpu-matrix-zero-qlora.toml` (8 points: llama, mistral, mixtral; AdamW and SGD; 2 and 4 ranks) was measured once
+after them. Net of DeepSpeed's 1e9-byte bucket its SGD points read +6.85 % and +7.49 % (an over-estimate: with
+attention-only targets the bucket is made at the attention's first gradient hook, after the MLP's backward, where
+the estimate still counts the layer's largest backward transient beside the dequantized weight).
+
 ## Gradient accumulation under DDP and FSDP
 
 transformers' Trainer runs every micro-batch of an accumulation window but the last under accelerate's `no_sync`
@@ -341,10 +357,9 @@ of a CI point (`sharding:no_sync_reduce_scatter_bytes`; three of the matrix's po
 ## Not measured here, and why
 
 - **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-Offload (DeepSpeedCPUAdam is a C++ op the harness
-  does not build), QLoRA under ZeRO (it runs on the CPU ranks: two probes, llama 2 layers on 2 ranks, read the
-  first-principles estimate +39 % under ZeRO-2 and -6 % under ZeRO-3; DeepSpeed casts the modules
-  prepare_model_for_kbit_training upcast to fp32, and the adapters, to the model dtype at initialize and the load
-  peaks at that cast, which no term models yet; the estimate says so in a note), bitsandbytes' optimizers (CUDA kernels: no CPU rank runs them), bucket
+  does not build), QLoRA under ZeRO-3 (it runs on the CPU ranks: a probe, llama 2 layers on 2 ranks, read the
+  first-principles estimate -6 %; DeepSpeed's cast of the upcast modules and adapters is modelled under ZeRO-2 only,
+  not with ZeRO-3's partitioning of them; the estimate says so in a note), bitsandbytes' optimizers (CUDA kernels: no CPU rank runs them), bucket
   sizes other than DeepSpeed's
   defaults and the configs' `auto`, and `stage3_max_reuse_distance` / `max_live_parameters` 0 (axolotl's
   zero3.json and zero3_bf16.json; the import says so). Those plans keep first-principles terms and say so per term.
@@ -462,11 +477,12 @@ def zero_net_table(records: Sequence[MeasurementRecord]) -> list[str]:
         ("zero2", [r for r in zero if r.plan.get("sharding") == "zero2"]),
         ("zero3", [r for r in zero if r.plan.get("sharding") == "zero3"]),
         (  # the later ZeRO matrices' points at DeepSpeed's bucket (SGD / Adafactor, fp16)
-            "cpu-matrix-zero-optim and -fp16 at DeepSpeed's bucket",
+            "cpu-matrix-zero-optim, -fp16 and -qlora at DeepSpeed's bucket",
             [
                 r
                 for r in records
-                if r.source in (ZERO_OPTIM, ZERO_FP16) and r.plan.get("zero_buckets", "deepspeed") == "deepspeed"
+                if r.source in (ZERO_OPTIM, ZERO_FP16, ZERO_QLORA)
+                and r.plan.get("zero_buckets", "deepspeed") == "deepspeed"
             ],
         ),
     ):
@@ -487,6 +503,10 @@ def optimizer_and_accumulation_groups(
         (
             f"{ZERO_FP16} (ZeRO in fp16; held out: measured once, no term changed)",
             [r for r in records if r.source == ZERO_FP16],
+        ),
+        (
+            f"{ZERO_QLORA} (QLoRA under ZeRO-2; held out: measured once, after its terms)",
+            [r for r in records if r.source == ZERO_QLORA],
         ),
         (
             f"{ACCUMULATION} (accumulation as the Trainer runs it; measured once after its terms, one term added "

@@ -470,7 +470,7 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
         autocast_cache=autocast_cache_bytes(model, plan, tensors.by_leaf, share.layers),
         host_activations=host_checkpoint_bytes(plan, kept_layers(plan, share.layers)[0], stack.first.layer_input),
         router_aux=router_aux_loss_bytes(model, plan, share.layers),
-        zero=zero_terms(model, plan, tensors.adapted),
+        zero=zero_terms(model, plan, tensors.adapted, inv),
     )
     return no_sync_terms(terms, inv, plan, share.layers)
 
@@ -859,16 +859,15 @@ def _notes(
 
 
 def _zero_qlora_notes(plan: TrainingPlan) -> list[str]:
-    """QLoRA under DeepSpeed ZeRO: what probe runs on CPU ranks measured against these first-principles terms."""
-    if plan.method != "qlora" or plan.sharding not in ("zero2", "zero3") or plan.gpus < 2:
+    """QLoRA under DeepSpeed ZeRO-3: what a probe run on CPU ranks measured against these first-principles terms."""
+    if plan.method != "qlora" or plan.sharding != "zero3" or plan.gpus < 2:
         return []
     return [
-        f"QLoRA under DeepSpeed {plan.sharding} is first-principles here: against probe runs on CPU ranks (llama, 2 "
-        "layers, 2 ranks) this kind of estimate was 39 % above the measured peak under ZeRO-2 and 6 % below it "
-        "under ZeRO-3. The engine casts the "
-        "modules prepare_model_for_kbit_training upcast to fp32 (embeddings, norms, lm_head) and the adapters to "
-        "the model dtype (DeepSpeed's _cast_module_mixed_precision), which these terms do not model yet: plan with "
-        "that margin"
+        "QLoRA under DeepSpeed zero3 is first-principles here: against a probe run on CPU ranks (llama, 2 layers, 2 "
+        "ranks) this kind of estimate was 6 % below the measured peak. The engine casts the modules "
+        "prepare_model_for_kbit_training upcast to fp32 (embeddings, norms, lm_head) and the adapters to the model "
+        "dtype (DeepSpeed's _cast_module_mixed_precision), modelled under ZeRO-2 (measured) but not yet with "
+        "ZeRO-3's partitioning: plan with that margin"
     ]
 
 

@@ -45,7 +45,9 @@ def precision(plan: TrainingPlan) -> Precision:
     # torch's fused dropout (CUDA) keeps a bool mask; the CPU path multiplies by a mask in the input dtype (fp32)
     mask = BOOL if plan.device == "cuda" else FP32
     lora = adapter_dtype_bytes(plan)
-    if plan.method == "qlora":
+    # QLoRA keeps prepare_model_for_kbit_training's fp32 embeddings, norms and lm_head, so an fp32 residual stream
+    # and logits; under ZeRO-2 the engine casts them to the model dtype (below; zero.py `qlora_zero2_terms`)
+    if plan.method == "qlora" and not (plan.sharding == "zero2" and plan.gpus > 1 and not plan.offload):
         return Precision(c, FP32, FP32, FP32, mask, lora)  # compute, residual, act, logits, mask, adapter
     if plan.autocast:  # the embedding is not autocast (fp32 stream); matmuls and their outputs are 16-bit
         return Precision(c, FP32, c, c, mask, lora)

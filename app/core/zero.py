@@ -8,8 +8,9 @@ enabled, LoRA adapters too: deepspeed/runtime/engine.py `_cast_module_mixed_prec
 of them, `B` reduce_bucket_size. Sources: deepspeed/runtime/zero/stage_1_and_2.py (ZeRO-2), stage3.py,
 partition_parameters.py and partitioned_param_coordinator.py (ZeRO-3), config.py (the defaults), 0.19.8.
 
-Known limitations: ZeRO-Offload, QLoRA under ZeRO and bitsandbytes' optimizers are not measured (they keep the
-first-principles terms of app/core/estimate.py, or these formulas unmeasured); bf16, fp16 and fp32, torch AdamW and
+Known limitations: ZeRO-Offload, QLoRA under ZeRO-3 and bitsandbytes' optimizers are not measured (they keep the
+first-principles terms of app/core/estimate.py, or these formulas unmeasured); QLoRA under ZeRO-2, bf16, fp16 and
+fp32, torch AdamW and
 SGD and transformers' Adafactor, with and without accumulation, at DeepSpeed's bucket sizes and the configs' `auto`
 are (calibration/cpu-matrix-zero*.toml); ZeRO-3's reuse window for models above `MAX_REUSE_DISTANCE / 2`
 parameters is first-principles.
@@ -25,6 +26,7 @@ from app.core.adapters import Adapted
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div, rounded
 from app.core.spec import ModelSpec
+from app.core.tensors import Inventory
 from app.core.units import DTYPE_BYTES, FP32
 
 ZERO = ("zero2", "zero3")
@@ -247,10 +249,15 @@ def head_hook_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
 # full fine-tuning, every phase `4·Pn` above the shared-partition reading: -11.50 % and -10.22 % before).
 
 
-def zero_terms(model: ModelSpec, plan: TrainingPlan, adapted: Iterable[Adapted]) -> ZeroTerms | None:
+def zero_terms(
+    model: ModelSpec, plan: TrainingPlan, adapted: Iterable[Adapted], inv: Inventory | None = None
+) -> ZeroTerms | None:
     """The ZeRO terms of a zero2/zero3 plan that DeepSpeed's own tensors model (full or LoRA, 16/32-bit, no
-    offload); None for other plans (they keep estimate's terms)."""
-    if plan.sharding not in ZERO or plan.gpus < 2 or plan.offload or plan.method == "qlora" or plan.autocast:
+    offload; QLoRA under ZeRO-2, from the plan's inventory `inv`: `qlora_zero2_terms`); None for other plans (they
+    keep estimate's terms)."""
+    if plan.sharding not in ZERO or plan.gpus < 2 or plan.offload or plan.autocast:
+        return None
+    if plan.method == "qlora" and (plan.sharding != "zero2" or inv is None):
         return None
     trainable, frozen = param_numels(model, adapted, plan.method)
     buckets = bucket_sizes(model, plan)
@@ -261,7 +268,26 @@ def zero_terms(model: ModelSpec, plan: TrainingPlan, adapted: Iterable[Adapted])
         terms = zero3_terms(plan, trainable, frozen, embedding[0] if embedding else 0, buckets)
     mlp = plan.method == "full" or any(a.group.leaf in MLP_LEAVES for a in adapted)
     accumulated = accumulated_partition_bytes(plan, trainable) if plan.sharding == "zero2" else 0
+    if plan.method == "qlora" and inv is not None:
+        terms = qlora_zero2_terms(model, plan, inv, terms)
     return terms._replace(head_hook=head_hook_bytes(model, plan), mlp_adapted=mlp, accumulated=accumulated)
+
+
+def qlora_zero2_terms(model: ModelSpec, plan: TrainingPlan, inv: Inventory, terms: ZeroTerms) -> ZeroTerms:
+    """QLoRA under ZeRO-2: the 4-bit weights stay as bitsandbytes packed them, but the engine casts every other
+    parameter to the model dtype (`_cast_module_mixed_precision`: the embeddings, norms and lm_head that
+    prepare_model_for_kbit_training upcast to fp32, and the adapters, flattened as LoRA's), so the base keeps its
+    quantized bytes and `d/4` of the rest (the activations follow: `step.precision`). At start-up that cast runs
+    over the fp32 originals, each copy made beside them: the load peaks at the whole fp32 model and its largest
+    non-quantized parameter's copy (`init`, net of the held terms). Measured on CPU ranks (llama, 2 layers, 2
+    ranks: the peak at the cast, +39 % with the generic terms). Source: deepspeed 0.19.8 runtime/engine.py
+    (`_cast_module_mixed_precision`), peft utils/other.py (`prepare_model_for_kbit_training`)."""
+    d = DTYPE_BYTES[plan.dtype]
+    weights = inv.base_quantized + ceil_div((inv.base.total - inv.base_quantized) * d, FP32)
+    largest = max((p.numel for g in model.groups if g.name not in inv.quantized for p in g.params), default=0)
+    held = weights + terms.adapters + terms.master
+    init = max(0, inv.base.total + inv.adapters.total - held) + rounded(d * largest)
+    return terms._replace(weights=weights, init=init)
 
 
 def accumulated_partition_bytes(plan: TrainingPlan, trainable: list[int]) -> int:

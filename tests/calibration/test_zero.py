@@ -75,7 +75,7 @@ def test_the_config_is_the_plans_stage_and_dtype_at_deepspeeds_zero_defaults() -
     ("fields", "words"),
     [
         ({"offload": True}, "ZeRO-Offload"),
-        ({"method": "qlora", "quant": "nf4"}, "QLoRA"),
+        ({"method": "qlora", "quant": "nf4", "sharding": "zero3"}, "QLoRA under DeepSpeed ZeRO-3"),
         ({"optimizer": "adamw_8bit"}, "AdamW or SGD"),
         ({"gpus": 1}, "at least 2 ranks"),
         ({"device": "cuda"}, "device cpu"),
