@@ -21,6 +21,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
 
 from app.calibration.build import CPU_OPTIMIZERS, build_base, build_config, build_model, build_optimizer, quiet
+from app.calibration.distributed import DISTRIBUTED
 from app.calibration.measurement import Environment, Loop, Measurement, Phase, median_step_s
 from app.core.plan import TrainingPlan
 from app.errors import CalibrationError
@@ -317,7 +318,7 @@ def gradient_sync(model: Any, plan: TrainingPlan, *, last: bool) -> Iterator[Non
     reduces them. Nothing for one device, for the last micro-batch, and under DeepSpeed (its engine accumulates).
     Source: transformers 5.24 trainer.py (`_inner_training_loop`: `sync_context`), accelerate 1.15
     accelerator.py (`no_sync`: `model.set_requires_gradient_sync(False)` for FSDP2, else `model.no_sync`)."""
-    if last or plan.gpus < 2 or plan.sharding not in ("ddp", "fsdp", "fsdp_grad_op"):
+    if last or plan.gpus < 2 or plan.sharding not in DISTRIBUTED:
         yield
         return
     if hasattr(model, "set_requires_gradient_sync"):  # FSDP2's FSDPModule

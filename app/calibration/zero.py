@@ -26,6 +26,7 @@ import importlib.util
 import logging
 from typing import Any
 
+from app.calibration.build import CPU_OPTIMIZERS
 from app.calibration.measurement import Measurement, Phase
 from app.core.plan import TrainingPlan
 from app.errors import CalibrationError, MissingExtra
@@ -72,7 +73,7 @@ def check_zero_plan(plan: TrainingPlan) -> None:
         )
     if plan.autocast:
         raise CalibrationError("the ZeRO runs cover bf16, fp16 and fp32 weights without autocast: turn autocast off")
-    if plan.optimizer not in ("adamw", "sgd", "adafactor"):
+    if plan.optimizer not in CPU_OPTIMIZERS:
         raise CalibrationError("the ZeRO runs step torch's AdamW or SGD, or transformers' Adafactor: use one of them")
 
 

@@ -478,8 +478,8 @@ def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> St
 def no_sync_terms(s: StepTerms, inv: Inventory, plan: TrainingPlan, layers: int) -> StepTerms:
     """FSDP accumulating without a sync before the last micro-batch (`sharding:no_sync_gradient_bytes`): every
     unit's unsharded gradient is the accumulated gradient from the first backward on, so the backward's own gradient
-    terms (the shards made, a layer's new ones) are inside it. FSDP2 adds each new gradient into the unsharded one
-    one parameter at a time (lm_head's too), and its reduce-scatter adds an input copy of the layer's accumulated
+    terms (the shards made, a layer's new ones) are inside it. FSDP2 adds each new gradient into the unsharded one,
+    a parameter at a time (lm_head's too), and its reduce-scatter adds an input copy of the layer's accumulated
     gradient and the new shard (`sharding:no_sync_reduce_scatter_bytes`). FSDP1's new pieces and their concatenation
     are made beside the accumulated flat gradient before autograd adds them in (kept), and lm_head's new gradient is
     a piece of the root's until the root's concatenation at the end (kept). The end-of-backward root reduce-scatter,

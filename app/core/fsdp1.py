@@ -29,7 +29,8 @@ from __future__ import annotations
 import math
 
 from app.core.plan import TrainingPlan
-from app.core.sharding import ShardedMoments, reduce_scatter_bytes
+from app.core.quant import ceil_div
+from app.core.sharding import FSDP, ShardedMoments, reduce_scatter_bytes
 from app.core.spec import ModelSpec
 from app.core.tensors import Inventory
 
@@ -105,11 +106,11 @@ def layer_grad_pieces(model: ModelSpec, plan: TrainingPlan) -> tuple[int, int]:
     backward is the MLP's past its down projection (the gated product's gradients, `activations:
     gated_product_backward_bytes`), where only the down projections' gradients are made; with eager attention the
     scores' gradients come after the whole MLP's, and a model without `down_proj` is not known: all of it there (the
-    whole gradient, an over-estimate). `(1, 1)` (all) otherwise. Measured on CPU ranks (mistral, full, FULL_SHARD x4,
+    whole gradient, an over-estimate). `(1, 1)` (all) otherwise, and outside FSDP1. Measured on CPU ranks (mistral, full, FULL_SHARD x4,
     checkpointing: the peak at the gated product's MulBackward with down_proj's gradient alone made, +7.85 % when the
     whole gradient was counted). Source: torch/distributed/fsdp/_flat_param.py (`_use_unsharded_views`,
     `_get_unflat_views`: `torch.split` then `view`)."""
-    if plan.method != "full" or plan.attn == "eager":
+    if plan.method != "full" or plan.attn == "eager" or plan.fsdp_version != 1 or plan.sharding not in FSDP:
         return (1, 1)
     layer = [g for g in model.groups if g.in_layers]
     total = sum(p.numel for g in layer for p in g.params)
@@ -122,7 +123,7 @@ def made_pieces_bytes(inv: Inventory, num_layers: int, pieces: tuple[int, int]) 
     (`layer_grad_pieces`)."""
     layer = reduce_scatter_bytes(inv, num_layers) // 2
     made, total = pieces
-    return -(-layer * made // max(1, total))
+    return ceil_div(layer * made, max(1, total))
 
 
 def last_done_gathered(inv: Inventory, plan: TrainingPlan) -> int | None:

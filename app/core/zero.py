@@ -10,9 +10,8 @@ partition_parameters.py and partitioned_param_coordinator.py (ZeRO-3), config.py
 
 Known limitations: ZeRO-Offload, QLoRA under ZeRO-3 and bitsandbytes' optimizers are not measured (they keep the
 first-principles terms of app/core/estimate.py, or these formulas unmeasured); QLoRA under ZeRO-2, bf16, fp16 and
-fp32, torch AdamW and
-SGD and transformers' Adafactor, with and without accumulation, at DeepSpeed's bucket sizes and the configs' `auto`
-are (calibration/cpu-matrix-zero*.toml); ZeRO-3's reuse window for models above `MAX_REUSE_DISTANCE / 2`
+fp32, torch AdamW and SGD and transformers' Adafactor, with and without accumulation, at DeepSpeed's bucket sizes
+and the configs' `auto` are (calibration/cpu-matrix-zero*.toml); ZeRO-3's reuse window for models above `MAX_REUSE_DISTANCE / 2`
 parameters is first-principles.
 """
 
