@@ -154,6 +154,31 @@ def device_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     return totals[peak] + sum(t.bytes for t in overheads(plan, totals[peak], terms.resident.paged))
 
 
+class GpuCounts:
+    """`device_bytes` of one plan on other GPU counts, for recommend()'s searches (up to tens of counts a plan): a
+    layer's activations read the GPU count only as one GPU or several (DeepSpeed's casts and saved inputs,
+    `step:precision`, `zero3_linear_saves_input`), so the layer stack (about half of an estimate's time) is built
+    once for each of those and each set of the stack's adjustments, which alone can make two GPU counts' accepted
+    plans differ in more than `gpus` (`adapters:fsdp1_refusal`). The bytes are device_bytes(model, plan with
+    gpus=n)'s, exactly (tests/core/test_boundaries.py holds them to it over random plans of every sharding)."""
+
+    def __init__(self, model: ModelSpec, plan: TrainingPlan) -> None:
+        self.model, self.plan = stack_model(model, plan.stack), plan
+        self._stacks: dict[tuple[bool, tuple[tuple[str, str], ...]], LayerStack] = {}
+
+    def __call__(self, gpus: int) -> int:
+        plan = self.plan.model_copy(update={"gpus": gpus})
+        _check(plan)
+        plan, adjustments = accepted_plan(self.model, plan)
+        tensors = plan_tensors(self.model, base_key(plan), lora_key(plan))
+        key = (gpus > 1, tuple((a.field, repr(a.used)) for a in adjustments))
+        if key not in self._stacks:
+            self._stacks[key] = layer_stack(self.model, plan, tensors.by_leaf)
+        terms = step_terms(self.model, plan, tensors, self._stacks[key])
+        _, totals, peak = peak_moments(terms)
+        return totals[peak] + sum(t.bytes for t in overheads(plan, totals[peak], terms.resident.paged))
+
+
 def _prepared(
     model: ModelSpec, plan: TrainingPlan
 ) -> tuple[TrainingPlan, tuple[Adjustment, ...], PlanTensors, StepTerms]:
@@ -427,9 +452,12 @@ class StepTerms(NamedTuple):
     zero: ZeroTerms | None = None  # DeepSpeed ZeRO's own tensors (app/core/zero.py), for the plans it models
 
 
-def step_terms(model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors) -> StepTerms:
+def step_terms(
+    model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, stack: LayerStack | None = None
+) -> StepTerms:
+    """Every term of the plan's step; `stack` is layer_stack(model, plan, tensors.by_leaf) when the caller has it."""
     inv = tensors.inventory
-    stack = layer_stack(model, plan, tensors.by_leaf)
+    stack = stack if stack is not None else layer_stack(model, plan, tensors.by_leaf)
     share = gpu_share(plan, model.arch.num_layers)
     resident = resident_bytes(inv, plan, share)
     acts, acts_at_end = activation_bytes(stack, plan, share.layers)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.capabilities import Blocker, blockers, cannot_run, fixed_plan
-from app.core.estimate import device_bytes
+from app.core.estimate import GpuCounts, device_bytes
 from app.core.plan import MAX_GPUS, TrainingPlan
 from app.core.prices import Price, PriceTable, bundled_prices
 from app.core.quant import ceil_div
@@ -175,8 +175,12 @@ def split_counts(num_layers: int, limit: int) -> tuple[int, ...]:
     return tuple(sorted({n for k in range(1, num_layers + 1) if (n := ceil_div(num_layers, k)) <= limit}))
 
 
-def _gpus_needed(plan: TrainingPlan, model: ModelSpec, budget: int, per_gpu: Callable[[int], int]) -> int | None:
-    """Fewest GPUs of one tier (its budget) under the plan's sharding; None when no count suffices."""
+def _gpus_needed(
+    plan: TrainingPlan, model: ModelSpec, budget: int, per_gpu: Callable[[int], int], known: Mapping[int, int]
+) -> int | None:
+    """Fewest GPUs of one tier (its budget) under the plan's sharding; None when no count suffices. `known` holds
+    the judged bytes of the counts already estimated (the plan's own, and other tiers' searches): under the
+    monotone law they bound the search, so most tiers of a recommendation ask no new count."""
 
     def fits_on(n: int) -> bool:
         return per_gpu(n) <= budget
@@ -185,15 +189,57 @@ def _gpus_needed(plan: TrainingPlan, model: ModelSpec, budget: int, per_gpu: Cal
         return 1
     if plan.sharding == "ddp":
         return None  # every DDP replica holds the whole model
-    layers = model.arch.num_layers
-    counts = split_counts(layers, min(MAX_GPUS, layers)) if plan.sharding == "none" else range(1, MAX_GPUS + 1)
-    # the plan's own GPU count (its bytes are known) halves the search: the answer is at most it when it fits
-    own = bisect.bisect_right(counts, plan.gpus) - 1
+    if plan.sharding == "none":
+        counts = split_counts(model.arch.num_layers, min(MAX_GPUS, model.arch.num_layers))
+        failing, passing = known_window(counts, budget, known)
+        if passing is not None:
+            return counts[first_passing(lambda i: fits_on(counts[i]), failing, passing)]
+        found = galloping(lambda i: fits_on(counts[i]), failing, len(counts) - 1)
+        return None if found is None else counts[found]
+    return _sharded_gpus_needed(plan, fits_on)
+
+
+def _sharded_gpus_needed(plan: TrainingPlan, fits_on: Callable[[int], bool]) -> int | None:
+    """The fewest GPUs under ZeRO/FSDP, 2 to MAX_GPUS: bisection, the last count first. Per-GPU bytes there are not
+    strictly monotone in the count (a bucket or a padded shard can outgrow what the count saves), so these searches
+    keep their fixed probes (the answer a plan gets does not depend on which other tiers were judged before)."""
+    counts = range(1, MAX_GPUS + 1)
+    own = bisect.bisect_right(counts, plan.gpus) - 1  # the plan's own count (bytes known) halves the search
     if own > 0 and fits_on(counts[own]):
         return counts[first_passing(lambda i: fits_on(counts[i]), 0, own)]
     if not fits_on(counts[-1]):
         return None
     return counts[first_passing(lambda i: fits_on(counts[i]), max(0, own), len(counts) - 1)]
+
+
+def known_window(counts: Sequence[int], budget: int, known: Mapping[int, int]) -> tuple[int, int | None]:
+    """The indices into `counts` the answer lies between by the counts already judged: the largest failing (0 at
+    least: one GPU fails when this is asked) and the smallest passing (None when no known count passes)."""
+    failing, passing = 0, None
+    for n, judged_bytes in known.items():
+        i = bisect.bisect_left(counts, n)
+        if i == len(counts) or counts[i] != n:
+            continue  # not a count of this search (a plan's own count between two split counts)
+        if judged_bytes <= budget:
+            passing = i if passing is None else min(passing, i)
+        else:
+            failing = max(failing, i)
+    return failing, passing
+
+
+def galloping(passes: Callable[[int], bool], failing: int, last: int) -> int | None:
+    """The smallest value in (failing, last] for which `passes` holds (None when `last` fails): steps of 1, 2, 4, …
+    up from `failing`, then bisection (`first_passing`) inside the step that passed. Under the monotone law it
+    finds what one bisection over the whole range finds; but each new GPU count costs an estimate, and the fewest
+    GPUs are nearly always a step or two above the last count known to fail, so it asks one or two counts where
+    the bisection asked four or five (the last count first)."""
+    step = 1
+    while failing < last:
+        probe = min(failing + step, last)
+        if passes(probe):
+            return first_passing(passes, failing, probe)
+        failing, step = probe, step * 2
+    return None
 
 
 class _Judge:
@@ -203,14 +249,15 @@ class _Judge:
         self, model: ModelSpec, est: Estimate, prices: PriceTable, run: RunSize, mfu: float, safety: float = 1.0
     ) -> None:
         self.model, self.est, self.prices, self.run, self.mfu, self.safety = model, est, prices, run, mfu, safety
-        self._per_gpu: dict[int, int] = {est.plan.gpus: est.device_bytes}  # device_bytes(est.plan), known
+        self._per_gpu = {est.plan.gpus: judged(est.device_bytes, safety)}  # judged bytes per GPU count
+        self._counts = GpuCounts(model, est.plan)
         self._work: dict[int, tuple[TrainingPlan, StepWork]] = {}
         self._fixes: dict[tuple[object, ...], tuple[dict[str, str] | None, int | None]] = {}
 
     def per_gpu(self, n: int) -> int:
         if n not in self._per_gpu:
-            self._per_gpu[n] = device_bytes(self.model, self.est.plan.model_copy(update={"gpus": n}))
-        return judged(self._per_gpu[n], self.safety)
+            self._per_gpu[n] = judged(self._counts(n), self.safety)
+        return self._per_gpu[n]
 
     def fixed(self, found: tuple[Blocker, ...]) -> tuple[dict[str, str] | None, int | None]:
         """The changes fixed_plan makes and the fixed plan's device bytes (None when nothing fixes it), once per
@@ -225,7 +272,8 @@ class _Judge:
         """The plan on `gpus` GPUs and its tier-independent step work, once per count."""
         if gpus not in self._work:
             plan = self.est.plan.model_copy(update={"gpus": gpus})
-            self._work[gpus] = (plan, step_work(self.model, plan, gpus))
+            other = next(iter(self._work.values()), None)  # its FLOPs per token are this count's too
+            self._work[gpus] = (plan, step_work(self.model, plan, gpus, other[1] if other else None))
         return self._work[gpus]
 
     def option(self, tier: GpuTier, gpus: int) -> Option:
@@ -250,7 +298,7 @@ class _Judge:
         """Memory (fits, GPUs needed), capabilities (what stops the plan, what would not) and the option."""
         plan = self.est.plan
         budget = budget_bytes(tier, headroom_fraction)
-        needed = _gpus_needed(plan, self.model, budget, self.per_gpu)
+        needed = _gpus_needed(plan, self.model, budget, self.per_gpu, self._per_gpu)
         reason = None
         if needed is None:
             reason = (

@@ -243,13 +243,15 @@ class StepWork(NamedTuple):
     dequant_bytes: int
 
 
-def step_work(model: ModelSpec, plan: TrainingPlan, gpus: int) -> StepWork:
-    """The tier-independent half of step_time (recommend() computes it once per GPU count, not once per tier)."""
+def step_work(model: ModelSpec, plan: TrainingPlan, gpus: int, other: StepWork | None = None) -> StepWork:
+    """The tier-independent half of step_time (recommend() computes it once per GPU count, not once per tier).
+    `other` is the same plan's work on another GPU count: its FLOPs per token and dequantized bytes, which no GPU
+    count changes, are taken from it."""
     return StepWork(
-        flops=token_flops(model, plan),
+        flops=other.flops if other else token_flops(model, plan),
         memory_bytes=memory_floor_bytes(model, plan, gpus),
         communication_bytes=communication_bytes(model, plan, gpus),
-        dequant_bytes=dequant_bytes(model, plan),
+        dequant_bytes=other.dequant_bytes if other else dequant_bytes(model, plan),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -198,3 +200,72 @@ def test_sharded_gpu_counts_match_a_linear_scan(plan: TrainingPlan) -> None:
             assert tier_fit.gpus_needed == min(fitting), tier_fit.gpu
         else:  # zero2 keeps whole weights: some small tiers never fit
             assert tier_fit.gpus_needed is None or tier_fit.gpus_needed > 64, tier_fit.gpu
+
+
+def _random_plans(count: int, seed: int) -> list[TrainingPlan]:
+    """Valid plans drawn over the fields that change a multi-GPU estimate (invalid draws are skipped)."""
+    import random
+
+    rng = random.Random(seed)
+    plans: list[TrainingPlan] = []
+    while len(plans) < count:
+        fields = {
+            "method": rng.choice(["qlora", "lora", "full"]),
+            "sharding": rng.choice(["none", "ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"]),
+            "gpus": rng.choice([1, 2, 3, 8]),
+            "fsdp_version": rng.choice([1, 2]),
+            "offload": rng.choice([False, False, True]),
+            "gradient_checkpointing": rng.choice([True, False]),
+            "seq_len": rng.choice([512, 4096]),
+            "rank": rng.choice([8, 256]),
+            "optimizer": rng.choice(["adamw", "paged_adamw_32bit", "sgd"]),
+            "dtype": rng.choice(["bf16", "fp16"]),
+        }
+        if fields["fsdp_version"] == 1:
+            fields["fsdp_backward_prefetch"] = "backward_pre"
+        try:
+            plans.append(TrainingPlan(**fields))
+        except ValidationError:
+            continue
+    return plans
+
+
+@pytest.mark.parametrize("plan", _random_plans(24, seed=7), ids=lambda p: f"{p.method}-{p.sharding}-{p.gpus}")
+def test_gpu_counts_are_device_bytes_on_each_count(plan: TrainingPlan) -> None:
+    """GpuCounts (recommend()'s searches) builds the layer stack once for one GPU and once for several: its bytes
+    must be device_bytes() of the plan on that count, to the byte, for every sharding (it fails once an activation
+    term reads the GPU count otherwise)."""
+    from app.core.estimate import GpuCounts, device_bytes
+    from app.errors import PlanError
+
+    for name in ("meta-llama/Llama-2-7b-hf", "mistralai/Mixtral-8x7B-v0.1"):
+        model = spec(name)
+        counts = GpuCounts(model, plan)
+        for n in (1, 2, 3, 5, 8, 16, 64):
+            other = plan.model_copy(update={"gpus": n})
+            try:
+                expected = device_bytes(model, other)
+            except PlanError as exc:
+                with pytest.raises(PlanError, match=re.escape(str(exc))):
+                    counts(n)
+                continue
+            assert counts(n) == expected, (name, n)
+
+
+def test_galloping_finds_the_first_passing_value_or_none() -> None:
+    from app.core.gpus import galloping, known_window
+
+    for answer in range(1, 12):
+        asked: list[int] = []
+
+        def passes(i: int, answer: int = answer, asked: list[int] = asked) -> bool:
+            asked.append(i)
+            return i >= answer
+
+        assert galloping(passes, 0, 10) == (answer if answer <= 10 else None)
+        assert len(set(asked)) <= 7
+    assert galloping(lambda i: True, 0, 10) == 1  # one step above the failing index asks one value
+    # what other tiers' searches judged bounds this one: count 3 (index 2) failed, count 8 (index 7) passed
+    counts = (1, 2, 3, 4, 5, 6, 7, 8, 11, 16, 32)
+    assert known_window(counts, 100, {3: 120, 8: 90, 10: 50}) == (2, 7)  # 10 is no split count: ignored
+    assert known_window(counts, 100, {1: 150}) == (0, None)
