@@ -74,6 +74,13 @@ class PriceTable(BaseModel):
         """The cheapest list (purchase) price quoted for `gpu` (ties: the latest quote)."""
         return self._cheapest.get((gpu, "list"))
 
+    def __hash__(self) -> int:
+        return self._hash  # the planner's cache key holds the table: hashing every row per request cost ~10 µs
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash((self.prices, self.origin))
+
     # cached_property: the table is frozen, so the cheapest quote per (tier, kind) is found once, not per tier of
     # every recommendation (a scan of every row each time)
     @cached_property
