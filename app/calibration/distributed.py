@@ -25,7 +25,10 @@ peak and phases are the worst rank's; every rank's peak and phases are kept in `
   (app/core/sharding.py root_regather_bytes), which torch's default (None) would skip.
 - fsdp_version 1: FSDP1 `FullyShardedDataParallel` as accelerate's prepare_model wraps it (app/calibration/
   fsdp1.py: a unit per decoder layer and the root, PEFT's per-adapter units under LoRA, BACKWARD_PRE), wrapped
-  before tracking as FSDP2 is; full and LoRA (calibration/cpu-matrix-multi-fsdp1.toml), not QLoRA or offload.
+  before tracking as FSDP2 is; full and LoRA (calibration/cpu-matrix-multi-fsdp1.toml), not QLoRA or offload;
+  with plan.fsdp_mixed_precision the model built in fp32 and FSDP1's `MixedPrecision` as accelerate builds it
+  (fsdp1.py `fsdp1_mixed_precision`; calibration/cpu-matrix-multi-fsdp1-mp.toml), full fine-tuning only (LoRA
+  fails in PEFT's forward: `check_distributed_plan`).
 ZeRO-2/3 run a DeepSpeed engine in each rank (app/calibration/zero.py, the `deepspeed` extra). Sources: torch/nn/parallel/distributed.py,
 torch/distributed/fsdp/_fully_shard/ (torch 2.13), accelerate/utils/fsdp_utils.py (fsdp2_prepare_model).
 """
@@ -112,6 +115,14 @@ def check_distributed_plan(plan: TrainingPlan) -> None:
             "QLoRA under FSDP1 is not run here (its terms are first-principles): prepare_model_for_kbit_training's "
             "fp32 norms beside the bf16-stored 4-bit weights fail FSDP1's uniform-dtype FlatParameter; use "
             "fsdp_version 2, or lora/full"
+        )
+    if plan.fsdp_version == 1 and plan.fsdp_mixed_precision and plan.uses_lora:
+        raise CalibrationError(
+            "LoRA under FSDP1's MixedPrecision fails in the first forward (\"expected m1 and m2 to have the same "
+            "dtype, but got: float != c10::BFloat16\"): PEFT casts lora_A's input to lora_A.weight.dtype, read outside "
+            "the adapter's own FSDP1 unit (PEFT's fsdp_auto_wrap_policy), where it is the fp32 shard, and FSDP1 "
+            "gathers the weight in the param dtype and casts no non-root unit's inputs (MixedPrecision "
+            "cast_forward_inputs False); use fsdp_version 2, or method full"
         )
 
 
