@@ -23,6 +23,7 @@ from app.core.capabilities import BNB_OPTIMIZERS
 from app.core.evidence import term_evidence
 from app.core.experts import RouterAux, router_aux_loss_bytes
 from app.core.fsdp1 import layer_grad_pieces
+from app.core.fsdp1_mp import mp_reduce_moments
 from app.core.layer_walk import KindMoment, Walk, device_checkpoint_inputs, host_checkpoint_bytes, walk_moments
 from app.core.layer_walk import kind_backward_bytes as kind_backward_bytes  # re-exported: the README's row names it
 from app.core.mxfp4 import mxfp4_notes
@@ -657,6 +658,7 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
         *next_layer_moments(s, held),
         *([root_regather_moment(s, held)] if g.root_regather else []),
         *fsdp1_backward_moments(s, held),
+        *mp_reduce_moments(s, held),
         {
             **held,
             "activation_bytes": s.activations_at_end,
@@ -840,8 +842,9 @@ def _note(term: str, plan: TrainingPlan) -> str:
     if term == "base_weight_bytes":
         q = plan.quant if plan.method == "qlora" else plan.dtype
         rest = "fp32 after prepare_model_for_kbit_training" if plan.method == "qlora" else plan.dtype
-        if plan.fsdp_mixed_precision:  # FSDP2 MixedPrecisionPolicy: the shards stay fp32, the gathers are 16-bit
-            return f"{note} (fp32 shards, gathered in {plan.dtype} by FSDP2's MixedPrecisionPolicy)"
+        if plan.fsdp_mixed_precision:  # FSDP's mixed precision: the shards stay fp32, the gathers are 16-bit
+            policy = "FSDP1's MixedPrecision" if plan.fsdp_version == 1 else "FSDP2's MixedPrecisionPolicy"
+            return f"{note} (fp32 shards, gathered in {plan.dtype} by {policy})"
         return f"{note} ({q}; unquantized modules in {rest})"
     if term == "lora_adapter_bytes":
         if adapter_dtype_bytes(plan) != FP32:

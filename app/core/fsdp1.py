@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 
+from app.core.fsdp1_mp import mp_layer_reduce, mp_reduce_bytes, unsharded_bytes
 from app.core.plan import TrainingPlan
 from app.core.quant import ceil_div
 from app.core.sharding import FSDP, ShardedMoments, reduce_scatter_bytes
@@ -38,12 +39,13 @@ from app.core.tensors import Inventory
 DOWN_PROJ = "down_proj"
 
 
-def fsdp1_unit_bytes(inv: Inventory) -> tuple[int, int]:
+def fsdp1_unit_bytes(inv: Inventory, plan: TrainingPlan) -> tuple[int, int]:
     """`(R, W_l)` as FSDP1 gathers them: the root's and the largest decoder layer's frozen or trained weights, the
     LoRA adapters left out. Under LoRA every adapter is its own unit (PEFT's `fsdp_auto_wrap_policy`; one dtype per
     FlatParameter), gathered only while its own forward or backward runs, so a layer's gather is its weights alone.
-    Without adapters these are `sharding.root_param_bytes` / `layer_param_bytes`."""
-    return inv.base.other, inv.largest_layer_weights
+    Without adapters these are `sharding.root_param_bytes` / `layer_param_bytes`; in the param dtype under
+    MixedPrecision (`fsdp1_mp.unsharded_bytes`)."""
+    return unsharded_bytes(plan, inv.base.other), unsharded_bytes(plan, inv.largest_layer_weights)
 
 
 def fsdp1_gathered_bytes(
@@ -60,12 +62,12 @@ def fsdp1_gathered_bytes(
     `_use_unsharded_views`), _runtime_utils.py (`_post_forward_reshard`, `_pre_backward_hook`, `_prefetch_handle`,
     `_reduce_grad`), _limiter_utils.py (`_FreeEventQueue`: at most 2 in-flight all-gathers, a CUDA-event limit
     that changes nothing here with one gather in flight in forward)."""
-    root, layer = fsdp1_unit_bytes(inv)
+    root, layer = fsdp1_unit_bytes(inv, plan)
     prefetched = layer if prefetches_next_layer(plan) else 0
     before_last = layer + prefetched if num_layers > 2 else layer  # with 2 layers the one before the last is layer 0
     if plan.sharding == "fsdp_grad_op":  # every unit stays gathered from its forward to its backward
         # the adapters' own units too (LoRA): each layer's adapters unsharded beside its weights
-        adapters = -(-inv.adapters.layers // max(1, num_layers))
+        adapters = unsharded_bytes(plan, -(-inv.adapters.layers // max(1, num_layers)))
         kept = root + num_layers * (layer + adapters)
         forward = (kept, kept, kept)  # (a layer running, the logits, the last layer's gather)
         # (loss, last layer, layer 0, the layer before the last: the last one resharded once its backward is done)
@@ -73,6 +75,9 @@ def fsdp1_gathered_bytes(
     else:
         forward = (root + layer, root, root + layer)
         backward = (root + loss_prefetch(inv, plan), root + layer + prefetched, root + layer, root + before_last)
+    # gathered at the last layer's reduce-scatter under MixedPrecision (`fsdp1_mp.mp_layer_reduce`): it is resharded
+    mp_last = backward[3] if plan.sharding == "fsdp_grad_op" else root + reduce_scatter_gathered(inv, plan)
+    root_grads = unsharded_bytes(plan, inv.grads.other)
     return ShardedMoments(
         ddp_buckets=0,
         ddp_broadcast=0,
@@ -84,17 +89,20 @@ def fsdp1_gathered_bytes(
         backward_last=backward[1],
         backward_first=backward[2],
         backward_next=backward[3],
-        reduce_scatter_layer=made_pieces_bytes(inv, num_layers, pieces),
-        reduce_scatter_peak=reduce_scatter_bytes(inv, num_layers),
-        reduce_scatter_root=2 * inv.grads.other,
-        root_grads=inv.grads.other,
-        end_grads=-(-inv.grads.layers // plan.gpus) + inv.grads.other,
+        reduce_scatter_layer=made_pieces_bytes(inv, plan, num_layers, pieces),
+        reduce_scatter_peak=unsharded_bytes(plan, reduce_scatter_bytes(inv, num_layers)),
+        # the root's concatenation (pieces and flat gradient, the root still gathered) or, under MixedPrecision, its
+        # reduce-scatter (`fsdp1_mp.mp_reduce_bytes` beside its flat gradient), whichever is larger
+        reduce_scatter_root=max(2 * root_grads, mp_reduce_bytes(plan, inv.grads.other) - root_grads),
+        root_grads=root_grads,
+        end_grads=-(-inv.grads.layers // plan.gpus) + root_grads,
         root_regather=0,  # the root stays unsharded through forward: nothing to re-gather
         flat_grad_cat=flat_grad_cat_bytes(inv, plan, num_layers),
         reduce_scatter_next=reduce_scatter_next_bytes(inv, plan, num_layers),
         late_prefetch=lora_late_prefetch_bytes(inv, plan, num_layers),
         backward_last_done=last_done_gathered(inv, plan),
         first_cat=first_cat_bytes(inv, plan, num_layers),
+        mp_reduce=mp_layer_reduce(inv, plan, num_layers, (mp_last, root)),
     )
 
 
@@ -118,10 +126,10 @@ def layer_grad_pieces(model: ModelSpec, plan: TrainingPlan) -> tuple[int, int]:
     return (down, total) if down and total else (1, 1)
 
 
-def made_pieces_bytes(inv: Inventory, num_layers: int, pieces: tuple[int, int]) -> int:
+def made_pieces_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int, pieces: tuple[int, int]) -> int:
     """The gradient pieces of one layer made by its backward's transient peak: `⌈G_l·made/all⌉`
     (`layer_grad_pieces`)."""
-    layer = reduce_scatter_bytes(inv, num_layers) // 2
+    layer = unsharded_bytes(plan, reduce_scatter_bytes(inv, num_layers) // 2)
     made, total = pieces
     return ceil_div(layer * made, max(1, total))
 
@@ -136,7 +144,7 @@ def last_done_gathered(inv: Inventory, plan: TrainingPlan) -> int | None:
     `_register_post_backward_reshard_only_hook`)."""
     if plan.sharding == "fsdp_grad_op" or plan.fsdp_backward_prefetch == "pre" or not plan.uses_lora:
         return None
-    return fsdp1_unit_bytes(inv)[0] + reduce_scatter_gathered(inv, plan)
+    return fsdp1_unit_bytes(inv, plan)[0] + reduce_scatter_gathered(inv, plan)
 
 
 def first_cat_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:
@@ -146,7 +154,7 @@ def first_cat_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:
     in layer 0). Source: torch/distributed/fsdp/_runtime_utils.py (`_post_backward_hook`)."""
     if plan.uses_lora or num_layers < 2:
         return 0
-    return reduce_scatter_bytes(inv, num_layers)
+    return unsharded_bytes(plan, reduce_scatter_bytes(inv, num_layers))
 
 
 def loss_prefetch(inv: Inventory, plan: TrainingPlan) -> int:
@@ -155,7 +163,7 @@ def loss_prefetch(inv: Inventory, plan: TrainingPlan) -> int:
     gathered by its own pre-backward hook; the root's post-backward runs at the end of backward). Measured on CPU
     ranks (mistral, fsdp_backward_prefetch none and post: the peak at the loss). Source:
     torch/distributed/fsdp/_runtime_utils.py (`_pre_backward_hook`, `_get_handle_to_prefetch`)."""
-    return fsdp1_unit_bytes(inv)[1] if plan.fsdp_backward_prefetch == "pre" else 0
+    return fsdp1_unit_bytes(inv, plan)[1] if plan.fsdp_backward_prefetch == "pre" else 0
 
 
 def reduce_scatter_gathered(inv: Inventory, plan: TrainingPlan) -> int:
@@ -164,7 +172,7 @@ def reduce_scatter_gathered(inv: Inventory, plan: TrainingPlan) -> int:
     gathered by then under BACKWARD_PRE (prefetched in the last layer's pre-backward) and BACKWARD_POST (prefetched
     in `_post_backward_reshard`, right after the reshard), not without prefetch. Source:
     torch/distributed/fsdp/_runtime_utils.py."""
-    return 0 if plan.fsdp_backward_prefetch == "none" else fsdp1_unit_bytes(inv)[1]
+    return 0 if plan.fsdp_backward_prefetch == "none" else fsdp1_unit_bytes(inv, plan)[1]
 
 
 def prefetches_next_layer(plan: TrainingPlan) -> bool:
@@ -190,7 +198,7 @@ def lora_late_prefetch_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int
     _exec_order_utils.py (`get_handle_to_backward_prefetch`)."""
     if not (plan.uses_lora and plan.fsdp_backward_prefetch == "post" and plan.sharding == "fsdp") or num_layers < 2:
         return 0
-    root, layer = fsdp1_unit_bytes(inv)
+    root, layer = fsdp1_unit_bytes(inv, plan)
     return root + 2 * layer
 
 
@@ -199,16 +207,21 @@ def reduce_scatter_next_bytes(inv: Inventory, plan: TrainingPlan, num_layers: in
     is resharded first (`_post_backward_reshard`), the one before it gathered under BACKWARD_PRE (prefetched in the
     layer's pre-backward) and BACKWARD_POST (right after the reshard), not without prefetch; its flat gradient `G_l`
     beside the reduce-scatter's working copy of it (`reduce_scatter_bytes`), the new shard and the last layer's
-    (`_saved_grad_shard`, kept to the end of backward). Under BACKWARD_PRE the concatenation before it holds more
+    (`_saved_grad_shard`, kept to the end of backward); under MixedPrecision `fsdp1_mp.mp_reduce_bytes` + the last
+    layer's shard. Under BACKWARD_PRE the concatenation before it holds more
     (`flat_grad_cat_bytes`, the layer itself still gathered). (0, 0) with fewer than 3 layers (that layer is layer 0,
     nothing to prefetch: the estimate's layer-0 moment), under SHARD_GRAD_OP and without trained layer weights.
     Measured on CPU ranks (llama, full, BACKWARD_POST: the peak at `_reduce_grad`). Source:
     torch/distributed/fsdp/_runtime_utils.py (`_post_backward_hook`, `_reduce_grad`)."""
     if num_layers < 3 or plan.uses_lora or plan.sharding != "fsdp":
         return (0, 0)
-    root, _ = fsdp1_unit_bytes(inv)
-    shard = math.ceil(math.ceil(inv.grads.layers / num_layers) / plan.gpus)
-    return (root + reduce_scatter_gathered(inv, plan), reduce_scatter_bytes(inv, num_layers) + 2 * shard)
+    root, _ = fsdp1_unit_bytes(inv, plan)
+    layer = math.ceil(inv.grads.layers / num_layers)
+    shard = math.ceil(layer / plan.gpus)
+    reduce = reduce_scatter_bytes(inv, num_layers) + 2 * shard
+    if plan.fsdp_mixed_precision:  # the reduce-scatter's own bytes `fsdp1_mp.mp_reduce_bytes`, its new shard in them
+        reduce = mp_reduce_bytes(plan, layer) + shard
+    return (root + reduce_scatter_gathered(inv, plan), reduce)
 
 
 def flat_grad_cat_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> int:
@@ -221,4 +234,4 @@ def flat_grad_cat_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> 
     if num_layers < 3 or plan.uses_lora:
         return 0
     layer_grads = -(-inv.grads.layers // num_layers)
-    return 2 * layer_grads + -(-layer_grads // plan.gpus)
+    return 2 * unsharded_bytes(plan, layer_grads) + -(-layer_grads // plan.gpus)

@@ -53,11 +53,15 @@ class ShardedMoments(NamedTuple):
     late_prefetch: int = 0
     # FSDP1 full fine-tuning (fsdp1.py): layer 0's gradient pieces and their concatenation; 0: no such moment
     first_cat: int = 0
+    # FSDP1 MixedPrecision, full fine-tuning (fsdp1_mp.py): a layer's reduce-scatter, gathered at the last layer's
+    # and at layer 0's; zeros: no such moments
+    mp_reduce: tuple[int, int, int] = (0, 0, 0)
 
 
 def no_sharding() -> ShardedMoments:
     """Nothing gathered, bucketed or reduce-scattered at any moment (one GPU, DDP before its own terms)."""
-    return ShardedMoments._make([0] * 17 + [None, (0, 0), 0, 0])  # the FSDP1 fields after flat_grad_cat: their "none"
+    # the FSDP1 fields after flat_grad_cat: their "none"
+    return ShardedMoments._make([0] * 17 + [None, (0, 0), 0, 0, (0, 0, 0)])
 
 
 def sharded_moments(
