@@ -58,8 +58,14 @@ def zero_measured(plan: TrainingPlan) -> bool:
 
 def measured_policy(plan: TrainingPlan) -> bool:
     """FSDP2's MixedPrecisionPolicy was measured in bf16 (calibration/cpu-matrix-multi-mp.toml) and in fp16 and with
-    CPU offload (cpu-matrix-multi-mp2.toml), under FSDP2: not under FSDP1, nor with QLoRA (refused with it)."""
-    return not plan.fsdp_mixed_precision or (plan.dtype in ("bf16", "fp16") and plan.fsdp_version == 2)
+    CPU offload (cpu-matrix-multi-mp2.toml); FSDP1's MixedPrecision in bf16 for full fine-tuning
+    (cpu-matrix-multi-fsdp1-mp.toml): not LoRA under FSDP1's (it fails in PEFT's forward on the CPU ranks), nor fp16
+    under FSDP1's, nor with QLoRA (refused with it)."""
+    if not plan.fsdp_mixed_precision:
+        return True
+    if plan.fsdp_version == 1:
+        return plan.dtype == "bf16" and plan.method == "full"
+    return plan.dtype in ("bf16", "fp16")
 
 
 def term_evidence(term: str, plan: TrainingPlan) -> Evidence:

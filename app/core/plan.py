@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Method = Literal["qlora", "lora", "full"]
 Quant = Literal["nf4", "fp4", "int8", "none"]
 DType = Literal["bf16", "fp16", "fp32"]
-# FSDP2 MixedPrecisionPolicy.reduce_dtype: the param dtype (accelerate's policy) or fp32
+# FSDP2 MixedPrecisionPolicy.reduce_dtype (FSDP1 MixedPrecision.reduce_dtype): the param dtype (accelerate's policy) or fp32
 ReduceDType = Literal["param", "fp32"]
 Checkpointing = Literal["every-layer", "sqrt-n"]
 Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_32bit", "paged_adamw_8bit", "sgd", "adafactor"]
@@ -66,15 +66,16 @@ class TrainingPlan(BaseModel):
     )
     fsdp_mixed_precision: bool = Field(
         False,
-        description="FSDP2 MixedPrecisionPolicy(param_dtype=`dtype`) over fp32 weights (accelerate's fsdp2_prepare_model "
-        "with mixed_precision bf16/fp16, FSDP v2): the shards, their gradients and optimizer states are fp32, each "
-        "layer is gathered and run in `dtype`, its gradients reduce-scattered in `fsdp_reduce_dtype`. Sharding fsdp "
-        "or fsdp_grad_op only.",
+        description="FSDP's mixed precision over fp32 weights, as accelerate builds it for mixed_precision bf16/fp16: "
+        "FSDP2's MixedPrecisionPolicy(param_dtype=`dtype`) (fsdp2_prepare_model), or FSDP1's MixedPrecision(param_dtype"
+        "=buffer_dtype=`dtype`) with fsdp_version 1 (prepare_model): the shards, their gradients and optimizer states "
+        "are fp32, each layer is gathered and run in `dtype`, its gradients reduce-scattered in `fsdp_reduce_dtype`. "
+        "Sharding fsdp or fsdp_grad_op only.",
     )
     fsdp_reduce_dtype: ReduceDType = Field(
         "param",
-        description="The dtype FSDP2 reduce-scatters gradients in under fsdp_mixed_precision: param (= `dtype`, as "
-        "accelerate's set_mixed_precision builds the policy) or fp32 (MixedPrecisionPolicy(reduce_dtype=float32)).",
+        description="The dtype FSDP reduce-scatters gradients in under fsdp_mixed_precision: param (= `dtype`, as "
+        "accelerate's set_mixed_precision builds the policy) or fp32 (reduce_dtype=float32).",
     )
     rank: int = Field(16, ge=1, le=MAX_RANK, description="LoRA rank r.")
     alpha: float = Field(
@@ -294,12 +295,12 @@ class TrainingPlan(BaseModel):
     def _check_fsdp_mixed_precision(self) -> None:
         if self.fsdp_reduce_dtype != "param" and not self.fsdp_mixed_precision:
             raise ValueError(
-                "fsdp_reduce_dtype is a part of FSDP2's mixed-precision policy: turn fsdp_mixed_precision on"
+                "fsdp_reduce_dtype is a part of FSDP's mixed-precision policy: turn fsdp_mixed_precision on"
             )
         if not self.fsdp_mixed_precision:
             return
         if self.sharding not in ("fsdp", "fsdp_grad_op"):
-            raise ValueError("fsdp_mixed_precision is FSDP2's MixedPrecisionPolicy: use sharding fsdp or fsdp_grad_op")
+            raise ValueError("fsdp_mixed_precision is FSDP's mixed precision: use sharding fsdp or fsdp_grad_op")
         if self.dtype == "fp32" or self.method == "qlora":
             raise ValueError(
                 "fsdp_mixed_precision gathers fp32 weights of a lora or full plan in a 16-bit dtype: use dtype bf16 "

@@ -86,15 +86,19 @@ def test_the_policy_costs_more_per_gpu_than_bf16_shards_and_less_than_fp32_compu
     assert bf16 < mixed < fp32
 
 
-def test_the_policy_is_measured_on_cpu_ranks_under_fsdp2_and_not_under_fsdp1() -> None:
-    """bf16 (cpu-matrix-multi-mp), fp16 and CPU offload (cpu-matrix-multi-mp2) ran on CPU ranks under FSDP2; no run
-    of the policy exists under FSDP1, so its terms there stay first-principles."""
-    for fields in ({}, {"dtype": "fp16"}, {"offload": True}):
+def test_the_policy_is_measured_on_cpu_ranks_under_fsdp2_and_fsdp1_full_fine_tuning() -> None:
+    """bf16 (cpu-matrix-multi-mp), fp16 and CPU offload (cpu-matrix-multi-mp2) ran on CPU ranks under FSDP2, FSDP1's
+    MixedPrecision in bf16 for full fine-tuning (cpu-matrix-multi-fsdp1-mp); LoRA under FSDP1's fails in PEFT's
+    forward and fp16 under it was not run, so their terms stay first-principles."""
+    measured: list[dict[str, Any]] = [{}, {"dtype": "fp16"}, {"offload": True}, {"fsdp_version": 1}]
+    for fields in measured:
         ev = {t.term: t.evidence for t in _estimate(fsdp_mixed_precision=True, **fields).breakdown}
         assert ev["gradient_bytes"] == "measured-cpu-ranks", fields  # offload moves the weights and states off
         assert all(v == "measured-cpu-ranks" for k, v in ev.items() if not k.startswith(("cu", "allocator"))), fields
-    ev = {t.term: t.evidence for t in _estimate(fsdp_mixed_precision=True, fsdp_version=1).breakdown}
-    assert set(ev.values()) == {"first-principles"}
+    lora = {"method": "lora", "optimizer": "adamw", "targets": "q_proj,v_proj"}
+    for fields in ({"fsdp_version": 1, "dtype": "fp16"}, {"fsdp_version": 1, **lora}):
+        ev = {t.term: t.evidence for t in _estimate(fsdp_mixed_precision=True, **fields).breakdown}
+        assert set(ev.values()) == {"first-principles"}, fields
 
 
 def test_the_collectives_move_the_param_and_reduce_dtypes_not_the_fp32_shards() -> None:
@@ -119,3 +123,6 @@ def test_the_breakdown_and_the_plan_line_say_the_shards_are_fp32() -> None:
     assert note == "base model weights (fp32 shards, gathered in bf16 by FSDP2's MixedPrecisionPolicy)"
     assert "fsdp (MixedPrecisionPolicy: fp32 shards, bf16 gathers, reduce fp32)" in plan_line(est)
     assert "MixedPrecisionPolicy" not in plan_line(_estimate())
+    fsdp1 = _estimate(fsdp_mixed_precision=True, fsdp_version=1)
+    note = {t.term: t.note for t in fsdp1.breakdown}["base_weight_bytes"]
+    assert note == "base model weights (fp32 shards, gathered in bf16 by FSDP1's MixedPrecision)"
