@@ -42,6 +42,7 @@ SOURCES = (
     "cpu-matrix-zero-optim",
     "cpu-matrix-zero-fp16",
     "cpu-matrix-zero-qlora",
+    "cpu-matrix-zero3-qlora",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -72,6 +73,9 @@ ZERO_OPTIM = "cpu-matrix-zero-optim"
 ZERO_FP16 = "cpu-matrix-zero-fp16"
 # QLoRA under ZeRO-2: measured once, after the engine's cast was modelled from probes
 ZERO_QLORA = "cpu-matrix-zero-qlora"
+# QLoRA under ZeRO-3: measured after its terms were written from probes, then once more after its first run's one
+# miss (mistral-89ec1d58, +5.33 %) changed the prefetch's overshoot: in-sample as a whole
+ZERO3_QLORA = "cpu-matrix-zero3-qlora"
 # FSDP1's matrix (tune / holdout by hash) and its validation matrix (measured once, after app/core/fsdp1.py)
 FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
 # the one holdout point of the FSDP1 matrix looked at while its LoRA terms were fixed (PEFT's adapter units)
@@ -336,6 +340,32 @@ after them. Net of DeepSpeed's 1e9-byte bucket its SGD points read +6.85 % and +
 attention-only targets the bucket is made at the attention's first gradient hook, after the MLP's backward, where
 the estimate still counts the layer's largest backward transient beside the dequantized weight).
 
+## QLoRA under ZeRO-3
+
+The same model meets the same cast at initialize (every rank casts the whole fp32-upcast model before anything is
+partitioned: the load's peak, `zero:qlora_cast_bytes`), and then ZeRO-3 partitions every parameter, the packed
+4-bit weights too: each is split at its own bytes (uint8, gathered in a dtype bucket of its own), and
+bitsandbytes' quant states (absmax, nested states, code maps: attributes of the Params4bit, no parameters) stay
+whole on every rank (`zero:frozen_zero3_params`, `qlora_zero3_terms`). The persistence threshold reads a packed
+weight's elements, its bytes: at DeepSpeed's 1e5 every 4-bit projection of these widths is persistent, at the
+configs' `auto` (10·h) none is. lm_head stays an nn.Linear, so `LinearFunctionForZeroStage3` keeps its input
+(`step:zero3_head_saves_input`; the 4-bit projections keep none), and the activations are in the model dtype as under
+ZeRO-2. Probe runs (llama, mistral, mixtral; 2 and 4 ranks; not shipped) read the first-principles estimate +15 %
+(llama, auto buckets) and -5.5 % (mixtral with checkpointing, its forward -11 %); two more moments came from their
+dumps: the backward's layer moments still hold every gathered parameter but lm_head, and a checkpointed layer whose
+fused experts PEFT wraps (ParamWrapper) holds their folded `W + BA` while its forward runs; the prefetch loop adds
+whole parameters, so its output is up to one decoder-layer parameter above its bucket. `cpu-matrix-zero3-qlora.toml`
+(7 points: llama, mistral, mixtral; AdamW and SGD; 2 and 4 ranks; auto and DeepSpeed's buckets; with and without
+checkpointing) was measured after them twice: the first run read max +5.33 % (mistral-89ec1d58, its forward +9.16 %,
+where the prefetch's overshoot was counted up to lm_head beside lm_head's gathered copy), median 0.20 %; after
+the overshoot was bounded by a decoder layer's parameter (a probe of the same moment, llama: +7.06 % before, -0.22 %
+after) the second run measured the same bytes on every point, max 0.30 %, so the matrix counts in-sample. Net of
+DeepSpeed's 1e9-byte bucket its points there read +2.78 %, +6.74 % and +1.46 % (over: mistral-4ea6f569, without
+checkpointing, where at DeepSpeed's prefetch bucket the estimate counts the prefetch of every parameter beside their
+gathered copies while the last layer runs, as for LoRA). The harness builds the model whole on every rank before
+`deepspeed.initialize`, as it does for LoRA (no `zero.Init` while loading); a Trainer run that loads under ZeRO-3's
+`zero3_init_flag` partitions as it loads and skips that cast's whole-model moment.
+
 ## Gradient accumulation under DDP and FSDP
 
 transformers' Trainer runs every micro-batch of an accumulation window but the last under accelerate's `no_sync`
@@ -357,9 +387,7 @@ of a CI point (`sharding:no_sync_reduce_scatter_bytes`; three of the matrix's po
 ## Not measured here, and why
 
 - **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-Offload (DeepSpeedCPUAdam is a C++ op the harness
-  does not build), QLoRA under ZeRO-3 (it runs on the CPU ranks: a probe, llama 2 layers on 2 ranks, read the
-  first-principles estimate -6 %; DeepSpeed's cast of the upcast modules and adapters is modelled under ZeRO-2 only,
-  not with ZeRO-3's partitioning of them; the estimate says so in a note), bitsandbytes' optimizers (CUDA kernels: no CPU rank runs them), bucket
+  does not build), bitsandbytes' optimizers (CUDA kernels: no CPU rank runs them), bucket
   sizes other than DeepSpeed's
   defaults and the configs' `auto`, and `stage3_max_reuse_distance` / `max_live_parameters` 0 (axolotl's
   zero3.json and zero3_bf16.json; the import says so). Those plans keep first-principles terms and say so per term.
@@ -477,11 +505,11 @@ def zero_net_table(records: Sequence[MeasurementRecord]) -> list[str]:
         ("zero2", [r for r in zero if r.plan.get("sharding") == "zero2"]),
         ("zero3", [r for r in zero if r.plan.get("sharding") == "zero3"]),
         (  # the later ZeRO matrices' points at DeepSpeed's bucket (SGD / Adafactor, fp16)
-            "cpu-matrix-zero-optim, -fp16 and -qlora at DeepSpeed's bucket",
+            "cpu-matrix-zero-optim, -fp16, -qlora and -zero3-qlora at DeepSpeed's bucket",
             [
                 r
                 for r in records
-                if r.source in (ZERO_OPTIM, ZERO_FP16, ZERO_QLORA)
+                if r.source in (ZERO_OPTIM, ZERO_FP16, ZERO_QLORA, ZERO3_QLORA)
                 and r.plan.get("zero_buckets", "deepspeed") == "deepspeed"
             ],
         ),
@@ -507,6 +535,10 @@ def optimizer_and_accumulation_groups(
         (
             f"{ZERO_QLORA} (QLoRA under ZeRO-2; held out: measured once, after its terms)",
             [r for r in records if r.source == ZERO_QLORA],
+        ),
+        (
+            f"{ZERO3_QLORA} (QLoRA under ZeRO-3; measured twice, the first run's one miss changed a term: in-sample)",
+            [r for r in records if r.source == ZERO3_QLORA],
         ),
         (
             f"{ACCUMULATION} (accumulation as the Trainer runs it; measured once after its terms, one term added "

@@ -66,11 +66,6 @@ def check_zero_plan(plan: TrainingPlan) -> None:
         raise CalibrationError(
             "ZeRO-Offload steps DeepSpeedCPUAdam, a C++ op this harness does not build: turn offload off"
         )
-    if plan.method == "qlora" and plan.sharding == "zero3":
-        raise CalibrationError(
-            "QLoRA under DeepSpeed ZeRO-3 is not run on the CPU ranks (its terms are first-principles): use zero2, "
-            "or full/lora"
-        )
     if plan.autocast:
         raise CalibrationError("the ZeRO runs cover bf16, fp16 and fp32 weights without autocast: turn autocast off")
     if plan.optimizer not in CPU_OPTIMIZERS:

@@ -878,7 +878,7 @@ def _notes(
         notes.append(
             f"the Hub reports {model.published_params:,} parameters; the inventory counts {model.num_params:,}"
         )
-    notes += _no_sync_notes(tensors.inventory, plan) + _zero_qlora_notes(plan)
+    notes += _no_sync_notes(tensors.inventory, plan)
     if offloaded:
         notes.append(f"{offloaded:,} bytes of states/weights live in host RAM (offload); not on the GPU")
     if host_activations:
@@ -887,19 +887,6 @@ def _notes(
             "measured on CPU by placement); not on the GPU"
         )
     return notes
-
-
-def _zero_qlora_notes(plan: TrainingPlan) -> list[str]:
-    """QLoRA under DeepSpeed ZeRO-3: what a probe run on CPU ranks measured against these first-principles terms."""
-    if plan.method != "qlora" or plan.sharding != "zero3" or plan.gpus < 2:
-        return []
-    return [
-        "QLoRA under DeepSpeed zero3 is first-principles here: against a probe run on CPU ranks (llama, 2 layers, 2 "
-        "ranks) this kind of estimate was 6 % below the measured peak. The engine casts the modules "
-        "prepare_model_for_kbit_training upcast to fp32 (embeddings, norms, lm_head) and the adapters to the model "
-        "dtype (DeepSpeed's _cast_module_mixed_precision), modelled under ZeRO-2 (measured) but not yet with "
-        "ZeRO-3's partitioning: plan with that margin"
-    ]
 
 
 def _no_sync_notes(inv: Inventory, plan: TrainingPlan) -> list[str]:

@@ -6,13 +6,13 @@ The CPU reference tracker (one process) measured every single-device term of the
 QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml), FSDP2's MixedPrecisionPolicy in bf16
 and fp16 over fp32 shards, with and without offload (calibration/cpu-matrix-multi-mp.toml, cpu-matrix-multi-mp2.toml),
 FSDP1 full and LoRA (calibration/cpu-matrix-multi-fsdp1.toml; QLoRA under FSDP1 is not
-run: first-principles), and DeepSpeed ZeRO-2/3 engines (bf16, fp16 and fp32, torch AdamW and SGD and transformers' Adafactor, full and LoRA, with and without accumulation, at
+run: first-principles), and DeepSpeed ZeRO-2/3 engines (bf16, fp16 and fp32, torch AdamW and SGD and transformers' Adafactor, full, LoRA and QLoRA, with and without accumulation, at
 DeepSpeed's bucket sizes and the configs' auto: calibration/cpu-matrix-zero*.toml, app/core/zero.py), and gradient
 accumulation under DDP, FSDP1 and FSDP2 as transformers' Trainer runs it (calibration/cpu-matrix-multi-accum.toml). Checkpointing every n-th layer (`checkpoint_every`, calibration/cpu-matrix-trainer-every2.toml)
 and offloaded checkpointing (`checkpoint_offload`, counted by placement: app/calibration/offload.py
 `host_saved_checkpoints`, calibration/cpu-matrix-trainer-offload.toml) are measured on the CPU tracker through
 transformers.Trainer. Nothing here is measured on CUDA yet: the CUDA-only overheads, ZeRO-Offload, ZeRO
-with bitsandbytes' optimizers (CUDA kernels), QLoRA under ZeRO-3, layers split across GPUs and
+with bitsandbytes' optimizers (CUDA kernels), layers split across GPUs and
 bitsandbytes' int8 and paged paths are first-principles.
 """
 
@@ -42,13 +42,13 @@ ZERO_TERMS = frozenset({"master_weight_bytes", "zero_bucket_bytes", "zero_reduce
 
 
 def zero_measured(plan: TrainingPlan) -> bool:
-    """A ZeRO-2/3 plan of the kind the CPU ranks ran: full or LoRA (QLoRA under ZeRO-2), bf16, fp16 or fp32, torch AdamW or SGD or
+    """A ZeRO-2/3 plan of the kind the CPU ranks ran: full, LoRA or QLoRA, bf16, fp16 or fp32, torch AdamW or SGD or
     transformers' Adafactor, no offload, with or without accumulation, at DeepSpeed's bucket sizes or the configs' auto
     (calibration/cpu-matrix-zero*.toml)."""
     return (
         plan.sharding in ("zero2", "zero3")
         and plan.gpus > 1
-        and (plan.method in ("full", "lora") or (plan.method == "qlora" and plan.sharding == "zero2"))
+        and plan.method in ("full", "lora", "qlora")
         and plan.dtype in ("bf16", "fp16", "fp32")
         and not plan.autocast
         and plan.optimizer in ("adamw", "sgd", "adafactor")

@@ -47,7 +47,7 @@ def precision(plan: TrainingPlan) -> Precision:
     lora = adapter_dtype_bytes(plan)
     # QLoRA keeps prepare_model_for_kbit_training's fp32 embeddings, norms and lm_head, so an fp32 residual stream
     # and logits; under ZeRO-2 the engine casts them to the model dtype (below; zero.py `qlora_zero2_terms`)
-    if plan.method == "qlora" and not (plan.sharding == "zero2" and plan.gpus > 1 and not plan.offload):
+    if plan.method == "qlora" and not (plan.sharding in ("zero2", "zero3") and plan.gpus > 1 and not plan.offload):
         return Precision(c, FP32, FP32, FP32, mask, lora)  # compute, residual, act, logits, mask, adapter
     if plan.autocast:  # the embedding is not autocast (fp32 stream); matmuls and their outputs are 16-bit
         return Precision(c, FP32, c, c, mask, lora)
@@ -196,8 +196,18 @@ def normed_input_bytes(x: Step, attention_keeps: bool, mlp_keeps: bool) -> int:
 
 def head_saved_bytes(x: Step, final_norm: int) -> int:
     """The final norm (`residual_norm_bytes`), and lm_head's input `T·h·a` when lm_head is trained (full
-    fine-tuning) or every linear keeps its input (`zero3_linear_saves_input`)."""
-    return final_norm + (x.t * x.h * x.p.act if x.linear_saves_input else 0)
+    fine-tuning), every linear keeps its input (`zero3_linear_saves_input`) or lm_head alone does
+    (`zero3_head_saves_input`)."""
+    kept = x.linear_saves_input or zero3_head_saves_input(x.plan)
+    return final_norm + (x.t * x.h * x.p.act if kept else 0)
+
+
+def zero3_head_saves_input(plan: TrainingPlan) -> bool:
+    """Under ZeRO-3 over a quantized base lm_head is still an nn.Linear (bitsandbytes leaves it unquantized), so
+    `LinearFunctionForZeroStage3` keeps its input, the final norm's output, while the 4-bit projections keep none
+    (`zero3_linear_saves_input`). Measured on CPU ranks (QLoRA, llama, 2 ranks: the forward's loss moment one
+    `T·h·d` above the estimate without it). Source: deepspeed 0.19.8 runtime/zero/linear.py."""
+    return plan.sharding == "zero3" and plan.gpus > 1 and not plan.offload
 
 
 # --- projections and their LoRA branches ---------------------------------------------------------------------

@@ -8,8 +8,8 @@ enabled, LoRA adapters too: deepspeed/runtime/engine.py `_cast_module_mixed_prec
 of them, `B` reduce_bucket_size. Sources: deepspeed/runtime/zero/stage_1_and_2.py (ZeRO-2), stage3.py,
 partition_parameters.py and partitioned_param_coordinator.py (ZeRO-3), config.py (the defaults), 0.19.8.
 
-Known limitations: ZeRO-Offload, QLoRA under ZeRO-3 and bitsandbytes' optimizers are not measured (they keep the
-first-principles terms of app/core/estimate.py, or these formulas unmeasured); QLoRA under ZeRO-2, bf16, fp16 and
+Known limitations: ZeRO-Offload and bitsandbytes' optimizers are not measured (they keep the first-principles terms
+of app/core/estimate.py, or these formulas unmeasured); QLoRA under ZeRO-2 and ZeRO-3, bf16, fp16 and
 fp32, torch AdamW and SGD and transformers' Adafactor, with and without accumulation, at DeepSpeed's bucket sizes
 and the configs' `auto` are (calibration/cpu-matrix-zero*.toml); ZeRO-3's reuse window for models above `MAX_REUSE_DISTANCE / 2`
 parameters is first-principles.
@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 from app.core.adapters import Adapted
 from app.core.plan import TrainingPlan
-from app.core.quant import ceil_div, rounded
+from app.core.quant import ceil_div, quantized_weight_tensors, rounded
 from app.core.spec import ModelSpec
 from app.core.tensors import Inventory
 from app.core.units import DTYPE_BYTES, FP32
@@ -92,6 +92,10 @@ class ZeroTerms(NamedTuple):
     # ZeRO-2: the contiguous gradient partition, made at the bucket's first flush: inside backward when the bucket
     # holds fewer elements than the trainable parameters (`zero2_terms`); 0 otherwise
     partition_in_backward: int = 0
+    # ZeRO-3 QLoRA (`qlora_zero3_terms`): the gathered parameters the backward's layer moments still hold, and a
+    # checkpointed layer's folded expert weights while its forward runs
+    backward_gathered: int = 0
+    forward_fold: int = 0
 
 
 def param_numels(model: ModelSpec, adapted: Iterable[Adapted], method: str) -> tuple[list[int], list[int]]:
@@ -256,7 +260,7 @@ def zero_terms(
     keep estimate's terms)."""
     if plan.sharding not in ZERO or plan.gpus < 2 or plan.offload or plan.autocast:
         return None
-    if plan.method == "qlora" and (plan.sharding != "zero2" or inv is None):
+    if plan.method == "qlora" and inv is None:
         return None
     trainable, frozen = param_numels(model, adapted, plan.method)
     buckets = bucket_sizes(model, plan)
@@ -267,8 +271,10 @@ def zero_terms(
         terms = zero3_terms(plan, trainable, frozen, embedding[0] if embedding else 0, buckets)
     mlp = plan.method == "full" or any(a.group.leaf in MLP_LEAVES for a in adapted)
     accumulated = accumulated_partition_bytes(plan, trainable) if plan.sharding == "zero2" else 0
-    if plan.method == "qlora" and inv is not None:
+    if plan.method == "qlora" and inv is not None and plan.sharding == "zero2":
         terms = qlora_zero2_terms(model, plan, inv, terms)
+    elif plan.method == "qlora" and inv is not None:
+        terms = qlora_zero3_terms(model, plan, inv, (trainable, adapted), terms, buckets)
     return terms._replace(head_hook=head_hook_bytes(model, plan), mlp_adapted=mlp, accumulated=accumulated)
 
 
@@ -283,10 +289,87 @@ def qlora_zero2_terms(model: ModelSpec, plan: TrainingPlan, inv: Inventory, term
     (`_cast_module_mixed_precision`), peft utils/other.py (`prepare_model_for_kbit_training`)."""
     d = DTYPE_BYTES[plan.dtype]
     weights = inv.base_quantized + ceil_div((inv.base.total - inv.base_quantized) * d, FP32)
+    return terms._replace(weights=weights, init=qlora_cast_bytes(model, plan, inv, terms._replace(weights=weights)))
+
+
+def qlora_cast_bytes(model: ModelSpec, plan: TrainingPlan, inv: Inventory, terms: ZeroTerms) -> int:
+    """The load's peak under QLoRA and ZeRO: the engine's cast to the model dtype runs over the whole fp32-upcast
+    model on every rank (ZeRO-3 partitions it only afterwards, in the optimizer's constructor), each copy made
+    beside its original: the whole model as loaded and its largest non-quantized parameter's copy, net of what the
+    load moment holds (`zero_held`: none of it exists yet at the cast; ZeRO-3's bucket can outweigh the cast, and
+    then the load peaks after it). Source: deepspeed 0.19.8 runtime/engine.py (`_configure_distributed_model`
+    before `_configure_optimizer`; `_cast_module_mixed_precision`)."""
     largest = max((p.numel for g in model.groups if g.name not in inv.quantized for p in g.params), default=0)
-    held = weights + terms.adapters + terms.master
-    init = max(0, inv.base.total + inv.adapters.total - held) + rounded(d * largest)
-    return terms._replace(weights=weights, init=init)
+    held = sum(zero_held(terms).values())
+    return max(0, inv.base.total + inv.adapters.total + rounded(DTYPE_BYTES[plan.dtype] * largest) - held)
+
+
+def frozen_zero3_params(model: ModelSpec, plan: TrainingPlan, inv: Inventory) -> list[tuple[int, int, bool]]:
+    """QLoRA's frozen parameters as ZeRO-3 partitions them, (elements, bytes each, in a decoder layer): a quantized
+    weight is its
+    packed uint8/int8 tensor (`quantized_weight_tensors`' first, 1 byte an element: ZeRO-3 partitions and gathers
+    it in its own dtype, bucketed apart from the 16-bit ones), every other parameter the model dtype the engine cast
+    it to. Source: deepspeed 0.19.8 runtime/zero/partition_parameters.py (`_partition_param`:
+    `torch.empty(partition_size, dtype=param.dtype)`; `_all_gather_coalesced` groups by dtype)."""
+    d, quant = DTYPE_BYTES[plan.dtype], plan.quant
+    out: list[tuple[int, int, bool]] = []
+    for g in model.groups:
+        for p in g.params:
+            if g.name in inv.quantized and p.name == "weight" and quant in ("nf4", "fp4", "int8"):
+                packed = quantized_weight_tensors(p.numel, g.out_features, quant, plan.double_quant)[0]
+                out += [(packed, 1, g.in_layers)] * g.count
+            else:
+                out += [(p.numel, d, g.in_layers)] * g.count
+    return out
+
+
+def qlora_zero3_terms(
+    model: ModelSpec,
+    plan: TrainingPlan,
+    inv: Inventory,
+    lora: tuple[list[int], Iterable[Adapted]],
+    terms: ZeroTerms,
+    buckets: Buckets,
+) -> ZeroTerms:
+    """QLoRA under ZeRO-3: the engine casts the fp32-upcast modules and the adapters to the model dtype as under
+    ZeRO-2 (`qlora_zero2_terms`), then partitions every parameter, the packed 4-bit weights too, at their own bytes
+    (`frozen_zero3_params`): each GPU keeps `⌈bytes/n⌉` of each, and bitsandbytes' quant states (absmax, nested
+    states, code maps: attributes of the Params4bit, no parameters) whole. The persistent parameters and those kept
+    gathered for reuse are those of `zero3_terms` at those bytes (the threshold reads elements: a packed weight's
+    are its bytes), and the backward's layer moments still hold every gathered one but lm_head (released after its
+    backward, the others only after theirs). The prefetch loop adds whole parameters until the bucket is reached,
+    so its output is up to one decoder-layer parameter above the bucket (the prefetch that reaches lm_head is issued
+    while the last layer runs, lm_head not yet among the gathered ones: its buffer stands in for its copy). A
+    checkpointed layer whose fused experts PEFT wraps
+    (ParamWrapper) holds their folded weights `W + BA` (`d` each, the factors already in `d`) while its forward
+    runs. The load peaks at the cast (`qlora_cast_bytes`). Measured on CPU ranks (llama, mistral, mixtral, 2 and
+    4 ranks: +15 % and, mixtral checkpointed at auto buckets, -11 % in forward before). Source: deepspeed 0.19.8
+    runtime/zero/partition_parameters.py (`_convert_to_zero_parameters`, `_partition_param`),
+    partitioned_param_coordinator.py (`fetch_sub_module`'s prefetch loop, `__params_to_release`), bitsandbytes
+    nn/modules.py (`Params4bit.quant_state`), peft tuners/lora/layer.py (`ParamWrapper`)."""
+    trainable, adapted = lora
+    d = DTYPE_BYTES[plan.dtype]
+    frozen = frozen_zero3_params(model, plan, inv)
+    every = [(x, d) for x in trainable] + [(x, b) for x, b, _ in frozen]
+    others = [rounded(b * x) for x, b in every if x >= buckets.persistence]
+    layer_params = [(x, d) for x in trainable] + [(x, b) for x, b, layer in frozen if layer]  # the adapters' too
+    overshoot = max((rounded(b * x) for x, b in layer_params if x >= buckets.persistence), default=0)
+    reused = list(others)
+    embedding = [p.numel for g in model.groups if g.kind == "embedding" and not g.in_layers for p in g.params]
+    if embedding and not plan.gradient_checkpointing and rounded(d * embedding[0]) in reused:
+        reused.remove(rounded(d * embedding[0]))  # no backward runs through it: released after its forward
+    gathered = min(sum(reused), rounded(d * (MAX_REUSE_DISTANCE // 2)))
+    head = [rounded(d * p.numel) for g in model.groups if g.name.endswith("lm_head") for p in g.params]
+    fold = sum(p.numel for a in adapted for p in a.group.params if p.name in a.wrapped_params)
+    terms = terms._replace(
+        weights=sum(rounded(b * ceil_div(x, plan.gpus)) for x, b, _ in frozen) + inv.quant_states,
+        persistent=sum(rounded(b * x) for x, b in every if x < buckets.persistence),
+        gathered=gathered,
+        prefetch=min(sum(others), rounded(d * buckets.prefetch) + overshoot),
+        backward_gathered=max(0, gathered - sum(h for h in head if h in reused)),
+        forward_fold=rounded(d * fold) if plan.gradient_checkpointing else 0,
+    )
+    return terms._replace(init=qlora_cast_bytes(model, plan, inv, terms))
 
 
 def accumulated_partition_bytes(plan: TrainingPlan, trainable: list[int]) -> int:
@@ -364,6 +447,7 @@ def zero_moments(z: ZeroTerms, a: StepActivations) -> dict[str, list[Moment]]:
                 "allgather_buffer_bytes": gathered + z.prefetch,
                 "activation_bytes": a.activations - a.head_saved,
                 **forward_layer,
+                "layer_transient_bytes": a.layer_forward + z.forward_fold,
             },
         ],
         "backward": zero_backward_moments(z, a, held, gathered),
@@ -385,7 +469,7 @@ def zero_backward_moments(z: ZeroTerms, a: StepActivations, held: Moment, gather
         **held,
         "gradient_bytes": partition,
         "zero_bucket_bytes": z.bucket,
-        "allgather_buffer_bytes": z.persistent,
+        "allgather_buffer_bytes": z.persistent + z.backward_gathered,
     }
     layer = {"layer_transient_bytes": a.layer_backward, "dequant_transient_bytes": a.dequant}
     return [

@@ -75,7 +75,6 @@ def test_the_config_is_the_plans_stage_and_dtype_at_deepspeeds_zero_defaults() -
     ("fields", "words"),
     [
         ({"offload": True}, "ZeRO-Offload"),
-        ({"method": "qlora", "quant": "nf4", "sharding": "zero3"}, "QLoRA under DeepSpeed ZeRO-3"),
         ({"optimizer": "adamw_8bit"}, "AdamW or SGD"),
         ({"gpus": 1}, "at least 2 ranks"),
         ({"device": "cuda"}, "device cpu"),
@@ -85,6 +84,16 @@ def test_zero_plans_the_ranks_cannot_run_are_refused_before_any_rank_starts(fiel
     plan = TrainingPlan(**{**BASE, "method": "full", "sharding": "zero2", **fields})
     with pytest.raises(CalibrationError, match=words):
         check_distributed_plan(plan)
+
+
+@pytest.mark.parametrize("sharding", ["zero2", "zero3"])
+def test_qlora_under_zero_is_run_on_the_ranks(sharding: str) -> None:
+    """calibration/cpu-matrix-zero-qlora.toml and cpu-matrix-zero3-qlora.toml: no refusal for QLoRA under ZeRO."""
+    check_distributed_plan(TrainingPlan(**{**BASE, "method": "qlora", "quant": "nf4", "sharding": sharding}))
+    with pytest.raises(CalibrationError, match="ZeRO-Offload"):  # the other refusals still hold for it
+        check_distributed_plan(
+            TrainingPlan(**{**BASE, "method": "qlora", "quant": "nf4", "sharding": sharding, "offload": True})
+        )
 
 
 @pytest.mark.slow
