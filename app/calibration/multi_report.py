@@ -356,8 +356,10 @@ dumps: the backward's layer moments still hold every gathered parameter but lm_h
 fused experts PEFT wraps (ParamWrapper) holds their folded `W + BA` while its forward runs; the prefetch loop adds
 whole parameters, so its output is up to one decoder-layer parameter above its bucket. `cpu-matrix-zero3-qlora.toml`
 (7 points: llama, mistral, mixtral; AdamW and SGD; 2 and 4 ranks; auto and DeepSpeed's buckets; with and without
-checkpointing) was measured after them twice: the first run read max +5.33 % (mistral-89ec1d58, its forward +9.16 %,
-where the prefetch's overshoot was counted up to lm_head beside lm_head's gathered copy), median 0.20 %; after
+checkpointing) was measured after them twice: the first run
+(`calibration/results/cpu-matrix-zero3-qlora.first-run.report.jsonl`) read max +5.33 % (mistral-89ec1d58, its
+forward +9.16 %, where the prefetch's overshoot was counted up to lm_head beside lm_head's gathered copy), median
+0.20 %; after
 the overshoot was bounded by a decoder layer's parameter (a probe of the same moment, llama: +7.06 % before, -0.22 %
 after) the second run measured the same bytes on every point, max 0.30 %, so the matrix counts in-sample. Net of
 DeepSpeed's 1e9-byte bucket its points there read +2.78 %, +6.74 % and +1.46 % (over: mistral-4ea6f569, without
