@@ -306,10 +306,9 @@ def qlora_cast_bytes(model: ModelSpec, plan: TrainingPlan, inv: Inventory, terms
 
 def frozen_zero3_params(model: ModelSpec, plan: TrainingPlan, inv: Inventory) -> list[tuple[int, int, bool]]:
     """QLoRA's frozen parameters as ZeRO-3 partitions them, (elements, bytes each, in a decoder layer): a quantized
-    weight is its
-    packed uint8/int8 tensor (`quantized_weight_tensors`' first, 1 byte an element: ZeRO-3 partitions and gathers
-    it in its own dtype, bucketed apart from the 16-bit ones), every other parameter the model dtype the engine cast
-    it to. Source: deepspeed 0.19.8 runtime/zero/partition_parameters.py (`_partition_param`:
+    weight is its packed uint8/int8 tensor (`quantized_weight_tensors`' first, 1 byte an element: ZeRO-3 partitions
+    and gathers it in its own dtype, bucketed apart from the 16-bit ones), every other parameter the model dtype the
+    engine cast it to. Source: deepspeed 0.19.8 runtime/zero/partition_parameters.py (`_partition_param`:
     `torch.empty(partition_size, dtype=param.dtype)`; `_all_gather_coalesced` groups by dtype)."""
     d, quant = DTYPE_BYTES[plan.dtype], plan.quant
     out: list[tuple[int, int, bool]] = []
@@ -340,9 +339,8 @@ def qlora_zero3_terms(
     backward, the others only after theirs). The prefetch loop adds whole parameters until the bucket is reached,
     so its output is up to one decoder-layer parameter above the bucket (the prefetch that reaches lm_head is issued
     while the last layer runs, lm_head not yet among the gathered ones: its buffer stands in for its copy). A
-    checkpointed layer whose fused experts PEFT wraps
-    (ParamWrapper) holds their folded weights `W + BA` (`d` each, the factors already in `d`) while its forward
-    runs. The load peaks at the cast (`qlora_cast_bytes`). Measured on CPU ranks (llama, mistral, mixtral, 2 and
+    checkpointed layer whose fused experts PEFT wraps (ParamWrapper) holds their folded weights `W + BA` (`d` each,
+    the factors already in `d`) while its forward runs. The load peaks at the cast (`qlora_cast_bytes`). Measured on CPU ranks (llama, mistral, mixtral, 2 and
     4 ranks: +15 % and, mixtral checkpointed at auto buckets, -11 % in forward before). Source: deepspeed 0.19.8
     runtime/zero/partition_parameters.py (`_convert_to_zero_parameters`, `_partition_param`),
     partitioned_param_coordinator.py (`fetch_sub_module`'s prefetch loop, `__params_to_release`), bitsandbytes
