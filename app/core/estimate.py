@@ -623,19 +623,6 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
     first = {"layer_transient_bytes": s.first_layer_backward, "dequant_transient_bytes": s.dequant, **rs}
     first["router_aux_loss_bytes"] = s.router_aux.per_layer  # only layer 0's router-logit gradient is left
     acc, layer_grads = s.accumulated, s.resident.grads - s.late_grads
-    kinds = [
-        {
-            **held,
-            "activation_bytes": k.activations,
-            "gradient_bytes": acc + layer_grads if acc else k.grads,
-            "layer_transient_bytes": k.transient,
-            "dequant_transient_bytes": s.dequant,
-            "allgather_buffer_bytes": g.backward_first + z,
-            "router_aux_loss_bytes": s.router_aux.per_layer,
-            **rs,
-        }
-        for k in s.kind_moments
-    ]
     last = {"activation_bytes": s.activations - s.head_saved, "gradient_bytes": acc + s.head_grads}  # final norm freed
     last["router_aux_loss_bytes"] = s.router_aux.kept  # every MoE layer's router-logit gradient waits for its layer
     return [
@@ -666,12 +653,31 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             **first,
             "allgather_buffer_bytes": g.backward_first + z,
         },
-        *kinds,
+        *kind_first_moments(s, held, rs),
         *(
             [{**held, "gradient_bytes": acc + g.end_grads, "reduce_scatter_bytes": g.reduce_scatter_root}]
             if g.end_grads
             else []
         ),
+    ]
+
+
+def kind_first_moments(s: StepTerms, held: Moment, rs: Moment) -> list[Moment]:
+    """backward at the first layer of each later layer kind (`later_kind_moments`): its activations, the gradients
+    made by then (all of them, with the one being made, under accumulation) and its own transient."""
+    layer_grads = s.resident.grads - s.late_grads
+    return [
+        {
+            **held,
+            "activation_bytes": k.activations,
+            "gradient_bytes": s.accumulated + layer_grads if s.accumulated else k.grads,
+            "layer_transient_bytes": k.transient,
+            "dequant_transient_bytes": s.dequant,
+            "allgather_buffer_bytes": s.sharded.backward_first + s.zero3_gathered,
+            "router_aux_loss_bytes": s.router_aux.per_layer,
+            **rs,
+        }
+        for k in s.kind_moments
     ]
 
 
