@@ -34,6 +34,7 @@ SOURCES = (
     "cpu-validation-multi-fsdp1-2",
     "cpu-validation-multi-fsdp1-3",
     "cpu-validation-multi-fsdp1-4",
+    "cpu-matrix-multi-fsdp1-mp",
     "cpu-matrix-zero-auto",
     "cpu-validation-zero-auto",
     "cpu-matrix-zero-accum",
@@ -94,6 +95,9 @@ PIECES_SEEN = frozenset({(PREFETCH_VALIDATION, "mistral-9b4fdf4e"), (FSDP1_VALID
 FSDP1_VALIDATION_3 = "cpu-validation-multi-fsdp1-3"
 # and FULL_SHARD full fine-tuning on 4 ranks alone, the old miss's layout (calibration/cpu-validation-multi-fsdp1-4.toml)
 FSDP1_VALIDATION_4 = "cpu-validation-multi-fsdp1-4"
+# FSDP1's MixedPrecision (calibration/cpu-matrix-multi-fsdp1-mp.toml): full fine-tuning, measured once after its terms
+# (app/core/fsdp1_mp.py) were written from six probe runs (not shipped)
+FSDP1_MIXED_PRECISION = "cpu-matrix-multi-fsdp1-mp"
 # measured points outside ±5 % that no term explains yet, each with the bound it is held to (tests fail if it grows or
 # turns into an under-estimate) and why: reported in every table, never dropped from a summary
 KNOWN_MISSES: dict[tuple[str, str], tuple[float, str]] = {}
@@ -269,7 +273,8 @@ flat gradient of a layer is its pieces concatenated (`2·G_l`, as FSDP2's copy-i
 shard, the layer before the last peaking at that concatenation with the last layer's shard alive. Before those
 terms the matrix's LoRA points were +12.43 % (llama, FULL_SHARD, checkpointing: the prefetch counted) and
 -4.03 % (mistral, SHARD_GRAD_OP: the adapter units), and llama full FULL_SHARD x4 -3.01 % (the concatenation).
-Not run: FSDP1's `CPUOffload` (the plan refuses fsdp_version 1 with offload), QLoRA under FSDP1, mixed precision.
+Not run: FSDP1's `CPUOffload` (the plan refuses fsdp_version 1 with offload), QLoRA under FSDP1. FSDP1's
+MixedPrecision: below.
 
 Those matrices ran BACKWARD_PRE. transformers' TrainingArguments passes `fsdp_config.get("backward_prefetch",
 "NO_PREFETCH")` (training_args.py `_process_fsdp_args`, 5.24), which accelerate 1.15's plugin turns into no
@@ -304,6 +309,26 @@ layer 0's concatenation (`first_cat_bytes`): the old miss reads -0.50 %, the two
 and those three count in-sample. `cpu-validation-multi-fsdp1-3.toml` (15 points, four families with qwen2's q/k/v
 biases, new widths) and `cpu-validation-multi-fsdp1-4.toml` (FULL_SHARD full fine-tuning on 4 ranks, the old
 miss's layout) were measured once after that.
+
+`calibration/cpu-matrix-multi-fsdp1-mp.toml` (10 points, measured once after the terms were written) runs the plan's
+`fsdp_version: 1` with `fsdp_mixed_precision`: the model built in fp32 and `FullyShardedDataParallel(...,
+mixed_precision=MixedPrecision(param_dtype=bf16, reduce_dtype=bf16 or fp32, buffer_dtype=bf16))`, as accelerate 1.16
+builds it (`FullyShardedDataParallelPlugin.set_mixed_precision`, `Accelerator.prepare_model`;
+`app/calibration/fsdp1.py` `fsdp1_mixed_precision`). Full fine-tuning: llama, mistral and mixtral; FULL_SHARD and
+SHARD_GRAD_OP; no prefetch and BACKWARD_PRE; 2 and 4 ranks; with and without checkpointing. What the ranks showed
+against FSDP1's own terms (`app/core/fsdp1_mp.py`): each FlatParameter keeps its fp32 shard and is gathered into a
+bf16 `_full_param_padded`, so a gathered unit, its gradient pieces and the flat gradient they are concatenated into
+are all bf16 (`unsharded_bytes`); a unit's reduce-scatter holds its bf16 flat gradient, its fp32 cast when reducing
+in fp32, gloo's working copy of the input, the new shard and, reducing in bf16, that shard's cast to fp32
+(`_cast_grad_to_param_dtype`; `mp_reduce_bytes`), a backward moment of its own at the last layer, layer 0, the
+layer before the last and the root. Gloo sometimes frees its copy before that cast, so a point can read one bf16
+layer gradient lower on another run; the estimate counts the copy alive. Before these terms the same measurements
+read +4.66 % to +35.80 %. Not run: LoRA under FSDP1's MixedPrecision, which fails in the first forward without
+autocast (PEFT casts lora_A's input to `lora_A.weight.dtype`, read outside the adapter's own FSDP1 unit, where it is
+the fp32 shard; FSDP1 gathers the weight in bf16 and casts no non-root unit's inputs); fp16 under FSDP1. Like the
+FSDP2 policy matrices these runs have no autocast region; accelerate's `mixed_precision: bf16` also wraps the
+model's forward in autocast (`Accelerator.prepare_model`, `native_amp`), a layout the plan does not express
+(fsdp_mixed_precision and autocast are refused together) and these matrices do not measure.
 
 ## SGD and Adafactor under ZeRO
 
@@ -402,8 +427,8 @@ of a CI point (`sharding:no_sync_reduce_scatter_bytes`; three of the matrix's po
   the norms and embeddings to fp32 beside the bf16-stored 4-bit weights, and FSDP1's FlatParameter refuses mixed
   dtypes in a unit ("Must flatten tensors with uniform dtype but got torch.bfloat16 and torch.float32"); PEFT's
   FSDP-QLoRA recipe leaves that upcast out, and the harness does not build that variant yet (FSDP2, which flattens
-  nothing, runs it: the QLoRA matrix). FSDP1's CPU offload is refused by the plan; FSDP1's MixedPrecision is not
-  run (the harness wraps it without one). Their terms stay first-principles.
+  nothing, runs it: the QLoRA matrix). FSDP1's CPU offload is refused by the plan; LoRA under FSDP1's MixedPrecision
+  fails in its first forward (above). Their terms stay first-principles.
 """
 
 
@@ -576,6 +601,10 @@ def fsdp1_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[M
         (
             f"{FSDP1_VALIDATION_4} (FULL_SHARD full x4; held out, after the gradient pieces)",
             held_out(FSDP1_VALIDATION_4),
+        ),
+        (
+            f"{FSDP1_MIXED_PRECISION} (FSDP1 MixedPrecision, bf16 over fp32 shards; measured once, after its terms)",
+            [r for r in records if r.source == FSDP1_MIXED_PRECISION],
         ),
         ("FSDP1 (fsdp, fsdp_grad_op)", [r for r in records if r.plan.get("fsdp_version") == 1]),
     ]
