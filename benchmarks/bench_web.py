@@ -6,6 +6,9 @@ in alternating rounds (so that load from elsewhere on the machine hits all alike
 Three endpoints in one run: /healthz; `unique` estimates, every request a plan never asked before (rank,
 sequence length and batch vary, so none is answered from the planner's cache); `repeated` estimates, the
 same plan every time (cache hits). It prints both ratios to /healthz. Target: unique rps / healthz rps >= 0.8.
+It also prints the server process's CPU time per request of each endpoint (Linux: /proc/<pid>/stat, summed over
+the rounds): on a shared machine req/s of one round moves by a third with what else runs, the CPU a request costs
+the server much less, so the CPU ratio is the steadier figure of how far the estimate path is from /healthz's.
 
 Run: .venv/bin/python benchmarks/bench_web.py [--requests 2000] [--clients 4]
 """
@@ -45,6 +48,12 @@ class Result:
     name: str
     rounds: list[float] = field(default_factory=list)  # req/s of each round
     latencies: list[float] = field(default_factory=list)
+    server_cpu_s: float = 0.0  # the server process's CPU seconds over this endpoint's rounds
+    requests: int = 0
+
+    @property
+    def cpu_ms(self) -> float | None:
+        return self.server_cpu_s / self.requests * 1000 if self.requests and self.server_cpu_s else None
 
     @property
     def rps(self) -> float:
@@ -93,17 +102,30 @@ def one_round(
     return requests / seconds, [x for part in parts for x in part]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc; 0.0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
 def bench(
-    pool: multiprocessing.pool.Pool, urls: dict[str, str], requests: int, clients: int, rounds: int
+    pool: multiprocessing.pool.Pool, urls: dict[str, str], requests: int, clients: int, rounds: int, server: int
 ) -> list[Result]:
-    """`requests` per endpoint in total, split into `rounds` rounds that alternate between the endpoints."""
+    """`requests` per endpoint in total, split into `rounds` rounds that alternate between the endpoints; the
+    server's CPU time is read around each round."""
     results = {name: Result(name) for name in urls}
     for url in urls.values():  # warm-up: connections, imports, caches
         one_round(pool, url, 50 * clients, clients, 10**6)  # warm-up plans are never asked again
     per_round = requests // rounds
     for r in range(rounds):
         for name, url in urls.items():
+            before = cpu_seconds(server)
             rps, latencies = one_round(pool, url, per_round, clients, 1 + r * per_round)
+            results[name].server_cpu_s += cpu_seconds(server) - before
+            results[name].requests += per_round
             results[name].rounds.append(rps)
             results[name].latencies += latencies
     return list(results.values())
@@ -143,7 +165,8 @@ def main() -> int:
         try:
             with multiprocessing.Pool(ns.clients) as pool:
                 base = f"http://127.0.0.1:{port}"
-                results = bench(pool, {k: base + v for k, v in urls.items()}, ns.requests, ns.clients, ns.rounds)
+                endpoints = {k: base + v for k, v in urls.items()}
+                results = bench(pool, endpoints, ns.requests, ns.clients, ns.rounds, server.pid)
         finally:
             server.terminate()
             server.wait(timeout=10)
@@ -151,13 +174,19 @@ def main() -> int:
         f"{ns.requests} requests per endpoint in {ns.rounds} alternating rounds, {ns.clients} concurrent clients, "
         f"1 uvicorn worker, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
     )
-    print(f"{'endpoint':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}  rounds (req/s)")
+    print(f"{'endpoint':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'cpu ms':>7}  rounds (req/s)")
     for r in results:
+        cpu = f"{r.cpu_ms:>7.3f}" if r.cpu_ms is not None else f"{'-':>7}"
         print(
             f"{r.name:<10} {r.rps:>9.0f} {r.percentile(0.50) * 1000:>8.2f} {r.percentile(0.99) * 1000:>8.2f} "
-            f"{statistics.fmean(r.latencies) * 1000:>8.2f}  {' '.join(f'{x:.0f}' for x in r.rounds)}"
+            f"{statistics.fmean(r.latencies) * 1000:>8.2f} {cpu}  {' '.join(f'{x:.0f}' for x in r.rounds)}"
         )
     by_name = {r.name: r for r in results}
+    health = by_name["healthz"].cpu_ms
+    for name in ("unique", "repeated"):
+        mine = by_name[name].cpu_ms
+        if health and mine:
+            print(f"{name}-plan estimate: server CPU {mine:.3f} ms a request, {mine / health:.1f}x /healthz's")
     for name in ("unique", "repeated"):
         ratio = by_name[name].rps / by_name["healthz"].rps
         target = (
