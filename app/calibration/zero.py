@@ -10,7 +10,9 @@ accumulation boundary and zeroes the gradients itself). The measurement is the w
 
 The optimizer is the plan's torch one (`zero_allow_untested_optimizer`), as transformers' Trainer passes its own
 optimizer when the DeepSpeed config has no `optimizer` section (transformers integrations/deepspeed.py
-`deepspeed_optim_sched`); DeepSpeed's own (DeepSpeedCPUAdam, FusedAdam) would JIT-build C++ ops.
+`deepspeed_optim_sched`); DeepSpeed's own (DeepSpeedCPUAdam, FusedAdam) would JIT-build C++ ops. With offload (ZeRO-2
+only) the config sets `offload_optimizer` on the CPU and `zero_force_ds_cpu_optimizer` false, and the host tensors
+are counted by placement (app/calibration/zero_offload.py).
 
 No op is built. DeepSpeed's TorchBackend loads its `deepspeed_shm_comm` op (about 8 minutes of g++ on a 2-core
 machine) whenever `deepspeed.ops.__compatible_ops__` says it can be built (deepspeed/comm/torch.py `build_shm_op`,
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from app.calibration.build import CPU_OPTIMIZERS
@@ -62,10 +65,13 @@ def check_zero_plan(plan: TrainingPlan) -> None:
         raise CalibrationError("a ZeRO run shards over at least 2 ranks: use gpus >= 2")
     if plan.device != "cpu":
         raise CalibrationError("the multi-rank harness runs CPU ranks over gloo: use device cpu")
-    if plan.offload:
+    if plan.offload and plan.sharding == "zero3":
         raise CalibrationError(
-            "ZeRO-Offload steps DeepSpeedCPUAdam, a C++ op this harness does not build: turn offload off"
+            "ZeRO-Offload under zero3 also offloads the parameters (offload_param, as the estimate reads offload), "
+            "which the CPU ranks do not place: measure offload with zero2, or turn offload off"
         )
+    if plan.offload and plan.method == "qlora":
+        raise CalibrationError("ZeRO-Offload is run with full fine-tuning and LoRA only: turn offload off for QLoRA")
     if plan.autocast:
         raise CalibrationError("the ZeRO runs cover bf16, fp16 and fp32 weights without autocast: turn autocast off")
     if plan.optimizer not in CPU_OPTIMIZERS:
@@ -93,14 +99,23 @@ def zero_buckets(plan: TrainingPlan, hidden_size: int) -> dict[str, Any]:
 
 def deepspeed_config(plan: TrainingPlan, hidden_size: int = 0) -> dict[str, Any]:
     """The DeepSpeed config of a plan: its ZeRO stage with the plan's bucket sizes, bf16 when the plan trains in
-    bf16, its micro-batch and accumulation, and the client optimizer allowed (no `optimizer` section)."""
+    bf16, its micro-batch and accumulation, and the client optimizer allowed (no `optimizer` section). With offload
+    (zero2), ZeRO-Offload's optimizer on the CPU: `offload_optimizer` unpinned, and `zero_force_ds_cpu_optimizer`
+    false, without which DeepSpeed refuses a client optimizer under offload (runtime/engine.py, ZeRORuntimeException
+    near line 2342; app/calibration/zero_offload.py says why the host optimizer changes no device bytes)."""
+    zero = {"stage": 3 if plan.sharding == "zero3" else 2, **zero_buckets(plan, hidden_size)}
+    offload: dict[str, Any] = {}
+    if plan.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        offload["zero_force_ds_cpu_optimizer"] = False
     return {
         "train_micro_batch_size_per_gpu": plan.batch_size,
         "gradient_accumulation_steps": plan.grad_accum_steps,
-        "zero_optimization": {"stage": 3 if plan.sharding == "zero3" else 2, **zero_buckets(plan, hidden_size)},
+        "zero_optimization": zero,
         "bf16": {"enabled": plan.dtype == "bf16"},
         "fp16": {"enabled": plan.dtype == "fp16"},
         "zero_allow_untested_optimizer": True,
+        **offload,
         "steps_per_print": 1_000_000,
     }
 
@@ -122,7 +137,7 @@ def run_zero(
 
     require_deepspeed()
     check_zero_plan(plan)
-    check_plan(plan.model_copy(update={"gpus": 1, "sharding": "none"}), steps)
+    check_plan(plan.model_copy(update={"gpus": 1, "sharding": "none", "offload": False}), steps)
     job = {
         "config": config,
         "plan": plan.model_dump(mode="json"),
@@ -160,11 +175,11 @@ def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any],
     from app.calibration.distributed import rank_measurement
     from app.calibration.harness import environment
 
-    phases, peak = engine_steps(model, cfg, plan, int(job["steps"]), int(job["seed"]))
+    phases, peak, host = engine_steps(model, cfg, plan, int(job["steps"]), int(job["seed"]))
     del model
     env = environment("cpu", matmul_compute="fp32" if job["fp32_matmuls"] else "native")
     return rank_measurement(
-        cfg, plan, job, started, phases, peak, env=env.model_copy(update={"deepspeed": _deepspeed_version()})
+        cfg, plan, job, started, phases, peak, env=env.model_copy(update={"deepspeed": _deepspeed_version()}), **host
     )
 
 
@@ -174,9 +189,21 @@ def _deepspeed_version() -> str:
     return metadata.version("deepspeed")
 
 
-def engine_steps(model: Any, cfg: Any, plan: TrainingPlan, steps: int, seed: int) -> tuple[list[Phase], int]:
+def offload_placed(plan: TrainingPlan, tracker: Any) -> AbstractContextManager[None]:
+    """ZeRO-Offload's host tensors placed on the tracker (app/calibration/zero_offload.py) when the plan offloads."""
+    if not plan.offload:
+        return nullcontext()
+    from app.calibration.zero_offload import placed_zero_offload
+
+    return placed_zero_offload(tracker)
+
+
+def engine_steps(
+    model: Any, cfg: Any, plan: TrainingPlan, steps: int, seed: int
+) -> tuple[list[Phase], int, dict[str, int]]:
     """The engine's steps under the probe: deepspeed.initialize inside the tracker (marked `load`), then per
-    micro-batch forward (the loss only kept), `engine.backward`, `engine.step` (the optimizer at the boundary)."""
+    micro-batch forward (the loss only kept), `engine.backward`, `engine.step` (the optimizer at the boundary).
+    Returns the phases, the device peak and, with offload, the host and all-storage peaks (empty without)."""
     import deepspeed
     import torch
 
@@ -187,7 +214,7 @@ def engine_steps(model: Any, cfg: Any, plan: TrainingPlan, steps: int, seed: int
     labels = StepLabels(plan.grad_accum_steps)
     generator = torch.Generator().manual_seed(seed)
     assert tracker is not None  # device cpu: check_zero_plan
-    with tracker:
+    with tracker, offload_placed(plan, tracker):
         with failures("load"):
             engine, *_ = deepspeed.initialize(
                 model=model,
@@ -213,4 +240,5 @@ def engine_steps(model: Any, cfg: Any, plan: TrainingPlan, steps: int, seed: int
                 probe.mark(labels.optimizer())
         engine.destroy()
         del engine, ids
-    return probe.phases, probe.peak_allocated
+    host = {"host_peak_bytes": tracker.host_peak_bytes, "all_storages_peak_bytes": tracker.all_peak_bytes}
+    return probe.phases, probe.peak_allocated, host if plan.offload else {}

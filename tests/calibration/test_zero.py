@@ -74,7 +74,7 @@ def test_the_config_is_the_plans_stage_and_dtype_at_deepspeeds_zero_defaults() -
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
-        ({"offload": True}, "ZeRO-Offload"),
+        ({"offload": True, "sharding": "zero3"}, "offload_param"),
         ({"optimizer": "adamw_8bit"}, "AdamW or SGD"),
         ({"gpus": 1}, "at least 2 ranks"),
         ({"device": "cuda"}, "device cpu"),
@@ -84,6 +84,24 @@ def test_zero_plans_the_ranks_cannot_run_are_refused_before_any_rank_starts(fiel
     plan = TrainingPlan(**{**BASE, "method": "full", "sharding": "zero2", **fields})
     with pytest.raises(CalibrationError, match=words):
         check_distributed_plan(plan)
+
+
+def test_zero2_offload_is_run_with_deepspeeds_cpu_optimizer_off() -> None:
+    """ZeRO-Offload under ZeRO-2 runs on the ranks (app/calibration/zero_offload.py): offload_optimizer on the CPU,
+    unpinned, and the plan's torch optimizer kept (`zero_force_ds_cpu_optimizer` false)."""
+    for method in ("full", "lora"):
+        plan = TrainingPlan(**{**BASE, "method": method, "sharding": "zero2", "offload": True})
+        check_distributed_plan(plan)
+        config = deepspeed_config(plan)
+        assert config["zero_optimization"] == {
+            "stage": 2,
+            **ZERO_DEFAULTS,
+            "offload_optimizer": {"device": "cpu", "pin_memory": False},
+        }
+        assert config["zero_force_ds_cpu_optimizer"] is False and "optimizer" not in config
+    assert "zero_force_ds_cpu_optimizer" not in deepspeed_config(
+        TrainingPlan(**{**BASE, "method": "full", "sharding": "zero2"})
+    )
 
 
 @pytest.mark.parametrize("sharding", ["zero2", "zero3"])
