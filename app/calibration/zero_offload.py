@@ -7,7 +7,9 @@ argument DeepSpeed passes: with `offload_optimizer.device cpu`, `DeepSpeedZeroOp
 `self.device = 'cpu'` (deepspeed 0.19.8 runtime/zero/stage_1_and_2.py, beside `self.cpu_offload = True`) and makes
 every host tensor with `device=self.device`, every device one with `get_accelerator().current_device_name()`. Under
 `placed_zero_offload` the optimizer's `device` reads as OFFLOAD_DEVICE, a `str` equal to `'cpu'` that is known by
-identity, and a torch function mode counts whatever a call passed it makes as host RAM. In a CUDA run these are host:
+identity, and a torch function mode counts whatever a call passed it makes as host RAM (entered again in each
+gradient hook's `process_gradients`: a function mode does not reach the hooks autograd runs in backward, where a small
+bucket flushes and accumulation makes its host buffers). In a CUDA run these are host:
 
 - the fp32 partitions (`single_partition_of_fp32_groups`: the master weights, `4 × P/n` bytes for P trainable
   parameters over n ranks, `.to(device=self.device, dtype=fp32)` of the bit16 partition's clone) and their
@@ -107,13 +109,14 @@ def _same_storage(a: Any, b: Any) -> bool:
 @contextmanager
 def placed_zero_offload(tracker: LiveTensorTracker) -> Iterator[None]:
     """ZeRO-2's offload_optimizer counted by placement while the block runs (the module docstring says what and
-    why): the optimizer's `device` reads as OFFLOAD_DEVICE when it offloads, calls given it allocate host RAM, and
-    its host optimizer step runs inside `tracker.host_allocations()`. Patches the class in this rank's process only
+    why): the optimizer's `device` reads as OFFLOAD_DEVICE when it offloads, calls given it allocate host RAM (in
+    its gradient hooks too), and its host optimizer step runs inside `tracker.host_allocations()`. Patches the class in this rank's process only
     and restores it after."""
     from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
     cls: Any = DeepSpeedZeroOptimizer
-    step = cls._optimizer_step
+    step, hook = cls._optimizer_step, cls.process_gradients
+    init_code = cls.__init__.__code__
 
     def get_device(self: Any) -> Any:
         value = self.__dict__.get("_gpuplan_device")
@@ -126,11 +129,15 @@ def placed_zero_offload(tracker: LiveTensorTracker) -> Iterator[None]:
         with tracker.host_allocations():  # the torch optimizer steps the host fp32 partition: states, temporaries
             return step(self, group_no)
 
+    def placed_hook(self: Any, param: Any, i: int) -> Any:
+        with _host_function_mode(tracker, init_code):  # a function mode does not reach autograd's hooks: enter it
+            return hook(self, param, i)
+
     cls.device = property(get_device, set_device)
-    cls._optimizer_step = host_step
+    cls._optimizer_step, cls.process_gradients = host_step, placed_hook
     try:
-        with _host_function_mode(tracker, cls.__init__.__code__):
+        with _host_function_mode(tracker, init_code):
             yield
     finally:
         del cls.device
-        cls._optimizer_step = step
+        cls._optimizer_step, cls.process_gradients = step, hook
