@@ -53,9 +53,10 @@ def precision(plan: TrainingPlan) -> Precision:
         return Precision(c, FP32, c, c, mask, lora)
     if plan.fsdp_mixed_precision and plan.device == "cpu":  # adapters gathered in `c`: dropout reads a 16-bit input
         return Precision(c, c, c, c, c, lora)
-    if plan.sharding in ("zero2", "zero3") and plan.gpus > 1 and not plan.offload:
+    if plan.sharding in ("zero2", "zero3") and plan.gpus > 1 and not (plan.offload and plan.sharding == "zero3"):
         # DeepSpeed casts every parameter to the model dtype (engine.py `_cast_module_mixed_precision`), the LoRA
-        # weights too: PEFT's cast of the input to lora_A's dtype is then a no-op (measured on CPU ranks)
+        # weights too: PEFT's cast of the input to lora_A's dtype is then a no-op (measured on CPU ranks; under
+        # ZeRO-2's offload too, the cast being the engine's, before its optimizer: cpu-matrix-zero-offload)
         return Precision(c, c, c, c, mask if plan.device == "cuda" else c, adapter=c)
     return Precision(c, c, c, c, mask, lora)
 

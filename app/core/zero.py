@@ -8,8 +8,9 @@ enabled, LoRA adapters too: deepspeed/runtime/engine.py `_cast_module_mixed_prec
 of them, `B` reduce_bucket_size. Sources: deepspeed/runtime/zero/stage_1_and_2.py (ZeRO-2), stage3.py,
 partition_parameters.py and partitioned_param_coordinator.py (ZeRO-3), config.py (the defaults), 0.19.8.
 
-Known limitations: ZeRO-Offload and bitsandbytes' optimizers are not measured (they keep the first-principles terms
-of app/core/estimate.py, or these formulas unmeasured); QLoRA under ZeRO-2 and ZeRO-3, bf16, fp16 and
+Known limitations: ZeRO-3's offload, QLoRA with offload and bitsandbytes' optimizers are not measured (they keep the
+first-principles terms of app/core/estimate.py, or these formulas unmeasured); ZeRO-2's offload_optimizer is, counted
+by placement (app/calibration/zero_offload.py, calibration/cpu-matrix-zero-offload.toml); QLoRA under ZeRO-2 and ZeRO-3, bf16, fp16 and
 fp32, torch AdamW and SGD and transformers' Adafactor, with and without accumulation, at DeepSpeed's bucket sizes
 and the configs' `auto` are (calibration/cpu-matrix-zero*.toml); ZeRO-3's reuse window for models above `MAX_REUSE_DISTANCE / 2`
 parameters is first-principles.
@@ -34,6 +35,7 @@ REDUCE_BUCKET_ELEMENTS = 500_000_000  # reduce_bucket_size
 PREFETCH_BUCKET_ELEMENTS = 50_000_000  # stage3_prefetch_bucket_size
 PERSISTENCE_THRESHOLD = 100_000  # stage3_param_persistence_threshold: smaller parameters are never released
 MAX_REUSE_DISTANCE = 1_000_000_000  # stage3_max_reuse_distance
+FP64 = 8  # deepspeed runtime/zero/utils.py `get_norm_dtype`: gradient norms in torch.double where supported
 # stage_1_and_2.py: `nccl_start_alignment_factor = 2`; the flat buffer is padded to a multiple of 2·n elements
 ALIGNMENT = 2
 # the MLP projections of the dense families (llama/mistral/qwen gated MLPs, GPT-style fc1/fc2)
@@ -73,7 +75,7 @@ class ZeroTerms(NamedTuple):
     adapters: int  # LoRA: the trainable flat (ZeRO-2) or partition (ZeRO-3), in the model dtype
     master: int  # the fp32 partition
     states: int  # the optimizer's states over the fp32 partition
-    grad_partition: int  # ZeRO-3: the gradient partitions' flat buffer, from the start on
+    grad_partition: int  # ZeRO-3: the gradient partitions' flat buffer; ZeRO-2 offload: its device gradient buffer
     bucket: int  # the contiguous gradient bucket (ZeRO-2: through backward; ZeRO-3: from the start on)
     reduce: int  # backward's end: the flat copy of the bucket's gradients (and gloo's working copy)
     init: int  # the start-up temporary (load)
@@ -96,6 +98,8 @@ class ZeroTerms(NamedTuple):
     # checkpointed layer's folded expert weights while its forward runs
     backward_gathered: int = 0
     forward_fold: int = 0
+    # ZeRO-2 offload: at the backward's flush, the largest parameter's gradient and the fp64 copy its norm is taken from
+    offload_flush: int = 0
 
 
 def param_numels(model: ModelSpec, adapted: Iterable[Adapted], method: str) -> tuple[list[int], list[int]]:
@@ -175,6 +179,41 @@ def zero2_terms(
     )
 
 
+def zero2_offload_terms(plan: TrainingPlan, trainable: list[int], terms: ZeroTerms) -> ZeroTerms:
+    """ZeRO-2 with ZeRO-Offload (`offload_optimizer: cpu`): the fp32 partition and its gradient, the host bit16
+    buffer, the optimizer's states and every temporary of its step live in host RAM (the step runs there), so the
+    device keeps the flat weights, the bucket and the reduction as without offload, plus one device gradient buffer
+    the size of the largest trainable parameter (`temp_grad_buffer_for_gpu_offload`, `d·max numel`, from the load on:
+    `grad_partition`). The load peaks as the trainable parameters are flattened on the device, the flat copy beside
+    the originals (`d·P` more, before the device gradient buffer is made: `init` net of it; the partition's clone the
+    master is copied from, `d·Pn`, comes once the originals are freed; DeepSpeed flattens on the device when its free
+    memory holds the flat buffer, `flatten_on_accelerator`, and on the host otherwise, `d·P` lower). Backward copies each reduced gradient straight into the host fp32 gradient, never into a device contiguous
+    partition, and accumulation sums in host buffers: no device fp32 gradient, cast or accumulated partition. Before
+    each copy it takes the norm of the parameter's partition slice from an fp64 copy of it (`get_norm_dtype`: fp64
+    wherever the accelerator has it, CUDA included): at the flush, the largest parameter's gradient `d·L` and that
+    copy `8·L` (the whole parameter: a bound on its slice; `offload_flush`). Which host optimizer runs (torch's, or
+    DeepSpeedCPUAdam) changes no device bytes. Measured on CPU ranks by placement (app/calibration/zero_offload.py;
+    mistral, full, auto buckets, 2 ranks: the backward -13.05 % without the flush; llama, full, fp32, auto buckets,
+    2 ranks: the load's peak -18.78 % without the flat copy). Source: deepspeed 0.19.8
+    runtime/zero/stage_1_and_2.py (`__init__`: `flatten_dense_tensors_aligned`, `weights_partition`,
+    `temp_grad_buffer_for_gpu_offload`; `copy_grads_in_partition`'s offload path, `set_norm_for_param_grad_in_gpu`,
+    `async_inplace_copy_grad_to_fp32_buffer_from_gpu`, `async_accumulate_grad_in_cpu_via_gpu`; `step`), utils.py."""
+    d, largest = DTYPE_BYTES[plan.dtype], max(trainable, default=0)
+    partition = zero2_partition(sum(trainable), plan.gpus)
+    flat = terms.weights if plan.method == "full" else terms.adapters
+    return terms._replace(
+        offload_flush=rounded(d * largest) + rounded(FP64 * largest),
+        master=0,
+        states=0,
+        grad_partition=rounded(d * largest),
+        init=max(0, max(flat, rounded(d * partition)) - rounded(d * largest)),
+        fp32_grad=0,
+        step_temp=0,
+        cast=0,
+        partition_in_backward=0,
+    )
+
+
 def zero3_terms(
     plan: TrainingPlan,
     trainable: list[int],
@@ -245,6 +284,18 @@ def head_hook_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     return rounded(d * model.arch.vocab_size * h) + rounded(d * plan.batch_size * plan.seq_len * h)
 
 
+def offload_head_norm_bytes(model: ModelSpec, plan: TrainingPlan, buckets: Buckets) -> int:
+    """ZeRO-2 offload, full fine-tuning: lm_head's gradient (`V·h` elements) outgrows a reduce bucket smaller than it
+    (the configs' auto `h·h`), so it is reduced at its own hook, beside every activation, and its norm taken there
+    from an fp64 copy of its partition slice: at most `8·V·h` (`zero2_offload_terms`). Measured on CPU ranks
+    (mistral, full, auto buckets, 2 ranks: the rank holding lm_head peaks there). Source: stage_1_and_2.py
+    (`reduce_independent_p_g_buckets_and_remove_grads`: the extra-large parameter; `set_norm_for_param_grad_in_gpu`)."""
+    head = model.arch.vocab_size * model.arch.hidden_size
+    if plan.method != "full" or buckets.reduce >= head:
+        return 0
+    return rounded(FP64 * head)
+
+
 # ZeRO-3's fp32 master in an fp32 run: stage3.py `_create_fp32_partitions` shares the partition when its dtype is the
 # master's and `partition.device == self.device`, but `self.device` is the accelerator's device *name* (a str) and
 # torch compares a torch.device with a str as unequal (torch 2.13: `torch.device("cpu") == "cpu"` is False), so it
@@ -255,11 +306,13 @@ def head_hook_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
 def zero_terms(
     model: ModelSpec, plan: TrainingPlan, adapted: Iterable[Adapted], inv: Inventory | None = None
 ) -> ZeroTerms | None:
-    """The ZeRO terms of a zero2/zero3 plan that DeepSpeed's own tensors model (full or LoRA, 16/32-bit, no
-    offload; QLoRA under ZeRO-2, from the plan's inventory `inv`: `qlora_zero2_terms`); None for other plans (they
-    keep estimate's terms)."""
-    if plan.sharding not in ZERO or plan.gpus < 2 or plan.offload or plan.autocast:
+    """The ZeRO terms of a zero2/zero3 plan that DeepSpeed's own tensors model (full or LoRA, 16/32-bit; ZeRO-2's
+    offload_optimizer for full and LoRA: `zero2_offload_terms`; QLoRA under ZeRO-2, from the plan's inventory `inv`:
+    `qlora_zero2_terms`); None for other plans (they keep estimate's terms)."""
+    if plan.sharding not in ZERO or plan.gpus < 2 or plan.autocast:
         return None
+    if plan.offload and (plan.sharding == "zero3" or plan.method == "qlora"):
+        return None  # ZeRO-3's offload (parameters too) and QLoRA's: not run (app/calibration/zero.py)
     if plan.method == "qlora" and inv is None:
         return None
     trainable, frozen = param_numels(model, adapted, plan.method)
@@ -271,11 +324,15 @@ def zero_terms(
         terms = zero3_terms(plan, trainable, frozen, embedding[0] if embedding else 0, buckets)
     mlp = plan.method == "full" or any(a.group.leaf in MLP_LEAVES for a in adapted)
     accumulated = accumulated_partition_bytes(plan, trainable) if plan.sharding == "zero2" else 0
+    head = head_hook_bytes(model, plan)
+    if plan.offload:
+        terms, accumulated = zero2_offload_terms(plan, trainable, terms), 0  # accumulation: host buffers
+        head += offload_head_norm_bytes(model, plan, buckets)
     if plan.method == "qlora" and inv is not None and plan.sharding == "zero2":
         terms = qlora_zero2_terms(model, plan, inv, terms)
     elif plan.method == "qlora" and inv is not None:
         terms = qlora_zero3_terms(model, plan, inv, (trainable, adapted), terms, buckets)
-    return terms._replace(head_hook=head_hook_bytes(model, plan), mlp_adapted=mlp, accumulated=accumulated)
+    return terms._replace(head_hook=head, mlp_adapted=mlp, accumulated=accumulated)
 
 
 def qlora_zero2_terms(model: ModelSpec, plan: TrainingPlan, inv: Inventory, terms: ZeroTerms) -> ZeroTerms:
@@ -494,4 +551,5 @@ def zero_backward_moments(z: ZeroTerms, a: StepActivations, held: Moment, gather
             "activation_bytes": a.activations - a.head_saved - (0 if z.mlp_adapted else a.mlp_saved),
         },
         {**backward, "zero_reduce_bytes": z.reduce + z.end_gather},
+        *([{**backward, "gradient_bytes": partition + z.offload_flush}] if z.offload_flush else []),
     ]

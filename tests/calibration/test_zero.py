@@ -128,3 +128,17 @@ def test_real_zero_ranks_hold_the_estimate_net_of_the_bucket(sharding: str, meth
     bucket = 1_000_000_000  # reduce_bucket_size 5e8 bf16 elements
     net = (comparison.estimated_peak_bytes - comparison.measured_peak_bytes) / (worst - bucket) * 100
     assert abs(net) <= 5.0, (sharding, method, comparison.error_pct, net)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not HAS_DEEPSPEED, reason="the deepspeed extra is not installed (pip install 'gpuplan[deepspeed]')")
+def test_real_zero2_offload_ranks_keep_the_optimizer_in_host_ram() -> None:
+    """ZeRO-2 with offload_optimizer: the fp32 partition, its gradient and the states are host bytes, so the device
+    phases hold only the flat weights, the device gradient buffer and the step's activations and bucket."""
+    plan = TrainingPlan(**{**BASE, "method": "full", "sharding": "zero2", "offload": True})
+    measurement = run_zero(TINY, plan, layers=None, steps=2, seed=0, fp32_matmuls=False, timeout_s=600)
+    comparison, _ = compare_to(measurement, spec_for(measurement, "llama"))
+    assert measurement.host_peak_bytes is not None and measurement.host_peak_bytes > 0
+    for phase in comparison.phases:
+        assert abs(phase.error_pct) <= 2.0, (phase.phase, phase.error_pct)
