@@ -5,13 +5,15 @@ The CPU reference tracker (one process) measured every single-device term of the
 (docs/accuracy-multi.md), FSDP2's CPU offload included (counted by placement: app/calibration/offload.py),
 QLoRA under FSDP2 (PEFT's recipe, calibration/cpu-matrix-multi-qlora.toml), FSDP2's MixedPrecisionPolicy in bf16
 and fp16 over fp32 shards, with and without offload (calibration/cpu-matrix-multi-mp.toml, cpu-matrix-multi-mp2.toml),
-FSDP1 full and LoRA (calibration/cpu-matrix-multi-fsdp1.toml; QLoRA under FSDP1 is not
-run: first-principles), and DeepSpeed ZeRO-2/3 engines (bf16, fp16 and fp32, torch AdamW and SGD and transformers' Adafactor, full, LoRA and QLoRA, with and without accumulation, at
+FSDP1 full and LoRA (calibration/cpu-matrix-multi-fsdp1.toml) and QLoRA as the frameworks build it under FSDP1
+(no fp32 upcast, FULL_SHARD, no or BACKWARD_PRE prefetch: calibration/cpu-matrix-multi-fsdp1-qlora.toml), and DeepSpeed ZeRO-2/3 engines (bf16, fp16 and fp32, torch AdamW and SGD and transformers' Adafactor, full, LoRA and QLoRA, with and without accumulation, at
 DeepSpeed's bucket sizes and the configs' auto: calibration/cpu-matrix-zero*.toml, app/core/zero.py), and gradient
 accumulation under DDP, FSDP1 and FSDP2 as transformers' Trainer runs it (calibration/cpu-matrix-multi-accum.toml). Checkpointing every n-th layer (`checkpoint_every`, calibration/cpu-matrix-trainer-every2.toml)
 and offloaded checkpointing (`checkpoint_offload`, counted by placement: app/calibration/offload.py
 `host_saved_checkpoints`, calibration/cpu-matrix-trainer-offload.toml) are measured on the CPU tracker through
-transformers.Trainer. Nothing here is measured on CUDA yet: the CUDA-only overheads, ZeRO-Offload, ZeRO
+transformers.Trainer. ZeRO-2's offload_optimizer (full and LoRA, bf16 and fp32) is measured on the CPU ranks
+by placement (app/calibration/zero_offload.py, calibration/cpu-matrix-zero-offload.toml). Nothing here is measured on
+CUDA yet: the CUDA-only overheads, ZeRO-3's offload and QLoRA or fp16 with ZeRO-Offload, ZeRO
 with bitsandbytes' optimizers (CUDA kernels), layers split across GPUs and
 bitsandbytes' int8 and paged paths are first-principles.
 """
@@ -43,8 +45,9 @@ ZERO_TERMS = frozenset({"master_weight_bytes", "zero_bucket_bytes", "zero_reduce
 
 def zero_measured(plan: TrainingPlan) -> bool:
     """A ZeRO-2/3 plan of the kind the CPU ranks ran: full, LoRA or QLoRA, bf16, fp16 or fp32, torch AdamW or SGD or
-    transformers' Adafactor, no offload, with or without accumulation, at DeepSpeed's bucket sizes or the configs' auto
-    (calibration/cpu-matrix-zero*.toml)."""
+    transformers' Adafactor, with or without accumulation, at DeepSpeed's bucket sizes or the configs' auto
+    (calibration/cpu-matrix-zero*.toml); with offload, ZeRO-2's offload_optimizer for full and LoRA in bf16 or fp32
+    (counted by placement: calibration/cpu-matrix-zero-offload.toml)."""
     return (
         plan.sharding in ("zero2", "zero3")
         and plan.gpus > 1
@@ -52,8 +55,14 @@ def zero_measured(plan: TrainingPlan) -> bool:
         and plan.dtype in ("bf16", "fp16", "fp32")
         and not plan.autocast
         and plan.optimizer in ("adamw", "sgd", "adafactor")
-        and not plan.offload
+        and (not plan.offload or zero_offload_measured(plan))
     )
+
+
+def zero_offload_measured(plan: TrainingPlan) -> bool:
+    """ZeRO-Offload as the CPU ranks ran it: ZeRO-2's offload_optimizer, full or LoRA, bf16 or fp32 (not ZeRO-3's
+    parameter offload, QLoRA or fp16: refused or not run; app/calibration/zero_offload.py)."""
+    return plan.sharding == "zero2" and plan.method in ("full", "lora") and plan.dtype in ("bf16", "fp32")
 
 
 def measured_policy(plan: TrainingPlan) -> bool:
@@ -85,13 +94,18 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
     if plan.gpus > 1 or plan.sharding != "none" or plan.offload:
         # accumulated gradients are measured on one device, under ZeRO (cpu-matrix-zero-accum) and under DDP/FSDP as
         # the Trainer accumulates (no sync before a window's last micro-batch: cpu-matrix-multi-accum)
-        fsdp1_qlora = plan.fsdp_version == 1 and plan.method == "qlora"  # not run on the CPU ranks
+        # QLoRA under FSDP1 ran in bf16 with no or BACKWARD_PRE prefetch (SHARD_GRAD_OP is refused: adapters.py)
+        fsdp1_qlora = (
+            plan.fsdp_version == 1
+            and plan.method == "qlora"
+            and (plan.dtype != "bf16" or plan.fsdp_backward_prefetch == "post")
+        )
         if (
             (plan.sharding in MEASURED_LAYOUTS or zero_measured(plan))
             and plan.gpus > 1
             and measured_policy(plan)
             and not fsdp1_qlora
         ):
-            return "measured-cpu-ranks"  # offload is FSDP2's only (TrainingPlan refuses it with ddp); QLoRA too
-        return "first-principles"  # ZeRO-Offload and the ZeRO plans not run, layers split across GPUs
+            return "measured-cpu-ranks"  # offload: FSDP2's and ZeRO-2's (TrainingPlan refuses it with ddp); QLoRA too
+        return "first-principles"  # ZeRO-3's offload and the ZeRO plans not run, layers split across GPUs
     return "first-principles" if term in RANK_TERMS else "measured-cpu"

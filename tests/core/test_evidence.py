@@ -39,7 +39,7 @@ def test_ddp_and_fsdp2_terms_are_measured_on_cpu_ranks(sharding: str) -> None:
     "fields",
     [
         {"sharding": "zero3", "gpus": 8, "offload": True},
-        {"sharding": "zero2", "gpus": 8, "offload": True},
+        {"sharding": "zero2", "gpus": 8, "offload": True, "dtype": "fp16"},
         {"sharding": "zero3", "gpus": 8, "optimizer": "adamw_8bit"},
         {"sharding": "zero2", "gpus": 8, "dtype": "fp16", "autocast": True},
         {"sharding": "none", "gpus": 2},
@@ -70,6 +70,16 @@ def test_zero_terms_the_cpu_ranks_ran_are_measured(sharding: str, method: str, e
     ev = _evidence(**{"method": method, "optimizer": "adamw", "sharding": sharding, "gpus": 8, **extra})
     assert ev["master_weight_bytes"] == ev["base_weight_bytes"] == "measured-cpu-ranks"
     assert ev.get("optimizer_state_bytes", "measured-cpu-ranks") == "measured-cpu-ranks"  # SGD keeps none
+    assert all(v == "measured-cpu-ranks" for k, v in ev.items() if not k.startswith(("cu", "allocator")))
+    assert ev["cuda_context_bytes"] == "first-principles"
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_zero2_offload_terms_are_measured_on_cpu_ranks_by_placement(method: str, dtype: str) -> None:
+    """calibration/cpu-matrix-zero-offload.toml: ZeRO-2's offload_optimizer, the host tensors counted by placement."""
+    ev = _evidence(method=method, optimizer="adamw", sharding="zero2", gpus=8, offload=True, dtype=dtype)
+    assert ev["base_weight_bytes"] == "measured-cpu-ranks"
     assert all(v == "measured-cpu-ranks" for k, v in ev.items() if not k.startswith(("cu", "allocator")))
     assert ev["cuda_context_bytes"] == "first-principles"
 
