@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from app.core.plan import ALL_LINEAR, TrainingPlan
+from app.core.step import kbit_upcast
 from app.errors import CalibrationError
 
 if TYPE_CHECKING:
@@ -157,7 +158,9 @@ def prepare_base(model: Any, plan: TrainingPlan) -> Any:
     peft = _lib("peft")
     # explicit either way: torch 2.13 warns without use_reentrant and then falls back to reentrant
     checkpointing = {"use_reentrant": plan.reentrant}
-    if plan.method == "qlora":
+    if plan.method == "qlora" and not kbit_upcast(plan):
+        _prepare_sharded_qlora(model, checkpointing, plan)
+    elif plan.method == "qlora":
         # also upcasts every non-quantized weight (embeddings, norms, lm_head) to fp32, as QLoRA training does
         model = peft.prepare_model_for_kbit_training(
             model,
@@ -176,6 +179,18 @@ def prepare_base(model: Any, plan: TrainingPlan) -> Any:
         for param in model.parameters():
             param.requires_grad_(True)
     return model
+
+
+def _prepare_sharded_qlora(model: Any, checkpointing: dict[str, Any], plan: TrainingPlan) -> None:
+    """QLoRA under FSDP1 as the frameworks build it (`app.core.step.kbit_upcast`): no prepare_model_for_kbit_training,
+    so the embeddings, norms and lm_head stay in the compute dtype beside the 4-bit weights stored in it (one dtype
+    per FlatParameter), the adapters fp32 in their own units (PEFT's fsdp_auto_wrap_policy, app/calibration/
+    fsdp1.py); checkpointing as for LoRA (trl 1.16.0 trl/trainer/sft_trainer.py `SFTTrainer.__init__`: the Trainer's
+    gradient_checkpointing_enable, then enable_input_require_grads for a PEFT model); get_peft_model freezes the
+    base."""
+    if plan.gradient_checkpointing:
+        _checkpoint_layers(model, checkpointing, plan)
+        model.enable_input_require_grads()
 
 
 def lora_config(plan: TrainingPlan) -> Any:

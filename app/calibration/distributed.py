@@ -41,6 +41,7 @@ from datetime import timedelta
 from typing import Any
 
 from app.calibration.measurement import Loop, Measurement, Phase, RankPeak
+from app.core.adapters import fsdp1_qlora_refusal
 from app.core.plan import TrainingPlan
 from app.errors import CalibrationError
 
@@ -110,12 +111,8 @@ def check_distributed_plan(plan: TrainingPlan) -> None:
         raise CalibrationError("the multi-rank harness runs ddp, fsdp or fsdp_grad_op on at least 2 ranks (gpus >= 2)")
     if plan.device != "cpu":
         raise CalibrationError("the multi-rank harness runs CPU ranks over gloo: use device cpu")
-    if plan.fsdp_version == 1 and plan.method == "qlora":
-        raise CalibrationError(
-            "QLoRA under FSDP1 is not run here (its terms are first-principles): prepare_model_for_kbit_training's "
-            "fp32 norms beside the bf16-stored 4-bit weights fail FSDP1's uniform-dtype FlatParameter; use "
-            "fsdp_version 2, or lora/full"
-        )
+    if (refusal := fsdp1_qlora_refusal(plan)) is not None:  # the first backward fails (the core's refusal)
+        raise CalibrationError(refusal.detail)
     if plan.fsdp_version == 1 and plan.fsdp_mixed_precision and plan.uses_lora:
         raise CalibrationError(
             "LoRA under FSDP1's MixedPrecision fails in the first forward (\"expected m1 and m2 to have the same "

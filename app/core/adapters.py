@@ -230,9 +230,12 @@ def fsdp1_refusal(model: ModelSpec, plan: TrainingPlan) -> StackRefusal | None:
     place, and FSDP1's FlatParameter (use_orig_params: the parameters become views into its shard) hands it a
     piece of another size: the first forward fails ("inconsistent tensor size, expected tensor [16] and src [512]"),
     measured on CPU ranks (mixtral, all-linear, FULL_SHARD and SHARD_GRAD_OP, with and without checkpointing, every
-    backward prefetch). FSDP2 (fully_shard, a DTensor per parameter) runs it (+0.47 % on the same plan)."""
+    backward prefetch). FSDP2 (fully_shard, a DTensor per parameter) runs it (+0.47 % on the same plan). QLoRA under
+    SHARD_GRAD_OP: `fsdp1_qlora_refusal`."""
     if not (plan.uses_lora and _fsdp1(plan)):
         return None
+    if (qlora := fsdp1_qlora_refusal(plan)) is not None:
+        return qlora
     try:
         adapted, _ = adapted_modules(model, lora_key(plan))
     except StackRefusal:
@@ -243,6 +246,25 @@ def fsdp1_refusal(model: ModelSpec, plan: TrainingPlan) -> StackRefusal | None:
     return StackRefusal(
         f"PEFT's ParamWrapper ({', '.join(wrapped)}: LoRA on fused expert parameters) fails under FSDP1's flat "
         "parameters: use fsdp_version 2, or target the attention projections only",
+        field="fsdp_version",
+        accepted=2,
+    )
+
+
+def fsdp1_qlora_refusal(plan: TrainingPlan) -> StackRefusal | None:
+    """QLoRA under FSDP1's SHARD_GRAD_OP (sharding fsdp_grad_op): bitsandbytes' Linear4bit.forward sets its weight
+    again as a Params4bit carrying the module's quant state (`fix_4bit_weight_quant_state_from_module`: FSDP1's views
+    are plain tensors), and SHARD_GRAD_OP keeps the unsharded views from forward to backward, where FSDP1 checks that
+    no parameter changed: the first backward fails ("FSDP does not support changing the parameters between forward
+    and backward for HandleShardingStrategy.SHARD_GRAD_OP"), measured on CPU ranks (llama and mistral, 2 ranks, with
+    and without checkpointing). FULL_SHARD reshards after forward and runs it; so does FSDP2. Source:
+    bitsandbytes 0.50.2 nn/modules.py, torch 2.13 distributed/fsdp/_flat_param.py (`_writeback_orig_params`)."""
+    if plan.method != "qlora" or plan.sharding != "fsdp_grad_op" or not _fsdp1(plan):
+        return None
+    return StackRefusal(
+        "QLoRA under FSDP1's SHARD_GRAD_OP fails in the first backward: bitsandbytes' Linear4bit re-wraps its weight "
+        "in forward and SHARD_GRAD_OP's kept unsharded views refuse a changed parameter; use fsdp_version 2, or "
+        "sharding fsdp",
         field="fsdp_version",
         accepted=2,
     )

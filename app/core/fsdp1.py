@@ -44,8 +44,20 @@ def fsdp1_unit_bytes(inv: Inventory, plan: TrainingPlan) -> tuple[int, int]:
     LoRA adapters left out. Under LoRA every adapter is its own unit (PEFT's `fsdp_auto_wrap_policy`; one dtype per
     FlatParameter), gathered only while its own forward or backward runs, so a layer's gather is its weights alone.
     Without adapters these are `sharding.root_param_bytes` / `layer_param_bytes`; in the param dtype under
-    MixedPrecision (`fsdp1_mp.unsharded_bytes`)."""
-    return unsharded_bytes(plan, inv.base.other), unsharded_bytes(plan, inv.largest_layer_weights)
+    MixedPrecision (`fsdp1_mp.unsharded_bytes`); under QLoRA without the layer's quant states
+    (`fsdp1_layer_flat_bytes`)."""
+    return unsharded_bytes(plan, inv.base.other), unsharded_bytes(plan, fsdp1_layer_flat_bytes(inv))
+
+
+def fsdp1_layer_flat_bytes(inv: Inventory) -> int:
+    """The largest decoder layer's FlatParameter: its parameters only, so under QLoRA the packed 4-bit weights (stored
+    in the compute dtype) and the norms, not bitsandbytes' quant states (absmax, nested states, code maps: attributes
+    of each Params4bit, kept whole on every rank: `estimate.fsdp_quant_state_bytes`). Measured on CPU ranks (llama,
+    QLoRA, FULL_SHARD x2: the gathered layer is one tensor of the packed weights and norms, 396,288 B, where the
+    inventory's layer, 427,520 B, holds its 31,232 B of quant states). Source: torch/distributed/fsdp/_flat_param.py
+    (`FlatParamHandle._init_flat_param_and_metadata` flattens `module.named_parameters()`), bitsandbytes/nn/
+    modules.py (`Params4bit.quant_state`)."""
+    return inv.largest_layer_weights - inv.layer_quant_states
 
 
 def fsdp1_gathered_bytes(
@@ -195,11 +207,29 @@ def lora_late_prefetch_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int
     tensors freed. 0 otherwise, and with fewer than 2 layers. Measured on CPU ranks (mistral, LoRA, BACKWARD_POST, no
     checkpointing: two layers gathered, two layers' saved tensors alive). Source:
     torch/distributed/fsdp/_runtime_utils.py (`_post_backward_reshard` → `_prefetch_handle`),
-    _exec_order_utils.py (`get_handle_to_backward_prefetch`)."""
-    if not (plan.uses_lora and plan.fsdp_backward_prefetch == "post" and plan.sharding == "fsdp") or num_layers < 2:
+    _exec_order_utils.py (`get_handle_to_backward_prefetch`). QLoRA without prefetch and under BACKWARD_PRE too
+    (`qlora_late_gather`)."""
+    late = plan.fsdp_backward_prefetch == "post" or qlora_late_gather(plan)
+    if not (plan.uses_lora and late and plan.sharding == "fsdp") or num_layers < 2:
         return 0
     root, layer = fsdp1_unit_bytes(inv, plan)
     return root + 2 * layer
+
+
+def qlora_late_gather(plan: TrainingPlan) -> bool:
+    """QLoRA under FULL_SHARD without or with BACKWARD_PRE: the layer before is gathered late in a layer's backward,
+    as under BACKWARD_POST (`lora_late_prefetch_bytes`). BACKWARD_PRE: q_proj's lora_A unit's pre-backward prefetches
+    it (its predecessor in the post-forward order), so the layer's attention input gradient and input norm's backward
+    run with both layers gathered. No prefetch: the layer before unshards in its own pre-backward hook (registered on
+    its output in its post-forward) before the layer's reshard-only hook (a multi-grad hook on that same tensor as
+    the layer's input, registered later: a frozen unit has no post-backward AccumulateGrad hook) frees it. Measured
+    on CPU ranks (mixtral, QLoRA on the attention, x2: BACKWARD_PRE with checkpointing, the peak at the norm's
+    `aten::mul` with two gathered layers and the root, -4.87 % with one; no prefetch nor checkpointing, the peak in
+    `_pre_backward_hook` → `_unshard` with the layer after still gathered, -9.30 % in this matrix's first run). LoRA's
+    points, measured before, keep their terms: the same hooks, not re-measured. Source:
+    torch/distributed/fsdp/_runtime_utils.py (`_pre_backward_hook` → `_prefetch_handle`, `_register_pre_backward_hooks`,
+    `_register_post_backward_reshard_only_hook`)."""
+    return plan.method == "qlora" and plan.fsdp_backward_prefetch in ("none", "pre")
 
 
 def reduce_scatter_next_bytes(inv: Inventory, plan: TrainingPlan, num_layers: int) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 from app.core.plan import TrainingPlan
 from app.core.quant import rounded
 from app.core.spec import ModelSpec
-from app.core.step import precision
+from app.core.step import kbit_upcast, precision
 from app.core.units import DTYPE_BYTES, FP32
 
 # trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE; trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE
@@ -46,7 +46,7 @@ class HeadShapes(NamedTuple):
 
 def head_shapes(model: ModelSpec, plan: TrainingPlan) -> HeadShapes:
     p = precision(plan)
-    weight = FP32 if plan.method == "qlora" or (plan.method == "full" and plan.dtype == "fp16") else 0
+    weight = FP32 if kbit_upcast(plan) or (plan.method == "full" and plan.dtype == "fp16") else 0
     n = plan.batch_size * max(1, plan.seq_len - 1)
     return HeadShapes(
         positions=n,

@@ -47,7 +47,8 @@ def precision(plan: TrainingPlan) -> Precision:
     lora = adapter_dtype_bytes(plan)
     # QLoRA keeps prepare_model_for_kbit_training's fp32 embeddings, norms and lm_head, so an fp32 residual stream
     # and logits; under ZeRO-2 the engine casts them to the model dtype (below; zero.py `qlora_zero2_terms`)
-    if plan.method == "qlora" and not (plan.sharding in ("zero2", "zero3") and plan.gpus > 1 and not plan.offload):
+    # (not under FSDP1: `kbit_upcast`, the stream and logits in the compute dtype, as LoRA's)
+    if kbit_upcast(plan) and not (plan.sharding in ("zero2", "zero3") and plan.gpus > 1 and not plan.offload):
         return Precision(c, FP32, FP32, FP32, mask, lora)  # compute, residual, act, logits, mask, adapter
     if plan.autocast:  # the embedding is not autocast (fp32 stream); matmuls and their outputs are 16-bit
         return Precision(c, FP32, c, c, mask, lora)
@@ -59,6 +60,21 @@ def precision(plan: TrainingPlan) -> Precision:
         # ZeRO-2's offload too, the cast being the engine's, before its optimizer: cpu-matrix-zero-offload)
         return Precision(c, c, c, c, mask if plan.device == "cuda" else c, adapter=c)
     return Precision(c, c, c, c, mask, lora)
+
+
+def kbit_upcast(plan: TrainingPlan) -> bool:
+    """QLoRA with prepare_model_for_kbit_training's fp32 upcast of every non-quantized parameter (embeddings, norms,
+    lm_head): every QLoRA plan but those under FSDP1, which the frameworks build as sharded QLoRA without it, since
+    FSDP1 flattens one dtype per unit (torch/distributed/fsdp/_flat_param.py `_validate_tensors_to_flatten`) and
+    the 4-bit weights are stored in the compute dtype (`bnb_4bit_quant_storage`): trl 1.16.0
+    trl/experimental/utils.py `prepare_peft_model` (`is_sharded_qlora`: no prepare_model_for_kbit_training, no
+    cast), trl/trainer/sft_trainer.py `SFTTrainer.__init__` (never calls it); axolotl loaders/model.py
+    (`is_qlora_and_fsdp_enabled` skips the embedding dtype conversion); the adapters stay fp32 (PEFT's
+    autocast_adapter_dtype; accelerate 1.16 `Accelerator.prepare_model` upcasts a trainable FlatParameter to fp32
+    under mixed precision). Measured on CPU ranks (calibration/cpu-matrix-multi-fsdp1-qlora.toml)."""
+    if plan.method != "qlora":
+        return False
+    return not (plan.fsdp_version == 1 and plan.sharding in ("fsdp", "fsdp_grad_op"))
 
 
 def adapter_dtype_bytes(plan: TrainingPlan) -> int:

@@ -11,7 +11,7 @@ from app.core.adapters import Adapted, LoraKey, adapted_modules
 from app.core.plan import Device, DType, Method, Optimizer, Quant, TrainingPlan
 from app.core.quant import quantized_weight_allocated, quantized_weight_bytes, quantized_weight_tensors, rounded
 from app.core.spec import ModelSpec
-from app.core.step import adapted_by_leaf, adapter_dtype_bytes
+from app.core.step import adapted_by_leaf, adapter_dtype_bytes, kbit_upcast
 from app.core.units import DTYPE_BYTES, FP32, UINT8
 
 # bitsandbytes 8-bit optimizers keep tensors under 4096 elements in 32-bit (min_8bit_size)
@@ -58,6 +58,7 @@ class Inventory:
     largest_layer_weights: int = 0  # one decoder layer's unsharded weights (ZeRO-3/FSDP all-gather)
     double_quant_saving: int = 0
     quant_states: int = 0  # part of base_quantized that is not the packed data: absmax, nested states, code maps
+    layer_quant_states: int = 0  # the part of largest_layer_weights that is quant states (no parameters)
     quantized: frozenset[str] = frozenset()
     trainable_params: int = 0
     trainable_dtype: int = FP32
@@ -73,6 +74,7 @@ class BaseKey(NamedTuple):
     optimizer: Optimizer
     device: Device
     adapter_bytes: int = FP32  # bytes per LoRA A/B element (`adapter_dtype_bytes`)
+    kbit_upcast: bool = True  # QLoRA's non-quantized parameters upcast to fp32 (`step.kbit_upcast`)
 
 
 def base_key(plan: TrainingPlan) -> BaseKey:
@@ -84,6 +86,7 @@ def base_key(plan: TrainingPlan) -> BaseKey:
         plan.optimizer,
         plan.device,
         adapter_dtype_bytes(plan),
+        kbit_upcast(plan) or plan.method != "qlora",
     )
 
 
@@ -105,7 +108,7 @@ def plan_tensors(model: ModelSpec, base: BaseKey, lora: LoraKey) -> PlanTensors:
 
 
 def _param_dtype_bytes(key: BaseKey) -> int:
-    if key.method == "qlora":
+    if key.method == "qlora" and key.kbit_upcast:
         return FP32  # prepare_model_for_kbit_training upcasts every non-quantized parameter to fp32
     if key.method == "full" and key.dtype == "fp16":
         return FP32  # fp16 training keeps fp32 master weights (GradScaler cannot unscale fp16 grads)
@@ -163,6 +166,7 @@ def base_inventory(model: ModelSpec, key: BaseKey) -> Inventory:
     quant = key.quant if key.quant in ("nf4", "fp4", "int8") else None
     inv = Inventory()
     per_layer_weights: dict[str, int] = {}
+    layer_states = 0  # one decoder layer's quant states
     fp32 = set(model.arch.fp32_params)  # transformers keeps these in fp32 whatever the dtype (DeepSeek's router)
     for g in model.groups:
         is_q = quant is not None and g.quantizable
@@ -171,7 +175,9 @@ def base_inventory(model: ModelSpec, key: BaseKey) -> Inventory:
         for p in g.params:
             dtype = FP32 if f"{g.name}.{p.name}" in fp32 else pdt
             if is_q and p.name == "weight":
+                states = inv.quant_states
                 inv, one = _quantized_weight(inv, key, g.out_features, p.numel, g.count)
+                layer_states += (inv.quant_states - states) // g.count if g.in_layers else 0
             else:
                 one = rounded(p.numel * dtype)
             inv = replace(inv, base=inv.base.plus(one * g.count, g.in_layers))
@@ -179,7 +185,10 @@ def base_inventory(model: ModelSpec, key: BaseKey) -> Inventory:
                 per_layer_weights[g.name] = per_layer_weights.get(g.name, 0) + one
             if full:
                 inv = _trainable(inv, key, p.shape, dtype, g.count, g.in_layers)
-    return replace(inv, largest_layer_weights=sum(per_layer_weights.values()), trainable_dtype=pdt if full else FP32)
+    layer = sum(per_layer_weights.values())
+    return replace(
+        inv, largest_layer_weights=layer, layer_quant_states=layer_states, trainable_dtype=pdt if full else FP32
+    )
 
 
 def _quantized_weight(inv: Inventory, key: BaseKey, rows: int, numel: int, count: int) -> tuple[Inventory, int]:

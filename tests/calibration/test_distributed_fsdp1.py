@@ -140,18 +140,46 @@ def test_the_fsdp1_spec_expands_to_exactly_the_points_it_shipped() -> None:
     assert {r.plan["fsdp_version"] for r in load_records(("cpu-matrix-multi-fsdp1",))} == {1}
 
 
-def test_fsdp1_terms_are_measured_on_cpu_ranks_but_qlora_under_fsdp1_is_first_principles() -> None:
+def test_fsdp1_terms_are_measured_on_cpu_ranks_qlora_too_but_not_under_backward_post() -> None:
+    """calibration/cpu-matrix-multi-fsdp1-qlora.toml ran QLoRA under FULL_SHARD with no or BACKWARD_PRE prefetch."""
     from app.core.evidence import term_evidence
 
     plan = TrainingPlan(**{**BASE, "method": "lora", "sharding": "fsdp"})
     assert term_evidence("allgather_buffer_bytes", plan) == "measured-cpu-ranks"
-    qlora = TrainingPlan(**{**BASE, "method": "qlora", "sharding": "fsdp"})
-    assert term_evidence("allgather_buffer_bytes", qlora) == "first-principles"
+    for prefetch in ("none", "pre"):
+        qlora = TrainingPlan(**{**BASE, "method": "qlora", "sharding": "fsdp", "fsdp_backward_prefetch": prefetch})
+        assert term_evidence("allgather_buffer_bytes", qlora) == "measured-cpu-ranks"
+    post = TrainingPlan(**{**BASE, "method": "qlora", "sharding": "fsdp", "fsdp_backward_prefetch": "post"})
+    assert term_evidence("allgather_buffer_bytes", post) == "first-principles"
 
 
-def test_qlora_under_fsdp1_is_refused_before_any_rank_starts() -> None:
+def test_qlora_under_fsdp1_keeps_its_norms_embeddings_and_head_in_the_compute_dtype() -> None:
+    """The frameworks' FSDP1 QLoRA skips prepare_model_for_kbit_training's fp32 upcast (one dtype per FlatParameter):
+    the non-quantized weights are bf16, half FSDP2's fp32, and the logits are bf16; FSDP2 keeps the upcast."""
+    from app.core.adapters import lora_key
+    from app.core.step import kbit_upcast, precision
+    from app.core.tensors import base_key, plan_tensors
+    from app.core.units import BF16, FP32
+
+    spec = cached_spec(FAMILIES["llama"].config, model_id="llama", source="file", cache_dir=None)
+    fsdp1 = TrainingPlan(**{**BASE, "method": "qlora", "sharding": "fsdp"})
+    fsdp2 = fsdp1.model_copy(update={"fsdp_version": 2, "fsdp_backward_prefetch": "none"})
+    assert (kbit_upcast(fsdp1), kbit_upcast(fsdp2)) == (False, True)
+    assert (precision(fsdp1).logits, precision(fsdp2).logits) == (BF16, FP32)
+    other = [plan_tensors(spec, base_key(p), lora_key(p)).inventory.base.other for p in (fsdp1, fsdp2)]
+    assert other[1] == pytest.approx(2 * other[0], rel=0.01)  # each tensor rounded to the allocator granularity
+
+
+def test_qlora_under_fsdp1_shard_grad_op_is_refused_and_answered_as_fsdp2() -> None:
+    """bitsandbytes re-wraps its weight in forward; SHARD_GRAD_OP's kept views refuse it in the first backward."""
     from app.calibration.distributed import check_distributed_plan
     from app.errors import CalibrationError
 
-    with pytest.raises(CalibrationError, match="QLoRA under FSDP1 is not run"):
-        check_distributed_plan(TrainingPlan(**{**BASE, "method": "qlora", "sharding": "fsdp"}))
+    check_distributed_plan(TrainingPlan(**{**BASE, "method": "qlora", "sharding": "fsdp"}))  # FULL_SHARD runs
+    grad_op = TrainingPlan(**{**BASE, "method": "qlora", "sharding": "fsdp_grad_op"})
+    with pytest.raises(CalibrationError, match="QLoRA under FSDP1's SHARD_GRAD_OP fails in the first backward"):
+        check_distributed_plan(grad_op)
+    spec = cached_spec(FAMILIES["llama"].config, model_id="llama", source="file", cache_dir=None)
+    est = estimate(spec, grad_op)
+    assert (est.plan.fsdp_version, est.plan.sharding) == (2, "fsdp_grad_op")
+    assert [a.field for a in est.adjustments] == ["fsdp_version"]
