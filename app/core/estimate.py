@@ -52,7 +52,7 @@ from app.core.stack import stack_model
 from app.core.step import adapter_dtype_bytes, kbit_upcast
 from app.core.tensors import Inventory, LayerSplit, PlanTensors, base_key, plan_tensors
 from app.core.units import BF16, FP16, FP32
-from app.core.zero import StepActivations, ZeroTerms, zero_moments, zero_terms
+from app.core.zero import StepActivations, ZeroTerms, zero2_offload_host_bytes, zero_moments, zero_terms
 from app.errors import PlanError
 
 # One line per memory term: (category, note); a term's unit is always bytes.
@@ -282,7 +282,10 @@ def resident_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> Resid
         host = fsdp_offload_host_bytes(weights, adapters, grads)
         return Resident(replicated, 0, 0, 0, 0, 0, offloaded=host + states + master + paged)
     host_weights = weights if plan.sharding == "zero3" else 0
-    return Resident(weights - host_weights, adapters, grads, 0, 0, 0, offloaded=states + master + paged + host_weights)
+    host = states + master + paged + host_weights
+    if plan.sharding == "zero2" and plan.gpus > 1 and plan.method in ("full", "lora"):
+        host = zero2_offload_host_bytes(plan, inv.trainable_params)  # measured by placement (zero2_offload_terms)
+    return Resident(weights - host_weights, adapters, grads, 0, 0, 0, offloaded=host)
 
 
 def fsdp_quant_state_bytes(inv: Inventory, plan: TrainingPlan) -> int:

@@ -284,6 +284,22 @@ def head_hook_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     return rounded(d * model.arch.vocab_size * h) + rounded(d * plan.batch_size * plan.seq_len * h)
 
 
+def zero2_offload_host_bytes(plan: TrainingPlan, trainable: int) -> int:
+    """ZeRO-2 offload's host RAM between steps (full and LoRA), for `trainable` parameters: the fp32 partition `4·Pn`
+    (a clone, in fp32 too) and its gradient `4·Pn`, the host bit16 buffer `d·Pn`, the optimizer's states over the
+    partition and, with accumulation, the host accumulation buffers (`d·Pn`: one per parameter in the partition,
+    whole parameters, so a lower bound); the step's own temporaries (`optimizer_partition_bytes`) and one host
+    gradient buffer of the largest parameter (`temp_grad_buffer_for_cpu_offload`) come on top. Measured on CPU ranks
+    by placement (app/calibration/zero_offload.py: the host peaks of cpu-matrix-zero-offload are this plus the step's
+    temporaries and that buffer). Source: deepspeed 0.19.8 runtime/zero/stage_1_and_2.py (`__init__`,
+    `initialize_optimizer_states`, `async_accumulate_grad_in_cpu_via_gpu`)."""
+    d = DTYPE_BYTES[plan.dtype]
+    partition = zero2_partition(trainable, plan.gpus)
+    states, _ = optimizer_partition_bytes(plan, partition)
+    accumulation = rounded(d * partition) if plan.grad_accum_steps > 1 else 0
+    return 2 * rounded(FP32 * partition) + rounded(d * partition) + states + accumulation
+
+
 def offload_head_norm_bytes(model: ModelSpec, plan: TrainingPlan, buckets: Buckets) -> int:
     """ZeRO-2 offload, full fine-tuning: lm_head's gradient (`V·h` elements) outgrows a reduce bucket smaller than it
     (the configs' auto `h·h`), so it is reduced at its own hook, beside every activation, and its norm taken there

@@ -44,3 +44,28 @@ def test_the_host_bit16_buffer_is_placed_by_its_call_site() -> None:
         other = torch.full((100,), fill_value=0.0, dtype=torch.bfloat16)  # any other torch.full: the device
         assert (tracker.host_bytes, tracker.current_bytes) == (200, 200)
         del buffer, other
+
+
+def test_the_shipped_host_peaks_are_the_estimates_host_bytes_plus_the_steps_temporaries() -> None:
+    """calibration/results/cpu-matrix-zero-offload.store.jsonl, full fine-tuning: each rank's host peak (placement)
+    is `zero2_offload_host_bytes` (the estimate's offloaded bytes) plus the step's temporaries over the partition
+    and the host gradient buffer of the largest parameter (lm_head, `V·h`), within 1 %."""
+    from app.core.estimate import estimate
+    from app.core.plan import TrainingPlan
+    from app.core.units import DTYPE_BYTES
+    from app.core.zero import optimizer_partition_bytes, zero2_partition
+    from app.inventory.cache import cached_spec
+    from app.store.db import read_jsonl
+    from app.store.seed import BUNDLED_RESULTS
+
+    records = list(read_jsonl(BUNDLED_RESULTS / "cpu-matrix-zero-offload.store.jsonl"))
+    full = [r for r in records if r.plan["method"] == "full"]
+    assert len(full) >= 4
+    for r in full:
+        spec = cached_spec(r.config, model_id=r.model_id, source="file", cache_dir=None)
+        plan = TrainingPlan.model_validate(r.plan)
+        est = estimate(spec, plan)
+        partition = zero2_partition(sum(p.numel * g.count for g in spec.groups for p in g.params), plan.gpus)
+        head = DTYPE_BYTES[plan.dtype] * spec.arch.vocab_size * spec.arch.hidden_size
+        expected = est.offloaded_bytes + optimizer_partition_bytes(plan, partition)[1] + head
+        assert abs(expected - r.env["host_peak_bytes"]) <= 0.01 * r.env["host_peak_bytes"], r.model_id
