@@ -35,6 +35,7 @@ SOURCES = (
     "cpu-validation-multi-fsdp1-3",
     "cpu-validation-multi-fsdp1-4",
     "cpu-matrix-multi-fsdp1-mp",
+    "cpu-matrix-multi-fsdp1-qlora",
     "cpu-matrix-zero-auto",
     "cpu-validation-zero-auto",
     "cpu-matrix-zero-accum",
@@ -44,6 +45,7 @@ SOURCES = (
     "cpu-matrix-zero-fp16",
     "cpu-matrix-zero-qlora",
     "cpu-matrix-zero3-qlora",
+    "cpu-matrix-zero-offload",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -77,6 +79,9 @@ ZERO_QLORA = "cpu-matrix-zero-qlora"
 # QLoRA under ZeRO-3: measured after its terms were written from probes, then once more after its first run's one
 # miss (mistral-89ec1d58, +5.33 %) changed the prefetch's overshoot: in-sample as a whole
 ZERO3_QLORA = "cpu-matrix-zero3-qlora"
+# ZeRO-2's offload_optimizer, counted by placement: measured after its terms twice (the first run ships as a report);
+# the first run's misses changed the harness (hook placement) and a term, the second's one miss a term: in-sample
+ZERO_OFFLOAD = "cpu-matrix-zero-offload"
 # FSDP1's matrix (tune / holdout by hash) and its validation matrix (measured once, after app/core/fsdp1.py)
 FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
 # the one holdout point of the FSDP1 matrix looked at while its LoRA terms were fixed (PEFT's adapter units)
@@ -98,6 +103,9 @@ FSDP1_VALIDATION_4 = "cpu-validation-multi-fsdp1-4"
 # FSDP1's MixedPrecision (calibration/cpu-matrix-multi-fsdp1-mp.toml): full fine-tuning, measured once after its terms
 # (app/core/fsdp1_mp.py) were written from six probe runs (not shipped)
 FSDP1_MIXED_PRECISION = "cpu-matrix-multi-fsdp1-mp"
+# QLoRA under FSDP1 as the frameworks build it (no fp32 upcast): measured after its terms were written from probes,
+# then once more after its first run's one miss (mixtral-09c347d3, -9.30 %) added qlora_late_gather's no-prefetch case
+FSDP1_QLORA = "cpu-matrix-multi-fsdp1-qlora"
 # measured points outside ±5 % that no term explains yet, each with the bound it is held to (tests fail if it grows or
 # turns into an under-estimate) and why: reported in every table, never dropped from a summary
 KNOWN_MISSES: dict[tuple[str, str], tuple[float, str]] = {}
@@ -116,7 +124,7 @@ SEEN_WHILE_FITTING = frozenset(
 )
 TITLE = (
     "gpuplan accuracy: multi-GPU (DDP, FSDP2, FSDP2 offload, QLoRA under FSDP2, FSDP2 MixedPrecisionPolicy, FSDP1, "
-    "DeepSpeed ZeRO-2/3) measured on torch.distributed CPU ranks"
+    "FSDP1 MixedPrecision and QLoRA, DeepSpeed ZeRO-2/3, ZeRO-2 offload) measured on torch.distributed CPU ranks"
 )
 INTRO = """Every row is a real training step (2 optimizer steps) on N torch.distributed CPU ranks over gloo on one
 machine (`app/calibration/distributed.py`: spawned processes, loopback, a bounded time that kills every rank),
@@ -273,8 +281,8 @@ flat gradient of a layer is its pieces concatenated (`2·G_l`, as FSDP2's copy-i
 shard, the layer before the last peaking at that concatenation with the last layer's shard alive. Before those
 terms the matrix's LoRA points were +12.43 % (llama, FULL_SHARD, checkpointing: the prefetch counted) and
 -4.03 % (mistral, SHARD_GRAD_OP: the adapter units), and llama full FULL_SHARD x4 -3.01 % (the concatenation).
-Not run: FSDP1's `CPUOffload` (the plan refuses fsdp_version 1 with offload), QLoRA under FSDP1. FSDP1's
-MixedPrecision: below.
+Not run: FSDP1's `CPUOffload` (the plan refuses fsdp_version 1 with offload). FSDP1's MixedPrecision and QLoRA
+under FSDP1: below.
 
 Those matrices ran BACKWARD_PRE. transformers' TrainingArguments passes `fsdp_config.get("backward_prefetch",
 "NO_PREFETCH")` (training_args.py `_process_fsdp_args`, 5.24), which accelerate 1.15's plugin turns into no
@@ -329,6 +337,29 @@ the fp32 shard; FSDP1 gathers the weight in bf16 and casts no non-root unit's in
 FSDP2 policy matrices these runs have no autocast region; accelerate's `mixed_precision: bf16` also wraps the
 model's forward in autocast (`Accelerator.prepare_model`, `native_amp`), a layout the plan does not express
 (fsdp_mixed_precision and autocast are refused together) and these matrices do not measure.
+
+`calibration/cpu-matrix-multi-fsdp1-qlora.toml` (9 points) runs QLoRA under the plan's `fsdp_version: 1` as the
+frameworks build it: no `prepare_model_for_kbit_training` (TRL's `prepare_peft_model` skips it for sharded QLoRA,
+`is_sharded_qlora`; SFTTrainer 1.16 never calls it; axolotl's `is_qlora_and_fsdp_enabled` skips its dtype
+conversion), so the embeddings, norms and lm_head stay bf16 beside the 4-bit weights stored in bf16
+(`bnb_4bit_quant_storage`): one dtype per FlatParameter, where the fp32 norms fail FSDP1's flattening ("Must flatten
+tensors with uniform dtype"). The adapters stay fp32 in their own units (PEFT's `fsdp_auto_wrap_policy`); FULL_SHARD,
+no prefetch and BACKWARD_PRE, 2 and 4 ranks, llama, mistral and mixtral on the attention, with and without
+checkpointing (`app/calibration/build.py` `_prepare_sharded_qlora`, `app/core/step.py` `kbit_upcast`). What the
+ranks showed (`app/core/fsdp1.py`, `app/core/estimate.py`): the stream and logits are bf16 as under LoRA; a gathered
+layer is its packed weights and norms alone, bitsandbytes' quant states staying whole on every rank beside it
+(`fsdp1_layer_flat_bytes`); a layer's backward peaks with its dequantized weight freed (`backward_dequant_bytes`); the
+layer before is gathered late in a layer's backward, under BACKWARD_PRE by q_proj's lora_A unit's prefetch and
+without prefetch because the layer before unshards in its pre-backward hook before the layer's reshard-only hook
+frees it (`qlora_late_gather`: mixtral, whose layers outweigh its activations, peaks there). Against the
+first-principles terms (fp32 non-quantized weights and stream) probes read +24 % to +75 %. The first run
+(`calibration/results/cpu-matrix-multi-fsdp1-qlora.first-run.report.jsonl`) read max -9.30 % (mixtral-09c347d3, no
+prefetch: the hand-off, then counted under BACKWARD_PRE only); the shipped store is the second run, in-sample as a
+whole: max +3.90 %, median |error| 0.37 %. Not run: SHARD_GRAD_OP, which fails in the first backward
+(bitsandbytes' `Linear4bit.forward` sets its weight again and SHARD_GRAD_OP's kept unsharded views refuse a changed
+parameter): the estimate answers such a plan under FSDP2 and says so; BACKWARD_POST; fp16; and transformers'
+Trainer's MixedPrecision in the quant storage dtype under accelerate's autocast (`update_fsdp_plugin_peft`), a
+layout the plan does not express.
 
 ## SGD and Adafactor under ZeRO
 
@@ -393,6 +424,33 @@ gathered copies while the last layer runs, as for LoRA). The harness builds the 
 `deepspeed.initialize`, as it does for LoRA (no `zero.Init` while loading); a Trainer run that loads under ZeRO-3's
 `zero3_init_flag` partitions as it loads and skips that cast's whole-model moment.
 
+## ZeRO-Offload (ZeRO-2's offload_optimizer)
+
+With `offload` a ZeRO-2 plan runs DeepSpeed's `offload_optimizer: {device: cpu, pin_memory: false}` and
+`zero_force_ds_cpu_optimizer: false` (without that flag DeepSpeed refuses the Trainer's torch optimizer under
+offload, engine.py; transformers passes that optimizer when the config has no `optimizer` section,
+`deepspeed_optim_sched`). On the CPU ranks the offload device and the accelerator are the same CPU, so the harness
+counts by placement (`app/calibration/zero_offload.py`): host RAM is what DeepSpeed makes with its offload device
+(the fp32 partitions and their gradients, `temp_grad_buffer_for_cpu_offload`, the accumulation buffers, those made
+inside the gradient hooks included), the host bf16 buffers, and every tensor of the optimizer step; an fp32 model's
+no-op `.to('cpu')` is made a real copy, as on CUDA. The step runs entirely on the host, so DeepSpeedCPUAdam in place
+of torch's AdamW would change host bytes, not device bytes. The device keeps (`zero:zero2_offload_terms`): the flat
+weights, the bucket and its reduction as without offload; one gradient buffer the size of the largest parameter; at
+the flush, that parameter's gradient beside the fp64 copy its norm is taken from; lm_head's fp64 copy at its own
+hook when it outgrows the bucket (`zero:offload_head_norm_bytes`); and at the load, the flat copy beside the
+originals. The adapters are cast to the model dtype as without offload (`step:precision`). Six probe runs (not
+shipped) read the generic offload terms -98.6 % (they miss the 1e9-byte bucket). `cpu-matrix-zero-offload.toml` (8
+points: llama, mistral; full and LoRA; bf16 and fp32; AdamW, SGD, Adafactor; 2 and 4 ranks; both bucket sizes;
+accumulation) was measured after the terms twice: the first run
+(`calibration/results/cpu-matrix-zero-offload.first-run.report.jsonl`: max -28.67 %, median 0.50 %) showed the
+accumulation buffers made in the gradient hooks counted on the device (a torch function mode does not reach
+autograd's hooks) and LoRA forwards +10.7 % to +12.1 % (the adapters' cast missing); the second run's one miss,
+-18.78 % (llama-2e4838ca, fp32: the load's flat copy), added the load term. The shipped store is that second run
+re-estimated: max +0.63 %, median |error| 0.10 %, in-sample as a whole. The host figure
+(`zero:zero2_offload_host_bytes`) is the host bytes between steps; the measured host peaks add the step's
+temporaries and the largest parameter's host buffer. DeepSpeed flattens on the device only when its free memory
+holds the flat buffer; on a fuller GPU it flattens on the host, and the load's peak is then `d·P` below the estimate.
+
 ## Gradient accumulation under DDP and FSDP
 
 transformers' Trainer runs every micro-batch of an accumulation window but the last under accelerate's `no_sync`
@@ -413,22 +471,24 @@ of a CI point (`sharding:no_sync_reduce_scatter_bytes`; three of the matrix's po
 
 ## Not measured here, and why
 
-- **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-Offload (DeepSpeedCPUAdam is a C++ op the harness
-  does not build), bitsandbytes' optimizers (CUDA kernels: no CPU rank runs them), bucket
-  sizes other than DeepSpeed's
-  defaults and the configs' `auto`, and `stage3_max_reuse_distance` / `max_live_parameters` 0 (axolotl's
+- **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-3's offload (the plan's `offload` moves its parameters
+  too, `offload_param`, which the harness does not place), QLoRA and fp16 with offload, `pin_memory: true`,
+  bitsandbytes' optimizers (CUDA kernels: no CPU rank runs them), bucket sizes other than DeepSpeed's defaults and
+  the configs' `auto`, and `stage3_max_reuse_distance` / `max_live_parameters` 0 (axolotl's
   zero3.json and zero3_bf16.json; the import says so). Those plans keep first-principles terms and say so per term.
   ZeRO-3's reuse window (the last 5e8 elements stay gathered at the forward's end) is measured only where the whole
   model fits in it (these widths); above it, it is the source's reading, unmeasured.
 - **Layers split across GPUs** (`--sharding none --gpus N`, device_map over several CUDA devices in one process) are
   not measurable on CPU ranks: a CPU process has one device, so no run here places a layer's tensors on another
   GPU's memory; their terms (each GPU's `⌈L/n⌉` layers) are first-principles.
-- **FSDP1 with QLoRA** fails on the CPU ranks as this harness builds QLoRA: prepare_model_for_kbit_training upcasts
-  the norms and embeddings to fp32 beside the bf16-stored 4-bit weights, and FSDP1's FlatParameter refuses mixed
-  dtypes in a unit ("Must flatten tensors with uniform dtype but got torch.bfloat16 and torch.float32"); PEFT's
-  FSDP-QLoRA recipe leaves that upcast out, and the harness does not build that variant yet (FSDP2, which flattens
-  nothing, runs it: the QLoRA matrix). FSDP1's CPU offload is refused by the plan; LoRA under FSDP1's MixedPrecision
-  fails in its first forward (above). Their terms stay first-principles.
+- **FSDP1, what the CPU ranks did not run**: its CPU offload (refused by the plan); QLoRA under SHARD_GRAD_OP and
+  LoRA under FSDP1's MixedPrecision, which fail in their first backward / forward (above: the stack refuses them,
+  the estimate answers QLoRA under FSDP2 and says so); QLoRA with BACKWARD_POST; fp16. Their terms stay
+  first-principles, and say so per term.
+- **accelerate's autocast over an FSDP mixed-precision policy** (`mixed_precision: bf16` with FSDP: the policy and
+  `native_amp`'s autocast around the forward; transformers' Trainer sets FSDP1's MixedPrecision to the QLoRA quant
+  storage dtype too): the plan keeps the two apart (fsdp_mixed_precision and autocast are refused together), so no
+  plan expresses it and no matrix measures it.
 """
 
 
@@ -568,6 +628,11 @@ def optimizer_and_accumulation_groups(
             [r for r in records if r.source == ZERO3_QLORA],
         ),
         (
+            f"{ZERO_OFFLOAD} (ZeRO-2's offload_optimizer, counted by placement; measured twice, its misses changed "
+            "the harness and two terms: in-sample)",
+            [r for r in records if r.source == ZERO_OFFLOAD],
+        ),
+        (
             f"{ACCUMULATION} (accumulation as the Trainer runs it; measured once after its terms, one term added "
             "after: in-sample)",
             [r for r in records if r.source == ACCUMULATION],
@@ -605,6 +670,10 @@ def fsdp1_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[M
         (
             f"{FSDP1_MIXED_PRECISION} (FSDP1 MixedPrecision, bf16 over fp32 shards; measured once, after its terms)",
             [r for r in records if r.source == FSDP1_MIXED_PRECISION],
+        ),
+        (
+            f"{FSDP1_QLORA} (QLoRA under FSDP1, the frameworks' recipe; second run, in-sample)",
+            [r for r in records if r.source == FSDP1_QLORA],
         ),
         ("FSDP1 (fsdp, fsdp_grad_op)", [r for r in records if r.plan.get("fsdp_version") == 1]),
     ]
