@@ -52,7 +52,14 @@ from app.core.stack import stack_model
 from app.core.step import adapter_dtype_bytes, kbit_upcast
 from app.core.tensors import Inventory, LayerSplit, PlanTensors, base_key, plan_tensors
 from app.core.units import BF16, FP16, FP32
-from app.core.zero import StepActivations, ZeroTerms, zero2_offload_host_bytes, zero_moments, zero_terms
+from app.core.zero import (
+    StepActivations,
+    ZeroTerms,
+    zero2_offload,
+    zero2_offload_host_bytes,
+    zero_moments,
+    zero_terms,
+)
 from app.errors import PlanError
 
 # One line per memory term: (category, note); a term's unit is always bytes.
@@ -151,6 +158,11 @@ def device_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
     """`estimate(model, plan).device_bytes` without building the Estimate: the same moments and overheads, for
     the searches that need only the number (recommend()'s GPU counts)."""
     plan, _, _, terms = _prepared(stack_model(model, plan.stack), plan)
+    return _device_total(plan, terms)
+
+
+def _device_total(plan: TrainingPlan, terms: StepTerms) -> int:
+    """The peak phase's bytes and the overheads outside the live tensors: what Estimate.device_bytes sums."""
     _, totals, peak = peak_moments(terms)
     return totals[peak] + sum(t.bytes for t in overheads(plan, totals[peak], terms.resident.paged))
 
@@ -165,30 +177,32 @@ class GpuCounts:
 
     def __init__(self, model: ModelSpec, plan: TrainingPlan) -> None:
         self.model, self.plan = stack_model(model, plan.stack), plan
-        self._stacks: dict[tuple[bool, tuple[tuple[str, str], ...]], LayerStack] = {}
+        self._stacks: Stacks = {}
 
     def __call__(self, gpus: int) -> int:
-        plan = self.plan.model_copy(update={"gpus": gpus})
-        _check(plan)
-        plan, adjustments = accepted_plan(self.model, plan)
-        tensors = plan_tensors(self.model, base_key(plan), lora_key(plan))
-        key = (gpus > 1, tuple((a.field, repr(a.used)) for a in adjustments))
-        if key not in self._stacks:
-            self._stacks[key] = layer_stack(self.model, plan, tensors.by_leaf)
-        terms = step_terms(self.model, plan, tensors, self._stacks[key])
-        _, totals, peak = peak_moments(terms)
-        return totals[peak] + sum(t.bytes for t in overheads(plan, totals[peak], terms.resident.paged))
+        plan, _, _, terms = _prepared(self.model, self.plan.model_copy(update={"gpus": gpus}), self._stacks)
+        return _device_total(plan, terms)
+
+
+# layer stacks by (several GPUs, the stack's adjustments): what a plan's accepted forms on other GPU counts share
+Stacks = dict[tuple[bool, tuple[tuple[str, str], ...]], LayerStack]
 
 
 def _prepared(
-    model: ModelSpec, plan: TrainingPlan
+    model: ModelSpec, plan: TrainingPlan, stacks: Stacks | None = None
 ) -> tuple[TrainingPlan, tuple[Adjustment, ...], PlanTensors, StepTerms]:
     """The plan the stack accepts, its adjustments, its tensors and every term of its step (`model` laid out as
-    plan.stack builds it: `stack_model`)."""
+    plan.stack builds it: `stack_model`); `stacks` keeps the layer stacks GpuCounts reuses across GPU counts."""
     _check(plan)
     plan, adjustments = accepted_plan(model, plan)
     tensors = plan_tensors(model, base_key(plan), lora_key(plan))
-    return plan, adjustments, tensors, step_terms(model, plan, tensors)
+    stack = None
+    if stacks is not None:
+        key = (plan.gpus > 1, tuple((a.field, repr(a.used)) for a in adjustments))
+        if key not in stacks:
+            stacks[key] = layer_stack(model, plan, tensors.by_leaf)
+        stack = stacks[key]
+    return plan, adjustments, tensors, step_terms(model, plan, tensors, stack)
 
 
 def peak_moments(terms: StepTerms) -> tuple[Moment, dict[str, int], str]:
@@ -283,7 +297,7 @@ def resident_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> Resid
         return Resident(replicated, 0, 0, 0, 0, 0, offloaded=host + states + master + paged)
     host_weights = weights if plan.sharding == "zero3" else 0
     host = states + master + paged + host_weights
-    if plan.sharding == "zero2" and plan.gpus > 1 and plan.method in ("full", "lora"):
+    if zero2_offload(plan):
         host = zero2_offload_host_bytes(plan, inv.trainable_params)  # measured by placement (zero2_offload_terms)
     return Resident(weights - host_weights, adapters, grads, 0, 0, 0, offloaded=host)
 

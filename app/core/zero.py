@@ -319,6 +319,18 @@ def offload_head_norm_bytes(model: ModelSpec, plan: TrainingPlan, buckets: Bucke
 # full fine-tuning, every phase `4·Pn` above the shared-partition reading: -11.50 % and -10.22 % before).
 
 
+def zero2_offload(plan: TrainingPlan) -> bool:
+    """ZeRO-Offload as DeepSpeed's own terms model it (`zero2_offload_terms`, `zero2_offload_host_bytes`): ZeRO-2's
+    offload_optimizer for full fine-tuning and LoRA on several GPUs; ZeRO-3's offload and QLoRA's are not run."""
+    return plan.offload and plan.sharding == "zero2" and plan.gpus > 1 and plan.method in ("full", "lora")
+
+
+def input_embedding_numel(model: ModelSpec) -> int:
+    """Elements of the input embedding outside the decoder layers (0 when the model has none)."""
+    embedding = [p.numel for g in model.groups if g.kind == "embedding" and not g.in_layers for p in g.params]
+    return embedding[0] if embedding else 0
+
+
 def zero_terms(
     model: ModelSpec, plan: TrainingPlan, adapted: Iterable[Adapted], inv: Inventory | None = None
 ) -> ZeroTerms | None:
@@ -327,7 +339,7 @@ def zero_terms(
     `qlora_zero2_terms`); None for other plans (they keep estimate's terms)."""
     if plan.sharding not in ZERO or plan.gpus < 2 or plan.autocast:
         return None
-    if plan.offload and (plan.sharding == "zero3" or plan.method == "qlora"):
+    if plan.offload and not zero2_offload(plan):
         return None  # ZeRO-3's offload (parameters too) and QLoRA's: not run (app/calibration/zero.py)
     if plan.method == "qlora" and inv is None:
         return None
@@ -336,8 +348,7 @@ def zero_terms(
     if plan.sharding == "zero2":
         terms = zero2_terms(plan, trainable, frozen, buckets)
     else:
-        embedding = [p.numel for g in model.groups if g.kind == "embedding" and not g.in_layers for p in g.params]
-        terms = zero3_terms(plan, trainable, frozen, embedding[0] if embedding else 0, buckets)
+        terms = zero3_terms(plan, trainable, frozen, input_embedding_numel(model), buckets)
     mlp = plan.method == "full" or any(a.group.leaf in MLP_LEAVES for a in adapted)
     accumulated = accumulated_partition_bytes(plan, trainable) if plan.sharding == "zero2" else 0
     head = head_hook_bytes(model, plan)
@@ -426,9 +437,9 @@ def qlora_zero3_terms(
     layer_params = [(x, d) for x in trainable] + [(x, b) for x, b, layer in frozen if layer]  # the adapters' too
     overshoot = max((rounded(b * x) for x, b in layer_params if x >= buckets.persistence), default=0)
     reused = list(others)
-    embedding = [p.numel for g in model.groups if g.kind == "embedding" and not g.in_layers for p in g.params]
-    if embedding and not plan.gradient_checkpointing and rounded(d * embedding[0]) in reused:
-        reused.remove(rounded(d * embedding[0]))  # no backward runs through it: released after its forward
+    embedding = rounded(d * input_embedding_numel(model))
+    if embedding and not plan.gradient_checkpointing and embedding in reused:
+        reused.remove(embedding)  # no backward runs through it: released after its forward
     gathered = min(sum(reused), rounded(d * (MAX_REUSE_DISTANCE // 2)))
     head = [rounded(d * p.numel) for g in model.groups if g.name.endswith("lm_head") for p in g.params]
     fold = sum(p.numel for a in adapted for p in a.group.params if p.name in a.wrapped_params)
