@@ -9,6 +9,10 @@ same plan every time (cache hits). It prints both ratios to /healthz. Target: un
 It also prints the server process's CPU time per request of each endpoint (Linux: /proc/<pid>/stat, summed over
 the rounds): on a shared machine req/s of one round moves by a third with what else runs, the CPU a request costs
 the server much less, so the CPU ratio is the steadier figure of how far the estimate path is from /healthz's.
+Last it times, in this process, the parts of a unique answer the cache-hit request skips (`estimate()`,
+`recommend()` over every tier, the JSON payload) on the same unique plans, and prints the floor they set: a repeated
+request already pays routing, validation, the middleware and sending the answer, so a unique answer costs at least
+the repeated request's server CPU plus `estimate()` and the payload, with no recommendation at all.
 
 Run: .venv/bin/python benchmarks/bench_web.py [--requests 2000] [--clients 4]
 """
@@ -147,6 +151,48 @@ def start_server(port: int, data_dir: str) -> subprocess.Popen[bytes]:
     raise RuntimeError("the server did not start within 30 s")
 
 
+def answer_parts(count: int = 400) -> dict[str, float]:
+    """Mean CPU ms of the three parts of a unique answer a cache hit skips, over `count` of the bench's unique plans
+    (rank and sequence length as `_client` varies them; warmed on other plans first)."""
+    from app.core.estimate import estimate
+    from app.core.gpus import recommend
+    from app.core.plan import TrainingPlan
+    from app.core.prices import bundled_prices
+    from app.core.throughput import RunSize
+    from app.exports.report import payload_json
+    from app.resolver import resolve_catalog
+
+    model, prices, run = resolve_catalog(ESTIMATE.split("model=")[1]), bundled_prices(), RunSize()
+    plans = [TrainingPlan(rank=1 + n % 4096, seq_len=SEQ_LENS[(n // 4096) % 8]) for n in range(count + 50)]
+    for plan in plans[count:]:  # warm-up: imports, the model's cached inventory
+        est = estimate(model, plan)
+        payload_json(model, est, recommend(model, est, prices=prices, run=run))
+    plans = plans[:count]
+    started = time.process_time()
+    ests = [estimate(model, plan) for plan in plans]
+    est_s, started = time.process_time() - started, time.process_time()
+    recs = [recommend(model, est, prices=prices, run=run) for est in ests]
+    rec_s, started = time.process_time() - started, time.process_time()
+    for est, rec in zip(ests, recs, strict=True):
+        payload_json(model, est, rec)
+    json_s = time.process_time() - started
+    return {"estimate": est_s / count * 1000, "recommend": rec_s / count * 1000, "payload": json_s / count * 1000}
+
+
+def print_floor(by_name: dict[str, Result]) -> None:
+    """The parts of a unique answer, and the least server CPU a unique answer with no recommendation would cost."""
+    parts = answer_parts()
+    print("in-process CPU ms per unique plan: " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()))
+    health, repeated = by_name["healthz"].cpu_ms, by_name["repeated"].cpu_ms
+    if health and repeated:
+        floor = repeated + parts["estimate"] + parts["payload"]
+        print(
+            f"floor of a unique answer without recommend(): repeated request {repeated:.3f} + estimate + payload = "
+            f"{floor:.3f} ms server CPU, {floor / health:.1f}x /healthz's (with it: "
+            f"{floor + parts['recommend']:.3f} ms, {(floor + parts['recommend']) / health:.1f}x)"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per endpoint (default 2000)")
@@ -193,6 +239,7 @@ def main() -> int:
             f" (target >= {TARGET_RATIO}: {'met' if ratio >= TARGET_RATIO else 'NOT met'})" if name == "unique" else ""
         )
         print(f"{name}-plan estimate rps / healthz rps = {ratio:.2f}{target}")
+    print_floor(by_name)
     return 0
 
 
