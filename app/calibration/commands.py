@@ -57,7 +57,7 @@ def re_estimate(record: MeasurementRecord) -> MeasurementRecord:
     spec = cached_spec(record.config, model_id=record.model_id, source="file", cache_dir=None)
     est = estimate(spec, TrainingPlan.model_validate(record.plan))
     return record.model_copy(
-        update={"estimated_peak_bytes": est.peak_allocated_bytes, "timing": record_timing(record, spec)}
+        update={"estimated_peak_bytes": est.room_peak_bytes, "timing": record_timing(record, spec)}
     )
 
 

@@ -62,7 +62,7 @@ def compare_to(measurement: Measurement, model: ModelSpec) -> tuple[Comparison, 
                     error_pct=relative_error_pct(by_name[name], phase.peak_bytes),
                 )
             )
-    total = est.peak_allocated_bytes
+    total = est.room_peak_bytes  # the ranks' memory has room for every moment sized to it: flatten_peak_bytes
     return (
         Comparison(
             measured_peak_bytes=measured,

@@ -89,6 +89,14 @@ class Estimate(BaseModel):
         "sharded weights, adapters and gradients too), without the host optimizer step's temporaries; "
         "part of no device total.",
     )
+    flatten_peak_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="DeepSpeed ZeRO-2 without offload, where it exceeds the step's peak: what max_memory_allocated "
+        "reads at the load on a GPU whose free memory holds the flat buffer the trainable parameters are copied "
+        "into (their originals beside it). A GPU without that room flattens through host memory, so it never stops "
+        "a plan that fits: the fit verdicts judge the step's peak (peak_allocated_bytes).",
+    )
     notes: tuple[str, ...] = ()
     adjustments: tuple[Adjustment, ...] = Field(
         (), description="Settings changed to the nearest plan the stack accepts; `plan` is the plan estimated."
@@ -113,6 +121,12 @@ class Estimate(BaseModel):
     def device_bytes(self) -> int:
         """What nvidia-smi would show for the process on one GPU."""
         return self.peak_reserved_bytes + sum(t.bytes for t in self.breakdown if t.counted == "device")
+
+    @property
+    def room_peak_bytes(self) -> int:
+        """max_memory_allocated on a device with room for every moment the libraries size to the free memory
+        (`flatten_peak_bytes`): what the CPU ranks measure, whose memory always has that room."""
+        return max(self.peak_allocated_bytes, self.flatten_peak_bytes or 0)
 
     @property
     def per_gpu(self) -> bool:

@@ -100,6 +100,9 @@ class ZeroTerms(NamedTuple):
     forward_fold: int = 0
     # ZeRO-2 offload: at the backward's flush, the largest parameter's gradient and the fp64 copy its norm is taken from
     offload_flush: int = 0
+    # ZeRO-2 without offload: the trainable parameters' own storages beside the flat buffer they are copied into at the
+    # load, on a device with room for that buffer (`flatten_originals_bytes`); 0 where the load holds no such moment
+    flatten: int = 0
 
 
 def param_numels(model: ModelSpec, adapted: Iterable[Adapted], method: str) -> tuple[list[int], list[int]]:
@@ -197,7 +200,15 @@ def zero2_offload_terms(plan: TrainingPlan, trainable: list[int], terms: ZeroTer
     2 ranks: the load's peak -18.78 % without the flat copy). Source: deepspeed 0.19.8
     runtime/zero/stage_1_and_2.py (`__init__`: `flatten_dense_tensors_aligned`, `weights_partition`,
     `temp_grad_buffer_for_gpu_offload`; `copy_grads_in_partition`'s offload path, `set_norm_for_param_grad_in_gpu`,
-    `async_inplace_copy_grad_to_fp32_buffer_from_gpu`, `async_accumulate_grad_in_cpu_via_gpu`; `step`), utils.py."""
+    `async_inplace_copy_grad_to_fp32_buffer_from_gpu`, `async_accumulate_grad_in_cpu_via_gpu`; `step`), utils.py.
+    fp16 keeps this layout at `d = 2`: the dynamic loss scaler scales the scalar loss (base_optimizer.py
+    `scale_if_loss`), its overflow check reduces each gradient to two scalars before its copy to the host
+    (`update_offload_overflow_tracker`, utils.py `has_inf_or_nan`: amax/amin), the unscale runs in place on the host
+    fp32 gradient (`unscale_and_clip_grads`) and an overflowed step (`has_overflow` reads `local_overflow`) only skips
+    the host step; the masters stay fp32 (`_enforce_cpu_offload` guards only fp16/bf16 masters). QLoRA's trainable
+    parameters are its adapters (the frozen 4-bit base is never flattened: `is_optimized_parameter`), its base and the
+    load's cast `qlora_zero2_terms`. Measured on CPU ranks (cpu-matrix-zero-offload2: fp16 full and LoRA, QLoRA bf16,
+    max -0.31 %)."""
     d, largest = DTYPE_BYTES[plan.dtype], max(trainable, default=0)
     partition = zero2_partition(sum(trainable), plan.gpus)
     flat = terms.weights if plan.method == "full" else terms.adapters
@@ -359,7 +370,28 @@ def zero_terms(
         terms = qlora_zero2_terms(model, plan, inv, terms)
     elif plan.method == "qlora" and inv is not None:
         terms = qlora_zero3_terms(model, plan, inv, (trainable, adapted), terms, buckets)
-    return terms._replace(head_hook=head, mlp_adapted=mlp, accumulated=accumulated)
+    flatten = flatten_originals_bytes(plan, trainable) if plan.sharding == "zero2" and not plan.offload else 0
+    return terms._replace(head_hook=head, mlp_adapted=mlp, accumulated=accumulated, flatten=flatten)
+
+
+def flatten_originals_bytes(plan: TrainingPlan, trainable: list[int]) -> int:
+    """ZeRO-2 without offload: the trainable parameters' own storages (`d·P`, one per parameter), alive beside the
+    flat buffer DeepSpeed copies them into at initialisation, before the fp32 master exists, when the device's free
+    memory holds that buffer; the parameters are then repointed into it and their storages freed. Without that room
+    DeepSpeed first moves them to the host (`param.cpu_data = param.data.cpu()`) and flattens there, so the moment
+    never stops a plan that otherwise fits: it is what max_memory_allocated reads at the load on a device with room
+    (`flatten_peak`). The CPU accelerator always has it (cpu_accelerator.py `available_memory`: psutil's available
+    memory). ZeRO-2's offload counts the same moment in its `init` (`zero2_offload_terms`). Source: deepspeed 0.19.8
+    runtime/zero/stage_1_and_2.py `DeepSpeedZeroOptimizer.__init__` (`flatten_on_accelerator = available_memory >=
+    flat_buffer_bytes`, `flatten_dense_tensors_aligned(..., use_cpu_data=False)`, `_update_model_bit16_weights`)."""
+    d = DTYPE_BYTES[plan.dtype]
+    return sum(rounded(d * x) for x in trainable)
+
+
+def flatten_peak(z: ZeroTerms) -> int:
+    """The load's flattening moment (`flatten_originals_bytes`): the frozen weights, the flat buffer and the
+    originals beside it; 0 where the plan's load has no such moment."""
+    return z.weights + z.adapters + z.flatten if z.flatten else 0
 
 
 def qlora_zero2_terms(model: ModelSpec, plan: TrainingPlan, inv: Inventory, terms: ZeroTerms) -> ZeroTerms:
