@@ -29,6 +29,9 @@ peak and phases are the worst rank's; every rank's peak and phases are kept in `
   with plan.fsdp_mixed_precision the model built in fp32 and FSDP1's `MixedPrecision` as accelerate builds it
   (fsdp1.py `fsdp1_mixed_precision`; calibration/cpu-matrix-multi-fsdp1-mp.toml), full fine-tuning only (LoRA
   fails in PEFT's forward: `check_distributed_plan`).
+- fsdp_mixed_precision with autocast (accelerate's `mixed_precision: bf16` under FSDP1): the forward wrapped in
+  torch.autocast and convert_outputs_to_fp32 before the policy's sharding, as prepare_model does
+  (`autocast_forward`; calibration/cpu-matrix-multi-mp-autocast.toml), full and LoRA, FSDP1 and FSDP2.
 ZeRO-2/3 run a DeepSpeed engine in each rank (app/calibration/zero.py, the `deepspeed` extra). Sources: torch/nn/parallel/distributed.py,
 torch/distributed/fsdp/_fully_shard/ (torch 2.13), accelerate/utils/fsdp_utils.py (fsdp2_prepare_model).
 """
@@ -43,6 +46,7 @@ from typing import Any
 from app.calibration.measurement import Loop, Measurement, Phase, RankPeak
 from app.core.adapters import fsdp1_qlora_refusal
 from app.core.plan import TrainingPlan
+from app.core.step import fsdp1_adapter_recompute_fails
 from app.errors import CalibrationError
 
 DEFAULT_TIMEOUT_S = 600.0
@@ -113,13 +117,20 @@ def check_distributed_plan(plan: TrainingPlan) -> None:
         raise CalibrationError("the multi-rank harness runs CPU ranks over gloo: use device cpu")
     if (refusal := fsdp1_qlora_refusal(plan)) is not None:  # the first backward fails (the core's refusal)
         raise CalibrationError(refusal.detail)
-    if plan.fsdp_version == 1 and plan.fsdp_mixed_precision and plan.uses_lora:
+    if fsdp1_adapter_recompute_fails(plan):
+        raise CalibrationError(
+            "LoRA under FSDP1's MixedPrecision with autocast, SHARD_GRAD_OP, checkpointing and dropout fails in the "
+            "first backward (CheckpointError: the recompute makes dropout's mask in bf16 where the forward made it in "
+            "fp32, lora_A's unit being still gathered): use sharding fsdp, dropout 0, or no checkpointing"
+        )
+    if plan.fsdp_version == 1 and plan.fsdp_mixed_precision and plan.uses_lora and not plan.autocast:
         raise CalibrationError(
             "LoRA under FSDP1's MixedPrecision fails in the first forward (\"expected m1 and m2 to have the same "
             "dtype, but got: float != c10::BFloat16\"): PEFT casts lora_A's input to lora_A.weight.dtype, read outside "
             "the adapter's own FSDP1 unit (PEFT's fsdp_auto_wrap_policy), where it is the fp32 shard, and FSDP1 "
             "gathers the weight in the param dtype and casts no non-root unit's inputs (MixedPrecision "
-            "cast_forward_inputs False); use fsdp_version 2, or method full"
+            "cast_forward_inputs False); use fsdp_version 2, method full, or autocast (accelerate's own layout: "
+            "its autocast casts both to the param dtype)"
         )
 
 
@@ -251,6 +262,8 @@ def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any],
     from app.calibration.offload import HostPlacement, copy_shards_to_device
 
     if plan.sharding != "ddp":
+        if plan.autocast and plan.fsdp_mixed_precision:
+            autocast_forward(model, plan)
         model = shard_fsdp1(model, plan) if plan.fsdp_version == 1 else shard_fsdp2(model, plan)
         gc.collect()  # the unsharded originals go before tracking starts
     wrap = wrap_ddp if plan.sharding == "ddp" else None
@@ -278,6 +291,27 @@ def wrap_ddp(model: Any) -> Any:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model)
+
+
+def autocast_forward(model: Any, plan: TrainingPlan) -> None:
+    """accelerate's `mixed_precision: bf16/fp16` over an FSDP policy: `Accelerator.prepare_model` (native_amp) wraps
+    the model's forward in `torch.autocast(device, dtype)` (cache_enabled left to torch: on) and its outputs in
+    `convert_outputs_to_fp32`, before FSDP1 wraps the model, so the region runs inside the root unit's forward, its
+    pre-forward unshard outside. accelerate 1.16 does this under FSDP1 only: its FSDP2 path (`_prepare_fsdp2`, since
+    1.8) never calls prepare_model, so FSDP2 runs the policy alone; accelerate up to 1.7 called fsdp2_prepare_model
+    from prepare_model, after the same wrap, as a loop under `accelerator.autocast()` adds it. Source: accelerate
+    1.16 accelerator.py (prepare_model, _prepare_fsdp2), utils/modeling.py (get_mixed_precision_context_manager),
+    utils/operations.py (convert_outputs_to_fp32)."""
+    from types import MethodType
+
+    import torch
+    from accelerate.utils import convert_outputs_to_fp32
+
+    from app.calibration.build import torch_dtype
+
+    region = torch.autocast(device_type=plan.device, dtype=torch_dtype(plan))
+    model._original_forward = model.forward
+    model.forward = MethodType(convert_outputs_to_fp32(region(model.forward.__func__)), model)
 
 
 def decoder_layers(model: Any) -> list[Any]:

@@ -379,8 +379,8 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, probe: Probe, phase: str, 
 def _autocast(plan: TrainingPlan) -> Any:
     """The forward's autocast region (plan.autocast: 16-bit matmuls over fp32 weights, as `torch.autocast(device,
     dtype)` around the forward only; backward runs outside it, as torch's AMP recipe says), else none."""
-    if not plan.autocast:
-        return nullcontext()
+    if not plan.autocast or plan.fsdp_mixed_precision:  # over an FSDP policy the rank wraps the forward itself
+        return nullcontext()  # (distributed.autocast_forward, as accelerate's prepare_model)
     import torch
 
     from app.calibration.build import torch_dtype

@@ -988,7 +988,7 @@ def _stack_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
 
 def _autocast_notes(model: ModelSpec, plan: TrainingPlan) -> list[str]:
     """autocast was measured on dense families: the 16-bit copies of fused 3-D expert weights are not counted."""
-    fused = _unquantizable(model)[0] if plan.autocast else 0
+    fused = _unquantizable(model)[0] if plan.autocast_over_fp32 else 0
     if not fused:
         return []
     return [

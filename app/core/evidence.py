@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Literal
 
 from app.core.plan import TrainingPlan
+from app.core.step import fsdp1_adapter_recompute_fails
 
 Evidence = Literal["measured-cpu", "measured-cpu-ranks", "first-principles"]
 
@@ -68,10 +69,14 @@ def zero_offload_measured(plan: TrainingPlan) -> bool:
 def measured_policy(plan: TrainingPlan) -> bool:
     """FSDP2's MixedPrecisionPolicy was measured in bf16 (calibration/cpu-matrix-multi-mp.toml) and in fp16 and with
     CPU offload (cpu-matrix-multi-mp2.toml); FSDP1's MixedPrecision in bf16 for full fine-tuning
-    (cpu-matrix-multi-fsdp1-mp.toml): not LoRA under FSDP1's (it fails in PEFT's forward on the CPU ranks), nor fp16
-    under FSDP1's, nor with QLoRA (refused with it)."""
+    (cpu-matrix-multi-fsdp1-mp.toml); either policy in bf16 under accelerate's autocast, full and LoRA, without
+    offload (cpu-matrix-multi-mp-autocast.toml). Not measured: LoRA under FSDP1's without autocast (it fails in PEFT's
+    forward on the CPU ranks), nor with SHARD_GRAD_OP, checkpointing and dropout under autocast (it fails in the
+    recompute: `step.fsdp1_adapter_recompute_fails`), fp16 under FSDP1's or with autocast, QLoRA (refused with it)."""
     if not plan.fsdp_mixed_precision:
         return True
+    if plan.autocast:
+        return plan.dtype == "bf16" and not plan.offload and not fsdp1_adapter_recompute_fails(plan)
     if plan.fsdp_version == 1:
         return plan.dtype == "bf16" and plan.method == "full"
     return plan.dtype in ("bf16", "fp16")

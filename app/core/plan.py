@@ -62,7 +62,9 @@ class TrainingPlan(BaseModel):
     autocast: bool = Field(
         False,
         description="Weights loaded in fp32 and the step run under torch.autocast in `dtype` (TrainingArguments "
-        "bf16=True / fp16=True over a float32 model): fp32 weights, gradients and optimizer states, 16-bit matmuls.",
+        "bf16=True / fp16=True over a float32 model): fp32 weights, gradients and optimizer states, 16-bit matmuls. "
+        "With fsdp_mixed_precision: accelerate's mixed_precision over FSDP1 (its forward under autocast, each unit "
+        "gathered in `dtype` by MixedPrecision, so autocast's weight casts are no-ops).",
     )
     fsdp_mixed_precision: bool = Field(
         False,
@@ -306,10 +308,6 @@ class TrainingPlan(BaseModel):
                 "fsdp_mixed_precision gathers fp32 weights of a lora or full plan in a 16-bit dtype: use dtype bf16 "
                 "or fp16 and method lora or full"
             )
-        if self.autocast:
-            raise ValueError(
-                "fsdp_mixed_precision and autocast are two layouts of fp32 weights with 16-bit compute: choose one"
-            )
 
     @property
     def quantized(self) -> bool:
@@ -320,6 +318,14 @@ class TrainingPlan(BaseModel):
         """The dtype the weights are loaded in: fp32 under autocast or FSDP2's mixed-precision policy, else the plan
         dtype."""
         return "fp32" if self.autocast or self.fsdp_mixed_precision else self.dtype
+
+    @property
+    def autocast_over_fp32(self) -> bool:
+        """autocast casting the fp32 weights themselves, matmul by matmul: autocast without an FSDP mixed-precision
+        policy. With one (accelerate's `mixed_precision: bf16` under FSDP1: prepare_model wraps the forward in
+        torch.autocast, then FSDP1 with MixedPrecision) each unit is gathered in `dtype` first, so autocast's casts of
+        the weights and of the 16-bit stream are no-ops."""
+        return self.autocast and not self.fsdp_mixed_precision
 
     @property
     def uses_lora(self) -> bool:

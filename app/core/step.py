@@ -46,20 +46,48 @@ def precision(plan: TrainingPlan) -> Precision:
     mask = BOOL if plan.device == "cuda" else FP32
     lora = adapter_dtype_bytes(plan)
     # QLoRA keeps prepare_model_for_kbit_training's fp32 embeddings, norms and lm_head, so an fp32 residual stream
-    # and logits; under ZeRO-2 the engine casts them to the model dtype (below; zero.py `qlora_zero2_terms`)
-    # (not under FSDP1: `kbit_upcast`, the stream and logits in the compute dtype, as LoRA's)
-    if kbit_upcast(plan) and not (plan.sharding in ("zero2", "zero3") and plan.gpus > 1 and not plan.offload):
+    # and logits; under ZeRO-2 the engine casts them to the model dtype (below; zero.py `qlora_zero2_terms`), with
+    # ZeRO-2's offload_optimizer too (cpu-matrix-zero-offload2) (not under FSDP1: `kbit_upcast`, the stream and
+    # logits in the compute dtype, as LoRA's)
+    zero = plan.sharding in ("zero2", "zero3") and plan.gpus > 1 and not (plan.offload and plan.sharding == "zero3")
+    if kbit_upcast(plan) and not zero:
         return Precision(c, FP32, FP32, FP32, mask, lora)  # compute, residual, act, logits, mask, adapter
-    if plan.autocast:  # the embedding is not autocast (fp32 stream); matmuls and their outputs are 16-bit
+    if plan.autocast_over_fp32:  # the embedding is not autocast (fp32 stream); matmuls and their outputs are 16-bit
         return Precision(c, FP32, c, c, mask, lora)
     if plan.fsdp_mixed_precision and plan.device == "cpu":  # adapters gathered in `c`: dropout reads a 16-bit input
-        return Precision(c, c, c, c, c, lora)
+        return Precision(c, c, c, c, FP32 if fsdp1_adapter_casts(plan) else c, lora)  # (PEFT's fp32 cast under FSDP1)
     if plan.sharding in ("zero2", "zero3") and plan.gpus > 1 and not (plan.offload and plan.sharding == "zero3"):
         # DeepSpeed casts every parameter to the model dtype (engine.py `_cast_module_mixed_precision`), the LoRA
         # weights too: PEFT's cast of the input to lora_A's dtype is then a no-op (measured on CPU ranks; under
         # ZeRO-2's offload too, the cast being the engine's, before its optimizer: cpu-matrix-zero-offload)
         return Precision(c, c, c, c, mask if plan.device == "cuda" else c, adapter=c)
     return Precision(c, c, c, c, mask, lora)
+
+
+def fsdp1_adapter_casts(plan: TrainingPlan) -> bool:
+    """LoRA under FSDP1's MixedPrecision with accelerate's autocast: PEFT casts each adapted input to
+    `lora_A.weight.dtype`, read in lora.Linear's forward, outside lora_A's own unit (PEFT's fsdp_auto_wrap_policy),
+    where it is the fp32 shard; the dropout runs on that fp32 cast, and autocast casts its output to the param dtype
+    for lora_A's gathered weight: the LoRA branch of `autocast_projection`. Under FSDP2 the adapters share their
+    decoder layer's unit and are gathered in the param dtype when PEFT reads it (`gathered_lora_branch`). Source:
+    peft tuners/lora/layer.py Linear.forward, tuners_utils.py `_cast_input_dtype`; torch distributed/fsdp
+    (use_orig_params: the original parameters are views of the sharded fp32 FlatParameter outside their unit's
+    forward); tracker dumps on CPU ranks (calibration/cpu-matrix-multi-mp-autocast.toml)."""
+    return plan.fsdp_mixed_precision and plan.autocast and plan.fsdp_version == 1 and plan.uses_lora
+
+
+def fsdp1_adapter_recompute_fails(plan: TrainingPlan) -> bool:
+    """`fsdp1_adapter_casts` with SHARD_GRAD_OP, checkpointing and dropout: the real stack fails in the first backward
+    (torch.utils.checkpoint's CheckpointError): SHARD_GRAD_OP keeps lora_A's unit gathered to its backward, so the
+    recompute reads the bf16 gathered weight, casts nothing and makes dropout's mask in bf16 where the forward made it
+    in fp32. FULL_SHARD reshards the unit after forward (both read fp32); without dropout the saved tensors are
+    autocast's bf16 casts either way. Measured on CPU ranks (mixtral, LoRA on the attention, x2)."""
+    return (
+        fsdp1_adapter_casts(plan)
+        and plan.sharding == "fsdp_grad_op"
+        and plan.gradient_checkpointing
+        and plan.dropout > 0
+    )
 
 
 def kbit_upcast(plan: TrainingPlan) -> bool:
@@ -247,10 +275,12 @@ def lora_branch(x: Step, leaf: str, in_features: int, normed: bool = False) -> P
     Source: PEFT lora.Linear.forward (autocast_adapter_dtype), torch dropout, tracker dumps.
     """
     t, p, plan, ad = x.t, x.p, x.plan, x.by_leaf.get(leaf)
-    if plan.autocast:
+    if plan.autocast_over_fp32:
         return autocast_projection(x, leaf, in_features, normed)
     if ad is None:
         return Projection(0, x.linear_saves_input)
+    if fsdp1_adapter_casts(plan):
+        return autocast_projection(x, leaf, in_features, normed)
     if plan.fsdp_mixed_precision:
         return gathered_lora_branch(x, in_features)
     saved = 0

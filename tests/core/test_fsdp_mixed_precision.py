@@ -40,7 +40,6 @@ def test_the_policy_is_off_by_default_and_leaves_the_plan_as_it_was() -> None:
         ({"sharding": "zero3"}, "use sharding fsdp or fsdp_grad_op"),
         ({"dtype": "fp32"}, "use dtype bf16 or fp16"),
         ({"method": "qlora"}, "method lora or full"),
-        ({"autocast": True}, "choose one"),
     ],
 )
 def test_the_policy_is_refused_where_it_does_not_apply(fields: dict[str, Any], says: str) -> None:
