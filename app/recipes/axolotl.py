@@ -8,7 +8,6 @@ from app.core.plan import ALL_LINEAR
 from app.recipes import bnb
 from app.recipes import transformers_args as hf
 from app.recipes.common import (
-    FSDP2_MIXED_PRECISION,
     attention,
     deepspeed,
     fsdp_key,
@@ -125,7 +124,7 @@ def _fsdp2_mixed_precision(value: Any, ctx: Ctx) -> Outcome:
     full = ctx.root.get("adapter") in (None, "")
     if fsdp_version_of(ctx.root) != 2 or not sharded or not full or _torch_dtype(ctx.root) == "fp32":
         return {}
-    return Approx({"fsdp_mixed_precision": True}, FSDP2_MIXED_PRECISION)
+    return {"fsdp_mixed_precision": True}  # no autocast under FSDP2 (accelerate 1.16: common.py's comment)
 
 
 def _fsdp_version_and_precision(value: Any, ctx: Ctx) -> Outcome:

@@ -283,15 +283,13 @@ def fsdp_version_of(root: Doc) -> int | None:
         return None
 
 
-# accelerate 1.15 utils/dataclasses.py FullyShardedDataParallelPlugin.set_mixed_precision (FSDP v2, bf16/fp16):
-# MixedPrecisionPolicy(param_dtype=d, reduce_dtype=d, output_dtype=d); utils/fsdp_utils.py fsdp2_prepare_model
-# upcasts every trainable parameter to fp32 first (mixed_precision != "no") and passes the policy to fully_shard;
-# Accelerator.prepare_model also wraps the forward in torch.autocast (native_amp), which gpuplan does not add
-FSDP2_MIXED_PRECISION = (
-    "FSDP2 with bf16/fp16: accelerate's fsdp2_prepare_model gathers the fp32 shards in the 16-bit dtype "
-    "(MixedPrecisionPolicy, fsdp_mixed_precision, measured on CPU ranks); the torch.autocast region accelerate also "
-    "wraps the forward in (its fp32 ops) is not counted"
-)
+# accelerate 1.16 with mixed_precision bf16/fp16 under FSDP (the Trainer's bf16 / fp16 over fp32 weights):
+# utils/dataclasses.py FullyShardedDataParallelPlugin.set_mixed_precision builds the policy for either version
+# (FSDP2's MixedPrecisionPolicy, FSDP1's MixedPrecision), state.py sets it whenever mixed_precision != "no".
+# Accelerator.prepare_model wraps the forward in torch.autocast (native_amp) before FSDP1 wraps the model; FSDP2's
+# path (`_prepare_fsdp2`, accelerate >= 1.8) calls fsdp2_prepare_model without prepare_model, so no autocast there.
+# FSDP1: fsdp_mixed_precision and autocast; FSDP2: fsdp_mixed_precision alone (both measured on CPU ranks:
+# calibration/cpu-matrix-multi-mp*.toml, cpu-matrix-multi-mp-autocast.toml).
 
 
 # transformers 5 TrainingArguments: `int(self.fsdp_config.get("version", 2))` (training_args.py

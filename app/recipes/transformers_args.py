@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.recipes.common import (
-    FSDP2_MIXED_PRECISION,
+    FSDP_DEFAULT_VERSION,
     deepspeed,
     dtype_name,
     first_of,
@@ -105,8 +105,9 @@ def _quantized(root: Doc) -> bool:
 
 def autocast(dtype: str) -> Maps:
     """bf16 / fp16 mixed precision: the plan dtype; over weights loaded in fp32 (dtype float32) the plan's autocast
-    (accelerate wraps the forward in torch.autocast: fp32 weights, 16-bit matmuls), or under FSDP2 (fsdp_config
-    version 2) FSDP2's MixedPrecisionPolicy (`fsdp_mixed_precision`: accelerate's fsdp2_prepare_model)."""
+    (accelerate wraps the forward in torch.autocast: fp32 weights, 16-bit matmuls); under FSDP the policy accelerate
+    builds too (`fsdp_mixed_precision`, common.py's comment): FSDP1 (fsdp_config version 1) with autocast, FSDP2 (the
+    version transformers 5 defaults to) without, accelerate 1.16's FSDP2 path adding no autocast region."""
 
     def convert(value: Any, ctx: Ctx) -> Outcome:
         if not as_bool(value):
@@ -117,8 +118,9 @@ def autocast(dtype: str) -> Maps:
                     f"{dtype} autocast over a quantized base (QLoRA under bf16/fp16 autocast): gpuplan models "
                     "autocast for lora and full fine-tuning only"
                 )
-            if _fsdp_on(ctx) and fsdp_version_of(ctx.root) == 2:
-                return Approx({"dtype": dtype, "fsdp_mixed_precision": True}, FSDP2_MIXED_PRECISION)
+            if _fsdp_on(ctx):
+                fsdp1 = (fsdp_version_of(ctx.root) or FSDP_DEFAULT_VERSION) == 1
+                return {"dtype": dtype, "fsdp_mixed_precision": True} | ({"autocast": True} if fsdp1 else {})
             return {"dtype": dtype, "autocast": True}
         return {"dtype": dtype}
 

@@ -1,4 +1,6 @@
-"""FSDP2 with bf16 in a TrainingArguments or axolotl file maps to the plan's fsdp_mixed_precision where it says so."""
+"""bf16 under FSDP in a TrainingArguments or axolotl file maps to the plan's fsdp_mixed_precision where it says so, with
+autocast under FSDP1 (accelerate 1.16's prepare_model wraps the forward in torch.autocast before FSDP1 wraps the model;
+its FSDP2 path adds no autocast region)."""
 
 from __future__ import annotations
 
@@ -18,14 +20,30 @@ def test_training_arguments_fsdp2_bf16_over_fp32_weights_is_the_mixed_precision_
     assert (plan.method, plan.sharding, plan.dtype) == ("full", "fsdp", "bf16")
     assert (plan.fsdp_mixed_precision, plan.autocast, plan.weight_dtype) == (True, False, "fp32")
     assert plan.fsdp_reduce_dtype == "param"  # accelerate's set_mixed_precision: reduce_dtype = param_dtype
-    why = {e.field: e.why for e in result.not_modelled}
-    assert "MixedPrecisionPolicy" in why["bf16"] and "autocast" in why["bf16"]
+    assert "bf16" not in {e.field for e in result.not_modelled}  # counted as accelerate runs it: no autocast region
 
 
-def test_training_arguments_fsdp1_or_no_fsdp_keeps_autocast() -> None:
-    for text in (TRL + "fsdp_config:\n  fsdp_version: 1\n", TRL, TRL.replace("fsdp: full_shard auto_wrap\n", "")):
-        plan = import_recipe([recipe("sft.yaml", text)]).plan
-        assert (plan.autocast, plan.fsdp_mixed_precision) == (True, False), text
+def test_training_arguments_fsdp_without_a_version_is_fsdp2_and_its_policy() -> None:
+    plan = import_recipe([recipe("sft.yaml", TRL)]).plan  # transformers 5: fsdp_config.get("version", 2)
+    assert (plan.fsdp_version, plan.fsdp_mixed_precision, plan.autocast) == (2, True, False)
+
+
+def test_training_arguments_fsdp1_is_the_policy_under_autocast() -> None:
+    for extra in (
+        "fsdp_config:\n  fsdp_version: 1\n",
+        "fsdp_config:\n  version: 1\n",
+        "use_peft: true\nfsdp_config:\n  version: 1\n",
+    ):
+        result = import_recipe([recipe("sft.yaml", TRL + extra)])
+        plan = result.plan
+        assert (plan.fsdp_version, plan.fsdp_mixed_precision, plan.autocast) == (1, True, True), extra
+        assert plan.weight_dtype == "fp32" and not plan.autocast_over_fp32
+        assert "bf16" not in {e.field for e in result.not_modelled}
+
+
+def test_training_arguments_without_fsdp_keeps_autocast() -> None:
+    plan = import_recipe([recipe("sft.yaml", TRL.replace("fsdp: full_shard auto_wrap\n", ""))]).plan
+    assert (plan.autocast, plan.fsdp_mixed_precision) == (True, False)
 
 
 def test_training_arguments_fsdp2_over_bf16_weights_is_plain_bf16() -> None:
