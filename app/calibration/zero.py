@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from app.calibration.build import CPU_OPTIMIZERS
@@ -70,8 +71,8 @@ def check_zero_plan(plan: TrainingPlan) -> None:
             "ZeRO-Offload under zero3 also offloads the parameters (offload_param, as the estimate reads offload), "
             "which the CPU ranks do not place: measure offload with zero2, or turn offload off"
         )
-    if plan.offload and plan.method == "qlora":
-        raise CalibrationError("ZeRO-Offload is run with full fine-tuning and LoRA only: turn offload off for QLoRA")
+    if plan.offload and plan.method == "qlora" and plan.sharding == "zero3":
+        raise CalibrationError("QLoRA with ZeRO-Offload is run under zero2 only: use zero2, or turn offload off")
     if plan.autocast:
         raise CalibrationError("the ZeRO runs cover bf16, fp16 and fp32 weights without autocast: turn autocast off")
     if plan.optimizer not in CPU_OPTIMIZERS:
@@ -198,6 +199,28 @@ def offload_placed(plan: TrainingPlan, tracker: Any) -> AbstractContextManager[N
     return placed_zero_offload(tracker)
 
 
+@contextmanager
+def cpu_fp16(plan: TrainingPlan) -> Iterator[None]:
+    """An fp16 plan's engine on a CPU without oneDNN's fp16 kernels: DeepSpeed's CPU accelerator reports fp16 only
+    where `torch.ops.mkldnn._is_mkldnn_fp16_supported()` (avx512_fp16 / AMX-FP16: accelerator/cpu_accelerator.py
+    `is_fp16_supported`), and the engine refuses fp16 otherwise (runtime/engine.py `_do_sanity_check`, the one
+    reader under ZeRO-2, at initialize). torch runs every fp16 op on any x86 CPU with its own kernels (slower), with
+    the same outputs, which are all the tracker counts (a kernel's own workspace it never sees), so the check is
+    answered yes while the engine is made. Held: a shipped cpu-matrix-zero-fp16 point, measured where oneDNN had fp16,
+    re-measured this way to the same bytes (calibration/cpu-matrix-zero-offload2.toml)."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    if plan.dtype != "fp16" or accelerator.is_fp16_supported():
+        yield
+        return
+    accelerator.is_fp16_supported = lambda: True  # the instance's, this rank's process only
+    try:
+        yield
+    finally:
+        del accelerator.is_fp16_supported
+
+
 def engine_steps(
     model: Any, cfg: Any, plan: TrainingPlan, steps: int, seed: int
 ) -> tuple[list[Phase], int, dict[str, int]]:
@@ -215,7 +238,7 @@ def engine_steps(
     generator = torch.Generator().manual_seed(seed)
     assert tracker is not None  # device cpu: check_zero_plan
     with tracker, offload_placed(plan, tracker):
-        with failures("load"):
+        with failures("load"), cpu_fp16(plan):
             engine, *_ = deepspeed.initialize(
                 model=model,
                 optimizer=build_optimizer(model, plan),

@@ -41,10 +41,29 @@ What differs from a CUDA run, and by how much:
   harness does not build) would replace torch's AdamW on the host; the step runs entirely on host memory either
   way, so which host optimizer runs changes host bytes only, never device bytes. The low-precision-master
   validators (stage_1_and_2.py `_enforce_cpu_offload`) fire only for fp16/bf16 master weights, not the default fp32;
-- `pin_memory: false`: pinned host buffers (`get_accelerator().pin_memory`) are host RAM either way.
+- `pin_memory: false`: pinned host buffers (`get_accelerator().pin_memory`) are host RAM either way: every call
+  site pins a tensor already on the host (the fp32 partition, its gradient, the host bit16 buffer,
+  `temp_grad_buffer_for_cpu_offload`, the accumulation buffers) and CUDA's is a page-locked host copy of it
+  (accelerator/abstract_accelerator.py `_torch_pin_memory`: `tensor.pin_memory()`), so pinning moves no device
+  bytes; on the CPU accelerator it is a no-op (cpu_accelerator.py `pin_memory`).
 
 ZeRO-3's offload (`offload_optimizer` with `offload_param`, as the plan's `offload` means for zero3: app/core/
-estimate.py `resident_bytes` moves zero3 weights to the host too) is not run: check_zero_plan refuses it.
+estimate.py `resident_bytes` moves zero3 weights to the host too) is not placed here.
+
+fp16 and QLoRA run through the same placement (calibration/cpu-matrix-zero-offload2.toml), as nothing either changes
+is made on another device (deepspeed 0.19.8 runtime/zero/stage_1_and_2.py):
+
+- fp16: the masters stay fp32 (`_enforce_cpu_offload`, the validator of fp16/bf16 masters, never fires), the
+  dynamic loss scaler scales the scalar loss (base_optimizer.py `scale_if_loss`), the overflow check reduces each
+  gradient to two device scalars before its host copy (`update_offload_overflow_tracker`: runtime/utils.py
+  `has_inf_or_nan`, amax/amin), `has_overflow` all-reduces a one-byte flag of `local_overflow`, and the unscale runs
+  in place on the host fp32 gradient (`unscale_and_clip_grads`); a step skipped on overflow skips the host step
+  only. On a CPU without oneDNN's fp16 kernels the engine's fp16 check is answered yes (app/calibration/zero.py
+  `cpu_fp16`): torch's own fp16 kernels make the same outputs, which are all the tracker counts;
+- QLoRA: DeepSpeed flattens and partitions the trainable parameters only (`is_optimized_parameter`: the LoRA
+  adapters), so the fp32 partitions, their gradients, the host bit16 buffer and the states are the adapters'; the
+  frozen bitsandbytes Params4bit and their quant states stay where the engine put them (device bytes, as without
+  offload), after its cast of the fp32-upcast modules to the model dtype (engine.py `_cast_module_mixed_precision`).
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ DeepSpeed's bucket sizes and the configs' auto: calibration/cpu-matrix-zero*.tom
 accumulation under DDP, FSDP1 and FSDP2 as transformers' Trainer runs it (calibration/cpu-matrix-multi-accum.toml). Checkpointing every n-th layer (`checkpoint_every`, calibration/cpu-matrix-trainer-every2.toml)
 and offloaded checkpointing (`checkpoint_offload`, counted by placement: app/calibration/offload.py
 `host_saved_checkpoints`, calibration/cpu-matrix-trainer-offload.toml) are measured on the CPU tracker through
-transformers.Trainer. ZeRO-2's offload_optimizer (full and LoRA, bf16 and fp32) is measured on the CPU ranks
-by placement (app/calibration/zero_offload.py, calibration/cpu-matrix-zero-offload.toml). Nothing here is measured on
-CUDA yet: the CUDA-only overheads, ZeRO-3's offload and QLoRA or fp16 with ZeRO-Offload, ZeRO
+transformers.Trainer. ZeRO-2's offload_optimizer (full and LoRA in bf16, fp16 and fp32, QLoRA in bf16) is measured
+on the CPU ranks by placement (app/calibration/zero_offload.py, calibration/cpu-matrix-zero-offload.toml,
+cpu-matrix-zero-offload2.toml). Nothing here is measured on CUDA yet: the CUDA-only overheads, ZeRO-3's offload, ZeRO
 with bitsandbytes' optimizers (CUDA kernels), layers split across GPUs and
 bitsandbytes' int8 and paged paths are first-principles.
 """
@@ -47,8 +47,7 @@ ZERO_TERMS = frozenset({"master_weight_bytes", "zero_bucket_bytes", "zero_reduce
 def zero_measured(plan: TrainingPlan) -> bool:
     """A ZeRO-2/3 plan of the kind the CPU ranks ran: full, LoRA or QLoRA, bf16, fp16 or fp32, torch AdamW or SGD or
     transformers' Adafactor, with or without accumulation, at DeepSpeed's bucket sizes or the configs' auto
-    (calibration/cpu-matrix-zero*.toml); with offload, ZeRO-2's offload_optimizer for full and LoRA in bf16 or fp32
-    (counted by placement: calibration/cpu-matrix-zero-offload.toml)."""
+    (calibration/cpu-matrix-zero*.toml); with offload, ZeRO-2's offload_optimizer (`zero_offload_measured`)."""
     return (
         plan.sharding in ("zero2", "zero3")
         and plan.gpus > 1
@@ -61,9 +60,13 @@ def zero_measured(plan: TrainingPlan) -> bool:
 
 
 def zero_offload_measured(plan: TrainingPlan) -> bool:
-    """ZeRO-Offload as the CPU ranks ran it: ZeRO-2's offload_optimizer, full or LoRA, bf16 or fp32 (not ZeRO-3's
-    parameter offload, QLoRA or fp16: refused or not run; app/calibration/zero_offload.py)."""
-    return plan.sharding == "zero2" and plan.method in ("full", "lora") and plan.dtype in ("bf16", "fp32")
+    """ZeRO-Offload as the CPU ranks ran it, counted by placement (app/calibration/zero_offload.py): ZeRO-2's
+    offload_optimizer, full or LoRA in bf16, fp16 or fp32 (calibration/cpu-matrix-zero-offload.toml; fp16:
+    cpu-matrix-zero-offload2.toml), QLoRA in bf16 (cpu-matrix-zero-offload2.toml); not ZeRO-3's parameter offload, nor
+    QLoRA in fp16 or fp32."""
+    if plan.sharding != "zero2":
+        return False
+    return plan.dtype == "bf16" if plan.method == "qlora" else plan.method in ("full", "lora")
 
 
 def measured_policy(plan: TrainingPlan) -> bool:

@@ -8,9 +8,10 @@ enabled, LoRA adapters too: deepspeed/runtime/engine.py `_cast_module_mixed_prec
 of them, `B` reduce_bucket_size. Sources: deepspeed/runtime/zero/stage_1_and_2.py (ZeRO-2), stage3.py,
 partition_parameters.py and partitioned_param_coordinator.py (ZeRO-3), config.py (the defaults), 0.19.8.
 
-Known limitations: ZeRO-3's offload, QLoRA with offload and bitsandbytes' optimizers are not measured (they keep the
-first-principles terms of app/core/estimate.py, or these formulas unmeasured); ZeRO-2's offload_optimizer is, counted
-by placement (app/calibration/zero_offload.py, calibration/cpu-matrix-zero-offload.toml); QLoRA under ZeRO-2 and ZeRO-3, bf16, fp16 and
+Known limitations: ZeRO-3's offload and bitsandbytes' optimizers are not measured (they keep the first-principles
+terms of app/core/estimate.py, or these formulas unmeasured); ZeRO-2's offload_optimizer is, counted by placement
+(app/calibration/zero_offload.py: full and LoRA in bf16, fp16 and fp32, QLoRA in bf16, calibration/
+cpu-matrix-zero-offload.toml and cpu-matrix-zero-offload2.toml); QLoRA under ZeRO-2 and ZeRO-3, bf16, fp16 and
 fp32, torch AdamW and SGD and transformers' Adafactor, with and without accumulation, at DeepSpeed's bucket sizes
 and the configs' `auto` are (calibration/cpu-matrix-zero*.toml); ZeRO-3's reuse window for models above `MAX_REUSE_DISTANCE / 2`
 parameters is first-principles.
@@ -296,8 +297,8 @@ def head_hook_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
 
 
 def zero2_offload_host_bytes(plan: TrainingPlan, trainable: int) -> int:
-    """ZeRO-2 offload's host RAM between steps (full and LoRA), for `trainable` parameters: the fp32 partition `4·Pn`
-    (a clone, in fp32 too) and its gradient `4·Pn`, the host bit16 buffer `d·Pn`, the optimizer's states over the
+    """ZeRO-2 offload's host RAM between steps (full, LoRA, QLoRA), for `trainable` parameters: the fp32 partition
+    `4·Pn` (a clone, in fp32 too) and its gradient `4·Pn`, the host bit16 buffer `d·Pn`, the optimizer's states over the
     partition and, with accumulation, the host accumulation buffers (`d·Pn`: one per parameter in the partition,
     whole parameters, so a lower bound); the step's own temporaries (`optimizer_partition_bytes`) and one host
     gradient buffer of the largest parameter (`temp_grad_buffer_for_cpu_offload`) come on top. Measured on CPU ranks
@@ -332,8 +333,9 @@ def offload_head_norm_bytes(model: ModelSpec, plan: TrainingPlan, buckets: Bucke
 
 def zero2_offload(plan: TrainingPlan) -> bool:
     """ZeRO-Offload as DeepSpeed's own terms model it (`zero2_offload_terms`, `zero2_offload_host_bytes`): ZeRO-2's
-    offload_optimizer for full fine-tuning and LoRA on several GPUs; ZeRO-3's offload and QLoRA's are not run."""
-    return plan.offload and plan.sharding == "zero2" and plan.gpus > 1 and plan.method in ("full", "lora")
+    offload_optimizer on several GPUs, for full fine-tuning, LoRA and QLoRA (its adapters; its base and load:
+    `qlora_zero2_terms`)."""
+    return plan.offload and plan.sharding == "zero2" and plan.gpus > 1
 
 
 def input_embedding_numel(model: ModelSpec) -> int:

@@ -39,7 +39,7 @@ def test_ddp_and_fsdp2_terms_are_measured_on_cpu_ranks(sharding: str) -> None:
     "fields",
     [
         {"sharding": "zero3", "gpus": 8, "offload": True},
-        {"sharding": "zero2", "gpus": 8, "offload": True, "dtype": "fp16"},
+        {"sharding": "zero2", "gpus": 8, "offload": True, "method": "qlora", "dtype": "fp16"},
         {"sharding": "zero3", "gpus": 8, "optimizer": "adamw_8bit"},
         {"sharding": "zero2", "gpus": 8, "dtype": "fp16", "autocast": True},
         {"sharding": "none", "gpus": 2},
@@ -74,10 +74,13 @@ def test_zero_terms_the_cpu_ranks_ran_are_measured(sharding: str, method: str, e
     assert ev["cuda_context_bytes"] == "first-principles"
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize(
+    ("method", "dtype"),
+    [(m, d) for m in ("full", "lora") for d in ("bf16", "fp16", "fp32")] + [("qlora", "bf16")],
+)
 def test_zero2_offload_terms_are_measured_on_cpu_ranks_by_placement(method: str, dtype: str) -> None:
-    """calibration/cpu-matrix-zero-offload.toml: ZeRO-2's offload_optimizer, the host tensors counted by placement."""
+    """calibration/cpu-matrix-zero-offload.toml and cpu-matrix-zero-offload2.toml (fp16, QLoRA): ZeRO-2's
+    offload_optimizer, the host tensors counted by placement."""
     ev = _evidence(method=method, optimizer="adamw", sharding="zero2", gpus=8, offload=True, dtype=dtype)
     assert ev["base_weight_bytes"] == "measured-cpu-ranks"
     assert all(v == "measured-cpu-ranks" for k, v in ev.items() if not k.startswith(("cu", "allocator")))
@@ -132,8 +135,8 @@ def test_accumulation_under_ddp_and_fsdp_is_measured_on_cpu_ranks(fields: dict[s
 @pytest.mark.parametrize("sharding", ["zero2", "zero3"])
 def test_qlora_under_zero_is_measured_and_carries_no_probe_note(sharding: str) -> None:
     """calibration/cpu-matrix-zero-qlora.toml (ZeRO-2) and cpu-matrix-zero3-qlora.toml (ZeRO-3) run QLoRA under ZeRO:
-    its terms carry CPU-rank evidence, and the margin note the ZeRO-3 probe once asked for is gone; with offload
-    (not run) they stay first-principles."""
+    its terms carry CPU-rank evidence, and the margin note the ZeRO-3 probe once asked for is gone; with ZeRO-2's
+    offload_optimizer too (cpu-matrix-zero-offload2.toml), not with ZeRO-3's offload (not run)."""
     model = load_spec(LLAMA)
     assert model is not None
     plan = TrainingPlan(method="qlora", optimizer="adamw", sharding=sharding, gpus=8)
@@ -141,4 +144,4 @@ def test_qlora_under_zero_is_measured_and_carries_no_probe_note(sharding: str) -
     ev = _evidence(method="qlora", optimizer="adamw", sharding=sharding, gpus=8)
     assert ev["base_weight_bytes"] == ev["lora_adapter_bytes"] == ev["master_weight_bytes"] == "measured-cpu-ranks"
     offload = _evidence(method="qlora", optimizer="adamw", sharding=sharding, gpus=8, offload=True)
-    assert offload["lora_adapter_bytes"] == "first-principles"
+    assert offload["lora_adapter_bytes"] == ("measured-cpu-ranks" if sharding == "zero2" else "first-principles")
