@@ -29,6 +29,7 @@ from app.core.quant import ceil_div, quantized_weight_tensors, rounded
 from app.core.spec import ModelSpec
 from app.core.tensors import Inventory
 from app.core.units import DTYPE_BYTES, FP32
+from app.core.zero_layout import zero2_layout_bytes
 
 ZERO = ("zero2", "zero3")
 # DeepSpeedZeroConfig defaults (deepspeed/runtime/zero/config.py, 0.19.8), all in elements
@@ -104,6 +105,9 @@ class ZeroTerms(NamedTuple):
     # ZeRO-2 without offload: the trainable parameters' own storages beside the flat buffer they are copied into at the
     # load, on a device with room for that buffer (`flatten_originals_bytes`); 0 where the load holds no such moment
     flatten: int = 0
+    # ZeRO-2 without offload: the step's gradient norm on the worst rank, its contiguous gradient buffer and the fp64
+    # copy of its largest gradient slice (app/core/zero_layout.py `grad_norm_bytes`); 0 where no such moment is modeled
+    grad_norm: int = 0
 
 
 def param_numels(model: ModelSpec, adapted: Iterable[Adapted], method: str) -> tuple[list[int], list[int]]:
@@ -154,7 +158,9 @@ def zero2_terms(
     peak of an optimizer without temporaries, SGD's). That partition is made at the bucket's first flush
     (`copy_grads_in_partition`): within backward when the bucket holds fewer elements than the trainable parameters
     (the configs' auto sizes), so the backward's later moments hold it. Measured on CPU ranks (llama, full, SGD, 2
-    ranks: -25.5 % without the cast; the backward phase -17.5 % without the partition). Source: stage_1_and_2.py (`__init__`, `initialize_optimizer_states`, `setup_buckets`,
+    ranks: -25.5 % without the cast; the backward phase -17.5 % without the partition). These `d·Pn` readings of the
+    partition's buffers are replaced in `zero_terms` by the worst rank's whole-parameter ones and the step's gradient
+    norm is added (app/core/zero_layout.py). Source: stage_1_and_2.py (`__init__`, `initialize_optimizer_states`, `setup_buckets`,
     `allreduce_bucket`, `copy_grads_in_partition`, `step`: `flat_grad_partition.to(fp32)`), 0.19.8."""
     d, p = DTYPE_BYTES[plan.dtype], sum(trainable)
     partition = zero2_partition(p, plan.gpus)
@@ -373,7 +379,11 @@ def zero_terms(
     elif plan.method == "qlora" and inv is not None:
         terms = qlora_zero3_terms(model, plan, inv, (trainable, adapted), terms, buckets)
     flatten = flatten_originals_bytes(plan, trainable) if plan.sharding == "zero2" and not plan.offload else 0
-    return terms._replace(head_hook=head, mlp_adapted=mlp, accumulated=accumulated, flatten=flatten)
+    terms = terms._replace(head_hook=head, mlp_adapted=mlp, accumulated=accumulated, flatten=flatten)
+    if plan.sharding == "zero2" and not plan.offload:  # the worst rank's buffers, from the layout
+        fields = (plan.method, DTYPE_BYTES[plan.dtype], plan.gpus, plan.grad_accum_steps > 1)
+        terms = terms._replace(**zero2_layout_bytes(model, adapted, fields, buckets.reduce)._asdict())
+    return terms
 
 
 def flatten_originals_bytes(plan: TrainingPlan, trainable: list[int]) -> int:
@@ -571,6 +581,7 @@ def zero_moments(z: ZeroTerms, a: StepActivations) -> dict[str, list[Moment]]:
             {**step_held, "gradient_bytes": z.grad_partition + z.fp32_grad, "optimizer_temp_bytes": z.step_temp},
             # the cast to fp32 before the step (`zero2_terms`, `zero3_terms`): an optimizer without temporaries peaks here
             {**step_held, "gradient_bytes": z.grad_partition + z.cast + z.fp32_grad},
+            {**step_held, "gradient_bytes": z.grad_partition + z.grad_norm},  # ZeRO-2: the norm's fp64 copy, before it
             {**step_held, "allgather_buffer_bytes": z.persistent},  # after the step: the persistent ones gathered again
         ],
     }
@@ -580,7 +591,9 @@ def zero_backward_moments(z: ZeroTerms, a: StepActivations, held: Moment, gather
     """ZeRO's backward (`zero_moments`): at the loss; at lm_head's gradient hook under full fine-tuning; at the first
     gradient hook in the last layer (ZeRO-2 makes its bucket there: the final norm's saved tensors and the logits
     freed); at its end, the bucket's gradients flattened for the reduction."""
-    partition = z.grad_partition + max(z.accumulated, z.partition_in_backward)  # ZeRO-2's: one buffer, kept or made
+    # ZeRO-2's: the buffer kept from the last micro-batch, or the one made in this backward (beside the kept one on the
+    # ranks the backward reaches first: app/core/zero_layout.py `backward_partition_bytes`)
+    partition = z.grad_partition + max(z.accumulated, z.partition_in_backward)
     backward = {
         **held,
         "gradient_bytes": partition,
