@@ -72,16 +72,18 @@ def zero_offload_measured(plan: TrainingPlan) -> bool:
 def measured_policy(plan: TrainingPlan) -> bool:
     """FSDP2's MixedPrecisionPolicy was measured in bf16 (calibration/cpu-matrix-multi-mp.toml) and in fp16 and with
     CPU offload (cpu-matrix-multi-mp2.toml); FSDP1's MixedPrecision in bf16 for full fine-tuning
-    (cpu-matrix-multi-fsdp1-mp.toml); either policy in bf16 under accelerate's autocast, full and LoRA, without
-    offload (cpu-matrix-multi-mp-autocast.toml). Not measured: LoRA under FSDP1's without autocast (it fails in PEFT's
+    (cpu-matrix-multi-fsdp1-mp.toml) and fp16 (cpu-matrix-multi-fsdp1-mp-fp16.toml); either policy in bf16 under
+    accelerate's autocast, full and LoRA, without offload (cpu-matrix-multi-mp-autocast.toml), FSDP1's in fp16 too
+    (cpu-matrix-multi-fsdp1-mp-fp16.toml). Not measured: LoRA under FSDP1's without autocast (it fails in PEFT's
     forward on the CPU ranks), nor with SHARD_GRAD_OP, checkpointing and dropout under autocast (it fails in the
-    recompute: `step.fsdp1_adapter_recompute_fails`), fp16 under FSDP1's or with autocast, QLoRA (refused with it)."""
+    recompute: `step.fsdp1_adapter_recompute_fails`), fp16 under FSDP2's with autocast, QLoRA (refused with it)."""
     if not plan.fsdp_mixed_precision:
         return True
     if plan.autocast:
-        return plan.dtype == "bf16" and not plan.offload and not fsdp1_adapter_recompute_fails(plan)
+        dtypes = ("bf16", "fp16") if plan.fsdp_version == 1 else ("bf16",)
+        return plan.dtype in dtypes and not plan.offload and not fsdp1_adapter_recompute_fails(plan)
     if plan.fsdp_version == 1:
-        return plan.dtype == "bf16" and plan.method == "full"
+        return plan.dtype in ("bf16", "fp16") and plan.method == "full"
     return plan.dtype in ("bf16", "fp16")
 
 

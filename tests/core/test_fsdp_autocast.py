@@ -84,3 +84,5 @@ def test_the_layout_counts_as_measured_on_cpu_ranks() -> None:
     assert measured_policy(_plan(**LORA, fsdp_version=1, autocast=True))
     assert measured_policy(_plan(method="full", fsdp_version=1, autocast=True))
     assert not measured_policy(_plan(**LORA, fsdp_version=1))  # fails in PEFT's forward: no run
+    assert measured_policy(_plan(**LORA, fsdp_version=1, dtype="fp16", autocast=True))  # cpu-matrix-multi-fsdp1-mp-fp16
+    assert not measured_policy(_plan(**LORA, dtype="fp16", autocast=True))  # FSDP2 fp16 under autocast: not run

@@ -87,15 +87,16 @@ def test_the_policy_costs_more_per_gpu_than_bf16_shards_and_less_than_fp32_compu
 
 def test_the_policy_is_measured_on_cpu_ranks_under_fsdp2_and_fsdp1_full_fine_tuning() -> None:
     """bf16 (cpu-matrix-multi-mp), fp16 and CPU offload (cpu-matrix-multi-mp2) ran on CPU ranks under FSDP2, FSDP1's
-    MixedPrecision in bf16 for full fine-tuning (cpu-matrix-multi-fsdp1-mp); LoRA under FSDP1's fails in PEFT's
-    forward and fp16 under it was not run, so their terms stay first-principles."""
+    MixedPrecision in bf16 and fp16 for full fine-tuning (cpu-matrix-multi-fsdp1-mp, cpu-matrix-multi-fsdp1-mp-fp16);
+    LoRA under FSDP1's fails in PEFT's forward without autocast, so its terms stay first-principles."""
     measured: list[dict[str, Any]] = [{}, {"dtype": "fp16"}, {"offload": True}, {"fsdp_version": 1}]
+    measured.append({"fsdp_version": 1, "dtype": "fp16"})
     for fields in measured:
         ev = {t.term: t.evidence for t in _estimate(fsdp_mixed_precision=True, **fields).breakdown}
         assert ev["gradient_bytes"] == "measured-cpu-ranks", fields  # offload moves the weights and states off
         assert all(v == "measured-cpu-ranks" for k, v in ev.items() if not k.startswith(("cu", "allocator"))), fields
     lora = {"method": "lora", "optimizer": "adamw", "targets": "q_proj,v_proj"}
-    for fields in ({"fsdp_version": 1, "dtype": "fp16"}, {"fsdp_version": 1, **lora}):
+    for fields in ({"fsdp_version": 1, "dtype": "fp16", **lora}, {"fsdp_version": 1, **lora}):
         ev = {t.term: t.evidence for t in _estimate(fsdp_mixed_precision=True, **fields).breakdown}
         assert set(ev.values()) == {"first-principles"}, fields
 
