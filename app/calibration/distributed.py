@@ -76,6 +76,10 @@ def measure(
     if plan.gpus > 1 or plan.sharding != "none":
         if loop != "plain":
             raise CalibrationError("the CPU ranks run the plain loop: use loop plain with --gpus N")
+        if plan.sharding == "none":  # layers split across GPUs: virtual GPUs in this process (layer_split.py)
+            from app.calibration.layer_split import run_layer_split
+
+            return run_layer_split(config, plan, layers=layers, steps=steps, seed=seed, fp32_matmuls=fp32_matmuls)
         if plan.sharding in ("zero2", "zero3"):
             from app.calibration.zero import run_zero
 
@@ -106,6 +110,11 @@ def with_reshard(plan: TrainingPlan, reshard_after_forward: str) -> TrainingPlan
 def check_distributed_plan(plan: TrainingPlan) -> None:
     """Refuse plans the multi-rank CPU harness cannot run (ddp/fsdp here, zero2/zero3 in zero.py), saying what to
     change."""
+    if plan.sharding == "none":  # layers split across GPUs: virtual GPUs in one process (layer_split.py)
+        from app.calibration.layer_split import check_layer_split
+
+        check_layer_split(plan)
+        return
     if plan.sharding in ("zero2", "zero3"):  # a DeepSpeed engine per rank (app/calibration/zero.py)
         from app.calibration.zero import check_zero_plan
 

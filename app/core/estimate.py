@@ -24,6 +24,15 @@ from app.core.evidence import term_evidence
 from app.core.experts import RouterAux, router_aux_loss_bytes
 from app.core.fsdp1 import layer_grad_pieces
 from app.core.fsdp1_mp import mp_reduce_moments
+from app.core.layer_split import (
+    GpuPart,
+    device_map_parts,
+    head_input_bytes,
+    other_fraction,
+    root_output_copy_bytes,
+    rope_copy_bytes,
+    splits_layers,
+)
 from app.core.layer_walk import KindMoment, Walk, device_checkpoint_inputs, host_checkpoint_bytes, walk_moments
 from app.core.layer_walk import kind_backward_bytes as kind_backward_bytes  # re-exported: the README's row names it
 from app.core.mxfp4 import mxfp4_notes
@@ -233,11 +242,6 @@ def _check(plan: TrainingPlan) -> None:
             )
         if plan.attn == "flash_attention_2":
             raise PlanError("flash_attention_2 needs CUDA: use sdpa or eager with device cpu")
-        if plan.gpus != 1 and plan.sharding == "none":
-            raise PlanError(
-                "the CPU reference models one device, or CPU ranks under ddp/fsdp/fsdp_grad_op/zero2/zero3: set gpus "
-                "to 1 or a sharding"
-            )
 
 
 # --- the worst GPU's share ------------------------------------------------------------------------------------
@@ -250,10 +254,13 @@ class GpuShare(NamedTuple):
     layers: int  # decoder layers it runs
     param_shards: int  # weights are divided by this (zero3/fsdp)
     state_shards: int  # gradients and optimizer states are divided by this (zero2/zero3/fsdp)
+    other_fraction: float = 1.0  # of the bytes outside the layers (layers split across GPUs: `layer_split`)
+    part: GpuPart | None = None  # layers split across GPUs as device_map="auto" places them (`layer_split`)
 
 
 def gpu_share(plan: TrainingPlan, num_layers: int) -> GpuShare:
-    """`none` with several GPUs splits layers across GPUs (the worst GPU holds `⌈L/n⌉` layers plus embeddings/head);
+    """`none` with several GPUs splits layers across GPUs (with 4/8-bit weights the worst GPU holds `⌈L/n⌉` layers
+    plus embeddings/head; 16/32-bit splits follow device_map="auto": `layer_split_shares`);
     `ddp` replicates; `zero2` shards gradients and optimizer states; `zero3`/`fsdp` also shard weights.
     """
     n, sharding = plan.gpus, plan.sharding
@@ -268,7 +275,7 @@ def gpu_share(plan: TrainingPlan, num_layers: int) -> GpuShare:
 
 def share_bytes(split: LayerSplit, share: GpuShare, shards: int) -> int:
     """Bytes of a split on the worst GPU: its fraction of the layers plus all the rest, over `shards`."""
-    return math.ceil((split.layers * share.layer_fraction + split.other) / shards)
+    return math.ceil((split.layers * share.layer_fraction + split.other * share.other_fraction) / shards)
 
 
 class Resident(NamedTuple):
@@ -290,7 +297,8 @@ def resident_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> Resid
     offload_optimizer/param.
     """
     replicated = fsdp_quant_state_bytes(inv, plan)
-    weights = math.ceil((inv.base.layers * share.layer_fraction + inv.base.other - replicated) / share.param_shards)
+    other = inv.base.other * share.other_fraction
+    weights = math.ceil((inv.base.layers * share.layer_fraction + other - replicated) / share.param_shards)
     adapters = share_bytes(inv.adapters, share, share.param_shards)
     grads = share_bytes(inv.grads, share, share.state_shards)
     states = share_bytes(inv.states, share, share.state_shards)
@@ -337,7 +345,7 @@ def master_weight_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> 
 
 def backward_gradient_bytes(inv: Inventory, grads: int, share: GpuShare) -> tuple[int, int]:
     """gradient_bytes in backward: (lm_head's, from the start; all but the current layer's, at the end)."""
-    head = math.ceil(inv.grads.other / share.state_shards)
+    head = math.ceil(inv.grads.other * share.other_fraction / share.state_shards) if head_on(share) else 0
     current_layer = math.ceil(inv.grads.layers * share.layer_fraction / share.state_shards / max(1, share.layers))
     return head, grads - current_layer
 
@@ -354,6 +362,8 @@ def optimizer_temp_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) ->
     """foreach AdamW materialises `sqrt(exp_avg_sq)` for every parameter at once (not with offload: the step runs
     on the host); Adafactor: 3 fp32 copies of the largest parameter. Source: torch _multi_tensor_adamw."""
     foreach = math.ceil(inv.foreach_temp * share.layer_fraction / share.state_shards) if not plan.offload else 0
+    if share.part is not None:  # a layer split's GPU: its parameters' share (`layer_split`), the rest's too
+        foreach = math.ceil(inv.foreach_temp * share_bytes(inv.grads, share, 1) / max(1, inv.grads.total))
     if plan.offload and plan.sharding in FSDP:
         return 0  # FSDP2 offload: the optimizer steps host parameters, so all its temporaries are host RAM
     return max(foreach, inv.step_temp)
@@ -489,10 +499,41 @@ class StepTerms(NamedTuple):
 def step_terms(
     model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, stack: LayerStack | None = None
 ) -> StepTerms:
-    """Every term of the plan's step; `stack` is layer_stack(model, plan, tensors.by_leaf) when the caller has it."""
-    inv = tensors.inventory
+    """Every term of the plan's step; `stack` is layer_stack(model, plan, tensors.by_leaf) when the caller has it.
+    Layers split across GPUs (`layer_split.splits_layers`): the terms of the GPU whose peak is the highest."""
     stack = stack if stack is not None else layer_stack(model, plan, tensors.by_leaf)
-    share = gpu_share(plan, model.arch.num_layers)
+    if not splits_layers(plan):
+        return share_terms(model, plan, tensors, stack, gpu_share(plan, model.arch.num_layers))
+    candidates = [share_terms(model, plan, tensors, stack, s) for s in layer_split_shares(model, plan)]
+    return max(candidates, key=lambda terms: max(peak_moments(terms)[1].values()))
+
+
+def layer_split_shares(model: ModelSpec, plan: TrainingPlan) -> list[GpuShare]:
+    """Each GPU's share under device_map="auto" (`layer_split.device_map_parts`): its layers, its part of the rest."""
+    num_layers = model.arch.num_layers
+    return [
+        GpuShare(
+            layer_fraction=part.layers / num_layers,
+            layers=part.layers,
+            param_shards=1,
+            state_shards=1,
+            other_fraction=other_fraction(model, part),
+            part=part,
+        )
+        for part in device_map_parts(model, plan)
+    ]
+
+
+def head_on(share: GpuShare) -> bool:
+    """Whether this GPU computes the logits and the loss (every GPU but a layer split's others)."""
+    return share.part is None or share.part.head
+
+
+def share_terms(
+    model: ModelSpec, plan: TrainingPlan, tensors: PlanTensors, stack: LayerStack, share: GpuShare
+) -> StepTerms:
+    """Every term of the plan's step on the GPU of `share`."""
+    inv = tensors.inventory
     resident = resident_bytes(inv, plan, share)
     acts, acts_at_end = activation_bytes(stack, plan, share.layers)
     logits_forward, logits_backward = logits_bytes(model, plan)
@@ -535,7 +576,36 @@ def step_terms(
         router_aux=router_aux_loss_bytes(model, plan, share.layers),
         zero=zero_terms(model, plan, tensors.adapted, inv),
     )
+    if share.part is not None:
+        terms = part_terms(terms, model, plan, share.part, stack.first.first_layer_discount)
     return no_sync_terms(terms, inv, plan, share.layers)
+
+
+def part_terms(s: StepTerms, model: ModelSpec, plan: TrainingPlan, part: GpuPart, discount: int) -> StepTerms:
+    """A layer split's GPU: its layers' saved sets, each of a layer after layer 0 whole (`discount`: what layer 0 does
+    not keep, `activations:first_layer_discount`), a copy of the position embeddings per layer without rotary_emb
+    (`layer_split.rope_copy_bytes`); the final norm's saved input where the norm runs and lm_head's where lm_head
+    runs (`layer_split.head_input_bytes`); the logits and the loss on lm_head's GPU, the root's output copies on GPU
+    0 without it (`layer_split.root_output_copy_bytes`). Measured by placement (app/calibration/layer_split.py)."""
+    rope = rope_copy_bytes(model, plan, part)
+    whole = discount if part.layers and not part.first_layer else 0
+    head_input = head_input_bytes(model, plan)
+    head = (s.head_saved - head_input if part.tail else 0) + (head_input if part.head else 0)
+    if not part.layers:
+        s = s._replace(activations=s.head_saved, activations_at_end=0, layer_forward=(), layer_backward=0)
+        s = s._replace(first_layer_backward=0, kind_moments=(), layer_saved=0, mlp_saved=0, late_freed=0)
+    per_layer = rope // max(1, part.layers)
+    s = s._replace(
+        activations=s.activations - s.head_saved + head + rope + whole,
+        activations_at_end=s.activations_at_end + (per_layer + whole if part.layers else 0),
+        layer_forward=tuple((acts + rope + whole, transient) for acts, transient in s.layer_forward),
+        head_saved=head,
+    )
+    if part.head:
+        return s
+    return s._replace(
+        logits_forward=root_output_copy_bytes(model, plan, part), logits_backward=0, loss_saved=0, kept_logits=0
+    )
 
 
 def no_sync_terms(s: StepTerms, inv: Inventory, plan: TrainingPlan, layers: int) -> StepTerms:

@@ -14,14 +14,16 @@ and offloaded checkpointing (`checkpoint_offload`, counted by placement: app/cal
 transformers.Trainer. ZeRO-2's offload_optimizer (full and LoRA in bf16, fp16 and fp32, QLoRA in bf16) is measured
 on the CPU ranks by placement (app/calibration/zero_offload.py, calibration/cpu-matrix-zero-offload.toml,
 cpu-matrix-zero-offload2.toml). Nothing here is measured on CUDA yet: the CUDA-only overheads, ZeRO-3's offload, ZeRO
-with bitsandbytes' optimizers (CUDA kernels), layers split across GPUs and
-bitsandbytes' int8 and paged paths are first-principles.
+with bitsandbytes' optimizers (CUDA kernels), layers split across GPUs with 4/8-bit weights (or outside what
+`layer_split_measured` names: device_map="auto" on virtual GPUs, counted by placement, app/calibration/layer_split.py,
+calibration/cpu-matrix-layer-split.toml) and bitsandbytes' int8 and paged paths are first-principles.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+from app.core.layer_split import splits_layers
 from app.core.plan import TrainingPlan
 from app.core.step import fsdp1_adapter_recompute_fails
 
@@ -67,6 +69,25 @@ def zero_offload_measured(plan: TrainingPlan) -> bool:
     if plan.sharding != "zero2":
         return False
     return plan.dtype == "bf16" if plan.method == "qlora" else plan.method in ("full", "lora")
+
+
+def layer_split_measured(plan: TrainingPlan) -> bool:
+    """Layers split across GPUs (sharding none, gpus > 1) as the virtual GPUs of one CPU process measured them, every
+    storage counted on the GPU device_map="auto" and accelerate's hooks put it on (app/calibration/layer_split.py,
+    calibration/cpu-matrix-layer-split.toml): full and LoRA in bf16 with torch AdamW, 2 and 4 GPUs, checkpointing
+    on and off, no accumulation. Not QLoRA or int8 (they keep the ⌈L/n⌉ bound: `layer_split.splits_layers`), fp16,
+    fp32, autocast, other optimizers, DoRA."""
+    return (
+        splits_layers(plan)
+        and plan.method in ("full", "lora")
+        and plan.dtype == "bf16"
+        and not plan.autocast
+        and not plan.dora
+        and plan.optimizer == "adamw"
+        and plan.grad_accum_steps == 1
+        and not plan.offload
+        and not plan.checkpoint_offload
+    )
 
 
 def measured_policy(plan: TrainingPlan) -> bool:
@@ -117,5 +138,7 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
             and not fsdp1_qlora
         ):
             return "measured-cpu-ranks"  # offload: FSDP2's and ZeRO-2's (TrainingPlan refuses it with ddp); QLoRA too
-        return "first-principles"  # ZeRO-3's offload and the ZeRO plans not run, layers split across GPUs
+        if layer_split_measured(plan):
+            return "measured-cpu-ranks"  # layers split across GPUs: virtual GPUs counted by placement
+        return "first-principles"  # ZeRO-3's offload and the ZeRO plans not run, layer splits not measured
     return "first-principles" if term in RANK_TERMS else "measured-cpu"

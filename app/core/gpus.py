@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.core.capabilities import Blocker, blockers, cannot_run, fixed_plan
 from app.core.estimate import GpuCounts, device_bytes
+from app.core.layer_split import splits_layers
 from app.core.plan import MAX_GPUS, TrainingPlan
 from app.core.prices import Price, PriceTable, bundled_prices
 from app.core.quant import ceil_div
@@ -169,9 +170,10 @@ def first_passing(passes: Callable[[int], bool], failing: int, passing: int) -> 
 
 @functools.cache  # pure in its two ints, and asked once per tier of every recommendation
 def split_counts(num_layers: int, limit: int) -> tuple[int, ...]:
-    """The GPU counts worth trying when layers are split (sharding none), ascending: the worst GPU holds ⌈L/n⌉
-    layers (estimate.gpu_share) and nothing else of the estimate depends on n, so only the fewest GPUs for each
-    layers-per-GPU value k, ⌈L/k⌉, can be the answer (16 to 31 GPUs all hold 2 of 32 layers)."""
+    """The GPU counts worth trying when layers are split (sharding none) with 4/8-bit weights, ascending: the worst
+    GPU holds ⌈L/n⌉ layers (estimate.gpu_share) and nothing else of the estimate depends on n, so only the fewest
+    GPUs for each layers-per-GPU value k, ⌈L/k⌉, can be the answer (16 to 31 GPUs all hold 2 of 32 layers). 16/32-bit
+    plans follow device_map="auto"'s balancing instead (app/core/layer_split.py) and try every count."""
     return tuple(sorted({n for k in range(1, num_layers + 1) if (n := ceil_div(num_layers, k)) <= limit}))
 
 
@@ -189,6 +191,10 @@ def _gpus_needed(
         return 1
     if plan.sharding == "ddp":
         return None  # every DDP replica holds the whole model
+    if plan.sharding == "none" and splits_layers(plan):
+        # device_map="auto"'s balancing (app/core/layer_split.py): the worst GPU's bytes are not monotone in n (the
+        # last GPU takes what the others' budgets leave), so the fewest GPUs is the first count that fits
+        return next((n for n in range(2, min(MAX_GPUS, model.arch.num_layers) + 1) if fits_on(n)), None)
     if plan.sharding == "none":
         counts = split_counts(model.arch.num_layers, min(MAX_GPUS, model.arch.num_layers))
         failing, passing = known_window(counts, budget, known)

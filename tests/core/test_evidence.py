@@ -42,7 +42,8 @@ def test_ddp_and_fsdp2_terms_are_measured_on_cpu_ranks(sharding: str) -> None:
         {"sharding": "zero2", "gpus": 8, "offload": True, "method": "qlora", "dtype": "fp16"},
         {"sharding": "zero3", "gpus": 8, "optimizer": "adamw_8bit"},
         {"sharding": "zero2", "gpus": 8, "dtype": "fp16", "autocast": True},
-        {"sharding": "none", "gpus": 2},
+        {"sharding": "none", "gpus": 2, "method": "qlora"},  # 16/32-bit splits are measured (test_layer_split.py)
+        {"sharding": "none", "gpus": 2, "dtype": "fp16"},
     ],
 )
 def test_zero_offload_zero_plans_not_run_and_layer_splitting_are_first_principles(fields: dict[str, Any]) -> None:
