@@ -195,6 +195,17 @@ class LiveTensorTracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
                         self._bump_peak()
             return self._host - before
 
+    def is_host(self, tensor: torch.Tensor) -> bool:
+        """Whether every storage of `tensor` this tracker counts is placed on the host (False when none is counted)."""
+        with self._lock:
+            entries = [self._live.get(id(s)) for s in self._storages(tensor)]
+        return bool(entries) and all(e is not None and e.host for e in entries)
+
+    @property
+    def placing_host(self) -> bool:
+        """Whether allocations are counted as host RAM right now (inside ``host_allocations()``)."""
+        return self._host_scope > 0
+
     @contextmanager
     def host_allocations(self) -> Iterator[None]:
         """Every storage allocated inside this block counts as host RAM (an optimizer step that runs on the host)."""

@@ -10,9 +10,9 @@ accumulation boundary and zeroes the gradients itself). The measurement is the w
 
 The optimizer is the plan's torch one (`zero_allow_untested_optimizer`), as transformers' Trainer passes its own
 optimizer when the DeepSpeed config has no `optimizer` section (transformers integrations/deepspeed.py
-`deepspeed_optim_sched`); DeepSpeed's own (DeepSpeedCPUAdam, FusedAdam) would JIT-build C++ ops. With offload (ZeRO-2
-only) the config sets `offload_optimizer` on the CPU and `zero_force_ds_cpu_optimizer` false, and the host tensors
-are counted by placement (app/calibration/zero_offload.py).
+`deepspeed_optim_sched`); DeepSpeed's own (DeepSpeedCPUAdam, FusedAdam) would JIT-build C++ ops. With offload the config
+sets `offload_optimizer` on the CPU and `zero_force_ds_cpu_optimizer` false (ZeRO-3: `offload_param` on the CPU
+too), and the host tensors are counted by placement (app/calibration/zero_offload.py, zero3_offload.py).
 
 No op is built. DeepSpeed's TorchBackend loads its `deepspeed_shm_comm` op (about 8 minutes of g++ on a 2-core
 machine) whenever `deepspeed.ops.__compatible_ops__` says it can be built (deepspeed/comm/torch.py `build_shm_op`,
@@ -66,11 +66,6 @@ def check_zero_plan(plan: TrainingPlan) -> None:
         raise CalibrationError("a ZeRO run shards over at least 2 ranks: use gpus >= 2")
     if plan.device != "cpu":
         raise CalibrationError("the multi-rank harness runs CPU ranks over gloo: use device cpu")
-    if plan.offload and plan.sharding == "zero3":
-        raise CalibrationError(
-            "ZeRO-Offload under zero3 also offloads the parameters (offload_param, as the estimate reads offload), "
-            "which the CPU ranks do not place: measure offload with zero2, or turn offload off"
-        )
     if plan.offload and plan.method == "qlora" and plan.sharding == "zero3":
         raise CalibrationError("QLoRA with ZeRO-Offload is run under zero2 only: use zero2, or turn offload off")
     if plan.autocast:
@@ -100,15 +95,18 @@ def zero_buckets(plan: TrainingPlan, hidden_size: int) -> dict[str, Any]:
 
 def deepspeed_config(plan: TrainingPlan, hidden_size: int = 0) -> dict[str, Any]:
     """The DeepSpeed config of a plan: its ZeRO stage with the plan's bucket sizes, bf16 when the plan trains in
-    bf16, its micro-batch and accumulation, and the client optimizer allowed (no `optimizer` section). With offload
-    (zero2), ZeRO-Offload's optimizer on the CPU: `offload_optimizer` unpinned, and `zero_force_ds_cpu_optimizer`
-    false, without which DeepSpeed refuses a client optimizer under offload (runtime/engine.py, ZeRORuntimeException
-    near line 2342; app/calibration/zero_offload.py says why the host optimizer changes no device bytes)."""
+    bf16, its micro-batch and accumulation, and the client optimizer allowed (no `optimizer` section). With offload,
+    ZeRO-Offload's optimizer on the CPU: `offload_optimizer` unpinned (zero3: `offload_param` too, unpinned), and
+    `zero_force_ds_cpu_optimizer` false, without which DeepSpeed refuses a client optimizer under offload
+    (runtime/engine.py, ZeRORuntimeException near line 2342; app/calibration/zero_offload.py says why the host
+    optimizer changes no device bytes)."""
     zero = {"stage": 3 if plan.sharding == "zero3" else 2, **zero_buckets(plan, hidden_size)}
     offload: dict[str, Any] = {}
     if plan.offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
         offload["zero_force_ds_cpu_optimizer"] = False
+    if plan.offload and plan.sharding == "zero3":  # the parameters too (app/calibration/zero3_offload.py)
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
     return {
         "train_micro_batch_size_per_gpu": plan.batch_size,
         "gradient_accumulation_steps": plan.grad_accum_steps,
@@ -191,9 +189,14 @@ def _deepspeed_version() -> str:
 
 
 def offload_placed(plan: TrainingPlan, tracker: Any) -> AbstractContextManager[None]:
-    """ZeRO-Offload's host tensors placed on the tracker (app/calibration/zero_offload.py) when the plan offloads."""
+    """ZeRO-Offload's host tensors placed on the tracker when the plan offloads (app/calibration/zero_offload.py;
+    zero3: zero3_offload.py)."""
     if not plan.offload:
         return nullcontext()
+    if plan.sharding == "zero3":
+        from app.calibration.zero3_offload import placed_zero3_offload
+
+        return placed_zero3_offload(tracker)
     from app.calibration.zero_offload import placed_zero_offload
 
     return placed_zero_offload(tracker)

@@ -48,7 +48,8 @@ What differs from a CUDA run, and by how much:
   bytes; on the CPU accelerator it is a no-op (cpu_accelerator.py `pin_memory`).
 
 ZeRO-3's offload (`offload_optimizer` with `offload_param`, as the plan's `offload` means for zero3: app/core/
-estimate.py `resident_bytes` moves zero3 weights to the host too) is not placed here.
+estimate.py `resident_bytes` moves zero3 weights to the host too) is placed by app/calibration/zero3_offload.py
+(stage 3 names its host device with DeepSpeed's own enum; `Init.remote_device` reads as OFFLOAD_DEVICE there).
 
 fp16 and QLoRA run through the same placement (calibration/cpu-matrix-zero-offload2.toml), as nothing either changes
 is made on another device (deepspeed 0.19.8 runtime/zero/stage_1_and_2.py):

@@ -112,10 +112,6 @@ def test_every_rank_reports_its_own_peak_and_the_worst_is_the_measurement(
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
-        (
-            {"sharding": "zero3", "offload": True},
-            "ZeRO-Offload under zero3",
-        ),  # zero2's offload runs (test_zero_offload)
         ({"sharding": "fsdp", "gpus": 1}, "at least 2 ranks"),
         ({"sharding": "fsdp", "device": "cuda"}, "device cpu"),
     ],

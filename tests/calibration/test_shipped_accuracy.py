@@ -158,7 +158,7 @@ def test_the_multi_rank_points_hold_the_bounds_against_their_worst_rank(records:
     rest of the multi-GPU matrices; layers split across GPUs, sharding none: virtual GPUs as ranks)."""
     multi = [r for r in records if int(r.plan["gpus"]) > 1]
     assert {r.plan["sharding"] for r in multi} == {"ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3", "none"}
-    assert {int(r.plan["gpus"]) for r in multi} == {2, 4}
+    assert {int(r.plan["gpus"]) for r in multi} == {2, 4, 6, 7, 8}  # 6 to 8: cpu-matrix-zero-flatten (ZeRO-2)
     assert {r.plan["method"] for r in multi} == {"full", "lora", "qlora"}
     for r in multi:
         assert r.measured_peak_bytes == max(r.env["rank_peak_bytes"]), r.model_id

@@ -74,7 +74,6 @@ def test_the_config_is_the_plans_stage_and_dtype_at_deepspeeds_zero_defaults() -
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
-        ({"offload": True, "sharding": "zero3"}, "offload_param"),
         ({"optimizer": "adamw_8bit"}, "AdamW or SGD"),
         ({"gpus": 1}, "at least 2 ranks"),
         ({"device": "cuda"}, "device cpu"),
