@@ -70,6 +70,7 @@ from app.core.zero import (
     zero_moments,
     zero_terms,
 )
+from app.core.zero3_offload import zero3_offload, zero3_offload_host_bytes
 from app.errors import PlanError
 
 # One line per memory term: (category, note); a term's unit is always bytes.
@@ -313,6 +314,8 @@ def resident_bytes(inv: Inventory, plan: TrainingPlan, share: GpuShare) -> Resid
     host = states + master + paged + host_weights
     if zero2_offload(plan):
         host = zero2_offload_host_bytes(plan, inv.trainable_params)  # measured by placement (zero2_offload_terms)
+    if zero3_offload(plan):  # measured by placement (app/core/zero3_offload.py)
+        host = zero3_offload_host_bytes(plan, inv.trainable_params, weights if plan.method != "full" else 0)
     return Resident(weights - host_weights, adapters, grads, 0, 0, 0, offloaded=host)
 
 

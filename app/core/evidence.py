@@ -13,7 +13,9 @@ and offloaded checkpointing (`checkpoint_offload`, counted by placement: app/cal
 `host_saved_checkpoints`, calibration/cpu-matrix-trainer-offload.toml) are measured on the CPU tracker through
 transformers.Trainer. ZeRO-2's offload_optimizer (full and LoRA in bf16, fp16 and fp32, QLoRA in bf16) is measured
 on the CPU ranks by placement (app/calibration/zero_offload.py, calibration/cpu-matrix-zero-offload.toml,
-cpu-matrix-zero-offload2.toml). Nothing here is measured on CUDA yet: the CUDA-only overheads, ZeRO-3's offload, ZeRO
+cpu-matrix-zero-offload2.toml), and ZeRO-3's offload (offload_param with offload_optimizer, full and LoRA in bf16 and
+fp32) is too (app/calibration/zero3_offload.py, calibration/cpu-matrix-zero3-offload.toml). Nothing here is measured
+on CUDA yet: the CUDA-only overheads, ZeRO
 with bitsandbytes' optimizers (CUDA kernels), layers split across GPUs with 4/8-bit weights (or outside what
 `layer_split_measured` names: device_map="auto" on virtual GPUs, counted by placement, app/calibration/layer_split.py,
 calibration/cpu-matrix-layer-split.toml) and bitsandbytes' int8 and paged paths are first-principles.
@@ -64,8 +66,11 @@ def zero_measured(plan: TrainingPlan) -> bool:
 def zero_offload_measured(plan: TrainingPlan) -> bool:
     """ZeRO-Offload as the CPU ranks ran it, counted by placement (app/calibration/zero_offload.py): ZeRO-2's
     offload_optimizer, full or LoRA in bf16, fp16 or fp32 (calibration/cpu-matrix-zero-offload.toml; fp16:
-    cpu-matrix-zero-offload2.toml), QLoRA in bf16 (cpu-matrix-zero-offload2.toml); not ZeRO-3's parameter offload, nor
-    QLoRA in fp16 or fp32."""
+    cpu-matrix-zero-offload2.toml), QLoRA in bf16 (cpu-matrix-zero-offload2.toml), not QLoRA in fp16 or fp32; ZeRO-3's
+    offload_param with offload_optimizer, full or LoRA in bf16 or fp32 (app/calibration/zero3_offload.py,
+    calibration/cpu-matrix-zero3-offload.toml), not fp16 (not run) or QLoRA (refused)."""
+    if plan.sharding == "zero3":
+        return plan.method in ("full", "lora") and plan.dtype in ("bf16", "fp32")
     if plan.sharding != "zero2":
         return False
     return plan.dtype == "bf16" if plan.method == "qlora" else plan.method in ("full", "lora")

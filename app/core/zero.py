@@ -8,8 +8,9 @@ enabled, LoRA adapters too: deepspeed/runtime/engine.py `_cast_module_mixed_prec
 of them, `B` reduce_bucket_size. Sources: deepspeed/runtime/zero/stage_1_and_2.py (ZeRO-2), stage3.py,
 partition_parameters.py and partitioned_param_coordinator.py (ZeRO-3), config.py (the defaults), 0.19.8.
 
-Known limitations: ZeRO-3's offload and bitsandbytes' optimizers are not measured (they keep the first-principles
-terms of app/core/estimate.py, or these formulas unmeasured); ZeRO-2's offload_optimizer is, counted by placement
+Known limitations: bitsandbytes' optimizers are not measured (they keep the first-principles terms of
+app/core/estimate.py, or these formulas unmeasured); ZeRO-3's offload_param with offload_optimizer is, counted by
+placement (app/core/zero3_offload.py, calibration/cpu-matrix-zero3-offload.toml), and ZeRO-2's offload_optimizer
 (app/calibration/zero_offload.py: full and LoRA in bf16, fp16 and fp32, QLoRA in bf16, calibration/
 cpu-matrix-zero-offload.toml and cpu-matrix-zero-offload2.toml); QLoRA under ZeRO-2 and ZeRO-3, bf16, fp16 and
 fp32, torch AdamW and SGD and transformers' Adafactor, with and without accumulation, at DeepSpeed's bucket sizes
@@ -29,6 +30,7 @@ from app.core.quant import ceil_div, quantized_weight_tensors, rounded
 from app.core.spec import ModelSpec
 from app.core.tensors import Inventory
 from app.core.units import DTYPE_BYTES, FP32
+from app.core.zero3_offload import head_flush_bytes, zero3_offload, zero3_offload_terms
 from app.core.zero_layout import zero2_layout_bytes
 
 ZERO = ("zero2", "zero3")
@@ -354,12 +356,13 @@ def zero_terms(
     model: ModelSpec, plan: TrainingPlan, adapted: Iterable[Adapted], inv: Inventory | None = None
 ) -> ZeroTerms | None:
     """The ZeRO terms of a zero2/zero3 plan that DeepSpeed's own tensors model (full or LoRA, 16/32-bit; ZeRO-2's
-    offload_optimizer for full and LoRA: `zero2_offload_terms`; QLoRA under ZeRO-2, from the plan's inventory `inv`:
-    `qlora_zero2_terms`); None for other plans (they keep estimate's terms)."""
+    offload_optimizer for full and LoRA: `zero2_offload_terms`; ZeRO-3's offload_param with offload_optimizer:
+    `zero3_offload.zero3_offload_terms`; QLoRA under ZeRO-2, from the plan's inventory `inv`: `qlora_zero2_terms`);
+    None for other plans (they keep estimate's terms)."""
     if plan.sharding not in ZERO or plan.gpus < 2 or plan.autocast:
         return None
-    if plan.offload and not zero2_offload(plan):
-        return None  # ZeRO-3's offload (parameters too) and QLoRA's: not run (app/calibration/zero.py)
+    if plan.offload and not (zero2_offload(plan) or zero3_offload(plan)):
+        return None  # QLoRA's offload under ZeRO-3: refused (app/calibration/zero.py)
     if plan.method == "qlora" and inv is None:
         return None
     trainable, frozen = param_numels(model, adapted, plan.method)
@@ -371,6 +374,9 @@ def zero_terms(
     mlp = plan.method == "full" or any(a.group.leaf in MLP_LEAVES for a in adapted)
     accumulated = accumulated_partition_bytes(plan, trainable) if plan.sharding == "zero2" else 0
     head = head_hook_bytes(model, plan)
+    if zero3_offload(plan):  # offload_param and offload_optimizer (app/core/zero3_offload.py)
+        terms = zero3_offload_terms(model, plan, (trainable, frozen), terms, buckets)
+        return terms._replace(head_hook=head + head_flush_bytes(model, plan, buckets), mlp_adapted=mlp, accumulated=0)
     if plan.offload:
         terms, accumulated = zero2_offload_terms(plan, trainable, terms), 0  # accumulation: host buffers
         head += offload_head_norm_bytes(model, plan, buckets)

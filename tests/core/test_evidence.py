@@ -38,7 +38,7 @@ def test_ddp_and_fsdp2_terms_are_measured_on_cpu_ranks(sharding: str) -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        {"sharding": "zero3", "gpus": 8, "offload": True},
+        {"sharding": "zero3", "gpus": 8, "offload": True, "dtype": "fp16"},  # ZeRO-3 offload: bf16, fp32 run
         {"sharding": "zero2", "gpus": 8, "offload": True, "method": "qlora", "dtype": "fp16"},
         {"sharding": "zero3", "gpus": 8, "optimizer": "adamw_8bit"},
         {"sharding": "zero2", "gpus": 8, "dtype": "fp16", "autocast": True},

@@ -86,7 +86,11 @@ def test_deepspeed_casts_lora_adapters_to_bf16_so_zero2_keeps_them_at_half_peft_
 
 
 def test_plans_zero_py_does_not_model_keep_the_first_principles_terms() -> None:
-    for fields in ({"offload": True}, {"method": "qlora", "quant": "nf4"}, {"autocast": True}):
+    for fields in (
+        {"offload": True, "method": "qlora", "quant": "nf4"},
+        {"method": "qlora", "quant": "nf4"},
+        {"autocast": True},
+    ):
         plan = TrainingPlan(**{**PROBE, "method": "full", "sharding": "zero3", "device": "cuda", **fields})
         assert zero_terms(tiny(), plan, ()) is None
 
