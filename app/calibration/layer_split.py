@@ -310,27 +310,36 @@ def hook_block(module: Any, gpu: int, tracker: PlacedTracker, *, io_same_device:
 
 def layer_device_map(cfg: Any, plan: TrainingPlan) -> dict[str, int]:
     """The device map transformers computes for `device_map="auto"` on plan.gpus GPUs of VIRTUAL_GPU_BYTES, on the
-    plan's model as it is loaded (meta device, load dtype, before PEFT): `_get_device_map(model, "auto", ...)`."""
+    plan's model as it is loaded (meta device, load dtype, before PEFT): `_get_device_map(model, "auto", ...)`; 4-bit
+    plans through bitsandbytes' quantizer, as from_pretrained runs it (`preprocess_model` swaps in Linear4bit, whose
+    weights count half a byte an element, and `adjust_max_memory` takes 10 % off every budget)."""
     import logging
 
     from transformers.integrations.accelerate import _get_device_map
 
     from app.calibration.build import _lib, torch_dtype
 
-    if plan.quantized:
-        raise CalibrationError(
-            "layers split across GPUs runs full and LoRA: the 4-bit map needs the quantizer's sizes, not measured"
-        )
+    if plan.quant == "int8":
+        raise CalibrationError("layers split across GPUs runs 16/32-bit and 4-bit weights: int8 is not measured")
     quiet_logger = logging.getLogger("accelerate.utils.modeling")  # "Device 0 is not available" on a CPU machine
     level = quiet_logger.level
     quiet_logger.setLevel(logging.ERROR)
     try:
+        dtype = torch_dtype(plan, plan.weight_dtype)
         with torch.device("meta"):
-            meta = _lib("transformers").AutoModelForCausalLM.from_config(
-                cfg, dtype=torch_dtype(plan, plan.weight_dtype)
+            meta = _lib("transformers").AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        quantizer = None
+        if plan.quantized:
+            quantization = _lib("transformers").BitsAndBytesConfig(  # as build._load loads the plan
+                load_in_4bit=True,
+                bnb_4bit_quant_type=plan.quant,
+                bnb_4bit_use_double_quant=plan.double_quant,
+                bnb_4bit_compute_dtype=torch_dtype(plan),
             )
+            quantizer = _lib("transformers.quantizers").AutoHfQuantizer.from_config(quantization, pre_quantized=False)
+            quantizer.preprocess_model(model=meta, dtype=dtype, device_map="auto", checkpoint_files=None)
         memory = {gpu: VIRTUAL_GPU_BYTES for gpu in range(plan.gpus)}
-        found = _get_device_map(meta, "auto", memory, None)
+        found = _get_device_map(meta, "auto", memory, quantizer)
     finally:
         quiet_logger.setLevel(level)
     return {name: int(gpu) for name, gpu in found.items()}

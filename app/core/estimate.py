@@ -260,8 +260,8 @@ class GpuShare(NamedTuple):
 
 
 def gpu_share(plan: TrainingPlan, num_layers: int) -> GpuShare:
-    """`none` with several GPUs splits layers across GPUs (with 4/8-bit weights the worst GPU holds `⌈L/n⌉` layers
-    plus embeddings/head; 16/32-bit splits follow device_map="auto": `layer_split_shares`);
+    """`none` with several GPUs splits layers across GPUs (with int8 weights the worst GPU holds `⌈L/n⌉` layers
+    plus embeddings/head; other splits follow device_map="auto": `layer_split_shares`);
     `ddp` replicates; `zero2` shards gradients and optimizer states; `zero3`/`fsdp` also shard weights.
     """
     n, sharding = plan.gpus, plan.sharding
@@ -597,6 +597,7 @@ def part_terms(s: StepTerms, model: ModelSpec, plan: TrainingPlan, part: GpuPart
     if not part.layers:
         s = s._replace(activations=s.head_saved, activations_at_end=0, layer_forward=(), layer_backward=0)
         s = s._replace(first_layer_backward=0, kind_moments=(), layer_saved=0, mlp_saved=0, late_freed=0)
+        s = s._replace(dequant=0, backward_dequant=0)  # no 4-bit weight to dequantize
     per_layer = rope // max(1, part.layers)
     s = s._replace(
         activations=s.activations - s.head_saved + head + rope + whole,

@@ -16,7 +16,7 @@ on the CPU ranks by placement (app/calibration/zero_offload.py, calibration/cpu-
 cpu-matrix-zero-offload2.toml), and ZeRO-3's offload (offload_param with offload_optimizer, full and LoRA in bf16 and
 fp32) is too (app/calibration/zero3_offload.py, calibration/cpu-matrix-zero3-offload.toml). Nothing here is measured
 on CUDA yet: the CUDA-only overheads, ZeRO
-with bitsandbytes' optimizers (CUDA kernels), layers split across GPUs with 4/8-bit weights (or outside what
+with bitsandbytes' optimizers (CUDA kernels), layers split across GPUs with int8 weights (or outside what
 `layer_split_measured` names: device_map="auto" on virtual GPUs, counted by placement, app/calibration/layer_split.py,
 calibration/cpu-matrix-layer-split.toml) and bitsandbytes' int8 and paged paths are first-principles.
 """
@@ -80,8 +80,9 @@ def layer_split_measured(plan: TrainingPlan) -> bool:
     """Layers split across GPUs (sharding none, gpus > 1) as the virtual GPUs of one CPU process measured them, every
     storage counted on the GPU device_map="auto" and accelerate's hooks put it on (app/calibration/layer_split.py,
     calibration/cpu-matrix-layer-split.toml): full and LoRA in bf16 with torch AdamW, 2 and 4 GPUs, checkpointing
-    on and off, no accumulation. Not QLoRA or int8 (they keep the ⌈L/n⌉ bound: `layer_split.splits_layers`), fp16,
-    fp32, autocast, other optimizers, DoRA."""
+    on and off, no accumulation. Not QLoRA (its map and terms follow the source and ran, but one checkpointed point
+    read +5.68 %: calibration/results/cpu-matrix-layer-split-qlora.report.jsonl), int8 (it keeps the ⌈L/n⌉ bound:
+    `layer_split.splits_layers`), fp16, fp32, autocast, other optimizers, DoRA."""
     return (
         splits_layers(plan)
         and plan.method in ("full", "lora")

@@ -170,9 +170,9 @@ def first_passing(passes: Callable[[int], bool], failing: int, passing: int) -> 
 
 @functools.cache  # pure in its two ints, and asked once per tier of every recommendation
 def split_counts(num_layers: int, limit: int) -> tuple[int, ...]:
-    """The GPU counts worth trying when layers are split (sharding none) with 4/8-bit weights, ascending: the worst
+    """The GPU counts worth trying when layers are split (sharding none) with int8 weights, ascending: the worst
     GPU holds ⌈L/n⌉ layers (estimate.gpu_share) and nothing else of the estimate depends on n, so only the fewest
-    GPUs for each layers-per-GPU value k, ⌈L/k⌉, can be the answer (16 to 31 GPUs all hold 2 of 32 layers). 16/32-bit
+    GPUs for each layers-per-GPU value k, ⌈L/k⌉, can be the answer (16 to 31 GPUs all hold 2 of 32 layers). Other
     plans follow device_map="auto"'s balancing instead (app/core/layer_split.py) and try every count."""
     return tuple(sorted({n for k in range(1, num_layers + 1) if (n := ceil_div(num_layers, k)) <= limit}))
 
@@ -191,7 +191,7 @@ def _gpus_needed(
         return 1
     if plan.sharding == "ddp":
         return None  # every DDP replica holds the whole model
-    if plan.sharding == "none" and splits_layers(plan):
+    if plan.sharding == "none" and splits_layers(plan.model_copy(update={"gpus": 2})):  # as split, not as asked
         # device_map="auto"'s balancing (app/core/layer_split.py): the worst GPU's bytes are not monotone in n (the
         # last GPU takes what the others' budgets leave), so the fewest GPUs is the first count that fits
         return next((n for n in range(2, min(MAX_GPUS, model.arch.num_layers) + 1) if fits_on(n)), None)

@@ -7,9 +7,10 @@ GPU 0 is filled up to per_gpu minus the largest layer it keeps room for (the mai
 per_gpu, and the last takes the rest; a module that does not fit goes to the next GPU. accelerate 1.16's hooks
 (hooks.py `AlignDevicesHook`, big_modeling.py `dispatch_model`) copy each block's inputs to its GPU and the root's
 output (logits and loss) back to GPU 0. Measured by placement on virtual GPUs in one CPU process
-(app/calibration/layer_split.py, calibration/cpu-matrix-layer-split.toml). The walk assumes GPUs larger than
-per_gpu (the balancing binds, nothing is offloaded), layers of one size, and 16/32-bit weights: 4-bit and 8-bit
-plans keep `estimate.gpu_share`'s ⌈L/n⌉ bound (the map reads the quantizer's sizes; not measured).
+(app/calibration/layer_split.py, calibration/cpu-matrix-layer-split.toml: 16/32-bit; 4-bit ran with one point of
+ten at +5.68 %, the single-device QLoRA backward's own excess, so it stays first-principles). The walk assumes GPUs
+larger than per_gpu (the balancing binds, nothing is offloaded), layers of one size, and 16/32-bit or 4-bit weights
+(4-bit: bitsandbytes' quantizer sizes the map); int8 plans keep `estimate.gpu_share`'s ⌈L/n⌉ bound (not measured).
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from typing import NamedTuple
 
 from app.core.plan import TrainingPlan
 from app.core.spec import ModelSpec
+from app.core.step import precision
 from app.core.units import FP32
 
 # bytes of one weight element of the dtype the model is loaded in
 _LOAD_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+QUANTIZED_ELEMENT = 0.5  # bitsandbytes 4-bit: two values a byte (quantizer_bnb_4bit.py quantized_element_size)
+QUANTIZED_MEMORY = 0.90  # bitsandbytes' adjust_max_memory: every device's budget x 0.9 ("buffers ... quantization")
 ALLOCATION_GRANULARITY = 512  # the CUDA caching allocator's block (c10/cuda/CUDACachingAllocator.cpp kMinBlockSize)
 
 
@@ -38,29 +42,32 @@ class GpuPart(NamedTuple):
 
 
 def splits_layers(plan: TrainingPlan) -> bool:
-    """A plan this module places: sharding none on several GPUs, 16/32-bit weights (not 4/8-bit)."""
-    return plan.sharding == "none" and plan.gpus > 1 and not plan.quantized
+    """A plan this module places: sharding none on several GPUs, 16/32-bit or 4-bit weights (not 8-bit)."""
+    return plan.sharding == "none" and plan.gpus > 1 and plan.quant != "int8"
 
 
 class ModuleSizes(NamedTuple):
     """The loaded model's bytes as `compute_module_sizes` counts them, in the walk's order."""
 
-    embed: int
-    layer: int  # one decoder layer (every layer the same)
+    embed: float
+    layer: float  # one decoder layer (every layer the same)
     layers: int
-    tail: int  # the final norm and rotary_emb's inv_freq buffer
-    head: int  # lm_head; 0 when tied to embed_tokens (compute_module_sizes skips tied keys)
-    biggest_leaf: int  # the largest module that holds parameters itself (get_balanced_memory's biggest leaf)
+    tail: float  # the final norm and rotary_emb's inv_freq buffer
+    head: float  # lm_head; 0 when tied to embed_tokens (compute_module_sizes skips tied keys)
+    biggest_leaf: float  # the largest module that holds parameters itself (get_balanced_memory's biggest leaf)
 
 
 def module_sizes(model: ModelSpec, plan: TrainingPlan) -> ModuleSizes:
     """Parameter bytes in the load dtype (`plan.weight_dtype`) by part of the walk; rotary_emb's inv_freq and
     original_inv_freq are fp32 buffers of head_dim/2 (modeling_rope_utils: `1 / base ** (arange(0, dim, 2) / dim)`). Source:
-    transformers/integrations/accelerate.py `compute_module_sizes` (parameters and buffers, numel x element size)."""
+    transformers/integrations/accelerate.py `compute_module_sizes` (parameters and buffers, numel x element size;
+    4-bit: a quantized Linear4bit weight at bitsandbytes' `quantized_element_size` 0.5 byte, quantizers/base.py
+    `param_element_size`, quantizer_bnb_4bit.py)."""
     width = _LOAD_BYTES[plan.weight_dtype]
-    embed = layer_total = tail = head = leaf = 0
+    embed = layer_total = tail = head = leaf = 0.0
     for g in model.groups:
-        own = sum(p.numel for p in g.params) * width
+        four_bit = plan.quantized and g.quantizable
+        own = sum(p.numel * (QUANTIZED_ELEMENT if four_bit and p.name != "bias" else width) for p in g.params)
         leaf = max(leaf, own)
         if g.in_layers:
             layer_total += own * g.count
@@ -72,14 +79,10 @@ def module_sizes(model: ModelSpec, plan: TrainingPlan) -> ModuleSizes:
             tail += own * g.count
     tail += 2 * (model.arch.head_dim // 2) * FP32  # inv_freq and original_inv_freq
     layers = model.arch.num_layers
-    return ModuleSizes(embed, ceil_div(layer_total, layers), layers, tail, head, leaf)
+    return ModuleSizes(embed, layer_total / layers, layers, tail, head, leaf)
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def balanced_per_gpu(sizes: ModuleSizes, gpus: int) -> int:
+def balanced_per_gpu(sizes: ModuleSizes, gpus: int) -> float:
     """get_balanced_memory's budget of every GPU but the last: the model's bytes // n, plus 1.25 x the larger of
     the biggest no-split module (a decoder layer) and the biggest leaf. Source: transformers/integrations/
     accelerate.py `get_balanced_memory` (low_zero False: "auto" and "balanced")."""
@@ -95,19 +98,19 @@ def device_map_parts(model: ModelSpec, plan: TrainingPlan) -> tuple[GpuPart, ...
     `_init_infer_auto_device_map` (`main_devices = [gpus[0], "cpu"]`)."""
     sizes = module_sizes(model, plan)
     n = plan.gpus
-    budget = balanced_per_gpu(sizes, n)
+    budget = balanced_per_gpu(sizes, n) * (QUANTIZED_MEMORY if plan.quantized else 1)
     rotary = 2 * (model.arch.head_dim // 2) * FP32
     order = [("embed", sizes.embed)] + [("layer", sizes.layer)] * sizes.layers
     order += [("tail", sizes.tail - rotary), ("rotary", rotary), ("head", sizes.head)]
     placed: list[list[str]] = [[] for _ in range(n)]
-    gpu, used = 0, 0
+    gpu, used = 0, 0.0
     reserve, largest = largest_left([size for _, size in order], 0)
     for index, (name, size) in enumerate(order):
         largest.discard(index)  # the module being placed leaves max_layer_names; the largest of the rest once empty
         if not largest:
             reserve, largest = largest_left([size for _, size in order], index + 1)
         while gpu < n - 1 and used + size > budget - (reserve if gpu == 0 else 0):
-            gpu, used = gpu + 1, 0
+            gpu, used = gpu + 1, 0.0
         placed[gpu].append(name)
         used += size
     tied = sizes.head == 0
@@ -125,11 +128,11 @@ def device_map_parts(model: ModelSpec, plan: TrainingPlan) -> tuple[GpuPart, ...
     )
 
 
-def largest_left(sizes: list[int], start: int) -> tuple[int, set[int]]:
+def largest_left(sizes: list[float], start: int) -> tuple[float, set[int]]:
     """The largest module from `start` on and the positions of those that size: the room GPU 0 keeps (accelerate's
     `get_max_layer_size`, a decoder layer or a leaf module)."""
     rest = sizes[start:]
-    top = max(rest, default=0)
+    top = max(rest, default=0.0)
     return top, {start + k for k, size in enumerate(rest) if size == top}
 
 
@@ -163,7 +166,7 @@ def rope_copy_bytes(model: ModelSpec, plan: TrainingPlan, part: GpuPart) -> int:
     placement (app/calibration/layer_split.py)."""
     if part.tail or not part.layers:
         return 0
-    width = _LOAD_BYTES[plan.weight_dtype]  # rotary_emb returns cos/sin `.to(x.dtype)`, the hidden states'
+    width = precision(plan).residual  # rotary_emb returns cos/sin `.to(x.dtype)`: the hidden states' (QLoRA: fp32)
     copy = plan.seq_len * model.arch.head_dim * width
     return part.layers * 2 * rounded(copy)
 
@@ -178,14 +181,15 @@ def head_input_bytes(model: ModelSpec, plan: TrainingPlan) -> int:
 
 
 def root_output_copy_bytes(model: ModelSpec, plan: TrainingPlan, part: GpuPart) -> int:
-    """GPU 0 without lm_head: the root's hook sends the model's output back to the input's GPU (`AlignDevicesHook`
-    with io_same_device, `post_forward`), so the logits (batch x seq x vocab in the compute dtype) and the loss are
-    copied there at the forward's end, until the loop drops the output. Source: accelerate hooks.py
-    `attach_align_device_hook_on_blocks` (module_name "": io_same_device=True)."""
-    if part.head or not part.embed:
+    """GPU 0 without lm_head: the root's hook sends the model's output back to the input's GPU, GPU 0 where the loop
+    puts the batch (`AlignDevicesHook` with io_same_device, `post_forward`), so the logits (batch x seq x vocab, in
+    the logits' dtype: fp32 under QLoRA's upcast lm_head) and the loss are copied there at the forward's end, until
+    the loop drops the output; GPU 0 may hold no module at all (4-bit maps leave it empty where embed_tokens does
+    not fit beside its reserve). Source: accelerate hooks.py `attach_align_device_hook_on_blocks` (module_name "":
+    io_same_device=True), transformers trainer.py (`_prepare_input`: args.device, cuda:0)."""
+    if part.head or part.gpu != 0:
         return 0
-    width = _LOAD_BYTES[plan.dtype]
-    logits = plan.batch_size * plan.seq_len * model.arch.vocab_size * width
+    logits = plan.batch_size * plan.seq_len * model.arch.vocab_size * precision(plan).logits
     return rounded(logits) + ALLOCATION_GRANULARITY
 
 

@@ -143,17 +143,18 @@ def test_split_counts_are_the_fewest_gpus_for_each_layers_per_gpu_value(layers: 
         TrainingPlan(method="lora", seq_len=4096),
         TrainingPlan(method="full", seq_len=2048, gpus=4),  # the plan's own count splits the search
         TrainingPlan(method="full", seq_len=2048, gpus=9),  # between two split counts (8 and 11 of 32 layers)
+        TrainingPlan(quant="int8", seq_len=4096),  # int8 keeps the ⌈L/n⌉ law
     ],
 )
 def test_layer_split_gpu_counts_match_a_linear_scan(plan: TrainingPlan) -> None:
-    """recommend()'s answer is the first of 1..L that fits: for 4/8-bit plans it bisects only the split counts, the
-    per-GPU bytes depending on n only through ⌈L/n⌉ (the law split_counts stands on); 16/32-bit plans follow
+    """recommend()'s answer is the first of 1..L that fits: for int8 plans it bisects only the split counts, the
+    per-GPU bytes depending on n only through ⌈L/n⌉ (the law split_counts stands on); other plans follow
     device_map="auto"'s balancing (app/core/layer_split.py), which that law does not hold for, and scan every count."""
     model = spec("meta-llama/Llama-2-7b-hf")
     layers = model.arch.num_layers
     per_gpu = {n: estimate(model, plan.model_copy(update={"gpus": n})).device_bytes for n in range(1, layers + 1)}
     for n, nbytes in per_gpu.items():
-        assert plan.method != "qlora" or nbytes == per_gpu[-(-layers // -(-layers // n))]
+        assert plan.quant != "int8" or nbytes == per_gpu[-(-layers // -(-layers // n))]
     rec = recommend(model, estimate(model, plan))
     for tier_fit in rec.tiers:
         budget = budget_bytes(find_tier(tier_fit.gpu) or GPU_TIERS[0], rec.headroom)

@@ -30,11 +30,12 @@ def test_every_layer_and_the_rest_are_placed_once() -> None:
         assert abs(sum(s.other_fraction for s in shares) - 1) < 1e-9
 
 
-def test_4_and_8_bit_splits_keep_the_bound_and_other_layouts_are_untouched() -> None:
-    assert not splits_layers(TrainingPlan(method="qlora", gpus=2))
+def test_int8_splits_keep_the_bound_and_other_layouts_are_untouched() -> None:
+    assert splits_layers(TrainingPlan(method="qlora", gpus=2))
+    assert not splits_layers(TrainingPlan(method="qlora", quant="int8", gpus=2))
     assert not splits_layers(TrainingPlan(method="full", gpus=2, sharding="ddp"))
     assert not splits_layers(TrainingPlan(method="full", gpus=1))
-    share = gpu_share(TrainingPlan(method="qlora", gpus=4), 32)
+    share = gpu_share(TrainingPlan(method="qlora", quant="int8", gpus=4), 32)
     assert (share.layers, share.other_fraction, share.part) == (8, 1.0, None)
 
 
@@ -47,11 +48,13 @@ def test_the_worst_gpu_is_the_highest_of_the_gpus() -> None:
 
 
 def test_the_measured_splits_count_as_measured_on_cpu_ranks() -> None:
-    plan = TrainingPlan(method="lora", gpus=2, optimizer="adamw")
-    assert layer_split_measured(plan)
-    assert term_evidence("activation_bytes", plan) == "measured-cpu-ranks"
+    for method in ("full", "lora"):
+        plan = TrainingPlan(method=method, gpus=2, optimizer="adamw")
+        assert layer_split_measured(plan)
+        assert term_evidence("activation_bytes", plan) == "measured-cpu-ranks"
     for other in (
         TrainingPlan(method="qlora", gpus=2, optimizer="adamw"),
+        TrainingPlan(method="qlora", quant="int8", gpus=2, optimizer="adamw"),
         TrainingPlan(method="lora", gpus=2, optimizer="paged_adamw_32bit"),
         TrainingPlan(method="full", gpus=2, optimizer="adamw", dtype="fp16"),
         TrainingPlan(method="lora", gpus=2, optimizer="adamw", grad_accum_steps=2),
