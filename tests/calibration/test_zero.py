@@ -111,6 +111,9 @@ def test_qlora_under_zero_is_run_on_the_ranks(sharding: str) -> None:
     check_distributed_plan(TrainingPlan(**qlora))
     if sharding == "zero2":
         check_distributed_plan(TrainingPlan(**qlora, offload=True))
+        return
+    with pytest.raises(CalibrationError, match="zero2 only"):
+        check_distributed_plan(TrainingPlan(**qlora, offload=True))
 
 
 @pytest.mark.slow
@@ -141,6 +144,7 @@ def test_real_zero2_offload_ranks_keep_the_optimizer_in_host_ram() -> None:
     assert measurement.host_peak_bytes is not None and measurement.host_peak_bytes > 0
     for phase in comparison.phases:
         assert abs(phase.error_pct) <= 2.0, (phase.phase, phase.error_pct)
+
 
 @pytest.mark.skipif(not HAS_DEEPSPEED, reason="the deepspeed extra is not installed (pip install 'gpuplan[deepspeed]')")
 def test_an_fp16_engine_is_answered_yes_only_while_it_is_made() -> None:
