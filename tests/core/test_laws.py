@@ -79,6 +79,10 @@ def test_zero3_per_gpu_bytes_fall_as_gpus_are_added(
 ) -> None:
     model = spec(model_id)
     few, many = min(g1, g2), max(g1, g2)
+    # QLoRA: DeepSpeed's engine casts the whole fp32-upcast model on every rank at the load, whatever the count
+    # (zero:qlora_cast_bytes, measured on CPU ranks), and one GPU is estimated without DeepSpeed's terms (zero_terms
+    # needs 2), so the law is held from 2 GPUs on (SmolLM3-3B: 6.75 GB on 1, 6.79 on 2, 6.39 on 3)
+    assume(method != "qlora" or few >= 2)
     kw = dict(method=method, sharding="zero3", offload=offload, optimizer="adamw", dropout=0)
     a = estimate(model, TrainingPlan(**kw, gpus=few))  # type: ignore[arg-type]
     b = estimate(model, TrainingPlan(**kw, gpus=many))  # type: ignore[arg-type]
