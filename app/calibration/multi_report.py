@@ -46,6 +46,12 @@ SOURCES = (
     "cpu-matrix-zero-qlora",
     "cpu-matrix-zero3-qlora",
     "cpu-matrix-zero-offload",
+    "cpu-matrix-zero-offload2",
+    "cpu-matrix-zero3-offload",
+    "cpu-matrix-multi-mp-autocast",
+    "cpu-matrix-multi-fsdp1-mp-fp16",
+    "cpu-matrix-zero-flatten",
+    "cpu-matrix-layer-split",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -82,6 +88,27 @@ ZERO3_QLORA = "cpu-matrix-zero3-qlora"
 # ZeRO-2's offload_optimizer, counted by placement: measured after its terms twice (the first run ships as a report);
 # the first run's misses changed the harness (hook placement) and a term, the second's one miss a term: in-sample
 ZERO_OFFLOAD = "cpu-matrix-zero-offload"
+# ZeRO-2's offload_optimizer in fp16 and with QLoRA (bf16), counted by placement: measured once, after probes moved
+# QLoRA's stream dtype under offload (step.precision) and gave QLoRA the offload terms (zero2_offload): held out
+ZERO_OFFLOAD_2 = "cpu-matrix-zero-offload2"
+# ZeRO-3's offload_param with offload_optimizer, counted by placement: measured once, after its terms were written
+# from probe runs (not shipped): held out
+ZERO3_OFFLOAD = "cpu-matrix-zero3-offload"
+# accelerate's mixed_precision over FSDP's policy (the policy and prepare_model's autocast; FSDP1 and FSDP2, full and
+# LoRA): measured once after its terms were written from probe runs (not shipped)
+MP_AUTOCAST = "cpu-matrix-multi-mp-autocast"
+# fp16 under FSDP1's MixedPrecision, with and without autocast: measured once after probes showed the bf16 terms hold
+FSDP1_MP_FP16 = "cpu-matrix-multi-fsdp1-mp-fp16"
+# ZeRO-2 at 6 to 8 ranks (calibration/cpu-matrix-zero-flatten.toml): the six points measured after the load's flattening
+# term drove app/core/zero_layout.py (the worst rank's whole-parameter gradient buffer, kept twice under accumulation;
+# the step's fp64 norm copy; fp32's cast): in-sample; three points added after it, measured once: held out
+ZERO_FLATTEN = "cpu-matrix-zero-flatten"
+ZERO_FLATTEN_SEEN = frozenset(
+    {"llama-f9dbd061", "mistral-88dd053f", "llama-c0ee1bd8", "mistral-85d73950", "llama-9a5227dd", "mistral-74d5ca42"}
+)
+# layers split across GPUs (sharding none, device_map="auto"): virtual GPUs in one process, counted by placement
+# (app/calibration/layer_split.py); measured once after its terms (from probes, not shipped), no term changed since
+LAYER_SPLIT = "cpu-matrix-layer-split"
 # FSDP1's matrix (tune / holdout by hash) and its validation matrix (measured once, after app/core/fsdp1.py)
 FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
 # the one holdout point of the FSDP1 matrix looked at while its LoRA terms were fixed (PEFT's adapter units)
@@ -124,7 +151,8 @@ SEEN_WHILE_FITTING = frozenset(
 )
 TITLE = (
     "gpuplan accuracy: multi-GPU (DDP, FSDP2, FSDP2 offload, QLoRA under FSDP2, FSDP2 MixedPrecisionPolicy, FSDP1, "
-    "FSDP1 MixedPrecision and QLoRA, DeepSpeed ZeRO-2/3, ZeRO-2 offload) measured on torch.distributed CPU ranks"
+    "FSDP1 MixedPrecision and QLoRA, accelerate's autocast over FSDP's policy, DeepSpeed ZeRO-2/3, ZeRO-2/3 offload, layers split across GPUs) "
+    "measured on torch.distributed CPU ranks"
 )
 INTRO = """Every row is a real training step (2 optimizer steps) on N torch.distributed CPU ranks over gloo on one
 machine (`app/calibration/distributed.py`: spawned processes, loopback, a bounded time that kills every rank),
@@ -133,7 +161,8 @@ each rank running the same plan under its own live-tensor tracker. The measured 
 which gives the per-GPU peak. DDP is `DistributedDataParallel` with torch's defaults; fsdp is FSDP2
 `fully_shard` on every decoder layer and on the root, as accelerate wraps it, resharding after forward;
 fsdp_grad_op the same with `reshard_after_forward=False`; `+ offload` adds FSDP2's `CPUOffloadPolicy`, counted by
-placement (below); `+ mp bf16` is FSDP2's MixedPrecisionPolicy over fp32 shards, gathered in bf16 (below); `(FSDP1)` is
+placement (below); sharding `none` splits the layers across GPUs as `device_map="auto"` does, on virtual GPUs in
+one process rather than gloo ranks (below); `+ mp bf16` is FSDP2's MixedPrecisionPolicy over fp32 shards, gathered in bf16 (below); `(FSDP1)` is
 FullyShardedDataParallel as accelerate wraps it (below). Parameters stay in the plan dtype elsewhere. Error =
 (estimated - measured) / measured."""
 NOT_MEASURED = """## CPU offload, counted by placement
@@ -181,8 +210,9 @@ on every decoder layer and the root, no autocast region (`distributed.py` `mixed
 policy accelerate 1.15 builds for `mixed_precision="bf16"` under FSDP2 (`FullyShardedDataParallelPlugin.
 set_mixed_precision`: param, reduce and output dtype all bf16, `cast_forward_inputs` left True; `reduce_dtype=fp32` is
 the plan's `fsdp_reduce_dtype`), after `fsdp2_prepare_model` has upcast every trainable parameter to fp32
-(`utils/fsdp_utils.py`). accelerate also wraps the forward in `torch.autocast` (`Accelerator.prepare_model`,
-`native_amp`): over weights gathered in bf16 its matmuls cast nothing, and its fp32 ops are not in these runs. 15
+(`utils/fsdp_utils.py`). accelerate up to 1.7 also wrapped the forward in `torch.autocast` under FSDP2
+(`Accelerator.prepare_model`, `native_amp`); since 1.8 its FSDP2 path (`_prepare_fsdp2`) never calls `prepare_model`,
+so a Trainer run under FSDP2 is the policy alone, as here (the autocast layout is measured below). 15
 points: llama, mistral, mixtral; full and LoRA; reshard on and off; reduce in bf16 and fp32; 2 and 4 ranks. What
 is alive at the peaks (per-storage dumps of probe runs): the shards, their fp32 gradients and the fp32 AdamW states;
 the root's and a layer's gathers in bf16 (the all-gather output and the per-parameter copy-out,
@@ -264,6 +294,33 @@ from the first reduction to the step, beside every later micro-batch (-8.18 %, -
 only when `partition.device == self.device`, a torch.device against a device-name string, which torch compares
 unequal (-11.50 %, -10.22 % before). Both matrices count in-sample.
 
+## ZeRO-2 at 6 to 8 ranks
+
+The matrices above ran 2 and 4 ranks; two effects only show with more. The load holds the trainable parameters
+twice while DeepSpeed flattens them on a device with room for the flat buffer (`flatten_on_accelerator`, before the
+fp32 master exists), and from fp32 on 3 ranks and bf16 on about 5 that outgrows the step: a probe (llama, fp32, SGD,
+auto buckets, 6 ranks) read -16.7 % without it. It is reported apart as `flatten_peak_bytes`
+(`zero:flatten_originals_bytes`, `flatten_peak`), not judged, since a device without the room flattens through host
+memory; the comparisons here take it (a CPU rank always has the room: `room_peak_bytes`). And the worst rank's
+gradient buffers: `grads_in_partition` holds every whole parameter that touches the rank's partition, not the
+partition's `Pn` elements; under accumulation a second one is made beside the previous micro-batch's (DeepSpeed drops
+its own pointer, `all_grad_tensors` keeps it); the step's norm copies the partition's largest gradient slice to fp64;
+and in fp32 the step's cast is the flat partition itself (`Tensor.to` of the same dtype). `cpu-matrix-zero-flatten.toml`
+(llama and mistral, full fine-tuning, fp32 and bf16, SGD and AdamW, auto buckets, 6 to 8 ranks) was first measured
+after the flattening term: four llama points within 0.01 %, two mistral points at 8 ranks -14.77 % and -7.44 %
+(rank 6 held 2 × 3,935,232 bytes of gradient buffer where the estimate had `d·Pn`; rank 0's optimizer peak the whole
+embedding's gradient and a 3.6 MB fp64 copy; that run ships as
+`calibration/results/cpu-matrix-zero-flatten.first-run.report.jsonl`). `app/core/zero_layout.py` lays the parameters
+out in `model.parameters()` order (checked against transformers' and PEFT's modules; `round_robin_gradients` and
+`parameter_alignment` off by default) and partitions them as `get_partition_info` does: the six read max -2.83 %,
+median 0.69 %, in-sample. Three points added after it and measured once read -0.01 %, -1.26 % and -2.27 % (held out,
+bf16 AdamW with accumulation on 7 ranks among them). What is left at 7 and 8 ranks (-1.3 % to -2.8 %) is in the
+checkpointed last layer's activations and transients (956,928 bytes on mistral-88dd053f's rank 6), not in ZeRO's
+tensors. On the catalog's models the layout moves ZeRO-2 estimates by a median +0.05 % (651 of 39,852 dumped plans;
+the largest, +10.17 %, gemma-2-2b in fp16 on 8 GPUs, whose tied embedding is far larger than a partition, and -16.65 %
+for fp32 SGD on 2 GPUs, the cast); those widths are not measured. Not run: LoRA at 6 to 8 ranks (its adapter layout
+is checked against PEFT's module order only).
+
 ## FSDP1
 
 `calibration/cpu-matrix-multi-fsdp1.toml` (11 points) and `cpu-validation-multi-fsdp1.toml` (held out, measured
@@ -331,12 +388,38 @@ in fp32, gloo's working copy of the input, the new shard and, reducing in bf16, 
 (`_cast_grad_to_param_dtype`; `mp_reduce_bytes`), a backward moment of its own at the last layer, layer 0, the
 layer before the last and the root. Gloo sometimes frees its copy before that cast, so a point can read one bf16
 layer gradient lower on another run; the estimate counts the copy alive. Before these terms the same measurements
-read +4.66 % to +35.80 %. Not run: LoRA under FSDP1's MixedPrecision, which fails in the first forward without
-autocast (PEFT casts lora_A's input to `lora_A.weight.dtype`, read outside the adapter's own FSDP1 unit, where it is
-the fp32 shard; FSDP1 gathers the weight in bf16 and casts no non-root unit's inputs); fp16 under FSDP1. Like the
-FSDP2 policy matrices these runs have no autocast region; accelerate's `mixed_precision: bf16` also wraps the
-model's forward in autocast (`Accelerator.prepare_model`, `native_amp`), a layout the plan does not express
-(fsdp_mixed_precision and autocast are refused together) and these matrices do not measure.
+read +4.66 % to +35.80 %. These runs have no autocast region; LoRA under FSDP1's MixedPrecision fails in the first
+forward without it (PEFT casts lora_A's input to `lora_A.weight.dtype`, read outside the adapter's own FSDP1 unit,
+where it is the fp32 shard; FSDP1 gathers the weight in bf16 and casts no non-root unit's inputs) and runs under
+accelerate's autocast, which a Trainer run under FSDP1 has (next section).
+
+## accelerate's autocast over FSDP's mixed-precision policy
+
+`calibration/cpu-matrix-multi-mp-autocast.toml` runs accelerate's `mixed_precision: bf16` over FSDP's
+mixed-precision policy, the plan's `fsdp_mixed_precision` with `autocast`: the model built in fp32, FSDP's policy in
+place (FSDP1's `MixedPrecision`, FSDP2's `MixedPrecisionPolicy`), and the model's forward wrapped in
+`torch.autocast("cpu", bfloat16)` and `convert_outputs_to_fp32` before sharding, as `Accelerator.prepare_model` does
+(`distributed.py` `autocast_forward`). accelerate 1.16 builds this layout under FSDP1 only (`prepare_model` wraps the
+forward before `FullyShardedDataParallel(...)`); its FSDP2 path (`_prepare_fsdp2`, since 1.8) never calls
+`prepare_model`, so a Trainer run under FSDP2 is the policy alone (the config import maps it so), and the FSDP2 points
+here are what accelerate up to 1.7 built, or a loop under `accelerator.autocast()`. 10 points: llama, mistral and
+mixtral; FSDP1 and FSDP2; full and LoRA; FULL_SHARD and SHARD_GRAD_OP; reduce in bf16 and fp32; mixtral's
+BACKWARD_PRE; 2 and 4 ranks; checkpointing on and off; measured once after the terms: max +2.82 % (mixtral-521308bc,
+FSDP1 full, no checkpointing), median |error| 0.38 %. Every unit is gathered in bf16, so autocast's casts of the
+weights and of the 16-bit stream are no-ops: full fine-tuning and FSDP2 LoRA read the policy's own peaks within 0.1 %
+on the probes. Under FSDP1 LoRA runs: PEFT casts each adapted input to fp32 (the shard's dtype, read outside lora_A's
+unit), dropout runs on that fp32 copy and autocast casts the result back to bf16 for lora_A's gathered weight; the
+peaks sit at down_proj's LoRA branch with the fp32 cast, the fp32 dropout output and its mask alive together
+(`step:fsdp1_adapter_casts`, `activations:adapter_cast_bytes`: llama -5.66 % before, -0.57 % after). With mixtral and
+BACKWARD_PRE the layer before is gathered late, as under QLoRA, with its low-precision shard
+(`fsdp1:mp_lora_late_gather`: -10.35 % before, +1.20 % after). `calibration/cpu-matrix-multi-fsdp1-mp-fp16.toml`
+runs fp16 under FSDP1's MixedPrecision, without and with autocast (6 points, measured once after three probes:
+max -2.14 %, median 0.18 %); the bf16 terms hold at fp16's width. Not run: LoRA under FSDP1's policy with
+SHARD_GRAD_OP, checkpointing and dropout, which fails in the first backward (SHARD_GRAD_OP keeps lora_A's unit
+gathered, so the recompute makes dropout's mask in bf16 where the forward made it in fp32, and
+torch.utils.checkpoint raises `CheckpointError`: the harness refuses it); fp16 under FSDP2's policy with autocast;
+autocast with offload; QLoRA with the policy (refused); the GradScaler accelerate adds for fp16 on CUDA (state on
+the host side of the step, a few scalars).
 
 `calibration/cpu-matrix-multi-fsdp1-qlora.toml` (9 points) runs QLoRA under the plan's `fsdp_version: 1` as the
 frameworks build it: no `prepare_model_for_kbit_training` (TRL's `prepare_peft_model` skips it for sharded QLoRA,
@@ -451,6 +534,73 @@ re-estimated: max +0.63 %, median |error| 0.10 %, in-sample as a whole. The host
 temporaries and the largest parameter's host buffer. DeepSpeed flattens on the device only when its free memory
 holds the flat buffer; on a fuller GPU it flattens on the host, and the load's peak is then `d·P` below the estimate.
 
+fp16 and QLoRA with ZeRO-2's offload_optimizer run through the same placement. DeepSpeed's source says neither
+moves anything between host and device: under fp16 the masters stay fp32 (`_enforce_cpu_offload` never fires), the
+loss scaler scales the scalar loss, the overflow check reduces each gradient to two scalars (`has_inf_or_nan`) before
+its host copy, and the unscale runs on the host fp32 gradient (an overflowed step skips only the host step); under
+QLoRA DeepSpeed partitions only the trainable parameters (`is_optimized_parameter`), the adapters, so the host
+partitions, gradients and states are theirs and the 4-bit base stays on the device. Seven probe points (llama,
+mistral; 2 and 4 ranks; not shipped) held the fp16 terms unchanged (-0.01 % to -0.12 %); QLoRA took the offload terms
+(`zero:zero2_offload`; the generic terms read -98.9 %) and its stream and logits in the model dtype under offload too
+(`step:precision`; the backward +22.9 % before, +4.2 % after). `cpu-matrix-zero-offload2.toml` (8 points: fp16 full and
+LoRA, QLoRA bf16; AdamW, SGD, Adafactor; 2 and 4 ranks; checkpointing on and off; accumulation; both bucket sizes)
+was measured once after those changes: max -0.31 % (mistral-dcc94621, QLoRA x4, accumulation 2), median |error|
+0.05 %; net of the 1e9-byte bucket its four DeepSpeed-bucket points read -0.02 % to +5.22 % (mistral-43679159, LoRA
+on the attention only with Adafactor, an over-estimate like ZeRO-2's attention-only LoRA points without offload).
+The CPU here has no oneDNN fp16 kernels, so the harness answers DeepSpeed's fp16 check yes while the engine is made
+(`app/calibration/zero.py` `cpu_fp16`); a shipped cpu-matrix-zero-fp16 point, measured where those kernels existed,
+re-measured this way reads the same bytes in every phase (50,559,488). `pin_memory: true` makes page-locked host
+copies of tensors already on the host (`abstract_accelerator.py` `_torch_pin_memory`) and moves no device bytes; the
+CPU accelerator's pinning is a no-op, so it is not measured.
+
+`cpu-matrix-zero3-offload.toml` (8 points: llama and mistral, full and LoRA, bf16 and fp32, AdamW, SGD and Adafactor, 2
+and 4 ranks, checkpointing on and off, accumulation 2, both bucket sizes) runs ZeRO-3 with `offload_param` and
+`offload_optimizer` on the CPU, the plan's `offload` under zero3, counted by placement from the device DeepSpeed
+passes (`app/calibration/zero3_offload.py`: the optimizer's `OffloadDeviceEnum.cpu`, and `zero.Init`'s
+`remote_device`, which DeepSpeed's config hands over as the plain string `'cpu'`): every partition but the persistent
+frozen ones is host RAM, as are the gradient partitions, the fp32 partitions and their gradients, the states and the
+step; a partition's copy to the device before its gather and back after its reduction, a no-op on a CPU rank, is a
+real copy, as on CUDA. The all-gathers run synchronously here: with gloo's asynchronous work about half of a
+forward's gather inputs stayed alive depending on thread timing (10.93 against 10.14 MB on one point), where NCCL
+frees them once a gather is done (a reading of torch's source, not a CUDA run). On the ranks the GPU held the
+bucket, the persistent and gathered parameters (every one but lm_head through the backward), one gradient
+partition's device copy and its fp64 norm copy at a time (lm_head's at its own hook at auto buckets) and the
+start-up gather (`zero3_offload:zero3_offload_terms`, `offload_flush_bytes`, `head_flush_bytes`,
+`first_layer_unused_bytes`). The terms were written from probe runs (not shipped: the generic offload terms read
+-33.6 % at auto buckets, -99.2 % at DeepSpeed's), then the matrix measured once: max -3.03 % (llama-6adf8398, LoRA
+fp32 x4, accumulation 2), median |error| 0.10 %; its two points at DeepSpeed's buckets read +1.19 % and +1.21 % net of
+the bucket. The host peaks are `offloaded_bytes` (`zero3_offload_host_bytes`) plus the step's temporaries, within
+0.11 % on 7 points and 1.09 % on the eighth (mistral-bf0eefe0, 42 KB above, unexplained). The harness's whole-model
+moment at the load is not counted (transformers builds ZeRO-3 models under `zero.Init`; it was never the peak). Not
+run: fp16 with ZeRO-3's offload (first-principles), QLoRA with it (refused), NVMe, and LoRA without checkpointing,
+which the seed did not draw (a probe, llama with LoRA on q_proj and v_proj at auto buckets, reads +4.14 %, over in the
+activations).
+
+## Layers split across GPUs
+
+Layers split across GPUs (`--sharding none --gpus N`, transformers' `device_map="auto"` as accelerate dispatches it
+in one process) are measured on virtual GPUs in one CPU process, counted by placement
+(`app/calibration/layer_split.py`). The map is transformers 5.24's own `_get_device_map("auto")` on the meta model
+(`get_balanced_memory`: the model's bytes / n plus 1.25 × the larger of a decoder layer and the biggest leaf module
+per GPU, GPU 0 keeping room for the largest module, the last GPU taking the rest); accelerate 1.16's
+`AlignDevicesHook` is emulated: each block's inputs are copied to its GPU outside transformers' checkpoint, the root's
+logits and loss are copied back to GPU 0 (`io_same_device`), and a copy's backward is a new gradient on the source
+GPU. Every storage is counted on its block's GPU or its inputs' (parameters, buffers and quant states by their
+block; `_foreach_` outputs index by index), and each GPU is recorded as a rank. What they showed: GPU 0 is the light
+one (on 4 GPUs the 4-layer llama puts embed_tokens alone on GPU 0 and lm_head alone on GPU 3; mistral's 3 layers
+leave GPU 3 empty); each GPU without rotary_emb keeps a cos/sin copy per layer through backward. The old bound, the
+worst GPU holding `⌈L/n⌉` layers and every embedding, the head and the logits, read +19.9 % (llama full x2) and
++6.6 % (full x4); the estimate is now the worst GPU's own terms (`layer_split:device_map_parts`,
+`estimate:layer_split_shares`), and recommend() tries every GPU count up to the layers for such plans, since the
+worst GPU is not monotone in the count (Llama-3-8B LoRA: 4 GPUs 8.27 GiB, 5 GPUs 11.11 GiB).
+`cpu-matrix-layer-split.toml` (9 points: llama, mistral and mixtral; full and LoRA; 2 and 4 GPUs; checkpointing on and
+off) was measured once after the terms: max +0.58 % (llama-9e77182c, LoRA x4 without checkpointing), median |error|
+0.12 %. Phases that are not the peak read lower under checkpointing on a GPU without lm_head (forward -3.4 to
+-10.5 %; full fine-tuning's backward -5.6 and -7.5 %, whose end the single-device estimate also reads low). QLoRA ran
+on 10 points with QLoRA on the method axis: 9 within ±5 %, and mistral-4e0a20eb (QLoRA x4, checkpointing) +5.68 %,
+the single-device QLoRA estimate's checkpointed-backward excess (+4.3 % on the same plan in one process) on a smaller
+per-GPU total (`calibration/results/cpu-matrix-layer-split-qlora.report.jsonl`): its terms stay first-principles.
+
 ## Gradient accumulation under DDP and FSDP
 
 transformers' Trainer runs every micro-batch of an accumulation window but the last under accelerate's `no_sync`
@@ -471,24 +621,28 @@ of a CI point (`sharding:no_sync_reduce_scatter_bytes`; three of the matrix's po
 
 ## Not measured here, and why
 
-- **ZeRO (DeepSpeed), what the CPU ranks did not run**: ZeRO-3's offload (the plan's `offload` moves its parameters
-  too, `offload_param`, which the harness does not place), QLoRA and fp16 with offload, `pin_memory: true`,
+- **ZeRO (DeepSpeed), what the CPU ranks did not run**: fp16 with ZeRO-3's offload, QLoRA with it (refused), NVMe
+  offload, `pin_memory: true` (the CPU accelerator's pinning is a no-op; pinned memory is host RAM either way),
   bitsandbytes' optimizers (CUDA kernels: no CPU rank runs them), bucket sizes other than DeepSpeed's defaults and
   the configs' `auto`, and `stage3_max_reuse_distance` / `max_live_parameters` 0 (axolotl's
   zero3.json and zero3_bf16.json; the import says so). Those plans keep first-principles terms and say so per term.
   ZeRO-3's reuse window (the last 5e8 elements stay gathered at the forward's end) is measured only where the whole
   model fits in it (these widths); above it, it is the source's reading, unmeasured.
-- **Layers split across GPUs** (`--sharding none --gpus N`, device_map over several CUDA devices in one process) are
-  not measurable on CPU ranks: a CPU process has one device, so no run here places a layer's tensors on another
-  GPU's memory; their terms (each GPU's `⌈L/n⌉` layers) are first-principles.
-- **FSDP1, what the CPU ranks did not run**: its CPU offload (refused by the plan); QLoRA under SHARD_GRAD_OP and
-  LoRA under FSDP1's MixedPrecision, which fail in their first backward / forward (above: the stack refuses them,
-  the estimate answers QLoRA under FSDP2 and says so); QLoRA with BACKWARD_POST; fp16. Their terms stay
-  first-principles, and say so per term.
-- **accelerate's autocast over an FSDP mixed-precision policy** (`mixed_precision: bf16` with FSDP: the policy and
-  `native_amp`'s autocast around the forward; transformers' Trainer sets FSDP1's MixedPrecision to the QLoRA quant
-  storage dtype too): the plan keeps the two apart (fsdp_mixed_precision and autocast are refused together), so no
-  plan expresses it and no matrix measures it.
+- **FSDP2 as accelerate 1.16 wraps it**: `fsdp2_prepare_model` (accelerate 1.16, `utils/fsdp_utils.py`) also gives
+  the input embedding and the [final norm, lm_head] tail units of their own (the tail with
+  `reshard_after_forward=False`) and wraps the root at torch's default, and its `set_mixed_precision` builds the
+  policy without an `output_dtype`. The harness wraps the decoder layers and the root, passing the plan's
+  `reshard_after_forward` to the root too and `output_dtype` bf16, as accelerate up to 1.15 did; the FSDP2 terms
+  (the root's gathers and `root_regather_bytes`) follow that wrapping, and 1.16's is not measured yet.
+- **Layers split across GPUs, what was not run**: QLoRA (above: one point of ten over +5 %), int8 (it keeps the
+  `⌈L/n⌉` bound), fp16 and fp32, autocast, accumulation, other optimizers, GPUs smaller than the balanced budget
+  (the map then offloads) and the labels' `.to(logits.device)` copy on lm_head's GPU (batch × seq × 8 bytes, a no-op
+  in one CPU process).
+- **FSDP1, what the CPU ranks did not run**: its CPU offload (refused by the plan); QLoRA under SHARD_GRAD_OP, and
+  LoRA under FSDP1's MixedPrecision with SHARD_GRAD_OP, checkpointing and dropout, which fail in their first
+  backward (above: the stack refuses them, the estimate answers QLoRA under FSDP2 and says so); QLoRA with
+  BACKWARD_POST; transformers' Trainer's MixedPrecision in the QLoRA quant storage dtype (`update_fsdp_plugin_peft`).
+  Their terms stay first-principles, and say so per term.
 """
 
 
@@ -546,12 +700,42 @@ def groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[Measure
     )
     for source, label in ZERO_LATER.items():
         out.append((f"{source} (auto buckets, {label}: in-sample)", [r for r in records if r.source == source]))
-    out += optimizer_and_accumulation_groups(records) + fsdp1_groups(records)
+    out += zero_layout_groups(records) + optimizer_and_accumulation_groups(records) + fsdp1_groups(records)
+    return out + layout_groups(records)
+
+
+def zero_layout_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[MeasurementRecord]]]:
+    """Layers split across GPUs; ZeRO-2 at 6 to 8 ranks: the points that drove app/core/zero_layout.py, and those
+    measured after it."""
+    flatten = [r for r in records if r.source == ZERO_FLATTEN]
+    seen = [r for r in flatten if _point_id(r) in ZERO_FLATTEN_SEEN]
+    return [
+        (
+            f'{LAYER_SPLIT} (layers split across GPUs, device_map="auto" on virtual GPUs counted by placement; '
+            "held out: measured once, after its terms)",
+            [r for r in records if r.source == LAYER_SPLIT],
+        ),
+        (
+            f"{ZERO_FLATTEN} (ZeRO-2 at 6 to 8 ranks: the load's flattening, the worst rank's gradient layout; in-sample)",
+            seen,
+        ),
+        (
+            f"{ZERO_FLATTEN} held out (measured once, after app/core/zero_layout.py)",
+            [r for r in flatten if r not in seen],
+        ),
+    ]
+
+
+def layout_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[MeasurementRecord]]]:
+    """Every point by sharding (FSDP2 and ZeRO; FSDP1 has its own), with offload, and by rank count."""
+    out = []
     fsdp2 = [r for r in records if r.plan.get("fsdp_version", 2) != 1]
-    for sharding in ("ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"):
-        out.append((f"sharding {sharding}", [r for r in fsdp2 if r.plan.get("sharding") == sharding]))
-    out.append(("offload (fsdp, fsdp_grad_op)", [r for r in records if r.plan.get("offload")]))
-    for gpus in (2, 4):
+    for sharding in ("none", "ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"):
+        chosen = [r for r in fsdp2 if r.plan.get("sharding") == sharding]
+        if chosen:
+            out.append((f"sharding {sharding}", chosen))
+    out.append(("offload (every layout)", [r for r in records if r.plan.get("offload")]))
+    for gpus in sorted({int(r.plan.get("gpus", 1)) for r in records}):
         out.append((f"{gpus} ranks", [r for r in records if int(r.plan.get("gpus", 1)) == gpus]))
     return out
 
@@ -592,11 +776,11 @@ def zero_net_table(records: Sequence[MeasurementRecord]) -> list[str]:
         ("zero2", [r for r in zero if r.plan.get("sharding") == "zero2"]),
         ("zero3", [r for r in zero if r.plan.get("sharding") == "zero3"]),
         (  # the later ZeRO matrices' points at DeepSpeed's bucket (SGD / Adafactor, fp16)
-            "cpu-matrix-zero-optim, -fp16, -qlora and -zero3-qlora at DeepSpeed's bucket",
+            "cpu-matrix-zero-optim, -fp16, -qlora, -zero3-qlora, -zero-offload2 and -zero3-offload at DeepSpeed's bucket",
             [
                 r
                 for r in records
-                if r.source in (ZERO_OPTIM, ZERO_FP16, ZERO_QLORA, ZERO3_QLORA)
+                if r.source in (ZERO_OPTIM, ZERO_FP16, ZERO_QLORA, ZERO3_QLORA, ZERO_OFFLOAD_2, ZERO3_OFFLOAD)
                 and r.plan.get("zero_buckets", "deepspeed") == "deepspeed"
             ],
         ),
@@ -631,6 +815,16 @@ def optimizer_and_accumulation_groups(
             f"{ZERO_OFFLOAD} (ZeRO-2's offload_optimizer, counted by placement; measured twice, its misses changed "
             "the harness and two terms: in-sample)",
             [r for r in records if r.source == ZERO_OFFLOAD],
+        ),
+        (
+            f"{ZERO_OFFLOAD_2} (ZeRO-2's offload_optimizer in fp16 and with QLoRA, counted by placement; held out: "
+            "measured once, after its terms)",
+            [r for r in records if r.source == ZERO_OFFLOAD_2],
+        ),
+        (
+            f"{ZERO3_OFFLOAD} (ZeRO-3's offload_param with offload_optimizer, counted by placement; held out: "
+            "measured once, after its terms)",
+            [r for r in records if r.source == ZERO3_OFFLOAD],
         ),
         (
             f"{ACCUMULATION} (accumulation as the Trainer runs it; measured once after its terms, one term added "
@@ -670,6 +864,14 @@ def fsdp1_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[M
         (
             f"{FSDP1_MIXED_PRECISION} (FSDP1 MixedPrecision, bf16 over fp32 shards; measured once, after its terms)",
             [r for r in records if r.source == FSDP1_MIXED_PRECISION],
+        ),
+        (
+            f"{MP_AUTOCAST} (accelerate's autocast over FSDP1/FSDP2's policy; measured once, after its terms)",
+            [r for r in records if r.source == MP_AUTOCAST],
+        ),
+        (
+            f"{FSDP1_MP_FP16} (fp16 under FSDP1 MixedPrecision; measured once, after probes)",
+            [r for r in records if r.source == FSDP1_MP_FP16],
         ),
         (
             f"{FSDP1_QLORA} (QLoRA under FSDP1, the frameworks' recipe; second run, in-sample)",
