@@ -507,24 +507,29 @@ def step_terms(
     stack = stack if stack is not None else layer_stack(model, plan, tensors.by_leaf)
     if not splits_layers(plan):
         return share_terms(model, plan, tensors, stack, gpu_share(plan, model.arch.num_layers))
-    candidates = [share_terms(model, plan, tensors, stack, s) for s in layer_split_shares(model, plan)]
+    parts: dict[GpuPart, GpuPart] = {}
+    for part in device_map_parts(model, plan):  # the first GPU of each kind, in order
+        parts.setdefault(part._replace(gpu=min(part.gpu, 1)), part)
+    candidates = [share_terms(model, plan, tensors, stack, layer_split_share(model, p)) for p in parts.values()]
     return max(candidates, key=lambda terms: max(peak_moments(terms)[1].values()))
 
 
 def layer_split_shares(model: ModelSpec, plan: TrainingPlan) -> list[GpuShare]:
     """Each GPU's share under device_map="auto" (`layer_split.device_map_parts`): its layers, its part of the rest."""
-    num_layers = model.arch.num_layers
-    return [
-        GpuShare(
-            layer_fraction=part.layers / num_layers,
-            layers=part.layers,
-            param_shards=1,
-            state_shards=1,
-            other_fraction=other_fraction(model, part),
-            part=part,
-        )
-        for part in device_map_parts(model, plan)
-    ]
+    return [layer_split_share(model, part) for part in device_map_parts(model, plan)]
+
+
+def layer_split_share(model: ModelSpec, part: GpuPart) -> GpuShare:
+    """One layer-split GPU's share. Its terms read which GPU it is only as GPU 0 or another
+    (`layer_split.root_output_copy_bytes`), so step_terms estimates the middle GPUs of a long split, alike, once."""
+    return GpuShare(
+        layer_fraction=part.layers / model.arch.num_layers,
+        layers=part.layers,
+        param_shards=1,
+        state_shards=1,
+        other_fraction=other_fraction(model, part),
+        part=part,
+    )
 
 
 def head_on(share: GpuShare) -> bool:

@@ -191,7 +191,7 @@ def _gpus_needed(
         return 1
     if plan.sharding == "ddp":
         return None  # every DDP replica holds the whole model
-    if plan.sharding == "none" and splits_layers(plan.model_copy(update={"gpus": 2})):  # as split, not as asked
+    if splits_layers(plan, gpus=2):  # as split, not as asked
         # device_map="auto"'s balancing (app/core/layer_split.py): the worst GPU's bytes are not monotone in n (the
         # last GPU takes what the others' budgets leave), so the fewest GPUs is the first count that fits
         return next((n for n in range(2, min(MAX_GPUS, model.arch.num_layers) + 1) if fits_on(n)), None)

@@ -41,9 +41,10 @@ class GpuPart(NamedTuple):
     first_layer: bool = True  # it runs decoder layer 0 (whose input, the embeddings' output, may need no gradient)
 
 
-def splits_layers(plan: TrainingPlan) -> bool:
-    """A plan this module places: sharding none on several GPUs, 16/32-bit or 4-bit weights (not 8-bit)."""
-    return plan.sharding == "none" and plan.gpus > 1 and plan.quant != "int8"
+def splits_layers(plan: TrainingPlan, gpus: int | None = None) -> bool:
+    """A plan this module places: sharding none on several GPUs, 16/32-bit or 4-bit weights (not 8-bit); `gpus`
+    asks for another count than the plan's (recommend()'s searches)."""
+    return plan.sharding == "none" and (plan.gpus if gpus is None else gpus) > 1 and plan.quant != "int8"
 
 
 class ModuleSizes(NamedTuple):
