@@ -710,10 +710,11 @@ def zero_layout_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, 
     flatten = [r for r in records if r.source == ZERO_FLATTEN]
     seen = [r for r in flatten if _point_id(r) in ZERO_FLATTEN_SEEN]
     return [
-        (
-            f'{LAYER_SPLIT} (layers split across GPUs, device_map="auto" on virtual GPUs counted by placement; '
-            "held out: measured once, after its terms)",
-            [r for r in records if r.source == LAYER_SPLIT],
+        whole(
+            records,
+            LAYER_SPLIT,
+            'layers split across GPUs, device_map="auto" on virtual GPUs counted by placement; '
+            "held out: measured once, after its terms",
         ),
         (
             f"{ZERO_FLATTEN} (ZeRO-2 at 6 to 8 ranks: the load's flattening, the worst rank's gradient layout; in-sample)",
@@ -795,43 +796,43 @@ def optimizer_and_accumulation_groups(
 ) -> list[tuple[str, list[MeasurementRecord]]]:
     """SGD and Adafactor under ZeRO (held out), and accumulation under DDP / FSDP as the Trainer runs it."""
     return [
-        (
-            f"{ZERO_OPTIM} (SGD and Adafactor under ZeRO; held out: measured once, after their terms)",
-            [r for r in records if r.source == ZERO_OPTIM],
+        whole(records, ZERO_OPTIM, "SGD and Adafactor under ZeRO; held out: measured once, after their terms"),
+        whole(records, ZERO_FP16, "ZeRO in fp16; held out: measured once, no term changed"),
+        whole(records, ZERO_QLORA, "QLoRA under ZeRO-2; held out: measured once, after its terms"),
+        whole(
+            records,
+            ZERO3_QLORA,
+            "QLoRA under ZeRO-3; measured twice, the first run's one miss changed a term: in-sample",
         ),
-        (
-            f"{ZERO_FP16} (ZeRO in fp16; held out: measured once, no term changed)",
-            [r for r in records if r.source == ZERO_FP16],
+        whole(
+            records,
+            ZERO_OFFLOAD,
+            "ZeRO-2's offload_optimizer, counted by placement; measured twice, its misses changed "
+            "the harness and two terms: in-sample",
         ),
-        (
-            f"{ZERO_QLORA} (QLoRA under ZeRO-2; held out: measured once, after its terms)",
-            [r for r in records if r.source == ZERO_QLORA],
+        whole(
+            records,
+            ZERO_OFFLOAD_2,
+            "ZeRO-2's offload_optimizer in fp16 and with QLoRA, counted by placement; held out: "
+            "measured once, after its terms",
         ),
-        (
-            f"{ZERO3_QLORA} (QLoRA under ZeRO-3; measured twice, the first run's one miss changed a term: in-sample)",
-            [r for r in records if r.source == ZERO3_QLORA],
+        whole(
+            records,
+            ZERO3_OFFLOAD,
+            "ZeRO-3's offload_param with offload_optimizer, counted by placement; held out: "
+            "measured once, after its terms",
         ),
-        (
-            f"{ZERO_OFFLOAD} (ZeRO-2's offload_optimizer, counted by placement; measured twice, its misses changed "
-            "the harness and two terms: in-sample)",
-            [r for r in records if r.source == ZERO_OFFLOAD],
-        ),
-        (
-            f"{ZERO_OFFLOAD_2} (ZeRO-2's offload_optimizer in fp16 and with QLoRA, counted by placement; held out: "
-            "measured once, after its terms)",
-            [r for r in records if r.source == ZERO_OFFLOAD_2],
-        ),
-        (
-            f"{ZERO3_OFFLOAD} (ZeRO-3's offload_param with offload_optimizer, counted by placement; held out: "
-            "measured once, after its terms)",
-            [r for r in records if r.source == ZERO3_OFFLOAD],
-        ),
-        (
-            f"{ACCUMULATION} (accumulation as the Trainer runs it; measured once after its terms, one term added "
-            "after: in-sample)",
-            [r for r in records if r.source == ACCUMULATION],
+        whole(
+            records,
+            ACCUMULATION,
+            "accumulation as the Trainer runs it; measured once after its terms, one term added after: in-sample",
         ),
     ]
+
+
+def whole(records: Sequence[MeasurementRecord], source: str, label: str) -> tuple[str, list[MeasurementRecord]]:
+    """Every point of one source, as `source (label)`."""
+    return f"{source} ({label})", [r for r in records if r.source == source]
 
 
 def fsdp1_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[MeasurementRecord]]]:
@@ -861,22 +862,14 @@ def fsdp1_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[M
             f"{FSDP1_VALIDATION_4} (FULL_SHARD full x4; held out, after the gradient pieces)",
             held_out(FSDP1_VALIDATION_4),
         ),
-        (
-            f"{FSDP1_MIXED_PRECISION} (FSDP1 MixedPrecision, bf16 over fp32 shards; measured once, after its terms)",
-            [r for r in records if r.source == FSDP1_MIXED_PRECISION],
+        whole(
+            records,
+            FSDP1_MIXED_PRECISION,
+            "FSDP1 MixedPrecision, bf16 over fp32 shards; measured once, after its terms",
         ),
-        (
-            f"{MP_AUTOCAST} (accelerate's autocast over FSDP1/FSDP2's policy; measured once, after its terms)",
-            [r for r in records if r.source == MP_AUTOCAST],
-        ),
-        (
-            f"{FSDP1_MP_FP16} (fp16 under FSDP1 MixedPrecision; measured once, after probes)",
-            [r for r in records if r.source == FSDP1_MP_FP16],
-        ),
-        (
-            f"{FSDP1_QLORA} (QLoRA under FSDP1, the frameworks' recipe; second run, in-sample)",
-            [r for r in records if r.source == FSDP1_QLORA],
-        ),
+        whole(records, MP_AUTOCAST, "accelerate's autocast over FSDP1/FSDP2's policy; measured once, after its terms"),
+        whole(records, FSDP1_MP_FP16, "fp16 under FSDP1 MixedPrecision; measured once, after probes"),
+        whole(records, FSDP1_QLORA, "QLoRA under FSDP1, the frameworks' recipe; second run, in-sample"),
         ("FSDP1 (fsdp, fsdp_grad_op)", [r for r in records if r.plan.get("fsdp_version") == 1]),
     ]
 

@@ -19,16 +19,8 @@ from app.calibration.layer_split import (
 from app.core.layer_split import device_map_parts
 from app.core.plan import TrainingPlan
 from app.inventory.cache import cached_spec
+from tests.core.test_zero import LLAMA
 
-LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 256,
-    "intermediate_size": 688,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 8,
-    "vocab_size": 2048,
-}
 MISTRAL = {**LLAMA, "model_type": "mistral", "intermediate_size": 896, "num_hidden_layers": 3, "num_key_value_heads": 2}
 TINY = {**LLAMA, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
 TINY["num_key_value_heads"] = 4

@@ -6,8 +6,6 @@ installed, one world-2 run held to the estimate and its host figure."""
 from __future__ import annotations
 
 import enum
-import importlib.util
-from typing import Any
 
 import pytest
 import torch
@@ -18,9 +16,7 @@ from app.calibration.zero import ZERO_DEFAULTS, deepspeed_config
 from app.calibration.zero3_offload import host_device, names_a_device, zero3_host_mode
 from app.calibration.zero_offload import OFFLOAD_DEVICE
 from app.core.plan import TrainingPlan
-
-HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
-BASE: dict[str, Any] = {"device": "cpu", "optimizer": "adamw", "dtype": "bf16", "gpus": 2, "seq_len": 64}
+from tests.calibration.test_zero import BASE, HAS_DEEPSPEED, TINY
 
 
 class OffloadDeviceEnum(enum.StrEnum):  # deepspeed/runtime/zero/offload_config.py's (a str Enum), by name
@@ -102,17 +98,6 @@ def test_zero3_offload_terms_count_as_measured_on_the_ranks_in_bf16_and_fp32_onl
             assert zero_offload_measured(plan) and term_evidence("allgather_buffer_bytes", plan) == "measured-cpu-ranks"
     fp16 = TrainingPlan(**{**BASE, "method": "full", "dtype": "fp16", "sharding": "zero3", "offload": True})
     assert not zero_offload_measured(fp16)
-
-
-TINY = {
-    "model_type": "llama",
-    "hidden_size": 256,
-    "intermediate_size": 688,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 8,
-    "vocab_size": 2048,
-}
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ offload `.to` that is a no-op on a CPU rank is a real host copy, as on CUDA."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from app.calibration.tracker import LiveTensorTracker
@@ -51,19 +53,10 @@ def test_the_shipped_host_peaks_are_the_estimates_host_bytes_plus_the_steps_temp
     is `zero2_offload_host_bytes` (the estimate's offloaded bytes) plus the step's temporaries over the partition
     and the host gradient buffer of the largest parameter (lm_head, `V·h`), within 1 %."""
     from app.core.estimate import estimate
-    from app.core.plan import TrainingPlan
     from app.core.units import DTYPE_BYTES
     from app.core.zero import optimizer_partition_bytes, zero2_partition
-    from app.inventory.cache import cached_spec
-    from app.store.db import read_jsonl
-    from app.store.seed import BUNDLED_RESULTS
 
-    records = list(read_jsonl(BUNDLED_RESULTS / "cpu-matrix-zero-offload.store.jsonl"))
-    full = [r for r in records if r.plan["method"] == "full"]
-    assert len(full) >= 4
-    for r in full:
-        spec = cached_spec(r.config, model_id=r.model_id, source="file", cache_dir=None)
-        plan = TrainingPlan.model_validate(r.plan)
+    for r, spec, plan in _shipped("cpu-matrix-zero-offload", "full", at_least=4):
         est = estimate(spec, plan)
         partition = zero2_partition(sum(p.numel * g.count for g in spec.groups for p in g.params), plan.gpus)
         head = DTYPE_BYTES[plan.dtype] * spec.arch.vocab_size * spec.arch.hidden_size
@@ -78,20 +71,11 @@ def test_the_shipped_qlora_host_peaks_are_the_adapters_partitions() -> None:
     whole parameters, `zero2_offload_host_bytes` counts `d·Pn`: a lower bound); the frozen 4-bit base adds none."""
     from app.core.adapters import adapted_groups
     from app.core.estimate import estimate
-    from app.core.plan import TrainingPlan
     from app.core.quant import rounded
     from app.core.units import DTYPE_BYTES
     from app.core.zero import optimizer_partition_bytes, param_numels, zero2_partition
-    from app.inventory.cache import cached_spec
-    from app.store.db import read_jsonl
-    from app.store.seed import BUNDLED_RESULTS
 
-    records = list(read_jsonl(BUNDLED_RESULTS / "cpu-matrix-zero-offload2.store.jsonl"))
-    qlora = [r for r in records if r.plan["method"] == "qlora"]
-    assert len(qlora) >= 2
-    for r in qlora:
-        spec = cached_spec(r.config, model_id=r.model_id, source="file", cache_dir=None)
-        plan = TrainingPlan.model_validate(r.plan)
+    for r, spec, plan in _shipped("cpu-matrix-zero-offload2", "qlora", at_least=2):
         trainable, _ = param_numels(spec, adapted_groups(spec, plan)[0], "qlora")
         partition = zero2_partition(sum(trainable), plan.gpus)
         buffer = rounded(DTYPE_BYTES[plan.dtype] * max(trainable))
@@ -104,18 +88,29 @@ def test_qlora_under_zero2_offload_runs_its_stream_in_the_model_dtype() -> None:
     its optimizer, with ZeRO-2's offload_optimizer as without (cpu-matrix-zero-offload2: the backward +22.9 % with
     the fp32 stream), so the activations are those of the same plan without offload."""
     from app.core.estimate import estimate
-    from app.core.plan import TrainingPlan
-    from app.inventory.cache import cached_spec
-    from app.store.db import read_jsonl
-    from app.store.seed import BUNDLED_RESULTS
 
-    record = next(
-        r for r in read_jsonl(BUNDLED_RESULTS / "cpu-matrix-zero-offload2.store.jsonl") if r.plan["method"] == "qlora"
-    )
-    spec = cached_spec(record.config, model_id=record.model_id, source="file", cache_dir=None)
-    plan = TrainingPlan.model_validate(record.plan)
+    _, spec, plan = _shipped("cpu-matrix-zero-offload2", "qlora", at_least=1)[0]
     terms = [
         {t.term: t.bytes for t in estimate(spec, p).breakdown}
         for p in (plan, plan.model_copy(update={"offload": False}))
     ]
     assert terms[0]["activation_bytes"] == terms[1]["activation_bytes"] > 0
+
+
+def _shipped(source: str, method: str, at_least: int) -> list[tuple[Any, Any, Any]]:
+    """The shipped store's points of one method, each with the inventory of its config and its plan."""
+    from app.core.plan import TrainingPlan
+    from app.inventory.cache import cached_spec
+    from app.store.db import read_jsonl
+    from app.store.seed import BUNDLED_RESULTS
+
+    records = [r for r in read_jsonl(BUNDLED_RESULTS / f"{source}.store.jsonl") if r.plan["method"] == method]
+    assert len(records) >= at_least
+    return [
+        (
+            r,
+            cached_spec(r.config, model_id=r.model_id, source="file", cache_dir=None),
+            TrainingPlan.model_validate(r.plan),
+        )
+        for r in records
+    ]
