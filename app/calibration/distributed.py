@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import Any
 
@@ -267,6 +268,7 @@ def rank_measurement(
 
 
 def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any], started: float) -> Measurement:
+    from app.calibration.gloo_collectives import in_place_reduce_scatters
     from app.calibration.harness import run_steps
     from app.calibration.offload import HostPlacement, copy_shards_to_device
 
@@ -279,9 +281,12 @@ def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any],
     place = HostPlacement() if plan.offload else None
     if plan.offload:
         copy_shards_to_device()
-    phases, peak, _ = run_steps(
-        model, int(cfg.vocab_size), plan, int(job["steps"]), int(job["seed"]), wrap=wrap, place=place
-    )
+    with ExitStack() as stack:
+        if plan.sharding != "ddp" and plan.fsdp_version == 2 and plan.fsdp_units == "accelerate":
+            stack.enter_context(in_place_reduce_scatters())
+        phases, peak, _ = run_steps(
+            model, int(cfg.vocab_size), plan, int(job["steps"]), int(job["seed"]), wrap=wrap, place=place
+        )
     del model
     return rank_measurement(
         cfg,
@@ -336,10 +341,12 @@ def decoder_layers(model: Any) -> list[Any]:
 def mixed_precision_policy(plan: TrainingPlan) -> Any:
     """The `mp_policy` accelerate's fsdp2_prepare_model passes to fully_shard: with plan.fsdp_mixed_precision the one
     `FullyShardedDataParallelPlugin.set_mixed_precision` builds for mixed_precision bf16/fp16 (param_dtype =
-    reduce_dtype = output_dtype = that dtype; cast_forward_inputs left True), reduce_dtype fp32 when the plan says
-    so; else `MixedPrecisionPolicy()` (every dtype None: parameters stay in their own dtype), as accelerate passes
-    when it has no policy. Source: accelerate 1.15 utils/dataclasses.py (set_mixed_precision), utils/fsdp_utils.py
-    (fsdp2_prepare_model: `fsdp2_plugin.mixed_precision_policy or MixedPrecisionPolicy()`)."""
+    reduce_dtype = that dtype, cast_forward_inputs left True; up to accelerate 1.15 output_dtype too, kept for
+    fsdp_units layers, which is how 1.13 wrapped), reduce_dtype fp32 when the plan says so; else
+    `MixedPrecisionPolicy()` (every dtype None: parameters stay in their own dtype), as accelerate passes when it
+    has no policy. output_dtype casts a unit's outputs, already in param_dtype, so it moves no bytes. Source:
+    accelerate 1.16 and 1.13 utils/dataclasses.py (set_mixed_precision), utils/fsdp_utils.py (fsdp2_prepare_model:
+    `fsdp2_plugin.mixed_precision_policy or MixedPrecisionPolicy()`)."""
     import torch
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
@@ -349,7 +356,8 @@ def mixed_precision_policy(plan: TrainingPlan) -> Any:
         return MixedPrecisionPolicy()
     dtype = torch_dtype(plan)
     reduce = torch.float32 if plan.fsdp_reduce_dtype == "fp32" else dtype
-    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=reduce, output_dtype=dtype)
+    output = dtype if plan.fsdp_units == "layers" else None
+    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=reduce, output_dtype=output)
 
 
 def shard_fsdp1(model: Any, plan: TrainingPlan) -> Any:
@@ -360,7 +368,8 @@ def shard_fsdp1(model: Any, plan: TrainingPlan) -> Any:
 
 
 def shard_fsdp2(model: Any, plan: TrainingPlan) -> Any:
-    """fully_shard every decoder layer, then the root (embeddings, final norm, lm_head), as accelerate does."""
+    """fully_shard every decoder layer, then the rest as plan.fsdp_units says (`shard_accelerate_units`, or the whole
+    model with the explicit reshard_after_forward)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
@@ -375,5 +384,48 @@ def shard_fsdp2(model: Any, plan: TrainingPlan) -> Any:
     }
     for layer in decoder_layers(model):
         fully_shard(layer, **kwargs)
-    fully_shard(model, **kwargs)
+    if plan.fsdp_units == "accelerate":
+        shard_accelerate_units(model, kwargs)
+    else:
+        fully_shard(model, **kwargs)
     return model
+
+
+def shard_accelerate_units(model: Any, kwargs: dict[str, Any]) -> None:
+    """accelerate 1.14+'s units after the layers: the input embedding its own unit (unless tied to lm_head), a tail
+    unit of [final norm, lm_head] (the input embedding first when tied) with reshard_after_forward False, then the
+    root without the argument: torch's default (None) keeps the root gathered after forward. The final norm is the
+    last child of the base model whose class name says Norm (accelerate's `_find_final_norm`, looked up through
+    `base_model_prefix`: on a PeftModel that finds the wrapped CausalLM, whose children hold no norm, so the norm
+    stays in the root). Source: accelerate 1.16 utils/fsdp_utils.py (fsdp2_prepare_model, `_find_final_norm`)."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    embed = getattr(model, "get_input_embeddings", lambda: None)()
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    weight = getattr(embed, "weight", None)
+    tied = weight is not None and weight is getattr(head, "weight", None)
+    if not tied and embed is not None and not isinstance(embed, FSDPModule):
+        fully_shard(embed, **kwargs)
+    norm = final_norm(model)
+    ordered = (norm, embed, head) if tied else (norm, head)
+    tail = [m for m in ordered if m is not None and not isinstance(m, FSDPModule)]
+    if tail:
+        fully_shard(tail, **{**kwargs, "reshard_after_forward": False})
+    if not isinstance(model, FSDPModule):
+        fully_shard(model, **{k: v for k, v in kwargs.items() if k != "reshard_after_forward"})
+
+
+def final_norm(model: Any) -> Any:
+    """accelerate 1.16's `_find_final_norm`: the last direct child of `getattr(model, model.base_model_prefix)` whose
+    class name contains "Norm", or None."""
+    import torch
+
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else model
+    if not isinstance(base, torch.nn.Module):
+        return None
+    found = None
+    for _, module in base.named_children():
+        if "Norm" in type(module).__name__:
+            found = module
+    return found

@@ -138,6 +138,8 @@ _LATER_FIELDS = (
 def _identity(plan: TrainingPlan) -> str:
     fields = TrainingPlan.model_fields
     later = {name for name in _LATER_FIELDS if getattr(plan, name) == fields[name].default}
+    if plan.fsdp_units == "layers" or plan.sharding not in ("fsdp", "fsdp_grad_op") or plan.fsdp_version != 2:
+        later.add("fsdp_units")  # the FSDP2 units every matrix before fsdp_units was measured with: ids kept
     return plan.model_dump_json(exclude=set(_NOT_IN_ID) | later)
 
 

@@ -109,6 +109,8 @@ def _rank_cells(rec: MeasurementRecord) -> str:
         dtype = rec.plan.get("dtype", "bf16")
         sharding += f" + mp {dtype} (reduce {dtype if rec.plan.get('fsdp_reduce_dtype') == 'param' else 'fp32'})"
     sharding += " (FSDP1)" if rec.plan.get("fsdp_version") == 1 else ""
+    if rec.plan.get("fsdp_units") == "accelerate" and rec.plan.get("fsdp_version", 2) == 2 and "fsdp" in sharding:
+        sharding += " (accelerate units)"  # accelerate 1.14+'s embedding and tail units (app/core/fsdp2_units.py)
     if rec.env.get("host_peak_bytes") is not None:
         shown += f" (host {rec.env['host_peak_bytes'] / MIB:,.2f})"
     return f"{rec.plan.get('gpus', 1)} | {sharding} | {shown} | "

@@ -24,6 +24,7 @@ from app.core.evidence import term_evidence
 from app.core.experts import RouterAux, router_aux_loss_bytes
 from app.core.fsdp1 import layer_grad_pieces
 from app.core.fsdp1_mp import mp_reduce_moments
+from app.core.fsdp2_units import fsdp2_units, units_gradient_bytes
 from app.core.layer_split import (
     GpuPart,
     device_map_parts,
@@ -546,16 +547,18 @@ def share_terms(
     acts, acts_at_end = activation_bytes(stack, plan, share.layers)
     logits_forward, logits_backward = logits_bytes(model, plan)
     head_grads, late_grads = backward_gradient_bytes(inv, resident.grads, share)
+    units, embed = fsdp2_units(model, plan), 0
     if plan.sharding in FSDP and plan.gpus > 1:
         embed = input_embedding_gradient_bytes(model, inv, plan)
-        head_grads, late_grads = fsdp_backward_gradient_bytes(inv, plan, share.layers, embed)
+        grads_by = units_gradient_bytes if units is not None and not units.tied else fsdp_backward_gradient_bytes
+        head_grads, late_grads = grads_by(inv, plan, share.layers, embed)
     layer_grads = resident.grads - late_grads
     layers_backward = backward_layers(stack, plan, share, resident.grads, (head_grads, layer_grads), acts)
     layer_saved = math.ceil((acts - stack.first.head_saved - acts_at_end) / max(1, share.layers - 1))
     terms = StepTerms(
         resident=resident,
         zero3_gathered=zero3_gathered_bytes(inv, plan),
-        sharded=sharded_moments(inv, plan, share.layers, resident.grads, layer_grad_pieces(model, plan)),
+        sharded=sharded_moments(inv, plan, share.layers, resident.grads, layer_grad_pieces(model, plan), units, embed),
         activations=acts,
         activations_at_end=acts_at_end,
         layer_saved=layer_saved,
@@ -722,6 +725,11 @@ def forward_moments(s: StepTerms, held: Moment) -> list[Moment]:
             "activation_bytes": s.activations - s.head_saved - s.layer_saved,
             "allgather_buffer_bytes": g.layer_gather + s.zero3_gathered,
         },
+        *(  # FSDP2 under accelerate's units: the tail's gather, every layer run
+            [{**held, "activation_bytes": s.activations - s.head_saved, "allgather_buffer_bytes": g.tail_gather}]
+            if g.tail_gather
+            else []
+        ),
     ]
 
 
@@ -757,6 +765,7 @@ def backward_moments(s: StepTerms, held: Moment) -> list[Moment]:
         },
         *next_layer_moments(s, held),
         *([root_regather_moment(s, held)] if g.root_regather else []),
+        *([tail_reduce_scatter_moment(s, held)] if g.tail_reduce_scatter[1] else []),
         *fsdp1_backward_moments(s, held),
         *mp_reduce_moments(s, held),
         {
@@ -805,6 +814,20 @@ def root_regather_moment(s: StepTerms, held: Moment) -> Moment:
         "logits_peak_bytes": s.loss_saved,
         "gradient_bytes": s.accumulated,
         "allgather_buffer_bytes": s.sharded.root_regather + s.zero3_gathered,
+    }
+
+
+def tail_reduce_scatter_moment(s: StepTerms, held: Moment) -> Moment:
+    """FSDP2 under accelerate's units, full fine-tuning: the tail's backward done (lm_head's), the tail resharded and
+    its gradients reduce-scattered (`fsdp2_units:unit_reduce_scatter_bytes`), the last layer prefetched, every
+    layer's saved tensors alive. Source: torch/distributed/fsdp/_fully_shard/_fsdp_param_group.py (post_backward)."""
+    gathered, reduce_scatter = s.sharded.tail_reduce_scatter
+    return {
+        **held,
+        "activation_bytes": s.activations - s.head_saved,
+        "gradient_bytes": s.accumulated,
+        "allgather_buffer_bytes": gathered + s.zero3_gathered,
+        "reduce_scatter_bytes": reduce_scatter,
     }
 
 

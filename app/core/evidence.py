@@ -114,6 +114,17 @@ def measured_policy(plan: TrainingPlan) -> bool:
     return plan.dtype in ("bf16", "fp16")
 
 
+def units_measured(plan: TrainingPlan) -> bool:
+    """FSDP2 under accelerate's units (plan.fsdp_units accelerate) was measured in bf16: full, LoRA and QLoRA,
+    reshard on and off, with and without CPU offload (calibration/cpu-matrix-multi-units.toml); with accelerate's
+    bf16 and fp16 policies, and accumulating, full and LoRA (cpu-matrix-multi-units-mp.toml). Not there: fp32, fp16
+    without the policy, autocast, QLoRA accumulating (the matrices before the units, fsdp_units layers, ran some)."""
+    if plan.sharding not in ("fsdp", "fsdp_grad_op") or plan.fsdp_version != 2 or plan.fsdp_units != "accelerate":
+        return True
+    dtype = plan.dtype == "bf16" or (plan.dtype == "fp16" and plan.fsdp_mixed_precision)
+    return dtype and not plan.autocast and not (plan.method == "qlora" and plan.grad_accum_steps > 1)
+
+
 def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
     """`measured-cpu-ranks` for a term of a DDP/FSDP2 plan (FSDP2 with or without CPU offload) or of a ZeRO plan
     the CPU ranks ran (`zero_measured`) on several GPUs, `measured-cpu` for a single-device term the CPU matrices
@@ -141,6 +152,7 @@ def term_evidence(term: str, plan: TrainingPlan) -> Evidence:
             (plan.sharding in MEASURED_LAYOUTS or zero_measured(plan))
             and plan.gpus > 1
             and measured_policy(plan)
+            and units_measured(plan)
             and not fsdp1_qlora
         ):
             return "measured-cpu-ranks"  # offload: FSDP2's and ZeRO-2's (TrainingPlan refuses it with ddp); QLoRA too

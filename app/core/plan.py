@@ -20,6 +20,10 @@ Sharding = Literal["none", "ddp", "fsdp", "fsdp_grad_op", "zero2", "zero3"]
 # FSDP1 (torch.distributed.fsdp.FullyShardedDataParallel, FlatParameter per wrapped unit) or FSDP2 (fully_shard)
 FsdpVersion = Literal[1, 2]
 BackwardPrefetch = Literal["none", "pre", "post"]
+# how FSDP2's units are cut: accelerate >= 1.14's fsdp2_prepare_model (decoder layers, the input embedding, a tail of
+# final norm + lm_head kept gathered, the root at torch's default), or each layer then the whole model (accelerate
+# <= 1.13, and loops that call fully_shard that way): app/core/fsdp2_units.py
+FsdpUnits = Literal["accelerate", "layers"]
 # DeepSpeed ZeRO's reduce_bucket_size / stage3_prefetch_bucket_size / stage3_param_persistence_threshold: DeepSpeed's
 # own defaults, or transformers' `auto` fill from the model's hidden size (app/core/zero.py `bucket_sizes`)
 ZeroBuckets = Literal["deepspeed", "auto"]
@@ -174,6 +178,14 @@ class TrainingPlan(BaseModel):
         "1 (FullyShardedDataParallel as accelerate wraps it: FULL_SHARD / SHARD_GRAD_OP, one FlatParameter per "
         "decoder layer and one for the root, its backward prefetch: fsdp_backward_prefetch).",
     )
+    fsdp_units: FsdpUnits = Field(
+        "accelerate",
+        description="How FSDP2 (fsdp_version 2) cuts its units: accelerate (accelerate 1.14+'s fsdp2_prepare_model, "
+        "the calibration stack's 1.16: a unit per decoder layer, one for the input embedding, one tail of final "
+        "norm and lm_head left gathered from its forward to its backward, the root at torch's default) or layers "
+        "(accelerate up to 1.13, and loops calling fully_shard on each layer and then the model: the root holds "
+        "everything outside the layers and is resharded after forward). Other shardings have no units: accelerate.",
+    )
     fsdp_backward_prefetch: BackwardPrefetch = Field(
         "none",
         description="FSDP1's backward_prefetch (fsdp_config.backward_prefetch): none (NO_PREFETCH, what transformers' "
@@ -262,6 +274,8 @@ class TrainingPlan(BaseModel):
             raise ValueError(
                 "fsdp_version 1 selects FSDP1 for sharding fsdp or fsdp_grad_op: set one, or fsdp_version 2"
             )
+        if self.fsdp_version != 2 or self.sharding not in ("fsdp", "fsdp_grad_op"):
+            object.__setattr__(self, "fsdp_units", "accelerate")  # only FSDP2 has units to cut
         if self.fsdp_backward_prefetch != "none" and self.fsdp_version != 1:
             raise ValueError(
                 "fsdp_backward_prefetch is FSDP1's (accelerate drops it under FSDP2): set fsdp_version 1, or none"

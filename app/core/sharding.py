@@ -11,13 +11,16 @@ gradients of one layer's and of the root's trainable parameters, unsharded; `L` 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from app.core.plan import TrainingPlan
 from app.core.quant import rounded
 from app.core.spec import ModelSpec
 from app.core.tensors import Inventory
 from app.core.units import DTYPE_BYTES, FP32, MIB
+
+if TYPE_CHECKING:
+    from app.core.fsdp2_units import Units
 
 # torch/nn/parallel/distributed.py: `_sync_module_states(..., broadcast_bucket_size=int(250 * 1024 * 1024))`
 DDP_BROADCAST_BUCKET = 250 * MIB
@@ -56,23 +59,38 @@ class ShardedMoments(NamedTuple):
     # FSDP1 MixedPrecision, full fine-tuning (fsdp1_mp.py): a layer's reduce-scatter, gathered at the last layer's
     # and at layer 0's; zeros: no such moments
     mp_reduce: tuple[int, int, int] = (0, 0, 0)
+    # FSDP2 under accelerate's units (fsdp2_units.py): the tail's copy-out at the forward's end; 0: no such moment
+    tail_gather: int = 0
+    # FSDP2 under accelerate's units: the tail's reduce-scatter at backward's start, `(gathered, reduce-scatter)`
+    tail_reduce_scatter: tuple[int, int] = (0, 0)
 
 
 def no_sharding() -> ShardedMoments:
     """Nothing gathered, bucketed or reduce-scattered at any moment (one GPU, DDP before its own terms)."""
     # the FSDP1 fields after flat_grad_cat: their "none"
-    return ShardedMoments._make([0] * 17 + [None, (0, 0), 0, 0, (0, 0, 0)])
+    return ShardedMoments._make([0] * 17 + [None, (0, 0), 0, 0, (0, 0, 0), 0, (0, 0)])
 
 
 def sharded_moments(
-    inv: Inventory, plan: TrainingPlan, num_layers: int, grads: int, pieces: tuple[int, int] = (1, 1)
+    inv: Inventory,
+    plan: TrainingPlan,
+    num_layers: int,
+    grads: int,
+    pieces: tuple[int, int] = (1, 1),
+    units: Units | None = None,
+    embed_grads: int = 0,
 ) -> ShardedMoments:
-    """DDP's terms (`ddp_bucket_bytes`, `ddp_broadcast_bytes`), FSDP2's (`fsdp_gathered_bytes`) or FSDP1's
-    (`fsdp1.fsdp1_gathered_bytes`, plan.fsdp_version 1, `pieces` its `layer_grad_pieces`); zero for others."""
+    """DDP's terms (`ddp_bucket_bytes`, `ddp_broadcast_bytes`), FSDP2's (`fsdp_gathered_bytes`; under accelerate's
+    units, `units` given, `fsdp2_units.units_gathered_bytes` with the input embedding's gradient `embed_grads`) or FSDP1's (`fsdp1.fsdp1_gathered_bytes`,
+    plan.fsdp_version 1, `pieces` its `layer_grad_pieces`); zero for others."""
     if plan.sharding in FSDP and plan.fsdp_version == 1 and plan.gpus > 1:
         from app.core.fsdp1 import fsdp1_gathered_bytes  # imports this module
 
         return fsdp1_gathered_bytes(inv, plan, num_layers, pieces)
+    if plan.sharding in FSDP and plan.gpus > 1 and plan.fsdp_units == "accelerate" and units is not None:
+        from app.core.fsdp2_units import units_gathered_bytes  # imports this module
+
+        return units_gathered_bytes(inv, plan, num_layers, units, embed_grads)
     if plan.sharding in FSDP:
         return fsdp_gathered_bytes(inv, plan, num_layers)
     none = no_sharding()

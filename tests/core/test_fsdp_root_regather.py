@@ -13,7 +13,15 @@ from app.core.sharding import root_param_bytes, root_regather_bytes
 from app.core.spec import ModelSpec
 
 LLAMA = "meta-llama/Llama-2-7b-hf"
-QLORA = {"method": "qlora", "optimizer": "adamw", "gpus": 2, "seq_len": 256, "gradient_checkpointing": False}
+# the layers-then-model units (accelerate <= 1.13): accelerate 1.14+'s tail is never resharded (test_fsdp2_units.py)
+QLORA = {
+    "method": "qlora",
+    "optimizer": "adamw",
+    "gpus": 2,
+    "seq_len": 256,
+    "gradient_checkpointing": False,
+    "fsdp_units": "layers",
+}
 
 
 def _spec() -> ModelSpec:

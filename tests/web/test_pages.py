@@ -63,6 +63,7 @@ def test_index_is_one_get_form_with_the_qlora_defaults(client: TestClient) -> No
         "gpus": "1",
         "sharding": "none",
         "fsdp_version": "2",
+        "fsdp_units": "accelerate",  # FSDP2 only: accelerate 1.14+'s embedding and tail units
         "fsdp_backward_prefetch": "none",  # FSDP1 only: what TrainingArguments passes
         "zero_buckets": "deepspeed",  # DeepSpeed's own defaults (a config's "auto" is read on import)
         "offload": "false",
