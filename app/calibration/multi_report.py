@@ -52,6 +52,8 @@ SOURCES = (
     "cpu-matrix-multi-fsdp1-mp-fp16",
     "cpu-matrix-zero-flatten",
     "cpu-matrix-layer-split",
+    "cpu-matrix-multi-units",
+    "cpu-matrix-multi-units-mp",
 )
 # FSDP2's MixedPrecisionPolicy (calibration/cpu-matrix-multi-mp.toml): measured after its terms were written from
 # three probe runs (not shipped), so its tune and holdout splits are reported apart; its one holdout point whose
@@ -109,6 +111,16 @@ ZERO_FLATTEN_SEEN = frozenset(
 # layers split across GPUs (sharding none, device_map="auto"): virtual GPUs in one process, counted by placement
 # (app/calibration/layer_split.py); measured once after its terms (from probes, not shipped), no term changed since
 LAYER_SPLIT = "cpu-matrix-layer-split"
+# FSDP2 as accelerate 1.14+ wraps it (fsdp_units accelerate: embedding and tail units, the root at torch's default),
+# the harness's reduce-scatter without gloo's staging copy (app/calibration/gloo_collectives.py): the matrix (tune /
+# holdout by hash; app/core/fsdp2_units.py was written from five probe runs, not shipped, and its first run's tune
+# points; its holdout points whose dumps were looked at count in-sample) and the policy / accumulation matrix,
+# measured once after the terms: held out
+UNITS, UNITS_MP = "cpu-matrix-multi-units", "cpu-matrix-multi-units-mp"
+UNITS_SEEN: frozenset[str] = frozenset({"tied-5c8868fa", "mixtral-bb6eb8d9"})
+# the policy / accumulation matrix's points whose breakdowns were looked at (llama-7e65b269 drove
+# fsdp2_units:no_sync_unit_reduce_scatter): in-sample
+UNITS_MP_SEEN: frozenset[str] = frozenset({"llama-7e65b269", "tied-63746988"})
 # FSDP1's matrix (tune / holdout by hash) and its validation matrix (measured once, after app/core/fsdp1.py)
 FSDP1_MATRIX, FSDP1_VALIDATION = "cpu-matrix-multi-fsdp1", "cpu-validation-multi-fsdp1"
 # the one holdout point of the FSDP1 matrix looked at while its LoRA terms were fixed (PEFT's adapter units)
@@ -159,8 +171,11 @@ machine (`app/calibration/distributed.py`: spawned processes, loopback, a bounde
 each rank running the same plan under its own live-tensor tracker. The measured peak is the **worst rank's**
 (the rank peaks column lists every rank's), held against `estimate()` for the same config and plan (gpus = N),
 which gives the per-GPU peak. DDP is `DistributedDataParallel` with torch's defaults; fsdp is FSDP2
-`fully_shard` on every decoder layer and on the root, as accelerate wraps it, resharding after forward;
-fsdp_grad_op the same with `reshard_after_forward=False`; `+ offload` adds FSDP2's `CPUOffloadPolicy`, counted by
+`fully_shard` on every decoder layer and then, marked `(accelerate units)`, on the input embedding, on a tail of
+final norm and lm_head left gathered after forward and on the root at torch's default, as accelerate 1.14+ wraps
+it (the plan's `fsdp_units` accelerate, the default; below), or, unmarked, on the root with the plan's
+`reshard_after_forward`, as accelerate up to 1.13 did (`fsdp_units` layers: the matrices measured before);
+resharding after forward; fsdp_grad_op the same with `reshard_after_forward=False`; `+ offload` adds FSDP2's `CPUOffloadPolicy`, counted by
 placement (below); sharding `none` splits the layers across GPUs as `device_map="auto"` does, on virtual GPUs in
 one process rather than gloo ranks (below); `+ mp bf16` is FSDP2's MixedPrecisionPolicy over fp32 shards, gathered in bf16 (below); `(FSDP1)` is
 FullyShardedDataParallel as accelerate wraps it (below). Parameters stay in the plan dtype elsewhere. Error =
@@ -601,6 +616,53 @@ on 10 points with QLoRA on the method axis: 9 within ±5 %, and mistral-4e0a20eb
 the single-device QLoRA estimate's checkpointed-backward excess (+4.3 % on the same plan in one process) on a smaller
 per-GPU total (`calibration/results/cpu-matrix-layer-split-qlora.report.jsonl`): its terms stay first-principles.
 
+## FSDP2 as accelerate 1.14+ wraps it (the plan's default)
+
+accelerate's `fsdp2_prepare_model` (1.14 on; 1.16 is installed) fully_shards every decoder layer, then the input
+embedding as a unit of its own, then a tail unit of [final norm, lm_head] with `reshard_after_forward=False`, then
+the root without the argument, so torch's default keeps it gathered; a tied embedding goes into the tail unit
+(`utils/fsdp_utils.py`; `_find_final_norm` looks the norm up through `base_model_prefix`, which on a PeftModel
+finds the CausalLM, whose children hold no norm, so under LoRA the norm stays in the root). Up to 1.13 it wrapped
+the layers and then the whole model with the plugin's `reshard_after_forward`, which every matrix above it ran
+(`fsdp_units` layers, kept as measured). The harness now wraps as 1.16 does (`distributed.py`
+`shard_accelerate_units`; its policy has no `output_dtype` since 1.16, which moves no bytes), and the estimate
+follows it (`app/core/fsdp2_units.py`): the embedding `E` is gathered only around its own forward and backward, the
+tail `T` from its forward at the end of the model's to its backward at the start of the step's, so nothing of the
+root is held through the layers (`2W` while a layer runs, not `R + 2W`), the logits meet `2T` (the tail and its
+flat all-gather output) and backward never re-gathers the root; full fine-tuning reduce-scatters lm_head's gradient
+as the tail's backward ends (`tail_reduce_scatter_moment`) and the embedding's at the end. A tied tail is the whole
+root, gathered from the forward's start: the layers-then-model moments without the re-gather. On a 7B QLoRA plan
+(Llama-2-7b, 2 GPUs, no checkpointing) accelerate's units need less than the layers-then-model ones by up to `2R`.
+
+The harness also reduce-scatters in place (`app/calibration/gloo_collectives.py`) for these runs: gloo's
+`reduce_scatter_single` makes a copy the size of its input that gloo's worker thread frees sometimes after the next
+layer's all-gather has begun, so one plan (mixtral full, fsdp with offload, 2 ranks) read 17,168,384 or 19,764,224
+bytes in three runs of one command; through an in-place all-reduce and a chunk copy (the same sums, no copy, as
+NCCL reduce-scatters) it read 17,168,384 three times out of three.
+
+`calibration/cpu-matrix-multi-units.toml` (35 points: llama, mistral, mixtral and a tied llama; full, LoRA and
+QLoRA; reshard on and off; CPU offload on a third; 2 and 4 ranks) was run twice: once with gloo's own
+reduce-scatter, whose comparison (its tune and holdout points alike showed in the progress lines) led to the tied
+tail's loss moment (the last layer is prefetched by the tail's pre-backward hook, after the loss's backward:
+`R`, not `R + W`, there; tied-5c8868fa +9.25 % before) and to the in-place reduce-scatter (mixtral-bb6eb8d9
+-16.98 %), and once more with both; the shipped points are the second run, and the two holdout points whose dumps
+were looked at count in-sample. The terms were written from five probe runs (llama, 2 ranks, not shipped: before
+them the layers-then-model terms read up to +26.75 % on these units). Its two largest misses, mixtral full
+fine-tuning with offload and no checkpointing (-4.43 %, -4.38 %), are the layers-then-model estimate's too
+(-3.74 % on the same plan wrapped that way): the MoE backward's own slack, not the units'.
+`cpu-matrix-multi-units-mp.toml` (16 points: llama, mistral and the tied llama under accelerate's bf16 or fp16
+policy over fp32 shards, reduce in the param dtype or fp32, and mistral without the policy; full and LoRA;
+accumulating on half; offload on a third) was measured once after those terms. Its points looked at count
+in-sample (tied-63746988, full fp16 accumulating, -4.18 %, and these):
+llama-7e65b269 (full, fp32 reduce, accumulating, +6.05 %) showed the tail's reduce-scatter at a window's last
+micro-batch copying into an input beside the accumulated gradient, not beside a second copy of it
+(`fsdp2_units:no_sync_unit_reduce_scatter`; +0.81 % since), and its two fp16 points without the policy (+97.75 %,
++104.89 %) that the estimate answers full fine-tuning in fp16 with fp32 master weights (`tensors:_param_dtype_bytes`:
+the Trainer's GradScaler cannot unscale fp16 gradients), which a bare fp16 model on the ranks does not keep; that
+family now runs bf16 (its two redrawn points measured once, +3.50 % and +1.49 %). Not run under these units: fp32
+and fp16 without the policy, autocast, QLoRA with accumulation (their terms are first-principles in the output:
+`evidence:units_measured`).
+
 ## Gradient accumulation under DDP and FSDP
 
 transformers' Trainer runs every micro-batch of an accumulation window but the last under accelerate's `no_sync`
@@ -628,12 +690,6 @@ of a CI point (`sharding:no_sync_reduce_scatter_bytes`; three of the matrix's po
   zero3.json and zero3_bf16.json; the import says so). Those plans keep first-principles terms and say so per term.
   ZeRO-3's reuse window (the last 5e8 elements stay gathered at the forward's end) is measured only where the whole
   model fits in it (these widths); above it, it is the source's reading, unmeasured.
-- **FSDP2 as accelerate 1.16 wraps it**: `fsdp2_prepare_model` (accelerate 1.16, `utils/fsdp_utils.py`) also gives
-  the input embedding and the [final norm, lm_head] tail units of their own (the tail with
-  `reshard_after_forward=False`) and wraps the root at torch's default, and its `set_mixed_precision` builds the
-  policy without an `output_dtype`. The harness wraps the decoder layers and the root, passing the plan's
-  `reshard_after_forward` to the root too and `output_dtype` bf16, as accelerate up to 1.15 did; the FSDP2 terms
-  (the root's gathers and `root_regather_bytes`) follow that wrapping, and 1.16's is not measured yet.
 - **Layers split across GPUs, what was not run**: QLoRA (above: one point of ten over +5 %), int8 (it keeps the
   `⌈L/n⌉` bound), fp16 and fp32, autocast, accumulation, other optimizers, GPUs smaller than the balanced budget
   (the map then offloads) and the labels' `.to(logits.device)` copy on lm_head's GPU (batch × seq × 8 bytes, a no-op
@@ -701,7 +757,23 @@ def groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[Measure
     for source, label in ZERO_LATER.items():
         out.append((f"{source} (auto buckets, {label}: in-sample)", [r for r in records if r.source == source]))
     out += zero_layout_groups(records) + optimizer_and_accumulation_groups(records) + fsdp1_groups(records)
-    return out + layout_groups(records)
+    return out + units_groups(records) + layout_groups(records)
+
+
+def units_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[MeasurementRecord]]]:
+    """FSDP2 under accelerate's units: the matrix's tune points and the holdout points looked at (in-sample), the
+    rest of its holdout, and the policy / accumulation matrix (held out)."""
+    matrix = [r for r in records if r.source == UNITS]
+    seen = [r for r in matrix if r.split == "tune" or _point_id(r) in UNITS_SEEN]
+    label = f"{UNITS} (FSDP2 as accelerate 1.14+ wraps it: embedding and tail units)"
+    mp = [r for r in records if r.source == UNITS_MP]
+    mp_seen = [r for r in mp if _point_id(r) in UNITS_MP_SEEN]
+    return [
+        (f"{label} tune (in-sample)", seen),
+        (f"{label} holdout, not fitted on", [r for r in matrix if r not in seen]),
+        (f"{UNITS_MP} (accelerate's units with the policy and accumulation) looked at: in-sample", mp_seen),
+        (f"{UNITS_MP} held out (measured once, after the units' terms)", [r for r in mp if r not in mp_seen]),
+    ]
 
 
 def zero_layout_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[MeasurementRecord]]]:
