@@ -99,13 +99,16 @@ def test_the_nearest_plans_without_the_policy_miss_these_runs(
 
 
 def test_the_harness_passes_accelerates_policy() -> None:
-    """accelerate 1.15 set_mixed_precision("bf16") for FSDP2: param, reduce and output dtype bf16; fp32 reduce when
-    the plan says so; MixedPrecisionPolicy() (every dtype None) without the policy."""
+    """accelerate set_mixed_precision("bf16") for FSDP2: param and reduce dtype bf16, output dtype bf16 up to 1.15
+    (the layers-then-model units, fsdp_units layers) and None from 1.16 (accelerate's units, the default); fp32
+    reduce when the plan says so; MixedPrecisionPolicy() (every dtype None) without the policy."""
     import torch
 
     plan = TrainingPlan(**{**BASE, "method": "full", "sharding": "fsdp"})
     policy = mixed_precision_policy(plan)
-    assert (policy.param_dtype, policy.reduce_dtype, policy.output_dtype) == (torch.bfloat16,) * 3
+    assert (policy.param_dtype, policy.reduce_dtype, policy.output_dtype) == (torch.bfloat16, torch.bfloat16, None)
+    layers = mixed_precision_policy(plan.model_copy(update={"fsdp_units": "layers"}))
+    assert layers.output_dtype == torch.bfloat16
     assert policy.cast_forward_inputs is True
     fp32 = mixed_precision_policy(plan.model_copy(update={"fsdp_reduce_dtype": "fp32"}))
     assert fp32.reduce_dtype == torch.float32
