@@ -87,7 +87,7 @@ def sharded_moments(
         from app.core.fsdp1 import fsdp1_gathered_bytes  # imports this module
 
         return fsdp1_gathered_bytes(inv, plan, num_layers, pieces)
-    if plan.sharding in FSDP and plan.gpus > 1 and plan.fsdp_units == "accelerate" and units is not None:
+    if units is not None:  # fsdp2_units.fsdp2_units: FSDP2 on several GPUs under accelerate's units
         from app.core.fsdp2_units import units_gathered_bytes  # imports this module
 
         return units_gathered_bytes(inv, plan, num_layers, units, embed_grads)
