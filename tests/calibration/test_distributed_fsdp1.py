@@ -82,10 +82,11 @@ def _tiny(**fields: Any) -> tuple[int, dict[str, int]]:
 
 def test_fsdp1_gathers_no_copy_out_and_keeps_the_root_so_its_forward_is_below_fsdp2s() -> None:
     """FSDP1's all-gather writes into the FlatParameter the views read (no copy-out beside it) and the root stays
-    gathered: its forward holds `R + W_l` where FSDP2's holds `R + 3W_l` at a layer's copy-out."""
+    gathered: its forward holds `R + W_l` where FSDP2 wrapped as accelerate <= 1.13 did (fsdp_units layers, the root
+    holding everything outside the layers) holds `R + 3W_l` at a layer's copy-out."""
     for sharding in ("fsdp", "fsdp_grad_op"):
         _, one = _tiny(sharding=sharding)
-        _, two = _tiny(sharding=sharding, fsdp_version=2)
+        _, two = _tiny(sharding=sharding, fsdp_version=2, fsdp_units="layers")
         assert one["forward"] < two["forward"], sharding
         assert one["load"] == two["load"] and one["optimizer"] == two["optimizer"]
 
