@@ -114,8 +114,12 @@ def units_gathered_bytes(
     copy-out, `2W` while a layer runs, `W + 2T` at the tail's copy-out (the last layer's flat output alive), `2T`
     at the logits (the tail's flat output freed by the root's post-forward); backward: `T` at the loss, `2W` in a
     layer's backward (the next one prefetched), `W + E` at layer 0's (the embedding prefetched). Off: each unit
-    stays gathered from its forward to its backward (`K = E + L·W`). The tail's reduce-scatter, at the start of
-    backward, is a moment of its own (`tail_reduce_scatter`), the embedding's is the root's at the end."""
+    stays gathered from its forward to its backward (`K = E + L·W`). A layer is resharded before its reduce-scatter
+    (`W`, or `K - W`, once the last layer's backward is done). The tail's reduce-scatter, at the start of backward,
+    is a moment of its own (`tail_reduce_scatter`), its input kept through the last layer's backward (`tail_kept`:
+    FSDP2 frees a reduce-scatter input only at the next unit's; measured, mistral full x2 without checkpointing, the
+    peak at the last layer's backward end beside it); the embedding's is the root's at the end. On 2 layers layer 0
+    is the layer before the last (`backward_next` = `backward_first`)."""
     old = fsdp_gathered_bytes(inv, plan, num_layers)
     if units.tied and plan.sharding == "fsdp_grad_op":
         return old
@@ -143,8 +147,10 @@ def units_gathered_bytes(
         backward_loss=backward[0],
         backward_last=backward[1],
         backward_first=backward[2],
-        backward_next=backward[3],
+        backward_next=backward[2] if num_layers <= 2 else backward[3],
+        backward_last_done=backward[1] - layer,
         tail_reduce_scatter=(backward[4], rs(plan, tail_grads) if tail_grads else 0),
+        tail_kept=in_reduce_dtype(plan, tail_grads),
         reduce_scatter_root=rs(plan, embed_grads) if embed_grads else 0,
         root_grads=head,
         end_grads=shards + head + in_param_dtype(plan, embed_grads),

@@ -52,8 +52,9 @@ POINTS: list[tuple[str, dict[str, Any]]] = [
     ("llama", {"method": "full", "sharding": "fsdp", "gradient_checkpointing": True, "grad_accum_steps": 2}),
     ("mistral", {"method": "full", "sharding": "fsdp", "fsdp_version": 1, "grad_accum_steps": 2}),
     # accelerate 1.14+'s units (the default): QLoRA, whose 16-bit embedding and lm_head outweigh a 4-bit layer, never
-    # holds them together (app/core/fsdp2_units.py). Not here: a tied embedding with offload on a 2-layer cut reads
-    # +16.79 % (the layer before the last is layer 0 there, which prefetches nothing; at 4 layers -2.67 %, shipped)
+    # holds them together (app/core/fsdp2_units.py). Not here: a tied embedding with offload on a 2-layer cut
+    # (estimate:last_layer_end_moment, +16.79 % before it) reads -1.67 % alone but -6.12 % on some runs that follow
+    # others (8,794,112 B against 8,395,776 B, the same plan: a timing the probe's slower run never showed)
     ("mistral", {"method": "qlora", "sharding": "fsdp", "gradient_checkpointing": False, "rank": 8, "dropout": 0.0}),
 ]
 # config changes per point index, beyond the 2-layer cut
