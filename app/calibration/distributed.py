@@ -268,7 +268,7 @@ def rank_measurement(
 
 
 def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any], started: float) -> Measurement:
-    from app.calibration.gloo_collectives import in_place_reduce_scatters
+    from app.calibration.gloo_collectives import nccl_like_collectives
     from app.calibration.harness import run_steps
     from app.calibration.offload import HostPlacement, copy_shards_to_device
 
@@ -283,7 +283,7 @@ def _measure_rank(model: Any, cfg: Any, plan: TrainingPlan, job: dict[str, Any],
         copy_shards_to_device()
     with ExitStack() as stack:
         if plan.sharding != "ddp" and plan.fsdp_version == 2 and plan.fsdp_units == "accelerate":
-            stack.enter_context(in_place_reduce_scatters())
+            stack.enter_context(nccl_like_collectives())
         phases, peak, _ = run_steps(
             model, int(cfg.vocab_size), plan, int(job["steps"]), int(job["seed"]), wrap=wrap, place=place
         )

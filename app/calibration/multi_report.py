@@ -112,7 +112,7 @@ ZERO_FLATTEN_SEEN = frozenset(
 # (app/calibration/layer_split.py); measured once after its terms (from probes, not shipped), no term changed since
 LAYER_SPLIT = "cpu-matrix-layer-split"
 # FSDP2 as accelerate 1.14+ wraps it (fsdp_units accelerate: embedding and tail units, the root at torch's default),
-# the harness's reduce-scatter without gloo's staging copy (app/calibration/gloo_collectives.py): the matrix (tune /
+# the harness's all-gather and reduce-scatter through untracked staging (app/calibration/gloo_collectives.py): the matrix (tune /
 # holdout by hash; app/core/fsdp2_units.py was written from five probe runs, not shipped, and its first run's tune
 # points; its holdout points whose dumps were looked at count in-sample) and the policy / accumulation matrix,
 # measured once after the terms: held out
@@ -634,25 +634,33 @@ as the tail's backward ends (`tail_reduce_scatter_moment`) and the embedding's a
 root, gathered from the forward's start: the layers-then-model moments without the re-gather. On a 7B QLoRA plan
 (Llama-2-7b, 2 GPUs, no checkpointing) accelerate's units need less than the layers-then-model ones by up to `2R`.
 
-The harness also reduce-scatters in place (`app/calibration/gloo_collectives.py`) for these runs: gloo's
-`reduce_scatter_single` makes a copy the size of its input that gloo's worker thread frees sometimes after the next
-layer's all-gather has begun, so one plan (mixtral full, fsdp with offload, 2 ranks) read 17,168,384 or 19,764,224
-bytes in three runs of one command; through an in-place all-reduce and a chunk copy (the same sums, no copy, as
-NCCL reduce-scatters) it read 17,168,384 three times out of three.
+The harness runs FSDP2's all-gather and reduce-scatter for these runs through staging buffers it does not count
+(`app/calibration/gloo_collectives.py`): gloo's worker thread keeps a collective's tensors after the work completes
+(torch 2.13 `ProcessGroupGloo::runLoop` drops the work after `execute()` returns) and `reduce_scatter_single` copies
+its input on that thread, so a storage FSDP2 frees lived on at gloo's pace and a plan's peak moved between runs of
+one command (mixtral full, fsdp with offload, 2 ranks: 17,168,384 or 19,764,224 bytes; mistral LoRA fsdp, 2 ranks,
+2 layers: 11,024,896 or 12,288,000 bytes, the larger in 3 of 8 runs beside a busy process; a tied llama full fsdp
+with offload: 8,395,776 or 8,794,112, 1 in 6). Through the staging buffers (the same sums and gathers, as NCCL runs
+them into FSDP2's own buffers) the mistral and tied plans read their smaller peaks in every run (8 of 8, 6 of 6); the
+mixtral one read 17,168,384 in 3 of 3 under the first of these fixes (reduce-scatters only) and again under this
+one. Both units matrices were measured again with it: 49 of 51 peaks byte-identical; mistral-0ab43ae7 and mistral_plain-54674045 read
+33,792 and 168,960 bytes less, as they did with gloo's own calls on the same stack (transformers 5.25.0, twice
+each), so the harness moved none.
 
 `calibration/cpu-matrix-multi-units.toml` (35 points: llama, mistral, mixtral and a tied llama; full, LoRA and
-QLoRA; reshard on and off; CPU offload on a third; 2 and 4 ranks) was run twice: once with gloo's own
+QLoRA; reshard on and off; CPU offload on a third; 2 and 4 ranks) was run three times: first with gloo's own
 reduce-scatter, whose comparison (its tune and holdout points alike showed in the progress lines) led to the tied
 tail's loss moment (the last layer is prefetched by the tail's pre-backward hook, after the loss's backward:
 `R`, not `R + W`, there; tied-5c8868fa +9.25 % before) and to the in-place reduce-scatter (mixtral-bb6eb8d9
--16.98 %), and once more with both; the shipped points are the second run, and the two holdout points whose dumps
-were looked at count in-sample. The terms were written from five probe runs (llama, 2 ranks, not shipped: before
+-16.98 %), once more with both, and a third time with the staging buffers above: the shipped points are the
+third run, and the two holdout points whose dumps were looked at count in-sample. The terms were written from five probe runs (llama, 2 ranks, not shipped: before
 them the layers-then-model terms read up to +26.75 % on these units). Its two largest misses, mixtral full
 fine-tuning with offload and no checkpointing (-4.43 %, -4.38 %), are the layers-then-model estimate's too
 (-3.74 % on the same plan wrapped that way): the MoE backward's own slack, not the units'.
 `cpu-matrix-multi-units-mp.toml` (16 points: llama, mistral and the tied llama under accelerate's bf16 or fp16
 policy over fp32 shards, reduce in the param dtype or fp32, and mistral without the policy; full and LoRA;
-accumulating on half; offload on a third) was measured once after those terms. Its points looked at count
+accumulating on half; offload on a third) was measured once after those terms, and again with the staging
+buffers (no term changed between: the shipped run). Its points looked at count
 in-sample (tied-63746988, full fp16 accumulating, -4.18 %, and these):
 llama-7e65b269 (full, fp32 reduce, accumulating, +6.05 %) showed the tail's reduce-scatter at a window's last
 micro-batch copying into an input beside the accumulated gradient, not beside a second copy of it

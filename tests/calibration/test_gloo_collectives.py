@@ -1,4 +1,5 @@
-"""FSDP2's reduce-scatter made in place on gloo ranks: the same sums as gloo's own call; accelerate's units as cut."""
+"""FSDP2's collectives through untracked staging buffers on gloo ranks: the same values as gloo's own calls, nothing
+of theirs counted, gloo's calls back after; accelerate's units as cut."""
 
 from __future__ import annotations
 
@@ -8,38 +9,48 @@ from typing import Any
 from app.calibration.ranks import run_ranks
 
 
-def reduce_scatter_both_ways(rank: int, world: int, job: dict[str, Any]) -> dict[str, Any]:
+def collectives_both_ways(rank: int, world: int, job: dict[str, Any]) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
-    from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultReduceScatter
+    from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather, DefaultReduceScatter
 
-    from app.calibration.gloo_collectives import in_place_reduce_scatters
+    from app.calibration.gloo_collectives import nccl_like_collectives
+    from app.calibration.tracker import LiveTensorTracker
 
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     try:
         torch.manual_seed(rank)
         source = torch.randn(world * 6, dtype=torch.float32)
-        gloo, ours = torch.empty(6), torch.empty(6)
-        DefaultReduceScatter()(gloo, source.clone(), dist.group.WORLD, dist.ReduceOp.SUM)
-        saved = DefaultReduceScatter.__call__
-        with in_place_reduce_scatters():
-            patched = DefaultReduceScatter.__call__ is not saved
-            work = DefaultReduceScatter()(ours, source.clone(), dist.group.WORLD, dist.ReduceOp.SUM, async_op=True)
-            work.wait()
+        shard = torch.randn(6, dtype=torch.float32)
+        gloo_rs, gloo_ag = torch.empty(6), torch.empty(world * 6)
+        DefaultReduceScatter()(gloo_rs, source.clone(), dist.group.WORLD, dist.ReduceOp.SUM)
+        DefaultAllGather()(gloo_ag, shard.clone(), dist.group.WORLD)
+        saved = DefaultAllGather.__call__, DefaultReduceScatter.__call__
+        with nccl_like_collectives():
+            patched = (DefaultAllGather.__call__, DefaultReduceScatter.__call__) != saved
+            with LiveTensorTracker("cpu", adopt_inputs=False) as tracker:
+                ours_rs, ours_ag = torch.empty(6), torch.empty(world * 6)
+                rs_input, ag_input = source.clone(), shard.clone()
+                made = tracker.current_bytes
+                DefaultReduceScatter()(ours_rs, rs_input, dist.group.WORLD, dist.ReduceOp.SUM, async_op=True).wait()
+                assert DefaultAllGather()(ours_ag, ag_input, dist.group.WORLD) is None
+                counted = tracker.peak_bytes - made
         return {
-            "gloo": gloo.tolist(),
-            "ours": ours.tolist(),
+            "gloo": [gloo_rs.tolist(), gloo_ag.tolist()],
+            "ours": [ours_rs.tolist(), ours_ag.tolist()],
+            "counted": counted,
             "patched": patched,
-            "restored": DefaultReduceScatter.__call__ is saved,
+            "restored": (DefaultAllGather.__call__, DefaultReduceScatter.__call__) == saved,
         }
     finally:
         dist.destroy_process_group()
 
 
-def test_the_in_place_reduce_scatter_sums_as_gloos_own_and_is_undone_after() -> None:
-    for result in run_ranks(reduce_scatter_both_ways, 2, {}, timeout_s=120):
+def test_the_staged_collectives_give_gloos_values_count_nothing_of_their_own_and_are_undone_after() -> None:
+    for result in run_ranks(collectives_both_ways, 2, {}, timeout_s=120):
         assert result["patched"] and result["restored"]
         assert result["ours"] == result["gloo"]
+        assert result["counted"] == 0
 
 
 def units_of_a_tiny_llama(rank: int, world: int, job: dict[str, Any]) -> dict[str, Any]:
