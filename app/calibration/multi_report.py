@@ -780,7 +780,10 @@ def units_groups(records: Sequence[MeasurementRecord]) -> list[tuple[str, list[M
         (f"{label} tune (in-sample)", seen),
         (f"{label} holdout, not fitted on", [r for r in matrix if r not in seen]),
         (f"{UNITS_MP} (accelerate's units with the policy and accumulation) looked at: in-sample", mp_seen),
-        (f"{UNITS_MP} held out (measured once, after the units' terms)", [r for r in mp if r not in mp_seen]),
+        (
+            f"{UNITS_MP} held out (measured after the units' terms, twice, no term changed between)",
+            [r for r in mp if r not in mp_seen],
+        ),
     ]
 
 
